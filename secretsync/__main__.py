@@ -1,0 +1,5 @@
+"""`python -m secretsync` runs the command line."""
+
+from secretsync import cli
+
+cli.main()

@@ -1,0 +1,345 @@
+"""The domain model: what a fleet repo says, as frozen data. No I/O here.
+
+`load` builds these from YAML; `plan` turns them into `DesiredSecret`s, one per cluster and
+FleetSecret; everything after that works on `DesiredSecret`s and never looks at YAML again.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+API_VERSION: Final = "secretsync.dev/v1alpha1"
+
+LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+MANAGED_BY: Final = "secretsync"
+LABEL_FLEET_SECRET: Final = "secretsync.dev/fleet-secret"
+ANNOTATION_CLUSTER: Final = "secretsync.dev/cluster"
+ANNOTATION_CONTENT_HASH: Final = "secretsync.dev/content-hash"
+ANNOTATION_KEY_HASHES: Final = "secretsync.dev/key-hashes"
+FIELD_MANAGER: Final = "secretsync"
+
+
+class Delivery(enum.StrEnum):
+    SEALED = "sealed"
+    EXTERNAL = "external"
+    DIRECT = "direct"
+
+
+class Scope(enum.StrEnum):
+    STRICT = "strict"
+    NAMESPACE_WIDE = "namespace-wide"
+    CLUSTER_WIDE = "cluster-wide"
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a thing was written in the fleet repo: repo-relative file and 1-based line."""
+
+    file: str
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+# --- label selectors -------------------------------------------------------------------------
+
+
+class Operator(enum.StrEnum):
+    IN = "In"
+    NOT_IN = "NotIn"
+    EXISTS = "Exists"
+    DOES_NOT_EXIST = "DoesNotExist"
+
+
+@dataclass(frozen=True, slots=True)
+class Requirement:
+    key: str
+    operator: Operator
+    values: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Selector:
+    """A Kubernetes label selector: every requirement must hold (an empty one matches all)."""
+
+    requirements: tuple[Requirement, ...] = ()
+
+
+# --- value refs ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """One readable unit of a source: a Vault secret (at a version) or one SOPS file.
+
+    Resolution reads each unique Location once per cycle, however many keys and clusters use it.
+    """
+
+    source: str  # "vault" | "sops"
+    path: str  # vault: path inside the mount; sops: repo-relative file
+    mount: str = ""  # vault only
+    version: int | None = None  # vault only; None = latest
+
+    def __str__(self) -> str:
+        if self.source == "vault":
+            where = f"{self.mount}/{self.path}"
+            return f"vault:{where}" + (f"@{self.version}" if self.version is not None else "")
+        return f"{self.source}:{self.path}"
+
+
+@dataclass(frozen=True, slots=True)
+class ValueRef:
+    """A key inside a Location. `key` may be dotted (`db.password`) for nested documents."""
+
+    location: Location
+    key: str
+
+    def __str__(self) -> str:
+        return f"{self.location}#{self.key}"
+
+
+@dataclass(frozen=True, slots=True)
+class VaultSpec:
+    """`{vault: {path, key, version?, mount?}}` as written; templates not yet applied."""
+
+    path: str
+    key: str
+    version: int | None = None
+    mount: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SopsSpec:
+    """`{sops: {file, key}}` as written; templates not yet applied."""
+
+    file: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class LiteralSpec:
+    """`{value: "..."}`: a non-secret literal, may hold templates."""
+
+    value: str
+
+
+ValueSpec = VaultSpec | SopsSpec | LiteralSpec
+
+
+@dataclass(frozen=True, slots=True)
+class DataEntry:
+    spec: ValueSpec
+    origin: Origin
+
+
+# --- fleet -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VaultAuth:
+    method: str = "token"  # token | approle | kubernetes
+    token_file: str | None = None
+    role: str | None = None
+    role_id: str | None = None
+    role_id_file: str | None = None
+    secret_id_file: str | None = None
+    secret_id_env: str | None = None
+    mount_path: str | None = None
+    jwt_file: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VaultTLS:
+    ca_file: str | None = None
+    client_cert_file: str | None = None
+    client_key_file: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VaultLimits:
+    concurrency: int = 32
+    requests_per_second: float = 500.0
+    timeout_seconds: float = 10.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VaultSettings:
+    address: str | None = None
+    namespace: str | None = None
+    kv_mount: str = "secret"
+    kv_version: int | None = None
+    auth: VaultAuth = field(default_factory=VaultAuth)
+    tls: VaultTLS = field(default_factory=VaultTLS)
+    limits: VaultLimits = field(default_factory=VaultLimits)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SopsSettings:
+    timeout_seconds: float = 30.0
+    max_file_bytes: int = 5 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Policies:
+    """Fleet-wide rules checked before anything is written."""
+
+    forbidden_types: tuple[str, ...] = (
+        "kubernetes.io/service-account-token",
+        "bootstrap.kubernetes.io/token",
+    )
+    allow_cluster_wide: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Layout:
+    clusters: str = "clusters"
+    secrets: str = "secrets"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Kubeconfig:
+    path: str | None = None
+    context: str | None = None
+    secret_namespace: str | None = None
+    secret_name: str | None = None
+    secret_key: str = "kubeconfig"
+    in_cluster: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoreRef:
+    kind: str = "ClusterSecretStore"
+    name: str = "vault"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ControllerRef:
+    namespace: str = "kube-system"
+    name: str = "sealed-secrets-controller"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Cluster:
+    name: str
+    labels: Mapping[str, str]
+    delivery: Delivery
+    origin: Origin
+    cert_file: str | None = None
+    controller: ControllerRef | None = None
+    store_ref: StoreRef = field(default_factory=StoreRef)
+    kubeconfig: Kubeconfig | None = None
+    apply: bool = False
+    allowed_namespaces: tuple[str, ...] | None = None  # None = no restriction
+    create_namespaces: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Target:
+    name: str
+    namespace: str
+    type: str = "Opaque"
+    scope: Scope = Scope.STRICT
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    immutable: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Overlay:
+    origin: Origin
+    data: Mapping[str, DataEntry]
+    selector: Selector | None = None
+    clusters: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RestartRef:
+    kind: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FleetSecret:
+    name: str
+    origin: Origin
+    selector: Selector
+    target: Target
+    target_origin: Origin
+    data: Mapping[str, DataEntry]
+    overlays: tuple[Overlay, ...] = ()
+    restarts: tuple[RestartRef, ...] = ()
+    refresh_interval: str = "1h0m0s"
+    adopt: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Fleet:
+    name: str
+    root: Path
+    origin: Origin
+    default_delivery: Delivery = Delivery.SEALED
+    output_dir: str = "rendered"
+    layout: Layout = field(default_factory=Layout)
+    vault: VaultSettings | None = None
+    sops: SopsSettings = field(default_factory=SopsSettings)
+    policies: Policies = field(default_factory=Policies)
+    clusters: Mapping[str, Cluster] = field(default_factory=dict)
+    secrets: Mapping[str, FleetSecret] = field(default_factory=dict)
+
+    @property
+    def kv_mount(self) -> str:
+        return self.vault.kv_mount if self.vault else "secret"
+
+
+# --- planned output --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectKey:
+    """Identifies one delivered object within a cluster."""
+
+    cluster: str
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.cluster}/{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Literal:
+    """A resolved non-secret literal (templates applied)."""
+
+    text: str
+
+
+Planned = ValueRef | Literal
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DesiredSecret:
+    """One FleetSecret for one cluster, after selectors, overlays and templates."""
+
+    fleet_secret: str
+    cluster: Cluster
+    target: Target
+    data: Mapping[str, Planned]
+    origin: Origin
+    refresh_interval: str = "1h0m0s"
+    restarts: tuple[RestartRef, ...] = ()
+
+    @property
+    def key(self) -> ObjectKey:
+        return ObjectKey(self.cluster.name, self.target.namespace, self.target.name)
+
+    @property
+    def delivery(self) -> Delivery:
+        return self.cluster.delivery
+
+    def refs(self) -> list[ValueRef]:
+        return [v for v in self.data.values() if isinstance(v, ValueRef)]

@@ -1,0 +1,120 @@
+"""Resolution: read every unique Location once, then pick each ref's key out of its document.
+
+Sources are small adapters (`sources/`); this module owns the dedupe, the bounded concurrency
+and the lookup of (dotted) keys in fetched documents, so each source only knows how to read
+one Location. A failure is recorded per Location and reaches only the refs that use it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import ClassVar, Protocol
+
+from secretsync import errors
+from secretsync.model import Location, ValueRef
+from secretsync.values import SecretValue
+
+log = logging.getLogger(__name__)
+
+type Document = Mapping[str, object]
+"""A fetched document: nested mappings whose leaves are scalars (str, int, float, bool, None)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """A read Location: its document and, where the source has one, its version."""
+
+    document: Document
+    version: str | None = None
+
+
+class Source(Protocol):
+    """Reads one Location. Raises only `errors.ResolveError` subclasses, never with values."""
+
+    kind: ClassVar[str]
+
+    async def fetch(self, location: Location) -> Fetched: ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass(slots=True)
+class Resolution:
+    """Outcome of one resolve pass: per ref a value, or the error that stopped it."""
+
+    values: dict[ValueRef, SecretValue] = field(default_factory=dict)
+    failures: dict[ValueRef, errors.ResolveError] = field(default_factory=dict)
+    versions: dict[Location, str | None] = field(default_factory=dict)
+    reads: int = 0
+
+    def all_values(self) -> Iterable[SecretValue]:
+        return self.values.values()
+
+
+def lookup(document: Document, key: str, *, where: str) -> SecretValue:
+    """Find `key` in a document: a top-level key first, then a dotted path.
+
+    Scalars become text the way JSON writes them (true, 3, 1.5); strings are taken as UTF-8.
+    A nested object or list is an error, never `str(dict)`.
+    """
+    node: object
+    if key in document:
+        node = document[key]
+    else:
+        node = document
+        for part in key.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                raise errors.RefNotFound(f"{where}: key {key!r} not found")
+            node = node[part]
+    if isinstance(node, str):
+        return SecretValue.of(node)
+    if isinstance(node, bytes):
+        return SecretValue(node)
+    if isinstance(node, bool | int | float) or node is None:
+        return SecretValue.of(json.dumps(node))
+    raise errors.RefNotFound(f"{where}: key {key!r} holds a nested object, not a value")
+
+
+async def resolve(
+    refs: Iterable[ValueRef],
+    sources: Mapping[str, Source],
+    *,
+    concurrency: int = 16,
+) -> Resolution:
+    """Read each unique Location of `refs` once (bounded), then look every ref up."""
+    by_location: dict[Location, list[ValueRef]] = {}
+    for ref in refs:
+        by_location.setdefault(ref.location, []).append(ref)
+    result = Resolution()
+    gate = asyncio.Semaphore(concurrency)
+
+    async def read(location: Location) -> Fetched | errors.ResolveError:
+        source = sources.get(location.source)
+        if source is None:
+            return errors.SourceUnavailable(f"{location}: no {location.source} source configured")
+        async with gate:
+            try:
+                return await source.fetch(location)
+            except errors.ResolveError as exc:
+                return exc
+
+    locations = list(by_location)
+    outcomes = await asyncio.gather(*(read(loc) for loc in locations))
+    result.reads = len(locations)
+    for location, outcome in zip(locations, outcomes, strict=True):
+        if isinstance(outcome, errors.ResolveError):
+            log.warning("cannot read %s: %s", location, outcome)
+            for ref in by_location[location]:
+                result.failures[ref] = outcome
+            continue
+        result.versions[location] = outcome.version
+        for ref in by_location[location]:
+            try:
+                result.values[ref] = lookup(outcome.document, ref.key, where=str(location))
+            except errors.ResolveError as exc:
+                result.failures[ref] = exc
+    return result

@@ -1,0 +1,74 @@
+"""Secret values and the keyed content hash.
+
+A `SecretValue` holds plaintext bytes and refuses to show them: its repr and str are masked,
+so a value that slips into a log line or an f-string prints as `<secret>`. Code that must use
+the bytes calls `reveal()`, and only the renderers and sinks do.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from collections.abc import Mapping
+from typing import Final
+
+MIN_GUARDED_LEN: Final = 4
+"""Values shorter than this are too common to guard against (DESIGN §3)."""
+
+
+class SecretValue:
+    """Plaintext bytes with a masked representation."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    @classmethod
+    def of(cls, text: str) -> SecretValue:
+        return cls(text.encode("utf-8"))
+
+    def reveal(self) -> bytes:
+        return self._data
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return "<secret>"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SecretValue):
+            return NotImplemented
+        return hmac.compare_digest(self._data, other._data)
+
+    def __hash__(self) -> int:
+        return hash(self._data)
+
+    def needles(self) -> tuple[bytes, ...]:
+        """The byte strings whose presence in output would leak this value."""
+        if len(self._data) < MIN_GUARDED_LEN:
+            return ()
+        return (self._data, base64.b64encode(self._data))
+
+
+def content_hash(key: bytes, parts: Mapping[str, object]) -> str:
+    """Keyed HMAC-SHA256 over a canonical JSON of `parts` (values as SecretValue or plain)."""
+
+    def encode(obj: object) -> object:
+        if isinstance(obj, SecretValue):
+            return {"$b": base64.b64encode(obj.reveal()).decode("ascii")}
+        if isinstance(obj, bytes):
+            return {"$b": base64.b64encode(obj).decode("ascii")}
+        if isinstance(obj, Mapping):
+            return {str(k): encode(v) for k, v in obj.items()}
+        if isinstance(obj, list | tuple):
+            return [encode(v) for v in obj]
+        return obj
+
+    blob = json.dumps(encode(parts), sort_keys=True, separators=(",", ":")).encode("utf-8")
+    return hmac.new(key, blob, hashlib.sha256).hexdigest()
