@@ -343,3 +343,16 @@ class DesiredSecret:
 
     def refs(self) -> list[ValueRef]:
         return [v for v in self.data.values() if isinstance(v, ValueRef)]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Observed:
+    """What a sink found for one object it may own: enough to diff, never values."""
+
+    key: ObjectKey
+    kind: str
+    owned: bool
+    fleet_secret: str | None = None
+    content_hash: str | None = None
+    key_hashes: Mapping[str, str] = field(default_factory=dict)
+    encrypted: Mapping[str, str] = field(default_factory=dict)  # SealedSecret ciphertexts

@@ -53,7 +53,14 @@ class SecretValue:
         """The byte strings whose presence in output would leak this value."""
         if len(self._data) < MIN_GUARDED_LEN:
             return ()
-        return (self._data, base64.b64encode(self._data))
+        out = [self._data, base64.b64encode(self._data)]
+        try:
+            escaped = json.dumps(self._data.decode("utf-8"))[1:-1].encode("utf-8")
+        except UnicodeDecodeError:
+            escaped = self._data
+        if escaped != self._data:
+            out.append(escaped)
+        return tuple(out)
 
 
 def content_hash(key: bytes, parts: Mapping[str, object]) -> str:

@@ -1,0 +1,492 @@
+"""The `secretsync` command line: thin commands over the engine, the loader and the sealer.
+
+The only place (with the daemon) that reads the environment and argv. Output is YAML by
+default, JSON with `-o json`. Exit codes: 0 done, 1 done but some items failed (each named),
+2 bad input or usage. Values never come from argv in examples; nothing prompts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+import yaml
+
+from secretsync import __version__, errors, load, logs, scan, seal, selectors
+from secretsync.engine import CycleReport, Engine, ItemResult
+from secretsync.model import ANNOTATION_CLUSTER, Fleet, Scope, Selector
+from secretsync.resolve import Source
+from secretsync.materialize import dump_yaml
+from secretsync.sinks.git import GitSink
+from secretsync.values import SecretValue
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(click.UsageError):
+    exit_code = EXIT_USAGE
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """Process settings built once from options and the environment."""
+
+    output: str
+    hmac_key: bytes | None
+    env: Mapping[str, str]
+
+
+def _hmac_key(env: Mapping[str, str], key_file: str | None) -> bytes | None:
+    if key_file:
+        try:
+            data = Path(key_file).read_bytes().strip()
+        except OSError as exc:
+            raise UsageError(f"cannot read HMAC key file {key_file}: {exc.strerror}") from None
+        if not data:
+            raise UsageError(f"HMAC key file {key_file} is empty")
+        return data
+    text = env.get("SECRETSYNC_HMAC_KEY")
+    return text.encode("utf-8") if text else None
+
+
+def _emit(settings: Settings, document: object) -> None:
+    if settings.output == "json":
+        click.echo(json.dumps(document, indent=2, ensure_ascii=False))
+    else:
+        click.echo(dump_yaml(document).decode("utf-8"), nl=False)
+
+
+def _fail_config(exc: errors.ConfigError) -> NoReturn:
+    click.echo(exc.render(), err=True)
+    count = len(exc.errors) if isinstance(exc, errors.ConfigErrors) else 1
+    click.echo(f"{count} error(s); nothing was changed", err=True)
+    sys.exit(EXIT_USAGE)
+
+
+def _load(path: str) -> Fleet:
+    try:
+        return load.load_fleet(Path(path))
+    except errors.ConfigError as exc:
+        _fail_config(exc)
+
+
+def _selector(text: str | None) -> Selector | None:
+    if text is None:
+        return None
+    try:
+        return selectors.parse(text)
+    except ValueError as exc:
+        raise UsageError(f"--selector: {exc}") from None
+
+
+def build_sources(fleet: Fleet, env: Mapping[str, str]) -> dict[str, Source]:
+    """The sources the fleet configures; each built only when first needed."""
+    from secretsync.sources.sops import SopsSource
+
+    out: dict[str, Source] = {"sops": SopsSource(root=fleet.root, settings=fleet.sops, env=env)}
+    if fleet.vault is not None:
+        from secretsync.sources.vault import build_vault_source
+
+        out["vault"] = build_vault_source(fleet.vault, env=env, root=fleet.root)
+    return out
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="secretsync")
+@click.option(
+    "-o", "--output", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True,
+    help="Output format of reports.",
+)
+@click.option(
+    "--log-level", envvar="SECRETSYNC_LOG_LEVEL", default="info", show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+)
+@click.option(
+    "--log-format", envvar="SECRETSYNC_LOG_FORMAT", default="text", show_default=True,
+    type=click.Choice(["text", "json"]),
+)
+@click.option(
+    "--hmac-key-file", envvar="SECRETSYNC_HMAC_KEY_FILE", type=click.Path(dir_okay=False),
+    help="File holding the content-hash key (default: $SECRETSYNC_HMAC_KEY).",
+)
+@click.pass_context
+def main_group(
+    ctx: click.Context, output: str, log_level: str, log_format: str, hmac_key_file: str | None
+) -> None:
+    """Distribute secrets to a fleet of Kubernetes clusters from one Git repository."""
+    logs.setup(level=log_level, fmt=log_format)
+    env = dict(os.environ)
+    ctx.obj = Settings(output=output, hmac_key=_hmac_key(env, hmac_key_file), env=env)
+
+
+pass_settings = click.make_pass_decorator(Settings)
+
+
+# --- validate --------------------------------------------------------------------------------
+
+
+@main_group.command()
+@click.argument("fleet", type=click.Path(file_okay=False))
+@pass_settings
+def validate(settings: Settings, fleet: str) -> None:
+    """Load and check the fleet repo without reading any source.
+
+    Checks schema, selectors, templates, policies, refs' shape and sealing certificates.
+    Errors are printed as `file:line: field: message`; exit code 2 if there are any.
+    """
+    from secretsync import plan
+
+    loaded = _load(fleet)
+    try:
+        desired = plan.plan(loaded)
+    except errors.ConfigError as exc:
+        _fail_config(exc)
+    problems: list[errors.ConfigError] = []
+    now = datetime.now(UTC)
+    for cluster in loaded.clusters.values():
+        if cluster.cert_file is None:
+            continue
+        try:
+            pem = load.read_fleet_file(loaded.root, cluster.cert_file)
+            seal.load_certificate(pem, source=cluster.cert_file, now=now)
+        except errors.ConfigError as exc:
+            problems.append(exc)
+        except errors.SealError as exc:
+            problems.append(
+                errors.ConfigError(
+                    str(exc), file=cluster.origin.file, line=cluster.origin.line,
+                    field="spec.sealedSecrets.certFile",
+                )
+            )
+    if problems:
+        _fail_config(errors.ConfigErrors(problems))
+    _emit(
+        settings,
+        {
+            "fleet": loaded.name,
+            "clusters": len(loaded.clusters),
+            "fleetSecrets": len(loaded.secrets),
+            "objects": len(desired),
+            "valid": True,
+        },
+    )
+
+
+# --- render / plan ---------------------------------------------------------------------------
+
+
+def _engine(settings: Settings, fleet: Fleet, sinks: Sequence[GitSink]) -> Engine:
+    key = settings.hmac_key
+    if key is None:
+        log.warning(
+            "SECRETSYNC_HMAC_KEY is not set: a random key is used, so sealed output changes "
+            "on every run (set it to keep unchanged values byte-identical)"
+        )
+        key = secrets.token_bytes(32)
+    return Engine(
+        sources=build_sources(fleet, settings.env), sinks=list(sinks), hmac_key=key,
+        clock=lambda: datetime.now(UTC),
+    )
+
+
+def _item_doc(item: ItemResult) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "object": f"{item.namespace}/{item.name}",
+        "fleetSecret": item.fleet_secret,
+        "action": item.action,
+    }
+    keys = {
+        k: list(v)
+        for k, v in (
+            ("added", item.keys.added), ("changed", item.keys.changed),
+            ("removed", item.keys.removed),
+        )
+        if v
+    }
+    if keys:
+        doc["keys"] = keys
+    if item.reason:
+        doc["reason"] = item.reason
+    return doc
+
+
+def _report_doc(report: CycleReport, *, verbose: bool) -> dict[str, Any]:
+    clusters: dict[str, list[dict[str, Any]]] = {}
+    counts = {"create": 0, "update": 0, "delete": 0, "unchanged": 0, "failed": 0}
+    for item in report.items:
+        counts[item.action] = counts.get(item.action, 0) + 1
+        if verbose or item.action != "unchanged":
+            clusters.setdefault(item.cluster, []).append(_item_doc(item))
+    doc: dict[str, Any] = {
+        "clusters": clusters,
+        "summary": {
+            "created": counts["create"], "updated": counts["update"],
+            "deleted": counts["delete"], "unchanged": counts["unchanged"],
+            "failed": counts["failed"], "sourceReads": report.reads, "seals": report.seals,
+        },
+    }
+    if report.failed_clusters:
+        doc["failedClusters"] = report.failed_clusters
+    return doc
+
+
+def _run(
+    settings: Settings,
+    fleet_path: str,
+    *,
+    out: str | None,
+    cluster: tuple[str, ...],
+    selector: str | None,
+    dry_run: bool,
+    verbose: bool,
+) -> None:
+    fleet = _load(fleet_path)
+    out_dir = Path(out) if out else fleet.root / fleet.output_dir
+    sink = GitSink(out_dir=out_dir)
+    engine = _engine(settings, fleet, [sink])
+    sel = _selector(selector)
+
+    async def go() -> CycleReport:
+        try:
+            return await engine.run_cycle(fleet, clusters=cluster, selector=sel, dry_run=dry_run)
+        finally:
+            for source in engine.sources.values():
+                await source.aclose()
+
+    try:
+        report = asyncio.run(go())
+    except errors.ConfigError as exc:
+        _fail_config(exc)
+    doc = _report_doc(report, verbose=verbose)
+    if not dry_run:
+        doc["summary"]["filesChanged"] = sink.files_changed
+    _emit(settings, doc)
+    for item in report.failures:
+        click.echo(
+            f"failed: {item.cluster} {item.namespace}/{item.name}: {item.reason}", err=True
+        )
+    for name, reason in report.failed_clusters.items():
+        click.echo(f"failed: cluster {name}: {reason}", err=True)
+    sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
+
+
+_cluster_option = click.option(
+    "--cluster", "cluster", multiple=True, help="Only this cluster (repeatable)."
+)
+_selector_option = click.option("--selector", help="Only clusters matching this label selector.")
+
+
+@main_group.command()
+@click.argument("fleet", type=click.Path(file_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder (default: Fleet's).")
+@_cluster_option
+@_selector_option
+@click.option("-v", "--verbose", is_flag=True, help="List unchanged objects too.")
+@pass_settings
+def render(
+    settings: Settings, fleet: str, out: str | None, cluster: tuple[str, ...],
+    selector: str | None, verbose: bool,
+) -> None:
+    """Resolve values and write SealedSecret / ExternalSecret manifests per cluster.
+
+    Files go to OUT/<cluster>/<namespace>/<name>.yaml with a kustomization.yaml per cluster.
+    Unchanged values keep their ciphertext; `direct` clusters get nothing in Git.
+    """
+    _run(settings, fleet, out=out, cluster=cluster, selector=selector, dry_run=False,
+         verbose=verbose)
+
+
+@main_group.command()
+@click.argument("fleet", type=click.Path(file_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder (default: Fleet's).")
+@_cluster_option
+@_selector_option
+@click.option("-v", "--verbose", is_flag=True, help="List unchanged objects too.")
+@pass_settings
+def plan(
+    settings: Settings, fleet: str, out: str | None, cluster: tuple[str, ...],
+    selector: str | None, verbose: bool,
+) -> None:
+    """Show what `render` would change, per cluster: objects and keys, never values."""
+    _run(settings, fleet, out=out, cluster=cluster, selector=selector, dry_run=True,
+         verbose=verbose)
+
+
+# --- seal ------------------------------------------------------------------------------------
+
+
+def _read_values(
+    literals: tuple[str, ...], files: tuple[str, ...], stdin_key: str | None
+) -> dict[str, SecretValue]:
+    values: dict[str, SecretValue] = {}
+
+    def put(key: str, value: SecretValue, flag: str) -> None:
+        if not key or not load._SECRET_KEY.match(key) or len(key) > 253:
+            raise UsageError(f"{flag}: {key!r} is not a valid Secret key")
+        if key in values:
+            raise UsageError(f"{flag}: key {key!r} given twice")
+        values[key] = value
+
+    for item in literals:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise UsageError("--from-literal takes KEY=VALUE")
+        put(key, SecretValue.of(text), "--from-literal")
+    for item in files:
+        key, sep, path = item.partition("=")
+        if not sep:
+            raise UsageError("--from-file takes KEY=PATH")
+        try:
+            put(key, SecretValue(Path(path).read_bytes()), "--from-file")
+        except OSError as exc:
+            raise UsageError(f"--from-file: cannot read {path}: {exc.strerror}") from None
+    if stdin_key is not None:
+        put(stdin_key, SecretValue(sys.stdin.buffer.read()), "--from-stdin")
+    if not values:
+        raise UsageError("give at least one of --from-literal, --from-file or --from-stdin")
+    return values
+
+
+@main_group.command("seal")
+@click.option("-f", "--fleet", "fleet_path", required=True, type=click.Path(file_okay=False))
+@_cluster_option
+@_selector_option
+@click.option("--namespace", required=True)
+@click.option("--name", required=True)
+@click.option("--from-literal", "literals", multiple=True, metavar="KEY=VALUE")
+@click.option("--from-file", "files", multiple=True, metavar="KEY=PATH")
+@click.option("--from-stdin", "stdin_key", metavar="KEY", help="Read one value from stdin.")
+@click.option(
+    "--scope", type=click.Choice([s.value for s in Scope]), default=Scope.STRICT.value,
+    show_default=True,
+)
+@click.option("--type", "secret_type", default="Opaque", show_default=True)
+@click.option("--raw", is_flag=True, help="Print only the sealed values.")
+@click.option(
+    "--merge-into", type=click.Path(dir_okay=False),
+    help="Merge into this file of SealedSecrets (one per cluster) and rewrite it in place.",
+)
+@pass_settings
+def seal_command(
+    settings: Settings, fleet_path: str, cluster: tuple[str, ...], selector: str | None,
+    namespace: str, name: str, literals: tuple[str, ...], files: tuple[str, ...],
+    stdin_key: str | None, scope: str, secret_type: str, raw: bool, merge_into: str | None,
+) -> None:
+    """Seal values for many clusters at once, each with its own certificate.
+
+    Prints one SealedSecret per matching cluster (multi-document YAML), each annotated with
+    its cluster. Values come from files or stdin; prefer those over --from-literal.
+    """
+    from secretsync import fleetseal
+
+    if not cluster and selector is None:
+        raise UsageError("give --cluster NAME (repeatable) or --selector SELECTOR")
+    fleet = _load(fleet_path)
+    values = _read_values(literals, files, stdin_key)
+    try:
+        result = fleetseal.seal_for_clusters(
+            fleet, names=cluster, selector=_selector(selector), namespace=namespace, name=name,
+            values=values, scope=Scope(scope), secret_type=secret_type,
+            now=datetime.now(UTC),
+        )
+    except errors.ConfigError as exc:
+        _fail_config(exc)
+    if merge_into:
+        try:
+            fleetseal.merge_into(Path(merge_into), result.manifests, scope=Scope(scope))
+        except errors.ConfigError as exc:
+            _fail_config(exc)
+        click.echo(f"merged {len(result.manifests)} cluster(s) into {merge_into}", err=True)
+    elif raw:
+        encrypted = {
+            m["metadata"]["annotations"][ANNOTATION_CLUSTER]: m["spec"]["encryptedData"]
+            for m in result.manifests
+        }
+        if len(encrypted) == 1 and len(values) == 1:
+            click.echo(next(iter(next(iter(encrypted.values())).values())), nl=False)
+        else:
+            _emit(settings, encrypted)
+    elif settings.output == "json":
+        _emit(settings, {"apiVersion": "v1", "kind": "List", "items": result.manifests})
+    else:
+        click.echo(
+            "".join("---\n" + dump_yaml(m).decode("utf-8") for m in result.manifests), nl=False
+        )
+    for cluster_name, reason in result.failures.items():
+        click.echo(f"failed: cluster {cluster_name}: {reason}", err=True)
+    sys.exit(EXIT_FAILED if result.failures else EXIT_OK)
+
+
+# --- unseal ----------------------------------------------------------------------------------
+
+
+@main_group.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option(
+    "--private-key", "key_files", multiple=True, required=True, type=click.Path(dir_okay=False),
+    help="PEM private key of the sealing controller (repeatable).",
+)
+@click.option("--show-values", is_flag=True, help="Print values; otherwise only which keys open.")
+@pass_settings
+def unseal(settings: Settings, file: str, key_files: tuple[str, ...], show_values: bool) -> None:
+    """Check SealedSecrets offline with the controller's private key(s) (recovery, audits)."""
+    keys = []
+    for key_file in key_files:
+        try:
+            keys.extend(seal.load_private_keys(Path(key_file).read_bytes(), source=key_file))
+        except (OSError, errors.SealError) as exc:
+            raise UsageError(f"--private-key {key_file}: {exc}") from None
+    try:
+        docs = [d for d in yaml.load_all(Path(file).read_bytes(), Loader=yaml.CSafeLoader) if d]
+    except (OSError, yaml.YAMLError) as exc:
+        raise UsageError(f"{file}: cannot read SealedSecrets ({type(exc).__name__})") from None
+    out: list[dict[str, Any]] = []
+    failed = False
+    for doc in docs:
+        meta = doc.get("metadata", {}) if isinstance(doc, dict) else {}
+        entry: dict[str, Any] = {"object": f"{meta.get('namespace')}/{meta.get('name')}"}
+        try:
+            opened = seal.unseal_manifest(doc, keys)
+            entry["keys"] = (
+                {k: v.decode("utf-8", "backslashreplace") for k, v in opened.items()}
+                if show_values
+                else sorted(opened)
+            )
+        except errors.SealError as exc:
+            entry["error"] = str(exc)
+            failed = True
+        out.append(entry)
+    _emit(settings, out)
+    sys.exit(EXIT_FAILED if failed else EXIT_OK)
+
+
+# --- scan ------------------------------------------------------------------------------------
+
+
+@main_group.command("scan")
+@click.argument("path", type=click.Path(exists=True))
+@pass_settings
+def scan_command(settings: Settings, path: str) -> None:
+    """Find plaintext Secrets and unencrypted SOPS files; exit 1 naming each."""
+    findings = scan.scan(Path(path))
+    for f in findings:
+        click.echo(f"{f.file}:{f.line}: {f.kind}: {f.message}")
+    if findings:
+        click.echo(f"{len(findings)} finding(s)", err=True)
+    sys.exit(EXIT_FAILED if findings else EXIT_OK)
+
+
+def main() -> None:
+    main_group(prog_name="secretsync")

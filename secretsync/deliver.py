@@ -1,0 +1,107 @@
+"""Diff desired objects against what a sink holds, and the Sink contract.
+
+`diff` is pure: equal content hash → nothing to do; a desired object with no owned counterpart
+→ create; a differing hash → update; an owned object that is neither desired nor kept → delete.
+Objects whose values could not be resolved are *kept*: never updated, never pruned (DESIGN §5,
+invariant 2). Objects the sink found but does not own are never touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Set
+from dataclasses import dataclass, field
+from typing import ClassVar, Protocol
+
+from secretsync.materialize import Rendered
+from secretsync.model import Cluster, Delivery, ObjectKey, Observed
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeyDiff:
+    added: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+
+
+def key_diff(old: Mapping[str, str], new: Mapping[str, str]) -> KeyDiff:
+    """Which Secret keys were added, changed or removed, from per-key hashes alone."""
+    return KeyDiff(
+        added=tuple(sorted(new.keys() - old.keys())),
+        changed=tuple(sorted(k for k in new.keys() & old.keys() if new[k] != old[k])),
+        removed=tuple(sorted(old.keys() - new.keys())),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class ChangeSet:
+    create: list[Rendered] = field(default_factory=list)
+    update: list[Rendered] = field(default_factory=list)
+    delete: list[Observed] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.create or self.update or self.delete)
+
+
+@dataclass(slots=True, kw_only=True)
+class ApplyResult:
+    """What a sink did: objects written and deleted, and per-object failures."""
+
+    written: list[ObjectKey] = field(default_factory=list)
+    deleted: list[ObjectKey] = field(default_factory=list)
+    failed: dict[ObjectKey, str] = field(default_factory=dict)
+
+
+class Sink(Protocol):
+    """Where objects go. Observes only what it may own; applies only the given changes."""
+
+    name: ClassVar[str]
+
+    def accepts(self, delivery: Delivery) -> bool: ...
+
+    async def observe(self, cluster: Cluster) -> Mapping[ObjectKey, Observed]: ...
+
+    async def detail(self, observed: Observed) -> Observed:
+        """The observed object with what a renderer needs to reuse (sealed ciphertext)."""
+        ...
+
+    async def apply(self, cluster: Cluster, changes: ChangeSet) -> ApplyResult: ...
+
+    async def orphans(self, known: Set[str]) -> list[str]:
+        """Clusters this sink holds owned objects for that are not in `known`."""
+        ...
+
+
+@dataclass(slots=True, kw_only=True)
+class Diff:
+    changes: ChangeSet
+    unchanged: list[ObjectKey]
+    conflicts: list[ObjectKey]
+
+
+def diff(
+    desired: Mapping[ObjectKey, Rendered | str],
+    observed: Mapping[ObjectKey, Observed],
+    *,
+    keep: Set[ObjectKey],
+) -> Diff:
+    """The changes that bring `observed` to `desired`.
+
+    A desired value may be a bare content hash: the caller found it equal to what is observed
+    and did not render it. An object at a desired key that secretsync does not own is a
+    conflict, never overwritten.
+    """
+    result = Diff(changes=ChangeSet(), unchanged=[], conflicts=[])
+    for key, item in desired.items():
+        seen = observed.get(key)
+        if seen is not None and not seen.owned:
+            result.conflicts.append(key)
+        elif isinstance(item, str) or (seen is not None and seen.content_hash == item.content_hash):
+            result.unchanged.append(key)
+        elif seen is None:
+            result.changes.create.append(item)
+        else:
+            result.changes.update.append(item)
+    for key, seen in observed.items():
+        if seen.owned and key not in desired and key not in keep:
+            result.changes.delete.append(seen)
+    return result

@@ -1,0 +1,289 @@
+"""One reconcile cycle: plan → resolve → materialize → deliver, the same for CLI and daemon.
+
+Per cluster the work runs concurrently, each under its own timeout, so one slow or broken
+cluster never holds up the others (invariant 4). A DesiredSecret whose values could not all be
+resolved is not rendered: its object is kept as it is, and the report says failed, and why
+(invariant 2). Unchanged objects are recognised by their keyed content hash and not rendered
+or written at all (invariant 5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from secretsync import errors, load, materialize, plan, resolve, seal, selectors
+from secretsync.deliver import ApplyResult, KeyDiff, Sink, diff, key_diff
+from secretsync.materialize import RenderContext, Rendered
+from secretsync.model import Cluster, Delivery, DesiredSecret, Fleet, ObjectKey, Selector
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True, kw_only=True)
+class ItemResult:
+    """The outcome for one object on one cluster. Never holds a value."""
+
+    cluster: str
+    namespace: str
+    name: str
+    fleet_secret: str | None
+    sink: str
+    action: str  # create | update | delete | unchanged | failed
+    reason: str = ""
+    keys: KeyDiff = field(default_factory=KeyDiff)
+    content_hash: str | None = None
+    refs: tuple[str, ...] = ()
+
+
+@dataclass(slots=True, kw_only=True)
+class CycleReport:
+    items: list[ItemResult] = field(default_factory=list)
+    reads: int = 0
+    seals: int = 0
+    writes: int = 0
+    deletes: int = 0
+    failed_clusters: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def failures(self) -> list[ItemResult]:
+        return [i for i in self.items if i.action == "failed"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and not self.failed_clusters
+
+
+@dataclass(kw_only=True)
+class Engine:
+    sources: Mapping[str, resolve.Source]
+    sinks: Sequence[Sink]
+    hmac_key: bytes
+    clock: Callable[[], datetime]
+    cluster_timeout_s: float = 120.0
+    cluster_concurrency: int = 8
+    source_concurrency: int = 16
+
+    async def run_cycle(
+        self,
+        fleet: Fleet,
+        *,
+        clusters: Collection[str] = (),
+        selector: Selector | None = None,
+        dry_run: bool = False,
+    ) -> CycleReport:
+        desired = plan.plan(fleet, clusters=clusters, selector=selector)
+        report = CycleReport()
+        needs_values = [
+            d
+            for d in desired
+            if d.delivery is not Delivery.EXTERNAL and any(s.accepts(d.delivery) for s in self.sinks)
+        ]
+        resolution = await resolve.resolve(
+            (ref for d in needs_values for ref in d.refs()),
+            self.sources,
+            concurrency=self.source_concurrency,
+        )
+        report.reads = resolution.reads
+        targets = self._target_clusters(fleet, clusters, selector)
+        by_cluster: dict[str, list[DesiredSecret]] = {name: [] for name in targets}
+        for d in desired:
+            by_cluster[d.cluster.name].append(d)
+        gate = asyncio.Semaphore(self.cluster_concurrency)
+
+        async def one(cluster: Cluster) -> list[ItemResult]:
+            async with gate:
+                async with asyncio.timeout(self.cluster_timeout_s):
+                    return await self._cluster(
+                        fleet, cluster, by_cluster[cluster.name], resolution, report,
+                        dry_run=dry_run,
+                    )
+
+        names = list(targets)
+        outcomes = await asyncio.gather(
+            *(one(targets[n]) for n in names), return_exceptions=True
+        )
+        for name, outcome in zip(names, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                if not isinstance(outcome, Exception):
+                    raise outcome
+                reason = _reason(outcome)
+                report.failed_clusters[name] = reason
+                log.error("cluster %s failed: %s", name, reason)
+                continue
+            report.items.extend(outcome)
+        if not clusters and selector is None:
+            await self._prune_orphans(fleet, report, dry_run=dry_run)
+        return report
+
+    async def _prune_orphans(self, fleet: Fleet, report: CycleReport, *, dry_run: bool) -> None:
+        """Remove what secretsync owns for clusters that left the fleet."""
+        for sink in self.sinks:
+            for name in await sink.orphans(set(fleet.clusters)):
+                gone = Cluster(
+                    name=name, labels={}, delivery=Delivery.DIRECT, origin=fleet.origin
+                )
+                observed = await sink.observe(gone)
+                outcome = diff({}, observed, keep=set())
+                if not dry_run and outcome.changes:
+                    await sink.apply(gone, outcome.changes)
+                for obs in outcome.changes.delete:
+                    report.items.append(
+                        ItemResult(
+                            cluster=name, namespace=obs.key.namespace, name=obs.key.name,
+                            fleet_secret=obs.fleet_secret, sink=sink.name, action="delete",
+                            reason="cluster is no longer in the fleet",
+                        )
+                    )
+                    if not dry_run:
+                        report.deletes += 1
+
+    def _target_clusters(
+        self, fleet: Fleet, names: Collection[str], selector: Selector | None
+    ) -> dict[str, Cluster]:
+        return {
+            n: c
+            for n, c in fleet.clusters.items()
+            if (not names or n in names) and (selector is None or selectors.matches(selector, c.labels))
+        }
+
+    def _certificate(self, fleet: Fleet, cluster: Cluster) -> seal.Certificate:
+        if cluster.cert_file is None:
+            raise errors.SealError(f"cluster {cluster.name!r} has no sealedSecrets.certFile")
+        pem = load.read_fleet_file(fleet.root, cluster.cert_file)
+        return seal.load_certificate(pem, source=cluster.cert_file, now=self.clock())
+
+    async def _cluster(
+        self,
+        fleet: Fleet,
+        cluster: Cluster,
+        desired: list[DesiredSecret],
+        resolution: resolve.Resolution,
+        report: CycleReport,
+        *,
+        dry_run: bool,
+    ) -> list[ItemResult]:
+        results: list[ItemResult] = []
+        certificate: seal.Certificate | None = None
+        cert_error: str | None = None
+        if cluster.delivery is Delivery.SEALED and desired:
+            try:
+                certificate = self._certificate(fleet, cluster)
+            except (errors.SealError, errors.ConfigError) as exc:
+                cert_error = str(exc)
+        for sink in self.sinks:
+            wanted = desired if sink.accepts(cluster.delivery) else []
+            observed = await sink.observe(cluster)
+            prepared: dict[ObjectKey, Rendered | str] = {}
+            keep: set[ObjectKey] = set()
+            meta: dict[ObjectKey, DesiredSecret] = {}
+            for d in wanted:
+                meta[d.key] = d
+                refs = tuple(str(r) for r in d.refs())
+                failure = self._unresolved(d, resolution) or cert_error
+                if failure is not None:
+                    keep.add(d.key)
+                    results.append(_item(d, sink.name, "failed", reason=failure, refs=refs))
+                    continue
+                values = (
+                    materialize.values_for(d, resolution.values) or {}
+                    if d.delivery is not Delivery.EXTERNAL
+                    else {}
+                )
+                ctx = RenderContext(hmac_key=self.hmac_key, certificate=certificate)
+                try:
+                    seen = observed.get(d.key)
+                    digest = materialize.content_hash_of(d, values, ctx=ctx)
+                    if seen is not None and seen.owned and seen.content_hash == digest:
+                        prepared[d.key] = digest
+                        continue
+                    if seen is not None and seen.owned and d.delivery is Delivery.SEALED:
+                        ctx = RenderContext(
+                            hmac_key=self.hmac_key, certificate=certificate,
+                            previous=await sink.detail(seen),
+                        )
+                    rendered = materialize.render(d, values, ctx=ctx)
+                except errors.SecretSyncError as exc:
+                    keep.add(d.key)
+                    results.append(_item(d, sink.name, "failed", reason=str(exc), refs=refs))
+                    continue
+                if not dry_run:
+                    report.seals += rendered.resealed
+                prepared[d.key] = rendered
+            outcome = diff(prepared, observed, keep=keep)
+            for key in outcome.conflicts:
+                d = meta[key]
+                results.append(
+                    _item(
+                        d, sink.name, "failed",
+                        reason=f"{key.namespace}/{key.name} exists and is not managed by "
+                        "secretsync (set adopt: true on the FleetSecret to take it over)",
+                    )
+                )
+            for key in outcome.unchanged:
+                d = meta[key]
+                seen = observed.get(key)
+                results.append(
+                    _item(
+                        d, sink.name, "unchanged",
+                        content_hash=seen.content_hash if seen else None,
+                        refs=tuple(str(r) for r in d.refs()),
+                    )
+                )
+            applied = ApplyResult()
+            if not dry_run and (outcome.changes or sink.name == "git"):
+                applied = await sink.apply(cluster, outcome.changes)
+            for item in [*outcome.changes.create, *outcome.changes.update]:
+                d = meta[item.key]
+                seen = observed.get(item.key)
+                if item.key in applied.failed:
+                    results.append(_item(d, sink.name, "failed", reason=applied.failed[item.key]))
+                    continue
+                action = "create" if seen is None else "update"
+                results.append(
+                    _item(
+                        d, sink.name, action, content_hash=item.content_hash,
+                        keys=key_diff(seen.key_hashes if seen else {}, item.key_hashes),
+                        refs=tuple(str(r) for r in d.refs()),
+                    )
+                )
+                if not dry_run:
+                    report.writes += 1
+            for gone in outcome.changes.delete:
+                results.append(
+                    ItemResult(
+                        cluster=cluster.name, namespace=gone.key.namespace, name=gone.key.name,
+                        fleet_secret=gone.fleet_secret, sink=sink.name, action="delete",
+                        keys=KeyDiff(removed=tuple(sorted(gone.key_hashes))),
+                    )
+                )
+                if not dry_run:
+                    report.deletes += 1
+        return results
+
+    @staticmethod
+    def _unresolved(d: DesiredSecret, resolution: resolve.Resolution) -> str | None:
+        if d.delivery is Delivery.EXTERNAL:
+            return None
+        for ref in d.refs():
+            if (failure := resolution.failures.get(ref)) is not None:
+                return str(failure)
+        return None
+
+
+def _item(d: DesiredSecret, sink: str, action: str, **kwargs: object) -> ItemResult:
+    return ItemResult(
+        cluster=d.cluster.name, namespace=d.target.namespace, name=d.target.name,
+        fleet_secret=d.fleet_secret, sink=sink, action=action, **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, errors.SecretSyncError):
+        return str(exc)
+    return f"internal error ({type(exc).__name__})"

@@ -1,0 +1,955 @@
+"""The fleet repo → the model. The only module that parses fleet YAML.
+
+It reads `secretsync.yaml` (kind Fleet), then every YAML file under the clusters and secrets
+folders (kinds Cluster and FleetSecret, several documents per file). Every problem becomes a
+`ConfigError` naming the repo-relative file, the 1-based line of the offending key and the
+field; all problems of one load are reported together and nothing is returned.
+
+Only files inside the repo are read as fleet content: a symlink or `..` that leaves it is
+refused, files are capped in size, and YAML alias expansion is capped in nodes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+import yaml
+
+from secretsync import errors, selectors, templating
+from secretsync.model import (
+    API_VERSION,
+    Cluster,
+    ControllerRef,
+    DataEntry,
+    Delivery,
+    Fleet,
+    FleetSecret,
+    Kubeconfig,
+    Layout,
+    LiteralSpec,
+    Operator,
+    Origin,
+    Overlay,
+    Policies,
+    Requirement,
+    RestartRef,
+    Scope,
+    Selector,
+    SopsSettings,
+    SopsSpec,
+    StoreRef,
+    Target,
+    ValueSpec,
+    VaultAuth,
+    VaultLimits,
+    VaultSettings,
+    VaultSpec,
+    VaultTLS,
+)
+
+FLEET_FILE: Final = "secretsync.yaml"
+MAX_FILE_BYTES: Final = 1024 * 1024
+MAX_NODES: Final = 200_000
+MAX_FILES: Final = 20_000
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+_DURATION = re.compile(r"^(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$")
+
+_STR = "tag:yaml.org,2002:str"
+_BOOL = "tag:yaml.org,2002:bool"
+_INT = "tag:yaml.org,2002:int"
+_FLOAT = "tag:yaml.org,2002:float"
+_NULL = "tag:yaml.org,2002:null"
+
+
+# --- reading files safely --------------------------------------------------------------------
+
+
+def confine(root: Path, relative: str, *, file: str = "", line: int = 0, field: str = "") -> Path:
+    """The real path of a repo-relative fleet path, refused when it leaves the repo."""
+    if not relative or os.path.isabs(relative) or "\\" in relative:
+        raise errors.ConfigError(
+            f"{relative!r} must be a path relative to the fleet repo", file=file, line=line,
+            field=field,
+        )
+    parts = Path(relative).parts
+    if ".." in parts:
+        raise errors.ConfigError(
+            f"{relative!r} leaves the fleet repo", file=file, line=line, field=field
+        )
+    real_root = root.resolve()
+    real = (real_root / relative).resolve()
+    if real != real_root and real_root not in real.parents:
+        raise errors.ConfigError(
+            f"{relative!r} resolves outside the fleet repo (symlink?)",
+            file=file, line=line, field=field,
+        )
+    return real
+
+
+def read_fleet_file(root: Path, relative: str, *, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """Read one fleet file: confined to the repo, capped in size."""
+    path = confine(root, relative, file=relative)
+    try:
+        with path.open("rb") as fh:
+            data = fh.read(max_bytes + 1)
+    except FileNotFoundError:
+        raise errors.ConfigError("file not found", file=relative) from None
+    except OSError as exc:
+        raise errors.ConfigError(f"cannot read file ({exc.strerror})", file=relative) from None
+    if len(data) > max_bytes:
+        raise errors.ConfigError(
+            f"file is larger than the {max_bytes} byte limit", file=relative
+        )
+    return data
+
+
+def _yaml_files(root: Path, folder: str) -> Iterator[str]:
+    """Repo-relative YAML files under `folder`, sorted; refuses links that leave the repo."""
+    base = confine(root, folder, file=FLEET_FILE, field="spec.layout")
+    if not base.is_dir():
+        return
+    real_root = root.resolve()
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(base):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            if not name.endswith((".yaml", ".yml")):
+                continue
+            rel = os.path.relpath(os.path.join(dirpath, name), real_root)
+            found.append(rel)
+            if len(found) > MAX_FILES:
+                raise errors.ConfigError(f"more than {MAX_FILES} files", file=folder)
+    yield from sorted(found)
+
+
+# --- YAML with line numbers ------------------------------------------------------------------
+
+
+def _compose(data: bytes, *, file: str) -> list[yaml.Node]:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise errors.ConfigError("file is not UTF-8 text", file=file) from None
+    try:
+        nodes = list(yaml.compose_all(text, Loader=yaml.CSafeLoader))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line = mark.line + 1 if mark else 0
+        raise errors.ConfigError(
+            f"invalid YAML: {exc.problem or exc.context}", file=file, line=line
+        ) from None
+    except yaml.YAMLError as exc:
+        raise errors.ConfigError(f"invalid YAML: {type(exc).__name__}", file=file) from None
+    docs = [
+        n for n in nodes
+        if n is not None and not (isinstance(n, yaml.ScalarNode) and n.tag == _NULL)
+    ]
+    for doc in docs:
+        if (size := _expanded_size(doc, {})) > MAX_NODES:
+            raise errors.ConfigError(
+                f"document expands to {size} or more nodes, over the {MAX_NODES} limit "
+                "(YAML alias bomb?)",
+                file=file, line=doc.start_mark.line + 1,
+            )
+    return docs
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """Nodes the document would have with every alias expanded (linear time, memoised)."""
+    if (known := memo.get(id(node))) is not None:
+        return known
+    memo[id(node)] = 1  # a cycle counts once
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        for child in node.value:
+            size += _expanded_size(child, memo)
+            if size > MAX_NODES:
+                break
+    elif isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            size += _expanded_size(key, memo) + _expanded_size(value, memo)
+            if size > MAX_NODES:
+                break
+    memo[id(node)] = size
+    return size
+
+
+@dataclass(slots=True)
+class _Ctx:
+    """Collects errors for one load; counts nodes to cap alias expansion."""
+
+    file: str = ""
+    errors: list[errors.ConfigError] = field(default_factory=list)
+    nodes: int = 0
+
+    def error(self, node: yaml.Node | None, field: str, message: str) -> None:
+        line = node.start_mark.line + 1 if node is not None else 0
+        self.errors.append(errors.ConfigError(message, file=self.file, line=line, field=field))
+
+    def count(self, node: yaml.Node) -> None:
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise errors.ConfigError(
+                f"document expands to more than {MAX_NODES} nodes (YAML alias bomb?)",
+                file=self.file, line=node.start_mark.line + 1,
+            )
+
+
+class _Map:
+    """A YAML mapping being read field by field; `done()` reports unknown fields."""
+
+    def __init__(
+        self, ctx: _Ctx, node: yaml.MappingNode, path: str, key: yaml.Node | None = None
+    ) -> None:
+        self.ctx = ctx
+        self.node = node
+        self.key = key
+        self.path = path
+        self.entries: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        self.used: set[str] = set()
+        for key_node, value_node in node.value:
+            ctx.count(key_node)
+            ctx.count(value_node)
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag not in (_STR, _INT):
+                ctx.error(key_node, path, "keys must be strings")
+                continue
+            key = str(key_node.value)
+            if key in self.entries:
+                first = self.entries[key][0].start_mark.line + 1
+                ctx.error(key_node, self.field(key), f"duplicate key (first on line {first})")
+                continue
+            self.entries[key] = (key_node, value_node)
+
+    def field(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    @property
+    def line(self) -> int:
+        return self.node.start_mark.line + 1
+
+    def origin(self) -> Origin:
+        return Origin(self.ctx.file, self.line)
+
+    def key_node(self, key: str) -> yaml.Node | None:
+        entry = self.entries.get(key)
+        return entry[0] if entry else None
+
+    def raw(self, key: str, *, required: bool = False) -> yaml.Node | None:
+        self.used.add(key)
+        entry = self.entries.get(key)
+        if entry is None:
+            if required:
+                self.ctx.error(self.key or self.node, self.field(key), "required field is missing")
+            return None
+        value = entry[1]
+        if isinstance(value, yaml.ScalarNode) and value.tag == _NULL:
+            if required:
+                self.ctx.error(entry[0], self.field(key), "required field is empty")
+            return None
+        return value
+
+    def text(self, key: str, *, required: bool = False, scalar: bool = False) -> str | None:
+        node = self.raw(key, required=required)
+        if node is None:
+            return None
+        allowed = (_STR, _INT, _FLOAT, _BOOL) if scalar else (_STR,)
+        if not isinstance(node, yaml.ScalarNode) or node.tag not in allowed:
+            self.ctx.error(self.key_node(key), self.field(key), "must be a string")
+            return None
+        value = str(node.value)
+        if required and value == "":
+            self.ctx.error(self.key_node(key), self.field(key), "must not be empty")
+            return None
+        return value
+
+    def flag(self, key: str) -> bool | None:
+        node = self.raw(key)
+        if node is None:
+            return None
+        if not isinstance(node, yaml.ScalarNode) or node.tag != _BOOL:
+            self.ctx.error(self.key_node(key), self.field(key), "must be true or false")
+            return None
+        return str(node.value).lower() in ("true", "yes", "on")
+
+    def number(self, key: str, *, integer: bool = False, minimum: float = 0) -> float | None:
+        node = self.raw(key)
+        if node is None:
+            return None
+        tags = (_INT,) if integer else (_INT, _FLOAT)
+        if not isinstance(node, yaml.ScalarNode) or node.tag not in tags:
+            kind = "an integer" if integer else "a number"
+            self.ctx.error(self.key_node(key), self.field(key), f"must be {kind}")
+            return None
+        value = float(int(str(node.value), 0)) if node.tag == _INT else float(node.value)
+        if value < minimum:
+            self.ctx.error(self.key_node(key), self.field(key), f"must be at least {minimum:g}")
+            return None
+        return value
+
+    def map(self, key: str, *, required: bool = False) -> _Map | None:
+        node = self.raw(key, required=required)
+        if node is None:
+            return None
+        if not isinstance(node, yaml.MappingNode):
+            self.ctx.error(self.key_node(key), self.field(key), "must be a mapping")
+            return None
+        return _Map(self.ctx, node, self.field(key), self.key_node(key))
+
+    def seq(self, key: str) -> list[tuple[yaml.Node, str]] | None:
+        node = self.raw(key)
+        if node is None:
+            return None
+        if not isinstance(node, yaml.SequenceNode):
+            self.ctx.error(self.key_node(key), self.field(key), "must be a list")
+            return None
+        out = []
+        for i, item in enumerate(node.value):
+            self.ctx.count(item)
+            out.append((item, f"{self.field(key)}[{i}]"))
+        return out
+
+    def str_list(self, key: str) -> list[tuple[str, yaml.Node]] | None:
+        items = self.seq(key)
+        if items is None:
+            return None
+        out: list[tuple[str, yaml.Node]] = []
+        for item, path in items:
+            if not isinstance(item, yaml.ScalarNode) or item.tag != _STR:
+                self.ctx.error(item, path, "must be a string")
+                continue
+            out.append((str(item.value), item))
+        return out
+
+    def str_map(self, key: str) -> dict[str, tuple[str, yaml.Node]] | None:
+        sub = self.map(key)
+        if sub is None:
+            return None
+        out = {}
+        for k, (knode, vnode) in sub.entries.items():
+            sub.used.add(k)
+            if not isinstance(vnode, yaml.ScalarNode) or vnode.tag != _STR:
+                self.ctx.error(knode, sub.field(k), "must be a string (quote it)")
+                continue
+            out[k] = (str(vnode.value), knode)
+        return out
+
+    def done(self) -> None:
+        for key, (knode, _) in self.entries.items():
+            if key not in self.used:
+                self.ctx.error(knode, self.field(key), "unknown field")
+
+
+def _as_map(ctx: _Ctx, node: yaml.Node, path: str) -> _Map | None:
+    ctx.count(node)
+    if not isinstance(node, yaml.MappingNode):
+        ctx.error(node, path, "must be a mapping")
+        return None
+    return _Map(ctx, node, path)
+
+
+def _enum[E](
+    m: _Map, key: str, choices: Callable[[str], E], names: list[str], *, default: E
+) -> E:
+    value = m.text(key)
+    if value is None:
+        return default
+    try:
+        return choices(value)
+    except ValueError:
+        m.ctx.error(m.key_node(key), m.field(key), f"must be one of: {', '.join(names)}")
+        return default
+
+
+# --- kinds -----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Header:
+    kind: str
+    name: str
+    labels: dict[str, str]
+    spec: _Map | None
+    name_node: yaml.Node | None
+    origin: Origin
+
+
+def _header(ctx: _Ctx, node: yaml.Node) -> _Header | None:
+    doc = _as_map(ctx, node, "")
+    if doc is None:
+        return None
+    api = doc.text("apiVersion", required=True)
+    if api is not None and api != API_VERSION:
+        ctx.error(doc.key_node("apiVersion"), "apiVersion", f"must be {API_VERSION}")
+    kind = doc.text("kind", required=True) or ""
+    if kind and kind not in ("Fleet", "Cluster", "FleetSecret"):
+        ctx.error(doc.key_node("kind"), "kind", "must be Fleet, Cluster or FleetSecret")
+        kind = ""
+    meta = doc.map("metadata", required=True)
+    name = ""
+    labels: dict[str, str] = {}
+    name_node = None
+    if meta is not None:
+        name = meta.text("name", required=True) or ""
+        name_node = meta.key_node("name")
+        for key, (value, knode) in (meta.str_map("labels") or {}).items():
+            problem = selectors.label_key_problem(key) or selectors.label_value_problem(value)
+            if problem:
+                ctx.error(knode, f"metadata.labels.{key}", problem)
+            labels[key] = value
+        meta.str_map("annotations")
+        meta.done()
+    spec = doc.map("spec", required=True)
+    doc.done()
+    return _Header(kind, name, labels, spec, name_node, Origin(ctx.file, doc.line))
+
+
+def _selector(m: _Map | None) -> Selector:
+    if m is None:
+        return Selector()
+    reqs: list[Requirement] = []
+    for key, (value, knode) in (m.str_map("matchLabels") or {}).items():
+        problem = selectors.label_key_problem(key) or selectors.label_value_problem(value)
+        if problem:
+            m.ctx.error(knode, f"{m.path}.matchLabels.{key}", problem)
+        reqs.append(Requirement(key, Operator.IN, (value,)))
+    for item, path in m.seq("matchExpressions") or []:
+        expr = _as_map(m.ctx, item, path)
+        if expr is None:
+            continue
+        key = expr.text("key", required=True) or ""
+        if key and (problem := selectors.label_key_problem(key)):
+            m.ctx.error(expr.key_node("key"), f"{path}.key", problem)
+        op_text = expr.text("operator", required=True)
+        op: Operator | None = None
+        if op_text is not None:
+            try:
+                op = Operator(op_text)
+            except ValueError:
+                m.ctx.error(
+                    expr.key_node("operator"), f"{path}.operator",
+                    f"must be one of: {', '.join(o.value for o in Operator)}",
+                )
+        values = [v for v, _ in expr.str_list("values") or []]
+        if op in (Operator.IN, Operator.NOT_IN) and not values:
+            m.ctx.error(item, f"{path}.values", f"operator {op} needs at least one value")
+        if op in (Operator.EXISTS, Operator.DOES_NOT_EXIST) and values:
+            m.ctx.error(
+                expr.key_node("values"), f"{path}.values", f"operator {op} takes no values"
+            )
+        expr.done()
+        if op is not None and key:
+            reqs.append(Requirement(key, op, tuple(values)))
+    m.done()
+    return Selector(tuple(reqs))
+
+
+def _template_field(m: _Map, key: str, *, required: bool = True) -> str | None:
+    value = m.text(key, required=required, scalar=key == "value")
+    if value is not None:
+        for problem in templating.check(value):
+            m.ctx.error(m.key_node(key), m.field(key), problem)
+    return value
+
+
+def _value_spec(ctx: _Ctx, node: yaml.Node, path: str) -> ValueSpec | None:
+    m = _as_map(ctx, node, path)
+    if m is None:
+        return None
+    kinds = [k for k in ("vault", "sops", "value") if k in m.entries]
+    if len(kinds) != 1:
+        ctx.error(node, path, "must have exactly one of vault, sops or value")
+        for k in kinds:
+            m.used.add(k)
+        m.done()
+        return None
+    spec: ValueSpec | None = None
+    if kinds[0] == "value":
+        value = _template_field(m, "value")
+        spec = LiteralSpec(value) if value is not None else None
+    elif kinds[0] == "vault":
+        ref = m.map("vault")
+        if ref is not None:
+            path_ = _template_field(ref, "path")
+            key = _template_field(ref, "key")
+            version = ref.number("version", integer=True, minimum=1)
+            mount = ref.text("mount")
+            if path_ and (path_.startswith("/") or ".." in path_.split("/")):
+                ctx.error(ref.key_node("path"), ref.field("path"), "must be a path in the mount")
+            if mount is not None and (not mount or mount.startswith("/") or ".." in mount):
+                ctx.error(ref.key_node("mount"), ref.field("mount"), "must be a mount name")
+            ref.done()
+            if path_ and key:
+                spec = VaultSpec(
+                    path_, key, int(version) if version is not None else None,
+                    mount.strip("/") if mount else None,
+                )
+    else:
+        ref = m.map("sops")
+        if ref is not None:
+            file = _template_field(ref, "file")
+            key = _template_field(ref, "key")
+            if file and not templating.has_template(file):
+                try:
+                    confine(Path("/"), file)  # shape only: relative, no '..'
+                except errors.ConfigError as exc:
+                    ctx.error(ref.key_node("file"), ref.field("file"), exc.message)
+            elif file and (file.startswith("/") or ".." in Path(file).parts):
+                ctx.error(ref.key_node("file"), ref.field("file"), "must stay inside the repo")
+            ref.done()
+            if file and key:
+                spec = SopsSpec(file, key)
+    m.done()
+    return spec
+
+
+def _data(m: _Map, key: str, *, required: bool) -> dict[str, DataEntry]:
+    sub = m.map(key, required=required)
+    out: dict[str, DataEntry] = {}
+    if sub is None:
+        return out
+    for name, (knode, vnode) in sub.entries.items():
+        sub.used.add(name)
+        if len(name) > 253 or not _SECRET_KEY.match(name):
+            m.ctx.error(
+                knode, sub.field(name),
+                "invalid Secret key (1-253 characters: alphanumerics, '-', '_', '.')",
+            )
+            continue
+        spec = _value_spec(m.ctx, vnode, sub.field(name))
+        if spec is not None:
+            out[name] = DataEntry(spec, Origin(m.ctx.file, knode.start_mark.line + 1))
+    if required and not sub.entries:
+        m.ctx.error(m.key_node(key), m.field(key), "must have at least one key")
+    return out
+
+
+def _fleet(ctx: _Ctx, header: _Header, root: Path) -> Fleet:
+    spec = header.spec
+    kwargs: dict[str, object] = {}
+    if spec is not None:
+        defaults = spec.map("defaults")
+        if defaults is not None:
+            kwargs["default_delivery"] = _enum(
+                defaults, "delivery", Delivery, [d.value for d in Delivery],
+                default=Delivery.SEALED,
+            )
+            defaults.done()
+        output = spec.map("output")
+        if output is not None:
+            out_dir = output.text("dir")
+            if out_dir is not None:
+                try:
+                    confine(root, out_dir)
+                    kwargs["output_dir"] = out_dir.rstrip("/")
+                except errors.ConfigError as exc:
+                    ctx.error(output.key_node("dir"), output.field("dir"), exc.message)
+            output.done()
+        layout = spec.map("layout")
+        if layout is not None:
+            kwargs["layout"] = Layout(
+                clusters=layout.text("clusters") or "clusters",
+                secrets=layout.text("secrets") or "secrets",
+            )
+            layout.done()
+        sources = spec.map("sources")
+        if sources is not None:
+            vault = sources.map("vault")
+            if vault is not None:
+                kwargs["vault"] = _vault(vault)
+            elif "vault" in sources.entries:
+                kwargs["vault"] = VaultSettings()
+            sops = sources.map("sops")
+            if sops is not None:
+                timeout = sops.number("timeoutSeconds", minimum=1)
+                max_bytes = sops.number("maxFileBytes", integer=True, minimum=1)
+                kwargs["sops"] = SopsSettings(
+                    timeout_seconds=timeout or 30.0,
+                    max_file_bytes=int(max_bytes) if max_bytes else 5 * 1024 * 1024,
+                )
+                sops.done()
+            sources.done()
+        policies = spec.map("policies")
+        if policies is not None:
+            forbidden = policies.str_list("forbiddenTypes")
+            allow_cw = policies.flag("allowClusterWide")
+            kwargs["policies"] = Policies(
+                forbidden_types=tuple(v for v, _ in forbidden)
+                if forbidden is not None
+                else Policies().forbidden_types,
+                allow_cluster_wide=True if allow_cw is None else allow_cw,
+            )
+            policies.done()
+        spec.done()
+    return Fleet(name=header.name, root=root, origin=header.origin, **kwargs)  # type: ignore[arg-type]
+
+
+def _vault(m: _Map) -> VaultSettings:
+    auth = m.map("auth")
+    auth_kwargs: dict[str, str | None] = {}
+    if auth is not None:
+        method = auth.text("method") or "token"
+        if method not in ("token", "approle", "kubernetes"):
+            m.ctx.error(
+                auth.key_node("method"), auth.field("method"),
+                "must be one of: token, approle, kubernetes",
+            )
+        auth_kwargs["method"] = method
+        for yaml_key, attr in (
+            ("tokenFile", "token_file"), ("role", "role"), ("roleId", "role_id"),
+            ("roleIdFile", "role_id_file"), ("secretIdFile", "secret_id_file"),
+            ("secretIdEnv", "secret_id_env"), ("mountPath", "mount_path"), ("jwtFile", "jwt_file"),
+        ):
+            auth_kwargs[attr] = auth.text(yaml_key)
+        if method == "approle" and not (auth_kwargs["role_id"] or auth_kwargs["role_id_file"]):
+            m.ctx.error(auth.node, auth.field("roleId"), "approle needs roleId or roleIdFile")
+        if method == "approle" and not (
+            auth_kwargs["secret_id_file"] or auth_kwargs["secret_id_env"]
+        ):
+            m.ctx.error(
+                auth.node, auth.field("secretIdFile"), "approle needs secretIdFile or secretIdEnv"
+            )
+        if method == "kubernetes" and not auth_kwargs["role"]:
+            m.ctx.error(auth.node, auth.field("role"), "kubernetes auth needs a role")
+        auth.done()
+    tls = m.map("tls")
+    tls_settings = VaultTLS()
+    if tls is not None:
+        tls_settings = VaultTLS(
+            ca_file=tls.text("caFile"), client_cert_file=tls.text("clientCertFile"),
+            client_key_file=tls.text("clientKeyFile"),
+        )
+        tls.done()
+    limits = m.map("limits")
+    limit_settings = VaultLimits()
+    if limits is not None:
+        concurrency = limits.number("concurrency", integer=True, minimum=1)
+        rps = limits.number("requestsPerSecond", minimum=0.1)
+        timeout = limits.number("timeoutSeconds", minimum=0.1)
+        limit_settings = VaultLimits(
+            concurrency=int(concurrency) if concurrency else 32,
+            requests_per_second=rps or 500.0,
+            timeout_seconds=timeout or 10.0,
+        )
+        limits.done()
+    kv_version = m.number("kvVersion", integer=True, minimum=1)
+    if kv_version is not None and kv_version not in (1, 2):
+        m.ctx.error(m.key_node("kvVersion"), m.field("kvVersion"), "must be 1 or 2")
+    settings = VaultSettings(
+        address=m.text("address"),
+        namespace=m.text("namespace"),
+        kv_mount=(m.text("kvMount") or "secret").strip("/"),
+        kv_version=int(kv_version) if kv_version in (1, 2) else None,
+        auth=VaultAuth(**auth_kwargs),  # type: ignore[arg-type]
+        tls=tls_settings,
+        limits=limit_settings,
+    )
+    m.done()
+    return settings
+
+
+def _cluster(ctx: _Ctx, header: _Header, fleet: Fleet) -> Cluster | None:
+    spec = header.spec
+    if not _DNS_LABEL.match(header.name) or len(header.name) > 63:
+        ctx.error(
+            header.name_node, "metadata.name",
+            "cluster name must be a DNS label (lowercase alphanumerics and '-', at most 63)",
+        )
+    if spec is None:
+        return None
+    delivery = _enum(
+        spec, "delivery", Delivery, [d.value for d in Delivery], default=fleet.default_delivery
+    )
+    cert_file: str | None = None
+    controller: ControllerRef | None = None
+    sealed = spec.map("sealedSecrets")
+    if sealed is not None:
+        cert_file = sealed.text("certFile")
+        if cert_file is not None:
+            try:
+                confine(fleet.root, cert_file)
+            except errors.ConfigError as exc:
+                ctx.error(sealed.key_node("certFile"), sealed.field("certFile"), exc.message)
+        ctrl = sealed.map("controller")
+        if ctrl is not None:
+            controller = ControllerRef(
+                namespace=ctrl.text("namespace") or "kube-system",
+                name=ctrl.text("name") or "sealed-secrets-controller",
+            )
+            ctrl.done()
+        sealed.done()
+    if delivery is Delivery.SEALED and cert_file is None:
+        ctx.error(
+            spec.key_node("sealedSecrets") or spec.node, spec.field("sealedSecrets.certFile"),
+            "a sealed cluster needs a certificate file (run `secretsync cluster add` to fetch it)",
+        )
+    store_ref = StoreRef()
+    external = spec.map("externalSecrets")
+    if external is not None:
+        ref = external.map("storeRef")
+        if ref is not None:
+            kind = ref.text("kind") or "ClusterSecretStore"
+            if kind not in ("ClusterSecretStore", "SecretStore"):
+                ctx.error(
+                    ref.key_node("kind"), ref.field("kind"),
+                    "must be ClusterSecretStore or SecretStore",
+                )
+            store_ref = StoreRef(kind=kind, name=ref.text("name", required=True) or "vault")
+            ref.done()
+        external.done()
+    kubeconfig = None
+    kube = spec.map("kubeconfig")
+    if kube is not None:
+        secret_ref = kube.map("secretRef")
+        sref: dict[str, str | None] = {}
+        if secret_ref is not None:
+            sref = {
+                "secret_namespace": secret_ref.text("namespace", required=True),
+                "secret_name": secret_ref.text("name", required=True),
+                "secret_key": secret_ref.text("key") or "kubeconfig",
+            }
+            secret_ref.done()
+        in_cluster = kube.flag("inCluster") or False
+        path = kube.text("path")
+        given = sum(1 for x in (secret_ref, path, in_cluster or None) if x)
+        if given != 1:
+            ctx.error(
+                kube.node, kube.path, "must have exactly one of secretRef, path or inCluster: true"
+            )
+        kubeconfig = Kubeconfig(
+            path=path, context=kube.text("context"), in_cluster=in_cluster,
+            **sref,  # type: ignore[arg-type]
+        )
+        kube.done()
+    allowed = spec.str_list("allowedNamespaces")
+    if allowed is not None:
+        for ns, node in allowed:
+            if not _DNS_LABEL.match(ns) or len(ns) > 63:
+                ctx.error(node, "spec.allowedNamespaces", f"{ns!r} is not a valid namespace name")
+    apply = spec.flag("apply") or False
+    create_ns = spec.flag("createNamespaces") or False
+    spec.done()
+    return Cluster(
+        name=header.name,
+        labels=header.labels,
+        delivery=delivery,
+        origin=header.origin,
+        cert_file=cert_file,
+        controller=controller,
+        store_ref=store_ref,
+        kubeconfig=kubeconfig,
+        apply=apply,
+        allowed_namespaces=tuple(ns for ns, _ in allowed) if allowed is not None else None,
+        create_namespaces=create_ns,
+    )
+
+
+def _target(ctx: _Ctx, m: _Map | None) -> Target | None:
+    if m is None:
+        return None
+    name = m.text("name", required=True)
+    namespace = m.text("namespace", required=True)
+    if name and (len(name) > 253 or not _DNS_SUBDOMAIN.match(name)):
+        ctx.error(m.key_node("name"), m.field("name"), "must be a DNS subdomain name")
+    if namespace and (len(namespace) > 63 or not _DNS_LABEL.match(namespace)):
+        ctx.error(m.key_node("namespace"), m.field("namespace"), "must be a DNS label")
+    type_ = m.text("type") or "Opaque"
+    scope = _enum(m, "scope", Scope, [s.value for s in Scope], default=Scope.STRICT)
+    labels = {k: v for k, (v, _) in (m.str_map("labels") or {}).items()}
+    annotations = {k: v for k, (v, _) in (m.str_map("annotations") or {}).items()}
+    for key in labels:
+        if key.startswith("secretsync.dev/") or key == "app.kubernetes.io/managed-by":
+            ctx.error(m.key_node("labels"), m.field("labels"), f"{key!r} is reserved")
+    for key in annotations:
+        if key.startswith(("secretsync.dev/", "sealedsecrets.bitnami.com/")):
+            ctx.error(m.key_node("annotations"), m.field("annotations"), f"{key!r} is reserved")
+    immutable = m.flag("immutable") or False
+    m.done()
+    if not name or not namespace:
+        return None
+    return Target(
+        name=name, namespace=namespace, type=type_, scope=scope, labels=labels,
+        annotations=annotations, immutable=immutable,
+    )
+
+
+def _fleet_secret(ctx: _Ctx, header: _Header) -> FleetSecret | None:
+    spec = header.spec
+    if not header.name or len(header.name) > 63 or selectors.label_value_problem(header.name):
+        ctx.error(header.name_node, "metadata.name", "must be a valid label value (at most 63)")
+    if spec is None:
+        return None
+    if "clusterSelector" not in spec.entries:
+        ctx.error(spec.key or spec.node, "spec.clusterSelector", "required field is missing")
+    selector = _selector(spec.map("clusterSelector"))
+    target_map = spec.map("target", required=True)
+    target_line = target_map.line if target_map else header.origin.line
+    target = _target(ctx, target_map)
+    data = _data(spec, "data", required=True)
+    overlays: list[Overlay] = []
+    for item, path in spec.seq("overlays") or []:
+        om = _as_map(ctx, item, path)
+        if om is None:
+            continue
+        has_sel = "clusterSelector" in om.entries
+        has_list = "clusters" in om.entries
+        if has_sel == has_list:
+            ctx.error(item, path, "an overlay needs exactly one of clusterSelector or clusters")
+        osel = _selector(om.map("clusterSelector")) if has_sel else None
+        names = om.str_list("clusters") if has_list else None
+        odata = _data(om, "data", required=True)
+        om.done()
+        overlays.append(
+            Overlay(
+                origin=Origin(ctx.file, om.line), data=odata, selector=osel,
+                clusters=tuple(n for n, _ in names) if names is not None else None,
+            )
+        )
+    restarts: list[RestartRef] = []
+    rollout = spec.map("rollout")
+    if rollout is not None:
+        for item, path in rollout.seq("restart") or []:
+            rm = _as_map(ctx, item, path)
+            if rm is None:
+                continue
+            kind = rm.text("kind", required=True) or ""
+            if kind and kind not in ("Deployment", "StatefulSet", "DaemonSet"):
+                ctx.error(
+                    rm.key_node("kind"), f"{path}.kind",
+                    "must be Deployment, StatefulSet or DaemonSet",
+                )
+            name = rm.text("name", required=True) or ""
+            rm.done()
+            restarts.append(RestartRef(kind=kind, name=name))
+        rollout.done()
+    refresh = spec.text("refreshInterval") or "1h0m0s"
+    if not _DURATION.match(refresh):
+        ctx.error(
+            spec.key_node("refreshInterval"), "spec.refreshInterval",
+            "must be a duration such as 1h, 30m or 1h0m0s",
+        )
+    adopt = spec.flag("adopt") or False
+    spec.done()
+    if target is None:
+        return None
+    return FleetSecret(
+        name=header.name,
+        origin=header.origin,
+        selector=selector,
+        target=target,
+        target_origin=Origin(ctx.file, target_line),
+        data=data,
+        overlays=tuple(overlays),
+        restarts=tuple(restarts),
+        refresh_interval=refresh,
+        adopt=adopt,
+    )
+
+
+def _documents(root: Path, rel: str, ctx: _Ctx) -> list[_Header]:
+    ctx.file = rel
+    ctx.nodes = 0
+    try:
+        nodes = _compose(read_fleet_file(root, rel), file=rel)
+        return [h for node in nodes if (h := _header(ctx, node)) is not None]
+    except errors.ConfigError as exc:
+        ctx.errors.append(exc)
+        return []
+
+
+def load_fleet(root: Path) -> Fleet:
+    """Load and check a fleet repo. Raises `errors.ConfigErrors` listing every problem."""
+    root = Path(root)
+    if not root.is_dir():
+        raise errors.ConfigErrors([errors.ConfigError("fleet repo folder not found", file=str(root))])
+    ctx = _Ctx()
+    headers = _documents(root, FLEET_FILE, ctx)
+    fleets = [h for h in headers if h.kind == "Fleet"]
+    for h in headers:
+        if h.kind != "Fleet":
+            ctx.error(None, "kind", f"{FLEET_FILE} holds the Fleet only")
+    if not fleets and not ctx.errors:
+        ctx.errors.append(errors.ConfigError("no kind: Fleet document", file=FLEET_FILE))
+    if len(fleets) > 1:
+        ctx.errors.append(
+            errors.ConfigError("more than one Fleet", file=FLEET_FILE, line=fleets[1].origin.line)
+        )
+    if not fleets:
+        raise errors.ConfigErrors(ctx.errors)
+    ctx.file = FLEET_FILE
+    fleet = _fleet(ctx, fleets[0], root)
+
+    clusters: dict[str, Cluster] = {}
+    secrets: dict[str, FleetSecret] = {}
+    files: list[str] = []
+    seen: set[str] = set()
+    for folder in (fleet.layout.clusters, fleet.layout.secrets):
+        try:
+            for rel in _yaml_files(root, folder):
+                if rel not in seen:
+                    seen.add(rel)
+                    files.append(rel)
+        except errors.ConfigError as exc:
+            ctx.errors.append(exc)
+    for rel in files:
+        for header in _documents(root, rel, ctx):
+            if header.kind == "Fleet":
+                ctx.errors.append(
+                    errors.ConfigError(
+                        f"a Fleet belongs in {FLEET_FILE}", file=rel, line=header.origin.line,
+                        field="kind",
+                    )
+                )
+            elif header.kind == "Cluster":
+                cluster = _cluster(ctx, header, fleet)
+                if cluster is None:
+                    continue
+                if (other := clusters.get(cluster.name)) is not None:
+                    ctx.errors.append(
+                        errors.ConfigError(
+                            f"cluster {cluster.name!r} is also defined at {other.origin}",
+                            file=rel, line=header.origin.line, field="metadata.name",
+                        )
+                    )
+                    continue
+                clusters[cluster.name] = cluster
+            elif header.kind == "FleetSecret":
+                secret = _fleet_secret(ctx, header)
+                if secret is None:
+                    continue
+                if (prev := secrets.get(secret.name)) is not None:
+                    ctx.errors.append(
+                        errors.ConfigError(
+                            f"FleetSecret {secret.name!r} is also defined at {prev.origin}",
+                            file=rel, line=header.origin.line, field="metadata.name",
+                        )
+                    )
+                    continue
+                secrets[secret.name] = secret
+    for secret in secrets.values():
+        for overlay in secret.overlays:
+            for name in overlay.clusters or ():
+                if name not in clusters:
+                    ctx.errors.append(
+                        errors.ConfigError(
+                            f"overlay names unknown cluster {name!r}",
+                            file=overlay.origin.file, line=overlay.origin.line,
+                            field="spec.overlays.clusters",
+                        )
+                    )
+    if ctx.errors:
+        raise errors.ConfigErrors(ctx.errors)
+    return Fleet(
+        name=fleet.name, root=fleet.root, origin=fleet.origin,
+        default_delivery=fleet.default_delivery, output_dir=fleet.output_dir,
+        layout=fleet.layout, vault=fleet.vault, sops=fleet.sops, policies=fleet.policies,
+        clusters=dict(sorted(clusters.items())), secrets=dict(sorted(secrets.items())),
+    )
+

@@ -1,0 +1,319 @@
+"""DesiredSecret + resolved values → the object a cluster receives, with its keyed content hash.
+
+Pure: one render function per delivery, picked from `RENDERERS`.
+
+- `sealed`: a SealedSecret. Each key's ciphertext is kept from the previous object when that
+  key's hash is unchanged (the hash binds the value, the key name, the certificate and the
+  scope label), so unchanged values never churn Git.
+- `external`: an ExternalSecret that names Vault paths and keys; it carries no values.
+- `direct`: a plain Secret for the Kubernetes API, never for Git.
+
+Every object carries the managed-by label, the fleet-secret label, the cluster annotation and
+the content hash annotation (DESIGN §3).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import yaml
+
+from secretsync import errors, seal
+from secretsync.model import (
+    ANNOTATION_CLUSTER,
+    ANNOTATION_CONTENT_HASH,
+    ANNOTATION_KEY_HASHES,
+    LABEL_FLEET_SECRET,
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
+    Delivery,
+    DesiredSecret,
+    Literal,
+    ObjectKey,
+    Observed,
+    ValueRef,
+)
+from secretsync.values import SecretValue, content_hash
+
+type Manifest = dict[str, Any]
+
+SEALED_API = "bitnami.com/v1alpha1"
+EXTERNAL_API = "external-secrets.io/v1"
+FORMAT = 1
+"""Bumped whenever rendering changes shape, so every object is rendered anew once."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rendered:
+    """One object ready for a sink. `needles` are the plaintext byte strings it must not hold."""
+
+    key: ObjectKey
+    fleet_secret: str
+    delivery: Delivery
+    kind: str
+    content_hash: str
+    key_hashes: Mapping[str, str]
+    manifest: Manifest
+    needles: tuple[bytes, ...] = ()
+    resealed: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RenderContext:
+    """Everything a renderer needs besides the DesiredSecret and its values."""
+
+    hmac_key: bytes
+    certificate: seal.Certificate | None = None
+    previous: Observed | None = None
+    rng: Callable[[int], bytes] | None = None
+
+
+class Render(Protocol):
+    def __call__(
+        self, desired: DesiredSecret, values: Mapping[str, SecretValue], *, ctx: RenderContext
+    ) -> Rendered: ...
+
+
+def values_for(
+    desired: DesiredSecret, resolved: Mapping[ValueRef, SecretValue]
+) -> dict[str, SecretValue] | None:
+    """The DesiredSecret's values by Secret key, or None when any ref is unresolved."""
+    out: dict[str, SecretValue] = {}
+    for key, planned in desired.data.items():
+        if isinstance(planned, Literal):
+            out[key] = SecretValue.of(planned.text)
+        elif (value := resolved.get(planned)) is not None:
+            out[key] = value
+        else:
+            return None
+    return out
+
+
+def _metadata(desired: DesiredSecret, annotations: Mapping[str, str]) -> dict[str, Any]:
+    labels = {
+        **desired.target.labels,
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_FLEET_SECRET: desired.fleet_secret,
+    }
+    merged = {**desired.target.annotations, ANNOTATION_CLUSTER: desired.cluster.name, **annotations}
+    return {
+        "name": desired.target.name,
+        "namespace": desired.target.namespace,
+        "labels": dict(sorted(labels.items())),
+        "annotations": dict(sorted(merged.items())),
+    }
+
+
+def _shape(desired: DesiredSecret) -> dict[str, object]:
+    """What shapes the delivered object besides the data (part of every content hash)."""
+    t = desired.target
+    return {
+        "cluster": desired.cluster.name,
+        "fleetSecret": desired.fleet_secret,
+        "namespace": t.namespace,
+        "name": t.name,
+        "type": t.type,
+        "labels": dict(t.labels),
+        "annotations": dict(t.annotations),
+        "immutable": t.immutable,
+    }
+
+
+def _needles(values: Mapping[str, SecretValue], desired: DesiredSecret) -> tuple[bytes, ...]:
+    secret_keys = {k for k, v in desired.data.items() if isinstance(v, ValueRef)}
+    out: list[bytes] = []
+    for key in sorted(secret_keys):
+        out.extend(values[key].needles())
+    return tuple(out)
+
+
+def _sealed_hashes(
+    desired: DesiredSecret, values: Mapping[str, SecretValue], cert: seal.Certificate, key: bytes
+) -> tuple[str, dict[str, str], bytes]:
+    scope = desired.target.scope
+    label = seal.label_for(desired.target.namespace, desired.target.name, scope)
+    context = {"cert": cert.fingerprint, "label": base64.b64encode(label).decode(), "scope": scope}
+    key_hashes = {
+        name: content_hash(key, {**context, "key": name, "value": value})[:32]
+        for name, value in sorted(values.items())
+    }
+    digest = content_hash(
+        key,
+        {"format": FORMAT, "kind": "SealedSecret", **_shape(desired), **context, "keys": key_hashes},
+    )
+    return digest, key_hashes, label
+
+
+def content_hash_of(
+    desired: DesiredSecret, values: Mapping[str, SecretValue], *, ctx: RenderContext
+) -> str:
+    """The content hash `render` would give, without sealing anything."""
+    if desired.delivery is Delivery.SEALED:
+        if ctx.certificate is None:
+            raise errors.SealError(f"cluster {desired.cluster.name!r} has no sealing certificate")
+        return _sealed_hashes(desired, values, ctx.certificate, ctx.hmac_key)[0]
+    return render(desired, values, ctx=ctx).content_hash
+
+
+def render_sealed(
+    desired: DesiredSecret, values: Mapping[str, SecretValue], *, ctx: RenderContext
+) -> Rendered:
+    cert = ctx.certificate
+    if cert is None:
+        raise errors.SealError(f"cluster {desired.cluster.name!r} has no sealing certificate")
+    scope = desired.target.scope
+    digest, key_hashes, label = _sealed_hashes(desired, values, cert, ctx.hmac_key)
+    previous = ctx.previous
+    encrypted: dict[str, str] = {}
+    resealed = 0
+    for key, value in sorted(values.items()):
+        old = previous.encrypted.get(key) if previous else None
+        if previous and old and previous.key_hashes.get(key) == key_hashes[key]:
+            encrypted[key] = old
+            continue
+        kwargs = {"rng": ctx.rng} if ctx.rng else {}
+        encrypted[key] = seal.seal_value(cert.public_key, value.reveal(), label=label, **kwargs)
+        resealed += 1
+    annotations = {
+        **seal.scope_annotations(scope),
+        ANNOTATION_CONTENT_HASH: digest,
+        ANNOTATION_KEY_HASHES: json.dumps(key_hashes, sort_keys=True, separators=(",", ":")),
+    }
+    meta = _metadata(desired, annotations)
+    template: dict[str, Any] = {"metadata": json.loads(json.dumps(meta)), "type": desired.target.type}
+    if desired.target.immutable:
+        template["immutable"] = True
+    manifest: Manifest = {
+        "apiVersion": SEALED_API,
+        "kind": "SealedSecret",
+        "metadata": meta,
+        "spec": {"encryptedData": encrypted, "template": template},
+    }
+    return Rendered(
+        key=desired.key, fleet_secret=desired.fleet_secret, delivery=Delivery.SEALED,
+        kind="SealedSecret", content_hash=digest, key_hashes=key_hashes, manifest=manifest,
+        needles=_needles(values, desired), resealed=resealed,
+    )
+
+
+def escape_go_template(text: str) -> str:
+    """Literal text for an ESO template: `{{` becomes an action printing `{{`."""
+    return text.replace("{{", '{{"{{"}}')
+
+
+def render_external(
+    desired: DesiredSecret, values: Mapping[str, SecretValue], *, ctx: RenderContext
+) -> Rendered:
+    """Values are ignored: the ExternalSecret names where they are, ESO reads them."""
+    del values
+    target = desired.target
+    data: list[dict[str, Any]] = []
+    literals: dict[str, str] = {}
+    for key, planned in sorted(desired.data.items()):
+        if isinstance(planned, Literal):
+            literals[key] = escape_go_template(planned.text)
+            continue
+        remote: dict[str, str] = {"key": planned.location.path, "property": planned.key}
+        if planned.location.version is not None:
+            remote["version"] = str(planned.location.version)
+        data.append({"secretKey": key, "remoteRef": remote})
+    template: dict[str, Any] = {
+        "type": target.type,
+        "engineVersion": "v2",
+        "mergePolicy": "Merge",
+        "metadata": {
+            "labels": dict(sorted({**target.labels, LABEL_MANAGED_BY: MANAGED_BY}.items())),
+            "annotations": dict(
+                sorted({**target.annotations, ANNOTATION_CLUSTER: desired.cluster.name}.items())
+            ),
+        },
+    }
+    if literals:
+        template["data"] = literals
+    target_spec: dict[str, Any] = {
+        "name": target.name,
+        "creationPolicy": "Owner",
+        "deletionPolicy": "Retain",
+    }
+    if target.immutable:
+        target_spec["immutable"] = True
+    target_spec["template"] = template
+    store = desired.cluster.store_ref
+    spec: dict[str, Any] = {
+        "refreshInterval": desired.refresh_interval,
+        "secretStoreRef": {"kind": store.kind, "name": store.name},
+        "target": target_spec,
+        "data": data,
+    }
+    key_hashes = {
+        entry["secretKey"]: content_hash(ctx.hmac_key, entry)[:32] for entry in data
+    } | {key: content_hash(ctx.hmac_key, {"literal": text})[:32] for key, text in literals.items()}
+    digest = content_hash(
+        ctx.hmac_key,
+        {"format": FORMAT, "kind": "ExternalSecret", **_shape(desired), "spec": spec},
+    )
+    manifest: Manifest = {
+        "apiVersion": EXTERNAL_API,
+        "kind": "ExternalSecret",
+        "metadata": _metadata(desired, {ANNOTATION_CONTENT_HASH: digest}),
+        "spec": spec,
+    }
+    return Rendered(
+        key=desired.key, fleet_secret=desired.fleet_secret, delivery=Delivery.EXTERNAL,
+        kind="ExternalSecret", content_hash=digest, key_hashes=key_hashes, manifest=manifest,
+    )
+
+
+def render_direct(
+    desired: DesiredSecret, values: Mapping[str, SecretValue], *, ctx: RenderContext
+) -> Rendered:
+    key_hashes = {
+        key: content_hash(ctx.hmac_key, {"key": key, "value": value})[:32]
+        for key, value in sorted(values.items())
+    }
+    digest = content_hash(
+        ctx.hmac_key, {"format": FORMAT, "kind": "Secret", **_shape(desired), "keys": key_hashes}
+    )
+    manifest: Manifest = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _metadata(desired, {ANNOTATION_CONTENT_HASH: digest}),
+        "type": desired.target.type,
+        "data": {
+            key: base64.b64encode(value.reveal()).decode("ascii")
+            for key, value in sorted(values.items())
+        },
+    }
+    if desired.target.immutable:
+        manifest["immutable"] = True
+    return Rendered(
+        key=desired.key, fleet_secret=desired.fleet_secret, delivery=Delivery.DIRECT,
+        kind="Secret", content_hash=digest, key_hashes=key_hashes, manifest=manifest,
+        needles=_needles(values, desired),
+    )
+
+
+RENDERERS: Mapping[Delivery, Render] = {
+    Delivery.SEALED: render_sealed,
+    Delivery.EXTERNAL: render_external,
+    Delivery.DIRECT: render_direct,
+}
+
+
+def render(
+    desired: DesiredSecret, values: Mapping[str, SecretValue], *, ctx: RenderContext
+) -> Rendered:
+    return RENDERERS[desired.delivery](desired, values, ctx=ctx)
+
+
+def dump_yaml(document: object) -> bytes:
+    """Deterministic block YAML through libyaml: the one serialization of every manifest."""
+    text = yaml.dump(
+        document, Dumper=yaml.CSafeDumper, default_flow_style=False, sort_keys=False,
+        allow_unicode=True, width=1 << 30,
+    )
+    return text.encode("utf-8")

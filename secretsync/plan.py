@@ -1,0 +1,213 @@
+"""Fleet → one `DesiredSecret` per (cluster, FleetSecret): selectors, overlays, templates, policy.
+
+Pure. Every problem — a template naming a label a cluster lacks, a ref a delivery cannot carry,
+a namespace a cluster does not allow, a forbidden type, two FleetSecrets on one target — is a
+`ConfigError` pointing at the line that caused it; all of them are raised together, so a bad
+fleet changes nothing.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Collection, Mapping
+
+from secretsync import errors, selectors, templating
+from secretsync.model import (
+    Cluster,
+    DataEntry,
+    Delivery,
+    DesiredSecret,
+    Fleet,
+    FleetSecret,
+    Literal,
+    LiteralSpec,
+    Location,
+    ObjectKey,
+    Planned,
+    Scope,
+    Selector,
+    SopsSpec,
+    ValueRef,
+    VaultSpec,
+)
+
+
+def layered_data(secret: FleetSecret, cluster: Cluster) -> dict[str, DataEntry]:
+    """The FleetSecret's data for one cluster: base, then each matching overlay in order."""
+    data = dict(secret.data)
+    for overlay in secret.overlays:
+        if overlay.clusters is not None:
+            hit = cluster.name in overlay.clusters
+        else:
+            hit = overlay.selector is not None and selectors.matches(
+                overlay.selector, cluster.labels
+            )
+        if hit:
+            data.update(overlay.data)
+    return data
+
+
+def _planned(
+    entry: DataEntry, *, key: str, cluster: Cluster, fleet: Fleet
+) -> tuple[Planned | None, list[errors.ConfigError]]:
+    problems: list[errors.ConfigError] = []
+
+    def fill(text: str, field: str) -> str:
+        try:
+            return templating.render(text, cluster_name=cluster.name, labels=cluster.labels)
+        except templating.TemplateError as exc:
+            problems.append(
+                errors.ConfigError(
+                    str(exc), file=entry.origin.file, line=entry.origin.line,
+                    field=f"data.{key}.{field}",
+                )
+            )
+            return ""
+
+    spec = entry.spec
+    planned: Planned | None = None
+    if isinstance(spec, LiteralSpec):
+        planned = Literal(fill(spec.value, "value"))
+    elif isinstance(spec, VaultSpec):
+        path = fill(spec.path, "vault.path").strip("/")
+        ref_key = fill(spec.key, "vault.key")
+        mount = spec.mount or fleet.kv_mount
+        if cluster.delivery is Delivery.EXTERNAL and mount != fleet.kv_mount:
+            problems.append(
+                errors.ConfigError(
+                    f"cluster {cluster.name!r} uses external delivery, whose store reads only "
+                    f"the kvMount {fleet.kv_mount!r}; this ref reads mount {mount!r}",
+                    file=entry.origin.file, line=entry.origin.line, field=f"data.{key}.vault.mount",
+                )
+            )
+        planned = ValueRef(Location("vault", path, mount, spec.version), ref_key)
+    elif isinstance(spec, SopsSpec):
+        file = fill(spec.file, "sops.file")
+        ref_key = fill(spec.key, "sops.key")
+        norm = posixpath.normpath(file) if file else file
+        if file and (norm.startswith(("/", "../")) or norm == ".."):
+            problems.append(
+                errors.ConfigError(
+                    f"sops file {file!r} leaves the fleet repo", file=entry.origin.file,
+                    line=entry.origin.line, field=f"data.{key}.sops.file",
+                )
+            )
+        if cluster.delivery is Delivery.EXTERNAL:
+            problems.append(
+                errors.ConfigError(
+                    f"cluster {cluster.name!r} uses external delivery, which cannot carry a "
+                    "SOPS-sourced key (External Secrets Operator reads only from its store)",
+                    file=entry.origin.file, line=entry.origin.line, field=f"data.{key}.sops",
+                )
+            )
+        planned = ValueRef(Location("sops", norm), ref_key)
+    return (None if problems else planned), problems
+
+
+def _policy(secret: FleetSecret, cluster: Cluster, fleet: Fleet) -> list[errors.ConfigError]:
+    out = []
+    target = secret.target
+    where = {"file": secret.target_origin.file, "line": secret.target_origin.line}
+    allowed = cluster.allowed_namespaces
+    if allowed is not None and target.namespace not in allowed:
+        out.append(
+            errors.ConfigError(
+                f"namespace {target.namespace!r} is not in allowedNamespaces of cluster "
+                f"{cluster.name!r} ({cluster.origin})",
+                field="spec.target.namespace", **where,  # type: ignore[arg-type]
+            )
+        )
+    if target.type in fleet.policies.forbidden_types:
+        out.append(
+            errors.ConfigError(
+                f"Secret type {target.type!r} is forbidden by the Fleet's policies",
+                field="spec.target.type", **where,  # type: ignore[arg-type]
+            )
+        )
+    if (
+        target.scope is Scope.CLUSTER_WIDE
+        and cluster.delivery is Delivery.SEALED
+        and not fleet.policies.allow_cluster_wide
+    ):
+        out.append(
+            errors.ConfigError(
+                "cluster-wide sealing scope is not allowed by the Fleet's policies "
+                "(set spec.policies.allowClusterWide: true)",
+                field="spec.target.scope", **where,  # type: ignore[arg-type]
+            )
+        )
+    return out
+
+
+def plan(
+    fleet: Fleet,
+    *,
+    clusters: Collection[str] = (),
+    selector: Selector | None = None,
+) -> list[DesiredSecret]:
+    """Every DesiredSecret of the fleet (optionally only some clusters), in a stable order.
+
+    The whole fleet is always checked, so a filter never hides an error.
+    """
+    problems: list[errors.ConfigError] = []
+    for name in clusters:
+        if name not in fleet.clusters:
+            problems.append(errors.ConfigError(f"unknown cluster {name!r}", field="--cluster"))
+    owners: dict[ObjectKey, FleetSecret] = {}
+    desired: list[DesiredSecret] = []
+    for cluster in fleet.clusters.values():
+        for secret in fleet.secrets.values():
+            if not selectors.matches(secret.selector, cluster.labels):
+                continue
+            key = ObjectKey(cluster.name, secret.target.namespace, secret.target.name)
+            if (other := owners.get(key)) is not None:
+                problems.append(
+                    errors.ConfigError(
+                        f"FleetSecrets {other.name!r} ({other.origin}) and {secret.name!r} both "
+                        f"target {secret.target.namespace}/{secret.target.name} on cluster "
+                        f"{cluster.name!r}",
+                        file=secret.target_origin.file, line=secret.target_origin.line,
+                        field="spec.target",
+                    )
+                )
+                continue
+            owners[key] = secret
+            item_problems = _policy(secret, cluster, fleet)
+            data: dict[str, Planned] = {}
+            for data_key, entry in sorted(layered_data(secret, cluster).items()):
+                planned, entry_problems = _planned(
+                    entry, key=data_key, cluster=cluster, fleet=fleet
+                )
+                item_problems.extend(entry_problems)
+                if planned is not None:
+                    data[data_key] = planned
+            problems.extend(item_problems)
+            if item_problems:
+                continue
+            desired.append(
+                DesiredSecret(
+                    fleet_secret=secret.name, cluster=cluster, target=secret.target, data=data,
+                    origin=secret.origin, refresh_interval=secret.refresh_interval,
+                    restarts=secret.restarts,
+                )
+            )
+    if problems:
+        raise errors.ConfigErrors(_unique(problems))
+    wanted = set(clusters)
+    return [
+        d
+        for d in desired
+        if (not wanted or d.cluster.name in wanted)
+        and (selector is None or selectors.matches(selector, d.cluster.labels))
+    ]
+
+
+def _unique(problems: list[errors.ConfigError]) -> list[errors.ConfigError]:
+    seen: dict[str, errors.ConfigError] = {}
+    for p in problems:
+        seen.setdefault(p.render(), p)
+    return list(seen.values())
+
+
+def clusters_of(desired: Collection[DesiredSecret]) -> Mapping[str, Cluster]:
+    return {d.cluster.name: d.cluster for d in desired}

@@ -1,0 +1,1 @@
+"""Sinks: where delivered objects go (`git` folder tree, `kube` API)."""

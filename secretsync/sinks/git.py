@@ -1,0 +1,269 @@
+"""The Git sink: rendered manifests in `<out>/<cluster>/<namespace>/<name>.yaml`.
+
+Each cluster folder gets a `kustomization.yaml` listing its files, so Argo CD or Flux can point
+at it. Writes are atomic (temp file, one sync, rename). Only files secretsync owns — the
+managed-by label and this cluster's annotation — are updated or pruned; anything else in the
+folder is left alone and stays listed.
+
+The plaintext guard: before any byte is written, the sink looks for each resolved value the
+object was built from (raw, base64 and JSON-escaped) and refuses the write if one is there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import tempfile
+from collections.abc import Mapping, Set
+from pathlib import Path
+from typing import Any, ClassVar
+
+import yaml
+
+from secretsync import errors
+from secretsync.deliver import ApplyResult, ChangeSet
+from secretsync.materialize import Rendered, dump_yaml
+from secretsync.model import (
+    ANNOTATION_CLUSTER,
+    ANNOTATION_CONTENT_HASH,
+    ANNOTATION_KEY_HASHES,
+    LABEL_FLEET_SECRET,
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
+    Cluster,
+    Delivery,
+    ObjectKey,
+    Observed,
+)
+
+log = logging.getLogger(__name__)
+
+KUSTOMIZATION = "kustomization.yaml"
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+_HEADER = "# Written by secretsync for cluster {cluster}. Do not edit: changes are overwritten.\n"
+
+
+def guard(data: bytes, needles: tuple[bytes, ...], *, path: str) -> None:
+    """Refuse bytes that contain any needle; the error names the file, never the value."""
+    for needle in needles:
+        if needle in data:
+            raise errors.PlaintextRefused(
+                f"{path}: refused to write a resolved secret value in plaintext"
+            )
+
+
+def _parse(data: bytes) -> dict[str, Any] | None:
+    try:
+        doc = yaml.load(data, Loader=yaml.CSafeLoader)  # noqa: S506 - C safe loader
+    except yaml.YAMLError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _observe_file(cluster: str, data: bytes, *, detail: bool) -> Observed | None:
+    doc = _parse(data)
+    if doc is None:
+        return None
+    meta = doc.get("metadata")
+    if not isinstance(meta, dict):
+        return None
+    name, namespace = meta.get("name"), meta.get("namespace")
+    if not isinstance(name, str) or not isinstance(namespace, str):
+        return None
+    labels = meta.get("labels") if isinstance(meta.get("labels"), dict) else {}
+    annotations = meta.get("annotations") if isinstance(meta.get("annotations"), dict) else {}
+    assert isinstance(labels, dict) and isinstance(annotations, dict)
+    owned = labels.get(LABEL_MANAGED_BY) == MANAGED_BY and annotations.get(
+        ANNOTATION_CLUSTER
+    ) == cluster
+    key_hashes: dict[str, str] = {}
+    raw_hashes = annotations.get(ANNOTATION_KEY_HASHES)
+    if isinstance(raw_hashes, str):
+        parsed = _parse(raw_hashes.encode("utf-8"))
+        if parsed:
+            key_hashes = {str(k): str(v) for k, v in parsed.items()}
+    encrypted: dict[str, str] = {}
+    if detail:
+        spec = doc.get("spec")
+        enc = spec.get("encryptedData") if isinstance(spec, dict) else None
+        if isinstance(enc, dict):
+            encrypted = {str(k): str(v) for k, v in enc.items() if isinstance(v, str)}
+    content = annotations.get(ANNOTATION_CONTENT_HASH)
+    fleet_secret = labels.get(LABEL_FLEET_SECRET)
+    return Observed(
+        key=ObjectKey(cluster, namespace, name),
+        kind=str(doc.get("kind", "")),
+        owned=owned,
+        fleet_secret=fleet_secret if isinstance(fleet_secret, str) else None,
+        content_hash=content if isinstance(content, str) else None,
+        key_hashes=key_hashes,
+        encrypted=encrypted,
+    )
+
+
+class GitSink:
+    """Manifests for `sealed` and `external` clusters in a folder tree meant for Git."""
+
+    name: ClassVar[str] = "git"
+
+    def __init__(self, *, out_dir: Path) -> None:
+        self.out_dir = out_dir
+        self._paths: dict[ObjectKey, Path] = {}
+        self.files_changed = 0
+
+    def accepts(self, delivery: Delivery) -> bool:
+        return delivery in (Delivery.SEALED, Delivery.EXTERNAL)
+
+    def path_for(self, key: ObjectKey) -> Path:
+        return self.out_dir / key.cluster / key.namespace / f"{key.name}.yaml"
+
+    async def observe(self, cluster: Cluster) -> Mapping[ObjectKey, Observed]:
+        return await asyncio.to_thread(self._observe, cluster.name)
+
+    def _observe(self, cluster: str) -> dict[ObjectKey, Observed]:
+        folder = self.out_dir / cluster
+        found: dict[ObjectKey, Observed] = {}
+        if not folder.is_dir():
+            return found
+        for ns_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink()):
+            for path in sorted(ns_dir.glob("*.yaml")):
+                if path.is_symlink() or not path.is_file():
+                    continue
+                with path.open("rb") as fh:
+                    data = fh.read(MAX_MANIFEST_BYTES + 1)
+                if len(data) > MAX_MANIFEST_BYTES:
+                    continue
+                observed = _observe_file(cluster, data, detail=False)
+                if observed is None:
+                    continue
+                if observed.key in found and not observed.owned:
+                    continue
+                found[observed.key] = observed
+                self._paths[observed.key] = path
+        return found
+
+    async def detail(self, observed: Observed) -> Observed:
+        path = self._paths.get(observed.key, self.path_for(observed.key))
+        try:
+            data = await asyncio.to_thread(path.read_bytes)
+        except OSError:
+            return observed
+        full = _observe_file(observed.key.cluster, data, detail=True)
+        return full if full is not None and full.owned else observed
+
+    async def apply(self, cluster: Cluster, changes: ChangeSet) -> ApplyResult:
+        return await asyncio.to_thread(self._apply, cluster.name, changes)
+
+    def _apply(self, cluster: str, changes: ChangeSet) -> ApplyResult:
+        result = ApplyResult()
+        staged: list[tuple[Path, Path, ObjectKey]] = []
+        try:
+            for item in [*changes.create, *changes.update]:
+                path = self.path_for(item.key)
+                data = dump_yaml(item.manifest)
+                try:
+                    guard(data, item.needles, path=self._rel(path))
+                except errors.PlaintextRefused as exc:
+                    log.error("%s", exc)
+                    result.failed[item.key] = str(exc)
+                    continue
+                if path.is_file() and path.read_bytes() == data:
+                    result.written.append(item.key)
+                    continue
+                staged.append((self._stage(path, data), path, item.key))
+            if staged:
+                os.sync()
+            for tmp, path, key in staged:
+                tmp.replace(path)
+                self._paths[key] = path
+                result.written.append(key)
+                self.files_changed += 1
+        finally:
+            for tmp, _, _ in staged:
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+        for observed in changes.delete:
+            path = self._paths.pop(observed.key, self.path_for(observed.key))
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                self.files_changed += 1
+            result.deleted.append(observed.key)
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()  # only when empty
+        self._write_kustomization(cluster)
+        return result
+
+    def _rel(self, path: Path) -> str:
+        try:
+            return str(path.relative_to(self.out_dir.parent))
+        except ValueError:
+            return str(path)
+
+    def _stage(self, path: Path, data: bytes) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        return Path(tmp)
+
+    def _write_kustomization(self, cluster: str) -> None:
+        folder = self.out_dir / cluster
+        kpath = folder / KUSTOMIZATION
+        owned = sorted(
+            str(path.relative_to(folder))
+            for key, path in self._paths.items()
+            if key.cluster == cluster and path.is_file()
+        )
+        foreign: list[str] = []
+        if kpath.is_file():
+            old = _parse(kpath.read_bytes()) or {}
+            resources = old.get("resources")
+            if isinstance(resources, list):
+                foreign = [
+                    r for r in resources
+                    if isinstance(r, str) and r not in owned and self._foreign_exists(folder, r)
+                ]
+        resources = sorted(set(owned) | set(foreign))
+        if not resources:
+            with contextlib.suppress(FileNotFoundError):
+                kpath.unlink()
+                self.files_changed += 1
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+            return
+        body = {
+            "apiVersion": "kustomize.config.k8s.io/v1beta1",
+            "kind": "Kustomization",
+            "resources": resources,
+        }
+        data = _HEADER.format(cluster=cluster).encode() + dump_yaml(body)
+        if kpath.is_file() and kpath.read_bytes() == data:
+            return
+        tmp = self._stage(kpath, data)
+        os.sync()
+        tmp.replace(kpath)
+        self.files_changed += 1
+
+    def _foreign_exists(self, folder: Path, resource: str) -> bool:
+        path = folder / resource
+        if not path.exists():
+            return False
+        observed = None
+        if path.is_file():
+            observed = _observe_file(folder.name, path.read_bytes(), detail=False)
+        return observed is None or not observed.owned
+
+    async def orphans(self, known: Set[str]) -> list[str]:
+        """Cluster folders in the output that no longer belong to the fleet."""
+        if not self.out_dir.is_dir():
+            return []
+        return sorted(
+            p.name for p in self.out_dir.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and p.name not in known
+        )

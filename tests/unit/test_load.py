@@ -1,0 +1,282 @@
+"""The loader: every error names file, line and field; good fleets load into the model."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from secretsync import errors, load
+from secretsync.model import Delivery, Operator, Scope, SopsSpec, VaultSpec
+
+FLEET = """\
+apiVersion: secretsync.dev/v1alpha1
+kind: Fleet
+metadata: {name: acme}
+spec:
+  defaults: {delivery: sealed}
+"""
+
+CLUSTER = """\
+apiVersion: secretsync.dev/v1alpha1
+kind: Cluster
+metadata:
+  name: prod-use1
+  labels: {env: prod, region: us-east-1}
+spec:
+  sealedSecrets: {certFile: certs/prod-use1.pem}
+"""
+
+SECRET = """\
+apiVersion: secretsync.dev/v1alpha1
+kind: FleetSecret
+metadata: {name: db}
+spec:
+  clusterSelector:
+    matchLabels: {env: prod}
+  target: {name: db, namespace: payments}
+  data:
+    password: {vault: {path: "db/{{ cluster.labels.env }}", key: password}}
+"""
+
+MakeRepo = Callable[[dict[str, str | bytes]], Path]
+
+
+def load_errors(make: MakeRepo, files: dict[str, str | bytes]) -> list[str]:
+    root = make({"secretsync.yaml": FLEET, **files})
+    with pytest.raises(errors.ConfigErrors) as info:
+        load.load_fleet(root)
+    return [e.render() for e in info.value.errors]
+
+
+def test_good_fleet_loads(fleet_repo: MakeRepo) -> None:
+    root = fleet_repo(
+        {"secretsync.yaml": FLEET, "clusters/a.yaml": CLUSTER, "secrets/x/db.yaml": SECRET}
+    )
+    fleet = load.load_fleet(root)
+    assert list(fleet.clusters) == ["prod-use1"]
+    cluster = fleet.clusters["prod-use1"]
+    assert cluster.delivery is Delivery.SEALED
+    assert cluster.labels == {"env": "prod", "region": "us-east-1"}
+    secret = fleet.secrets["db"]
+    assert secret.target.scope is Scope.STRICT
+    spec = secret.data["password"].spec
+    assert spec == VaultSpec("db/{{ cluster.labels.env }}", "password")
+    assert secret.data["password"].origin.line == 9
+    assert secret.selector.requirements[0].operator is Operator.IN
+
+
+def test_several_documents_per_file(fleet_repo: MakeRepo) -> None:
+    two = CLUSTER + "---\n" + CLUSTER.replace("prod-use1", "prod-euw1")
+    root = fleet_repo({"secretsync.yaml": FLEET, "clusters/all.yaml": two})
+    assert set(load.load_fleet(root).clusters) == {"prod-use1", "prod-euw1"}
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        (
+            {"clusters/a.yaml": CLUSTER.replace("  name: prod-use1\n", "  name: prod-use1\n  extra: 1\n")},
+            "clusters/a.yaml:5: metadata.extra: unknown field",
+        ),
+        (
+            {"clusters/a.yaml": CLUSTER + "  bogus: true\n"},
+            "clusters/a.yaml:8: spec.bogus: unknown field",
+        ),
+        (
+            {"clusters/a.yaml": CLUSTER.replace("apiVersion: secretsync.dev/v1alpha1", "apiVersion: v1")},
+            "clusters/a.yaml:1: apiVersion: must be secretsync.dev/v1alpha1",
+        ),
+        (
+            {"clusters/a.yaml": CLUSTER.replace("kind: Cluster", "kind: Clutser")},
+            "clusters/a.yaml:2: kind: must be Fleet, Cluster or FleetSecret",
+        ),
+        (
+            {"clusters/a.yaml": CLUSTER.replace("name: prod-use1", "name: Prod_1")},
+            "clusters/a.yaml:4: metadata.name: cluster name must be a DNS label",
+        ),
+        (
+            {"clusters/a.yaml": CLUSTER.replace("env: prod", "env: true")},
+            "clusters/a.yaml:5: metadata.labels.env: must be a string",
+        ),
+        (
+            {"clusters/a.yaml": CLUSTER.replace("  sealedSecrets: {certFile: certs/prod-use1.pem}\n", "  delivery: carrier-pigeon\n  sealedSecrets: {certFile: c.pem}\n")},
+            "clusters/a.yaml:7: spec.delivery: must be one of: sealed, external, direct",
+        ),
+        (
+            {"clusters/a.yaml": CLUSTER.replace("{certFile: certs/prod-use1.pem}", "{certFile: ../outside.pem}")},
+            "clusters/a.yaml:7: spec.sealedSecrets.certFile: '../outside.pem' leaves the fleet repo",
+        ),
+        (
+            {"clusters/a.yaml": CLUSTER.replace("  sealedSecrets: {certFile: certs/prod-use1.pem}\n", "  delivery: sealed\n")},
+            "spec.sealedSecrets.certFile: a sealed cluster needs a certificate file",
+        ),
+        (
+            {"clusters/a.yaml": CLUSTER + "  allowedNamespaces: [Bad_NS]\n"},
+            "clusters/a.yaml:8: spec.allowedNamespaces: 'Bad_NS' is not a valid namespace name",
+        ),
+        (
+            {"clusters/a.yaml": CLUSTER + "  kubeconfig: {path: /k, inCluster: true}\n"},
+            "clusters/a.yaml:8: spec.kubeconfig: must have exactly one of secretRef, path or inCluster",
+        ),
+        (
+            {"clusters/a.yaml": "a: [\n"},
+            "clusters/a.yaml:2: invalid YAML",
+        ),
+        (
+            {"clusters/a.yaml": CLUSTER + "spec: {}\n"},
+            "clusters/a.yaml:8: spec: duplicate key (first on line 6)",
+        ),
+        (
+            {"clusters/a.yaml": CLUSTER, "clusters/b.yaml": CLUSTER},
+            "clusters/b.yaml:1: metadata.name: cluster 'prod-use1' is also defined at clusters/a.yaml:1",
+        ),
+        (
+            {"secrets/s.yaml": SECRET.replace("  target: {name: db, namespace: payments}\n", "")},
+            "secrets/s.yaml:4: spec.target: required field is missing",
+        ),
+        (
+            {"secrets/s.yaml": SECRET.replace("name: db, namespace", "name: DB!, namespace")},
+            "secrets/s.yaml:7: spec.target.name: must be a DNS subdomain name",
+        ),
+        (
+            {"secrets/s.yaml": SECRET.replace("password: {vault", "pass/word: {vault")},
+            "secrets/s.yaml:9: spec.data.pass/word: invalid Secret key",
+        ),
+        (
+            {"secrets/s.yaml": SECRET.replace("{vault: {path", "{value: x, vault: {path")},
+            "secrets/s.yaml:9: spec.data.password: must have exactly one of vault, sops or value",
+        ),
+        (
+            {"secrets/s.yaml": SECRET.replace("key: password}", "key: password, version: 0}")},
+            "secrets/s.yaml:9: spec.data.password.vault.version: must be at least 1",
+        ),
+        (
+            {"secrets/s.yaml": SECRET.replace("key: password}", "key: password, colour: red}")},
+            "secrets/s.yaml:9: spec.data.password.vault.colour: unknown field",
+        ),
+        (
+            {"secrets/s.yaml": SECRET.replace("db/{{ cluster.labels.env }}", "db/{{ cluster.uid }}")},
+            "secrets/s.yaml:9: spec.data.password.vault.path: template {{ cluster.uid }} is not allowed",
+        ),
+        (
+            {"secrets/s.yaml": SECRET.replace("{vault: {path: \"db/{{ cluster.labels.env }}\", key: password}}", "{sops: {file: /etc/passwd, key: k}}")},
+            "secrets/s.yaml:9: spec.data.password.sops.file: '/etc/passwd' must be a path relative to the fleet repo",
+        ),
+        (
+            {"secrets/s.yaml": SECRET.replace("matchLabels: {env: prod}", "matchExpressions: [{key: env, operator: In}]")},
+            "secrets/s.yaml:6: spec.clusterSelector.matchExpressions[0].values: operator In needs at least one value",
+        ),
+        (
+            {"secrets/s.yaml": SECRET.replace("matchLabels: {env: prod}", "matchExpressions: [{key: env, operator: Exists, values: [a]}]")},
+            "secrets/s.yaml:6: spec.clusterSelector.matchExpressions[0].values: operator Exists takes no values",
+        ),
+        (
+            {"secrets/s.yaml": SECRET + "  overlays:\n    - data: {password: {value: x}}\n"},
+            "secrets/s.yaml:11: spec.overlays[0]: an overlay needs exactly one of clusterSelector or clusters",
+        ),
+        (
+            {"secrets/s.yaml": SECRET + "  overlays:\n    - clusters: [ghost]\n      data: {password: {value: x}}\n"},
+            "secrets/s.yaml:11: spec.overlays.clusters: overlay names unknown cluster 'ghost'",
+        ),
+        (
+            {"secrets/s.yaml": SECRET.replace("namespace: payments}", "namespace: payments, scope: galaxy-wide}")},
+            "secrets/s.yaml:7: spec.target.scope: must be one of: strict, namespace-wide, cluster-wide",
+        ),
+        (
+            {"secrets/s.yaml": SECRET.replace("namespace: payments}", "namespace: payments, labels: {secretsync.dev/x: y}}")},
+            "secrets/s.yaml:7: spec.target.labels: 'secretsync.dev/x' is reserved",
+        ),
+        (
+            {"secrets/s.yaml": SECRET + "  refreshInterval: soon\n"},
+            "secrets/s.yaml:10: spec.refreshInterval: must be a duration",
+        ),
+        (
+            {"secrets/s.yaml": SECRET.replace("  clusterSelector:\n    matchLabels: {env: prod}\n", "")},
+            "secrets/s.yaml:4: spec.clusterSelector: required field is missing",
+        ),
+        (
+            {"secrets/s.yaml": SECRET, "secrets/t.yaml": SECRET},
+            "secrets/t.yaml:1: metadata.name: FleetSecret 'db' is also defined at secrets/s.yaml:1",
+        ),
+        (
+            {"clusters/a.yaml": FLEET},
+            "clusters/a.yaml:1: kind: a Fleet belongs in secretsync.yaml",
+        ),
+    ],
+)
+def test_loader_error_names_file_line_and_field(
+    fleet_repo: MakeRepo, files: dict[str, str | bytes], expected: str
+) -> None:
+    found = load_errors(fleet_repo, files)
+    assert any(expected in e for e in found), found
+
+
+def test_all_errors_are_reported_together(fleet_repo: MakeRepo) -> None:
+    found = load_errors(
+        fleet_repo,
+        {
+            "clusters/a.yaml": CLUSTER + "  bogus: 1\n",
+            "secrets/s.yaml": SECRET + "  other: 2\n",
+        },
+    )
+    assert len(found) == 2
+
+
+def test_fleet_file_errors(fleet_repo: MakeRepo) -> None:
+    root = fleet_repo({"secretsync.yaml": FLEET + "  sources: {vault: {kvVersion: 3}}\n"})
+    with pytest.raises(errors.ConfigErrors) as info:
+        load.load_fleet(root)
+    assert "secretsync.yaml:6: spec.sources.vault.kvVersion: must be 1 or 2" in info.value.render()
+
+
+def test_missing_fleet_file(fleet_repo: MakeRepo) -> None:
+    root = fleet_repo({"clusters/a.yaml": CLUSTER})
+    with pytest.raises(errors.ConfigErrors, match=r"secretsync.yaml: file not found"):
+        load.load_fleet(root)
+
+
+def test_alias_bomb_is_refused_quickly(fleet_repo: MakeRepo) -> None:
+    lines = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for i in range(1, 10):
+        prev = f"*a{i - 1}"
+        lines.append(f"a{i}: &a{i} [{', '.join([prev] * 9)}]")
+    bomb = "\n".join(lines) + "\n"
+    found = load_errors(fleet_repo, {"clusters/bomb.yaml": bomb})
+    assert any("clusters/bomb.yaml" in e and "alias bomb" in e for e in found), found
+
+
+def test_oversized_file_is_refused(fleet_repo: MakeRepo) -> None:
+    big = "# " + "x" * (load.MAX_FILE_BYTES + 10) + "\n"
+    found = load_errors(fleet_repo, {"clusters/big.yaml": big})
+    assert any("clusters/big.yaml: file is larger than" in e for e in found), found
+
+
+def test_symlink_leaving_the_repo_is_refused(fleet_repo: MakeRepo, tmp_path: Path) -> None:
+    outside = tmp_path / "outside.yaml"
+    outside.write_text(CLUSTER)
+    root = fleet_repo({"secretsync.yaml": FLEET})
+    (root / "clusters").mkdir()
+    os.symlink(outside, root / "clusters" / "link.yaml")
+    with pytest.raises(errors.ConfigErrors, match="resolves outside the fleet repo"):
+        load.load_fleet(root)
+
+
+def test_confine_refuses_dotdot_and_absolute(tmp_path: Path) -> None:
+    with pytest.raises(errors.ConfigError, match="leaves the fleet repo"):
+        load.confine(tmp_path, "a/../../b")
+    with pytest.raises(errors.ConfigError, match="relative"):
+        load.confine(tmp_path, "/etc/passwd")
+    assert load.confine(tmp_path, "a/b.yaml") == (tmp_path / "a/b.yaml").resolve()
+
+
+def test_sops_ref_shape(fleet_repo: MakeRepo) -> None:
+    secret = SECRET.replace(
+        '{vault: {path: "db/{{ cluster.labels.env }}", key: password}}',
+        '{sops: {file: "sops/{{ cluster.labels.env }}.yaml", key: db.password}}',
+    )
+    root = fleet_repo({"secretsync.yaml": FLEET, "secrets/s.yaml": secret})
+    spec = load.load_fleet(root).secrets["db"].data["password"].spec
+    assert spec == SopsSpec("sops/{{ cluster.labels.env }}.yaml", "db.password")
