@@ -106,19 +106,31 @@ def build_sources(fleet: Fleet, env: Mapping[str, str]) -> dict[str, Source]:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="secretsync")
 @click.option(
-    "-o", "--output", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True,
+    "-o",
+    "--output",
+    type=click.Choice(["yaml", "json"]),
+    default="yaml",
+    show_default=True,
     help="Output format of reports.",
 )
 @click.option(
-    "--log-level", envvar="SECRETSYNC_LOG_LEVEL", default="info", show_default=True,
+    "--log-level",
+    envvar="SECRETSYNC_LOG_LEVEL",
+    default="info",
+    show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
 )
 @click.option(
-    "--log-format", envvar="SECRETSYNC_LOG_FORMAT", default="text", show_default=True,
+    "--log-format",
+    envvar="SECRETSYNC_LOG_FORMAT",
+    default="text",
+    show_default=True,
     type=click.Choice(["text", "json"]),
 )
 @click.option(
-    "--hmac-key-file", envvar="SECRETSYNC_HMAC_KEY_FILE", type=click.Path(dir_okay=False),
+    "--hmac-key-file",
+    envvar="SECRETSYNC_HMAC_KEY_FILE",
+    type=click.Path(dir_okay=False),
     help="File holding the content-hash key (default: $SECRETSYNC_HMAC_KEY).",
 )
 @click.pass_context
@@ -166,7 +178,9 @@ def validate(settings: Settings, fleet: str) -> None:
         except errors.SealError as exc:
             problems.append(
                 errors.ConfigError(
-                    str(exc), file=cluster.origin.file, line=cluster.origin.line,
+                    str(exc),
+                    file=cluster.origin.file,
+                    line=cluster.origin.line,
                     field="spec.sealedSecrets.certFile",
                 )
             )
@@ -196,7 +210,9 @@ def _engine(settings: Settings, fleet: Fleet, sinks: Sequence[GitSink]) -> Engin
         )
         key = secrets.token_bytes(32)
     return Engine(
-        sources=build_sources(fleet, settings.env), sinks=list(sinks), hmac_key=key,
+        sources=build_sources(fleet, settings.env),
+        sinks=list(sinks),
+        hmac_key=key,
         clock=lambda: datetime.now(UTC),
     )
 
@@ -210,7 +226,8 @@ def _item_doc(item: ItemResult) -> dict[str, Any]:
     keys = {
         k: list(v)
         for k, v in (
-            ("added", item.keys.added), ("changed", item.keys.changed),
+            ("added", item.keys.added),
+            ("changed", item.keys.changed),
             ("removed", item.keys.removed),
         )
         if v
@@ -232,9 +249,13 @@ def _report_doc(report: CycleReport, *, verbose: bool) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "clusters": clusters,
         "summary": {
-            "created": counts["create"], "updated": counts["update"],
-            "deleted": counts["delete"], "unchanged": counts["unchanged"],
-            "failed": counts["failed"], "sourceReads": report.reads, "seals": report.seals,
+            "created": counts["create"],
+            "updated": counts["update"],
+            "deleted": counts["delete"],
+            "unchanged": counts["unchanged"],
+            "failed": counts["failed"],
+            "sourceReads": report.reads,
+            "seals": report.seals,
         },
     }
     if report.failed_clusters:
@@ -274,9 +295,7 @@ def _run(
         doc["summary"]["filesChanged"] = sink.files_changed
     _emit(settings, doc)
     for item in report.failures:
-        click.echo(
-            f"failed: {item.cluster} {item.namespace}/{item.name}: {item.reason}", err=True
-        )
+        click.echo(f"failed: {item.cluster} {item.namespace}/{item.name}: {item.reason}", err=True)
     for name, reason in report.failed_clusters.items():
         click.echo(f"failed: cluster {name}: {reason}", err=True)
     sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
@@ -296,16 +315,21 @@ _selector_option = click.option("--selector", help="Only clusters matching this 
 @click.option("-v", "--verbose", is_flag=True, help="List unchanged objects too.")
 @pass_settings
 def render(
-    settings: Settings, fleet: str, out: str | None, cluster: tuple[str, ...],
-    selector: str | None, verbose: bool,
+    settings: Settings,
+    fleet: str,
+    out: str | None,
+    cluster: tuple[str, ...],
+    selector: str | None,
+    verbose: bool,
 ) -> None:
     """Resolve values and write SealedSecret / ExternalSecret manifests per cluster.
 
     Files go to OUT/<cluster>/<namespace>/<name>.yaml with a kustomization.yaml per cluster.
     Unchanged values keep their ciphertext; `direct` clusters get nothing in Git.
     """
-    _run(settings, fleet, out=out, cluster=cluster, selector=selector, dry_run=False,
-         verbose=verbose)
+    _run(
+        settings, fleet, out=out, cluster=cluster, selector=selector, dry_run=False, verbose=verbose
+    )
 
 
 @main_group.command()
@@ -316,12 +340,17 @@ def render(
 @click.option("-v", "--verbose", is_flag=True, help="List unchanged objects too.")
 @pass_settings
 def plan(
-    settings: Settings, fleet: str, out: str | None, cluster: tuple[str, ...],
-    selector: str | None, verbose: bool,
+    settings: Settings,
+    fleet: str,
+    out: str | None,
+    cluster: tuple[str, ...],
+    selector: str | None,
+    verbose: bool,
 ) -> None:
     """Show what `render` would change, per cluster: objects and keys, never values."""
-    _run(settings, fleet, out=out, cluster=cluster, selector=selector, dry_run=True,
-         verbose=verbose)
+    _run(
+        settings, fleet, out=out, cluster=cluster, selector=selector, dry_run=True, verbose=verbose
+    )
 
 
 # --- seal ------------------------------------------------------------------------------------
@@ -369,20 +398,33 @@ def _read_values(
 @click.option("--from-file", "files", multiple=True, metavar="KEY=PATH")
 @click.option("--from-stdin", "stdin_key", metavar="KEY", help="Read one value from stdin.")
 @click.option(
-    "--scope", type=click.Choice([s.value for s in Scope]), default=Scope.STRICT.value,
+    "--scope",
+    type=click.Choice([s.value for s in Scope]),
+    default=Scope.STRICT.value,
     show_default=True,
 )
 @click.option("--type", "secret_type", default="Opaque", show_default=True)
 @click.option("--raw", is_flag=True, help="Print only the sealed values.")
 @click.option(
-    "--merge-into", type=click.Path(dir_okay=False),
+    "--merge-into",
+    type=click.Path(dir_okay=False),
     help="Merge into this file of SealedSecrets (one per cluster) and rewrite it in place.",
 )
 @pass_settings
 def seal_command(
-    settings: Settings, fleet_path: str, cluster: tuple[str, ...], selector: str | None,
-    namespace: str, name: str, literals: tuple[str, ...], files: tuple[str, ...],
-    stdin_key: str | None, scope: str, secret_type: str, raw: bool, merge_into: str | None,
+    settings: Settings,
+    fleet_path: str,
+    cluster: tuple[str, ...],
+    selector: str | None,
+    namespace: str,
+    name: str,
+    literals: tuple[str, ...],
+    files: tuple[str, ...],
+    stdin_key: str | None,
+    scope: str,
+    secret_type: str,
+    raw: bool,
+    merge_into: str | None,
 ) -> None:
     """Seal values for many clusters at once, each with its own certificate.
 
@@ -397,8 +439,14 @@ def seal_command(
     values = _read_values(literals, files, stdin_key)
     try:
         result = fleetseal.seal_for_clusters(
-            fleet, names=cluster, selector=_selector(selector), namespace=namespace, name=name,
-            values=values, scope=Scope(scope), secret_type=secret_type,
+            fleet,
+            names=cluster,
+            selector=_selector(selector),
+            namespace=namespace,
+            name=name,
+            values=values,
+            scope=Scope(scope),
+            secret_type=secret_type,
             now=datetime.now(UTC),
         )
     except errors.ConfigError as exc:
@@ -435,7 +483,11 @@ def seal_command(
 @main_group.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option(
-    "--private-key", "key_files", multiple=True, required=True, type=click.Path(dir_okay=False),
+    "--private-key",
+    "key_files",
+    multiple=True,
+    required=True,
+    type=click.Path(dir_okay=False),
     help="PEM private key of the sealing controller (repeatable).",
 )
 @click.option("--show-values", is_flag=True, help="Print values; otherwise only which keys open.")

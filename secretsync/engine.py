@@ -80,7 +80,8 @@ class Engine:
         needs_values = [
             d
             for d in desired
-            if d.delivery is not Delivery.EXTERNAL and any(s.accepts(d.delivery) for s in self.sinks)
+            if d.delivery is not Delivery.EXTERNAL
+            and any(s.accepts(d.delivery) for s in self.sinks)
         ]
         resolution = await resolve.resolve(
             (ref for d in needs_values for ref in d.refs()),
@@ -98,14 +99,16 @@ class Engine:
             async with gate:
                 async with asyncio.timeout(self.cluster_timeout_s):
                     return await self._cluster(
-                        fleet, cluster, by_cluster[cluster.name], resolution, report,
+                        fleet,
+                        cluster,
+                        by_cluster[cluster.name],
+                        resolution,
+                        report,
                         dry_run=dry_run,
                     )
 
         names = list(targets)
-        outcomes = await asyncio.gather(
-            *(one(targets[n]) for n in names), return_exceptions=True
-        )
+        outcomes = await asyncio.gather(*(one(targets[n]) for n in names), return_exceptions=True)
         for name, outcome in zip(names, outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 if not isinstance(outcome, Exception):
@@ -123,9 +126,7 @@ class Engine:
         """Remove what secretsync owns for clusters that left the fleet."""
         for sink in self.sinks:
             for name in await sink.orphans(set(fleet.clusters)):
-                gone = Cluster(
-                    name=name, labels={}, delivery=Delivery.DIRECT, origin=fleet.origin
-                )
+                gone = Cluster(name=name, labels={}, delivery=Delivery.DIRECT, origin=fleet.origin)
                 observed = await sink.observe(gone)
                 outcome = diff({}, observed, keep=set())
                 if not dry_run and outcome.changes:
@@ -133,8 +134,12 @@ class Engine:
                 for obs in outcome.changes.delete:
                     report.items.append(
                         ItemResult(
-                            cluster=name, namespace=obs.key.namespace, name=obs.key.name,
-                            fleet_secret=obs.fleet_secret, sink=sink.name, action="delete",
+                            cluster=name,
+                            namespace=obs.key.namespace,
+                            name=obs.key.name,
+                            fleet_secret=obs.fleet_secret,
+                            sink=sink.name,
+                            action="delete",
                             reason="cluster is no longer in the fleet",
                         )
                     )
@@ -147,7 +152,8 @@ class Engine:
         return {
             n: c
             for n, c in fleet.clusters.items()
-            if (not names or n in names) and (selector is None or selectors.matches(selector, c.labels))
+            if (not names or n in names)
+            and (selector is None or selectors.matches(selector, c.labels))
         }
 
     def _certificate(self, fleet: Fleet, cluster: Cluster) -> seal.Certificate:
@@ -202,7 +208,8 @@ class Engine:
                         continue
                     if seen is not None and seen.owned and d.delivery is Delivery.SEALED:
                         ctx = RenderContext(
-                            hmac_key=self.hmac_key, certificate=certificate,
+                            hmac_key=self.hmac_key,
+                            certificate=certificate,
                             previous=await sink.detail(seen),
                         )
                     rendered = materialize.render(d, values, ctx=ctx)
@@ -218,7 +225,9 @@ class Engine:
                 d = meta[key]
                 results.append(
                     _item(
-                        d, sink.name, "failed",
+                        d,
+                        sink.name,
+                        "failed",
                         reason=f"{key.namespace}/{key.name} exists and is not managed by "
                         "secretsync (set adopt: true on the FleetSecret to take it over)",
                     )
@@ -228,7 +237,9 @@ class Engine:
                 seen = observed.get(key)
                 results.append(
                     _item(
-                        d, sink.name, "unchanged",
+                        d,
+                        sink.name,
+                        "unchanged",
                         content_hash=seen.content_hash if seen else None,
                         refs=tuple(str(r) for r in d.refs()),
                     )
@@ -245,7 +256,10 @@ class Engine:
                 action = "create" if seen is None else "update"
                 results.append(
                     _item(
-                        d, sink.name, action, content_hash=item.content_hash,
+                        d,
+                        sink.name,
+                        action,
+                        content_hash=item.content_hash,
                         keys=key_diff(seen.key_hashes if seen else {}, item.key_hashes),
                         refs=tuple(str(r) for r in d.refs()),
                     )
@@ -255,8 +269,12 @@ class Engine:
             for gone in outcome.changes.delete:
                 results.append(
                     ItemResult(
-                        cluster=cluster.name, namespace=gone.key.namespace, name=gone.key.name,
-                        fleet_secret=gone.fleet_secret, sink=sink.name, action="delete",
+                        cluster=cluster.name,
+                        namespace=gone.key.namespace,
+                        name=gone.key.name,
+                        fleet_secret=gone.fleet_secret,
+                        sink=sink.name,
+                        action="delete",
                         keys=KeyDiff(removed=tuple(sorted(gone.key_hashes))),
                     )
                 )
@@ -276,8 +294,13 @@ class Engine:
 
 def _item(d: DesiredSecret, sink: str, action: str, **kwargs: object) -> ItemResult:
     return ItemResult(
-        cluster=d.cluster.name, namespace=d.target.namespace, name=d.target.name,
-        fleet_secret=d.fleet_secret, sink=sink, action=action, **kwargs,  # type: ignore[arg-type]
+        cluster=d.cluster.name,
+        namespace=d.target.namespace,
+        name=d.target.name,
+        fleet_secret=d.fleet_secret,
+        sink=sink,
+        action=action,
+        **kwargs,  # type: ignore[arg-type]
     )
 
 

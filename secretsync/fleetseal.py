@@ -30,10 +30,17 @@ class SealResult:
 
 
 def _manifest(
-    *, cluster: str, namespace: str, name: str, scope: Scope, secret_type: str,
+    *,
+    cluster: str,
+    namespace: str,
+    name: str,
+    scope: Scope,
+    secret_type: str,
     encrypted: Mapping[str, str],
 ) -> Manifest:
-    annotations = dict(sorted({ANNOTATION_CLUSTER: cluster, **seal.scope_annotations(scope)}.items()))
+    annotations = dict(
+        sorted({ANNOTATION_CLUSTER: cluster, **seal.scope_annotations(scope)}.items())
+    )
     meta = {"name": name, "namespace": namespace, "annotations": annotations}
     return {
         "apiVersion": SEALED_API,
@@ -66,7 +73,8 @@ def seal_for_clusters(
     if unknown:
         raise errors.ConfigError(f"unknown cluster(s): {', '.join(unknown)}", field="--cluster")
     chosen = [
-        c for c in fleet.clusters.values()
+        c
+        for c in fleet.clusters.values()
         if (c.name in names) or (selector is not None and selectors.matches(selector, c.labels))
     ]
     if not chosen:
@@ -95,8 +103,12 @@ def seal_for_clusters(
         }
         result.manifests.append(
             _manifest(
-                cluster=cluster.name, namespace=namespace, name=name, scope=scope,
-                secret_type=secret_type, encrypted=encrypted,
+                cluster=cluster.name,
+                namespace=namespace,
+                name=name,
+                scope=scope,
+                secret_type=secret_type,
+                encrypted=encrypted,
             )
         )
     return result
@@ -119,8 +131,10 @@ def merge_into(path: Path, manifests: list[Manifest], *, scope: Scope) -> None:
     by_cluster: dict[str, dict[str, Any]] = {}
     for i, doc in enumerate(existing):
         meta = doc.get("metadata") if isinstance(doc, dict) else None
-        if not isinstance(doc, dict) or doc.get("kind") != "SealedSecret" or not isinstance(
-            meta, dict
+        if (
+            not isinstance(doc, dict)
+            or doc.get("kind") != "SealedSecret"
+            or not isinstance(meta, dict)
         ):
             raise errors.ConfigError(f"document {i + 1} is not a SealedSecret", file=str(path))
         cluster = (meta.get("annotations") or {}).get(ANNOTATION_CLUSTER)

@@ -76,7 +76,9 @@ def confine(root: Path, relative: str, *, file: str = "", line: int = 0, field: 
     """The real path of a repo-relative fleet path, refused when it leaves the repo."""
     if not relative or os.path.isabs(relative) or "\\" in relative:
         raise errors.ConfigError(
-            f"{relative!r} must be a path relative to the fleet repo", file=file, line=line,
+            f"{relative!r} must be a path relative to the fleet repo",
+            file=file,
+            line=line,
             field=field,
         )
     parts = Path(relative).parts
@@ -89,7 +91,9 @@ def confine(root: Path, relative: str, *, file: str = "", line: int = 0, field: 
     if real != real_root and real_root not in real.parents:
         raise errors.ConfigError(
             f"{relative!r} resolves outside the fleet repo (symlink?)",
-            file=file, line=line, field=field,
+            file=file,
+            line=line,
+            field=field,
         )
     return real
 
@@ -105,9 +109,7 @@ def read_fleet_file(root: Path, relative: str, *, max_bytes: int = MAX_FILE_BYTE
     except OSError as exc:
         raise errors.ConfigError(f"cannot read file ({exc.strerror})", file=relative) from None
     if len(data) > max_bytes:
-        raise errors.ConfigError(
-            f"file is larger than the {max_bytes} byte limit", file=relative
-        )
+        raise errors.ConfigError(f"file is larger than the {max_bytes} byte limit", file=relative)
     return data
 
 
@@ -149,7 +151,8 @@ def _compose(data: bytes, *, file: str) -> list[yaml.Node]:
     except yaml.YAMLError as exc:
         raise errors.ConfigError(f"invalid YAML: {type(exc).__name__}", file=file) from None
     docs = [
-        n for n in nodes
+        n
+        for n in nodes
         if n is not None and not (isinstance(n, yaml.ScalarNode) and n.tag == _NULL)
     ]
     for doc in docs:
@@ -157,7 +160,8 @@ def _compose(data: bytes, *, file: str) -> list[yaml.Node]:
             raise errors.ConfigError(
                 f"document expands to {size} or more nodes, over the {MAX_NODES} limit "
                 "(YAML alias bomb?)",
-                file=file, line=doc.start_mark.line + 1,
+                file=file,
+                line=doc.start_mark.line + 1,
             )
     return docs
 
@@ -199,7 +203,8 @@ class _Ctx:
         if self.nodes > MAX_NODES:
             raise errors.ConfigError(
                 f"document expands to more than {MAX_NODES} nodes (YAML alias bomb?)",
-                file=self.file, line=node.start_mark.line + 1,
+                file=self.file,
+                line=node.start_mark.line + 1,
             )
 
 
@@ -355,9 +360,7 @@ def _as_map(ctx: _Ctx, node: yaml.Node, path: str) -> _Map | None:
     return _Map(ctx, node, path)
 
 
-def _enum[E](
-    m: _Map, key: str, choices: Callable[[str], E], names: list[str], *, default: E
-) -> E:
+def _enum[E](m: _Map, key: str, choices: Callable[[str], E], names: list[str], *, default: E) -> E:
     value = m.text(key)
     if value is None:
         return default
@@ -434,16 +437,15 @@ def _selector(m: _Map | None) -> Selector:
                 op = Operator(op_text)
             except ValueError:
                 m.ctx.error(
-                    expr.key_node("operator"), f"{path}.operator",
+                    expr.key_node("operator"),
+                    f"{path}.operator",
                     f"must be one of: {', '.join(o.value for o in Operator)}",
                 )
         values = [v for v, _ in expr.str_list("values") or []]
         if op in (Operator.IN, Operator.NOT_IN) and not values:
             m.ctx.error(item, f"{path}.values", f"operator {op} needs at least one value")
         if op in (Operator.EXISTS, Operator.DOES_NOT_EXIST) and values:
-            m.ctx.error(
-                expr.key_node("values"), f"{path}.values", f"operator {op} takes no values"
-            )
+            m.ctx.error(expr.key_node("values"), f"{path}.values", f"operator {op} takes no values")
         expr.done()
         if op is not None and key:
             reqs.append(Requirement(key, op, tuple(values)))
@@ -488,7 +490,9 @@ def _value_spec(ctx: _Ctx, node: yaml.Node, path: str) -> ValueSpec | None:
             ref.done()
             if path_ and key:
                 spec = VaultSpec(
-                    path_, key, int(version) if version is not None else None,
+                    path_,
+                    key,
+                    int(version) if version is not None else None,
                     mount.strip("/") if mount else None,
                 )
     else:
@@ -519,7 +523,8 @@ def _data(m: _Map, key: str, *, required: bool) -> dict[str, DataEntry]:
         sub.used.add(name)
         if len(name) > 253 or not _SECRET_KEY.match(name):
             m.ctx.error(
-                knode, sub.field(name),
+                knode,
+                sub.field(name),
                 "invalid Secret key (1-253 characters: alphanumerics, '-', '_', '.')",
             )
             continue
@@ -538,7 +543,10 @@ def _fleet(ctx: _Ctx, header: _Header, root: Path) -> Fleet:
         defaults = spec.map("defaults")
         if defaults is not None:
             kwargs["default_delivery"] = _enum(
-                defaults, "delivery", Delivery, [d.value for d in Delivery],
+                defaults,
+                "delivery",
+                Delivery,
+                [d.value for d in Delivery],
                 default=Delivery.SEALED,
             )
             defaults.done()
@@ -598,14 +606,20 @@ def _vault(m: _Map) -> VaultSettings:
         method = auth.text("method") or "token"
         if method not in ("token", "approle", "kubernetes"):
             m.ctx.error(
-                auth.key_node("method"), auth.field("method"),
+                auth.key_node("method"),
+                auth.field("method"),
                 "must be one of: token, approle, kubernetes",
             )
         auth_kwargs["method"] = method
         for yaml_key, attr in (
-            ("tokenFile", "token_file"), ("role", "role"), ("roleId", "role_id"),
-            ("roleIdFile", "role_id_file"), ("secretIdFile", "secret_id_file"),
-            ("secretIdEnv", "secret_id_env"), ("mountPath", "mount_path"), ("jwtFile", "jwt_file"),
+            ("tokenFile", "token_file"),
+            ("role", "role"),
+            ("roleId", "role_id"),
+            ("roleIdFile", "role_id_file"),
+            ("secretIdFile", "secret_id_file"),
+            ("secretIdEnv", "secret_id_env"),
+            ("mountPath", "mount_path"),
+            ("jwtFile", "jwt_file"),
         ):
             auth_kwargs[attr] = auth.text(yaml_key)
         if method == "approle" and not (auth_kwargs["role_id"] or auth_kwargs["role_id_file"]):
@@ -623,7 +637,8 @@ def _vault(m: _Map) -> VaultSettings:
     tls_settings = VaultTLS()
     if tls is not None:
         tls_settings = VaultTLS(
-            ca_file=tls.text("caFile"), client_cert_file=tls.text("clientCertFile"),
+            ca_file=tls.text("caFile"),
+            client_cert_file=tls.text("clientCertFile"),
             client_key_file=tls.text("clientKeyFile"),
         )
         tls.done()
@@ -659,7 +674,8 @@ def _cluster(ctx: _Ctx, header: _Header, fleet: Fleet) -> Cluster | None:
     spec = header.spec
     if not _DNS_LABEL.match(header.name) or len(header.name) > 63:
         ctx.error(
-            header.name_node, "metadata.name",
+            header.name_node,
+            "metadata.name",
             "cluster name must be a DNS label (lowercase alphanumerics and '-', at most 63)",
         )
     if spec is None:
@@ -687,7 +703,8 @@ def _cluster(ctx: _Ctx, header: _Header, fleet: Fleet) -> Cluster | None:
         sealed.done()
     if delivery is Delivery.SEALED and cert_file is None:
         ctx.error(
-            spec.key_node("sealedSecrets") or spec.node, spec.field("sealedSecrets.certFile"),
+            spec.key_node("sealedSecrets") or spec.node,
+            spec.field("sealedSecrets.certFile"),
             "a sealed cluster needs a certificate file (run `secretsync cluster add` to fetch it)",
         )
     store_ref = StoreRef()
@@ -698,7 +715,8 @@ def _cluster(ctx: _Ctx, header: _Header, fleet: Fleet) -> Cluster | None:
             kind = ref.text("kind") or "ClusterSecretStore"
             if kind not in ("ClusterSecretStore", "SecretStore"):
                 ctx.error(
-                    ref.key_node("kind"), ref.field("kind"),
+                    ref.key_node("kind"),
+                    ref.field("kind"),
                     "must be ClusterSecretStore or SecretStore",
                 )
             store_ref = StoreRef(kind=kind, name=ref.text("name", required=True) or "vault")
@@ -724,7 +742,9 @@ def _cluster(ctx: _Ctx, header: _Header, fleet: Fleet) -> Cluster | None:
                 kube.node, kube.path, "must have exactly one of secretRef, path or inCluster: true"
             )
         kubeconfig = Kubeconfig(
-            path=path, context=kube.text("context"), in_cluster=in_cluster,
+            path=path,
+            context=kube.text("context"),
+            in_cluster=in_cluster,
             **sref,  # type: ignore[arg-type]
         )
         kube.done()
@@ -775,8 +795,13 @@ def _target(ctx: _Ctx, m: _Map | None) -> Target | None:
     if not name or not namespace:
         return None
     return Target(
-        name=name, namespace=namespace, type=type_, scope=scope, labels=labels,
-        annotations=annotations, immutable=immutable,
+        name=name,
+        namespace=namespace,
+        type=type_,
+        scope=scope,
+        labels=labels,
+        annotations=annotations,
+        immutable=immutable,
     )
 
 
@@ -808,7 +833,9 @@ def _fleet_secret(ctx: _Ctx, header: _Header) -> FleetSecret | None:
         om.done()
         overlays.append(
             Overlay(
-                origin=Origin(ctx.file, om.line), data=odata, selector=osel,
+                origin=Origin(ctx.file, om.line),
+                data=odata,
+                selector=osel,
                 clusters=tuple(n for n, _ in names) if names is not None else None,
             )
         )
@@ -822,7 +849,8 @@ def _fleet_secret(ctx: _Ctx, header: _Header) -> FleetSecret | None:
             kind = rm.text("kind", required=True) or ""
             if kind and kind not in ("Deployment", "StatefulSet", "DaemonSet"):
                 ctx.error(
-                    rm.key_node("kind"), f"{path}.kind",
+                    rm.key_node("kind"),
+                    f"{path}.kind",
                     "must be Deployment, StatefulSet or DaemonSet",
                 )
             name = rm.text("name", required=True) or ""
@@ -832,7 +860,8 @@ def _fleet_secret(ctx: _Ctx, header: _Header) -> FleetSecret | None:
     refresh = spec.text("refreshInterval") or "1h0m0s"
     if not _DURATION.match(refresh):
         ctx.error(
-            spec.key_node("refreshInterval"), "spec.refreshInterval",
+            spec.key_node("refreshInterval"),
+            "spec.refreshInterval",
             "must be a duration such as 1h, 30m or 1h0m0s",
         )
     adopt = spec.flag("adopt") or False
@@ -868,7 +897,9 @@ def load_fleet(root: Path) -> Fleet:
     """Load and check a fleet repo. Raises `errors.ConfigErrors` listing every problem."""
     root = Path(root)
     if not root.is_dir():
-        raise errors.ConfigErrors([errors.ConfigError("fleet repo folder not found", file=str(root))])
+        raise errors.ConfigErrors(
+            [errors.ConfigError("fleet repo folder not found", file=str(root))]
+        )
     ctx = _Ctx()
     headers = _documents(root, FLEET_FILE, ctx)
     fleets = [h for h in headers if h.kind == "Fleet"]
@@ -903,7 +934,9 @@ def load_fleet(root: Path) -> Fleet:
             if header.kind == "Fleet":
                 ctx.errors.append(
                     errors.ConfigError(
-                        f"a Fleet belongs in {FLEET_FILE}", file=rel, line=header.origin.line,
+                        f"a Fleet belongs in {FLEET_FILE}",
+                        file=rel,
+                        line=header.origin.line,
                         field="kind",
                     )
                 )
@@ -915,7 +948,9 @@ def load_fleet(root: Path) -> Fleet:
                     ctx.errors.append(
                         errors.ConfigError(
                             f"cluster {cluster.name!r} is also defined at {other.origin}",
-                            file=rel, line=header.origin.line, field="metadata.name",
+                            file=rel,
+                            line=header.origin.line,
+                            field="metadata.name",
                         )
                     )
                     continue
@@ -928,7 +963,9 @@ def load_fleet(root: Path) -> Fleet:
                     ctx.errors.append(
                         errors.ConfigError(
                             f"FleetSecret {secret.name!r} is also defined at {prev.origin}",
-                            file=rel, line=header.origin.line, field="metadata.name",
+                            file=rel,
+                            line=header.origin.line,
+                            field="metadata.name",
                         )
                     )
                     continue
@@ -940,16 +977,23 @@ def load_fleet(root: Path) -> Fleet:
                     ctx.errors.append(
                         errors.ConfigError(
                             f"overlay names unknown cluster {name!r}",
-                            file=overlay.origin.file, line=overlay.origin.line,
+                            file=overlay.origin.file,
+                            line=overlay.origin.line,
                             field="spec.overlays.clusters",
                         )
                     )
     if ctx.errors:
         raise errors.ConfigErrors(ctx.errors)
     return Fleet(
-        name=fleet.name, root=fleet.root, origin=fleet.origin,
-        default_delivery=fleet.default_delivery, output_dir=fleet.output_dir,
-        layout=fleet.layout, vault=fleet.vault, sops=fleet.sops, policies=fleet.policies,
-        clusters=dict(sorted(clusters.items())), secrets=dict(sorted(secrets.items())),
+        name=fleet.name,
+        root=fleet.root,
+        origin=fleet.origin,
+        default_delivery=fleet.default_delivery,
+        output_dir=fleet.output_dir,
+        layout=fleet.layout,
+        vault=fleet.vault,
+        sops=fleet.sops,
+        policies=fleet.policies,
+        clusters=dict(sorted(clusters.items())),
+        secrets=dict(sorted(secrets.items())),
     )
-

@@ -143,7 +143,13 @@ def _sealed_hashes(
     }
     digest = content_hash(
         key,
-        {"format": FORMAT, "kind": "SealedSecret", **_shape(desired), **context, "keys": key_hashes},
+        {
+            "format": FORMAT,
+            "kind": "SealedSecret",
+            **_shape(desired),
+            **context,
+            "keys": key_hashes,
+        },
     )
     return digest, key_hashes, label
 
@@ -184,7 +190,10 @@ def render_sealed(
         ANNOTATION_KEY_HASHES: json.dumps(key_hashes, sort_keys=True, separators=(",", ":")),
     }
     meta = _metadata(desired, annotations)
-    template: dict[str, Any] = {"metadata": json.loads(json.dumps(meta)), "type": desired.target.type}
+    template: dict[str, Any] = {
+        "metadata": json.loads(json.dumps(meta)),
+        "type": desired.target.type,
+    }
     if desired.target.immutable:
         template["immutable"] = True
     manifest: Manifest = {
@@ -194,9 +203,15 @@ def render_sealed(
         "spec": {"encryptedData": encrypted, "template": template},
     }
     return Rendered(
-        key=desired.key, fleet_secret=desired.fleet_secret, delivery=Delivery.SEALED,
-        kind="SealedSecret", content_hash=digest, key_hashes=key_hashes, manifest=manifest,
-        needles=_needles(values, desired), resealed=resealed,
+        key=desired.key,
+        fleet_secret=desired.fleet_secret,
+        delivery=Delivery.SEALED,
+        kind="SealedSecret",
+        content_hash=digest,
+        key_hashes=key_hashes,
+        manifest=manifest,
+        needles=_needles(values, desired),
+        resealed=resealed,
     )
 
 
@@ -249,9 +264,9 @@ def render_external(
         "target": target_spec,
         "data": data,
     }
-    key_hashes = {
-        entry["secretKey"]: content_hash(ctx.hmac_key, entry)[:32] for entry in data
-    } | {key: content_hash(ctx.hmac_key, {"literal": text})[:32] for key, text in literals.items()}
+    key_hashes = {entry["secretKey"]: content_hash(ctx.hmac_key, entry)[:32] for entry in data} | {
+        key: content_hash(ctx.hmac_key, {"literal": text})[:32] for key, text in literals.items()
+    }
     digest = content_hash(
         ctx.hmac_key,
         {"format": FORMAT, "kind": "ExternalSecret", **_shape(desired), "spec": spec},
@@ -263,8 +278,13 @@ def render_external(
         "spec": spec,
     }
     return Rendered(
-        key=desired.key, fleet_secret=desired.fleet_secret, delivery=Delivery.EXTERNAL,
-        kind="ExternalSecret", content_hash=digest, key_hashes=key_hashes, manifest=manifest,
+        key=desired.key,
+        fleet_secret=desired.fleet_secret,
+        delivery=Delivery.EXTERNAL,
+        kind="ExternalSecret",
+        content_hash=digest,
+        key_hashes=key_hashes,
+        manifest=manifest,
     )
 
 
@@ -291,8 +311,13 @@ def render_direct(
     if desired.target.immutable:
         manifest["immutable"] = True
     return Rendered(
-        key=desired.key, fleet_secret=desired.fleet_secret, delivery=Delivery.DIRECT,
-        kind="Secret", content_hash=digest, key_hashes=key_hashes, manifest=manifest,
+        key=desired.key,
+        fleet_secret=desired.fleet_secret,
+        delivery=Delivery.DIRECT,
+        kind="Secret",
+        content_hash=digest,
+        key_hashes=key_hashes,
+        manifest=manifest,
         needles=_needles(values, desired),
     )
 
@@ -313,7 +338,11 @@ def render(
 def dump_yaml(document: object) -> bytes:
     """Deterministic block YAML through libyaml: the one serialization of every manifest."""
     text = yaml.dump(
-        document, Dumper=yaml.CSafeDumper, default_flow_style=False, sort_keys=False,
-        allow_unicode=True, width=1 << 30,
+        document,
+        Dumper=yaml.CSafeDumper,
+        default_flow_style=False,
+        sort_keys=False,
+        allow_unicode=True,
+        width=1 << 30,
     )
     return text.encode("utf-8")

@@ -58,7 +58,9 @@ def _planned(
         except templating.TemplateError as exc:
             problems.append(
                 errors.ConfigError(
-                    str(exc), file=entry.origin.file, line=entry.origin.line,
+                    str(exc),
+                    file=entry.origin.file,
+                    line=entry.origin.line,
                     field=f"data.{key}.{field}",
                 )
             )
@@ -77,7 +79,9 @@ def _planned(
                 errors.ConfigError(
                     f"cluster {cluster.name!r} uses external delivery, whose store reads only "
                     f"the kvMount {fleet.kv_mount!r}; this ref reads mount {mount!r}",
-                    file=entry.origin.file, line=entry.origin.line, field=f"data.{key}.vault.mount",
+                    file=entry.origin.file,
+                    line=entry.origin.line,
+                    field=f"data.{key}.vault.mount",
                 )
             )
         planned = ValueRef(Location("vault", path, mount, spec.version), ref_key)
@@ -88,8 +92,10 @@ def _planned(
         if file and (norm.startswith(("/", "../")) or norm == ".."):
             problems.append(
                 errors.ConfigError(
-                    f"sops file {file!r} leaves the fleet repo", file=entry.origin.file,
-                    line=entry.origin.line, field=f"data.{key}.sops.file",
+                    f"sops file {file!r} leaves the fleet repo",
+                    file=entry.origin.file,
+                    line=entry.origin.line,
+                    field=f"data.{key}.sops.file",
                 )
             )
         if cluster.delivery is Delivery.EXTERNAL:
@@ -97,7 +103,9 @@ def _planned(
                 errors.ConfigError(
                     f"cluster {cluster.name!r} uses external delivery, which cannot carry a "
                     "SOPS-sourced key (External Secrets Operator reads only from its store)",
-                    file=entry.origin.file, line=entry.origin.line, field=f"data.{key}.sops",
+                    file=entry.origin.file,
+                    line=entry.origin.line,
+                    field=f"data.{key}.sops",
                 )
             )
         planned = ValueRef(Location("sops", norm), ref_key)
@@ -114,14 +122,16 @@ def _policy(secret: FleetSecret, cluster: Cluster, fleet: Fleet) -> list[errors.
             errors.ConfigError(
                 f"namespace {target.namespace!r} is not in allowedNamespaces of cluster "
                 f"{cluster.name!r} ({cluster.origin})",
-                field="spec.target.namespace", **where,  # type: ignore[arg-type]
+                field="spec.target.namespace",
+                **where,  # type: ignore[arg-type]
             )
         )
     if target.type in fleet.policies.forbidden_types:
         out.append(
             errors.ConfigError(
                 f"Secret type {target.type!r} is forbidden by the Fleet's policies",
-                field="spec.target.type", **where,  # type: ignore[arg-type]
+                field="spec.target.type",
+                **where,  # type: ignore[arg-type]
             )
         )
     if (
@@ -133,7 +143,8 @@ def _policy(secret: FleetSecret, cluster: Cluster, fleet: Fleet) -> list[errors.
             errors.ConfigError(
                 "cluster-wide sealing scope is not allowed by the Fleet's policies "
                 "(set spec.policies.allowClusterWide: true)",
-                field="spec.target.scope", **where,  # type: ignore[arg-type]
+                field="spec.target.scope",
+                **where,  # type: ignore[arg-type]
             )
         )
     return out
@@ -166,7 +177,8 @@ def plan(
                         f"FleetSecrets {other.name!r} ({other.origin}) and {secret.name!r} both "
                         f"target {secret.target.namespace}/{secret.target.name} on cluster "
                         f"{cluster.name!r}",
-                        file=secret.target_origin.file, line=secret.target_origin.line,
+                        file=secret.target_origin.file,
+                        line=secret.target_origin.line,
                         field="spec.target",
                     )
                 )
@@ -186,8 +198,12 @@ def plan(
                 continue
             desired.append(
                 DesiredSecret(
-                    fleet_secret=secret.name, cluster=cluster, target=secret.target, data=data,
-                    origin=secret.origin, refresh_interval=secret.refresh_interval,
+                    fleet_secret=secret.name,
+                    cluster=cluster,
+                    target=secret.target,
+                    data=data,
+                    origin=secret.origin,
+                    refresh_interval=secret.refresh_interval,
                     restarts=secret.restarts,
                 )
             )

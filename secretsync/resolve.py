@@ -107,7 +107,7 @@ async def resolve(
     result.reads = len(locations)
     for location, outcome in zip(locations, outcomes, strict=True):
         if isinstance(outcome, errors.ResolveError):
-            log.warning("cannot read %s: %s", location, outcome)
+            log.warning("%s", outcome)
             for ref in by_location[location]:
                 result.failures[ref] = outcome
             continue

@@ -75,9 +75,10 @@ def _observe_file(cluster: str, data: bytes, *, detail: bool) -> Observed | None
     labels = meta.get("labels") if isinstance(meta.get("labels"), dict) else {}
     annotations = meta.get("annotations") if isinstance(meta.get("annotations"), dict) else {}
     assert isinstance(labels, dict) and isinstance(annotations, dict)
-    owned = labels.get(LABEL_MANAGED_BY) == MANAGED_BY and annotations.get(
-        ANNOTATION_CLUSTER
-    ) == cluster
+    owned = (
+        labels.get(LABEL_MANAGED_BY) == MANAGED_BY
+        and annotations.get(ANNOTATION_CLUSTER) == cluster
+    )
     key_hashes: dict[str, str] = {}
     raw_hashes = annotations.get(ANNOTATION_KEY_HASHES)
     if isinstance(raw_hashes, str):
@@ -226,7 +227,8 @@ class GitSink:
             resources = old.get("resources")
             if isinstance(resources, list):
                 foreign = [
-                    r for r in resources
+                    r
+                    for r in resources
                     if isinstance(r, str) and r not in owned and self._foreign_exists(folder, r)
                 ]
         resources = sorted(set(owned) | set(foreign))
@@ -264,6 +266,7 @@ class GitSink:
         if not self.out_dir.is_dir():
             return []
         return sorted(
-            p.name for p in self.out_dir.iterdir()
+            p.name
+            for p in self.out_dir.iterdir()
             if p.is_dir() and not p.name.startswith(".") and p.name not in known
         )

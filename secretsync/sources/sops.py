@@ -313,22 +313,27 @@ class SopsSource:
 
     def _read_capped(self, real: Path, location: model.Location) -> bytes:
         cap = self._settings.max_file_bytes
-        try:
-            fd = os.open(real, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        try:  # O_NONBLOCK: a FIFO must not block the open; it is refused just below
+            fd = os.open(real, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
         except PermissionError:
             raise errors.AccessDenied(f"{location}: permission denied reading the file") from None
         except OSError as exc:
             if exc.errno == errno.ELOOP:  # replaced by a symlink since it was resolved
                 raise errors.RefNotFound(f"{location}: the file became a symlink") from None
             raise errors.RefNotFound(f"{location}: cannot open the file") from None
-        with os.fdopen(fd, "rb") as handle:
-            info = os.fstat(handle.fileno())
+        try:
+            info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
                 raise errors.RefNotFound(f"{location}: not a regular file")
             if info.st_size > cap:
                 raise errors.DecryptFailed(
                     f"{location}: {info.st_size} bytes, over the {cap}-byte limit for sops files"
                 )
+            handle = os.fdopen(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
+        with handle:
             data = handle.read(cap + 1)
         if len(data) > cap:
             raise errors.DecryptFailed(

@@ -812,6 +812,9 @@ def _not_found(payload: bytes, *, pinned: int | None) -> _Failed:
     metadata = data.get("metadata") if isinstance(data, dict) else None
     if isinstance(metadata, dict):
         return _deleted(metadata, pinned=pinned)
+    warnings = body.get("warnings") if isinstance(body, dict) else None
+    if isinstance(warnings, list) and any("versioned K/V" in str(w) for w in warnings):
+        return _Failed("invalid", "the mount is KV version 2, read as version 1; check kvVersion")
     if pinned is not None:
         return _Failed("not_found", f"version {pinned} does not exist (HTTP 404)")
     return _Failed("not_found", "no secret at this path (HTTP 404)")

@@ -7,18 +7,7 @@ namespace deletion, owner-reference GC and service-account tokens through the co
 manager; a cluster's start and clean stop. Waits are watches bounded by deadlines.
 """
 
-# ruff: noqa: E402
-
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-# The repository root holds both `secretsync` and the `tests` helpers; pytest itself only puts
-# this file's directory on sys.path.
-_ROOT = Path(__file__).resolve().parents[2]
-if str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
 
 import json
 import secrets
@@ -26,6 +15,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -37,8 +27,6 @@ from kubernetes.client.exceptions import ApiException
 
 from tests.adapters.conftest_kube import NamespaceFactory
 from tests.kubecluster import KUBE_VERSION, KubeBinaries, KubeCluster, start_cluster
-
-pytest_plugins = ["tests.adapters.conftest_kube"]
 
 APPLY = "application/apply-patch+yaml"
 WAIT_S = 60.0
