@@ -1,5 +1,5 @@
 """`python -m secretsync` runs the command line."""
 
-from secretsync import cli
+from secretsync.cli import main
 
-cli.main()
+main()

@@ -24,9 +24,9 @@ import yaml
 
 from secretsync import __version__, errors, load, logs, scan, seal, selectors
 from secretsync.engine import CycleReport, Engine, ItemResult
+from secretsync.materialize import dump_yaml
 from secretsync.model import ANNOTATION_CLUSTER, Fleet, Scope, Selector
 from secretsync.resolve import Source
-from secretsync.materialize import dump_yaml
 from secretsync.sinks.git import GitSink
 from secretsync.values import SecretValue
 

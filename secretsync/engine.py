@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import traceback
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -116,6 +117,9 @@ class Engine:
                 reason = _reason(outcome)
                 report.failed_clusters[name] = reason
                 log.error("cluster %s failed: %s", name, reason)
+                if not isinstance(outcome, errors.SecretSyncError | TimeoutError):
+                    # frames only: a foreign exception's message may carry data
+                    log.debug("where: %s", "".join(traceback.format_tb(outcome.__traceback__)))
                 continue
             report.items.extend(outcome)
         if not clusters and selector is None:

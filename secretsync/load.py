@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -212,11 +212,11 @@ class _Map:
     """A YAML mapping being read field by field; `done()` reports unknown fields."""
 
     def __init__(
-        self, ctx: _Ctx, node: yaml.MappingNode, path: str, key: yaml.Node | None = None
+        self, ctx: _Ctx, node: yaml.MappingNode, path: str, at: yaml.Node | None = None
     ) -> None:
         self.ctx = ctx
         self.node = node
-        self.key = key
+        self.key = at  # the key this mapping is the value of: where a missing field is reported
         self.path = path
         self.entries: dict[str, tuple[yaml.Node, yaml.Node]] = {}
         self.used: set[str] = set()

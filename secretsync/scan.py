@@ -72,13 +72,19 @@ _TAG_NULL: Final = "tag:yaml.org,2002:null"
 _TEMPLATE: Final = re.compile(r"\{\{.*\}\}|\$\{[^}]*\}", re.DOTALL)
 _PLACEHOLDER: Final = re.compile(r"^<[^<>\n]+>$")
 _DOTENV_LINE: Final = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.-]*)\s*=(.*)$")
+_WORTH_PARSING: Final = re.compile(
+    rb"kind[\"']?\s*:\s*[\"']?(?:Secret|\w*List)\b"  # a Secret or a List of objects
+    rb"|^[\"']?sops[\"']?\s*:|\"sops\"\s*:",  # sops metadata (YAML top level, JSON)
+    re.M,
+)
+"""Cheap byte check: only files that may hold a Secret or sops metadata are parsed."""
 _INI_SOPS: Final = re.compile(rb"^\[sops\][ \t]*\r?$", re.M)
 _JSON_SOPS: Final = re.compile(rb"\"sops\"\s*:\s*\{")
 _DOTENV_SOPS: Final = re.compile(rb"^sops_(?:mac|version)=", re.M)
 
 
 class FindingKind(enum.StrEnum):
-    PLAINTEXT_SECRET = "plaintext-secret"  # noqa: S105 (a finding's name, not a password)
+    PLAINTEXT_SECRET = "plaintext-secret"
     """A Kubernetes Secret whose data is readable in the file."""
     SOPS_FILE_NOT_ENCRYPTED = "sops-file-not-encrypted"
     """A file that a `.sops.yaml` rule or its `*.sops.*` name says is encrypted, but is not."""
@@ -102,16 +108,21 @@ class Finding:
 def scan(path: Path, *, max_file_bytes: int = MAX_FILE_BYTES) -> list[Finding]:
     """Every finding under `path` (a folder or one file), sorted by file and line."""
     if path.is_file():
-        base = path.parent
-        config = _config_above(path.parent.resolve())
-        findings = _check_file(
-            path, rel=path.name, base=base, config=config, max_file_bytes=max_file_bytes
+        base = path.parent.resolve()
+        file = base / path.name
+        found = _check_file(
+            file,
+            rel=path.name,
+            base=base,
+            config=_config_above(base),
+            max_file_bytes=max_file_bytes,
         )
-        return sorted(findings)
-    findings = []
-    for file, rel, config in _walk(path):
+        return sorted(found)
+    base = path.resolve()
+    findings: list[Finding] = []
+    for file, rel, config in _walk(base):
         findings.extend(
-            _check_file(file, rel=rel, base=path, config=config, max_file_bytes=max_file_bytes)
+            _check_file(file, rel=rel, base=base, config=config, max_file_bytes=max_file_bytes)
         )
     return sorted(findings)
 
@@ -246,8 +257,11 @@ def _config_above(folder: Path) -> _SopsConfig | None:
 
 
 def _walk(root: Path) -> Iterator[tuple[Path, str, _SopsConfig | None]]:
-    """(file, path relative to root, nearest .sops.yaml) for every regular file, no symlinks."""
-    stack: list[tuple[Path, str, _SopsConfig | None]] = [(root, "", _config_above(root.resolve()))]
+    """(file, path relative to root, nearest .sops.yaml) for every regular file, no symlinks.
+
+    `root` is resolved, so that paths compare with the config files' own resolved paths.
+    """
+    stack: list[tuple[Path, str, _SopsConfig | None]] = [(root, "", _config_above(root))]
     while stack:
         folder, prefix, inherited = stack.pop()
         try:
@@ -318,7 +332,7 @@ def _check_file(
     if not data.strip():
         return []
     if structured:
-        if why is None and b"Secret" not in data and b"sops" not in data:
+        if why is None and not _WORTH_PARSING.search(data):
             return []
         return _check_structured(data, rel=rel, why=why, is_json=lowered.endswith(".json"))
     if dotenv:
@@ -338,13 +352,15 @@ def _other_has_metadata(data: bytes) -> bool:
 
 def _documents(data: bytes, *, is_json: bool) -> Iterator[yaml.Node]:
     """Composed documents (nodes keep their lines); stops quietly at a syntax error."""
+    composed = 0
     try:
         for node in yaml.compose_all(data, Loader=yaml.CSafeLoader):
             if node is not None:
+                composed += 1
                 yield node
         return
-    except (yaml.YAMLError, RecursionError, UnicodeDecodeError):
-        if not is_json:
+    except (yaml.YAMLError, RecursionError):
+        if not is_json or composed:
             return
     try:  # JSON that YAML 1.1 does not read (e.g. "\/"): no line numbers then
         parsed = json.loads(data)

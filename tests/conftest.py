@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import logging
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests import canary
 
-pytest_plugins = ["tests.adapters.conftest_kube"] if (
-    Path(__file__).parent / "adapters" / "conftest_kube.py"
-).exists() else []
+pytest_plugins = (
+    ["tests.adapters.conftest_kube"]
+    if (Path(__file__).parent / "adapters" / "conftest_kube.py").exists()
+    else []
+)
 
 _records: list[str] = []
 
@@ -69,10 +71,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _debug_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+def _debug_logs(caplog: pytest.LogCaptureFixture) -> None:
     """Every test runs with DEBUG logging so leaks at any level are caught."""
     caplog.set_level(logging.DEBUG)
-    yield
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import tempfile
+import threading
 from collections.abc import Mapping, Set
 from pathlib import Path
 from typing import Any, ClassVar
@@ -24,7 +25,7 @@ import yaml
 
 from secretsync import errors
 from secretsync.deliver import ApplyResult, ChangeSet
-from secretsync.materialize import Rendered, dump_yaml
+from secretsync.materialize import dump_yaml
 from secretsync.model import (
     ANNOTATION_CLUSTER,
     ANNOTATION_CONTENT_HASH,
@@ -56,7 +57,7 @@ def guard(data: bytes, needles: tuple[bytes, ...], *, path: str) -> None:
 
 def _parse(data: bytes) -> dict[str, Any] | None:
     try:
-        doc = yaml.load(data, Loader=yaml.CSafeLoader)  # noqa: S506 - C safe loader
+        doc = yaml.load(data, Loader=yaml.CSafeLoader)
     except yaml.YAMLError:
         return None
     return doc if isinstance(doc, dict) else None
@@ -72,9 +73,12 @@ def _observe_file(cluster: str, data: bytes, *, detail: bool) -> Observed | None
     name, namespace = meta.get("name"), meta.get("namespace")
     if not isinstance(name, str) or not isinstance(namespace, str):
         return None
-    labels = meta.get("labels") if isinstance(meta.get("labels"), dict) else {}
-    annotations = meta.get("annotations") if isinstance(meta.get("annotations"), dict) else {}
-    assert isinstance(labels, dict) and isinstance(annotations, dict)
+    labels = meta.get("labels")
+    annotations = meta.get("annotations")
+    if not isinstance(labels, dict):
+        labels = {}
+    if not isinstance(annotations, dict):
+        annotations = {}
     owned = (
         labels.get(LABEL_MANAGED_BY) == MANAGED_BY
         and annotations.get(ANNOTATION_CLUSTER) == cluster
@@ -111,8 +115,17 @@ class GitSink:
 
     def __init__(self, *, out_dir: Path) -> None:
         self.out_dir = out_dir
-        self._paths: dict[ObjectKey, Path] = {}
-        self.files_changed = 0
+        self._paths: dict[str, dict[ObjectKey, Path]] = {}  # per cluster: one task each
+        self._lock = threading.Lock()
+        self._changed = 0
+
+    @property
+    def files_changed(self) -> int:
+        return self._changed
+
+    def _count(self, n: int = 1) -> None:
+        with self._lock:
+            self._changed += n
 
     def accepts(self, delivery: Delivery) -> bool:
         return delivery in (Delivery.SEALED, Delivery.EXTERNAL)
@@ -126,6 +139,7 @@ class GitSink:
     def _observe(self, cluster: str) -> dict[ObjectKey, Observed]:
         folder = self.out_dir / cluster
         found: dict[ObjectKey, Observed] = {}
+        paths = self._paths[cluster] = {}
         if not folder.is_dir():
             return found
         for ns_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink()):
@@ -142,11 +156,13 @@ class GitSink:
                 if observed.key in found and not observed.owned:
                     continue
                 found[observed.key] = observed
-                self._paths[observed.key] = path
+                paths[observed.key] = path
         return found
 
     async def detail(self, observed: Observed) -> Observed:
-        path = self._paths.get(observed.key, self.path_for(observed.key))
+        path = self._paths.get(observed.key.cluster, {}).get(
+            observed.key, self.path_for(observed.key)
+        )
         try:
             data = await asyncio.to_thread(path.read_bytes)
         except OSError:
@@ -159,6 +175,7 @@ class GitSink:
 
     def _apply(self, cluster: str, changes: ChangeSet) -> ApplyResult:
         result = ApplyResult()
+        paths = self._paths.setdefault(cluster, {})
         staged: list[tuple[Path, Path, ObjectKey]] = []
         try:
             for item in [*changes.create, *changes.update]:
@@ -178,22 +195,22 @@ class GitSink:
                 os.sync()
             for tmp, path, key in staged:
                 tmp.replace(path)
-                self._paths[key] = path
+                paths[key] = path
                 result.written.append(key)
-                self.files_changed += 1
+                self._count()
         finally:
             for tmp, _, _ in staged:
                 with contextlib.suppress(FileNotFoundError):
                     tmp.unlink()
         for observed in changes.delete:
-            path = self._paths.pop(observed.key, self.path_for(observed.key))
+            path = paths.pop(observed.key, self.path_for(observed.key))
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-                self.files_changed += 1
+                self._count()
             result.deleted.append(observed.key)
             with contextlib.suppress(OSError):
                 path.parent.rmdir()  # only when empty
-        self._write_kustomization(cluster)
+        self._write_kustomization(cluster, paths)
         return result
 
     def _rel(self, path: Path) -> str:
@@ -213,14 +230,10 @@ class GitSink:
             raise
         return Path(tmp)
 
-    def _write_kustomization(self, cluster: str) -> None:
+    def _write_kustomization(self, cluster: str, paths: Mapping[ObjectKey, Path]) -> None:
         folder = self.out_dir / cluster
         kpath = folder / KUSTOMIZATION
-        owned = sorted(
-            str(path.relative_to(folder))
-            for key, path in self._paths.items()
-            if key.cluster == cluster and path.is_file()
-        )
+        owned = sorted(str(path.relative_to(folder)) for path in paths.values() if path.is_file())
         foreign: list[str] = []
         if kpath.is_file():
             old = _parse(kpath.read_bytes()) or {}
@@ -235,7 +248,7 @@ class GitSink:
         if not resources:
             with contextlib.suppress(FileNotFoundError):
                 kpath.unlink()
-                self.files_changed += 1
+                self._count()
             with contextlib.suppress(OSError):
                 folder.rmdir()
             return
@@ -250,7 +263,7 @@ class GitSink:
         tmp = self._stage(kpath, data)
         os.sync()
         tmp.replace(kpath)
-        self.files_changed += 1
+        self._count()
 
     def _foreign_exists(self, folder: Path, resource: str) -> bool:
         path = folder / resource

@@ -151,6 +151,18 @@ _EXIT_REASONS: Final[Mapping[int, tuple[type[errors.ResolveError], str]]] = {
 }
 
 
+class _Failure(Exception):
+    """A decrypt failure not yet tied to a file: each fetch names its own Location."""
+
+    def __init__(self, kind: type[errors.ResolveError], reason: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+
+    def error(self, location: model.Location) -> errors.ResolveError:
+        return self.kind(f"{location}: {self.reason}")
+
+
 def _exit_failure(returncode: int) -> _Failure:
     if returncode < 0:
         try:
@@ -162,18 +174,6 @@ def _exit_failure(returncode: int) -> _Failure:
         returncode, (errors.DecryptFailed, f"sops failed with exit code {returncode}")
     )
     return _Failure(kind, reason)
-
-
-class _Failure(Exception):
-    """A decrypt failure not yet tied to a file: each fetch names its own Location."""
-
-    def __init__(self, kind: type[errors.ResolveError], reason: str) -> None:
-        super().__init__(reason)
-        self.kind = kind
-        self.reason = reason
-
-    def error(self, location: model.Location) -> errors.ResolveError:
-        return self.kind(f"{location}: {self.reason}")
 
 
 @dataclass(frozen=True, slots=True)

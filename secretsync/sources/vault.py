@@ -96,6 +96,10 @@ class _Failed(Exception):
         self.final = final
 
 
+class _OutOfBudget(Exception):
+    """The fetch's time budget cannot cover the next request (or its wait for a rate token)."""
+
+
 # --- options and counters ---------------------------------------------------------------------
 
 
@@ -264,6 +268,10 @@ class _TokenBucket:
             self._rate = min(self._ceiling, self._rate * (1.0 + 0.25 * elapsed))
         self._tokens = min(self._burst(), self._tokens + elapsed * self._rate) - 1.0
         return 0.0 if self._tokens >= 0 else -self._tokens / self._rate
+
+    def refund(self) -> None:
+        """Give back a reserved token that will not be used."""
+        self._tokens += 1.0
 
     def throttled(self, *, sent_at: float) -> None:
         """A 429: halve the rate, once per wave (answers to older requests do not count)."""
@@ -651,12 +659,21 @@ class VaultSource:
             encoded=True,
         )
         attempt = 0
+        problem: _Failed | None = None
         while True:
             attempt += 1
             try:
                 status, payload, sent_at = await self._send(
                     method, url, headers=headers, json_body=json_body, budget=budget
                 )
+            except _OutOfBudget:
+                spent = f"budget {budget.total_s:g}s spent"
+                if problem is None:
+                    raise _Failed("timeout", spent, final=True) from None
+                raise _Failed(
+                    problem.reason,
+                    f"{problem.message}; gave up after {attempt - 1} tries ({spent})",
+                ) from None
             except _Failed as failure:
                 if failure.final:
                     raise
@@ -704,14 +721,18 @@ class VaultSource:
         """One request: a concurrency slot, a rate token, the breaker, a timeout."""
         session = self._open_session()
         async with self._gate:
-            delay = self._bucket.reserve(time.monotonic())
-            if delay > 0:
-                await asyncio.sleep(delay)
             now = time.monotonic()
+            delay = self._bucket.reserve(now)
+            if delay > 0:
+                if budget.started is not None and delay >= budget.remaining(now):
+                    self._bucket.refund()
+                    raise _OutOfBudget
+                await asyncio.sleep(delay)
+                now = time.monotonic()
             budget.start(now)
             remaining = budget.remaining(now)
             if remaining <= 0:
-                raise _Failed("timeout", f"budget of {budget.total_s:g}s spent", final=True)
+                raise _OutOfBudget
             refused = self._breaker.admit(now)
             if refused is not None:
                 raise refused

@@ -78,7 +78,11 @@ def test_several_documents_per_file(fleet_repo: MakeRepo) -> None:
     ("files", "expected"),
     [
         (
-            {"clusters/a.yaml": CLUSTER.replace("  name: prod-use1\n", "  name: prod-use1\n  extra: 1\n")},
+            {
+                "clusters/a.yaml": CLUSTER.replace(
+                    "  name: prod-use1\n", "  name: prod-use1\n  extra: 1\n"
+                )
+            },
             "clusters/a.yaml:5: metadata.extra: unknown field",
         ),
         (
@@ -86,7 +90,11 @@ def test_several_documents_per_file(fleet_repo: MakeRepo) -> None:
             "clusters/a.yaml:8: spec.bogus: unknown field",
         ),
         (
-            {"clusters/a.yaml": CLUSTER.replace("apiVersion: secretsync.dev/v1alpha1", "apiVersion: v1")},
+            {
+                "clusters/a.yaml": CLUSTER.replace(
+                    "apiVersion: secretsync.dev/v1alpha1", "apiVersion: v1"
+                )
+            },
             "clusters/a.yaml:1: apiVersion: must be secretsync.dev/v1alpha1",
         ),
         (
@@ -102,15 +110,28 @@ def test_several_documents_per_file(fleet_repo: MakeRepo) -> None:
             "clusters/a.yaml:5: metadata.labels.env: must be a string",
         ),
         (
-            {"clusters/a.yaml": CLUSTER.replace("  sealedSecrets: {certFile: certs/prod-use1.pem}\n", "  delivery: carrier-pigeon\n  sealedSecrets: {certFile: c.pem}\n")},
+            {
+                "clusters/a.yaml": CLUSTER.replace(
+                    "  sealedSecrets: {certFile: certs/prod-use1.pem}\n",
+                    "  delivery: carrier-pigeon\n  sealedSecrets: {certFile: c.pem}\n",
+                )
+            },
             "clusters/a.yaml:7: spec.delivery: must be one of: sealed, external, direct",
         ),
         (
-            {"clusters/a.yaml": CLUSTER.replace("{certFile: certs/prod-use1.pem}", "{certFile: ../outside.pem}")},
+            {
+                "clusters/a.yaml": CLUSTER.replace(
+                    "{certFile: certs/prod-use1.pem}", "{certFile: ../outside.pem}"
+                )
+            },
             "clusters/a.yaml:7: spec.sealedSecrets.certFile: '../outside.pem' leaves the fleet repo",
         ),
         (
-            {"clusters/a.yaml": CLUSTER.replace("  sealedSecrets: {certFile: certs/prod-use1.pem}\n", "  delivery: sealed\n")},
+            {
+                "clusters/a.yaml": CLUSTER.replace(
+                    "  sealedSecrets: {certFile: certs/prod-use1.pem}\n", "  delivery: sealed\n"
+                )
+            },
             "spec.sealedSecrets.certFile: a sealed cluster needs a certificate file",
         ),
         (
@@ -158,19 +179,37 @@ def test_several_documents_per_file(fleet_repo: MakeRepo) -> None:
             "secrets/s.yaml:9: spec.data.password.vault.colour: unknown field",
         ),
         (
-            {"secrets/s.yaml": SECRET.replace("db/{{ cluster.labels.env }}", "db/{{ cluster.uid }}")},
+            {
+                "secrets/s.yaml": SECRET.replace(
+                    "db/{{ cluster.labels.env }}", "db/{{ cluster.uid }}"
+                )
+            },
             "secrets/s.yaml:9: spec.data.password.vault.path: template {{ cluster.uid }} is not allowed",
         ),
         (
-            {"secrets/s.yaml": SECRET.replace("{vault: {path: \"db/{{ cluster.labels.env }}\", key: password}}", "{sops: {file: /etc/passwd, key: k}}")},
+            {
+                "secrets/s.yaml": SECRET.replace(
+                    '{vault: {path: "db/{{ cluster.labels.env }}", key: password}}',
+                    "{sops: {file: /etc/passwd, key: k}}",
+                )
+            },
             "secrets/s.yaml:9: spec.data.password.sops.file: '/etc/passwd' must be a path relative to the fleet repo",
         ),
         (
-            {"secrets/s.yaml": SECRET.replace("matchLabels: {env: prod}", "matchExpressions: [{key: env, operator: In}]")},
+            {
+                "secrets/s.yaml": SECRET.replace(
+                    "matchLabels: {env: prod}", "matchExpressions: [{key: env, operator: In}]"
+                )
+            },
             "secrets/s.yaml:6: spec.clusterSelector.matchExpressions[0].values: operator In needs at least one value",
         ),
         (
-            {"secrets/s.yaml": SECRET.replace("matchLabels: {env: prod}", "matchExpressions: [{key: env, operator: Exists, values: [a]}]")},
+            {
+                "secrets/s.yaml": SECRET.replace(
+                    "matchLabels: {env: prod}",
+                    "matchExpressions: [{key: env, operator: Exists, values: [a]}]",
+                )
+            },
             "secrets/s.yaml:6: spec.clusterSelector.matchExpressions[0].values: operator Exists takes no values",
         ),
         (
@@ -178,15 +217,26 @@ def test_several_documents_per_file(fleet_repo: MakeRepo) -> None:
             "secrets/s.yaml:11: spec.overlays[0]: an overlay needs exactly one of clusterSelector or clusters",
         ),
         (
-            {"secrets/s.yaml": SECRET + "  overlays:\n    - clusters: [ghost]\n      data: {password: {value: x}}\n"},
+            {
+                "secrets/s.yaml": SECRET
+                + "  overlays:\n    - clusters: [ghost]\n      data: {password: {value: x}}\n"
+            },
             "secrets/s.yaml:11: spec.overlays.clusters: overlay names unknown cluster 'ghost'",
         ),
         (
-            {"secrets/s.yaml": SECRET.replace("namespace: payments}", "namespace: payments, scope: galaxy-wide}")},
+            {
+                "secrets/s.yaml": SECRET.replace(
+                    "namespace: payments}", "namespace: payments, scope: galaxy-wide}"
+                )
+            },
             "secrets/s.yaml:7: spec.target.scope: must be one of: strict, namespace-wide, cluster-wide",
         ),
         (
-            {"secrets/s.yaml": SECRET.replace("namespace: payments}", "namespace: payments, labels: {secretsync.dev/x: y}}")},
+            {
+                "secrets/s.yaml": SECRET.replace(
+                    "namespace: payments}", "namespace: payments, labels: {secretsync.dev/x: y}}"
+                )
+            },
             "secrets/s.yaml:7: spec.target.labels: 'secretsync.dev/x' is reserved",
         ),
         (
@@ -194,7 +244,11 @@ def test_several_documents_per_file(fleet_repo: MakeRepo) -> None:
             "secrets/s.yaml:10: spec.refreshInterval: must be a duration",
         ),
         (
-            {"secrets/s.yaml": SECRET.replace("  clusterSelector:\n    matchLabels: {env: prod}\n", "")},
+            {
+                "secrets/s.yaml": SECRET.replace(
+                    "  clusterSelector:\n    matchLabels: {env: prod}\n", ""
+                )
+            },
             "secrets/s.yaml:4: spec.clusterSelector: required field is missing",
         ),
         (

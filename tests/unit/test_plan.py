@@ -74,7 +74,9 @@ def test_overlays_apply_in_order_later_wins(fleet_repo: MakeRepo) -> None:
     assert out["dev-use1/app"]["level"] == Literal("base")
     assert out["prod-use1/app"]["level"] == Literal("environment")
     assert out["prod-euw1/app"]["level"] == Literal("cluster")
-    assert out["prod-use1/app"]["password"] == ValueRef(Location("vault", "app/prod", "kv"), "password")
+    assert out["prod-use1/app"]["password"] == ValueRef(
+        Location("vault", "app/prod", "kv"), "password"
+    )
     assert out["prod-euw1/app"]["password"] == ValueRef(
         Location("vault", "app/eu", "kv", 3), "password"
     )
@@ -83,7 +85,9 @@ def test_overlays_apply_in_order_later_wins(fleet_repo: MakeRepo) -> None:
 
 def test_selector_filters_and_cluster_filter(fleet_repo: MakeRepo) -> None:
     fleet = load.load_fleet(
-        fleet_repo({"secretsync.yaml": FLEET, "clusters/c.yaml": CLUSTERS, "secrets/app.yaml": SECRET})
+        fleet_repo(
+            {"secretsync.yaml": FLEET, "clusters/c.yaml": CLUSTERS, "secrets/app.yaml": SECRET}
+        )
     )
     assert [d.cluster.name for d in plan.plan(fleet, clusters=["prod-use1"])] == ["prod-use1"]
     with pytest.raises(errors.ConfigErrors, match="unknown cluster 'nope'"):
@@ -118,7 +122,10 @@ def test_allowed_namespaces_are_enforced(fleet_repo: MakeRepo) -> None:
         "certs/prod-use1.pem}\n", "certs/prod-use1.pem}\n  allowedNamespaces: [payments]\n"
     )
     text = plan_errors(fleet_repo, {"clusters/c.yaml": clusters, "secrets/app.yaml": SECRET})
-    assert "secrets/app.yaml:7: spec.target.namespace: namespace 'web' is not in allowedNamespaces" in text
+    assert (
+        "secrets/app.yaml:7: spec.target.namespace: namespace 'web' is not in allowedNamespaces"
+        in text
+    )
 
 
 def test_forbidden_type_and_cluster_wide_policy(fleet_repo: MakeRepo) -> None:
@@ -127,11 +134,15 @@ def test_forbidden_type_and_cluster_wide_policy(fleet_repo: MakeRepo) -> None:
         "{name: app, namespace: web}",
         "{name: app, namespace: web, type: kubernetes.io/service-account-token, scope: cluster-wide}",
     )
-    root = fleet_repo({"secretsync.yaml": fleet, "clusters/c.yaml": CLUSTERS, "secrets/a.yaml": secret})
+    root = fleet_repo(
+        {"secretsync.yaml": fleet, "clusters/c.yaml": CLUSTERS, "secrets/a.yaml": secret}
+    )
     with pytest.raises(errors.ConfigErrors) as info:
         plan.plan(load.load_fleet(root))
     text = info.value.render()
-    assert "spec.target.type: Secret type 'kubernetes.io/service-account-token' is forbidden" in text
+    assert (
+        "spec.target.type: Secret type 'kubernetes.io/service-account-token' is forbidden" in text
+    )
     assert "spec.target.scope: cluster-wide sealing scope is not allowed" in text
 
 
@@ -149,9 +160,14 @@ spec:
     assert "secrets/app.yaml:11: data.extra.sops: cluster 'ext' uses external delivery" in text
     assert "data.password.vault.mount: cluster 'ext' uses external delivery" not in text
     secret2 = SECRET.replace("mount: kv, version: 3", "mount: other")
-    secret2 = secret2.replace("clusters: [prod-euw1]", "clusterSelector: {matchLabels: {env: prod}}")
+    secret2 = secret2.replace(
+        "clusters: [prod-euw1]", "clusterSelector: {matchLabels: {env: prod}}"
+    )
     text = plan_errors(fleet_repo, {"clusters/c.yaml": ext, "secrets/app.yaml": secret2})
-    assert "data.password.vault.mount: cluster 'ext' uses external delivery, whose store reads only the kvMount 'kv'" in text
+    assert (
+        "data.password.vault.mount: cluster 'ext' uses external delivery, whose store reads only the kvMount 'kv'"
+        in text
+    )
 
 
 def test_templated_sops_path_leaving_repo_is_refused(fleet_repo: MakeRepo) -> None:
@@ -159,6 +175,8 @@ def test_templated_sops_path_leaving_repo_is_refused(fleet_repo: MakeRepo) -> No
         'password: {vault: {path: "app/{{ cluster.labels.env }}", key: password}}',
         'password: {sops: {file: "{{ cluster.labels.env }}/../../x.yaml", key: k}}',
     )
-    root = fleet_repo({"secretsync.yaml": FLEET, "clusters/c.yaml": CLUSTERS, "secrets/a.yaml": secret})
-    with pytest.raises(errors.ConfigErrors, match="sops.file: must stay inside the repo"):
+    root = fleet_repo(
+        {"secretsync.yaml": FLEET, "clusters/c.yaml": CLUSTERS, "secrets/a.yaml": secret}
+    )
+    with pytest.raises(errors.ConfigErrors, match=r"sops\.file: must stay inside the repo"):
         load.load_fleet(root)

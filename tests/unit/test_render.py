@@ -27,8 +27,14 @@ KEY = b"test-hmac-key-0123456789abcdef"
 
 def vault_docs() -> dict[str, dict[str, object]]:
     return {
-        "payments/prod/db": {"username": canary.new("user-prod"), "password": canary.new("pw-prod")},
-        "payments/staging/db": {"username": canary.new("user-stg"), "password": canary.new("pw-stg")},
+        "payments/prod/db": {
+            "username": canary.new("user-prod"),
+            "password": canary.new("pw-prod"),
+        },
+        "payments/staging/db": {
+            "username": canary.new("user-stg"),
+            "password": canary.new("pw-stg"),
+        },
         "payments/eu/db": {"password": canary.new("pw-eu")},
         "web/prod": {"token": canary.new("tok-prod")},
         "web/staging": {"token": canary.new("tok-stg")},
@@ -36,7 +42,9 @@ def vault_docs() -> dict[str, dict[str, object]]:
     }
 
 
-def run(root: Path, source: FakeSource, *, key: bytes = KEY, **kw: Any) -> tuple[CycleReport, GitSink]:
+def run(
+    root: Path, source: FakeSource, *, key: bytes = KEY, **kw: Any
+) -> tuple[CycleReport, GitSink]:
     fleet = load.load_fleet(root)
     sink = GitSink(out_dir=root / "rendered")
     engine = Engine(
@@ -105,7 +113,8 @@ def test_overlays_reach_the_right_clusters(fleet_repo: MakeRepo) -> None:
     docs = vault_docs()
     run(root, FakeSource(docs))
     eu = seal.unseal_manifest(
-        doc(root, "prod-euw1/payments/db-credentials.yaml"), [fleets.private_key_for("prod-euw1")]  # type: ignore[list-item]
+        doc(root, "prod-euw1/payments/db-credentials.yaml"),
+        [fleets.private_key_for("prod-euw1")],  # type: ignore[list-item]
     )
     assert eu == {
         "username": str(docs["payments/prod/db"]["username"]).encode(),
@@ -114,7 +123,8 @@ def test_overlays_reach_the_right_clusters(fleet_repo: MakeRepo) -> None:
         "pool-size": b"50",
     }
     us = seal.unseal_manifest(
-        doc(root, "prod-use1/payments/db-credentials.yaml"), [fleets.private_key_for("prod-use1")]  # type: ignore[list-item]
+        doc(root, "prod-use1/payments/db-credentials.yaml"),
+        [fleets.private_key_for("prod-use1")],  # type: ignore[list-item]
     )
     assert us["password"] == str(docs["payments/prod/db"]["password"]).encode()
 
@@ -128,8 +138,14 @@ def test_external_secret_names_paths_and_carries_no_values(fleet_repo: MakeRepo)
     spec = manifest["spec"]
     assert spec["secretStoreRef"] == {"kind": "ClusterSecretStore", "name": "vault"}
     assert spec["data"] == [
-        {"secretKey": "password", "remoteRef": {"key": "payments/staging/db", "property": "password"}},
-        {"secretKey": "username", "remoteRef": {"key": "payments/staging/db", "property": "username"}},
+        {
+            "secretKey": "password",
+            "remoteRef": {"key": "payments/staging/db", "property": "password"},
+        },
+        {
+            "secretKey": "username",
+            "remoteRef": {"key": "payments/staging/db", "property": "username"},
+        },
     ]
     assert spec["target"]["template"]["mergePolicy"] == "Merge"
     assert spec["target"]["template"]["data"] == {"region": "eu-west-1"}
@@ -187,14 +203,19 @@ def test_removed_fleet_secret_is_pruned_but_foreign_files_stay(fleet_repo: MakeR
     kpath.write_text(yaml.safe_dump(kust))
     (root / "secrets/api.yaml").unlink()
     report, _ = run(root, FakeSource(docs))
-    deleted = sorted(str(ObjectKey(i.cluster, i.namespace, i.name)) for i in report.items if i.action == "delete")
+    deleted = sorted(
+        str(ObjectKey(i.cluster, i.namespace, i.name)) for i in report.items if i.action == "delete"
+    )
     assert deleted == [
-        "prod-euw1/web/api-keys", "prod-use1/web/api-keys", "staging-euw1/web/api-keys",
+        "prod-euw1/web/api-keys",
+        "prod-use1/web/api-keys",
+        "staging-euw1/web/api-keys",
         "staging-use1/web/api-keys",
     ]
     assert foreign.exists()
     assert yaml.safe_load(kpath.read_text())["resources"] == [
-        "payments/db-credentials.yaml", "web/configmap.yaml",
+        "payments/db-credentials.yaml",
+        "web/configmap.yaml",
     ]
     assert not (root / "rendered/staging-use1").exists()
 
@@ -204,7 +225,9 @@ def test_cluster_leaving_the_fleet_is_pruned(fleet_repo: MakeRepo) -> None:
     docs = vault_docs()
     run(root, FakeSource(docs))
     clusters = (root / "clusters/all.yaml").read_text().split("---\n")
-    (root / "clusters/all.yaml").write_text("---\n".join(c for c in clusters if "staging-use1" not in c))
+    (root / "clusters/all.yaml").write_text(
+        "---\n".join(c for c in clusters if "staging-use1" not in c)
+    )
     report, _ = run(root, FakeSource(docs))
     assert [i.cluster for i in report.items if i.action == "delete"] == ["staging-use1"]
     assert not (root / "rendered/staging-use1").exists()
@@ -217,10 +240,15 @@ def test_failing_source_keeps_last_known_good(fleet_repo: MakeRepo) -> None:
     before = snapshot(root)
     docs["web/prod"] = {"token": canary.new("tok-prod-2")}
     source = FakeSource(docs)
-    source.failing["payments/prod/db"] = errors.SourceUnavailable("vault:secret/payments/prod/db: sealed")
+    source.failing["payments/prod/db"] = errors.SourceUnavailable(
+        "vault:secret/payments/prod/db: sealed"
+    )
     report, _ = run(root, source)
     after = snapshot(root)
-    assert after["prod-use1/payments/db-credentials.yaml"] == before["prod-use1/payments/db-credentials.yaml"]
+    assert (
+        after["prod-use1/payments/db-credentials.yaml"]
+        == before["prod-use1/payments/db-credentials.yaml"]
+    )
     assert after["prod-use1/kustomization.yaml"] == before["prod-use1/kustomization.yaml"]
     assert after["prod-use1/web/api-keys.yaml"] != before["prod-use1/web/api-keys.yaml"]
     failed = {(i.cluster, i.name) for i in report.failures}
@@ -247,8 +275,12 @@ def test_plaintext_guard_refuses_a_leaking_object(fleet_repo: MakeRepo) -> None:
     asyncio.run(sink.observe(cluster))
     for form in (value, base64.b64encode(value.encode()).decode()):
         leaking = materialize.Rendered(
-            key=ObjectKey("prod-use1", "web", "leak"), fleet_secret="x", delivery=cluster.delivery,
-            kind="SealedSecret", content_hash="h", key_hashes={},
+            key=ObjectKey("prod-use1", "web", "leak"),
+            fleet_secret="x",
+            delivery=cluster.delivery,
+            kind="SealedSecret",
+            content_hash="h",
+            key_hashes={},
             manifest={"metadata": {"annotations": {"oops": form}}},
             needles=tuple(materialize.SecretValue.of(value).needles()),
         )
@@ -282,12 +314,24 @@ def test_expired_certificate_fails_its_cluster_and_keeps_files(fleet_repo: MakeR
 
 ODD = st.one_of(
     st.text(min_size=0, max_size=40),
-    st.sampled_from(["", "line1\nline2\n", "'quoted' \"double\"", "---\nkind: Secret", "  spaced  ",
-                     "üñíçødé ✓", "{{ .password }}", "key: value"]),
+    st.sampled_from(
+        [
+            "",
+            "line1\nline2\n",
+            "'quoted' \"double\"",
+            "---\nkind: Secret",
+            "  spaced  ",
+            "üñíçødé ✓",
+            "{{ .password }}",
+            "key: value",
+        ]
+    ),
 )
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(value=ODD)
 def test_any_value_renders_without_leaking_and_unseals_byte_for_byte(
     fleet_repo: MakeRepo, value: str

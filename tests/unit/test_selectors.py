@@ -63,7 +63,9 @@ def test_selector_string_syntax(text: str, expected: bool) -> None:
     assert selectors.matches(selectors.parse(text), LABELS) is expected
 
 
-@pytest.mark.parametrize("text", ["env in ()", "=prod", "env=pr od!", "bad key=x", "env=" + "x" * 64])
+@pytest.mark.parametrize(
+    "text", ["env in ()", "=prod", "env=pr od!", "bad key=x", "env=" + "x" * 64]
+)
 def test_selector_string_errors_when_malformed(text: str) -> None:
     with pytest.raises(ValueError):  # noqa: PT011
         selectors.parse(text)

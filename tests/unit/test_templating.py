@@ -22,8 +22,14 @@ def test_template_missing_label_is_an_error_never_empty() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["{{ cluster.namespace }}", "{{ env }}", "{{ cluster.labels. }}", "{{ cluster.labels.a b }}",
-     "a {{ b", "}} a"],
+    [
+        "{{ cluster.namespace }}",
+        "{{ env }}",
+        "{{ cluster.labels. }}",
+        "{{ cluster.labels.a b }}",
+        "a {{ b",
+        "}} a",
+    ],
 )
 def test_template_check_rejects_anything_else(text: str) -> None:
     assert templating.check(text)

