@@ -38,7 +38,7 @@ ENVIRONMENTS = ("dev", "staging", "prod")
 RULE_FOLDERS = (*ENVIRONMENTS, "shared")
 
 _REGISTRY_USER = "demo-robot"
-_REGISTRY_TOKEN = "demo-registry-token-not-real"  # noqa: S105 (a published demo value)
+_REGISTRY_TOKEN = "demo-registry-token-not-real"
 DOCKER_CONFIG = {
     "auths": {
         "registry.example.com": {

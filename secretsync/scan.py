@@ -522,8 +522,8 @@ def _check_sops_document(
         if path[:1] == ("sops",) or not isinstance(leaf, yaml.ScalarNode):
             continue
         value = leaf.value if isinstance(leaf.value, str) else ""
-        if leaf.tag == _TAG_NULL or _is_encrypted(value):
-            continue
+        if not value or leaf.tag == _TAG_NULL or _is_encrypted(value):
+            continue  # sops leaves nulls and empty strings as they are
         dotted = ".".join(path)
         if encryption is not None and encryption.encrypts(path):
             findings.append(

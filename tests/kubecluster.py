@@ -7,6 +7,7 @@
     cluster.kubeconfig(tmp / "a.yaml", user="unprivileged")
     cluster.pause(); cluster.resume()                 # SIGSTOP / SIGCONT of the apiserver
     cluster.stop()                                    # kills only its own PIDs, drops its data
+    stop_clusters(clusters)                           # several at once
 
     with running_clusters(["a", "b", "c"], workdir=tmp) as clusters:   # started side by side
         ...
@@ -343,12 +344,16 @@ class KubeCluster:
 
     def stop(self) -> None:
         """Stop the processes this cluster started (by PID) and delete its etcd data."""
+        stop_clusters([self])
+
+    def _terminate(self) -> None:
         for proc in reversed(self._processes):
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(proc.pid, signal.SIGCONT)  # a paused process cannot exit
                 proc.terminate()
-        deadline = time.monotonic() + _STOP_GRACE_S
+
+    def _reap(self, deadline: float) -> None:
         for proc in reversed(self._processes):
             try:
                 proc.wait(timeout=max(0.0, deadline - time.monotonic()))
@@ -366,6 +371,15 @@ class KubeCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def stop_clusters(clusters: Sequence[KubeCluster]) -> None:
+    """Stop several clusters at once: SIGTERM to all, SIGKILL to what still runs after a grace."""
+    for cluster in clusters:
+        cluster._terminate()
+    deadline = time.monotonic() + _STOP_GRACE_S
+    for cluster in clusters:
+        cluster._reap(deadline)
 
 
 # --- starting ----------------------------------------------------------------------------------
@@ -593,8 +607,7 @@ def running_clusters(
     try:
         yield clusters
     finally:
-        for cluster in clusters:
-            cluster.stop()
+        stop_clusters(clusters)
 
 
 def _start_all(
@@ -629,9 +642,7 @@ def _start_all(
                 )
             time.sleep(0.1)
     except BaseException:
-        for launch in launches:
-            if launch.spawned:
-                launch.cluster.stop()
+        stop_clusters([launch.cluster for launch in launches if launch.spawned])
         raise
     return [launch.cluster for launch in launches]
 

