@@ -170,6 +170,7 @@ log "build tree: $BUILD"
 # Debian mirror: read from the machine's apt sources (never a fixed host).
 mirror=${SECRETSYNC_DEBIAN_MIRROR:-}
 if [[ -z $mirror ]]; then
+    # shellcheck disable=SC2016 # $(REPO_URI) is apt's own template syntax
     mirror=$(apt-get indextargets --format '$(REPO_URI)' \
         'Release: bookworm' 'Component: main' 'Target-Of: deb' 2>/dev/null | head -n1 || true)
 fi
@@ -211,7 +212,7 @@ apt-get "${APT_OPTS[@]}" update -qq
     apt-get "${APT_OPTS[@]}" download -qq "$REFLECT2_PACKAGE"
 )
 T_FETCH=$(($(date +%s) - t0))
-log "fetched in ${T_FETCH}s: $(cd "$APT_DIR/download" && ls | tr '\n' ' ')"
+log "fetched in ${T_FETCH}s: $(find "$APT_DIR/download" -maxdepth 1 -type f -printf '%f ')"
 
 t0=$(date +%s)
 orig=$(find "$APT_DIR/download" -maxdepth 1 -name 'kubernetes_*.orig.tar.*' | head -n1)

@@ -61,7 +61,7 @@ def _hmac_key(env: Mapping[str, str], key_file: str | None) -> bytes | None:
     return text.encode("utf-8") if text else None
 
 
-def _emit(settings: Settings, document: object) -> None:
+def _emit(settings: Settings, document: Mapping[str, Any] | list[Any]) -> None:
     if settings.output == "json":
         click.echo(json.dumps(document, indent=2, ensure_ascii=False))
     else:

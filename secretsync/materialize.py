@@ -15,14 +15,12 @@ the content hash annotation (DESIGN §3).
 from __future__ import annotations
 
 import base64
-import json
-from collections.abc import Callable, Mapping
+import copy
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import yaml
-
-from secretsync import errors, seal
+from secretsync import emit, errors, seal
 from secretsync.model import (
     ANNOTATION_CLUSTER,
     ANNOTATION_CONTENT_HASH,
@@ -187,11 +185,11 @@ def render_sealed(
     annotations = {
         **seal.scope_annotations(scope),
         ANNOTATION_CONTENT_HASH: digest,
-        ANNOTATION_KEY_HASHES: json.dumps(key_hashes, sort_keys=True, separators=(",", ":")),
+        ANNOTATION_KEY_HASHES: format_key_hashes(key_hashes),
     }
     meta = _metadata(desired, annotations)
     template: dict[str, Any] = {
-        "metadata": json.loads(json.dumps(meta)),
+        "metadata": copy.deepcopy(meta),
         "type": desired.target.type,
     }
     if desired.target.immutable:
@@ -335,14 +333,20 @@ def render(
     return RENDERERS[desired.delivery](desired, values, ctx=ctx)
 
 
-def dump_yaml(document: object) -> bytes:
-    """Deterministic block YAML through libyaml: the one serialization of every manifest."""
-    text = yaml.dump(
-        document,
-        Dumper=yaml.CSafeDumper,
-        default_flow_style=False,
-        sort_keys=False,
-        allow_unicode=True,
-        width=1 << 30,
-    )
-    return text.encode("utf-8")
+def dump_yaml(document: Mapping[str, object] | Sequence[object]) -> bytes:
+    """The one serialization of every manifest: deterministic block YAML (`emit`)."""
+    return emit.dump(document)
+
+
+def format_key_hashes(key_hashes: Mapping[str, str]) -> str:
+    """`key=hash,key=hash` (Secret keys never hold `=` or `,`)."""
+    return ",".join(f"{k}={v}" for k, v in sorted(key_hashes.items()))
+
+
+def parse_key_hashes(text: str) -> dict[str, str]:
+    out = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        if sep and key:
+            out[key] = value
+    return out

@@ -67,11 +67,14 @@ def content_hash(key: bytes, parts: Mapping[str, object]) -> str:
     """Keyed HMAC-SHA256 over a canonical JSON of `parts` (values as SecretValue or plain)."""
 
     def encode(obj: object) -> object:
-        if isinstance(obj, SecretValue):
-            return {"$b": base64.b64encode(obj.reveal()).decode("ascii")}
+        kind = type(obj)
+        if kind is str or kind is int or kind is bool or obj is None:
+            return obj
+        if kind is SecretValue:
+            return {"$b": base64.b64encode(obj.reveal()).decode("ascii")}  # type: ignore[attr-defined]
         if isinstance(obj, bytes):
             return {"$b": base64.b64encode(obj).decode("ascii")}
-        if isinstance(obj, Mapping):
+        if isinstance(obj, dict | Mapping):
             return {str(k): encode(v) for k, v in obj.items()}
         if isinstance(obj, list | tuple):
             return [encode(v) for v in obj]

@@ -71,6 +71,7 @@ _BUILD_HINT = (
 )
 _START_ATTEMPTS = 3
 _STOP_GRACE_S = 3.0
+_DATA_PREFIX = "secretsync-kube-"
 
 
 class KubeInfraError(RuntimeError):
@@ -259,6 +260,21 @@ def _spawn(argv: list[str], log: IO[bytes]) -> subprocess.Popen[bytes]:
     )
 
 
+def _sweep_orphaned_data(parent: Path) -> None:
+    """Delete etcd data left in `parent` by test processes that died without stopping."""
+    for candidate in parent.glob(f"{_DATA_PREFIX}*"):
+        try:
+            owner = int((candidate / "owner.pid").read_text())
+        except (OSError, ValueError):
+            continue  # not one of ours, or still being created
+        try:
+            os.kill(owner, 0)
+        except ProcessLookupError:
+            shutil.rmtree(candidate, ignore_errors=True)
+        except PermissionError:
+            continue  # alive, another user's
+
+
 def _tail(path: Path, lines: int = 15) -> str:
     try:
         text = path.read_text(errors="replace").splitlines()
@@ -433,7 +449,9 @@ class _Launch:
         self.attempt += 1
         shm = Path("/dev/shm")
         data_parent = shm if shm.is_dir() else self.dir
-        data_dir = Path(tempfile.mkdtemp(prefix=f"secretsync-kube-{self.name}-", dir=data_parent))
+        _sweep_orphaned_data(data_parent)
+        data_dir = Path(tempfile.mkdtemp(prefix=f"{_DATA_PREFIX}{self.name}-", dir=data_parent))
+        (data_dir / "owner.pid").write_text(str(os.getpid()))
         held = _free_port_sockets(3)
         client_port, peer_port, secure_port = (s.getsockname()[1] for s in held)
         cluster = KubeCluster(

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 import yaml
 
-from secretsync import errors
+from secretsync import emit, errors, materialize
 from secretsync.deliver import ApplyResult, ChangeSet
 from secretsync.materialize import dump_yaml
 from secretsync.model import (
@@ -64,7 +64,9 @@ def _parse(data: bytes) -> dict[str, Any] | None:
 
 
 def _observe_file(cluster: str, data: bytes, *, detail: bool) -> Observed | None:
-    doc = _parse(data)
+    doc = None if detail else emit.read_metadata(data)
+    if doc is None:
+        doc = _parse(data)
     if doc is None:
         return None
     meta = doc.get("metadata")
@@ -86,9 +88,7 @@ def _observe_file(cluster: str, data: bytes, *, detail: bool) -> Observed | None
     key_hashes: dict[str, str] = {}
     raw_hashes = annotations.get(ANNOTATION_KEY_HASHES)
     if isinstance(raw_hashes, str):
-        parsed = _parse(raw_hashes.encode("utf-8"))
-        if parsed:
-            key_hashes = {str(k): str(v) for k, v in parsed.items()}
+        key_hashes = materialize.parse_key_hashes(raw_hashes)
     encrypted: dict[str, str] = {}
     if detail:
         spec = doc.get("spec")

@@ -1,6 +1,6 @@
-"""Value sources: one module per backend, each a class satisfying `resolve.Source`.
+"""Value sources: one module per backend, each with a class satisfying `resolve.Source`.
 
-`sops.SopsSource` decrypts SOPS files of the fleet repo with the sops binary. A source reads one
-`model.Location` per `fetch` and raises only `errors.ResolveError` subclasses, whose messages
-name the location and never a value.
+A source reads one `model.Location` per `fetch` (a Vault secret, a SOPS file of the fleet repo)
+and raises only `errors.ResolveError` subclasses, whose messages name the location and never a
+value. `sops.SopsSource` decrypts SOPS files with the sops binary.
 """

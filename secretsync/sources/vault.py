@@ -23,6 +23,7 @@ transport with one error table is simpler and about 4.7x cheaper in client CPU.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import math
@@ -243,7 +244,12 @@ class _Budget:
 
 
 class _TokenBucket:
-    """Requests per second with reservations; halves on 429 and grows back 25 % a second."""
+    """Requests per second, with reservations, that adapts to a server's rate limit.
+
+    On a 429 (at most once per half second) the rate drops to the lower of half the current
+    rate and 90 % of what the server answered during the last second; without 429s it grows
+    back by 25 % a second up to the configured rate.
+    """
 
     def __init__(self, *, rate: float) -> None:
         self._ceiling = rate
@@ -252,6 +258,7 @@ class _TokenBucket:
         self._tokens = self._burst()
         self._last = time.monotonic()
         self._last_cut = -math.inf
+        self._answers: collections.deque[float] = collections.deque()
 
     def _burst(self) -> float:
         return max(1.0, self._rate / 10)
@@ -273,12 +280,22 @@ class _TokenBucket:
         """Give back a reserved token that will not be used."""
         self._tokens += 1.0
 
-    def throttled(self, *, sent_at: float) -> None:
-        """A 429: halve the rate, once per wave (answers to older requests do not count)."""
-        if sent_at < self._last_cut:
-            return
-        self._last_cut = time.monotonic()
-        self._rate = max(self._floor, self._rate / 2)
+    def answered(self, now: float) -> None:
+        """An answer that was not a 429."""
+        answers = self._answers
+        answers.append(now)
+        while answers[0] < now - 1.0:
+            answers.popleft()
+
+    def throttled(self, now: float) -> None:
+        """A 429."""
+        if now - self._last_cut < 0.5:
+            return  # answers to requests sent before the last cut say nothing new
+        self._last_cut = now
+        answers = self._answers
+        while answers and answers[0] < now - 1.0:
+            answers.popleft()
+        self._rate = max(self._floor, min(self._rate / 2, 0.9 * len(answers)))
 
 
 class _Breaker:
@@ -663,7 +680,7 @@ class VaultSource:
         while True:
             attempt += 1
             try:
-                status, payload, sent_at = await self._send(
+                status, payload = await self._send(
                     method, url, headers=headers, json_body=json_body, budget=budget
                 )
             except _OutOfBudget:
@@ -682,7 +699,7 @@ class VaultSource:
             else:
                 if status == 429:
                     self._breaker.alive()
-                    self._bucket.throttled(sent_at=sent_at)
+                    self._bucket.throttled(time.monotonic())
                     problem = _Failed("rate_limited", "rate-limited by the server (HTTP 429)")
                 elif status >= 500 or status == 412:
                     if status == 503 and b"sealed" in payload:
@@ -692,6 +709,7 @@ class VaultSource:
                     self._breaker.failed(problem, now=time.monotonic(), address=self.address)
                 else:
                     self._breaker.alive()
+                    self._bucket.answered(time.monotonic())
                     return status, payload
             if attempt >= self._retry.attempts:
                 raise _Failed(problem.reason, f"{problem.message}; gave up after {attempt} tries")
@@ -717,7 +735,7 @@ class VaultSource:
         headers: Mapping[str, str],
         json_body: Mapping[str, str] | None,
         budget: _Budget,
-    ) -> tuple[int, bytes, float]:
+    ) -> tuple[int, bytes]:
         """One request: a concurrency slot, a rate token, the breaker, a timeout."""
         session = self._open_session()
         async with self._gate:
@@ -746,7 +764,7 @@ class VaultSource:
                     json=json_body,
                     timeout=aiohttp.ClientTimeout(total=timeout_s),
                 ) as response:
-                    return response.status, await response.read(), now
+                    return response.status, await response.read()
             except aiohttp.ClientSSLError as exc:
                 what = "certificate" if isinstance(exc, ssl.CertificateError) else "handshake"
                 raise _Failed(

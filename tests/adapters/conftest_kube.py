@@ -7,7 +7,8 @@ Fixtures:
 - `kube_binaries` (session): the binaries found by `tests.kubecluster.find_binaries()`; a
   missing build is an error naming `scripts/build-kube.sh`, never a skip.
 - `kube_clusters` (session): three independent clusters `kube-a`, `kube-b`, `kube-c`, each
-  with its own etcd, kube-apiserver and kube-controller-manager, started side by side.
+  with its own etcd, kube-apiserver and kube-controller-manager, started side by side (no
+  controller manager only when the user supplied an apiserver without one).
 - `kube_cluster` (session): the first of them, for tests that need one.
 - `kube_namespace`: a factory `kube_namespace(*clusters, prefix="t") -> str` that creates one
   fresh namespace of the same name in each cluster given (all three when none is given) and
@@ -70,8 +71,11 @@ def kube_clusters(
     kube_binaries: KubeBinaries, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[list[KubeCluster]]:
     workdir: Path = tmp_path_factory.mktemp("kube")
+    # User-supplied binaries (e.g. envtest) may come without a controller manager; the tests
+    # that need one then fail on their own precondition.
+    with_cm = kube_binaries.controller_manager is not None
     with running_clusters(
-        CLUSTER_NAMES, workdir=workdir, controller_manager=True, binaries=kube_binaries
+        CLUSTER_NAMES, workdir=workdir, controller_manager=with_cm, binaries=kube_binaries
     ) as clusters:
         yield clusters
 

@@ -4,7 +4,7 @@ Three independent clusters; Secret CRUD with label selectors and stale-write con
 server-side apply with field managers and their conflicts; RBAC 403 for the unprivileged
 token (client and kubeconfig); CRDs with schema validation and applied custom objects;
 namespace deletion, owner-reference GC and service-account tokens through the controller
-manager; a cluster's start and clean stop. Waits are watches bounded by deadlines.
+manager; a cluster's start, pause/resume and clean stop. Waits are watches bounded by deadlines.
 """
 
 from __future__ import annotations
@@ -423,8 +423,12 @@ def test_crd_and_applied_custom_object(
 
 
 def test_namespace_deletion_gc_and_service_accounts(
-    kube_cluster: KubeCluster, kube_namespace: NamespaceFactory
+    kube_cluster: KubeCluster, kube_binaries: KubeBinaries, kube_namespace: NamespaceFactory
 ) -> None:
+    assert kube_binaries.controller_manager is not None, (
+        "needs kube-controller-manager: run scripts/build-kube.sh or set "
+        "SECRETSYNC_KUBE_CONTROLLER_MANAGER"
+    )
     ns = kube_namespace(kube_cluster)
     with kube_cluster.api_client() as api:
         core = k8s.CoreV1Api(api)
@@ -477,7 +481,7 @@ def test_namespace_deletion_gc_and_service_accounts(
 # --- start and stop --------------------------------------------------------------------------
 
 
-def test_cluster_starts_in_seconds_and_stops_cleanly(
+def test_cluster_starts_pauses_and_stops_cleanly(
     kube_binaries: KubeBinaries, tmp_path: Path
 ) -> None:
     started = time.monotonic()
@@ -494,6 +498,19 @@ def test_cluster_starts_in_seconds_and_stops_cleanly(
             core = k8s.CoreV1Api(api)
             core.create_namespaced_secret("default", secret("probe", {"a": "b"}))
             assert core.read_namespaced_secret("probe", "default").data == {"a": "Yg=="}
+
+        # Paused: connections are accepted, nothing answers; resumed: it answers again.
+        config = cluster.configuration()
+        config.retries = 0
+        with k8s.ApiClient(config) as api:
+            core = k8s.CoreV1Api(api)
+            cluster.pause()
+            try:
+                with pytest.raises(urllib3.exceptions.ReadTimeoutError):
+                    core.list_namespace(_request_timeout=1)
+            finally:
+                cluster.resume()
+            assert "default" in names_in(core.list_namespace(_request_timeout=10))
     finally:
         cluster.stop()
     assert not any(Path(f"/proc/{pid}").exists() for pid in pids)

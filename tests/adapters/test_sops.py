@@ -557,6 +557,25 @@ async def test_timeout_kills_the_process_group_and_leaves_no_zombie(
     assert source.spawns == 1
 
 
+async def test_a_shared_decrypt_outlives_a_cancelled_caller_and_names_each_file(
+    fleet: Fleet, make_source: MakeSource, short_dir: Path
+) -> None:
+    first = fleet.put("sops/a.yaml", FAKE_SOPS_FILE)
+    second = fleet.put("sops/b.yaml", FAKE_SOPS_FILE)  # same bytes: one decrypt for both
+    async with Hang(short_dir) as hang:
+        source = make_source(binary=hang.binary, settings=SopsSettings(timeout_seconds=1.0))
+        cancelled = asyncio.create_task(source.fetch(first))
+        waiting = asyncio.create_task(source.fetch(second))
+        parent, child = await hang.pids()
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        with pytest.raises(errors.SourceUnavailable, match=r"^sops:sops/b\.yaml: .*within 1 s"):
+            await waiting
+        assert_gone(parent, child)
+    assert source.spawns == 1
+
+
 async def test_aclose_stops_a_running_decrypt(
     fleet: Fleet, make_source: MakeSource, short_dir: Path
 ) -> None:

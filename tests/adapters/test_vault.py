@@ -367,6 +367,7 @@ async def test_approle_logs_in_once_for_many_concurrent_reads(
         env={"MY_SECRET_ID": secret_id},
         root=tmp_path,
         kv_mount=mount,
+        kv_version=2,  # no mount lookup to serialise the first calls: 32 race for the login
         auth=model.VaultAuth(
             method="approle",
             role_id_file="role-id",
@@ -586,6 +587,7 @@ async def test_refused_login_is_shared_by_concurrent_reads(
         proxy.address,
         env={"SID": wrong},
         kv_mount=mount,
+        kv_version=2,
         auth=model.VaultAuth(
             method="approle", role_id=role_id, secret_id_env="SID", mount_path=unique
         ),

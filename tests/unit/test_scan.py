@@ -255,7 +255,7 @@ def test_a_plaintext_leaf_in_a_sops_file_is_found(tmp_path: Path) -> None:
         {
             "s.yaml": (
                 f"stripe:\n  apiKey: {enc(1)}\n  added: {added}\n"
-                f"note_unencrypted: fine\nlist:\n  - {enc(2)}\n  - plain\nnothing: null\n"
+                f"note_unencrypted: fine\nlist:\n  - {enc(2)}\n  - plain\nnothing: null\nblank: ''\n"
                 f"{sops_stanza()}"
             )
         },
