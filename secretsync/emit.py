@@ -69,8 +69,7 @@ def _lines(value: object, indent: str, out: list[str]) -> None:
                 _lines(item, indent, out)
             else:
                 out.append(f"{head} {_leaf(item)}")
-    else:
-        assert isinstance(value, Sequence)
+    elif isinstance(value, list | tuple):
         for item in value:
             if isinstance(item, Mapping) and item:
                 sub: list[str] = []
@@ -81,6 +80,8 @@ def _lines(value: object, indent: str, out: list[str]) -> None:
                 raise TypeError("nested sequences are not emitted")
             else:
                 out.append(f"{indent}- {_leaf(item)}")
+    else:
+        raise TypeError(f"cannot emit a {type(value).__name__} as a document")
 
 
 def _leaf(value: object) -> str:
