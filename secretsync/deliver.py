@@ -56,7 +56,14 @@ class Sink(Protocol):
 
     name: ClassVar[str]
 
-    def accepts(self, delivery: Delivery) -> bool: ...
+    def accepts(self, cluster: Cluster) -> bool:
+        """Whether this sink delivers anything for `cluster`."""
+        ...
+
+    def observes(self, cluster: Cluster) -> bool:
+        """Whether to look at `cluster` at all (a sink that can hold leftovers of a cluster it
+        no longer serves observes it to prune them)."""
+        ...
 
     async def observe(self, cluster: Cluster) -> Mapping[ObjectKey, Observed]: ...
 
@@ -95,7 +102,9 @@ def diff(
         seen = observed.get(key)
         if seen is not None and not seen.owned:
             result.conflicts.append(key)
-        elif isinstance(item, str) or (seen is not None and seen.content_hash == item.content_hash):
+        elif isinstance(item, str) or (
+            seen is not None and not seen.drifted and seen.content_hash == item.content_hash
+        ):
             result.unchanged.append(key)
         elif seen is None:
             result.changes.create.append(item)

@@ -81,8 +81,7 @@ class Engine:
         needs_values = [
             d
             for d in desired
-            if d.delivery is not Delivery.EXTERNAL
-            and any(s.accepts(d.delivery) for s in self.sinks)
+            if d.delivery is not Delivery.EXTERNAL and any(s.accepts(d.cluster) for s in self.sinks)
         ]
         resolution = await resolve.resolve(
             (ref for d in needs_values for ref in d.refs()),
@@ -185,7 +184,9 @@ class Engine:
             except (errors.SealError, errors.ConfigError) as exc:
                 cert_error = str(exc)
         for sink in self.sinks:
-            wanted = desired if sink.accepts(cluster.delivery) else []
+            if not sink.observes(cluster):
+                continue
+            wanted = desired if sink.accepts(cluster) else []
             observed = await sink.observe(cluster)
             prepared: dict[ObjectKey, Rendered | str] = {}
             keep: set[ObjectKey] = set()
@@ -207,7 +208,12 @@ class Engine:
                 try:
                     seen = observed.get(d.key)
                     digest = materialize.content_hash_of(d, values, ctx=ctx)
-                    if seen is not None and seen.owned and seen.content_hash == digest:
+                    if (
+                        seen is not None
+                        and seen.owned
+                        and not seen.drifted
+                        and seen.content_hash == digest
+                    ):
                         prepared[d.key] = digest
                         continue
                     if seen is not None and seen.owned and d.delivery is Delivery.SEALED:
@@ -264,6 +270,9 @@ class Engine:
                         sink.name,
                         action,
                         content_hash=item.content_hash,
+                        reason="repaired: changed outside secretsync"
+                        if seen is not None and seen.drifted
+                        else "",
                         keys=key_diff(seen.key_hashes if seen else {}, item.key_hashes),
                         refs=tuple(str(r) for r in d.refs()),
                     )

@@ -782,8 +782,20 @@ def _target(ctx: _Ctx, m: _Map | None) -> Target | None:
         ctx.error(m.key_node("namespace"), m.field("namespace"), "must be a DNS label")
     type_ = m.text("type") or "Opaque"
     scope = _enum(m, "scope", Scope, [s.value for s in Scope], default=Scope.STRICT)
-    labels = {k: v for k, (v, _) in (m.str_map("labels") or {}).items()}
-    annotations = {k: v for k, (v, _) in (m.str_map("annotations") or {}).items()}
+    label_nodes = m.str_map("labels") or {}
+    annotation_nodes = m.str_map("annotations") or {}
+    for key, (value, knode) in label_nodes.items():
+        if problem := selectors.label_key_problem(key) or selectors.label_value_problem(value):
+            ctx.error(knode, f"{m.field('labels')}.{key}", problem)
+    for key, (_, knode) in annotation_nodes.items():
+        if problem := selectors.label_key_problem(key):
+            ctx.error(
+                knode, f"{m.field('annotations')}.{key}", problem.replace("label", "annotation")
+            )
+    if sum(len(k) + len(v) for k, (v, _) in annotation_nodes.items()) > 128 * 1024:
+        ctx.error(m.key_node("annotations"), m.field("annotations"), "annotations exceed 128 KiB")
+    labels = {k: v for k, (v, _) in label_nodes.items()}
+    annotations = {k: v for k, (v, _) in annotation_nodes.items()}
     for key in labels:
         if key.startswith("secretsync.dev/") or key == "app.kubernetes.io/managed-by":
             ctx.error(m.key_node("labels"), m.field("labels"), f"{key!r} is reserved")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -33,6 +34,7 @@ from secretsync.model import (
     Literal,
     ObjectKey,
     Observed,
+    RestartRef,
     ValueRef,
 )
 from secretsync.values import SecretValue, content_hash
@@ -58,6 +60,8 @@ class Rendered:
     manifest: Manifest
     needles: tuple[bytes, ...] = ()
     resealed: int = 0
+    restarts: tuple[RestartRef, ...] = ()
+    adopt: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -286,13 +290,15 @@ def render_external(
     )
 
 
+def key_hash(hmac_key: bytes, key: str, value: SecretValue) -> str:
+    """The keyed hash of one Secret key's value (direct delivery; also used on observed data)."""
+    return content_hash(hmac_key, {"key": key, "value": value})[:32]
+
+
 def render_direct(
     desired: DesiredSecret, values: Mapping[str, SecretValue], *, ctx: RenderContext
 ) -> Rendered:
-    key_hashes = {
-        key: content_hash(ctx.hmac_key, {"key": key, "value": value})[:32]
-        for key, value in sorted(values.items())
-    }
+    key_hashes = {key: key_hash(ctx.hmac_key, key, value) for key, value in sorted(values.items())}
     digest = content_hash(
         ctx.hmac_key, {"format": FORMAT, "kind": "Secret", **_shape(desired), "keys": key_hashes}
     )
@@ -330,7 +336,10 @@ RENDERERS: Mapping[Delivery, Render] = {
 def render(
     desired: DesiredSecret, values: Mapping[str, SecretValue], *, ctx: RenderContext
 ) -> Rendered:
-    return RENDERERS[desired.delivery](desired, values, ctx=ctx)
+    rendered = RENDERERS[desired.delivery](desired, values, ctx=ctx)
+    if desired.restarts or desired.adopt:
+        rendered = dataclasses.replace(rendered, restarts=desired.restarts, adopt=desired.adopt)
+    return rendered
 
 
 def dump_yaml(document: Mapping[str, object] | Sequence[object]) -> bytes:

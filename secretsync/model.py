@@ -332,6 +332,7 @@ class DesiredSecret:
     origin: Origin
     refresh_interval: str = "1h0m0s"
     restarts: tuple[RestartRef, ...] = ()
+    adopt: bool = False
 
     @property
     def key(self) -> ObjectKey:
@@ -356,3 +357,4 @@ class Observed:
     content_hash: str | None = None
     key_hashes: Mapping[str, str] = field(default_factory=dict)
     encrypted: Mapping[str, str] = field(default_factory=dict)  # SealedSecret ciphertexts
+    drifted: bool = False  # the sink found the object changed behind secretsync's back

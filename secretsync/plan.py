@@ -193,6 +193,18 @@ def plan(
                 item_problems.extend(entry_problems)
                 if planned is not None:
                     data[data_key] = planned
+            if cluster.delivery is Delivery.EXTERNAL and not any(
+                isinstance(v, ValueRef) for v in data.values()
+            ):
+                item_problems.append(
+                    errors.ConfigError(
+                        f"cluster {cluster.name!r} uses external delivery, which needs at least "
+                        "one vault: key (an ExternalSecret of literals only is refused by ESO)",
+                        file=secret.origin.file,
+                        line=secret.origin.line,
+                        field="spec.data",
+                    )
+                )
             problems.extend(item_problems)
             if item_problems:
                 continue
@@ -205,6 +217,7 @@ def plan(
                     origin=secret.origin,
                     refresh_interval=secret.refresh_interval,
                     restarts=secret.restarts,
+                    adopt=secret.adopt,
                 )
             )
     if problems:

@@ -194,12 +194,34 @@ class OpenBao:
         self.kill()
         self.start(timeout_s=timeout_s)
 
-    def pause(self) -> None:
-        """SIGSTOP: the kernel still accepts connections, the server never answers."""
-        os.kill(self.pid, signal.SIGSTOP)
+    def pause(self, *, timeout_s: float = 5.0) -> None:
+        """SIGSTOP: the kernel still accepts connections, the server never answers.
 
-    def resume(self) -> None:
+        Returns once every thread of the server is stopped (signal delivery is asynchronous).
+        """
+        os.kill(self.pid, signal.SIGSTOP)
+        self._wait_state(stopped=True, timeout_s=timeout_s)
+
+    def resume(self, *, timeout_s: float = 5.0) -> None:
         os.kill(self.pid, signal.SIGCONT)
+        self._wait_state(stopped=False, timeout_s=timeout_s)
+
+    def _wait_state(self, *, stopped: bool, timeout_s: float) -> None:
+        tasks = Path(f"/proc/{self.pid}/task")
+        if not tasks.exists():  # no procfs: nothing to wait on
+            return
+        deadline = time.monotonic() + timeout_s
+        while True:
+            states = set()
+            for task in tasks.iterdir():
+                with contextlib.suppress(OSError):
+                    # the state follows the parenthesised command name
+                    states.add((task / "stat").read_text().rsplit(")", 1)[1].split()[0])
+            if all((state == "T") == stopped for state in states):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"OpenBao PID {self.pid} did not reach stopped={stopped}")
+            time.sleep(0.01)
 
     # --- API ---------------------------------------------------------------------------------
 

@@ -44,6 +44,7 @@ _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _QUALIFIED_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 _SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+_GO_DURATION = re.compile(r"^[-+]?(0|((\d+(\.\d*)?|\.\d+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h))+)$")
 _ANNOTATIONS_MAX_BYTES = 256 * 1024
 _OWNED_BY_CONTROLLER = frozenset({"Merge", "None", "CreateOrMerge"})
 _SA_NAME_ANNOTATION = "kubernetes.io/service-account.name"
@@ -62,7 +63,11 @@ def validate_manifests(manifests: list[dict[str, Any]]) -> list[str]:
         if not isinstance(manifest, dict):
             problems.append(f"{label}: / must be an object")
             continue
-        kind = (manifest.get("apiVersion"), manifest.get("kind"))
+        api_version, kind_name = manifest.get("apiVersion"), manifest.get("kind")
+        kind = (
+            api_version if isinstance(api_version, str) else None,
+            kind_name if isinstance(kind_name, str) else None,
+        )
         if kind in NODE_KINDS:
             batch.append((index, manifest))
         elif kind == SECRET:
@@ -150,6 +155,9 @@ def eso_admission_problems(manifest: dict[str, Any]) -> list[str]:
     data_from = spec.get("dataFrom") or []
     if not data and not data_from:
         out.append("/spec either data or dataFrom should be specified (ESO admission)")
+    refresh = spec.get("refreshInterval")
+    if isinstance(refresh, str) and not _GO_DURATION.fullmatch(refresh):
+        out.append("/spec/refreshInterval is not a Go duration such as 1h0m0s (ESO decoding)")
     target = spec.get("target") or {}
     creation = target.get("creationPolicy", "Owner")  # the CRD's defaults
     deletion = target.get("deletionPolicy", "Retain")

@@ -127,8 +127,11 @@ class GitSink:
         with self._lock:
             self._changed += n
 
-    def accepts(self, delivery: Delivery) -> bool:
-        return delivery in (Delivery.SEALED, Delivery.EXTERNAL)
+    def accepts(self, cluster: Cluster) -> bool:
+        return cluster.delivery in (Delivery.SEALED, Delivery.EXTERNAL)
+
+    def observes(self, cluster: Cluster) -> bool:
+        return True  # a cluster that went direct must lose its files
 
     def path_for(self, key: ObjectKey) -> Path:
         return self.out_dir / key.cluster / key.namespace / f"{key.name}.yaml"

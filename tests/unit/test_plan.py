@@ -180,3 +180,25 @@ def test_templated_sops_path_leaving_repo_is_refused(fleet_repo: MakeRepo) -> No
     )
     with pytest.raises(errors.ConfigErrors, match=r"sops\.file: must stay inside the repo"):
         load.load_fleet(root)
+
+
+def test_external_cluster_needs_a_vault_key(fleet_repo: MakeRepo) -> None:
+    ext = """\
+apiVersion: secretsync.dev/v1alpha1
+kind: Cluster
+metadata: {name: ext, labels: {env: prod, region: r1}}
+spec:
+  delivery: external
+"""
+    literal_only = """\
+apiVersion: secretsync.dev/v1alpha1
+kind: FleetSecret
+metadata: {name: settings}
+spec:
+  clusterSelector: {}
+  target: {name: settings, namespace: web}
+  data:
+    region: {value: "{{ cluster.labels.region }}"}
+"""
+    text = plan_errors(fleet_repo, {"clusters/c.yaml": ext, "secrets/s.yaml": literal_only})
+    assert "secrets/s.yaml:1: spec.data: cluster 'ext' uses external delivery, which needs at least one vault: key" in text

@@ -435,6 +435,7 @@ ADMISSION_BREAKS = [
         "deletionPolicy Merge with creationPolicy None",
         id="Merge-with-None",
     ),
+    pytest.param({"spec.refreshInterval": "1d"}, "is not a Go duration", id="refresh-1d"),
     pytest.param(
         {"spec.data.1.secretKey": "password"},
         "secretKey 'password' appears 2 times",

@@ -1,0 +1,535 @@
+"""The Kubernetes sink: objects applied through each cluster's API with server-side apply.
+
+- Observes what secretsync owns with one label-selected list per cluster (per allowed
+  namespace when a cluster-wide list is forbidden). An object is owned when it carries the
+  managed-by label and this cluster's annotation.
+- Detects drift: every applied object carries `secretsync.dev/applied-hash`, a keyed HMAC of
+  the content secretsync manages (Secret data and type; SealedSecret encryptedData; the
+  ExternalSecret's refs and template). A hand edit makes it disagree; the object is reported
+  drifted and applied again. A deleted object is simply created again.
+- Writes with server-side apply, field manager `secretsync`, and only what changed. Before a
+  create it checks the name is free: an object secretsync does not own is never modified or
+  deleted (adoption only with `adopt: true`).
+- Deletes (prunes) only owned objects, with a uid precondition.
+- Retries 429 (honouring Retry-After) and 5xx/connection errors with back-off, within the
+  cluster's timeout. Errors carry the HTTP status and reason, never a response body.
+- Restarts workloads named in `rollout.restart` with a pod-template annotation, only when the
+  object it delivered changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import random
+from collections.abc import Mapping, Set
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, ClassVar, Final
+
+from kubernetes.client.exceptions import ApiException
+
+from secretsync import errors, materialize
+from secretsync.clusters import ClientFactory
+from secretsync.deliver import ApplyResult, ChangeSet
+from secretsync.materialize import Manifest, Rendered
+from secretsync.model import (
+    ANNOTATION_CLUSTER,
+    ANNOTATION_CONTENT_HASH,
+    ANNOTATION_KEY_HASHES,
+    FIELD_MANAGER,
+    LABEL_FLEET_SECRET,
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
+    Cluster,
+    Delivery,
+    ObjectKey,
+    Observed,
+)
+from secretsync.values import SecretValue, content_hash
+
+log = logging.getLogger(__name__)
+
+ANNOTATION_APPLIED_HASH: Final = "secretsync.dev/applied-hash"
+ANNOTATION_RESTARTED_FOR: Final = "secretsync.dev/restarted-for"
+SELECTOR: Final = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    kind: str
+    group: str
+    version: str
+    plural: str
+
+    def collection(self, namespace: str | None = None) -> str:
+        base = f"/api/{self.version}" if not self.group else f"/apis/{self.group}/{self.version}"
+        if namespace is None:
+            return f"{base}/{self.plural}"
+        return f"{base}/namespaces/{namespace}/{self.plural}"
+
+    def item(self, namespace: str, name: str) -> str:
+        return f"{self.collection(namespace)}/{name}"
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+
+SECRET = Kind("Secret", "", "v1", "secrets")
+SEALED_SECRET = Kind("SealedSecret", "bitnami.com", "v1alpha1", "sealedsecrets")
+EXTERNAL_SECRET = Kind("ExternalSecret", "external-secrets.io", "v1", "externalsecrets")
+KIND_FOR: Final = {
+    Delivery.DIRECT: SECRET,
+    Delivery.SEALED: SEALED_SECRET,
+    Delivery.EXTERNAL: EXTERNAL_SECRET,
+}
+WORKLOADS: Final = {
+    "Deployment": "/apis/apps/v1/namespaces/{ns}/deployments/{name}",
+    "StatefulSet": "/apis/apps/v1/namespaces/{ns}/statefulsets/{name}",
+    "DaemonSet": "/apis/apps/v1/namespaces/{ns}/daemonsets/{name}",
+}
+
+
+class ApiError(errors.DeliveryError):
+    """An API call failed: status and reason only (a response body may hold data)."""
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retryable = status in (0, 429) or status >= 500
+
+
+def projection(kind: str, obj: Mapping[str, Any]) -> dict[str, object]:
+    """The part of an object secretsync manages and checks for drift."""
+    spec = obj.get("spec") or {}
+    if kind == "Secret":
+        return {"data": obj.get("data") or {}, "type": obj.get("type") or "Opaque"}
+    if kind == "SealedSecret":
+        template = spec.get("template") or {}
+        return {"encryptedData": spec.get("encryptedData") or {}, "type": template.get("type")}
+    target = spec.get("target") or {}
+    template = target.get("template") or {}
+    refs = [
+        {
+            "secretKey": item.get("secretKey"),
+            "key": (item.get("remoteRef") or {}).get("key"),
+            "property": (item.get("remoteRef") or {}).get("property"),
+            "version": (item.get("remoteRef") or {}).get("version"),
+        }
+        for item in spec.get("data") or []
+        if isinstance(item, Mapping)
+    ]
+    return {
+        "refs": refs,
+        "templateData": template.get("data") or {},
+        "store": spec.get("secretStoreRef") or {},
+        "target": target.get("name"),
+    }
+
+
+class KubeSink:
+    """Delivers to clusters through their API servers."""
+
+    name: ClassVar[str] = "kube"
+
+    def __init__(
+        self,
+        *,
+        clients: ClientFactory,
+        hmac_key: bytes,
+        request_timeout_s: float = 15.0,
+        concurrency: int = 8,
+        max_attempts: int = 4,
+        backoff_s: float = 0.5,
+    ) -> None:
+        self.clients = clients
+        self.hmac_key = hmac_key
+        self.request_timeout_s = request_timeout_s
+        self.concurrency = concurrency
+        self.max_attempts = max_attempts
+        self.backoff_s = backoff_s
+        self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="kube")
+        self._uids: dict[ObjectKey, str] = {}
+        self.requests = 0
+        self.writes = 0
+        self.drifted: dict[str, int] = {}
+
+    def accepts(self, cluster: Cluster) -> bool:
+        return cluster.delivery is Delivery.DIRECT or cluster.apply
+
+    def observes(self, cluster: Cluster) -> bool:
+        return self.accepts(cluster)  # no credentials are assumed for other clusters
+
+    async def orphans(self, known: Set[str]) -> list[str]:
+        return []
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.clients.close()
+
+    # --- HTTP ---------------------------------------------------------------------------------
+
+    def _call_sync(
+        self,
+        cluster: Cluster,
+        method: str,
+        path: str,
+        *,
+        query: list[tuple[str, str]] | None = None,
+        body: object = None,
+        content_type: str = "application/json",
+    ) -> tuple[int, dict[str, Any] | None, Mapping[str, str]]:
+        api = self.clients.for_cluster(cluster)
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        method_, url, header_params, body_, post = api.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=query or [],
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        self.requests += 1
+        try:
+            response = api.call_api(
+                method_,
+                url,
+                header_params,
+                body_,
+                post,
+                _request_timeout=self.request_timeout_s,
+            )
+            raw = response.read()
+        except ApiException as exc:
+            return int(exc.status or 0), None, {}
+        except Exception as exc:  # urllib3 / socket errors: no data in the type name
+            log.debug("%s %s on %s: %s", method, path, cluster.name, type(exc).__name__)
+            return 0, None, {}
+        doc: dict[str, Any] | None = None
+        if raw:
+            try:
+                parsed = json.loads(raw)
+                doc = parsed if isinstance(parsed, dict) else None
+            except ValueError:
+                doc = None
+        return response.status, doc, dict(response.headers or {})
+
+    async def _call(
+        self,
+        cluster: Cluster,
+        method: str,
+        path: str,
+        *,
+        what: str,
+        ok: tuple[int, ...] = (200, 201),
+        **kwargs: Any,
+    ) -> tuple[int, dict[str, Any] | None]:
+        """One API call with retries; returns (status, body) for statuses in `ok` or 404/409,
+        raises ApiError otherwise."""
+        loop = asyncio.get_running_loop()
+        delay = self.backoff_s
+        for attempt in range(1, self.max_attempts + 1):
+            status, doc, headers = await loop.run_in_executor(
+                self._pool, lambda: self._call_sync(cluster, method, path, **kwargs)
+            )
+            if status in ok or status in (404, 409):
+                return status, doc
+            retryable = status in (0, 429) or status >= 500
+            if not retryable or attempt == self.max_attempts:
+                raise ApiError(
+                    _describe(status, doc, what=what, cluster=cluster.name), status=status
+                )
+            wait = delay * (0.5 + random.random())  # noqa: S311 - jitter
+            retry_after = headers.get("Retry-After") or headers.get("retry-after")
+            if status == 429 and retry_after and retry_after.isdigit():
+                wait = max(wait, float(retry_after))
+            log.debug(
+                "%s %s on %s: HTTP %s, retrying in %.1fs", method, what, cluster.name, status, wait
+            )
+            await asyncio.sleep(wait)
+            delay *= 2
+        raise AssertionError("unreachable")
+
+    # --- observe ------------------------------------------------------------------------------
+
+    async def observe(self, cluster: Cluster) -> Mapping[ObjectKey, Observed]:
+        kind = KIND_FOR[cluster.delivery]
+        items = await self._list(cluster, kind)
+        found: dict[ObjectKey, Observed] = {}
+        drifted = 0
+        for obj in items:
+            observed = self._observed(cluster, kind, obj)
+            if observed is None:
+                continue
+            drifted += observed.drifted
+            found[observed.key] = observed
+        self.drifted[cluster.name] = drifted
+        return found
+
+    async def _list(self, cluster: Cluster, kind: Kind) -> list[dict[str, Any]]:
+        query = [("labelSelector", SELECTOR)]
+        status, doc = await self._call(
+            cluster,
+            "GET",
+            kind.collection(),
+            query=query,
+            what=f"list {kind.plural}",
+            ok=(200, 403),
+        )
+        if status == 200 and doc is not None:
+            return list(doc.get("items") or [])
+        if status == 404:
+            raise ApiError(
+                f"cluster {cluster.name!r}: the API has no {kind.kind} kind "
+                f"({kind.api_version}); is its CRD installed?",
+                status=404,
+            )
+        if cluster.allowed_namespaces is None:
+            raise ApiError(
+                f"cluster {cluster.name!r}: forbidden to list {kind.plural} in all namespaces "
+                "(grant it, or set allowedNamespaces)",
+                status=403,
+            )
+        items: list[dict[str, Any]] = []
+        for namespace in cluster.allowed_namespaces:
+            status, doc = await self._call(
+                cluster,
+                "GET",
+                kind.collection(namespace),
+                query=query,
+                what=f"list {kind.plural} in {namespace}",
+            )
+            if status == 200 and doc is not None:
+                items.extend(doc.get("items") or [])
+        return items
+
+    def _observed(self, cluster: Cluster, kind: Kind, obj: Mapping[str, Any]) -> Observed | None:
+        meta = obj.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        annotations = meta.get("annotations") or {}
+        name, namespace = meta.get("name"), meta.get("namespace")
+        if not isinstance(name, str) or not isinstance(namespace, str):
+            return None
+        key = ObjectKey(cluster.name, namespace, name)
+        owned = (
+            labels.get(LABEL_MANAGED_BY) == MANAGED_BY
+            and annotations.get(ANNOTATION_CLUSTER) == cluster.name
+        )
+        if isinstance(meta.get("uid"), str):
+            self._uids[key] = meta["uid"]
+        applied = annotations.get(ANNOTATION_APPLIED_HASH)
+        drifted = owned and applied != self._applied_hash(kind.kind, obj)
+        key_hashes: dict[str, str] = {}
+        encrypted: dict[str, str] = {}
+        if kind is SECRET:
+            for k, v in (obj.get("data") or {}).items():
+                try:
+                    value = SecretValue(base64.b64decode(v, validate=True))
+                except (ValueError, TypeError):
+                    continue
+                key_hashes[k] = materialize.key_hash(self.hmac_key, k, value)
+        else:
+            raw = annotations.get(ANNOTATION_KEY_HASHES)
+            if isinstance(raw, str):
+                key_hashes = materialize.parse_key_hashes(raw)
+            if kind is SEALED_SECRET:
+                enc = (obj.get("spec") or {}).get("encryptedData") or {}
+                encrypted = {str(k): v for k, v in enc.items() if isinstance(v, str)}
+        content = annotations.get(ANNOTATION_CONTENT_HASH)
+        fleet_secret = labels.get(LABEL_FLEET_SECRET)
+        return Observed(
+            key=key,
+            kind=kind.kind,
+            owned=owned,
+            fleet_secret=fleet_secret if isinstance(fleet_secret, str) else None,
+            content_hash=content if isinstance(content, str) else None,
+            key_hashes=key_hashes,
+            encrypted=encrypted,
+            drifted=drifted,
+        )
+
+    def _applied_hash(self, kind: str, obj: Mapping[str, Any]) -> str:
+        return content_hash(self.hmac_key, {"kind": kind, "managed": projection(kind, obj)})
+
+    async def detail(self, observed: Observed) -> Observed:
+        return observed
+
+    # --- apply --------------------------------------------------------------------------------
+
+    async def apply(self, cluster: Cluster, changes: ChangeSet) -> ApplyResult:
+        result = ApplyResult()
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def one_write(item: Rendered, *, exists: bool) -> None:
+            async with gate:
+                try:
+                    await self._write(cluster, item, exists=exists)
+                    result.written.append(item.key)
+                except errors.DeliveryError as exc:
+                    result.failed[item.key] = str(exc)
+                    return
+            if item.restarts:
+                await self._restart(cluster, item)
+
+        async def one_delete(observed: Observed) -> None:
+            async with gate:
+                try:
+                    await self._delete(cluster, observed)
+                    result.deleted.append(observed.key)
+                except errors.DeliveryError as exc:
+                    result.failed[observed.key] = str(exc)
+
+        await asyncio.gather(
+            *(one_write(i, exists=False) for i in changes.create),
+            *(one_write(i, exists=True) for i in changes.update),
+            *(one_delete(o) for o in changes.delete),
+        )
+        return result
+
+    def _body(self, item: Rendered) -> Manifest:
+        manifest = dict(item.manifest)
+        meta = dict(manifest["metadata"])
+        annotations = dict(meta.get("annotations") or {})
+        annotations[ANNOTATION_APPLIED_HASH] = self._applied_hash(item.kind, manifest)
+        meta["annotations"] = annotations
+        manifest["metadata"] = meta
+        return manifest
+
+    async def _write(self, cluster: Cluster, item: Rendered, *, exists: bool) -> None:
+        kind = KIND_FOR[item.delivery]
+        key = item.key
+        what = f"{kind.kind} {key.namespace}/{key.name}"
+        if not exists:
+            status, current = await self._call(
+                cluster, "GET", kind.item(key.namespace, key.name), what=f"read {what}"
+            )
+            if status == 200 and current is not None and not item.adopt:
+                meta = current.get("metadata") or {}
+                labels = meta.get("labels") or {}
+                annotations = meta.get("annotations") or {}
+                if not (
+                    labels.get(LABEL_MANAGED_BY) == MANAGED_BY
+                    and annotations.get(ANNOTATION_CLUSTER) == cluster.name
+                ):
+                    raise errors.DeliveryError(
+                        f"{what} exists and is not managed by secretsync (set adopt: true on "
+                        "the FleetSecret to take it over)"
+                    )
+        query = [("fieldManager", FIELD_MANAGER), ("force", "true")]
+        body = self._body(item)
+        for attempt in (1, 2):
+            status, _ = await self._call(
+                cluster,
+                "PATCH",
+                kind.item(key.namespace, key.name),
+                query=query,
+                body=body,
+                content_type="application/apply-patch+yaml",
+                what=f"apply {what}",
+                ok=(200, 201, 422, 403),
+            )
+            if status in (200, 201):
+                self.writes += 1
+                return
+            if status == 404 and attempt == 1 and await self._namespace_missing(cluster, key):
+                if not cluster.create_namespaces:
+                    raise errors.DeliveryError(
+                        f"{what}: namespace {key.namespace!r} does not exist (create it, or set "
+                        "createNamespaces: true on the cluster)"
+                    )
+                await self._create_namespace(cluster, key.namespace)
+                continue
+            if status == 403:
+                raise errors.DeliveryError(f"{what}: forbidden (HTTP 403): check secretsync's RBAC")
+            if status == 422:
+                hint = (
+                    " (the Secret is immutable: delete it to let secretsync recreate it)"
+                    if (kind is SECRET and exists)
+                    else ""
+                )
+                raise errors.DeliveryError(f"{what}: rejected as invalid (HTTP 422){hint}")
+            raise errors.DeliveryError(f"{what}: HTTP {status}")
+
+    async def _namespace_missing(self, cluster: Cluster, key: ObjectKey) -> bool:
+        status, _ = await self._call(
+            cluster,
+            "GET",
+            f"/api/v1/namespaces/{key.namespace}",
+            what="read namespace",
+            ok=(200, 403),
+        )
+        return status == 404
+
+    async def _create_namespace(self, cluster: Cluster, namespace: str) -> None:
+        body = {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": namespace, "labels": {LABEL_MANAGED_BY: MANAGED_BY}},
+        }
+        await self._call(
+            cluster, "POST", "/api/v1/namespaces", body=body, what=f"create namespace {namespace}"
+        )
+
+    async def _delete(self, cluster: Cluster, observed: Observed) -> None:
+        kind = next(k for k in KIND_FOR.values() if k.kind == observed.kind)
+        key = observed.key
+        body: dict[str, object] = {"apiVersion": "v1", "kind": "DeleteOptions"}
+        if (uid := self._uids.get(key)) is not None:
+            body["preconditions"] = {"uid": uid}
+        status, _ = await self._call(
+            cluster,
+            "DELETE",
+            kind.item(key.namespace, key.name),
+            body=body,
+            what=f"delete {kind.kind} {key.namespace}/{key.name}",
+            ok=(200, 202),
+        )
+        if status == 409:
+            raise errors.DeliveryError(
+                f"{kind.kind} {key.namespace}/{key.name} was replaced meanwhile; not deleted"
+            )
+        self.writes += 1
+
+    async def _restart(self, cluster: Cluster, item: Rendered) -> None:
+        value = f"{item.key.name}@{item.content_hash[:16]}"
+        patch = {
+            "spec": {"template": {"metadata": {"annotations": {ANNOTATION_RESTARTED_FOR: value}}}}
+        }
+        for ref in item.restarts:
+            path = WORKLOADS[ref.kind].format(ns=item.key.namespace, name=ref.name)
+            try:
+                status, _ = await self._call(
+                    cluster,
+                    "PATCH",
+                    path,
+                    body=patch,
+                    content_type="application/strategic-merge-patch+json",
+                    what=f"restart {ref.kind} {item.key.namespace}/{ref.name}",
+                )
+            except errors.DeliveryError as exc:
+                log.warning("cluster %s: %s", cluster.name, exc)
+                continue
+            if status == 404:
+                log.warning(
+                    "cluster %s: %s %s/%s to restart does not exist",
+                    cluster.name,
+                    ref.kind,
+                    item.key.namespace,
+                    ref.name,
+                )
+            else:
+                self.writes += 1
+
+
+def _describe(status: int, doc: Mapping[str, Any] | None, *, what: str, cluster: str) -> str:
+    if status == 0:
+        return f"cluster {cluster!r}: {what}: cannot reach the API server"
+    reason = ""
+    if doc is not None and isinstance(doc.get("reason"), str):
+        reason = f" {doc['reason']}"  # a machine word such as Forbidden, never the message
+    return f"cluster {cluster!r}: {what}: HTTP {status}{reason}"
