@@ -6,8 +6,13 @@ Starts its own OpenBao dev server (tests/openbao.py) on loopback, writes `--path
 secrets of `--keys` keys each, and builds a fleet in which each of `--clusters` clusters uses
 every key of every path (paths x keys x clusters materializations). Then, in the same run:
 
-- secretsync: `resolve.resolve` over all refs with one `VaultSource` (AppRole login), once with
-  the default limits (500 requests/s) and once with the rate limit raised (CPU-bound);
+- floor: bare aiohttp GETs of each path once, 32 in flight: what the transport costs on this
+  machine right now (CPU figures on a shared machine drift with its load);
+- secretsync, source alone: `resolve.resolve` with one ref per path, rate limit raised: the
+  VaultSource's own cost per read, to compare with the floor;
+- secretsync, fleet: `resolve.resolve` over every ref with one `VaultSource` (AppRole login),
+  once with the default limits (500 requests/s) and once with the rate limit raised; its
+  client CPU per read includes resolve's lookup of every materialization;
 - naive: one hvac `read_secret_version` per cluster per key, sequential, with one AppRole login.
   Sequential hvac reads of every materialization would take minutes, so the naive run reads
   the first `--naive-sample` materializations and projects the total from its per-read cost
@@ -21,13 +26,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import json
 import os
 import platform
+import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import aiohttp
@@ -57,10 +65,32 @@ class Row:
     client_cpu_per_read_us: float
     server_cpu_per_read_us: float
     projected: bool = False
+    repeats: int = 1
+    client_cpu_per_read_us_runs: list[float] = field(default_factory=list)
+    wall_s_runs: list[float] = field(default_factory=list)
 
     @property
     def reads_per_s(self) -> float:
         return self.measured_reads / self.measured_wall_s if self.measured_wall_s else 0.0
+
+
+def median_of(make: Callable[[], Row], repeats: int) -> Row:
+    """Run `make` `repeats` times; medians of wall time and CPU, with every run kept."""
+    rows = [make() for _ in range(max(1, repeats))]
+    walls = [r.wall_s for r in rows]
+    clients = [r.client_cpu_per_read_us for r in rows]
+    return replace(
+        rows[0],
+        wall_s=statistics.median(walls),
+        measured_wall_s=statistics.median(r.measured_wall_s for r in rows),
+        client_cpu_s=statistics.median(r.client_cpu_s for r in rows),
+        server_cpu_s=statistics.median(r.server_cpu_s for r in rows),
+        client_cpu_per_read_us=statistics.median(clients),
+        server_cpu_per_read_us=statistics.median(r.server_cpu_per_read_us for r in rows),
+        repeats=len(rows),
+        client_cpu_per_read_us_runs=[round(c, 1) for c in clients],
+        wall_s_runs=[round(w, 3) for w in walls],
+    )
 
 
 def server_cpu_s(pid: int) -> float:
@@ -154,6 +184,43 @@ async def run_secretsync(
     )
 
 
+async def run_floor(
+    server: OpenBao, *, paths: int, concurrency: int, role_id: str, secret_id: str
+) -> Row:
+    """The transport's floor on this machine now: bare aiohttp GETs of every path once."""
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        login = {"role_id": role_id, "secret_id": secret_id}
+        async with session.post(f"{server.address}/v1/auth/approle/login", json=login) as answer:
+            headers = {"X-Vault-Token": (await answer.json())["auth"]["client_token"]}
+        gate = asyncio.Semaphore(concurrency)
+
+        async def read(p: int) -> None:
+            async with gate:
+                url = f"{server.address}/v1/{MOUNT}/data/app/{p:05d}"
+                async with session.get(url, headers=headers) as response:
+                    json.loads(await response.read())
+
+        gc.collect()
+        server0, cpu0, wall0 = server_cpu_s(server.pid), time.process_time(), time.perf_counter()
+        await asyncio.gather(*(read(p) for p in range(paths)))
+        wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+        server_cpu = server_cpu_s(server.pid) - server0
+    return Row(
+        name=f"floor: bare aiohttp GET, {concurrency} in flight, each path once",
+        materializations=paths,
+        reads=paths,
+        logins=1,
+        wall_s=wall,
+        client_cpu_s=cpu,
+        server_cpu_s=server_cpu,
+        measured_reads=paths,
+        measured_wall_s=wall,
+        client_cpu_per_read_us=cpu / paths * 1e6,
+        server_cpu_per_read_us=server_cpu / paths * 1e6,
+    )
+
+
 def run_naive(
     server: OpenBao, *, refs: list[model.ValueRef], sample: int, role_id: str, secret_id: str
 ) -> Row:
@@ -195,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clusters", type=int, default=20)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--naive-sample", type=int, default=2000)
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs of each secretsync/floor row (median)"
+    )
     args = parser.parse_args(argv)
 
     server = start_openbao()
@@ -203,26 +273,53 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(populate(server, paths=args.paths, keys=args.keys))
         role_id, secret_id = setup_approle(server)
         refs = fleet_refs(paths=args.paths, keys=args.keys, clusters=args.clusters)
+        raised = model.VaultLimits(concurrency=args.concurrency, requests_per_second=1e6)
         runs = [
-            ("default limits (500 req/s)", model.VaultLimits(concurrency=args.concurrency)),
             (
-                "rate limit raised",
-                model.VaultLimits(concurrency=args.concurrency, requests_per_second=1e6),
+                "source alone, one ref per path, rate limit raised",
+                fleet_refs(paths=args.paths, keys=1, clusters=1),
+                raised,
             ),
+            (
+                "fleet, default limits (500 req/s)",
+                refs,
+                model.VaultLimits(concurrency=args.concurrency),
+            ),
+            ("fleet, rate limit raised", refs, raised),
         ]
         rows = [
-            asyncio.run(
+            median_of(
+                lambda: asyncio.run(
+                    run_floor(
+                        server,
+                        paths=args.paths,
+                        concurrency=args.concurrency,
+                        role_id=role_id,
+                        secret_id=secret_id,
+                    )
+                ),
+                args.repeat,
+            )
+        ]
+
+        def secretsync_row(
+            label: str, run_refs: list[model.ValueRef], limits: model.VaultLimits
+        ) -> Row:
+            return asyncio.run(
                 run_secretsync(
                     server,
-                    name=f"secretsync: VaultSource, {label}",
-                    refs=refs,
+                    name=f"secretsync: {label}",
+                    refs=run_refs,
                     limits=limits,
                     role_id=role_id,
                     secret_id=secret_id,
                 )
             )
-            for label, limits in runs
-        ]
+
+        for label, run_refs, limits in runs:
+            rows.append(
+                median_of(functools.partial(secretsync_row, label, run_refs, limits), args.repeat)
+            )
         rows.append(
             run_naive(
                 server,
@@ -238,10 +335,11 @@ def main(argv: list[str] | None = None) -> int:
     naive = rows[-1]
     print(
         f"fleet: {args.paths} paths x {args.keys} keys x {args.clusters} clusters = "
-        f"{len(refs)} materializations; OpenBao {server.address} (dev, in-memory, same host)"
+        f"{len(refs)} materializations; OpenBao {server.address} (dev, in-memory, same host); "
+        f"medians of {args.repeat} runs except the naive row"
     )
     header = (
-        f"{'run':<55} {'reads':>8} {'logins':>6} {'wall s':>8} {'reads/s':>8} "
+        f"{'run':<58} {'reads':>8} {'logins':>6} {'wall s':>8} {'reads/s':>8} "
         f"{'client us/read':>14} {'server us/read':>14} {'speedup':>8}"
     )
     print(header)
@@ -250,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         speedup = naive.wall_s / row.wall_s
         mark = "*" if row.projected else " "
         print(
-            f"{row.name:<55} {row.reads:>8} {row.logins:>6} {row.wall_s:>7.2f}{mark} "
+            f"{row.name:<58} {row.reads:>8} {row.logins:>6} {row.wall_s:>7.2f}{mark} "
             f"{row.reads_per_s:>8.0f} {row.client_cpu_per_read_us:>14.0f} "
             f"{row.server_cpu_per_read_us:>14.0f} {speedup:>7.1f}x"
         )

@@ -13,7 +13,7 @@ import logging
 import os
 import secrets
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +25,7 @@ import yaml
 from secretsync import __version__, errors, load, logs, scan, seal, selectors
 from secretsync.engine import CycleReport, Engine, ItemResult
 from secretsync.materialize import dump_yaml
-from secretsync.model import ANNOTATION_CLUSTER, Fleet, Scope, Selector
+from secretsync.model import ANNOTATION_CLUSTER, Delivery, Fleet, Scope, Selector
 from secretsync.resolve import Source
 from secretsync.sinks.git import GitSink
 from secretsync.values import SecretValue
@@ -201,20 +201,14 @@ def validate(settings: Settings, fleet: str) -> None:
 # --- render / plan ---------------------------------------------------------------------------
 
 
-def _engine(settings: Settings, fleet: Fleet, sinks: Sequence[GitSink]) -> Engine:
-    key = settings.hmac_key
-    if key is None:
-        log.warning(
-            "SECRETSYNC_HMAC_KEY is not set: a random key is used, so sealed output changes "
-            "on every run (set it to keep unchanged values byte-identical)"
-        )
-        key = secrets.token_bytes(32)
-    return Engine(
-        sources=build_sources(fleet, settings.env),
-        sinks=list(sinks),
-        hmac_key=key,
-        clock=lambda: datetime.now(UTC),
+def _hmac_or_random(settings: Settings) -> bytes:
+    if settings.hmac_key is not None:
+        return settings.hmac_key
+    log.warning(
+        "SECRETSYNC_HMAC_KEY is not set: a random key is used, so every object looks changed "
+        "on every run (set it to keep unchanged values byte-identical and writes at zero)"
     )
+    return secrets.token_bytes(32)
 
 
 def _item_doc(item: ItemResult) -> dict[str, Any]:
@@ -263,21 +257,52 @@ def _report_doc(report: CycleReport, *, verbose: bool) -> dict[str, Any]:
     return doc
 
 
+def _home_client(path: str | None) -> Any:
+    """The API client of the cluster secretsync runs in (for kubeconfig secretRefs)."""
+    if path is None:
+        return None
+    from secretsync import clusters
+
+    try:
+        return clusters.client_from_file(Path(path))
+    except errors.DeliveryError as exc:
+        raise UsageError(f"--home-kubeconfig: {exc}") from None
+
+
 def _run(
     settings: Settings,
     fleet_path: str,
     *,
-    out: str | None,
     cluster: tuple[str, ...],
     selector: str | None,
     dry_run: bool,
     verbose: bool,
+    out: str | None = None,
+    git: bool = True,
+    kube: bool = False,
+    home_kubeconfig: str | None = None,
 ) -> None:
     fleet = _load(fleet_path)
-    out_dir = Path(out) if out else fleet.root / fleet.output_dir
-    sink = GitSink(out_dir=out_dir)
-    engine = _engine(settings, fleet, [sink])
     sel = _selector(selector)
+    key = _hmac_or_random(settings)
+    sinks: list[Any] = []
+    git_sink = kube_sink = None
+    if git:
+        git_sink = GitSink(out_dir=Path(out) if out else fleet.root / fleet.output_dir)
+        sinks.append(git_sink)
+    if kube:
+        from secretsync.clusters import ClientFactory
+        from secretsync.sinks.kube import KubeSink
+
+        factory = ClientFactory(root=fleet.root, home=_home_client(home_kubeconfig))
+        kube_sink = KubeSink(clients=factory, hmac_key=key)
+        sinks.append(kube_sink)
+    engine = Engine(
+        sources=build_sources(fleet, settings.env),
+        sinks=sinks,
+        hmac_key=key,
+        clock=lambda: datetime.now(UTC),
+    )
 
     async def go() -> CycleReport:
         try:
@@ -290,9 +315,18 @@ def _run(
         report = asyncio.run(go())
     except errors.ConfigError as exc:
         _fail_config(exc)
+    finally:
+        if kube_sink is not None:
+            kube_sink.close()
     doc = _report_doc(report, verbose=verbose)
-    if not dry_run:
-        doc["summary"]["filesChanged"] = sink.files_changed
+    if git_sink is not None and not dry_run:
+        doc["summary"]["filesChanged"] = git_sink.files_changed
+    if kube_sink is not None:
+        doc["summary"]["apiWrites"] = kube_sink.writes
+        doc["summary"]["apiRequests"] = kube_sink.requests
+        drifted = {name: n for name, n in sorted(kube_sink.drifted.items()) if n}
+        if drifted:
+            doc["drifted"] = drifted
     _emit(settings, doc)
     for item in report.failures:
         click.echo(f"failed: {item.cluster} {item.namespace}/{item.name}: {item.reason}", err=True)
@@ -332,11 +366,21 @@ def render(
     )
 
 
+_home_option = click.option(
+    "--home-kubeconfig",
+    envvar="SECRETSYNC_HOME_KUBECONFIG",
+    type=click.Path(dir_okay=False),
+    help="Kubeconfig of the cluster holding kubeconfig Secrets (default: in-cluster).",
+)
+
+
 @main_group.command()
 @click.argument("fleet", type=click.Path(file_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder (default: Fleet's).")
 @_cluster_option
 @_selector_option
+@click.option("--live", is_flag=True, help="Also plan against the clusters' APIs (direct, apply).")
+@_home_option
 @click.option("-v", "--verbose", is_flag=True, help="List unchanged objects too.")
 @pass_settings
 def plan(
@@ -345,11 +389,58 @@ def plan(
     out: str | None,
     cluster: tuple[str, ...],
     selector: str | None,
+    live: bool,
+    home_kubeconfig: str | None,
     verbose: bool,
 ) -> None:
-    """Show what `render` would change, per cluster: objects and keys, never values."""
+    """Show what `render` (and with --live, `sync`) would change: objects and keys, no values."""
     _run(
-        settings, fleet, out=out, cluster=cluster, selector=selector, dry_run=True, verbose=verbose
+        settings,
+        fleet,
+        out=out,
+        cluster=cluster,
+        selector=selector,
+        dry_run=True,
+        verbose=verbose,
+        kube=live,
+        home_kubeconfig=home_kubeconfig,
+    )
+
+
+@main_group.command()
+@click.argument("fleet", type=click.Path(file_okay=False))
+@_cluster_option
+@_selector_option
+@click.option("--dry-run", is_flag=True, help="Compare with the live clusters; write nothing.")
+@_home_option
+@click.option("-v", "--verbose", is_flag=True, help="List unchanged objects too.")
+@pass_settings
+def sync(
+    settings: Settings,
+    fleet: str,
+    cluster: tuple[str, ...],
+    selector: str | None,
+    dry_run: bool,
+    home_kubeconfig: str | None,
+    verbose: bool,
+) -> None:
+    """Reconcile every cluster once through its Kubernetes API.
+
+    `direct` clusters get plain Secrets; `sealed` / `external` clusters with `apply: true`
+    get their SealedSecrets / ExternalSecrets. Only changed objects are written (server-side
+    apply, field manager `secretsync`); hand edits are repaired; owned objects no longer
+    desired are pruned; objects secretsync does not own are never touched.
+    """
+    _run(
+        settings,
+        fleet,
+        cluster=cluster,
+        selector=selector,
+        dry_run=dry_run,
+        verbose=verbose,
+        git=False,
+        kube=True,
+        home_kubeconfig=home_kubeconfig,
     )
 
 
@@ -475,6 +566,158 @@ def seal_command(
     for cluster_name, reason in result.failures.items():
         click.echo(f"failed: cluster {cluster_name}: {reason}", err=True)
     sys.exit(EXIT_FAILED if result.failures else EXIT_OK)
+
+
+# --- cluster ---------------------------------------------------------------------------------
+
+
+@main_group.group("cluster")
+def cluster_group() -> None:
+    """Register clusters in the fleet repo, or tear down what secretsync delivered to one."""
+
+
+def _labels(items: tuple[str, ...]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--label takes KEY=VALUE, not {item!r}")
+        out[key] = value
+    return out
+
+
+@cluster_group.command("add")
+@click.argument("name")
+@click.option("-f", "--fleet", "fleet_path", required=True, type=click.Path(file_okay=False))
+@click.option("--kubeconfig", type=click.Path(dir_okay=False), help="Kubeconfig to reach it now.")
+@click.option("--context", help="Context in --kubeconfig.")
+@click.option("--label", "label_items", multiple=True, metavar="KEY=VALUE")
+@click.option("--delivery", type=click.Choice([d.value for d in Delivery]))
+@click.option("--controller-namespace", default="kube-system", show_default=True)
+@click.option("--controller-name", default="sealed-secrets-controller", show_default=True)
+@click.option(
+    "--kubeconfig-secret",
+    metavar="NAMESPACE/NAME",
+    help="Record a kubeconfig Secret in the home cluster instead of the --kubeconfig path.",
+)
+@click.option("--allowed-namespace", "allowed", multiple=True, metavar="NS")
+@pass_settings
+def cluster_add(
+    settings: Settings,
+    name: str,
+    fleet_path: str,
+    kubeconfig: str | None,
+    context: str | None,
+    label_items: tuple[str, ...],
+    delivery: str | None,
+    controller_namespace: str,
+    controller_name: str,
+    kubeconfig_secret: str | None,
+    allowed: tuple[str, ...],
+) -> None:
+    """Register cluster NAME: write clusters/NAME.yaml and, for sealed delivery, fetch its
+    sealing certificate into certs/NAME.pem through the API server's service proxy."""
+    from secretsync import clusters, registry
+
+    fleet = _load(fleet_path)
+    chosen = Delivery(delivery) if delivery else fleet.default_delivery
+    api = None
+    if kubeconfig is not None:
+        try:
+            api = clusters.client_from_file(Path(kubeconfig), context=context)
+        except errors.DeliveryError as exc:
+            raise UsageError(f"--kubeconfig: {exc}") from None
+    record: dict[str, object] = {}
+    if kubeconfig_secret:
+        namespace, sep, secret_name = kubeconfig_secret.partition("/")
+        if not sep or not namespace or not secret_name:
+            raise UsageError("--kubeconfig-secret takes NAMESPACE/NAME")
+        record = {"secretRef": {"namespace": namespace, "name": secret_name}}
+    elif kubeconfig is not None:
+        record = {"path": str(Path(kubeconfig).resolve())}
+        if context:
+            record["context"] = context
+    try:
+        summary = registry.add_cluster(
+            fleet.root,
+            name=name,
+            labels=_labels(label_items),
+            delivery=chosen,
+            api=api,
+            kubeconfig=record,
+            controller_namespace=controller_namespace,
+            controller_name=controller_name,
+            allowed_namespaces=allowed,
+            now=datetime.now(UTC),
+        )
+    except errors.ConfigError as exc:
+        _fail_config(exc)
+    except (errors.DeliveryError, errors.SealError) as exc:
+        click.echo(f"cluster {name}: {exc}; nothing was written", err=True)
+        sys.exit(EXIT_FAILED)
+    finally:
+        if api is not None:
+            clusters.close(api)
+    _emit(settings, summary)
+
+
+@cluster_group.command("remove")
+@click.argument("name")
+@click.option("-f", "--fleet", "fleet_path", required=True, type=click.Path(file_okay=False))
+@click.option("--yes", is_flag=True, help="Delete; otherwise only show what would be deleted.")
+@_home_option
+@pass_settings
+def cluster_remove(
+    settings: Settings, name: str, fleet_path: str, yes: bool, home_kubeconfig: str | None
+) -> None:
+    """Remove everything secretsync delivered to cluster NAME (its API objects and its
+    rendered folder). Shows what it would delete unless --yes. The Cluster stays in the fleet
+    repo: delete its file too, or the next sync delivers again."""
+    from secretsync.clusters import ClientFactory
+    from secretsync.sinks.kube import KubeSink
+
+    fleet = _load(fleet_path)
+    cluster = fleet.clusters.get(name)
+    if cluster is None:
+        raise UsageError(f"unknown cluster {name!r}")
+    git = GitSink(out_dir=fleet.root / fleet.output_dir)
+    kube = None
+    if cluster.kubeconfig is not None:
+        factory = ClientFactory(root=fleet.root, home=_home_client(home_kubeconfig))
+        kube = KubeSink(clients=factory, hmac_key=settings.hmac_key or b"")
+
+    async def go() -> tuple[list[Any], list[Any]]:
+        from secretsync.deliver import ChangeSet
+
+        in_git = [o for o in (await git.observe(cluster)).values() if o.owned]
+        in_api = await kube.observe_everything(cluster) if kube else []
+        if yes:
+            if in_git:
+                await git.apply(cluster, ChangeSet(delete=in_git))
+            if kube and in_api:
+                result = await kube.apply(cluster, ChangeSet(delete=in_api))
+                for key, reason in result.failed.items():
+                    click.echo(f"failed: {key}: {reason}", err=True)
+        return in_git, in_api
+
+    try:
+        in_git, in_api = asyncio.run(go())
+    except errors.DeliveryError as exc:
+        click.echo(f"cluster {name}: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    finally:
+        if kube is not None:
+            kube.close()
+    _emit(
+        settings,
+        {
+            "cluster": name,
+            "deleted" if yes else "wouldDelete": {
+                "api": [f"{o.kind} {o.key.namespace}/{o.key.name}" for o in in_api],
+                "git": [f"{o.key.namespace}/{o.key.name}" for o in in_git],
+            },
+        },
+    )
 
 
 # --- unseal ----------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
 from kubernetes.config import incluster_config
 
 from secretsync import errors
@@ -62,6 +63,45 @@ def client_from_file(path: Path, *, context: str | None = None) -> k8s.ApiClient
         raise errors.DeliveryError(
             f"kubeconfig {path}: no usable context {context or '(current)'}"
         ) from None
+
+
+def call(
+    api: k8s.ApiClient,
+    method: str,
+    path: str,
+    *,
+    query: list[tuple[str, str]] | None = None,
+    body: object = None,
+    content_type: str = "application/json",
+    accept: str = "application/json",
+    timeout_s: float = 15.0,
+) -> tuple[int, bytes, Mapping[str, str]]:
+    """One raw API request: (status, body bytes, headers); status 0 when unreachable.
+
+    Never raises for HTTP errors and never puts a response body in an exception: callers
+    decide from the status.
+    """
+    headers = {"Accept": accept}
+    if body is not None:
+        headers["Content-Type"] = content_type
+    method_, url, header_params, body_, post = api.param_serialize(
+        method=method,
+        resource_path=path,
+        query_params=query or [],
+        header_params=headers,
+        body=body,
+        auth_settings=["BearerToken"],
+    )
+    try:
+        response = api.call_api(
+            method_, url, header_params, body_, post, _request_timeout=timeout_s
+        )
+        raw = response.read()
+    except ApiException as exc:
+        return int(exc.status or 0), b"", {}
+    except Exception:  # urllib3 / socket errors, whose text may name hosts but not data
+        return 0, b"", {}
+    return int(response.status), raw or b"", dict(response.headers or {})
 
 
 class ClientFactory:
@@ -129,3 +169,8 @@ class ClientFactory:
             for api in self._clients.values():
                 api.close()
             self._clients.clear()
+
+
+def close(api: k8s.ApiClient) -> None:
+    """Release an API client's connection pool."""
+    api.close()

