@@ -281,6 +281,7 @@ def _run(
     git: bool = True,
     kube: bool = False,
     home_kubeconfig: str | None = None,
+    cluster_timeout: float = 60.0,
 ) -> None:
     fleet = _load(fleet_path)
     sel = _selector(selector)
@@ -302,6 +303,7 @@ def _run(
         sinks=sinks,
         hmac_key=key,
         clock=lambda: datetime.now(UTC),
+        cluster_timeout_s=cluster_timeout,
     )
 
     async def go() -> CycleReport:
@@ -366,6 +368,13 @@ def render(
     )
 
 
+_timeout_option = click.option(
+    "--cluster-timeout",
+    type=click.FloatRange(min=1),
+    default=60.0,
+    show_default=True,
+    help="Seconds one cluster may take before it is reported failed (others go on).",
+)
 _home_option = click.option(
     "--home-kubeconfig",
     envvar="SECRETSYNC_HOME_KUBECONFIG",
@@ -380,6 +389,7 @@ _home_option = click.option(
 @_cluster_option
 @_selector_option
 @click.option("--live", is_flag=True, help="Also plan against the clusters' APIs (direct, apply).")
+@_timeout_option
 @_home_option
 @click.option("-v", "--verbose", is_flag=True, help="List unchanged objects too.")
 @pass_settings
@@ -390,6 +400,7 @@ def plan(
     cluster: tuple[str, ...],
     selector: str | None,
     live: bool,
+    cluster_timeout: float,
     home_kubeconfig: str | None,
     verbose: bool,
 ) -> None:
@@ -404,6 +415,7 @@ def plan(
         verbose=verbose,
         kube=live,
         home_kubeconfig=home_kubeconfig,
+        cluster_timeout=cluster_timeout,
     )
 
 
@@ -412,6 +424,7 @@ def plan(
 @_cluster_option
 @_selector_option
 @click.option("--dry-run", is_flag=True, help="Compare with the live clusters; write nothing.")
+@_timeout_option
 @_home_option
 @click.option("-v", "--verbose", is_flag=True, help="List unchanged objects too.")
 @pass_settings
@@ -421,6 +434,7 @@ def sync(
     cluster: tuple[str, ...],
     selector: str | None,
     dry_run: bool,
+    cluster_timeout: float,
     home_kubeconfig: str | None,
     verbose: bool,
 ) -> None:
@@ -441,6 +455,7 @@ def sync(
         git=False,
         kube=True,
         home_kubeconfig=home_kubeconfig,
+        cluster_timeout=cluster_timeout,
     )
 
 

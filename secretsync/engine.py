@@ -66,7 +66,7 @@ class Engine:
     clock: Callable[[], datetime]
     cluster_timeout_s: float = 120.0
     cluster_concurrency: int = 8
-    source_concurrency: int = 16
+    source_concurrency: int = 64
 
     async def run_cycle(
         self,

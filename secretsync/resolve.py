@@ -83,12 +83,16 @@ async def resolve(
     refs: Iterable[ValueRef],
     sources: Mapping[str, Source],
     *,
-    concurrency: int = 16,
+    concurrency: int = 64,
 ) -> Resolution:
-    """Read each unique Location of `refs` once (bounded), then look every ref up."""
-    by_location: dict[Location, list[ValueRef]] = {}
+    """Read each unique Location of `refs` once (bounded), then look every distinct ref up.
+
+    Sources keep their own limits (Vault: concurrency and requests per second); this bound
+    only keeps the number of pending reads reasonable.
+    """
+    by_location: dict[Location, dict[ValueRef, None]] = {}
     for ref in refs:
-        by_location.setdefault(ref.location, []).append(ref)
+        by_location.setdefault(ref.location, {})[ref] = None
     result = Resolution()
     gate = asyncio.Semaphore(concurrency)
 
@@ -105,9 +109,11 @@ async def resolve(
     locations = list(by_location)
     outcomes = await asyncio.gather(*(read(loc) for loc in locations))
     result.reads = len(locations)
+    failed: dict[str, list[str]] = {}
     for location, outcome in zip(locations, outcomes, strict=True):
         if isinstance(outcome, errors.ResolveError):
-            log.warning("%s", outcome)
+            log.debug("%s", outcome)
+            failed.setdefault(type(outcome).__name__, []).append(str(outcome))
             for ref in by_location[location]:
                 result.failures[ref] = outcome
             continue
@@ -117,4 +123,7 @@ async def resolve(
                 result.values[ref] = lookup(outcome.document, ref.key, where=str(location))
             except errors.ResolveError as exc:
                 result.failures[ref] = exc
+    for kind, messages in sorted(failed.items()):
+        more = f" (and {len(messages) - 1} more)" if len(messages) > 1 else ""
+        log.warning("%s: %s%s", kind, messages[0], more)
     return result

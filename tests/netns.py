@@ -32,15 +32,28 @@ class TestHost:
 
     def serve_directory(self, folder: Path, *, port: int) -> None:
         proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.namespace, sys.executable, "-m", "http.server",
-             str(port), "--bind", self.ip, "--directory", str(folder)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.namespace,
+                sys.executable,
+                "-m",
+                "http.server",
+                str(port),
+                "--bind",
+                self.ip,
+                "--directory",
+                str(folder),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         self.processes.append(proc)
         deadline = time.monotonic() + 15
         while True:
             try:
-                with urllib.request.urlopen(f"http://{self.ip}:{port}/", timeout=1):  # noqa: S310
+                with urllib.request.urlopen(f"http://{self.ip}:{port}/", timeout=1):
                     return
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:

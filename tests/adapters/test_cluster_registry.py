@@ -39,30 +39,53 @@ def controller_service(api: k8s.ApiClient, namespace: str, name: str, ip: str, p
     """A Service whose endpoint is `ip`: the API server proxies only to an address that a Pod
     reports as its IP, so a Pod object (never scheduled) carries it in its status."""
     core = k8s.CoreV1Api(api)
-    core.create_namespaced_pod(namespace, {
-        "metadata": {"name": f"{name}-0"},
-        "spec": {"containers": [{"name": "c", "image": "example.invalid/c:1"}],
-                 "automountServiceAccountToken": False},
-    })
+    core.create_namespaced_pod(
+        namespace,
+        {
+            "metadata": {"name": f"{name}-0"},
+            "spec": {
+                "containers": [{"name": "c", "image": "example.invalid/c:1"}],
+                "automountServiceAccountToken": False,
+            },
+        },
+    )
     core.patch_namespaced_pod_status(
         f"{name}-0", namespace, {"status": {"podIP": ip, "podIPs": [{"ip": ip}]}}
     )
-    core.create_namespaced_service(namespace, {
-        "metadata": {"name": name},
-        "spec": {"ports": [{"name": "http", "port": port, "targetPort": port}]},
-    })
-    core.create_namespaced_endpoints(namespace, {
-        "metadata": {"name": name},
-        "subsets": [{
-            "addresses": [{"ip": ip, "targetRef": {"kind": "Pod", "name": f"{name}-0",
-                                                   "namespace": namespace}}],
-            "ports": [{"name": "http", "port": port}],
-        }],
-    })
+    core.create_namespaced_service(
+        namespace,
+        {
+            "metadata": {"name": name},
+            "spec": {"ports": [{"name": "http", "port": port, "targetPort": port}]},
+        },
+    )
+    core.create_namespaced_endpoints(
+        namespace,
+        {
+            "metadata": {"name": name},
+            "subsets": [
+                {
+                    "addresses": [
+                        {
+                            "ip": ip,
+                            "targetRef": {
+                                "kind": "Pod",
+                                "name": f"{name}-0",
+                                "namespace": namespace,
+                            },
+                        }
+                    ],
+                    "ports": [{"name": "http", "port": port}],
+                }
+            ],
+        },
+    )
 
 
 def test_cluster_add_fetches_the_certificate_through_the_service_proxy(
-    fleet_repo: MakeRepo, kube_cluster: KubeCluster, kube_namespace: NamespaceFactory,
+    fleet_repo: MakeRepo,
+    kube_cluster: KubeCluster,
+    kube_namespace: NamespaceFactory,
     tmp_path: Path,
 ) -> None:
     namespace = kube_namespace(kube_cluster, prefix="ctrl")
@@ -77,9 +100,23 @@ def test_cluster_add_fetches_the_certificate_through_the_service_proxy(
         with kube_cluster.api_client() as api:
             controller_service(api, namespace, "sealed-secrets", host.ip, 8080)
         result = invoke(
-            "-o", "json", "cluster", "add", "prod-new", "-f", str(root), "--kubeconfig",
-            str(kubeconfig), "--label", "env=prod", "--label", "region=eu-west-1",
-            "--controller-namespace", namespace, "--controller-name", "sealed-secrets",
+            "-o",
+            "json",
+            "cluster",
+            "add",
+            "prod-new",
+            "-f",
+            str(root),
+            "--kubeconfig",
+            str(kubeconfig),
+            "--label",
+            "env=prod",
+            "--label",
+            "region=eu-west-1",
+            "--controller-namespace",
+            namespace,
+            "--controller-name",
+            "sealed-secrets",
         )
     assert result.exit_code == 0, result.output
     assert (root / "certs/prod-new.pem").read_bytes() == pem
@@ -97,29 +134,41 @@ def test_cluster_add_without_controller_changes_nothing(
 ) -> None:
     root = fleet_repo({"secretsync.yaml": FLEET})
     kubeconfig = kube_cluster.kubeconfig(tmp_path / "kc.yaml")
-    result = invoke("cluster", "add", "x1", "-f", str(root), "--kubeconfig", str(kubeconfig),
-                    "--controller-namespace", "nowhere")
+    result = invoke(
+        "cluster",
+        "add",
+        "x1",
+        "-f",
+        str(root),
+        "--kubeconfig",
+        str(kubeconfig),
+        "--controller-namespace",
+        "nowhere",
+    )
     assert result.exit_code == 1
     assert "no Service nowhere/sealed-secrets-controller" in result.stderr
     assert sorted(p.name for p in root.rglob("*") if p.is_file()) == ["secretsync.yaml"]
 
 
 def test_cluster_remove_shows_then_deletes_what_secretsync_delivered(
-    fleet_repo: MakeRepo, kube_cluster: KubeCluster, kube_namespace: NamespaceFactory,
+    fleet_repo: MakeRepo,
+    kube_cluster: KubeCluster,
+    kube_namespace: NamespaceFactory,
     tmp_path: Path,
 ) -> None:
     namespace = kube_namespace(kube_cluster, prefix="rm")
     kubeconfig = kube_cluster.kubeconfig(tmp_path / "kc.yaml")
-    root = fleet_repo({
-        "secretsync.yaml": FLEET.replace("delivery: sealed", "delivery: direct"),
-        "clusters/c.yaml": f"""\
+    root = fleet_repo(
+        {
+            "secretsync.yaml": FLEET.replace("delivery: sealed", "delivery: direct"),
+            "clusters/c.yaml": f"""\
 apiVersion: secretsync.dev/v1alpha1
 kind: Cluster
 metadata: {{name: rm-{namespace}, labels: {{env: dev}}}}
 spec:
   kubeconfig: {{path: {kubeconfig}}}
 """,
-        "secrets/s.yaml": f"""\
+            "secrets/s.yaml": f"""\
 apiVersion: secretsync.dev/v1alpha1
 kind: FleetSecret
 metadata: {{name: s}}
@@ -128,10 +177,13 @@ spec:
   target: {{name: s, namespace: {namespace}}}
   data: {{a: {{value: literal}}}}
 """,
-    })
+        }
+    )
     assert invoke("sync", str(root)).exit_code == 0
     core = k8s.CoreV1Api(kube_cluster.api_client())
-    core.create_namespaced_secret(namespace, {"metadata": {"name": "mine"}, "stringData": {"k": "v"}})
+    core.create_namespaced_secret(
+        namespace, {"metadata": {"name": "mine"}, "stringData": {"k": "v"}}
+    )
     shown = invoke("-o", "json", "cluster", "remove", f"rm-{namespace}", "-f", str(root))
     assert shown.exit_code == 0, shown.output
     assert yaml.safe_load(shown.stdout)["wouldDelete"]["api"] == [f"Secret {namespace}/s"]

@@ -10,7 +10,7 @@ import asyncio
 import base64
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -55,17 +55,31 @@ def crd(group: str, version: str, kind: str, plural: str) -> dict[str, Any]:
         "spec": {
             "group": group,
             "scope": "Namespaced",
-            "names": {"kind": kind, "plural": plural, "singular": kind.lower(),
-                      "listKind": f"{kind}List"},
-            "versions": [{
-                "name": version, "served": True, "storage": True,
-                "schema": {"openAPIV3Schema": {
-                    "type": "object",
-                    "properties": {"spec": {"type": "object",
-                                            "x-kubernetes-preserve-unknown-fields": True}},
-                    "x-kubernetes-preserve-unknown-fields": True,
-                }},
-            }],
+            "names": {
+                "kind": kind,
+                "plural": plural,
+                "singular": kind.lower(),
+                "listKind": f"{kind}List",
+            },
+            "versions": [
+                {
+                    "name": version,
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "properties": {
+                                "spec": {
+                                    "type": "object",
+                                    "x-kubernetes-preserve-unknown-fields": True,
+                                }
+                            },
+                            "x-kubernetes-preserve-unknown-fields": True,
+                        }
+                    },
+                }
+            ],
         },
     }
 
@@ -108,8 +122,14 @@ class Fleet:
     def name(self, cluster: KubeCluster) -> str:
         return f"{cluster.name}-{self.suffix}"
 
-    def write(self, secrets_yaml: str, *, cluster_extra: str = "", user: str = "admin",
-              users: dict[str, str] | None = None) -> Path:
+    def write(
+        self,
+        secrets_yaml: str,
+        *,
+        cluster_extra: str = "",
+        user: str = "admin",
+        users: dict[str, str] | None = None,
+    ) -> Path:
         docs = []
         for c in self.clusters:
             kubeconfig = c.kubeconfig(
@@ -133,17 +153,24 @@ class Fleet:
                 (self.root / rel).write_text(str(text))
         return self.root
 
-    def sync(self, *, dry_run: bool = False, timeout_s: float = 60.0,
-             request_timeout_s: float = 10.0) -> CycleReport:
+    def sync(
+        self, *, dry_run: bool = False, timeout_s: float = 60.0, request_timeout_s: float = 10.0
+    ) -> CycleReport:
         assert self.root is not None
         fleet = load.load_fleet(self.root)
         self.kube = KubeSink(
-            clients=ClientFactory(root=self.root), hmac_key=KEY,
-            request_timeout_s=request_timeout_s, max_attempts=2, backoff_s=0.1,
+            clients=ClientFactory(root=self.root),
+            hmac_key=KEY,
+            request_timeout_s=request_timeout_s,
+            max_attempts=2,
+            backoff_s=0.1,
         )
         engine = Engine(
-            sources={"vault": FakeSource(self.values)}, sinks=[self.kube], hmac_key=KEY,
-            clock=lambda: datetime.now(UTC), cluster_timeout_s=timeout_s,
+            sources={"vault": FakeSource(self.values)},
+            sinks=[self.kube],
+            hmac_key=KEY,
+            clock=lambda: datetime.now(UTC),
+            cluster_timeout_s=timeout_s,
         )
         try:
             return asyncio.run(engine.run_cycle(fleet, dry_run=dry_run))
@@ -153,10 +180,12 @@ class Fleet:
 
 @pytest.fixture
 def fleet(
-    fleet_repo: MakeRepo, kube_clusters: list[KubeCluster], kube_namespace: NamespaceFactory,
+    fleet_repo: MakeRepo,
+    kube_clusters: list[KubeCluster],
+    kube_namespace: NamespaceFactory,
     tmp_path: Path,
-) -> Iterator[Fleet]:
-    yield Fleet(fleet_repo, kube_clusters, kube_namespace(), tmp_path)
+) -> Fleet:
+    return Fleet(fleet_repo, kube_clusters, kube_namespace(), tmp_path)
 
 
 def core(cluster: KubeCluster) -> k8s.CoreV1Api:
@@ -247,8 +276,13 @@ def test_hand_edits_and_deletions_are_repaired(fleet: Fleet) -> None:
     assert "changed outside secretsync" in by[(fleet.name(a), "db")].reason
     assert by[(fleet.name(b), "api")].action == "create"
     assert fleet.kube is not None and fleet.kube.drifted[fleet.name(a)] == 1
-    assert data(secret(a, fleet.namespace, "db"))["password"] == str(fleet.values["db"]["password"]).encode()
-    assert data(secret(b, fleet.namespace, "api")) == {"token": str(fleet.values["api"]["token"]).encode()}
+    assert (
+        data(secret(a, fleet.namespace, "db"))["password"]
+        == str(fleet.values["db"]["password"]).encode()
+    )
+    assert data(secret(b, fleet.namespace, "api")) == {
+        "token": str(fleet.values["api"]["token"]).encode()
+    }
     assert fleet.sync().items and fleet.kube.writes == 0
 
 
@@ -264,7 +298,10 @@ def test_changed_value_reaches_every_cluster_and_removed_secret_is_pruned(fleet:
     assert report.ok
     assert sorted(i.action for i in report.items) == ["delete"] * 3 + ["update"] * 3
     for c in fleet.clusters:
-        assert data(secret(c, fleet.namespace, "db"))["password"] == str(fleet.values["db"]["password"]).encode()
+        assert (
+            data(secret(c, fleet.namespace, "db"))["password"]
+            == str(fleet.values["db"]["password"]).encode()
+        )
         assert secret(c, fleet.namespace, "api") is None
     assert secret(fleet.clusters[0], fleet.namespace, "foreign") is not None
 
@@ -285,7 +322,10 @@ def test_foreign_object_with_target_name_is_left_alone(fleet: Fleet) -> None:
         assert "password" in data(secret(c, fleet.namespace, "db"))
     fleet.write(DB.replace("  data:\n", "  adopt: true\n  data:\n"))
     assert fleet.sync().ok
-    assert data(secret(b, fleet.namespace, "db"))["password"] == str(fleet.values["db"]["password"]).encode()
+    assert (
+        data(secret(b, fleet.namespace, "db"))["password"]
+        == str(fleet.values["db"]["password"]).encode()
+    )
 
 
 def test_rbac_forbidden_is_a_clear_per_cluster_failure(fleet: Fleet) -> None:
@@ -358,21 +398,33 @@ def test_applied_sealed_and_external_objects(fleet: Fleet, crds: None) -> None:
     assert fleet.root is not None
     (fleet.root / "certs").mkdir(exist_ok=True)
     (fleet.root / "certs/c.pem").write_bytes(keys.cert_pem(keys.rsa_key(0)))
-    fleet.write(DB, cluster_extra="  delivery: sealed\n  apply: true\n  sealedSecrets: {certFile: certs/c.pem}\n")
+    fleet.write(
+        DB,
+        cluster_extra="  delivery: sealed\n  apply: true\n  sealedSecrets: {certFile: certs/c.pem}\n",
+    )
     report = fleet.sync()
     assert report.ok, (report.failures, report.failed_clusters)
     api = k8s.CustomObjectsApi(fleet.clusters[0].api_client())
-    obj = api.get_namespaced_custom_object("bitnami.com", "v1alpha1", fleet.namespace, "sealedsecrets", "db")
+    obj = api.get_namespaced_custom_object(
+        "bitnami.com", "v1alpha1", fleet.namespace, "sealedsecrets", "db"
+    )
     assert set(obj["spec"]["encryptedData"]) == {"password", "host"}
     from secretsync import seal
 
-    assert seal.unseal_manifest(obj, [keys.rsa_key(0)])["password"] == str(fleet.values["db"]["password"]).encode()
+    assert (
+        seal.unseal_manifest(obj, [keys.rsa_key(0)])["password"]
+        == str(fleet.values["db"]["password"]).encode()
+    )
     assert fleet.sync().ok and fleet.kube is not None and fleet.kube.writes == 0
     fleet.write(DB, cluster_extra="  delivery: external\n  apply: true\n")
     report = fleet.sync()
     assert report.ok, (report.failures, report.failed_clusters)
-    es = api.get_namespaced_custom_object("external-secrets.io", "v1", fleet.namespace, "externalsecrets", "db")
-    assert es["spec"]["data"] == [{"secretKey": "password", "remoteRef": {"key": "db", "property": "password"}}]
+    es = api.get_namespaced_custom_object(
+        "external-secrets.io", "v1", fleet.namespace, "externalsecrets", "db"
+    )
+    assert es["spec"]["data"] == [
+        {"secretKey": "password", "remoteRef": {"key": "db", "property": "password"}}
+    ]
 
 
 def test_rollout_restart_only_when_content_changes(fleet: Fleet) -> None:
@@ -380,16 +432,23 @@ def test_rollout_restart_only_when_content_changes(fleet: Fleet) -> None:
     c = fleet.clusters[0]
     apps = k8s.AppsV1Api(c.api_client())
     deployment = {
-        "apiVersion": "apps/v1", "kind": "Deployment",
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
         "metadata": {"name": "payments-api"},
         "spec": {
             "selector": {"matchLabels": {"app": "p"}},
-            "template": {"metadata": {"labels": {"app": "p"}},
-                         "spec": {"containers": [{"name": "c", "image": "example.invalid/p:1"}]}},
+            "template": {
+                "metadata": {"labels": {"app": "p"}},
+                "spec": {"containers": [{"name": "c", "image": "example.invalid/p:1"}]},
+            },
         },
     }
     apps.create_namespaced_deployment(fleet.namespace, deployment)
-    fleet.write(DB.replace("  data:\n", "  rollout: {restart: [{kind: Deployment, name: payments-api}]}\n  data:\n"))
+    fleet.write(
+        DB.replace(
+            "  data:\n", "  rollout: {restart: [{kind: Deployment, name: payments-api}]}\n  data:\n"
+        )
+    )
     assert fleet.sync().ok
 
     def restarted_for() -> str | None:
@@ -398,9 +457,14 @@ def test_rollout_restart_only_when_content_changes(fleet: Fleet) -> None:
 
     first = restarted_for()
     assert first is not None and first.startswith("db@")
-    version = apps.read_namespaced_deployment("payments-api", fleet.namespace).metadata.resource_version
+    version = apps.read_namespaced_deployment(
+        "payments-api", fleet.namespace
+    ).metadata.resource_version
     assert fleet.sync().ok
-    assert apps.read_namespaced_deployment("payments-api", fleet.namespace).metadata.resource_version == version
+    assert (
+        apps.read_namespaced_deployment("payments-api", fleet.namespace).metadata.resource_version
+        == version
+    )
     fleet.values["db"] = {"password": canary.new("db-rotated")}
     assert fleet.sync().ok
     assert restarted_for() not in (None, first)

@@ -1,4 +1,4 @@
-"""VaultSource against a real OpenBao dev server: reads, auth, and the fault rows V1-V7, V11.
+"""VaultSource against a real OpenBao dev server: reads, auth, and fault rows V1-V7, V10, V11.
 
 Requests are counted on the wire by `CountingProxy` (what a user could verify) as well as by
 the source's own counters. Every secret value is a unique canary; each test checks that no
@@ -470,6 +470,46 @@ async def test_second_403_after_the_relogin_is_access_denied_without_more_logins
     assert source.counters.failures == {"denied": 4}
     assert_clean(
         [*values.values(), role_id, secret_id, *issued_tokens(proxy)],
+        *(str(e) for e in result.failures.values()),
+        caplog=caplog,
+    )
+
+
+async def test_policy_that_denies_half_the_paths_fails_only_those_without_a_login_storm(
+    openbao: OpenBao, proxy: CountingProxy, unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    mount = kv2_mount(openbao, unique)
+    openbao.client().sys.create_or_update_policy(
+        name=unique, policy=f'path "{mount}/data/open/*" {{ capabilities = ["read"] }}'
+    )
+    role_id, secret_id = approle(openbao, unique, policies=[unique])
+    allowed = {f"open/p{i}": canary() for i in range(20)}
+    denied = {f"closed/p{i}": canary() for i in range(20)}
+    for path, value in {**allowed, **denied}.items():
+        openbao.write_kv(mount, path, {"v": value})
+    source = make_source(
+        proxy.address,
+        env={"SID": secret_id},
+        kv_mount=mount,
+        auth=model.VaultAuth(
+            method="approle", role_id=role_id, secret_id_env="SID", mount_path=unique
+        ),
+    )
+    refs = [ref(mount, path, "v") for path in [*allowed, *denied]]
+    try:
+        result = await resolve.resolve(refs, {"vault": source}, concurrency=16)
+    finally:
+        await source.aclose()
+
+    assert {r.location.path: v.reveal().decode() for r, v in result.values.items()} == allowed
+    assert {r.location.path for r in result.failures} == set(denied)
+    assert all(isinstance(e, errors.AccessDenied) for e in result.failures.values())
+    # one login, plus at most the one 403-driven re-login of the back-off window
+    assert source.counters.logins <= 2
+    assert proxy.count("POST", f"/v1/auth/{unique}/login") == source.counters.logins
+    assert proxy.count("GET", f"/v1/{mount}/data/closed/", status=403) <= len(denied) + 16
+    assert_clean(
+        [*allowed.values(), *denied.values(), role_id, secret_id, *issued_tokens(proxy)],
         *(str(e) for e in result.failures.values()),
         caplog=caplog,
     )

@@ -240,11 +240,19 @@ def test_several_documents_per_file(fleet_repo: MakeRepo) -> None:
             "secrets/s.yaml:7: spec.target.labels: 'secretsync.dev/x' is reserved",
         ),
         (
-            {"secrets/s.yaml": SECRET.replace("namespace: payments}", "namespace: payments, labels: {team: web platform}}")},
+            {
+                "secrets/s.yaml": SECRET.replace(
+                    "namespace: payments}", "namespace: payments, labels: {team: web platform}}"
+                )
+            },
             "secrets/s.yaml:7: spec.target.labels.team: label value 'web platform' is invalid",
         ),
         (
-            {"secrets/s.yaml": SECRET.replace("namespace: payments}", "namespace: payments, annotations: {bad key!: x}}")},
+            {
+                "secrets/s.yaml": SECRET.replace(
+                    "namespace: payments}", "namespace: payments, annotations: {bad key!: x}}"
+                )
+            },
             "secrets/s.yaml:7: spec.target.annotations.bad key!: annotation key 'bad key!' is invalid",
         ),
         (

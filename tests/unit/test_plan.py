@@ -201,4 +201,7 @@ spec:
     region: {value: "{{ cluster.labels.region }}"}
 """
     text = plan_errors(fleet_repo, {"clusters/c.yaml": ext, "secrets/s.yaml": literal_only})
-    assert "secrets/s.yaml:1: spec.data: cluster 'ext' uses external delivery, which needs at least one vault: key" in text
+    assert (
+        "secrets/s.yaml:1: spec.data: cluster 'ext' uses external delivery, which needs at least one vault: key"
+        in text
+    )
