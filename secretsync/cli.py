@@ -786,11 +786,11 @@ def unseal(settings: Settings, file: str, key_files: tuple[str, ...], show_value
 
 
 @main_group.command("scan")
-@click.argument("path", type=click.Path(exists=True))
-@pass_settings
-def scan_command(settings: Settings, path: str) -> None:
-    """Find plaintext Secrets and unencrypted SOPS files; exit 1 naming each."""
-    findings = scan.scan(Path(path))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+def scan_command(paths: tuple[str, ...]) -> None:
+    """Find plaintext Secrets and unencrypted SOPS files under PATHS (folders or files);
+    exit 1 naming each (pre-commit passes the staged files)."""
+    findings = [f for path in paths for f in scan.scan(Path(path))]
     for f in findings:
         click.echo(f"{f.file}:{f.line}: {f.kind}: {f.message}")
     if findings:
