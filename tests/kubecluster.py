@@ -537,7 +537,11 @@ class _Launch:
 
     def apiserver_ready(self) -> bool:
         status, body = self._get("/readyz")
-        return status == 200 and body.strip() == b"ok"
+        if status != 200 or body.strip() != b"ok":
+            return False
+        # /readyz can answer before the bootstrap controller made the `default` namespace
+        status, _ = self._get("/api/v1/namespaces/default")
+        return status == 200
 
     # Stage 2: the controller manager, once the apiserver is ready.
     def spawn_controller_manager(self) -> None:
