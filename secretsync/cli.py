@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 import click
 import yaml
 
-from secretsync import __version__, errors, load, logs, scan, seal, selectors
+from secretsync import __version__, errors, load, logs, runtime, scan, seal, selectors
 from secretsync.engine import CycleReport, Engine, ItemResult
 from secretsync.materialize import dump_yaml
 from secretsync.model import ANNOTATION_CLUSTER, Delivery, Fleet, Scope, Selector
@@ -138,6 +138,7 @@ def main_group(
     ctx: click.Context, output: str, log_level: str, log_format: str, hmac_key_file: str | None
 ) -> None:
     """Distribute secrets to a fleet of Kubernetes clusters from one Git repository."""
+    runtime.tune()
     logs.setup(level=log_level, fmt=log_format)
     env = dict(os.environ)
     ctx.obj = Settings(output=output, hmac_key=_hmac_key(env, hmac_key_file), env=env)

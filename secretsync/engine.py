@@ -37,11 +37,19 @@ class ItemResult:
     reason: str = ""
     keys: KeyDiff = field(default_factory=KeyDiff)
     content_hash: str | None = None
-    refs: tuple[str, ...] = ()
+    desired: DesiredSecret | None = None
+
+    @property
+    def refs(self) -> tuple[str, ...]:
+        """The value refs this object was built from (never values)."""
+        return tuple(str(r) for r in self.desired.refs()) if self.desired else ()
 
 
-@dataclass(slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True, repr=False)
 class CycleReport:
+    """What one cycle did. Its repr is a summary: asyncio formats the finished task's result
+    when restoring signal handlers, and a full repr of 100,000 items costs a second."""
+
     items: list[ItemResult] = field(default_factory=list)
     reads: int = 0
     seals: int = 0
@@ -56,6 +64,12 @@ class CycleReport:
     @property
     def ok(self) -> bool:
         return not self.failures and not self.failed_clusters
+
+    def __repr__(self) -> str:
+        return (
+            f"<CycleReport {len(self.items)} items, {len(self.failures)} failed, "
+            f"{len(self.failed_clusters)} clusters failed>"
+        )
 
 
 @dataclass(kw_only=True)
@@ -193,11 +207,10 @@ class Engine:
             meta: dict[ObjectKey, DesiredSecret] = {}
             for d in wanted:
                 meta[d.key] = d
-                refs = tuple(str(r) for r in d.refs())
                 failure = self._unresolved(d, resolution) or cert_error
                 if failure is not None:
                     keep.add(d.key)
-                    results.append(_item(d, sink.name, "failed", reason=failure, refs=refs))
+                    results.append(_item(d, sink.name, "failed", reason=failure))
                     continue
                 values = (
                     materialize.values_for(d, resolution.values) or {}
@@ -225,7 +238,7 @@ class Engine:
                     rendered = materialize.render(d, values, ctx=ctx)
                 except errors.SecretSyncError as exc:
                     keep.add(d.key)
-                    results.append(_item(d, sink.name, "failed", reason=str(exc), refs=refs))
+                    results.append(_item(d, sink.name, "failed", reason=str(exc)))
                     continue
                 if not dry_run:
                     report.seals += rendered.resealed
@@ -251,7 +264,6 @@ class Engine:
                         sink.name,
                         "unchanged",
                         content_hash=seen.content_hash if seen else None,
-                        refs=tuple(str(r) for r in d.refs()),
                     )
                 )
             applied = ApplyResult()
@@ -274,7 +286,6 @@ class Engine:
                         if seen is not None and seen.drifted
                         else "",
                         keys=key_diff(seen.key_hashes if seen else {}, item.key_hashes),
-                        refs=tuple(str(r) for r in d.refs()),
                     )
                 )
                 if not dry_run:
@@ -313,6 +324,7 @@ def _item(d: DesiredSecret, sink: str, action: str, **kwargs: object) -> ItemRes
         fleet_secret=d.fleet_secret,
         sink=sink,
         action=action,
+        desired=d,
         **kwargs,  # type: ignore[arg-type]
     )
 

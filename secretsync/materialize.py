@@ -37,7 +37,7 @@ from secretsync.model import (
     RestartRef,
     ValueRef,
 )
-from secretsync.values import SecretValue, content_hash
+from secretsync.values import KeyHasher, SecretValue, content_hash
 
 type Manifest = dict[str, Any]
 
@@ -139,10 +139,8 @@ def _sealed_hashes(
     scope = desired.target.scope
     label = seal.label_for(desired.target.namespace, desired.target.name, scope)
     context = {"cert": cert.fingerprint, "label": base64.b64encode(label).decode(), "scope": scope}
-    key_hashes = {
-        name: content_hash(key, {**context, "key": name, "value": value})[:32]
-        for name, value in sorted(values.items())
-    }
+    hasher = KeyHasher(key, {"delivery": "sealed", **context})
+    key_hashes = {name: hasher.hash(name, value) for name, value in sorted(values.items())}
     digest = content_hash(
         key,
         {
@@ -290,15 +288,16 @@ def render_external(
     )
 
 
-def key_hash(hmac_key: bytes, key: str, value: SecretValue) -> str:
-    """The keyed hash of one Secret key's value (direct delivery; also used on observed data)."""
-    return content_hash(hmac_key, {"key": key, "value": value})[:32]
+def direct_hasher(hmac_key: bytes) -> KeyHasher:
+    """Keyed hashes of direct Secret values (also applied to observed data by the kube sink)."""
+    return KeyHasher(hmac_key, {"delivery": "direct"})
 
 
 def render_direct(
     desired: DesiredSecret, values: Mapping[str, SecretValue], *, ctx: RenderContext
 ) -> Rendered:
-    key_hashes = {key: key_hash(ctx.hmac_key, key, value) for key, value in sorted(values.items())}
+    hasher = direct_hasher(ctx.hmac_key)
+    key_hashes = {key: hasher.hash(key, value) for key, value in sorted(values.items())}
     digest = content_hash(
         ctx.hmac_key, {"format": FORMAT, "kind": "Secret", **_shape(desired), "keys": key_hashes}
     )

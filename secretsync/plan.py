@@ -166,6 +166,7 @@ def plan(
             problems.append(errors.ConfigError(f"unknown cluster {name!r}", field="--cluster"))
     owners: dict[ObjectKey, FleetSecret] = {}
     desired: list[DesiredSecret] = []
+    shared: dict[Planned, Planned] = {}  # one instance per distinct ref, however many clusters
     for cluster in fleet.clusters.values():
         for secret in fleet.secrets.values():
             if not selectors.matches(secret.selector, cluster.labels):
@@ -192,7 +193,7 @@ def plan(
                 )
                 item_problems.extend(entry_problems)
                 if planned is not None:
-                    data[data_key] = planned
+                    data[data_key] = shared.setdefault(planned, planned)
             if cluster.delivery is Delivery.EXTERNAL and not any(
                 isinstance(v, ValueRef) for v in data.values()
             ):

@@ -82,3 +82,23 @@ def content_hash(key: bytes, parts: Mapping[str, object]) -> str:
 
     blob = json.dumps(encode(parts), sort_keys=True, separators=(",", ":")).encode("utf-8")
     return hmac.new(key, blob, hashlib.sha256).hexdigest()
+
+
+class KeyHasher:
+    """Keyed hashes of single Secret values within one context (cheap: one HMAC copy each).
+
+    The context (delivery, certificate, scope label…) is bound once; `hash(key, value)` then
+    costs one HMAC over the key name and the value bytes.
+    """
+
+    __slots__ = ("_base",)
+
+    def __init__(self, key: bytes, context: object) -> None:
+        blob = json.dumps(context, sort_keys=True, separators=(",", ":")).encode("utf-8")
+        self._base = hmac.new(key, len(blob).to_bytes(4, "big") + blob, hashlib.sha256)
+
+    def hash(self, name: str, value: SecretValue) -> str:
+        h = self._base.copy()
+        raw = name.encode("utf-8")
+        h.update(len(raw).to_bytes(4, "big") + raw + value.reveal())
+        return h.hexdigest()[:32]

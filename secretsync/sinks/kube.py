@@ -323,12 +323,13 @@ class KubeSink:
         key_hashes: dict[str, str] = {}
         encrypted: dict[str, str] = {}
         if kind is SECRET:
+            hasher = materialize.direct_hasher(self.hmac_key)
             for k, v in (obj.get("data") or {}).items():
                 try:
                     value = SecretValue(base64.b64decode(v, validate=True))
                 except (ValueError, TypeError):
                     continue
-                key_hashes[k] = materialize.key_hash(self.hmac_key, k, value)
+                key_hashes[k] = hasher.hash(k, value)
         else:
             raw = annotations.get(ANNOTATION_KEY_HASHES)
             if isinstance(raw, str):
