@@ -905,6 +905,25 @@ def _documents(root: Path, rel: str, ctx: _Ctx) -> list[_Header]:
         return []
 
 
+def _register[T: (Cluster, FleetSecret)](
+    ctx: _Ctx, table: dict[str, T], item: T | None, what: str, header: _Header
+) -> None:
+    """Add a loaded Cluster or FleetSecret, refusing a second one of the same name."""
+    if item is None:
+        return
+    if (first := table.get(item.name)) is not None:
+        ctx.errors.append(
+            errors.ConfigError(
+                f"{what} {item.name!r} is also defined at {first.origin}",
+                file=header.origin.file,
+                line=header.origin.line,
+                field="metadata.name",
+            )
+        )
+        return
+    table[item.name] = item
+
+
 def load_fleet(root: Path) -> Fleet:
     """Load and check a fleet repo. Raises `errors.ConfigErrors` listing every problem."""
     root = Path(root)
@@ -953,35 +972,9 @@ def load_fleet(root: Path) -> Fleet:
                     )
                 )
             elif header.kind == "Cluster":
-                cluster = _cluster(ctx, header, fleet)
-                if cluster is None:
-                    continue
-                if (other := clusters.get(cluster.name)) is not None:
-                    ctx.errors.append(
-                        errors.ConfigError(
-                            f"cluster {cluster.name!r} is also defined at {other.origin}",
-                            file=rel,
-                            line=header.origin.line,
-                            field="metadata.name",
-                        )
-                    )
-                    continue
-                clusters[cluster.name] = cluster
+                _register(ctx, clusters, _cluster(ctx, header, fleet), "cluster", header)
             elif header.kind == "FleetSecret":
-                secret = _fleet_secret(ctx, header)
-                if secret is None:
-                    continue
-                if (prev := secrets.get(secret.name)) is not None:
-                    ctx.errors.append(
-                        errors.ConfigError(
-                            f"FleetSecret {secret.name!r} is also defined at {prev.origin}",
-                            file=rel,
-                            line=header.origin.line,
-                            field="metadata.name",
-                        )
-                    )
-                    continue
-                secrets[secret.name] = secret
+                _register(ctx, secrets, _fleet_secret(ctx, header), "FleetSecret", header)
     for secret in secrets.values():
         for overlay in secret.overlays:
             for name in overlay.clusters or ():

@@ -23,6 +23,14 @@ ANNOTATION_KEY_HASHES: Final = "secretsync.dev/key-hashes"
 FIELD_MANAGER: Final = "secretsync"
 
 
+def is_owned(labels: Mapping[str, object], annotations: Mapping[str, object], cluster: str) -> bool:
+    """Whether an object's metadata says secretsync delivered it to `cluster` (ownership)."""
+    return (
+        labels.get(LABEL_MANAGED_BY) == MANAGED_BY
+        and annotations.get(ANNOTATION_CLUSTER) == cluster
+    )
+
+
 class Delivery(enum.StrEnum):
     SEALED = "sealed"
     EXTERNAL = "external"

@@ -26,16 +26,14 @@ from secretsync import emit, errors, materialize
 from secretsync.deliver import ApplyResult, ChangeSet
 from secretsync.materialize import dump_yaml
 from secretsync.model import (
-    ANNOTATION_CLUSTER,
     ANNOTATION_CONTENT_HASH,
     ANNOTATION_KEY_HASHES,
     LABEL_FLEET_SECRET,
-    LABEL_MANAGED_BY,
-    MANAGED_BY,
     Cluster,
     Delivery,
     ObjectKey,
     Observed,
+    is_owned,
 )
 
 log = logging.getLogger(__name__)
@@ -80,10 +78,7 @@ def _observe_file(cluster: str, data: bytes, *, detail: bool) -> Observed | None
         labels = {}
     if not isinstance(annotations, dict):
         annotations = {}
-    owned = (
-        labels.get(LABEL_MANAGED_BY) == MANAGED_BY
-        and annotations.get(ANNOTATION_CLUSTER) == cluster
-    )
+    owned = is_owned(labels, annotations, cluster)
     key_hashes: dict[str, str] = {}
     raw_hashes = annotations.get(ANNOTATION_KEY_HASHES)
     if isinstance(raw_hashes, str):

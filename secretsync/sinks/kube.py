@@ -34,7 +34,6 @@ from secretsync.clusters import ClientFactory
 from secretsync.deliver import ApplyResult, ChangeSet
 from secretsync.materialize import Manifest, Rendered
 from secretsync.model import (
-    ANNOTATION_CLUSTER,
     ANNOTATION_CONTENT_HASH,
     ANNOTATION_KEY_HASHES,
     FIELD_MANAGER,
@@ -45,6 +44,7 @@ from secretsync.model import (
     Delivery,
     ObjectKey,
     Observed,
+    is_owned,
 )
 from secretsync.values import SecretValue, content_hash
 
@@ -312,10 +312,7 @@ class KubeSink:
         if not isinstance(name, str) or not isinstance(namespace, str):
             return None
         key = ObjectKey(cluster.name, namespace, name)
-        owned = (
-            labels.get(LABEL_MANAGED_BY) == MANAGED_BY
-            and annotations.get(ANNOTATION_CLUSTER) == cluster.name
-        )
+        owned = is_owned(labels, annotations, cluster.name)
         if isinstance(meta.get("uid"), str):
             self._uids[key] = meta["uid"]
         applied = annotations.get(ANNOTATION_APPLIED_HASH)
@@ -409,10 +406,7 @@ class KubeSink:
                 meta = current.get("metadata") or {}
                 labels = meta.get("labels") or {}
                 annotations = meta.get("annotations") or {}
-                if not (
-                    labels.get(LABEL_MANAGED_BY) == MANAGED_BY
-                    and annotations.get(ANNOTATION_CLUSTER) == cluster.name
-                ):
+                if not is_owned(labels, annotations, cluster.name):
                     raise errors.DeliveryError(
                         f"{what} exists and is not managed by secretsync (set adopt: true on "
                         "the FleetSecret to take it over)"
