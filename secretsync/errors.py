@@ -1,15 +1,15 @@
 """The error tree. Every message names files, fields, refs and clusters, never a value.
 
     SecretSyncError
-    ├── ConfigError            bad fleet repo or bad usage (exit code 2); file, line, field
+    ├── ConfigError            bad fleet repo, policy violation or bad usage (exit code 2)
     │   └── ConfigErrors       several ConfigErrors found in one load
-    ├── PolicyError            a cluster's allowedNamespaces or a Fleet policy forbids a target
     ├── ResolveError           a value could not be read; retryable says whether to try again
     │   ├── SourceUnavailable  the source did not answer (down, sealed, timed out, rate-limited)
     │   ├── RefNotFound        the path, file or key does not exist
     │   ├── AccessDenied       the source refused our credentials
     │   └── DecryptFailed      a SOPS file could not be decrypted (key missing, MAC mismatch)
     ├── SealError              a value could not be sealed (certificate expired, not RSA, …)
+    ├── InvalidValue           resolved values a Secret cannot hold (over 1 MiB)
     ├── DeliveryError          a sink could not write; cluster names where
     └── PlaintextRefused       the Git sink caught a value in bytes it was asked to write
 
@@ -54,10 +54,6 @@ class ConfigErrors(ConfigError):
         return "\n".join(e.render() for e in self.errors)
 
 
-class PolicyError(SecretSyncError):
-    """A target that a cluster's allowedNamespaces or the Fleet's policies forbid."""
-
-
 class ResolveError(SecretSyncError):
     """A value could not be resolved. `retryable` separates outages from wrong refs."""
 
@@ -82,6 +78,10 @@ class DecryptFailed(ResolveError):
 
 class SealError(SecretSyncError):
     """A value could not be sealed for a cluster (bad or expired certificate, …)."""
+
+
+class InvalidValue(SecretSyncError):
+    """Resolved values the target cannot hold (a Secret is at most 1 MiB)."""
 
 
 class DeliveryError(SecretSyncError):

@@ -80,6 +80,20 @@ class Render(Protocol):
     ) -> Rendered: ...
 
 
+MAX_SECRET_BYTES = 1024 * 1024
+"""The API server refuses a Secret whose data is larger than this."""
+
+
+def check_size(desired: DesiredSecret, values: Mapping[str, SecretValue]) -> None:
+    """Refuse values a Secret could not hold, before anything is sealed or sent."""
+    total = sum(len(k) + len(v) for k, v in values.items())
+    if total > MAX_SECRET_BYTES:
+        raise errors.InvalidValue(
+            f"{desired.target.namespace}/{desired.target.name}: values add up to {total} bytes, "
+            f"over the {MAX_SECRET_BYTES} byte limit of a Secret"
+        )
+
+
 def values_for(
     desired: DesiredSecret, resolved: Mapping[ValueRef, SecretValue]
 ) -> dict[str, SecretValue] | None:
@@ -158,6 +172,7 @@ def content_hash_of(
     desired: DesiredSecret, values: Mapping[str, SecretValue], *, ctx: RenderContext
 ) -> str:
     """The content hash `render` would give, without sealing anything."""
+    check_size(desired, values)
     if desired.delivery is Delivery.SEALED:
         if ctx.certificate is None:
             raise errors.SealError(f"cluster {desired.cluster.name!r} has no sealing certificate")
@@ -335,6 +350,7 @@ RENDERERS: Mapping[Delivery, Render] = {
 def render(
     desired: DesiredSecret, values: Mapping[str, SecretValue], *, ctx: RenderContext
 ) -> Rendered:
+    check_size(desired, values)
     rendered = RENDERERS[desired.delivery](desired, values, ctx=ctx)
     if desired.restarts or desired.adopt:
         rendered = dataclasses.replace(rendered, restarts=desired.restarts, adopt=desired.adopt)

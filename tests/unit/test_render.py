@@ -346,3 +346,16 @@ def test_any_value_renders_without_leaking_and_unseals_byte_for_byte(
     manifest = yaml.safe_load(raw)
     opened = seal.unseal_manifest(manifest, [fleets.private_key_for("prod-use1")])  # type: ignore[list-item]
     assert opened["token"] == secret.encode()
+
+
+def test_values_too_large_for_a_secret_are_refused_before_sealing(fleet_repo: MakeRepo) -> None:
+    root = fleets.write_fleet(fleet_repo)
+    docs = vault_docs()
+    run(root, FakeSource(docs))
+    before = snapshot(root)
+    docs["web/prod"] = {"token": canary.new("big") + "x" * (1024 * 1024)}
+    report, _ = run(root, FakeSource(docs))
+    assert snapshot(root) == before
+    reasons = {(i.cluster, i.reason) for i in report.failures}
+    assert {c for c, _ in reasons} == {"prod-use1", "prod-euw1"}
+    assert all("over the 1048576 byte limit of a Secret" in r for _, r in reasons)

@@ -1,0 +1,162 @@
+"""`secretsync render` with values from a real OpenBao: four clusters sharing per-environment
+paths, a pinned version, a KV v1 mount, AppRole — and last-known-good when the latest version
+is soft-deleted or OpenBao is stopped (issue 3's acceptance, through the real command)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from secretsync import seal
+from tests import canary, keys
+from tests.openbao import CountingProxy, OpenBao
+
+MakeRepo = Callable[[dict[str, str | bytes]], Path]
+CLUSTERS = {"prod-use1": "prod", "prod-euw1": "prod", "staging-use1": "staging", "dev-use1": "dev"}
+
+
+def fleet_files(
+    address: str, unique: str, role_id: str, secret_file: Path
+) -> dict[str, str | bytes]:
+    files: dict[str, str | bytes] = {
+        "secretsync.yaml": f"""\
+apiVersion: secretsync.dev/v1alpha1
+kind: Fleet
+metadata: {{name: vault-render}}
+spec:
+  sources:
+    vault:
+      address: "{address}"
+      kvMount: secret
+      auth: {{method: approle, roleId: "{role_id}", secretIdFile: "{secret_file}", mountPath: {unique}}}
+""",
+        "secrets/db.yaml": f"""\
+apiVersion: secretsync.dev/v1alpha1
+kind: FleetSecret
+metadata: {{name: db}}
+spec:
+  clusterSelector: {{}}
+  target: {{name: db, namespace: payments}}
+  data:
+    username: {{vault: {{path: "{unique}/{{{{ cluster.labels.env }}}}/db", key: username}}}}
+    password: {{vault: {{path: "{unique}/{{{{ cluster.labels.env }}}}/db", key: password}}}}
+    legacy: {{vault: {{path: "{unique}/pinned", key: token, version: 1}}}}
+    license: {{vault: {{path: app/license, key: key, mount: {unique}-v1}}}}
+""",
+    }
+    docs = []
+    for i, (name, env) in enumerate(CLUSTERS.items()):
+        files[f"certs/{name}.pem"] = keys.cert_pem(keys.rsa_key(i))
+        docs.append(
+            f"apiVersion: secretsync.dev/v1alpha1\nkind: Cluster\n"
+            f"metadata: {{name: {name}, labels: {{env: {env}}}}}\n"
+            f"spec: {{sealedSecrets: {{certFile: certs/{name}.pem}}}}\n"
+        )
+    files["clusters/all.yaml"] = "---\n".join(docs)
+    return files
+
+
+def setup_vault(bao: OpenBao, unique: str, tmp: Path) -> tuple[str, Path, dict[str, Any]]:
+    client = bao.client()
+    values: dict[str, Any] = {}
+    for env in ("prod", "staging", "dev"):
+        values[env] = {"username": canary.new(f"u-{env}"), "password": canary.new(f"p-{env}")}
+        bao.write_kv("secret", f"{unique}/{env}/db", values[env])
+    values["pinned-1"] = canary.new("pinned-v1")
+    bao.write_kv("secret", f"{unique}/pinned", {"token": values["pinned-1"]})
+    bao.write_kv("secret", f"{unique}/pinned", {"token": canary.new("pinned-v2")})
+    bao.enable_kv(f"{unique}-v1", version=1)
+    values["license"] = canary.new("license")
+    bao.write_kv(f"{unique}-v1", "app/license", {"key": values["license"]}, version=1)
+    client.sys.create_or_update_policy(
+        unique,
+        f'path "secret/data/{unique}/*" {{ capabilities = ["read"] }}\n'
+        f'path "{unique}-v1/*" {{ capabilities = ["read"] }}\n'
+        'path "sys/internal/ui/mounts/*" { capabilities = ["read"] }\n',
+    )
+    client.sys.enable_auth_method("approle", path=unique)
+    client.auth.approle.create_or_update_approle(
+        unique, token_policies=[unique], mount_point=unique
+    )
+    role_id = client.auth.approle.read_role_id(unique, mount_point=unique)["data"]["role_id"]
+    secret_id = client.auth.approle.generate_secret_id(unique, mount_point=unique)["data"][
+        "secret_id"
+    ]
+    secret_file = tmp / "secret-id"
+    secret_file.write_text(secret_id)
+    return role_id, secret_file, values
+
+
+def render(root: Path) -> subprocess.CompletedProcess[bytes]:
+    env = {**os.environ, "SECRETSYNC_HMAC_KEY": "vault-render", "SECRETSYNC_LOG_LEVEL": "debug"}
+    env.pop("VAULT_TOKEN", None)
+    return subprocess.run(
+        [sys.executable, "-m", "secretsync", "-o", "json", "render", str(root)],
+        env=env,
+        capture_output=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p): p.read_bytes() for p in sorted((root / "rendered").rglob("*")) if p.is_file()}
+
+
+async def test_render_from_openbao_reads_once_and_keeps_last_known_good(
+    fleet_repo: MakeRepo, openbao: OpenBao, unique: str, tmp_path: Path
+) -> None:
+    role_id, secret_file, values = setup_vault(openbao, unique, tmp_path)
+    async with CountingProxy(openbao.address) as proxy:
+        root = fleet_repo(fleet_files(proxy.address, unique, role_id, secret_file))
+        done = await asyncio.to_thread(render, root)
+        assert done.returncode == 0, done.stderr.decode()[-2000:]
+        summary = json.loads(done.stdout)["summary"]
+        assert summary["sourceReads"] == 5  # 3 environments + pinned + KV v1, for 4 clusters
+        assert proxy.count("GET", "/v1/secret/data/") == 4
+        assert proxy.count("GET", f"/v1/{unique}-v1/") == 1
+        assert proxy.count("POST", f"/v1/auth/{unique}/login") == 1
+        for i, (name, env) in enumerate(CLUSTERS.items()):
+            manifest = yaml.safe_load((root / f"rendered/{name}/payments/db.yaml").read_text())
+            opened = seal.unseal_manifest(manifest, [keys.rsa_key(i)])
+            assert opened == {
+                "username": values[env]["username"].encode(),
+                "password": values[env]["password"].encode(),
+                "legacy": values["pinned-1"].encode(),
+                "license": values["license"].encode(),
+            }
+        before = snapshot(root)
+
+        # the latest version of prod's path is soft-deleted: prod clusters fail, others proceed
+        openbao.client().secrets.kv.v2.delete_latest_version_of_secret(
+            f"{unique}/prod/db", mount_point="secret"
+        )
+        done = await asyncio.to_thread(render, root)
+        assert done.returncode == 1
+        err = done.stderr.decode()
+        assert f"vault:secret/{unique}/prod/db" in err
+        assert "deleted" in err
+        assert snapshot(root) == before
+        failed = {
+            name
+            for name, items in json.loads(done.stdout)["clusters"].items()
+            for item in items
+            if item["action"] == "failed"
+        }
+        assert failed == {"prod-use1", "prod-euw1"}
+        for text in (done.stdout.decode(), err):
+            assert canary.find_in_text(text) == []
+
+    # OpenBao unreachable (the proxy is gone): every cluster fails, nothing changes
+    done = await asyncio.to_thread(render, root)
+    assert done.returncode == 1
+    assert snapshot(root) == before
+    assert canary.find_in_text(done.stdout.decode() + done.stderr.decode()) == []
