@@ -468,3 +468,84 @@ def test_rollout_restart_only_when_content_changes(fleet: Fleet) -> None:
     fleet.values["db"] = {"password": canary.new("db-rotated")}
     assert fleet.sync().ok
     assert restarted_for() not in (None, first)
+
+
+def test_kubeconfig_from_a_secret_in_the_home_cluster(
+    fleet_repo: MakeRepo,
+    kube_clusters: list[KubeCluster],
+    kube_namespace: NamespaceFactory,
+    tmp_path: Path,
+) -> None:
+    home, target = kube_clusters[0], kube_clusters[1]
+    namespace = kube_namespace(target)
+    holder = kube_namespace(home, prefix="ss")
+    kubeconfig = target.kubeconfig(tmp_path / "target.yaml").read_bytes()
+    core(home).create_namespaced_secret(
+        holder,
+        {
+            "metadata": {"name": "kubeconfig-target"},
+            "data": {"kubeconfig": base64.b64encode(kubeconfig).decode()},
+        },
+    )
+    name = f"via-secret-{secrets.token_hex(3)}"
+    root = fleet_repo(
+        {
+            "secretsync.yaml": FLEET,
+            "clusters/c.yaml": f"""\
+apiVersion: secretsync.dev/v1alpha1
+kind: Cluster
+metadata: {{name: {name}, labels: {{env: prod, server: x}}}}
+spec:
+  kubeconfig: {{secretRef: {{namespace: {holder}, name: kubeconfig-target}}}}
+""",
+            "secrets/all.yaml": DB.replace("NAMESPACE", namespace),
+        }
+    )
+    value = canary.new("via-secret")
+    sink = KubeSink(clients=ClientFactory(root=root, home=home.api_client()), hmac_key=KEY)
+    engine = Engine(
+        sources={"vault": FakeSource({"db": {"password": value}})},
+        sinks=[sink],
+        hmac_key=KEY,
+        clock=lambda: datetime.now(UTC),
+    )
+    try:
+        report = asyncio.run(engine.run_cycle(load.load_fleet(root)))
+    finally:
+        sink.close()
+    assert report.ok, (report.failures, report.failed_clusters)
+    assert data(secret(target, namespace, "db"))["password"] == value.encode()
+    assert secret(home, namespace, "db") is None, "delivered to the target, not the home cluster"
+
+
+def test_missing_kubeconfig_secret_is_a_clear_cluster_failure(
+    fleet_repo: MakeRepo, kube_clusters: list[KubeCluster], kube_namespace: NamespaceFactory
+) -> None:
+    home = kube_clusters[0]
+    root = fleet_repo(
+        {
+            "secretsync.yaml": FLEET,
+            "clusters/c.yaml": """\
+apiVersion: secretsync.dev/v1alpha1
+kind: Cluster
+metadata: {name: lost, labels: {env: prod, server: x}}
+spec:
+  kubeconfig: {secretRef: {namespace: nowhere, name: kubeconfig-lost}}
+""",
+            "secrets/all.yaml": DB.replace("NAMESPACE", "default"),
+        }
+    )
+    sink = KubeSink(clients=ClientFactory(root=root, home=home.api_client()), hmac_key=KEY)
+    engine = Engine(
+        sources={"vault": FakeSource({"db": {"password": canary.new("lost")}})},
+        sinks=[sink],
+        hmac_key=KEY,
+        clock=lambda: datetime.now(UTC),
+    )
+    try:
+        report = asyncio.run(engine.run_cycle(load.load_fleet(root)))
+    finally:
+        sink.close()
+    assert report.failed_clusters == {
+        "lost": "cluster 'lost': cannot read kubeconfig Secret nowhere/kubeconfig-lost (HTTP 404 Not Found)"
+    }
