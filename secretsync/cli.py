@@ -460,6 +460,85 @@ def sync(
     )
 
 
+# --- serve -----------------------------------------------------------------------------------
+
+
+def _listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise UsageError(f"--listen takes HOST:PORT, not {text!r}")
+    return host, int(port)
+
+
+@main_group.command()
+@click.argument("fleet", type=click.Path(file_okay=False))
+@click.option("--listen", default="127.0.0.1:8080", show_default=True, metavar="HOST:PORT")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=1),
+    default=300.0,
+    show_default=True,
+    help="Seconds between full reconciles (with 10% jitter).",
+)
+@click.option("--git/--no-git", default=True, show_default=True, help="Render into the output dir.")
+@click.option("--kube/--no-kube", default=True, show_default=True, help="Deliver through APIs.")
+@click.option(
+    "--max-body",
+    type=click.IntRange(min=1024, max=16 * 1024 * 1024),
+    default=64 * 1024,
+    show_default=True,
+    help="Largest webhook body in bytes (bigger: 413).",
+)
+@_timeout_option
+@_home_option
+@pass_settings
+def serve(
+    settings: Settings,
+    fleet: str,
+    listen: str,
+    interval: float,
+    git: bool,
+    kube: bool,
+    max_body: int,
+    cluster_timeout: float,
+    home_kubeconfig: str | None,
+) -> None:
+    """Run the daemon: reconcile at start and every --interval, serve /healthz, /readyz,
+    /metrics, /v1/status, the fleet page at / and the signed rotation webhook
+    POST /v1/webhooks/vault (key from $SECRETSYNC_WEBHOOK_SECRET). Stops on SIGTERM."""
+    from secretsync import daemon, webhook
+
+    if not git and not kube:
+        raise UsageError("--no-git and --no-kube leave nothing to deliver to")
+    host, port = _listen(listen)
+    secret = settings.env.get("SECRETSYNC_WEBHOOK_SECRET")
+    try:
+        webhook_key = webhook.parse_secret(secret) if secret else None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    options = daemon.DaemonSettings(
+        fleet_path=Path(fleet),
+        hmac_key=_hmac_or_random(settings),
+        env=settings.env,
+        host=host,
+        port=port,
+        interval_s=interval,
+        git=git,
+        kube=kube,
+        webhook_key=webhook_key,
+        max_body=max_body,
+        cluster_timeout_s=cluster_timeout,
+        home_kubeconfig=home_kubeconfig,
+    )
+    try:
+        code = daemon.run(options, make_sources=build_sources)
+    except OSError as exc:
+        click.echo(f"serve: cannot listen on {listen}: {exc.strerror}", err=True)
+        sys.exit(EXIT_FAILED)
+    sys.exit(code)
+
+
 # --- seal ------------------------------------------------------------------------------------
 
 

@@ -19,7 +19,15 @@ from datetime import datetime
 from secretsync import errors, load, materialize, plan, resolve, seal, selectors
 from secretsync.deliver import ApplyResult, KeyDiff, Sink, diff, key_diff
 from secretsync.materialize import RenderContext, Rendered
-from secretsync.model import Cluster, Delivery, DesiredSecret, Fleet, ObjectKey, Selector
+from secretsync.model import (
+    Cluster,
+    Delivery,
+    DesiredSecret,
+    Fleet,
+    Location,
+    ObjectKey,
+    Selector,
+)
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +97,15 @@ class Engine:
         clusters: Collection[str] = (),
         selector: Selector | None = None,
         dry_run: bool = False,
+        only_paths: Collection[str] | None = None,
     ) -> CycleReport:
+        """One reconcile. `only_paths` (Vault `<mount>/<path>` names, see `path_names`) narrows
+        the cycle to the objects built from one of them, on the clusters that have such an
+        object; every other object is left as it is: a narrowed cycle never deletes.
+        """
         desired = plan.plan(fleet, clusters=clusters, selector=selector)
+        if only_paths is not None:
+            desired = _narrow(desired, frozenset(only_paths))
         report = CycleReport()
         needs_values = [
             d
@@ -104,6 +119,9 @@ class Engine:
         )
         report.reads = resolution.reads
         targets = self._target_clusters(fleet, clusters, selector)
+        if only_paths is not None:
+            hit = {d.cluster.name for d in desired}
+            targets = {n: c for n, c in targets.items() if n in hit}
         by_cluster: dict[str, list[DesiredSecret]] = {name: [] for name in targets}
         for d in desired:
             by_cluster[d.cluster.name].append(d)
@@ -119,6 +137,7 @@ class Engine:
                         resolution,
                         report,
                         dry_run=dry_run,
+                        prune=only_paths is None,
                     )
 
         names = list(targets)
@@ -135,7 +154,7 @@ class Engine:
                     log.debug("where: %s", "".join(traceback.format_tb(outcome.__traceback__)))
                 continue
             report.items.extend(outcome)
-        if not clusters and selector is None:
+        if not clusters and selector is None and only_paths is None:
             await self._prune_orphans(fleet, report, dry_run=dry_run)
         return report
 
@@ -188,6 +207,7 @@ class Engine:
         report: CycleReport,
         *,
         dry_run: bool,
+        prune: bool = True,
     ) -> list[ItemResult]:
         results: list[ItemResult] = []
         certificate: seal.Certificate | None = None
@@ -244,6 +264,8 @@ class Engine:
                     report.seals += rendered.resealed
                 prepared[d.key] = rendered
             outcome = diff(prepared, observed, keep=keep)
+            if not prune:
+                outcome.changes.delete.clear()
             for key in outcome.conflicts:
                 d = meta[key]
                 results.append(
@@ -314,6 +336,19 @@ class Engine:
             if (failure := resolution.failures.get(ref)) is not None:
                 return str(failure)
         return None
+
+
+def path_names(location: Location) -> tuple[str, ...]:
+    """The names a rotation webhook may use for a Vault Location: `<mount>/<path>` and the KV v2
+    API form `<mount>/data/<path>`. Other sources have none."""
+    if location.source != "vault":
+        return ()
+    return (f"{location.mount}/{location.path}", f"{location.mount}/data/{location.path}")
+
+
+def _narrow(desired: list[DesiredSecret], paths: frozenset[str]) -> list[DesiredSecret]:
+    """The objects built from one of `paths`."""
+    return [d for d in desired if any(n in paths for r in d.refs() for n in path_names(r.location))]
 
 
 def _item(d: DesiredSecret, sink: str, action: str, **kwargs: object) -> ItemResult:

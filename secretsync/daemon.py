@@ -1,0 +1,392 @@
+"""The `serve` daemon: the cycle loop, fleet reloads, webhook coalescing, the web server's
+lifetime and a graceful stop. Cycles are the engine's, the same as the CLI's.
+
+- At start and every `interval` seconds (with ±10% jitter) a full cycle: reload the fleet
+  repo, then reconcile every cluster (Git folder and/or Kubernetes API sinks).
+- A verified webhook names Vault paths; those the fleet uses are queued (coalesced in a set)
+  and trigger a narrowed cycle for the objects built from them. The webhook is a hint: values
+  are always re-read from the source.
+- The fleet repo is reloaded (and planned) before every cycle; one that does not load or plan
+  is refused, the last good one keeps running and the error is on the status board.
+- A cycle that raises is logged and counted; the loop goes on.
+- SIGTERM / SIGINT: the cycle in flight may finish (within the grace period), then the web
+  server stops, sources and sinks are closed, and `run` returns 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+import time
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+from aiohttp import web as aioweb
+
+from secretsync import errors, load, plan, resolve, runtime, web, webhook
+from secretsync.engine import CycleReport, Engine, path_names
+from secretsync.metrics import Metrics
+from secretsync.model import Fleet, Location
+from secretsync.sinks.git import GitSink
+from secretsync.status import StatusBoard
+
+log = logging.getLogger(__name__)
+
+MIN_RETRY_S = 10.0  # how soon to retry when no fleet has ever loaded
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DaemonSettings:
+    """Process settings of `serve`, built by the command line. Holds keys: never log it."""
+
+    fleet_path: Path
+    hmac_key: bytes = field(repr=False)
+    env: Mapping[str, str] = field(repr=False, default_factory=dict)
+    host: str = "127.0.0.1"
+    port: int = 8080
+    interval_s: float = 300.0
+    jitter: float = 0.1
+    git: bool = True
+    kube: bool = True
+    webhook_key: bytes | None = field(repr=False, default=None)
+    max_body: int = webhook.MAX_BODY_BYTES
+    cluster_timeout_s: float = 60.0
+    home_kubeconfig: str | None = None
+    grace_s: float = 25.0
+
+
+class Runner(Protocol):
+    """The part of `Engine` the daemon drives (tests give their own)."""
+
+    async def run_cycle(
+        self, fleet: Fleet, *, only_paths: Collection[str] | None = None
+    ) -> CycleReport: ...
+
+
+class Wiring(Protocol):
+    """Builds (and closes) the engine for a fleet: sources and sinks depend on its config."""
+
+    async def engine_for(self, fleet: Fleet) -> Runner: ...
+
+    async def aclose(self) -> None: ...
+
+
+type SourceFactory = Callable[[Fleet, Mapping[str, str]], Mapping[str, resolve.Source]]
+type ReadReport = Callable[[str, errors.ResolveError | None], None]
+
+
+class CountingSource:
+    """A source wrapper that reports each read's outcome (metrics, readiness)."""
+
+    kind: ClassVar[str] = "counted"
+
+    def __init__(self, inner: resolve.Source, *, name: str, report: ReadReport) -> None:
+        self.inner = inner
+        self.name = name
+        self._report = report
+
+    async def fetch(self, location: Location) -> resolve.Fetched:
+        try:
+            fetched = await self.inner.fetch(location)
+        except errors.ResolveError as exc:
+            self._report(self.name, exc)
+            raise
+        self._report(self.name, None)
+        return fetched
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class EngineWiring:
+    """The real engine: sources from the fleet's config, Git and/or Kubernetes sinks. Rebuilt
+    only when the fleet's source or output settings change (a Vault token survives reloads)."""
+
+    def __init__(
+        self, *, settings: DaemonSettings, make_sources: SourceFactory, report: ReadReport
+    ) -> None:
+        self._settings = settings
+        self._make_sources = make_sources
+        self._report = report
+        self._key: tuple[Any, ...] | None = None
+        self._engine: Engine | None = None
+        self._closers: list[Callable[[], None]] = []
+
+    async def engine_for(self, fleet: Fleet) -> Engine:
+        key = (fleet.root, fleet.output_dir, fleet.vault, fleet.sops)
+        if self._engine is not None and key == self._key:
+            return self._engine
+        await self.aclose()
+        s = self._settings
+        sources = {
+            name: CountingSource(src, name=name, report=self._report)
+            for name, src in self._make_sources(fleet, s.env).items()
+        }
+        sinks: list[Any] = []
+        if s.git:
+            sinks.append(GitSink(out_dir=fleet.root / fleet.output_dir))
+        if s.kube:
+            # the kubernetes client is heavy: imported only when the Kubernetes sink is on
+            from secretsync import clusters  # noqa: PLC0415
+            from secretsync.sinks.kube import KubeSink  # noqa: PLC0415
+
+            home = clusters.client_from_file(Path(s.home_kubeconfig)) if s.home_kubeconfig else None
+            kube = KubeSink(
+                clients=clusters.ClientFactory(root=fleet.root, home=home), hmac_key=s.hmac_key
+            )
+            sinks.append(kube)
+            self._closers.append(kube.close)
+        self._engine = Engine(
+            sources=sources,
+            sinks=sinks,
+            hmac_key=s.hmac_key,
+            clock=lambda: datetime.now(UTC),
+            cluster_timeout_s=s.cluster_timeout_s,
+        )
+        self._key = key
+        return self._engine
+
+    async def aclose(self) -> None:
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            for source in engine.sources.values():
+                await source.aclose()
+        for close in self._closers:
+            close()
+        self._closers.clear()
+
+
+class Daemon:
+    """State of one `serve` process; the web layer's `Backend`."""
+
+    def __init__(
+        self,
+        *,
+        settings: DaemonSettings,
+        wiring: Wiring | None = None,
+        make_sources: SourceFactory | None = None,
+        loader: Callable[[Path], Fleet] = load.load_fleet,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.board = StatusBoard()
+        self.metrics = Metrics()
+        self.verifier = webhook.Verifier(key=settings.webhook_key) if settings.webhook_key else None
+        self.fleet: Fleet | None = None
+        self.source_errors: dict[str, str | None] = {}
+        if wiring is None:
+            if make_sources is None:
+                raise ValueError("give wiring or make_sources")
+            wiring = EngineWiring(settings=settings, make_sources=make_sources, report=self._read)
+        self._wiring = wiring
+        self._loader = loader
+        self._clock = clock
+        self._rng = rng or random.Random()  # noqa: S311 - schedule jitter, not security
+        self._paths_in_use: frozenset[str] = frozenset()
+        self._pending: set[str] = set()
+        self._wake = asyncio.Event()
+        self._stopping = False
+
+    # --- Backend (web) ---------------------------------------------------------------------------
+
+    def readiness(self) -> web.Readiness:
+        checks: dict[str, str] = {}
+        ready = True
+        if self.fleet is None:
+            ready = False
+            checks["fleet"] = "not loaded" + (
+                f": {self.board.fleet_error}" if self.board.fleet_error else ""
+            )
+        else:
+            checks["fleet"] = "loaded" + (
+                " (the newest commit was refused)" if self.board.fleet_error else ""
+            )
+        for name, error in sorted(self.source_errors.items()):
+            if error is None:
+                checks[f"source:{name}"] = "reachable"
+            else:
+                ready = False
+                checks[f"source:{name}"] = f"unreachable: {error}"
+        return web.Readiness(ready=ready, checks=checks)
+
+    def submit(self, paths: tuple[str, ...]) -> tuple[int, int]:
+        used = [p for p in paths if p in self._paths_in_use]
+        if used:
+            self._pending.update(used)
+            self._wake.set()
+        return len(used), len(paths) - len(used)
+
+    def _read(self, source: str, error: errors.ResolveError | None) -> None:
+        self.metrics.source_read(source, ok=error is None)
+        if error is None or not isinstance(error, errors.SourceUnavailable):
+            self.source_errors[source] = None
+        else:
+            self.source_errors[source] = str(error)
+
+    # --- the loop --------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    def _next_interval(self) -> float:
+        interval = self.settings.interval_s
+        if self.fleet is None:
+            interval = min(interval, MIN_RETRY_S)
+        return interval * (1 + self._rng.uniform(-self.settings.jitter, self.settings.jitter))
+
+    async def run_loop(self) -> None:
+        """Cycles until `stop()`: full ones at start and on schedule, narrowed ones on webhooks."""
+        loop = asyncio.get_running_loop()
+        next_full = loop.time()
+        trigger = "start"
+        while not self._stopping:
+            if not self._pending:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.0, next_full - loop.time())):
+                        await self._wake.wait()
+            self._wake.clear()
+            if self._stopping:
+                break
+            if loop.time() >= next_full:
+                self._pending.clear()  # a full cycle re-reads everything
+                await self.cycle(trigger=trigger)
+                trigger = "interval"
+                next_full = loop.time() + self._next_interval()
+                runtime.release_memory()
+            elif self._pending:
+                paths = frozenset(self._pending)
+                self._pending.clear()
+                await self.cycle(trigger="webhook", only_paths=paths)
+
+    async def cycle(self, *, trigger: str, only_paths: Collection[str] | None = None) -> None:
+        """One cycle; never raises (except cancellation)."""
+        started = self._clock()
+        t0 = time.monotonic()
+        try:
+            fleet = await self._reload()
+            if fleet is None:
+                raise errors.ConfigError("no fleet repo has loaded yet")
+            engine = await self._wiring.engine_for(fleet)
+            report = await engine.run_cycle(fleet, only_paths=only_paths)
+        except Exception as exc:  # one failed cycle must not stop the daemon
+            message = _reason(exc)
+            seconds = time.monotonic() - t0
+            log.error("cycle (%s) failed: %s", trigger, message)
+            self.board.cycle_error(message, started=started, duration_s=seconds, trigger=trigger)
+            self.metrics.cycle(None, outcome="error", trigger=trigger, seconds=seconds)
+            return
+        seconds = time.monotonic() - t0
+        summary = self.board.record(report, started=started, duration_s=seconds, trigger=trigger)
+        self.metrics.cycle(report, outcome=summary.outcome, trigger=trigger, seconds=seconds)
+        self.metrics.set_objects(self.board.counts())
+        changed = {k: v for k, v in summary.counts.items() if v}
+        log.info(
+            "cycle (%s) %s in %.2f s: %s",
+            trigger,
+            summary.outcome,
+            seconds,
+            ", ".join(f"{n} {k}" for k, n in changed.items()) or "nothing to do",
+        )
+        for item in report.failures:
+            log.warning(
+                "failed: %s %s/%s: %s",
+                item.cluster,
+                item.namespace,
+                item.name,
+                item.reason,
+                extra={"cluster": item.cluster, "fleet_secret": item.fleet_secret},
+            )
+        for name, reason in report.failed_clusters.items():
+            log.warning("failed: cluster %s: %s", name, reason, extra={"cluster": name})
+
+    async def _reload(self) -> Fleet | None:
+        """Load and plan the fleet repo; a refused one leaves the last good fleet in place."""
+        path = self.settings.fleet_path
+        now = self._clock()
+        try:
+            fleet, desired = await asyncio.to_thread(_load_and_plan, self._loader, path)
+        except errors.ConfigError as exc:
+            message = exc.render()
+            if message != self.board.fleet_error:
+                log.error("fleet repo %s refused, the last good one stays: %s", path, message)
+            self.metrics.fleet_load_errors.inc()
+            self.board.fleet_failed(message, at=now)
+            return self.fleet
+        self.fleet = fleet
+        self._paths_in_use = frozenset(
+            n for d in desired for r in d.refs() for n in path_names(r.location)
+        )
+        self.board.fleet_loaded(fleet, desired, at=now)
+        return fleet
+
+    # --- the process -----------------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        """Web server and cycle loop until SIGTERM / SIGINT (or `stop()`)."""
+        s = self.settings
+        runner = aioweb.AppRunner(web.make_app(self, max_body=s.max_body), access_log=None)
+        await runner.setup()
+        loop = asyncio.get_running_loop()
+        cycles = asyncio.create_task(self.run_loop(), name="secretsync-cycles")
+
+        def on_signal() -> None:
+            log.info("stopping: the cycle in flight may finish within %.0f s", s.grace_s)
+            self.stop()
+            loop.call_later(s.grace_s, cycles.cancel)
+
+        try:
+            site = aioweb.TCPSite(runner, s.host, s.port)
+            await site.start()
+            for address in runner.addresses:
+                host, port = address[0], address[1]
+                log.info("listening on http://%s:%d", f"[{host}]" if ":" in host else host, port)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, on_signal)
+            with contextlib.suppress(asyncio.CancelledError):
+                await cycles
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            if not cycles.done():
+                cycles.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await cycles
+            await runner.cleanup()
+            await self._wiring.aclose()
+            log.info("stopped")
+
+
+def _load_and_plan(loader: Callable[[Path], Fleet], path: Path) -> tuple[Fleet, list[Any]]:
+    fleet = loader(path)
+    return fleet, plan.plan(fleet)
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, errors.ConfigError):
+        return exc.render()
+    if isinstance(exc, errors.SecretSyncError):
+        return str(exc)
+    return f"internal error ({type(exc).__name__})"
+
+
+def run(settings: DaemonSettings, *, make_sources: SourceFactory) -> int:
+    """Run the daemon until it is told to stop; the exit code."""
+    log.info(
+        "serving fleet %s: interval %.0f s, sinks %s, webhook %s, body cap %d bytes",
+        settings.fleet_path,
+        settings.interval_s,
+        "+".join(n for n, on in (("git", settings.git), ("kube", settings.kube)) if on),
+        "configured" if settings.webhook_key else "off (no SECRETSYNC_WEBHOOK_SECRET)",
+        settings.max_body,
+    )
+    daemon = Daemon(settings=settings, make_sources=make_sources)
+    asyncio.run(daemon.serve())
+    return 0

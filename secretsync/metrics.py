@@ -1,0 +1,99 @@
+"""The daemon's Prometheus metrics, on a registry of its own (never the process-global one).
+
+Labels are cluster names, sources, outcomes and states: never a value, never a path.
+
+| metric | type | labels |
+|---|---|---|
+| `secretsync_cycles_total` | counter | `outcome` (ok, failed, error), `trigger` |
+| `secretsync_cycle_duration_seconds` | histogram | — |
+| `secretsync_objects` | gauge | `cluster`, `state` |
+| `secretsync_source_reads_total` | counter | `source`, `outcome` (ok, error) |
+| `secretsync_failures_total` | counter | `cluster` |
+| `secretsync_writes_total` | counter | — |
+| `secretsync_webhooks_total` | counter | `outcome` |
+| `secretsync_fleet_load_errors_total` | counter | — |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from secretsync.engine import CycleReport
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.cycles = Counter(
+            "secretsync_cycles", "Reconcile cycles run.", ["outcome", "trigger"], registry=r
+        )
+        self.cycle_duration = Histogram(
+            "secretsync_cycle_duration_seconds",
+            "Duration of reconcile cycles.",
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.objects = Gauge(
+            "secretsync_objects", "Objects by cluster and state.", ["cluster", "state"], registry=r
+        )
+        self.source_reads = Counter(
+            "secretsync_source_reads",
+            "Reads of source locations.",
+            ["source", "outcome"],
+            registry=r,
+        )
+        self.failures = Counter(
+            "secretsync_failures",
+            "Objects (or whole clusters) that failed.",
+            ["cluster"],
+            registry=r,
+        )
+        self.writes = Counter(
+            "secretsync_writes", "Objects created, updated or deleted in sinks.", registry=r
+        )
+        self.webhooks = Counter(
+            "secretsync_webhooks", "Rotation webhook requests.", ["outcome"], registry=r
+        )
+        self.fleet_load_errors = Counter(
+            "secretsync_fleet_load_errors", "Fleet repo loads refused.", registry=r
+        )
+
+    def cycle(
+        self, report: CycleReport | None, *, outcome: str, trigger: str, seconds: float
+    ) -> None:
+        self.cycles.labels(outcome=outcome, trigger=trigger).inc()
+        self.cycle_duration.observe(seconds)
+        if report is None:
+            return
+        per_cluster: dict[str, int] = {}
+        for item in report.failures:
+            per_cluster[item.cluster] = per_cluster.get(item.cluster, 0) + 1
+        for name in report.failed_clusters:
+            per_cluster[name] = per_cluster.get(name, 0) + 1
+        for name, n in per_cluster.items():
+            self.failures.labels(cluster=name).inc(n)
+        if report.writes or report.deletes:
+            self.writes.inc(report.writes + report.deletes)
+
+    def set_objects(self, counts: Mapping[tuple[str, str], int]) -> None:
+        """Replace the gauge's series (clusters that left the fleet disappear)."""
+        self.objects.clear()
+        for (cluster, state), n in counts.items():
+            self.objects.labels(cluster=cluster, state=state).set(n)
+
+    def source_read(self, source: str, *, ok: bool) -> None:
+        self.source_reads.labels(source=source, outcome="ok" if ok else "error").inc()
+
+    def webhook(self, outcome: str) -> None:
+        self.webhooks.labels(outcome=outcome).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

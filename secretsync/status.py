@@ -1,0 +1,264 @@
+"""The daemon's status board: per cluster x FleetSecret, what the last cycles found. In memory.
+
+The board owns the inventory that `/v1/status`, the fleet page and the `secretsync_objects`
+gauge show. It is fed from the fleet (what is planned) and from `CycleReport`s (what happened),
+and holds names, refs, keyed content hashes, reasons and times: never a value.
+
+States:
+
+- `pending`: planned, never delivered yet (a new FleetSecret or cluster before its first cycle);
+- `synced`: the last cycle that looked at it found it delivered as desired (or delivered it);
+- `drifted`: the last cycle found it changed outside secretsync and repaired it;
+- `failed`: the last cycle could not deliver it; the reason says why, and what was delivered
+  before stays in place (its last sync time is kept).
+
+An object delivered by two sinks (Git and the Kubernetes API) shows the worst of the two.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from secretsync.engine import CycleReport, ItemResult
+from secretsync.model import DesiredSecret, Fleet
+
+
+class State(enum.StrEnum):
+    SYNCED = "synced"
+    DRIFTED = "drifted"
+    FAILED = "failed"
+    PENDING = "pending"
+
+
+_SEVERITY = {State.SYNCED: 0, State.PENDING: 1, State.DRIFTED: 2, State.FAILED: 3}
+DRIFT_REASON = "repaired: changed outside secretsync"
+
+
+@dataclass(slots=True, kw_only=True)
+class Entry:
+    """One FleetSecret on one cluster."""
+
+    cluster: str
+    fleet_secret: str
+    namespace: str
+    name: str
+    delivery: str
+    state: State = State.PENDING
+    reason: str = ""
+    refs: tuple[str, ...] = ()
+    content_hash: str | None = None
+    last_sync: datetime | None = None
+    sinks: tuple[str, ...] = ()
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "cluster": self.cluster,
+            "fleetSecret": self.fleet_secret,
+            "object": f"{self.namespace}/{self.name}",
+            "delivery": self.delivery,
+            "sinks": list(self.sinks),
+            "state": self.state.value,
+            "reason": self.reason,
+            "refs": list(self.refs),
+            "contentHash": self.content_hash,
+            "lastSync": _iso(self.last_sync),
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CycleSummary:
+    started: datetime
+    duration_s: float
+    trigger: str  # start | interval | webhook
+    outcome: str  # ok | failed | error
+    counts: Mapping[str, int]
+    failed_clusters: Mapping[str, str] = field(default_factory=dict)
+    error: str = ""
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "started": _iso(self.started),
+            "durationSeconds": round(self.duration_s, 3),
+            "trigger": self.trigger,
+            "outcome": self.outcome,
+            "counts": dict(self.counts),
+            "failedClusters": dict(self.failed_clusters),
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterInfo:
+    name: str
+    delivery: str
+    labels: Mapping[str, str]
+
+
+class StatusBoard:
+    """The inventory, updated by the daemon's single cycle loop and read by the web handlers
+    (all on one event loop, so no locks)."""
+
+    def __init__(self) -> None:
+        self.entries: dict[tuple[str, str], Entry] = {}
+        self.clusters: dict[str, ClusterInfo] = {}
+        self.fleet_name: str | None = None
+        self.fleet_loaded_at: datetime | None = None
+        self.fleet_error: str | None = None
+        self.fleet_error_at: datetime | None = None
+        self.last_cycle: CycleSummary | None = None
+        self.cycles = 0
+
+    # --- feeding -------------------------------------------------------------------------------
+
+    def fleet_loaded(self, fleet: Fleet, desired: Iterable[DesiredSecret], *, at: datetime) -> None:
+        """A good fleet: planned objects not seen before become pending; objects no longer
+        planned leave the board. The previous load error, if any, is cleared."""
+        self.fleet_name = fleet.name
+        self.fleet_loaded_at = at
+        self.fleet_error = self.fleet_error_at = None
+        self.clusters = {
+            name: ClusterInfo(name=name, delivery=c.delivery.value, labels=dict(c.labels))
+            for name, c in sorted(fleet.clusters.items())
+        }
+        planned: dict[tuple[str, str], Entry] = {}
+        for d in desired:
+            key = (d.cluster.name, d.fleet_secret)
+            entry = self.entries.get(key)
+            if entry is None:
+                entry = Entry(
+                    cluster=d.cluster.name,
+                    fleet_secret=d.fleet_secret,
+                    namespace=d.target.namespace,
+                    name=d.target.name,
+                    delivery=d.delivery.value,
+                )
+            entry.namespace, entry.name = d.target.namespace, d.target.name
+            entry.delivery = d.delivery.value
+            entry.refs = tuple(sorted({str(r) for r in d.refs()}))
+            planned[key] = entry
+        self.entries = planned
+
+    def fleet_failed(self, message: str, *, at: datetime) -> None:
+        """A fleet repo that does not load: the last good one keeps running."""
+        self.fleet_error = message
+        self.fleet_error_at = at
+
+    def record(
+        self,
+        report: CycleReport,
+        *,
+        started: datetime,
+        duration_s: float,
+        trigger: str,
+    ) -> CycleSummary:
+        """Apply one cycle's outcome. Only objects the report names change (a narrowed cycle
+        leaves the others as they were); a cluster that failed as a whole fails its objects."""
+        by_entry: dict[tuple[str, str], list[ItemResult]] = {}
+        counts = {"create": 0, "update": 0, "delete": 0, "unchanged": 0, "failed": 0}
+        for item in report.items:
+            counts[item.action] = counts.get(item.action, 0) + 1
+            if item.fleet_secret is None or item.action == "delete":
+                continue
+            by_entry.setdefault((item.cluster, item.fleet_secret), []).append(item)
+        for key, items in by_entry.items():
+            entry = self.entries.get(key)
+            if entry is not None:
+                _apply(entry, items, at=started)
+        for name, reason in report.failed_clusters.items():
+            for entry in self.entries.values():
+                if entry.cluster == name:
+                    entry.state, entry.reason = State.FAILED, f"cluster failed: {reason}"
+        outcome = "ok" if report.ok else "failed"
+        summary = CycleSummary(
+            started=started,
+            duration_s=duration_s,
+            trigger=trigger,
+            outcome=outcome,
+            counts=counts,
+            failed_clusters=dict(report.failed_clusters),
+        )
+        self.last_cycle = summary
+        self.cycles += 1
+        return summary
+
+    def cycle_error(
+        self, message: str, *, started: datetime, duration_s: float, trigger: str
+    ) -> None:
+        """A cycle that stopped with an error before it had a report."""
+        self.last_cycle = CycleSummary(
+            started=started,
+            duration_s=duration_s,
+            trigger=trigger,
+            outcome="error",
+            counts={},
+            error=message,
+        )
+        self.cycles += 1
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """Objects per (cluster, state), every state present for every cluster."""
+        out = {(c, s.value): 0 for c in self.clusters for s in State}
+        for entry in self.entries.values():
+            key = (entry.cluster, entry.state.value)
+            out[key] = out.get(key, 0) + 1
+        return out
+
+    def totals(self) -> dict[str, int]:
+        out = {s.value: 0 for s in State}
+        for entry in self.entries.values():
+            out[entry.state.value] += 1
+        return out
+
+    def sorted_entries(self) -> list[Entry]:
+        return [self.entries[k] for k in sorted(self.entries)]
+
+    def document(self) -> dict[str, Any]:
+        """The JSON inventory of `/v1/status`."""
+        return {
+            "fleet": {
+                "name": self.fleet_name,
+                "loadedAt": _iso(self.fleet_loaded_at),
+                "error": self.fleet_error,
+                "errorAt": _iso(self.fleet_error_at),
+            },
+            "clusters": [
+                {"name": c.name, "delivery": c.delivery, "labels": dict(c.labels)}
+                for c in self.clusters.values()
+            ],
+            "totals": self.totals(),
+            "cycles": self.cycles,
+            "lastCycle": self.last_cycle.document() if self.last_cycle else None,
+            "objects": [e.document() for e in self.sorted_entries()],
+        }
+
+
+def _apply(entry: Entry, items: list[ItemResult], *, at: datetime) -> None:
+    worst = State.SYNCED
+    reasons: list[str] = []
+    content_hash = entry.content_hash
+    for item in items:
+        if item.action == "failed":
+            state = State.FAILED
+        else:
+            state = State.DRIFTED if item.reason == DRIFT_REASON else State.SYNCED
+            content_hash = item.content_hash or content_hash
+        if item.reason:
+            reasons.append(f"{item.sink}: {item.reason}" if len(items) > 1 else item.reason)
+        if _SEVERITY[state] > _SEVERITY[worst]:
+            worst = state
+    entry.state = worst
+    entry.reason = "; ".join(reasons)
+    entry.sinks = tuple(sorted({i.sink for i in items}))
+    entry.content_hash = content_hash
+    if worst is not State.FAILED:
+        entry.last_sync = at
+
+
+def _iso(at: datetime | None) -> str | None:
+    return at.isoformat(timespec="seconds") if at else None

@@ -1,0 +1,211 @@
+"""`secretsync serve` as a real process on 127.0.0.1: a small fleet of external and sealed
+clusters rendered into Git (no Vault or Kubernetes needed), the HTTP surface, signed and
+refused webhooks, SIGTERM, and a canary scan of everything it served and logged."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from secretsync import webhook
+from tests import canary, keys
+
+MakeRepo = Callable[[dict[str, str | bytes]], Path]
+
+FLEET = """\
+apiVersion: secretsync.dev/v1alpha1
+kind: Fleet
+metadata: {name: e2e}
+spec:
+  defaults: {delivery: external}
+  output: {dir: rendered}
+"""
+
+CLUSTERS = """\
+apiVersion: secretsync.dev/v1alpha1
+kind: Cluster
+metadata: {name: ext-prod, labels: {env: prod, kind: ext}}
+spec: {delivery: external}
+---
+apiVersion: secretsync.dev/v1alpha1
+kind: Cluster
+metadata: {name: ext-staging, labels: {env: staging, kind: ext}}
+spec: {delivery: external}
+---
+apiVersion: secretsync.dev/v1alpha1
+kind: Cluster
+metadata: {name: sealed-prod, labels: {env: prod, kind: sealed}}
+spec: {delivery: sealed, sealedSecrets: {certFile: certs/sealed-prod.pem}}
+"""
+
+SECRETS = """\
+apiVersion: secretsync.dev/v1alpha1
+kind: FleetSecret
+metadata: {name: app-config}
+spec:
+  clusterSelector: {matchLabels: {kind: sealed}}
+  target: {name: app-config, namespace: apps}
+  data:
+    mode: {value: "blue-{{ cluster.labels.env }}"}
+---
+apiVersion: secretsync.dev/v1alpha1
+kind: FleetSecret
+metadata: {name: api-token}
+spec:
+  clusterSelector: {matchLabels: {kind: ext}}
+  target: {name: api-token, namespace: apps}
+  data:
+    token: {vault: {path: "web/{{ cluster.labels.env }}", key: token}}
+"""
+
+
+class Served:
+    def __init__(self, proc: subprocess.Popen[bytes], base: str, log: Path, key: bytes) -> None:
+        self.proc, self.base, self.log, self.key = proc, base, log, key
+        self.seen: list[str] = []
+
+    def request(
+        self, path: str, *, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, str]:
+        # the base is always http://127.0.0.1:<port> of the process this test started
+        req = urllib.request.Request(self.base + path, data=body, headers=headers or {})  # noqa: S310
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
+                status, text = resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            status, text = exc.code, exc.read().decode()
+        self.seen.append(text)
+        return status, text
+
+    def cycles(self) -> int:
+        status, text = self.request("/v1/status")
+        assert status == 200
+        return int(json.loads(text)["cycles"])
+
+    def wait_for(self, predicate: Callable[[], bool], *, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}; log:\n{self.log.read_text()}")
+            assert self.proc.poll() is None, self.log.read_text()
+            time.sleep(0.05)  # poll interval under the deadline above
+
+
+def _post(served: Served, body: bytes, *, key: bytes | None = None, ts: int | None = None) -> int:
+    msg_id = f"msg_{uuid.uuid4().hex}"
+    stamp = int(time.time()) if ts is None else ts
+    headers = {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(stamp),
+        "webhook-signature": webhook.sign(key or served.key, msg_id, stamp, body),
+        "Content-Type": "application/json",
+    }
+    return served.request("/v1/webhooks/vault", body=body, headers=headers)[0]
+
+
+@pytest.fixture
+def served(fleet_repo: MakeRepo, tmp_path: Path) -> Iterator[Served]:
+    root = fleet_repo(
+        {
+            "secretsync.yaml": FLEET,
+            "clusters/all.yaml": CLUSTERS,
+            "secrets/all.yaml": SECRETS,
+            "certs/sealed-prod.pem": keys.cert_pem(keys.rsa_key(0)),
+        }
+    )
+    webhook_secret = canary.new("whsec")
+    log = tmp_path / "serve.log"
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "SECRETSYNC_HMAC_KEY": canary.new("hmac"),
+        "SECRETSYNC_WEBHOOK_SECRET": webhook_secret,
+        "SECRETSYNC_LOG_LEVEL": "debug",
+    }
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "secretsync", "serve", str(root),
+                "--listen", "127.0.0.1:0", "--interval", "600", "--no-kube",
+            ],
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        port = None
+        while port is None:
+            found = re.search(r"listening on http://127\.0\.0\.1:(\d+)", log.read_text())
+            if found:
+                port = int(found.group(1))
+            elif time.monotonic() > deadline or proc.poll() is not None:
+                raise AssertionError(f"serve did not start:\n{log.read_text()}")
+            else:
+                time.sleep(0.05)  # poll interval under the deadline above
+        yield Served(proc, f"http://127.0.0.1:{port}", log, webhook_secret.encode())
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+def test_serve_end_to_end(served: Served) -> None:
+    served.wait_for(lambda: served.cycles() >= 1, timeout=30, what="the start cycle")
+    assert served.request("/healthz")[0] == 200
+    status, ready = served.request("/readyz")
+    assert status == 200, ready
+    status, text = served.request("/v1/status")
+    doc = json.loads(text)
+    assert {(o["cluster"], o["fleetSecret"], o["state"]) for o in doc["objects"]} == {
+        ("ext-prod", "api-token", "synced"),
+        ("ext-staging", "api-token", "synced"),
+        ("sealed-prod", "app-config", "synced"),
+    }
+    status, page = served.request("/")
+    assert status == 200 and 'data-state="synced"' in page
+    status, metrics = served.request("/metrics")
+    assert 'secretsync_cycles_total{outcome="ok",trigger="start"} 1.0' in metrics
+
+    before = served.cycles()
+    leak = canary.new("in-body")
+    assert (
+        _post(served, json.dumps({"paths": ["secret/data/web/prod", f"x/{leak}"]}).encode()) == 202
+    )
+    served.wait_for(lambda: served.cycles() > before, timeout=10, what="the webhook cycle")
+    doc = json.loads(served.request("/v1/status")[1])
+    assert doc["lastCycle"]["trigger"] == "webhook"
+    assert doc["lastCycle"]["counts"]["unchanged"] == 1  # only ext-prod's api-token
+
+    after = served.cycles()
+    body = json.dumps({"paths": ["secret/web/staging", canary.new("bad-sig")]}).encode()
+    assert _post(served, body, key=b"not the key") == 401
+    assert _post(served, body, ts=int(time.time()) - 600) == 401
+    huge = json.dumps({"paths": [canary.new("huge") * 3000]}).encode()
+    assert len(huge) > 64 * 1024
+    assert _post(served, huge) == 413
+    assert served.cycles() == after  # refused requests did no work
+    metrics = served.request("/metrics")[1]
+    assert 'secretsync_webhooks_total{outcome="unauthorized"} 2.0' in metrics
+    assert 'secretsync_webhooks_total{outcome="too_large"} 1.0' in metrics
+
+    started = time.monotonic()
+    os.kill(served.proc.pid, signal.SIGTERM)
+    assert served.proc.wait(timeout=20) == 0
+    assert time.monotonic() - started < 20
+    logged = served.log.read_text()
+    assert "stopped" in logged
+    for text in [*served.seen, logged]:
+        assert not canary.find_in_text(text), canary.find_in_text(text)

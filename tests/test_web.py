@@ -1,0 +1,360 @@
+"""The daemon's HTTP surface through aiohttp's test client, against the real Daemon with an
+engine of our own (FakeEngine) or the real engine with a fake source and the Git sink."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Callable, Collection
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from secretsync import errors, plan, webhook
+from secretsync.daemon import CountingSource, Daemon, DaemonSettings
+from secretsync.engine import CycleReport, Engine, ItemResult
+from secretsync.model import Fleet
+from secretsync.sinks.git import GitSink
+from secretsync.web import make_app
+from tests import canary, fleets
+from tests.fakes import FakeSource
+
+MakeRepo = Callable[[dict[str, str | bytes]], Path]
+AiohttpClient = Callable[..., Any]
+KEY = b"web-test-webhook-key"
+HMAC = b"web-test-hmac-key-0123456789abcd"
+
+
+class FakeEngine:
+    """Answers every planned object with `action` (or raises), and records each call."""
+
+    def __init__(self) -> None:
+        self.calls: list[Collection[str] | None] = []
+        self.called = asyncio.Event()
+        self.action = "create"
+        self.explode = False
+
+    async def run_cycle(
+        self, fleet: Fleet, *, only_paths: Collection[str] | None = None
+    ) -> CycleReport:
+        self.calls.append(only_paths)
+        self.called.set()
+        if self.explode:
+            raise RuntimeError("boom")
+        report = CycleReport()
+        for d in plan.plan(fleet):
+            report.items.append(
+                ItemResult(
+                    cluster=d.cluster.name,
+                    namespace=d.target.namespace,
+                    name=d.target.name,
+                    fleet_secret=d.fleet_secret,
+                    sink="git",
+                    action=self.action,
+                    reason="source down" if self.action == "failed" else "",
+                    content_hash=None if self.action == "failed" else "hash-1",
+                    desired=d,
+                )
+            )
+        return report
+
+    async def wait_calls(self, n: int, *, timeout: float = 5.0) -> None:
+        async with asyncio.timeout(timeout):
+            while len(self.calls) < n:
+                self.called.clear()
+                await self.called.wait()
+
+
+class FakeWiring:
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.closed = False
+
+    async def engine_for(self, fleet: Fleet) -> Any:
+        return self.engine
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def make_daemon(root: Path, engine: Any, *, key: bytes | None = KEY, **kw: Any) -> Daemon:
+    settings = DaemonSettings(
+        fleet_path=root, hmac_key=HMAC, interval_s=3600, webhook_key=key, **kw
+    )
+    return Daemon(settings=settings, wiring=FakeWiring(engine))
+
+
+def signed(
+    body: bytes, *, msg_id: str = "", ts: int | None = None, key: bytes = KEY
+) -> dict[str, str]:
+    msg_id = msg_id or f"msg_{uuid.uuid4().hex}"
+    stamp = int(time.time()) if ts is None else ts
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(stamp),
+        "webhook-signature": webhook.sign(key, msg_id, stamp, body),
+        "Content-Type": "application/json",
+    }
+
+
+@pytest.fixture
+def repo(fleet_repo: MakeRepo) -> Path:
+    return fleets.write_fleet(fleet_repo)
+
+
+async def test_health_and_readiness_follow_the_fleet(
+    repo: Path, aiohttp_client: AiohttpClient
+) -> None:
+    daemon = make_daemon(repo, FakeEngine())
+    client: TestClient[Any, Any] = await aiohttp_client(make_app(daemon))
+    assert (await client.get("/healthz")).status == 200
+    resp = await client.get("/readyz")
+    assert resp.status == 503
+    assert (await resp.json())["checks"]["fleet"] == "not loaded"
+    await daemon.cycle(trigger="start")
+    resp = await client.get("/readyz")
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["checks"] == {"fleet": "loaded"}
+
+
+async def test_unreachable_source_makes_readiness_say_which(
+    repo: Path, aiohttp_client: AiohttpClient
+) -> None:
+    daemon = make_daemon(repo, FakeEngine())
+    client: TestClient[Any, Any] = await aiohttp_client(make_app(daemon))
+    await daemon.cycle(trigger="start")
+    inner = FakeSource({"ok/path": {"k": "v"}})
+    inner.failing["down/path"] = errors.SourceUnavailable("vault:secret/down/path: unavailable")
+    wrapped = CountingSource(inner, name="vault", report=daemon._read)
+    with pytest.raises(errors.SourceUnavailable):
+        await wrapped.fetch(_loc("down/path"))
+    resp = await client.get("/readyz")
+    assert resp.status == 503
+    assert (await resp.json())["checks"]["source:vault"].startswith("unreachable: vault:secret")
+    await wrapped.fetch(_loc("ok/path"))
+    assert (await client.get("/readyz")).status == 200
+    metrics = await (await client.get("/metrics")).text()
+    assert 'secretsync_source_reads_total{outcome="error",source="vault"} 1.0' in metrics
+    assert 'secretsync_source_reads_total{outcome="ok",source="vault"} 1.0' in metrics
+
+
+def _loc(path: str) -> Any:
+    from secretsync.model import Location
+
+    return Location("vault", path, mount="secret")
+
+
+async def test_status_page_and_metrics_after_a_cycle(
+    repo: Path, aiohttp_client: AiohttpClient
+) -> None:
+    daemon = make_daemon(repo, FakeEngine())
+    client: TestClient[Any, Any] = await aiohttp_client(make_app(daemon))
+    await daemon.cycle(trigger="start")
+    doc = await (await client.get("/v1/status")).json()
+    assert doc["fleet"]["name"] == "acme"
+    assert doc["cycles"] == 1 and doc["lastCycle"]["outcome"] == "ok"
+    assert {o["state"] for o in doc["objects"]} == {"synced"}
+    assert len(doc["objects"]) == 8
+    resp = await client.get("/")
+    assert resp.status == 200 and resp.content_type == "text/html"
+    assert "default-src 'none'" in resp.headers["Content-Security-Policy"]
+    page = await resp.text()
+    assert page.count('data-state="synced"') == 8
+    assert 'data-labels="env=prod region=us-east-1 tier=restricted"' in page
+    assert '<option value="env=prod">' in page
+    text = await (await client.get("/metrics")).text()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert {
+        "secretsync_cycles",
+        "secretsync_cycle_duration_seconds",
+        "secretsync_objects",
+        "secretsync_webhooks",
+    } <= set(families)
+    synced = {
+        s.labels["cluster"]: s.value
+        for s in families["secretsync_objects"].samples
+        if s.labels["state"] == "synced"
+    }
+    assert synced["prod-use1"] == 2 and synced["dev-use1"] == 1
+
+
+async def test_page_escapes_everything(repo: Path, aiohttp_client: AiohttpClient) -> None:
+    engine = FakeEngine()
+    daemon = make_daemon(repo, engine)
+    client: TestClient[Any, Any] = await aiohttp_client(make_app(daemon))
+    await daemon.cycle(trigger="start")
+    hostile = '<script>alert("x")</script>&"'
+    daemon.board.fleet_failed(hostile, at=datetime.now(UTC))
+    daemon.board.entries[("prod-use1", "web-api")].reason = hostile
+    page = await (await client.get("/")).text()
+    assert "<script>alert" not in page
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&amp;&quot;" in page
+    assert page.count("<script") == 1  # only the page's own, nonce-bearing script
+
+
+async def test_failed_objects_are_listed_with_reasons(
+    repo: Path, aiohttp_client: AiohttpClient
+) -> None:
+    engine = FakeEngine()
+    daemon = make_daemon(repo, engine)
+    client: TestClient[Any, Any] = await aiohttp_client(make_app(daemon))
+    engine.action = "failed"
+    await daemon.cycle(trigger="start")
+    page = await (await client.get("/")).text()
+    assert page.count('data-state="failed"') == 8
+    assert "<ul id=problems>" in page and "source down" in page
+    text = await (await client.get("/metrics")).text()
+    assert 'secretsync_failures_total{cluster="prod-use1"} 2.0' in text
+    assert 'secretsync_cycles_total{outcome="failed",trigger="start"} 1.0' in text
+
+
+async def test_webhook_without_secret_is_503(repo: Path, aiohttp_client: AiohttpClient) -> None:
+    daemon = make_daemon(repo, FakeEngine(), key=None)
+    client: TestClient[Any, Any] = await aiohttp_client(make_app(daemon))
+    body = b'{"paths": ["secret/web/prod"]}'
+    resp = await client.post("/v1/webhooks/vault", data=body, headers=signed(body))
+    assert resp.status == 503
+
+
+async def test_webhook_refusals_do_no_work(repo: Path, aiohttp_client: AiohttpClient) -> None:
+    engine = FakeEngine()
+    daemon = make_daemon(repo, engine, max_body=1024)
+    client: TestClient[Any, Any] = await aiohttp_client(make_app(daemon, max_body=1024))
+    await daemon.cycle(trigger="start")
+    body = b'{"paths": ["secret/web/prod"]}'
+    post = client.post
+    url = "/v1/webhooks/vault"
+    assert (await post(url, data=body)).status == 401  # unsigned
+    assert (await post(url, data=body, headers=signed(body, key=b"wrong"))).status == 401
+    stale = signed(body, ts=int(time.time()) - 301)
+    assert (await post(url, data=body, headers=stale)).status == 401
+    future = signed(body, ts=int(time.time()) + 301)
+    assert (await post(url, data=body, headers=future)).status == 401
+    tampered = body.replace(b"prod", b"dev!")
+    assert (await post(url, data=tampered, headers=signed(body))).status == 401
+    big = b'{"paths": ["' + b"a" * 2000 + b'"]}'
+    resp = await post(url, data=big, headers=signed(big))
+    assert resp.status == 413
+
+    async def chunks() -> Any:
+        for _ in range(4):
+            yield b"x" * 512
+
+    assert (await post(url, data=chunks(), headers=signed(b"whatever"))).status == 413
+    bad_json = b'{"paths": '
+    assert (await post(url, data=bad_json, headers=signed(bad_json))).status == 400
+    traversal = b'{"paths": ["secret/../etc"]}'
+    assert (await post(url, data=traversal, headers=signed(traversal))).status == 400
+    unknown = b'{"paths": ["secret/not/used"]}'
+    resp = await post(url, data=unknown, headers=signed(unknown, msg_id="m-unknown"))
+    assert resp.status == 202
+    assert await resp.json() == {"status": "queued", "queued": 0, "ignored": 1}
+    assert engine.calls == [None]  # only the start cycle
+    assert not daemon._pending
+    text = await (await client.get("/metrics")).text()
+    assert 'secretsync_webhooks_total{outcome="unauthorized"} 5.0' in text
+    assert 'secretsync_webhooks_total{outcome="too_large"} 2.0' in text
+    assert 'secretsync_webhooks_total{outcome="bad_request"} 2.0' in text
+
+
+async def test_signed_webhook_triggers_a_narrowed_cycle_once(
+    repo: Path, aiohttp_client: AiohttpClient
+) -> None:
+    engine = FakeEngine()
+    daemon = make_daemon(repo, engine)
+    client: TestClient[Any, Any] = await aiohttp_client(make_app(daemon))
+    loop_task = asyncio.create_task(daemon.run_loop())
+    try:
+        await engine.wait_calls(1)
+        body = json.dumps({"paths": ["secret/data/web/prod", "secret/nope"]}).encode()
+        headers = signed(body, msg_id="msg_rotate")
+        resp = await client.post("/v1/webhooks/vault", data=body, headers=headers)
+        assert resp.status == 202
+        assert await resp.json() == {"status": "queued", "queued": 1, "ignored": 1}
+        await engine.wait_calls(2)
+        assert engine.calls[1] == frozenset({"secret/data/web/prod"})
+        again = await client.post("/v1/webhooks/vault", data=body, headers=headers)
+        assert again.status == 200 and (await again.json())["status"] == "duplicate"
+        doc = await (await client.get("/v1/status")).json()
+        assert doc["lastCycle"]["trigger"] == "webhook"
+        # one failing cycle is logged and the loop goes on
+        engine.explode = True
+        body2 = b'{"paths": ["secret/web/staging"]}'
+        resp = await client.post("/v1/webhooks/vault", data=body2, headers=signed(body2))
+        assert resp.status == 202
+        await engine.wait_calls(3)
+        engine.explode = False
+        body3 = b'{"paths": ["secret/web/dev"]}'
+        resp = await client.post("/v1/webhooks/vault", data=body3, headers=signed(body3))
+        await engine.wait_calls(4)
+        assert engine.calls[3] == frozenset({"secret/web/dev"})
+        assert not loop_task.done()
+    finally:
+        daemon.stop()
+        async with asyncio.timeout(5):
+            await loop_task
+    assert len(engine.calls) == 4  # the duplicate did no work
+    doc = daemon.board.document()
+    assert doc["cycles"] == 4
+
+
+async def test_bad_commit_keeps_the_last_good_fleet(
+    repo: Path, aiohttp_client: AiohttpClient
+) -> None:
+    engine = FakeEngine()
+    daemon = make_daemon(repo, engine)
+    client: TestClient[Any, Any] = await aiohttp_client(make_app(daemon))
+    await daemon.cycle(trigger="start")
+    (repo / "secrets" / "broken.yaml").write_text(
+        "apiVersion: secretsync.dev/v1alpha1\nkind: FleetSecret\nmetadata: {name: x}\nspec: {bogus: 1}\n"
+    )
+    await daemon.cycle(trigger="interval")
+    assert len(engine.calls) == 2  # the last good fleet still ran
+    doc = await (await client.get("/v1/status")).json()
+    assert "secrets/broken.yaml" in doc["fleet"]["error"]
+    assert len(doc["objects"]) == 8
+    resp = await client.get("/readyz")
+    assert resp.status == 200
+    assert "refused" in (await resp.json())["checks"]["fleet"]
+    page = await (await client.get("/")).text()
+    assert "id=fleet-error" in page and "secrets/broken.yaml" in page
+    (repo / "secrets" / "broken.yaml").unlink()
+    await daemon.cycle(trigger="interval")
+    assert (await (await client.get("/v1/status")).json())["fleet"]["error"] is None
+
+
+async def test_real_engine_serves_no_values(
+    repo: Path, aiohttp_client: AiohttpClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    values = {
+        "payments/prod/db": {"username": canary.new("wu"), "password": canary.new("wp")},
+        "payments/staging/db": {"username": canary.new("wu2"), "password": canary.new("wp2")},
+        "payments/eu/db": {"password": canary.new("wpe")},
+        "web/prod": {"token": canary.new("wt")},
+        "web/staging": {"token": canary.new("wt2")},
+        "web/dev": {"token": canary.new("wt3")},
+    }
+    source = FakeSource(values)
+    engine = Engine(
+        sources={"vault": source},
+        sinks=[GitSink(out_dir=repo / "rendered")],
+        hmac_key=HMAC,
+        clock=lambda: datetime.now(UTC),
+    )
+    daemon = make_daemon(repo, engine)
+    client: TestClient[Any, Any] = await aiohttp_client(make_app(daemon))
+    await daemon.cycle(trigger="start")
+    source.documents["web/prod"] = {"token": canary.new("wt-rotated")}
+    await daemon.cycle(trigger="webhook", only_paths={"secret/web/prod"})
+    served = "".join(
+        [await (await client.get(p)).text() for p in ("/", "/v1/status", "/metrics", "/readyz")]
+    )
+    assert "synced" in served
+    assert not canary.find_in_text(served)
+    assert not canary.find_in_text(caplog.text)
