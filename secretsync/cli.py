@@ -229,6 +229,8 @@ def _item_doc(item: ItemResult) -> dict[str, Any]:
     }
     if keys:
         doc["keys"] = keys
+    if item.versions:
+        doc["sources"] = list(item.versions)
     if item.reason:
         doc["reason"] = item.reason
     return doc
@@ -283,6 +285,7 @@ def _run(
     kube: bool = False,
     home_kubeconfig: str | None = None,
     cluster_timeout: float = 60.0,
+    check_refs: bool = False,
 ) -> None:
     fleet = _load(fleet_path)
     sel = _selector(selector)
@@ -309,7 +312,9 @@ def _run(
 
     async def go() -> CycleReport:
         try:
-            return await engine.run_cycle(fleet, clusters=cluster, selector=sel, dry_run=dry_run)
+            return await engine.run_cycle(
+                fleet, clusters=cluster, selector=sel, dry_run=dry_run, check_refs=check_refs
+            )
         finally:
             for source in engine.sources.values():
                 await source.aclose()
@@ -338,6 +343,11 @@ def _run(
     sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
 
 
+_check_refs_option = click.option(
+    "--check-refs",
+    is_flag=True,
+    help="Also read the Vault refs of external clusters to confirm each path and key exists.",
+)
 _cluster_option = click.option(
     "--cluster", "cluster", multiple=True, help="Only this cluster (repeatable)."
 )
@@ -349,6 +359,7 @@ _selector_option = click.option("--selector", help="Only clusters matching this 
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder (default: Fleet's).")
 @_cluster_option
 @_selector_option
+@_check_refs_option
 @click.option("-v", "--verbose", is_flag=True, help="List unchanged objects too.")
 @pass_settings
 def render(
@@ -357,6 +368,7 @@ def render(
     out: str | None,
     cluster: tuple[str, ...],
     selector: str | None,
+    check_refs: bool,
     verbose: bool,
 ) -> None:
     """Resolve values and write SealedSecret / ExternalSecret manifests per cluster.
@@ -365,7 +377,14 @@ def render(
     Unchanged values keep their ciphertext; `direct` clusters get nothing in Git.
     """
     _run(
-        settings, fleet, out=out, cluster=cluster, selector=selector, dry_run=False, verbose=verbose
+        settings,
+        fleet,
+        out=out,
+        cluster=cluster,
+        selector=selector,
+        dry_run=False,
+        verbose=verbose,
+        check_refs=check_refs,
     )
 
 
@@ -390,6 +409,7 @@ _home_option = click.option(
 @_cluster_option
 @_selector_option
 @click.option("--live", is_flag=True, help="Also plan against the clusters' APIs (direct, apply).")
+@_check_refs_option
 @_timeout_option
 @_home_option
 @click.option("-v", "--verbose", is_flag=True, help="List unchanged objects too.")
@@ -401,6 +421,7 @@ def plan(
     cluster: tuple[str, ...],
     selector: str | None,
     live: bool,
+    check_refs: bool,
     cluster_timeout: float,
     home_kubeconfig: str | None,
     verbose: bool,
@@ -417,6 +438,7 @@ def plan(
         kube=live,
         home_kubeconfig=home_kubeconfig,
         cluster_timeout=cluster_timeout,
+        check_refs=check_refs,
     )
 
 

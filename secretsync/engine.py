@@ -46,6 +46,7 @@ class ItemResult:
     keys: KeyDiff = field(default_factory=KeyDiff)
     content_hash: str | None = None
     desired: DesiredSecret | None = None
+    versions: tuple[str, ...] = ()  # `<location> (version V)` read for a create or update
 
     @property
     def refs(self) -> tuple[str, ...]:
@@ -98,10 +99,13 @@ class Engine:
         selector: Selector | None = None,
         dry_run: bool = False,
         only_paths: Collection[str] | None = None,
+        check_refs: bool = False,
     ) -> CycleReport:
         """One reconcile. `only_paths` (Vault `<mount>/<path>` names, see `path_names`) narrows
         the cycle to the objects built from one of them, on the clusters that have such an
         object; every other object is left as it is: a narrowed cycle never deletes.
+        `check_refs` also reads the refs of `external` objects (which otherwise need no read),
+        so a missing path or key fails its object; their values are never used.
         """
         desired = plan.plan(fleet, clusters=clusters, selector=selector)
         if only_paths is not None:
@@ -110,7 +114,8 @@ class Engine:
         needs_values = [
             d
             for d in desired
-            if d.delivery is not Delivery.EXTERNAL and any(s.accepts(d.cluster) for s in self.sinks)
+            if (check_refs or d.delivery is not Delivery.EXTERNAL)
+            and any(s.accepts(d.cluster) for s in self.sinks)
         ]
         resolution = await resolve.resolve(
             (ref for d in needs_values for ref in d.refs()),
@@ -308,6 +313,7 @@ class Engine:
                         if seen is not None and seen.drifted
                         else "",
                         keys=key_diff(seen.key_hashes if seen else {}, item.key_hashes),
+                        versions=_versions(d, resolution),
                     )
                 )
                 if not dry_run:
@@ -330,12 +336,22 @@ class Engine:
 
     @staticmethod
     def _unresolved(d: DesiredSecret, resolution: resolve.Resolution) -> str | None:
-        if d.delivery is Delivery.EXTERNAL:
-            return None
         for ref in d.refs():
             if (failure := resolution.failures.get(ref)) is not None:
                 return str(failure)
         return None
+
+
+def _versions(d: DesiredSecret, resolution: resolve.Resolution) -> tuple[str, ...]:
+    """The source versions an object is built from (Vault KV v2 versions; SOPS content ids)."""
+    seen = {r.location for r in d.refs()}
+    return tuple(
+        sorted(
+            f"{loc} (version {resolution.versions[loc]})"
+            for loc in seen
+            if resolution.versions.get(loc)
+        )
+    )
 
 
 def path_names(location: Location) -> tuple[str, ...]:

@@ -160,3 +160,53 @@ async def test_render_from_openbao_reads_once_and_keeps_last_known_good(
     assert done.returncode == 1
     assert snapshot(root) == before
     assert canary.find_in_text(done.stdout.decode() + done.stderr.decode()) == []
+
+
+async def test_check_refs_reads_external_refs_and_plan_names_source_versions(
+    fleet_repo: MakeRepo, openbao: OpenBao, unique: str, tmp_path: Path
+) -> None:
+    role_id, secret_file, values = setup_vault(openbao, unique, tmp_path)
+    async with CountingProxy(openbao.address) as proxy:
+        files = fleet_files(proxy.address, unique, role_id, secret_file)
+        files["clusters/all.yaml"] = str(files["clusters/all.yaml"]) + (
+            "---\napiVersion: secretsync.dev/v1alpha1\nkind: Cluster\n"
+            "metadata: {name: ext, labels: {env: prod}}\nspec: {delivery: external}\n"
+        )
+        files["secrets/db.yaml"] = (
+            str(files["secrets/db.yaml"])
+            .replace("  clusterSelector: {}", "  clusterSelector: {matchLabels: {env: prod}}")
+            .replace(
+                f"    license: {{vault: {{path: app/license, key: key, mount: {unique}-v1}}}}\n", ""
+            )
+        )
+        root = fleet_repo(files)
+
+        def plan(*extra: str) -> subprocess.CompletedProcess[bytes]:
+            env = {**os.environ, "SECRETSYNC_HMAC_KEY": "vault-render"}
+            return subprocess.run(
+                [sys.executable, "-m", "secretsync", "-o", "json", "plan", str(root), *extra],
+                env=env,
+                capture_output=True,
+                timeout=300,
+                check=False,
+            )
+
+        done = await asyncio.to_thread(plan, "--cluster", "ext")
+        assert done.returncode == 0, done.stderr.decode()[-2000:]
+        assert proxy.count("GET", "/v1/secret/data/") == 0, "external needs no read"
+        openbao.client().secrets.kv.v2.create_or_update_secret(
+            path=f"{unique}/prod/db", secret={"username": canary.new("u2")}, mount_point="secret"
+        )
+        checked = await asyncio.to_thread(plan, "--cluster", "ext", "--check-refs")
+        assert checked.returncode == 1
+        assert f"vault:secret/{unique}/prod/db" in checked.stderr.decode()
+        assert "'password' not found" in checked.stderr.decode()
+        full = await asyncio.to_thread(plan, "--cluster", "prod-use1")
+        item = json.loads(full.stdout)["clusters"]["prod-use1"]
+        assert item[0]["action"] == "failed"
+        openbao.write_kv("secret", f"{unique}/prod/db", values["prod"])
+        full = await asyncio.to_thread(plan, "--cluster", "prod-use1")
+        (item,) = json.loads(full.stdout)["clusters"]["prod-use1"]
+        assert item["action"] == "create"
+        assert f"vault:secret/{unique}/prod/db (version 3)" in item["sources"]
+        assert canary.find_in_text(full.stdout.decode() + full.stderr.decode()) == []
