@@ -116,6 +116,9 @@ def test_plan_shows_changed_keys_and_writes_nothing(fleet: Path) -> None:
     result = invoke("-o", "json", "plan", str(fleet), "--cluster", "dev-use1")
     assert result.exit_code == 0, result.stderr
     doc = json.loads(result.stdout)
+    (item,) = doc["clusters"]["dev-use1"]
+    (source,) = item.pop("sources")
+    assert source.startswith("sops:sops/dev/payments.yaml (version sha256:")
     assert doc["clusters"] == {
         "dev-use1": [
             {
