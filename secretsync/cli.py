@@ -8,16 +8,17 @@ default, JSON with `-o json`. Exit codes: 0 done, 1 done but some items failed (
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
 import secrets
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 import yaml
@@ -29,6 +30,10 @@ from secretsync.model import ANNOTATION_CLUSTER, Delivery, Fleet, Scope, Selecto
 from secretsync.resolve import Source
 from secretsync.sinks.git import GitSink
 from secretsync.values import SecretValue
+
+if TYPE_CHECKING:
+    from secretsync.daemon import DaemonSettings
+    from secretsync.sharding import ElectionSettings
 
 log = logging.getLogger(__name__)
 
@@ -485,6 +490,122 @@ def sync(
 # --- serve -----------------------------------------------------------------------------------
 
 
+def _election(
+    settings: Settings,
+    *,
+    shards: int,
+    shard_index: int | None,
+    leader_elect: bool | None,
+    home_kubeconfig: str | None,
+    namespace: str | None,
+    lease_duration: float,
+) -> ElectionSettings | None:
+    """The election settings of `serve`, or None for a single replica without Leases."""
+    env = settings.env
+    if leader_elect is None:
+        leader_elect = shards > 1 or bool(home_kubeconfig or env.get("KUBERNETES_SERVICE_HOST"))
+    if not leader_elect:
+        if shards > 1:
+            raise UsageError("--shards > 1 needs leader election (drop --no-leader-elect)")
+        return None
+    from secretsync import leases, sharding
+
+    try:
+        index = (
+            sharding.derive_shard_index(explicit=shard_index, env=env)
+            if shards > 1 or shard_index is not None
+            else 0
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if index is None:
+        if shards > 1:
+            raise UsageError(
+                "--shards > 1: give --shard-index, $SECRETSYNC_SHARD_INDEX or a pod name "
+                "ending in the StatefulSet ordinal"
+            )
+        index = 0
+    if index >= shards:
+        raise UsageError(f"shard index {index} is not below --shards {shards}")
+    if not home_kubeconfig and not env.get("KUBERNETES_SERVICE_HOST"):
+        raise UsageError(
+            "leader election needs the home cluster: give --home-kubeconfig or run in a pod"
+        )
+    return sharding.ElectionSettings(
+        shards=shards,
+        shard_index=index,
+        namespace=namespace or leases.home_namespace(),
+        identity=leases.process_identity(env),
+        timing=leases.LeaseTiming(
+            lease_duration_s=lease_duration,
+            renew_deadline_s=lease_duration * 2 / 3,
+            retry_period_s=lease_duration * 2 / 15,
+        ),
+    )
+
+
+def _pull_and_poll_options[F: Callable[..., Any]](command: F) -> F:
+    """`serve`'s options for a fleet repo pulled from Git and for the KV v2 version poll."""
+    for option in reversed(
+        [
+            click.option(
+                "--poll-interval",
+                type=click.FloatRange(min=1),
+                metavar="SECONDS",
+                help="Poll the KV v2 metadata versions of the Vault paths in use this often; "
+                "a new version triggers a narrowed cycle, as a webhook does (default: off).",
+            ),
+            click.option(
+                "--git-url",
+                envvar="SECRETSYNC_GIT_URL",
+                help="Pull the fleet repo from this Git URL into FLEET before every cycle.",
+            ),
+            click.option(
+                "--git-branch",
+                envvar="SECRETSYNC_GIT_BRANCH",
+                help="Branch of --git-url (default: main).",
+            ),
+            click.option(
+                "--git-credentials-file",
+                envvar="SECRETSYNC_GIT_CREDENTIALS_FILE",
+                type=click.Path(dir_okay=False),
+                help="A .git-credentials file (https://USER:TOKEN@HOST lines), e.g. a "
+                "mounted Secret; read by a credential helper, never put on an argv.",
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+def _with_pull_and_poll(
+    options: DaemonSettings,
+    *,
+    poll_interval: float | None,
+    git_url: str | None,
+    git_branch: str | None,
+    git_credentials_file: str | None,
+) -> DaemonSettings:
+    from secretsync import gitsource
+
+    if git_url is None:
+        if git_branch or git_credentials_file:
+            raise UsageError("--git-branch and --git-credentials-file need --git-url")
+        return dataclasses.replace(options, poll_interval_s=poll_interval)
+    try:
+        url = gitsource.check_url(git_url)
+        branch = gitsource.check_branch(git_branch or "main")
+    except errors.ConfigError as exc:
+        raise UsageError(exc.render()) from None
+    return dataclasses.replace(
+        options,
+        poll_interval_s=poll_interval,
+        git_url=url,
+        git_branch=branch,
+        git_credentials_file=Path(git_credentials_file) if git_credentials_file else None,
+    )
+
+
 def _listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     host = host.strip("[]")
@@ -514,6 +635,37 @@ def _listen(text: str) -> tuple[str, int]:
 )
 @_timeout_option
 @_home_option
+@click.option(
+    "--shards",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Replicas the clusters are split across (stable hash of the cluster name).",
+)
+@click.option(
+    "--shard-index",
+    type=click.IntRange(min=0),
+    help="This replica's shard (default: $SECRETSYNC_SHARD_INDEX, else the pod ordinal).",
+)
+@click.option(
+    "--leader-elect/--no-leader-elect",
+    default=None,
+    help="Hold Leases on the home cluster (default: on with --shards > 1, --home-kubeconfig "
+    "or in a pod).",
+)
+@click.option(
+    "--lease-namespace",
+    envvar="SECRETSYNC_LEASE_NAMESPACE",
+    help="Namespace of the Leases (default: the pod's, else `default`).",
+)
+@click.option(
+    "--lease-duration",
+    type=click.FloatRange(min=3),
+    default=15.0,
+    show_default=True,
+    help="Seconds a Lease lasts without renewal (renewed every 2/15 of it).",
+)
+@_pull_and_poll_options
 @pass_settings
 def serve(
     settings: Settings,
@@ -525,10 +677,22 @@ def serve(
     max_body: int,
     cluster_timeout: float,
     home_kubeconfig: str | None,
+    shards: int,
+    shard_index: int | None,
+    leader_elect: bool | None,
+    lease_namespace: str | None,
+    lease_duration: float,
+    poll_interval: float | None,
+    git_url: str | None,
+    git_branch: str | None,
+    git_credentials_file: str | None,
 ) -> None:
     """Run the daemon: reconcile at start and every --interval, serve /healthz, /readyz,
     /metrics, /v1/status, the fleet page at / and the signed rotation webhook
-    POST /v1/webhooks/vault (key from $SECRETSYNC_WEBHOOK_SECRET). Stops on SIGTERM."""
+    POST /v1/webhooks/vault (key from $SECRETSYNC_WEBHOOK_SECRET). Stops on SIGTERM.
+
+    FLEET is the fleet repo folder; with --git-url, the working folder the daemon clones the
+    branch into and pulls before every cycle (a commit that does not load is refused)."""
     from secretsync import daemon, webhook
 
     if not git and not kube:
@@ -552,9 +716,27 @@ def serve(
         max_body=max_body,
         cluster_timeout_s=cluster_timeout,
         home_kubeconfig=home_kubeconfig,
+        election=_election(
+            settings,
+            shards=shards,
+            shard_index=shard_index,
+            leader_elect=leader_elect,
+            home_kubeconfig=home_kubeconfig,
+            namespace=lease_namespace,
+            lease_duration=lease_duration,
+        ),
+    )
+    options = _with_pull_and_poll(
+        options,
+        poll_interval=poll_interval,
+        git_url=git_url,
+        git_branch=git_branch,
+        git_credentials_file=git_credentials_file,
     )
     try:
         code = daemon.run(options, make_sources=build_sources)
+    except errors.DeliveryError as exc:  # the home cluster of the Leases is unusable
+        raise UsageError(f"leader election: {exc}") from None
     except OSError as exc:
         click.echo(f"serve: cannot listen on {listen}: {exc.strerror}", err=True)
         sys.exit(EXIT_FAILED)

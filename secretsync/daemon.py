@@ -7,7 +7,11 @@ lifetime and a graceful stop. Cycles are the engine's, the same as the CLI's.
   and trigger a narrowed cycle for the objects built from them. The webhook is a hint: values
   are always re-read from the source.
 - The fleet repo is reloaded (and planned) before every cycle; one that does not load or plan
-  is refused, the last good one keeps running and the error is on the status board.
+  is refused, the last good one keeps running and the error is on the status board. With a
+  Git URL the daemon first pulls the branch into `fleet_path` (`gitsource`); a refused commit
+  is undone in the working folder, so it always holds the commit that runs.
+- With a poll interval, KV v2 metadata versions of the paths in use are polled (`poll`); a
+  new version queues a narrowed cycle exactly as a webhook does.
 - A cycle that raises is logged and counted; the loop goes on.
 - SIGTERM / SIGINT: the cycle in flight may finish (within the grace period), then the web
   server stops, sources and sinks are closed, and `run` returns 0.
@@ -21,20 +25,23 @@ import logging
 import random
 import signal
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from aiohttp import web as aioweb
 
-from secretsync import errors, load, plan, resolve, runtime, web, webhook
+from secretsync import errors, gitsource, load, plan, poll, resolve, runtime, web, webhook
 from secretsync.engine import CycleReport, Engine, path_names
 from secretsync.metrics import Metrics
 from secretsync.model import Fleet, Location
 from secretsync.sinks.git import GitSink
 from secretsync.status import StatusBoard
+
+if TYPE_CHECKING:  # the election needs the kubernetes client: imported only when it is on
+    from secretsync.sharding import Coordinator, ElectionSettings
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +66,23 @@ class DaemonSettings:
     cluster_timeout_s: float = 60.0
     home_kubeconfig: str | None = None
     grace_s: float = 25.0
+    election: ElectionSettings | None = None  # None: one replica, no Lease (see `sharding`)
+    poll_interval_s: float | None = None  # KV v2 metadata poll (see `poll`); None: off
+    git_url: str | None = None  # pull the fleet repo into `fleet_path` (see `gitsource`)
+    git_branch: str = "main"
+    git_credentials_file: Path | None = None
+    git_timeout_s: float = gitsource.DEFAULT_TIMEOUT_S
 
 
 class Runner(Protocol):
     """The part of `Engine` the daemon drives (tests give their own)."""
 
     async def run_cycle(
-        self, fleet: Fleet, *, only_paths: Collection[str] | None = None
+        self,
+        fleet: Fleet,
+        *,
+        clusters: Collection[str] = (),
+        only_paths: Collection[str] | None = None,
     ) -> CycleReport: ...
 
 
@@ -100,6 +117,13 @@ class CountingSource:
         self._report(self.name, None)
         return fetched
 
+    async def current_versions(
+        self, locations: Iterable[Location]
+    ) -> Mapping[Location, int | None]:
+        if not isinstance(self.inner, poll.VersionSource):
+            return {}
+        return await self.inner.current_versions(locations)
+
     async def aclose(self) -> None:
         await self.inner.aclose()
 
@@ -109,9 +133,15 @@ class EngineWiring:
     only when the fleet's source or output settings change (a Vault token survives reloads)."""
 
     def __init__(
-        self, *, settings: DaemonSettings, make_sources: SourceFactory, report: ReadReport
+        self,
+        *,
+        settings: DaemonSettings,
+        make_sources: SourceFactory,
+        report: ReadReport,
+        gate: Coordinator | None = None,
     ) -> None:
         self._settings = settings
+        self._gate = gate  # with election on, sinks write only what this replica leads
         self._make_sources = make_sources
         self._report = report
         self._key: tuple[Any, ...] | None = None
@@ -142,6 +172,8 @@ class EngineWiring:
             )
             sinks.append(kube)
             self._closers.append(kube.close)
+        if self._gate is not None:
+            sinks = [self._gate.gate(sink) for sink in sinks]
         self._engine = Engine(
             sources=sources,
             sinks=sinks,
@@ -174,8 +206,10 @@ class Daemon:
         loader: Callable[[Path], Fleet] = load.load_fleet,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         rng: random.Random | None = None,
+        coordinator: Coordinator | None = None,
     ) -> None:
         self.settings = settings
+        self.coordinator = coordinator
         self.board = StatusBoard()
         self.metrics = Metrics()
         self.verifier = webhook.Verifier(key=settings.webhook_key) if settings.webhook_key else None
@@ -184,15 +218,49 @@ class Daemon:
         if wiring is None:
             if make_sources is None:
                 raise ValueError("give wiring or make_sources")
-            wiring = EngineWiring(settings=settings, make_sources=make_sources, report=self._read)
+            wiring = EngineWiring(
+                settings=settings, make_sources=make_sources, report=self._read, gate=coordinator
+            )
         self._wiring = wiring
         self._loader = loader
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 - schedule jitter, not security
         self._paths_in_use: frozenset[str] = frozenset()
         self._pending: set[str] = set()
+        self._pending_by: set[str] = set()  # "webhook", "poll": the narrowed cycle's trigger
+        self._polled: frozenset[Location] = frozenset()
+        self.poller = (
+            poll.VersionPoller(
+                interval_s=settings.poll_interval_s,
+                locations=lambda: self._polled,
+                source=self._version_source,
+                submit=lambda paths: self.submit(paths, by="poll"),
+            )
+            if settings.poll_interval_s
+            else None
+        )
+        self.checkout = (
+            gitsource.GitCheckout(
+                url=settings.git_url,
+                branch=settings.git_branch,
+                folder=settings.fleet_path,
+                credentials_file=settings.git_credentials_file,
+                timeout_s=settings.git_timeout_s,
+                env=settings.env,
+            )
+            if settings.git_url
+            else None
+        )
         self._wake = asyncio.Event()
         self._stopping = False
+        self._full_now = False  # a Lease was acquired: reconcile what it guards at once
+        if coordinator is not None:
+            coordinator.on_change = self._leadership_changed
+            for lease in coordinator.leases():
+                self.metrics.leader.labels(lease=lease).set(0)
+            self.board.leadership = lambda: coordinator.document(
+                self.fleet.clusters if self.fleet else ()
+            )
 
     # --- Backend (web) ---------------------------------------------------------------------------
 
@@ -216,10 +284,11 @@ class Daemon:
                 checks[f"source:{name}"] = f"unreachable: {error}"
         return web.Readiness(ready=ready, checks=checks)
 
-    def submit(self, paths: tuple[str, ...]) -> tuple[int, int]:
+    def submit(self, paths: tuple[str, ...], *, by: str = "webhook") -> tuple[int, int]:
         used = [p for p in paths if p in self._paths_in_use]
         if used:
             self._pending.update(used)
+            self._pending_by.add(by)
             self._wake.set()
         return len(used), len(paths) - len(used)
 
@@ -229,6 +298,12 @@ class Daemon:
             self.source_errors[source] = None
         else:
             self.source_errors[source] = str(error)
+
+    def _leadership_changed(self, lease: str, leading: bool) -> None:
+        self.metrics.leader.labels(lease=lease).set(1 if leading else 0)
+        if leading:
+            self._full_now = True
+            self._wake.set()
 
     # --- the loop --------------------------------------------------------------------------------
 
@@ -255,7 +330,8 @@ class Daemon:
             self._wake.clear()
             if self._stopping:
                 break
-            if loop.time() >= next_full:
+            if loop.time() >= next_full or self._full_now:
+                self._full_now = False
                 self._pending.clear()  # a full cycle re-reads everything
                 await self.cycle(trigger=trigger)
                 trigger = "interval"
@@ -263,8 +339,10 @@ class Daemon:
                 runtime.release_memory()
             elif self._pending:
                 paths = frozenset(self._pending)
+                by = "+".join(sorted(self._pending_by)) or "webhook"
                 self._pending.clear()
-                await self.cycle(trigger="webhook", only_paths=paths)
+                self._pending_by.clear()
+                await self.cycle(trigger=by, only_paths=paths)
 
     async def cycle(self, *, trigger: str, only_paths: Collection[str] | None = None) -> None:
         """One cycle; never raises (except cancellation)."""
@@ -275,7 +353,16 @@ class Daemon:
             if fleet is None:
                 raise errors.ConfigError("no fleet repo has loaded yet")
             engine = await self._wiring.engine_for(fleet)
-            report = await engine.run_cycle(fleet, only_paths=only_paths)
+            if self.coordinator is None:
+                report = await engine.run_cycle(fleet, only_paths=only_paths)
+            else:
+                scope = self.coordinator.scope(fleet.clusters)
+                if scope is None:
+                    log.debug("cycle (%s) skipped: this replica holds no Lease", trigger)
+                    return
+                report = await engine.run_cycle(
+                    fleet, clusters=scope.clusters, only_paths=only_paths
+                )
         except Exception as exc:  # one failed cycle must not stop the daemon
             message = _reason(exc)
             seconds = time.monotonic() - t0
@@ -311,21 +398,38 @@ class Daemon:
         """Load and plan the fleet repo; a refused one leaves the last good fleet in place."""
         path = self.settings.fleet_path
         now = self._clock()
+        commit: str | None = None
         try:
+            if self.checkout is not None:  # pull; a refused commit is undone below
+                commit = await self.checkout.pull()
             fleet, desired = await asyncio.to_thread(_load_and_plan, self._loader, path)
-        except errors.ConfigError as exc:
-            message = exc.render()
+        except (errors.ConfigError, gitsource.GitError) as exc:
+            message = exc.render() if isinstance(exc, errors.ConfigError) else str(exc)
+            if commit is not None and self.checkout is not None:
+                message = f"commit {commit} refused: {message}"
+                await self.checkout.restore(commit)
             if message != self.board.fleet_error:
                 log.error("fleet repo %s refused, the last good one stays: %s", path, message)
             self.metrics.fleet_load_errors.inc()
-            self.board.fleet_failed(message, at=now)
+            self.board.fleet_failed(message, at=now, commit=commit)
             return self.fleet
+        if commit is not None and self.checkout is not None:
+            await self.checkout.accept(commit)
         self.fleet = fleet
         self._paths_in_use = frozenset(
             n for d in desired for r in d.refs() for n in path_names(r.location)
         )
-        self.board.fleet_loaded(fleet, desired, at=now)
+        self._polled = poll.polled_locations(desired)
+        self.board.fleet_loaded(fleet, desired, at=now, commit=commit)
         return fleet
+
+    async def _version_source(self) -> poll.VersionSource | None:
+        """The Vault source of the engine in use (for the poller), if there is one."""
+        if self.fleet is None:
+            return None
+        engine = await self._wiring.engine_for(self.fleet)
+        source = engine.sources.get("vault") if isinstance(engine, Engine) else None
+        return source if isinstance(source, poll.VersionSource) else None
 
     # --- the process -----------------------------------------------------------------------------
 
@@ -335,7 +439,12 @@ class Daemon:
         runner = aioweb.AppRunner(web.make_app(self, max_body=s.max_body), access_log=None)
         await runner.setup()
         loop = asyncio.get_running_loop()
+        if self.coordinator is not None:
+            self.coordinator.start()
         cycles = asyncio.create_task(self.run_loop(), name="secretsync-cycles")
+        poller = (
+            asyncio.create_task(self.poller.run(), name="secretsync-poll") if self.poller else None
+        )
 
         def on_signal() -> None:
             log.info("stopping: the cycle in flight may finish within %.0f s", s.grace_s)
@@ -359,6 +468,12 @@ class Daemon:
                 cycles.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await cycles
+            if poller is not None:
+                poller.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await poller
+            if self.coordinator is not None:
+                await self.coordinator.stop()  # after the last write: followers take over now
             await runner.cleanup()
             await self._wiring.aclose()
             log.info("stopped")
@@ -387,6 +502,27 @@ def run(settings: DaemonSettings, *, make_sources: SourceFactory) -> int:
         "configured" if settings.webhook_key else "off (no SECRETSYNC_WEBHOOK_SECRET)",
         settings.max_body,
     )
-    daemon = Daemon(settings=settings, make_sources=make_sources)
+    daemon = Daemon(
+        settings=settings, make_sources=make_sources, coordinator=_coordinator(settings)
+    )
     asyncio.run(daemon.serve())
     return 0
+
+
+def _coordinator(settings: DaemonSettings) -> Coordinator | None:
+    """The Leases of this replica, on the home cluster; None with election off."""
+    if settings.election is None:
+        return None
+    from secretsync import clusters, sharding  # noqa: PLC0415 - kubernetes only when needed
+
+    home = settings.home_kubeconfig
+    api = clusters.client_from_file(Path(home)) if home else clusters.in_cluster_client()
+    e = settings.election
+    log.info(
+        "leader election on: identity %s, namespace %s, shard %d of %d",
+        e.identity,
+        e.namespace,
+        e.shard_index,
+        e.shards,
+    )
+    return sharding.Coordinator(api=api, settings=e)

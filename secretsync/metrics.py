@@ -12,6 +12,7 @@ Labels are cluster names, sources, outcomes and states: never a value, never a p
 | `secretsync_writes_total` | counter | — |
 | `secretsync_webhooks_total` | counter | `outcome` |
 | `secretsync_fleet_load_errors_total` | counter | — |
+| `secretsync_leader` | gauge | `lease` (1 while this replica holds it; only with election) |
 """
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ class Metrics:
         )
         self.fleet_load_errors = Counter(
             "secretsync_fleet_load_errors", "Fleet repo loads refused.", registry=r
+        )
+        self.leader = Gauge(
+            "secretsync_leader", "1 while this replica holds the Lease.", ["lease"], registry=r
         )
 
     def cycle(

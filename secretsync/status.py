@@ -18,7 +18,7 @@ An object delivered by two sinks (Git and the Kubernetes API) shows the worst of
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -109,17 +109,28 @@ class StatusBoard:
         self.fleet_loaded_at: datetime | None = None
         self.fleet_error: str | None = None
         self.fleet_error_at: datetime | None = None
+        self.commit: str | None = None  # the running commit, when the daemon pulls Git itself
+        self.refused_commit: str | None = None
         self.last_cycle: CycleSummary | None = None
         self.cycles = 0
+        self.leadership: Callable[[], dict[str, Any]] | None = None  # set with election on
 
     # --- feeding -------------------------------------------------------------------------------
 
-    def fleet_loaded(self, fleet: Fleet, desired: Iterable[DesiredSecret], *, at: datetime) -> None:
+    def fleet_loaded(
+        self,
+        fleet: Fleet,
+        desired: Iterable[DesiredSecret],
+        *,
+        at: datetime,
+        commit: str | None = None,
+    ) -> None:
         """A good fleet: planned objects not seen before become pending; objects no longer
         planned leave the board. The previous load error, if any, is cleared."""
         self.fleet_name = fleet.name
         self.fleet_loaded_at = at
         self.fleet_error = self.fleet_error_at = None
+        self.commit, self.refused_commit = commit, None
         self.clusters = {
             name: ClusterInfo(name=name, delivery=c.delivery.value, labels=dict(c.labels))
             for name, c in sorted(fleet.clusters.items())
@@ -142,10 +153,12 @@ class StatusBoard:
             planned[key] = entry
         self.entries = planned
 
-    def fleet_failed(self, message: str, *, at: datetime) -> None:
-        """A fleet repo that does not load: the last good one keeps running."""
+    def fleet_failed(self, message: str, *, at: datetime, commit: str | None = None) -> None:
+        """A fleet repo that does not load (at `commit`, when known): the last good one keeps
+        running."""
         self.fleet_error = message
         self.fleet_error_at = at
+        self.refused_commit = commit
 
     def record(
         self,
@@ -226,6 +239,8 @@ class StatusBoard:
                 "loadedAt": _iso(self.fleet_loaded_at),
                 "error": self.fleet_error,
                 "errorAt": _iso(self.fleet_error_at),
+                "commit": self.commit,
+                "refusedCommit": self.refused_commit,
             },
             "clusters": [
                 {"name": c.name, "delivery": c.delivery, "labels": dict(c.labels)}
@@ -235,7 +250,7 @@ class StatusBoard:
             "cycles": self.cycles,
             "lastCycle": self.last_cycle.document() if self.last_cycle else None,
             "objects": [e.document() for e in self.sorted_entries()],
-        }
+        } | ({"leadership": self.leadership()} if self.leadership is not None else {})
 
 
 def _apply(entry: Entry, items: list[ItemResult], *, at: datetime) -> None:

@@ -227,7 +227,11 @@ def render_page(board: StatusBoard, *, nonce: str) -> str:
         f"<h1>Fleet <span id=fleet-name>{_e(board.fleet_name or '(not loaded)')}</span></h1>",
     ]
     if board.fleet_loaded_at:
-        out.append(f"<p class=meta>Fleet repo loaded {_e(board.fleet_loaded_at.isoformat())}</p>")
+        at_commit = f" at commit {_e(board.commit)}" if board.commit else ""
+        out.append(
+            f"<p class=meta>Fleet repo loaded {_e(board.fleet_loaded_at.isoformat())}"
+            f"{at_commit}</p>"
+        )
     if board.fleet_error:
         out.append(
             f"<div class=banner id=fleet-error><strong>The fleet repo does not load "

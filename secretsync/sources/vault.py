@@ -32,7 +32,7 @@ import re
 import ssl
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Final, Literal
@@ -148,6 +148,8 @@ class VaultCounters:
     mount_lookups: int = 0
     bytes_read: int = 0
     """Response bytes of successful KV reads."""
+    metadata_reads: int = 0
+    """KV v2 metadata reads answered (`current_versions`); they carry no values."""
     failures: dict[str, int] = field(default_factory=dict)
     """Failed fetches by reason (`not_found`, `deleted`, `denied`, `sealed`, `timeout`, ...)."""
 
@@ -160,6 +162,7 @@ class VaultCounters:
             "retries": self.retries,
             "mount_lookups": self.mount_lookups,
             "bytes_read": self.bytes_read,
+            "metadata_reads": self.metadata_reads,
         }
         flat.update({f"failures.{reason}": n for reason, n in sorted(self.failures.items())})
         return flat
@@ -433,6 +436,32 @@ class VaultSource:
             failures[failure.reason] = failures.get(failure.reason, 0) + 1
             raise _PUBLIC_ERROR[failure.reason](f"{location}: {failure.message}") from None
 
+    async def current_versions(
+        self, locations: Iterable[model.Location]
+    ) -> dict[model.Location, int | None]:
+        """The latest version of each unpinned KV v2 Location, from `<mount>/metadata/<path>`
+        (no value is read). None where there is nothing to poll or no answer to use: a pinned
+        version, a KV v1 mount, no secret at the path, a metadata read this token may not make.
+
+        Same auth, limits, retries and counters as `fetch`. Raises `errors.SourceUnavailable`
+        when the server cannot be asked (down, sealed, timing out, rate-limiting): then nothing
+        is known, which is not the same as "no version".
+        """
+        wanted = list(dict.fromkeys(locations))
+        answers = await asyncio.gather(*(self._latest_version(loc) for loc in wanted))
+        out: dict[model.Location, int | None] = {}
+        for location, answer in zip(wanted, answers, strict=True):
+            if isinstance(answer, _Failed):
+                failures = self.counters.failures
+                failures[answer.reason] = failures.get(answer.reason, 0) + 1
+                error = _PUBLIC_ERROR[answer.reason]
+                if issubclass(error, errors.SourceUnavailable):
+                    raise error(f"{location}: metadata: {answer.message}")
+                out[location] = None
+            else:
+                out[location] = answer
+        return out
+
     async def aclose(self) -> None:
         self._closed = True
         session, self._session = self._session, None
@@ -472,6 +501,38 @@ class VaultSource:
         if status == 403:
             raise _Failed("denied", "permission denied (HTTP 403)")
         raise _Failed("invalid", f"the server refused the read (HTTP {status})")
+
+    async def _latest_version(self, location: model.Location) -> int | _Failed | None:
+        """The current version from the KV v2 metadata, or the failure (never raised)."""
+        if location.source != self.kind or location.version is not None:
+            return None
+        budget = _Budget(self._retry.budget_s)
+        try:
+            mount_name = (location.mount or self._kv_mount).strip("/")
+            path = location.path.strip("/")
+            _check_plain("mount", mount_name)
+            _check_plain("path", path)
+            mount = await self._mount(mount_name, budget)
+            if mount.version != 2:
+                return None
+            inner = f"{mount.prefix}/{path}" if mount.prefix else path
+            status, payload = await self._authed_call(
+                "GET", f"{mount.path}/metadata/{inner}", budget=budget
+            )
+            if status == 200:
+                self.counters.metadata_reads += 1
+                data = _json_object(payload).get("data")
+                version = data.get("current_version") if isinstance(data, dict) else None
+                if not isinstance(version, int) or isinstance(version, bool):
+                    raise _Failed("server_error", "the metadata holds no current_version")
+                return version
+            if status == 404:
+                raise _Failed("not_found", "no secret at this path (HTTP 404)")
+            if status == 403:
+                raise _Failed("denied", "permission denied (HTTP 403)")
+            raise _Failed("invalid", f"the server refused the metadata read (HTTP {status})")
+        except _Failed as failure:
+            return failure
 
     async def _mount(self, name: str, budget: _Budget) -> _Mount:
         known = self._mounts.get(name)

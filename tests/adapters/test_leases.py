@@ -1,0 +1,555 @@
+"""Leader election and sharding on a real kube-apiserver (DESIGN §6, perf-reliability row P5).
+
+Leases live in a fresh namespace of the first test cluster (`coordination.k8s.io/v1`, served
+by 1.20). Durations are short (2-4 s leases); every wait is a poll of a condition with a
+deadline, never a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
+
+from secretsync import clusters as kube_clusters_mod
+from secretsync import resolve
+from secretsync.daemon import Daemon, DaemonSettings, EngineWiring
+from secretsync.deliver import ApplyResult, ChangeSet, Sink
+from secretsync.engine import Engine
+from secretsync.leases import LeaseElector, LeaseTiming
+from secretsync.model import Cluster, Fleet, ObjectKey, Observed
+from secretsync.sharding import Coordinator, ElectionSettings, shard_lease, shard_of
+from tests import canary
+from tests.adapters.conftest_kube import NamespaceFactory
+from tests.fakes import FakeSource
+from tests.kubecluster import KubeCluster
+
+FAST = LeaseTiming(lease_duration_s=2.0, renew_deadline_s=1.4, retry_period_s=0.2)
+DAEMON = LeaseTiming(lease_duration_s=3.0, renew_deadline_s=2.0, retry_period_s=0.25)
+SLOW_EXPIRY = LeaseTiming(lease_duration_s=4.0, renew_deadline_s=2.8, retry_period_s=0.2)
+KEY = b"lease-test-hmac-key"
+
+
+async def wait_for(cond: Callable[[], bool], *, timeout: float, what: str) -> float:
+    """Poll `cond` until true; the seconds it took. Fails the test at the deadline."""
+    start = time.monotonic()
+    while not cond():
+        assert time.monotonic() - start < timeout, f"timed out after {timeout} s: {what}"
+        await asyncio.sleep(0.02)
+    return time.monotonic() - start
+
+
+def lease_doc(api: k8s.ApiClient, namespace: str, name: str) -> dict[str, Any] | None:
+    status, raw, _ = kube_clusters_mod.call(
+        api, "GET", f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{name}"
+    )
+    if status == 404:
+        return None
+    assert status == 200, status
+    doc: dict[str, Any] = json.loads(raw)
+    return doc
+
+
+def holder(api: k8s.ApiClient, namespace: str, name: str) -> str | None:
+    doc = lease_doc(api, namespace, name)
+    return None if doc is None else (doc.get("spec") or {}).get("holderIdentity")
+
+
+@pytest.fixture
+def lease_ns(kube_cluster: KubeCluster, kube_namespace: NamespaceFactory) -> str:
+    return kube_namespace(kube_cluster, prefix="lease")
+
+
+@pytest.fixture
+def api(kube_cluster: KubeCluster) -> Any:
+    with kube_cluster.api_client() as client:
+        yield client
+
+
+def elector(
+    api: k8s.ApiClient, ns: str, who: str, timing: LeaseTiming = FAST, name: str = "test-lease"
+) -> LeaseElector:
+    return LeaseElector(api=api, namespace=ns, name=name, identity=who, timing=timing)
+
+
+@contextlib.asynccontextmanager
+async def running(*electors: LeaseElector) -> AsyncIterator[dict[str, asyncio.Task[None]]]:
+    tasks = {e.identity: asyncio.create_task(e.run()) for e in electors}
+    try:
+        yield tasks
+    finally:
+        for task in tasks.values():
+            task.cancel()
+        for task in tasks.values():
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+# --- the elector ---------------------------------------------------------------------------------
+
+
+async def test_two_electors_exactly_one_leads(api: k8s.ApiClient, lease_ns: str) -> None:
+    a, b = elector(api, lease_ns, "a-1"), elector(api, lease_ns, "b-1")
+    async with running(a, b):
+        await wait_for(lambda: a.is_leader or b.is_leader, timeout=5, what="a leader")
+        leader = a if a.is_leader else b
+        # Watch over two lease durations: never two leaders, and the server agrees.
+        end = time.monotonic() + 2 * FAST.lease_duration_s
+        while time.monotonic() < end:
+            assert not (a.is_leader and b.is_leader)
+            await asyncio.sleep(0.05)
+        assert leader.is_leader
+        assert holder(api, lease_ns, "test-lease") == leader.identity
+        doc = lease_doc(api, lease_ns, "test-lease")
+        assert doc is not None and doc["spec"]["leaseDurationSeconds"] == 2
+
+
+async def test_killed_leader_is_replaced_after_expiry(api: k8s.ApiClient, lease_ns: str) -> None:
+    a, b = elector(api, lease_ns, "a-2"), elector(api, lease_ns, "b-2")
+    async with running(a) as tasks:
+        await wait_for(lambda: a.is_leader, timeout=5, what="a leads")
+        async with running(b):
+            # b has had a few tries and did not take a live Lease
+            await wait_for(lambda: b.attempts >= 3, timeout=3, what="b tries")
+            assert not b.is_leader and holder(api, lease_ns, "test-lease") == "a-2"
+            tasks["a-2"].cancel()  # a dies: no release, no more renewals
+            with contextlib.suppress(asyncio.CancelledError):
+                await tasks["a-2"]
+            took = await wait_for(lambda: b.is_leader, timeout=5, what="b takes over")
+            # not before the Lease expired (a renewed at most one retry period before dying)...
+            assert took >= FAST.lease_duration_s - FAST.retry_period_s - 0.3, took
+            # ...and within the lease duration plus one retry (and some slack for a busy host)
+            assert took <= FAST.lease_duration_s + FAST.retry_period_s + 1.0, took
+            assert holder(api, lease_ns, "test-lease") == "b-2"
+            doc = lease_doc(api, lease_ns, "test-lease")
+            assert doc is not None and doc["spec"]["leaseTransitions"] == 1
+
+
+async def test_leader_that_cannot_renew_steps_down_before_expiry(
+    kube_cluster: KubeCluster, api: k8s.ApiClient, lease_ns: str
+) -> None:
+    """A renew that fails (here: 403, a credential revoked) past the renew deadline ends
+    leadership locally before anyone else may take the Lease: never two leaders."""
+    a, b = elector(api, lease_ns, "a-3"), elector(api, lease_ns, "b-3")
+    async with running(a):
+        await wait_for(lambda: a.is_leader, timeout=5, what="a leads")
+        async with running(b):
+            with kube_cluster.api_client(user="unprivileged") as forbidden:
+                a.api = forbidden
+                stepped_down: float | None = None
+                b_led: float | None = None
+                start = time.monotonic()
+                while b_led is None:
+                    assert time.monotonic() - start < 6, "b never took over"
+                    assert not (a.is_leader and b.is_leader), "two leaders"
+                    if stepped_down is None and not a.is_leader:
+                        stepped_down = time.monotonic() - start
+                    if b.is_leader:
+                        b_led = time.monotonic() - start
+                    await asyncio.sleep(0.01)
+                assert stepped_down is not None and stepped_down <= FAST.renew_deadline_s + 0.1
+                assert stepped_down < b_led
+
+
+async def test_graceful_release_hands_over_at_once(api: k8s.ApiClient, lease_ns: str) -> None:
+    a, b = elector(api, lease_ns, "a-4", SLOW_EXPIRY), elector(api, lease_ns, "b-4", SLOW_EXPIRY)
+    async with running(a) as tasks:
+        await wait_for(lambda: a.is_leader, timeout=5, what="a leads")
+        async with running(b):
+            await wait_for(lambda: b.attempts >= 2, timeout=3, what="b tries")
+            assert not b.is_leader
+            a.stop()
+            await tasks["a-4"]
+            await a.release()
+            assert not a.is_leader
+            assert holder(api, lease_ns, "test-lease") is None
+            took = await wait_for(lambda: b.is_leader, timeout=3, what="b takes over")
+            # far sooner than expiry: the next retry
+            assert took < SLOW_EXPIRY.lease_duration_s / 2, took
+
+
+class Racing(LeaseElector):
+    """An elector whose read waits at a barrier, so two of them write on the same state."""
+
+    barrier: ClassVar[asyncio.Barrier]
+
+    async def _read(self) -> Any:
+        seen = await super()._read()
+        await self.barrier.wait()
+        return seen
+
+
+@pytest.mark.parametrize("start", ["absent", "expired"])
+async def test_a_409_race_has_one_winner(api: k8s.ApiClient, lease_ns: str, start: str) -> None:
+    name = f"race-{start}"
+    if start == "expired":
+        old = (datetime.now(UTC) - timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        body = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": name},
+            "spec": {"holderIdentity": "gone", "leaseDurationSeconds": 2, "renewTime": old},
+        }
+        status, _, _ = kube_clusters_mod.call(
+            api, "POST", f"/apis/coordination.k8s.io/v1/namespaces/{lease_ns}/leases", body=body
+        )
+        assert status == 201
+    Racing.barrier = asyncio.Barrier(2)
+    a = Racing(api=api, namespace=lease_ns, name=name, identity="a-5", timing=FAST)
+    b = Racing(api=api, namespace=lease_ns, name=name, identity="b-5", timing=FAST)
+    won = await asyncio.gather(a.try_acquire_or_renew(), b.try_acquire_or_renew())
+    assert sorted(won) == [False, True]
+    assert a.conflicts + b.conflicts == 1
+    winner = a if won[0] else b
+    assert [e.is_leader for e in (a, b)] == list(won)
+    assert holder(api, lease_ns, name) == winner.identity
+
+
+# --- two daemons (P5) ------------------------------------------------------------------------
+
+
+@dataclass
+class Write:
+    replica: str
+    cluster: str
+    start: float
+    end: float
+    objects: int
+
+
+class Recording:
+    """Outermost sink wrapper: records every write (with changes) a replica makes."""
+
+    name: ClassVar[str] = "kube"
+
+    def __init__(self, inner: Sink, *, replica: str, log: list[Write]) -> None:
+        self.inner = inner
+        self.replica = replica
+        self.log = log
+
+    def accepts(self, cluster: Cluster) -> bool:
+        return self.inner.accepts(cluster)
+
+    def observes(self, cluster: Cluster) -> bool:
+        return self.inner.observes(cluster)
+
+    async def observe(self, cluster: Cluster) -> Mapping[ObjectKey, Observed]:
+        return await self.inner.observe(cluster)
+
+    async def detail(self, observed: Observed) -> Observed:
+        return await self.inner.detail(observed)
+
+    async def apply(self, cluster: Cluster, changes: ChangeSet) -> ApplyResult:
+        start = time.monotonic()
+        result = await self.inner.apply(cluster, changes)
+        n = len(changes.create) + len(changes.update) + len(changes.delete)
+        if n:
+            self.log.append(Write(self.replica, cluster.name, start, time.monotonic(), n))
+        return result
+
+    async def orphans(self, known: Collection[str]) -> list[str]:
+        return await self.inner.orphans(set(known))
+
+
+class RecordingWiring(EngineWiring):
+    """The daemon's own wiring (real KubeSinks, gated by the coordinator), recorded."""
+
+    def __init__(self, *, replica: str, log: list[Write], **kw: Any) -> None:
+        super().__init__(**kw)
+        self.replica = replica
+        self.log = log
+
+    async def engine_for(self, fleet: Fleet) -> Engine:
+        engine = await super().engine_for(fleet)
+        if not all(isinstance(s, Recording) for s in engine.sinks):
+            engine.sinks = [Recording(s, replica=self.replica, log=self.log) for s in engine.sinks]
+        return engine
+
+
+FLEET = """\
+apiVersion: secretsync.dev/v1alpha1
+kind: Fleet
+metadata: {name: lease-test}
+spec:
+  defaults: {delivery: direct}
+"""
+
+SECRETS = """\
+apiVersion: secretsync.dev/v1alpha1
+kind: FleetSecret
+metadata: {name: db}
+spec:
+  clusterSelector: {}
+  target: {name: db, namespace: NAMESPACE}
+  data:
+    password: {vault: {path: db, key: password}}
+---
+apiVersion: secretsync.dev/v1alpha1
+kind: FleetSecret
+metadata: {name: api}
+spec:
+  clusterSelector: {}
+  target: {name: api, namespace: NAMESPACE}
+  data:
+    token: {vault: {path: api, key: token}}
+"""
+
+
+class Replica:
+    def __init__(
+        self,
+        who: str,
+        *,
+        root: Path,
+        home: k8s.ApiClient,
+        election: ElectionSettings,
+        values: dict[str, dict[str, object]],
+        log: list[Write],
+    ) -> None:
+        self.who = who
+        settings = DaemonSettings(
+            fleet_path=root,
+            hmac_key=KEY,
+            port=0,
+            interval_s=3600,
+            git=False,
+            kube=True,
+            cluster_timeout_s=20,
+            grace_s=10,
+            election=election,
+        )
+        self.coordinator = Coordinator(api=home, settings=election)
+
+        def sources(fleet: Fleet, env: Mapping[str, str]) -> Mapping[str, resolve.Source]:
+            return {"vault": FakeSource(values)}  # type: ignore[arg-type]
+
+        wiring = RecordingWiring(
+            replica=who,
+            log=log,
+            settings=settings,
+            make_sources=sources,
+            report=lambda _source, _error: None,
+            gate=self.coordinator,
+        )
+        self.daemon = Daemon(settings=settings, wiring=wiring, coordinator=self.coordinator)
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self.daemon.serve())
+
+    async def stop(self) -> None:
+        self.daemon.stop()
+        if self.task is not None:
+            await self.task
+
+
+def secret_value(cluster: KubeCluster, ns: str, name: str, key: str) -> bytes | None:
+    with cluster.api_client() as client:
+        try:
+            obj = k8s.CoreV1Api(client).read_namespaced_secret(name, ns)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+    raw = (obj.data or {}).get(key)
+    return None if raw is None else base64.b64decode(raw)
+
+
+def fleet_files(
+    clusters: list[KubeCluster], names: list[str], ns: str, tmp: Path
+) -> dict[str, str | bytes]:
+    docs = []
+    for c, name in zip(clusters, names, strict=True):
+        kubeconfig = c.kubeconfig(tmp / f"{name}.yaml")
+        docs.append(
+            "apiVersion: secretsync.dev/v1alpha1\nkind: Cluster\n"
+            f"metadata: {{name: {name}}}\nspec:\n  kubeconfig: {{path: {kubeconfig}}}\n"
+        )
+    return {
+        "secretsync.yaml": FLEET,
+        "clusters/all.yaml": "---\n".join(docs),
+        "secrets/all.yaml": SECRETS.replace("NAMESPACE", ns),
+    }
+
+
+def assert_no_overlap(log: list[Write]) -> None:
+    """No cluster is ever written by two replicas at the same time."""
+    for i, w in enumerate(log):
+        for v in log[i + 1 :]:
+            if w.cluster == v.cluster and w.replica != v.replica:
+                assert w.end <= v.start or v.end <= w.start, (w, v)
+
+
+async def test_two_replicas_one_writer_and_takeover(
+    fleet_repo: Callable[[dict[str, str | bytes]], Path],
+    kube_clusters: list[KubeCluster],
+    kube_cluster: KubeCluster,
+    kube_namespace: NamespaceFactory,
+    tmp_path: Path,
+) -> None:
+    """P5 with one shard: two replicas contend; only the holder writes, each object once; the
+    holder dies without releasing, the other takes over within the lease duration; a graceful
+    stop hands over at once."""
+    ns = kube_namespace()
+    lease_ns = kube_namespace(kube_cluster, prefix="lease")
+    suffix = secrets.token_hex(3)
+    names = [f"{c.name}-{suffix}" for c in kube_clusters]
+    root = fleet_repo(fleet_files(kube_clusters, names, ns, tmp_path))
+    values: dict[str, dict[str, object]] = {
+        "db": {"password": canary.new("db")},
+        "api": {"token": canary.new("api")},
+    }
+    log: list[Write] = []
+    homes = [kube_cluster.api_client(), kube_cluster.api_client()]
+    replicas = [
+        Replica(
+            who,
+            root=root,
+            home=home,
+            election=ElectionSettings(namespace=lease_ns, identity=who, timing=DAEMON),
+            values=values,
+            log=log,
+        )
+        for who, home in zip(("r1", "r2"), homes, strict=True)
+    ]
+    try:
+        for r in replicas:
+            r.start()
+        await wait_for(lambda: len(log) == 3, timeout=20, what="the leader writes 3 clusters")
+        writers = {w.replica for w in log}
+        assert len(writers) == 1 and sum(w.objects for w in log) == 6  # each object once
+        leader = next(r for r in replicas if r.who in writers)
+        other = next(r for r in replicas if r is not leader)
+        assert leader.coordinator.shard.is_leader
+        assert not other.coordinator.shard.is_leader
+        assert leader.coordinator.git.is_leader != other.coordinator.git.is_leader
+        status = leader.daemon.board.document()["leadership"]
+        assert status["leases"]["secretsync-shard-0"] is True
+        assert status["clusters"] == sorted(names)
+        assert other.daemon.board.document()["leadership"]["leases"][shard_lease(0)] is False
+        assert (
+            leader.daemon.metrics.registry.get_sample_value(
+                "secretsync_leader", {"lease": shard_lease(0)}
+            )
+            == 1
+        )
+        assert (
+            other.daemon.metrics.registry.get_sample_value(
+                "secretsync_leader", {"lease": shard_lease(0)}
+            )
+            == 0
+        )
+        for c in kube_clusters:
+            assert secret_value(c, ns, "db", "password") == str(values["db"]["password"]).encode()
+
+        # a rotation reaches both replicas: only the holder writes, once per object
+        values["db"]["password"] = canary.new("db2")  # FakeSource shares the inner dicts
+        assert leader.daemon.submit(("secret/db",)) == (1, 0)
+        assert other.daemon.submit(("secret/db",)) == (1, 0)
+        await wait_for(lambda: len(log) == 6, timeout=20, what="the rotation is written")
+        assert {w.replica for w in log[3:]} == {leader.who}
+
+        # the holder dies (its Leases are not released): the other takes over after expiry
+        cycles = other.daemon.board.cycles
+        await leader.coordinator.stop(release=False)
+        t0 = time.monotonic()
+        took = await wait_for(
+            lambda: other.coordinator.shard.is_leader, timeout=10, what="takeover"
+        )
+        assert took <= DAEMON.lease_duration_s + DAEMON.retry_period_s + 1.5, took
+        # taking over starts a full cycle: nothing changed, nothing is written (P3)
+        await wait_for(
+            lambda: other.daemon.board.cycles > cycles, timeout=10, what="the new leader's cycle"
+        )
+        assert len(log) == 6
+        values["api"]["token"] = canary.new("api2")
+        for r in replicas:
+            r.daemon.submit(("secret/api",))
+        await wait_for(lambda: len(log) == 9, timeout=20, what="the new leader writes")
+        assert {w.replica for w in log[6:]} == {other.who}
+        assert time.monotonic() - t0 < 30
+        for c in kube_clusters:
+            assert secret_value(c, ns, "api", "token") == str(values["api"]["token"]).encode()
+        assert_no_overlap(log)
+
+        # a graceful stop of the new holder releases its Leases at once
+        await other.stop()
+        assert holder(homes[0], lease_ns, shard_lease(0)) is None
+    finally:
+        for r in replicas:
+            with contextlib.suppress(Exception):
+                await r.stop()
+        for home in homes:
+            home.close()
+
+
+async def test_two_shards_split_the_clusters(
+    fleet_repo: Callable[[dict[str, str | bytes]], Path],
+    kube_clusters: list[KubeCluster],
+    kube_cluster: KubeCluster,
+    kube_namespace: NamespaceFactory,
+    tmp_path: Path,
+) -> None:
+    """P5 with two shards: each replica writes only its own shard's clusters; together all."""
+    ns = kube_namespace()
+    lease_ns = kube_namespace(kube_cluster, prefix="lease")
+    while True:  # names that fall into both shards
+        suffix = secrets.token_hex(3)
+        names = [f"{c.name}-{suffix}" for c in kube_clusters]
+        if {shard_of(n, 2) for n in names} == {0, 1}:
+            break
+    root = fleet_repo(fleet_files(kube_clusters, names, ns, tmp_path))
+    values: dict[str, dict[str, object]] = {
+        "db": {"password": canary.new("db")},
+        "api": {"token": canary.new("api")},
+    }
+    log: list[Write] = []
+    homes = [kube_cluster.api_client(), kube_cluster.api_client()]
+    replicas = [
+        Replica(
+            f"s{i}",
+            root=root,
+            home=homes[i],
+            election=ElectionSettings(
+                shards=2, shard_index=i, namespace=lease_ns, identity=f"s{i}", timing=DAEMON
+            ),
+            values=values,
+            log=log,
+        )
+        for i in range(2)
+    ]
+    try:
+        for r in replicas:
+            r.start()
+        await wait_for(lambda: len(log) == 3, timeout=20, what="3 clusters written")
+        for w in log:
+            assert w.replica == f"s{shard_of(w.cluster, 2)}", w
+            assert w.objects == 2
+        assert {w.cluster for w in log} == set(names)
+        for i, r in enumerate(replicas):
+            doc = r.daemon.board.document()["leadership"]
+            assert doc["shardIndex"] == i and doc["leases"][shard_lease(i)] is True
+            assert doc["clusters"] == sorted(n for n in names if shard_of(n, 2) == i)
+        # exactly one of them holds the Git Lease (and still only writes its own shard)
+        assert sum(r.coordinator.git.is_leader for r in replicas) == 1
+        for c in kube_clusters:
+            assert secret_value(c, ns, "api", "token") == str(values["api"]["token"]).encode()
+        assert_no_overlap(log)
+    finally:
+        for r in replicas:
+            with contextlib.suppress(Exception):
+                await r.stop()
+        for home in homes:
+            home.close()

@@ -1,0 +1,390 @@
+"""The Helm chart (charts/secretsync) linted by the real Helm engine (helm-sdkpy), its
+values.schema.json, and the Dockerfile's rules, with the image's install steps replayed in a
+clean venv. Installing onto a real apiserver is in tests/adapters/test_chart_install.py."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import helm_sdkpy
+import jsonschema
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CHART = ROOT / "charts" / "secretsync"
+DOCKERFILE = ROOT / "Dockerfile"
+
+ERROR = 3  # helm lint severities: 1 info, 2 warning, 3 error
+WARNING = 2
+
+# Value sets the chart must lint cleanly with (besides its defaults).
+VALUE_SETS: dict[str, dict[str, Any]] = {
+    "git-sync-and-secret-refs": {
+        "fleet": {
+            "subPath": "fleet",
+            "gitSync": {
+                "enabled": True,
+                "repo": "https://git.example/platform/fleet.git",
+                "ref": "main",
+                "credentialsSecret": "fleet-git",
+            },
+        },
+        "secrets": {
+            "hmacKey": {"existingSecret": "secretsync-hmac"},
+            "webhookSecret": {"existingSecret": "secretsync-webhook"},
+            "sopsAgeKey": {"existingSecret": "secretsync-age"},
+            "kubeconfigFiles": ["prod-use1", "prod-euw1"],
+        },
+        "vault": {
+            "address": "https://vault.example:8200",
+            "tokenSecret": {"name": "vault-token"},
+            "authSecret": "vault-approle",
+        },
+    },
+    "namespaced-rbac": {
+        "rbac": {
+            "targetNamespaces": ["payments", "web"],
+            "kubeconfigSecrets": ["kubeconfig-prod-use1"],
+            "rolloutRestart": True,
+            "kinds": {"sealedSecrets": False},
+        },
+    },
+    "cluster-wide": {
+        "rbac": {"clusterWide": True, "createNamespaces": True},
+        "vault": {"tokenReviewer": {"create": True}},
+    },
+    "everything-optional": {
+        "sharding": {"enabled": True},
+        "podDisruptionBudget": {"enabled": True},
+        "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
+        "networkPolicy": {
+            "ingressFrom": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}],
+            "egress": [{"ports": [{"port": 8200, "protocol": "TCP"}]}],
+        },
+        "settings": {"SECRETSYNC_EXTRA": "1"},
+        "daemon": {"git": True, "extraArgs": ["--interval=60"]},
+        "topologySpread": {"enabled": False},
+        "nodeSelector": {"kubernetes.io/os": "linux"},
+        "tolerations": [{"key": "infra", "operator": "Exists"}],
+    },
+    "minimal": {
+        "networkPolicy": {"enabled": False},
+        "serviceAccount": {"create": False, "name": "existing-sa"},
+        "rbac": {"create": False},
+        "leaderElection": {"enabled": False},
+    },
+}
+
+# Values the chart must refuse, with the path the refusal names.
+REFUSED: dict[str, tuple[dict[str, Any], str]] = {
+    "replicaCount-string": ({"replicaCount": "many"}, "replicaCount"),
+    "root-allowed": ({"podSecurityContext": {"runAsNonRoot": False}}, "runAsNonRoot"),
+    "privilege-escalation": (
+        {"securityContext": {"allowPrivilegeEscalation": True}},
+        "allowPrivilegeEscalation",
+    ),
+    "unknown-value": ({"replicas": 2}, "replicas"),
+    "bad-namespace": ({"rbac": {"targetNamespaces": ["Payments_NS"]}}, "targetNamespaces"),
+    "secret-value-in-hmac-ref": ({"secrets": {"hmacKey": {"value": "c2VjcmV0"}}}, "value"),
+    "fleet-subpath-escape": ({"fleet": {"subPath": "../etc"}}, "subPath"),
+    "git-sync-without-repo": ({"fleet": {"gitSync": {"enabled": True}}}, "repo"),
+    "shards-the-daemon-cannot-do": ({"sharding": {"enabled": True, "shards": 3}}, "shards"),
+    "no-sink": ({"daemon": {"kube": False, "git": False}}, "daemon"),
+}
+
+
+def merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """`extra` deep-merged over `base` (as Helm merges --values over values.yaml)."""
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def default_values() -> dict[str, Any]:
+    data = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def schema() -> dict[str, Any]:
+    data = json.loads((CHART / "values.schema.json").read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def lint(chart: Path) -> dict[str, Any]:
+    """`helm lint` through helm-sdkpy (the Helm engine itself, offline)."""
+    config = helm_sdkpy.Configuration(namespace="default")
+    result = asyncio.run(helm_sdkpy.Lint(config).run(str(chart)))
+    assert isinstance(result, dict)
+    return result
+
+
+def chart_with_values(tmp_path: Path, values: dict[str, Any]) -> Path:
+    """A copy of the chart whose values.yaml is `values` (Lint takes no value overrides)."""
+    copy_dir = tmp_path / "secretsync"
+    shutil.copytree(CHART, copy_dir)
+    (copy_dir / "values.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
+    return copy_dir
+
+
+def severities(result: dict[str, Any]) -> list[tuple[int, str]]:
+    return [(int(m["Severity"]), str(m["Path"])) for m in result.get("Messages") or []]
+
+
+def lint_text(result: dict[str, Any]) -> str:
+    return json.dumps(result)
+
+
+# --- lint -------------------------------------------------------------------------------------
+
+
+def test_lint_default_values_has_no_warning_or_error() -> None:
+    result = lint(CHART)
+    assert result["TotalChartsLinted"] == 1
+    assert [s for s in severities(result) if s[0] >= WARNING] == []
+    assert not result.get("Errors")
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_lint_value_sets(name: str, tmp_path: Path) -> None:
+    chart = chart_with_values(tmp_path, merged(default_values(), VALUE_SETS[name]))
+    result = lint(chart)
+    assert [s for s in severities(result) if s[0] >= WARNING] == [], lint_text(result)[:2000]
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_lint_refuses_bad_values(name: str, tmp_path: Path) -> None:
+    extra, _where = REFUSED[name]
+    chart = chart_with_values(tmp_path, merged(default_values(), extra))
+    result = lint(chart)
+    # helm-sdkpy serialises most lint errors without their text: the severity and the file
+    # say that the schema refused the values (the schema test below names the path)
+    assert (ERROR, "values.yaml") in severities(result)
+
+
+# --- values.schema.json -----------------------------------------------------------------------
+
+
+def _leaves(value: Any, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    if isinstance(value, dict) and value:
+        return [p for k, v in value.items() for p in _leaves(v, (*path, str(k)))]
+    return [path]
+
+
+def _schema_at(node: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any] | None:
+    for key in path:
+        props = node.get("properties") or {}
+        if key in props:
+            node = props[key]
+        elif isinstance(node.get("additionalProperties"), dict):
+            node = node["additionalProperties"]
+        else:
+            return None
+    return node
+
+
+def test_schema_describes_every_value() -> None:
+    values, doc = default_values(), schema()
+    missing = [".".join(p) for p in _leaves(values) if _schema_at(doc, p) is None]
+    assert missing == []
+    # objects are closed: an unknown value is an error, not silently ignored
+    for path in _leaves(values):
+        for depth in range(len(path)):
+            node = _schema_at(doc, path[:depth])
+            assert node is not None
+            if node.get("properties"):
+                assert node.get("additionalProperties") is False, ".".join(path[:depth])
+
+
+def test_schema_accepts_defaults_and_value_sets() -> None:
+    doc = schema()
+    jsonschema.validate(default_values(), doc)
+    for extra in VALUE_SETS.values():
+        jsonschema.validate(merged(default_values(), extra), doc)
+
+
+def test_schema_refuses_what_lint_refuses() -> None:
+    doc = schema()
+    for extra, where in REFUSED.values():
+        with pytest.raises(jsonschema.ValidationError) as refused:
+            jsonschema.validate(merged(default_values(), extra), doc)
+        error = refused.value
+        assert where in [*map(str, error.absolute_path)] or f"'{where}'" in error.message
+
+
+def test_values_name_secrets_and_never_hold_them() -> None:
+    """Every value under `secrets`, and Vault's token, is an existing Secret's name or key."""
+    values = default_values()
+    refs = values["secrets"]
+    for name in ("hmacKey", "webhookSecret", "sopsAgeKey"):
+        assert set(refs[name]) == {"existingSecret", "key"}
+        assert refs[name]["existingSecret"] == ""
+    assert set(values["vault"]["tokenSecret"]) == {"name", "key"}
+    text = (CHART / "values.yaml").read_text()
+    assert not re.search(r"(?i)^\s*(password|token|secretId|hmac|privateKey)\s*:", text, re.M)
+    for template in (CHART / "templates").glob("*"):
+        body = template.read_text()
+        assert "stringData" not in body
+        assert not re.search(r"^data:", body, re.M) or template.name == "configmap.yaml"
+
+
+# --- Dockerfile -------------------------------------------------------------------------------
+
+
+def dockerfile_stages(text: str) -> list[dict[str, Any]]:
+    """The Dockerfile as stages: {"from": image, "name": alias, "instructions": [(op, arg)]}."""
+    joined = re.sub(r"\\\n", " ", text)
+    stages: list[dict[str, Any]] = []
+    for raw in joined.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        op, _, arg = line.partition(" ")
+        op, arg = op.upper(), " ".join(arg.split())
+        if op == "FROM":
+            parts = arg.split()
+            name = parts[2] if len(parts) >= 3 and parts[1].upper() == "AS" else None
+            stages.append({"from": parts[0], "name": name, "instructions": []})
+        else:
+            assert stages, f"{op} before FROM"
+            stages[-1]["instructions"].append((op, arg))
+    return stages
+
+
+COMPILERS = re.compile(
+    r"\b(build-essential|gcc|g\+\+|clang|make|cmake|cargo|rustc|libc6-dev|python3-dev|golang)\b"
+)
+
+
+def test_dockerfile_rules() -> None:
+    stages = dockerfile_stages(DOCKERFILE.read_text())
+    assert len(stages) >= 2, "multi-stage"
+    assert all(s["from"] == "python:3.12-slim" for s in stages)
+    final = stages[-1]
+    ops = final["instructions"]
+    users = [arg for op, arg in ops if op == "USER"]
+    assert users, "the final stage sets USER"
+    user, _, group = users[-1].partition(":")
+    assert user.isdigit() and int(user) > 0
+    assert not group or (group.isdigit() and int(group) > 0)
+    entrypoints = [arg for op, arg in ops if op == "ENTRYPOINT"]
+    assert entrypoints and json.loads(entrypoints[-1]) == ["secretsync"]
+    runs = " ".join(arg for op, arg in ops if op == "RUN")
+    assert not COMPILERS.search(runs), "no compilers in the final stage"
+    assert "pip install" not in runs, "the final stage installs nothing from PyPI"
+    assert re.search(r"apt-get install[^&]*\bgit\b", runs), "git in the final image"
+    assert "rm -rf /var/lib/apt/lists" in runs
+    assert "sops --version" in runs, "the image checks its sops binary at build time"
+    copies = [arg for op, arg in ops if op == "COPY"]
+    assert any(c.startswith(f"--from={stages[0]['name']} ") for c in copies)
+    # USER comes after every RUN (nothing of the final image runs as root at run time)
+    last_user = max(i for i, (op, _) in enumerate(ops) if op == "USER")
+    assert all(i < last_user for i, (op, _) in enumerate(ops) if op == "RUN")
+
+
+def test_dockerfile_parser_catches_bad_files() -> None:
+    """The rule checks above can fail: a root user and a compiler are seen."""
+    bad = "FROM python:3.12-slim\nRUN apt-get install -y gcc \\\n  git\nUSER root\n"
+    final = dockerfile_stages(bad)[-1]["instructions"]
+    assert COMPILERS.search(final[0][1])
+    assert final[-1] == ("USER", "root")
+
+
+def test_dockerignore_keeps_only_the_build_inputs() -> None:
+    rules = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert rules[0] == "*", "everything is ignored unless listed"
+    kept = {r[1:].rstrip("/") for r in rules if r.startswith("!")}
+    sources = set()
+    for _op, arg in (
+        i for s in dockerfile_stages(DOCKERFILE.read_text()) for i in s["instructions"]
+    ):
+        if _op == "COPY" and not arg.startswith("--from"):
+            sources.update(Path(p).as_posix().rstrip("/") for p in shlex.split(arg)[:-1])
+    assert sources == kept
+    assert all((ROOT / s).exists() for s in sources)
+
+
+@pytest.mark.slow
+def test_image_install_steps_work_in_a_clean_venv(tmp_path: Path) -> None:
+    """Replay the build stage: copy what it COPYs, run its RUN with the venv and source paths
+    moved under tmp; then the final stage's check (secretsync, sops) from that venv."""
+    build = dockerfile_stages(DOCKERFILE.read_text())[0]
+    src, venv = tmp_path / "src", tmp_path / "venv"
+    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    for op, arg in build["instructions"]:
+        if op == "COPY":
+            *sources, dest = shlex.split(arg)
+            for source in sources:
+                target = src if dest.endswith("/") else src / Path(dest).relative_to("/src")
+                if (ROOT / source).is_dir():
+                    shutil.copytree(
+                        ROOT / source,
+                        target,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+                    )
+                else:
+                    target.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(ROOT / source, target / Path(source).name)
+        elif op == "RUN":
+            command = (
+                arg.replace("/opt/secretsync", str(venv))
+                .replace("/src", str(src))
+                .replace("python -m venv", f"{shlex.quote(sys.executable)} -m venv")
+            )
+            done = subprocess.run(
+                ["bash", "-ec", command],
+                check=False,
+                env=env,
+                timeout=540,
+                capture_output=True,
+                text=True,
+            )
+            assert done.returncode == 0, done.stderr[-3000:]
+    assert (src / "secretsync" / "cli.py").is_file()
+    clean = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "SOPS_DISABLE_VERSION_CHECK": "1"}
+    version = subprocess.run(
+        [str(venv / "bin" / "secretsync"), "--version"],
+        capture_output=True,
+        text=True,
+        env=clean,
+        check=True,
+    )
+    assert "0.1.0" in version.stdout
+    sops = subprocess.run(
+        ["sops", "--version", "--disable-version-check"],
+        capture_output=True,
+        text=True,
+        env=clean,
+        check=True,
+    )
+    assert sops.stdout.startswith("sops 3.")
+    # not the project's editable install: the venv holds its own copy
+    shown = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import secretsync; print(secretsync.__file__)"],
+        capture_output=True,
+        text=True,
+        env=clean,
+        check=True,
+        cwd=tmp_path,
+    )
+    assert shown.stdout.startswith(str(venv))

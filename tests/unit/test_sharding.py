@@ -1,0 +1,156 @@
+"""Shard assignment (stable sha256 hash, balance), shard index derivation, the `serve` election
+options, and the sink gate that refuses writes once leadership is gone (DESIGN §6)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Mapping, Set
+from typing import ClassVar
+
+import pytest
+
+from secretsync import cli, errors
+from secretsync.deliver import ApplyResult, ChangeSet
+from secretsync.leases import LeaseTiming, process_identity
+from secretsync.model import Cluster, Delivery, ObjectKey, Observed
+from secretsync.sharding import ElectionSettings, GatedSink, derive_shard_index, shard_of
+
+
+def test_shards_are_balanced() -> None:
+    names = [f"cluster-{i:03d}" for i in range(300)]
+    counts = Counter(shard_of(n, 3) for n in names)
+    assert set(counts) == {0, 1, 2}
+    for shard, n in counts.items():
+        assert 80 <= n <= 120, (shard, counts)
+
+
+def test_shard_of_is_a_fixed_function_of_the_name() -> None:
+    # pinned: sha256 of the name, first 8 bytes big-endian, modulo the shard count
+    assert [shard_of(n, 3) for n in ("prod-eu-1", "prod-us-1", "staging", "kube-b")] == [
+        1,
+        1,
+        1,
+        2,
+    ]
+    assert shard_of("kube-a", 7) == 3
+    assert shard_of("anything", 1) == 0
+    with pytest.raises(ValueError, match="at least 1"):
+        shard_of("x", 0)
+
+
+def test_shard_of_agrees_across_processes_with_other_hash_seeds() -> None:
+    names = [f"c{i}" for i in range(50)]
+    here = [shard_of(n, 5) for n in names]
+    code = f"from secretsync.sharding import shard_of; print([shard_of(n, 5) for n in {names!r}])"
+    for seed in ("1", "12345"):
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout
+        assert out.strip() == str(here)
+
+
+def test_shard_index_sources_in_order() -> None:
+    assert derive_shard_index(explicit=2, env={"SECRETSYNC_SHARD_INDEX": "1"}) == 2
+    assert derive_shard_index(explicit=None, env={"SECRETSYNC_SHARD_INDEX": "1"}) == 1
+    assert derive_shard_index(explicit=None, env={}, hostname="secretsync-4") == 4
+    assert derive_shard_index(explicit=None, env={}, hostname="laptop") is None
+    with pytest.raises(ValueError, match="non-negative"):
+        derive_shard_index(explicit=None, env={"SECRETSYNC_SHARD_INDEX": "-1"})
+
+
+def test_lease_timing_and_election_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="renew deadline"):
+        LeaseTiming(lease_duration_s=2, renew_deadline_s=3, retry_period_s=1)
+    with pytest.raises(ValueError, match=r"not in 0\.\.1"):
+        ElectionSettings(shards=2, shard_index=2, identity="x")
+    ident = process_identity({"HOSTNAME": "secretsync-1"})
+    assert ident.startswith("secretsync-1_") and ident != process_identity(
+        {"HOSTNAME": "secretsync-1"}
+    )
+
+
+def _settings(env: Mapping[str, str]) -> cli.Settings:
+    return cli.Settings(output="text", hmac_key=None, env=env)
+
+
+def _election(env: Mapping[str, str] | None = None, **kw: object) -> ElectionSettings | None:
+    args: dict[str, object] = {
+        "shards": 1,
+        "shard_index": None,
+        "leader_elect": None,
+        "home_kubeconfig": None,
+        "namespace": "ns",
+        "lease_duration": 15.0,
+    }
+    args.update(kw)
+    return cli._election(_settings(env or {}), **args)  # type: ignore[arg-type]
+
+
+def test_serve_election_options() -> None:
+    # one replica, no home cluster: as before, no Lease
+    assert _election() is None
+    # a pod (or a home kubeconfig) turns election on, shard 0 of 1 whatever the hostname
+    on = _election({"KUBERNETES_SERVICE_HOST": "10.0.0.1", "HOSTNAME": "secretsync-3"})
+    assert on is not None and (on.shards, on.shard_index, on.namespace) == (1, 0, "ns")
+    assert on.identity.startswith("secretsync-3_")
+    assert on.timing.renew_deadline_s == 10.0 and on.timing.retry_period_s == 2.0
+    sharded = _election({"HOSTNAME": "secretsync-2"}, shards=3, home_kubeconfig="home.yaml")
+    assert sharded is not None and sharded.shard_index == 2
+    with pytest.raises(cli.UsageError, match="home cluster"):
+        _election({"HOSTNAME": "secretsync-2"}, shards=3)
+    with pytest.raises(cli.UsageError, match="shard-index"):
+        _election({"HOSTNAME": "laptop"}, shards=3)
+    with pytest.raises(cli.UsageError, match="not below"):
+        _election({}, shards=3, shard_index=3)
+    with pytest.raises(cli.UsageError, match="leader election"):
+        _election({}, shards=2, shard_index=0, leader_elect=False)
+
+
+class Recorder:
+    name: ClassVar[str] = "kube"
+
+    def __init__(self) -> None:
+        self.applied: list[str] = []
+
+    def accepts(self, cluster: Cluster) -> bool:
+        return True
+
+    def observes(self, cluster: Cluster) -> bool:
+        return True
+
+    async def observe(self, cluster: Cluster) -> Mapping[ObjectKey, Observed]:
+        return {}
+
+    async def detail(self, observed: Observed) -> Observed:
+        return observed
+
+    async def apply(self, cluster: Cluster, changes: ChangeSet) -> ApplyResult:
+        self.applied.append(cluster.name)
+        return ApplyResult()
+
+    async def orphans(self, known: Set[str]) -> list[str]:
+        return ["gone-a", "gone-b"]
+
+
+async def test_gated_sink_refuses_writes_once_the_gate_closes() -> None:
+    inner = Recorder()
+    allowed = {"a", "gone-a"}
+    sink = GatedSink(inner, allowed=lambda name: name in allowed)
+    a = Cluster(name="a", labels={}, delivery=Delivery.DIRECT, origin="x")
+    b = Cluster(name="b", labels={}, delivery=Delivery.DIRECT, origin="x")
+    assert sink.name == "kube"
+    assert sink.accepts(a) and sink.observes(a)
+    assert not sink.accepts(b) and not sink.observes(b)
+    assert await sink.orphans(set()) == ["gone-a"]
+    await sink.apply(a, ChangeSet())
+    allowed.clear()  # leadership lost mid-cycle
+    with pytest.raises(errors.DeliveryError, match="lost the Lease"):
+        await sink.apply(a, ChangeSet())
+    assert inner.applied == ["a"]
