@@ -32,6 +32,13 @@ def _from_dict(config: Mapping[str, Any], context: str | None) -> k8s.ApiClient:
     k8s_config.load_kube_config_from_dict(
         dict(config), context=context, client_configuration=configuration, persist_config=False
     )
+    return _client(configuration)
+
+
+def _client(configuration: k8s.Configuration) -> k8s.ApiClient:
+    # No retries inside the HTTP library: the sinks retry themselves (with Retry-After, back-off
+    # and budgets they can see and count); hidden retries held worker threads asleep.
+    configuration.retries = 0
     return k8s.ApiClient(configuration)
 
 
@@ -45,7 +52,7 @@ def in_cluster_client() -> k8s.ApiClient:
         raise errors.DeliveryError(
             "inCluster: true, but this process does not run in a Kubernetes pod"
         ) from None
-    return k8s.ApiClient(configuration)
+    return _client(configuration)
 
 
 def client_from_file(path: Path, *, context: str | None = None) -> k8s.ApiClient:

@@ -122,6 +122,10 @@ def _yaml_files(root: Path, folder: str) -> Iterator[str]:
     found: list[str] = []
     for dirpath, dirnames, filenames in os.walk(base):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in dirnames:  # os.walk does not follow them: refuse those that leave the repo
+            link = os.path.join(dirpath, name)
+            if os.path.islink(link):
+                confine(real_root, os.path.relpath(link, real_root), file=folder)
         for name in filenames:
             if not name.endswith((".yaml", ".yml")):
                 continue

@@ -24,6 +24,7 @@ import base64
 import json
 import logging
 import random
+import time
 from collections.abc import Mapping, Set
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ from secretsync.values import SecretValue, content_hash
 log = logging.getLogger(__name__)
 
 ANNOTATION_APPLIED_HASH: Final = "secretsync.dev/applied-hash"
+ANNOTATION_MANAGED_KEYS: Final = "secretsync.dev/managed-keys"
 ANNOTATION_RESTARTED_FOR: Final = "secretsync.dev/restarted-for"
 SELECTOR: Final = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
 
@@ -101,10 +103,19 @@ class ApiError(errors.DeliveryError):
 
 
 def projection(kind: str, obj: Mapping[str, Any]) -> dict[str, object]:
-    """The part of an object secretsync manages and checks for drift."""
+    """The part of an object secretsync manages and checks for drift.
+
+    For a Secret, only the keys secretsync applied count (named in its managed-keys
+    annotation): another field manager may add keys of its own, and server-side apply keeps
+    them; that is not drift.
+    """
     spec = obj.get("spec") or {}
     if kind == "Secret":
-        return {"data": obj.get("data") or {}, "type": obj.get("type") or "Opaque"}
+        data = obj.get("data") or {}
+        keys = ((obj.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_MANAGED_KEYS)
+        if isinstance(keys, str):
+            data = {k: data.get(k) for k in keys.split(",") if k}
+        return {"data": data, "type": obj.get("type") or "Opaque"}
     if kind == "SealedSecret":
         template = spec.get("template") or {}
         return {"encryptedData": spec.get("encryptedData") or {}, "type": template.get("type")}
@@ -128,6 +139,29 @@ def projection(kind: str, obj: Mapping[str, Any]) -> dict[str, object]:
     }
 
 
+class _RateLimit:
+    """A token bucket per cluster: keeps secretsync under the API server's limits instead of
+    finding them with 429s."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.burst = max(1.0, rate)
+        self.tokens = self.burst
+        self.stamp = time.monotonic()
+        self.lock = asyncio.Lock()
+
+    async def take(self) -> None:
+        async with self.lock:
+            now = time.monotonic()
+            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
+            if self.tokens < 1:
+                await asyncio.sleep((1 - self.tokens) / self.rate)
+                self.tokens = 1.0
+                self.stamp = time.monotonic()
+            self.tokens -= 1
+
+
 class KubeSink:
     """Delivers to clusters through their API servers."""
 
@@ -142,12 +176,15 @@ class KubeSink:
         concurrency: int = 8,
         max_attempts: int = 4,
         backoff_s: float = 0.5,
+        requests_per_second: float = 100.0,
     ) -> None:
         self.clients = clients
         self.hmac_key = hmac_key
         self.request_timeout_s = request_timeout_s
         self.concurrency = concurrency
         self.max_attempts = max_attempts
+        self.requests_per_second = requests_per_second
+        self._limits: dict[tuple[int, str], _RateLimit] = {}
         self.backoff_s = backoff_s
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="kube")
         self._uids: dict[ObjectKey, str] = {}
@@ -215,15 +252,26 @@ class KubeSink:
         """One API call with retries; returns (status, body) for statuses in `ok` or 404/409,
         raises ApiError otherwise."""
         loop = asyncio.get_running_loop()
+        limit = self._limits.get((id(loop), cluster.name))
+        if limit is None:
+            limit = self._limits[(id(loop), cluster.name)] = _RateLimit(self.requests_per_second)
         delay = self.backoff_s
-        for attempt in range(1, self.max_attempts + 1):
+        attempt = throttled = 0
+        while True:
+            await limit.take()
             status, doc, headers = await loop.run_in_executor(
                 self._pool, lambda: self._call_sync(cluster, method, path, **kwargs)
             )
             if status in ok or status in (404, 409):
                 return status, doc
             retryable = status in (0, 429) or status >= 500
-            if not retryable or attempt == self.max_attempts:
+            # 429 says "later", not "broken": it gets a larger budget (the cluster's timeout
+            # still bounds the whole)
+            if status == 429:
+                throttled += 1
+            else:
+                attempt += 1
+            if not retryable or attempt >= self.max_attempts or throttled >= 4 * self.max_attempts:
                 raise ApiError(
                     _describe(status, doc, what=what, cluster=cluster.name), status=status
                 )
@@ -235,8 +283,7 @@ class KubeSink:
                 "%s %s on %s: HTTP %s, retrying in %.1fs", method, what, cluster.name, status, wait
             )
             await asyncio.sleep(wait)
-            delay *= 2
-        raise AssertionError("unreachable")
+            delay = min(delay * 2, 10.0)
 
     # --- observe ------------------------------------------------------------------------------
 
@@ -321,7 +368,9 @@ class KubeSink:
         encrypted: dict[str, str] = {}
         if kind is SECRET:
             hasher = materialize.direct_hasher(self.hmac_key)
-            for k, v in (obj.get("data") or {}).items():
+            for k, v in (projection(kind.kind, obj)["data"] or {}).items():  # type: ignore[attr-defined]
+                if not isinstance(v, str):
+                    continue
                 try:
                     value = SecretValue(base64.b64decode(v, validate=True))
                 except (ValueError, TypeError):
@@ -389,6 +438,10 @@ class KubeSink:
         manifest = dict(item.manifest)
         meta = dict(manifest["metadata"])
         annotations = dict(meta.get("annotations") or {})
+        if item.kind == "Secret":
+            annotations[ANNOTATION_MANAGED_KEYS] = ",".join(sorted(manifest.get("data") or {}))
+        meta["annotations"] = annotations
+        manifest["metadata"] = meta
         annotations[ANNOTATION_APPLIED_HASH] = self._applied_hash(item.kind, manifest)
         meta["annotations"] = annotations
         manifest["metadata"] = meta

@@ -1,0 +1,1185 @@
+"""Sync at fleet scale against SIMULATED Kubernetes API servers — a simulation, not clusters.
+
+Every number this benchmark prints is measured against in-process stand-ins for kube-apiserver,
+and every result it writes says `"simulated": true`. For real API servers see bench/sync.py.
+
+What is simulated: one aiohttp application per cluster, each on its own free 127.0.0.1 port
+(plain HTTP, bearer token), all served by one event loop in one background thread. Each serves
+the core/v1 calls secretsync's KubeSink and the naive client make, for Secrets and Namespaces:
+
+- LIST (`/api/v1/secrets`, `/api/v1/namespaces/{ns}/secrets`, `/api/v1/namespaces`) with a
+  `labelSelector` of equality terms (`k=v`, `k==v`, `k!=v`, `k`, `!k`, comma = and);
+- GET, POST (create; 409 AlreadyExists), PUT (replace; optional resourceVersion precondition);
+- PATCH `application/apply-patch+yaml` (server-side apply): creates (201) or merges the
+  applied fields into the stored object, removes the fields the same field manager applied
+  before and no longer applies (tracked in `metadata.managedFields`, FieldsV1), bumps
+  `resourceVersion` only when something changed; conflicts with other managers give 409 unless
+  `force=true`;
+- DELETE with `preconditions.uid` / `resourceVersion` (409 on mismatch);
+- `stringData` folded into `data`, immutable Secrets (422), writes into a missing namespace
+  (404), errors as `Status` JSON.
+
+Each cluster adds a fixed latency to every response (`asyncio.sleep`, standing in for network
+RTT) and has a token-bucket rate limit that answers 429 with `Retry-After` (whole seconds, as
+HTTP requires) when it is empty. Not simulated: watches, other kinds, schema validation beyond
+names and Secret data, admission, authorization (any request with the token is allowed), etcd.
+
+The simulated servers share the process (and its GIL) with the client under test, so their CPU
+is reported beside the client's, and the peak RSS includes their stores.
+
+    python bench/simulated.py [--clusters 100] [--secrets 1000] [--naive-sample 2]
+        [--latency-ms 10] [--rate 50] [--burst 100] [--json FILE]
+
+Measures, in one run on the same simulated fleet:
+- secretsync `sync` cold (nothing there) and warm (nothing changed), through Engine + KubeSink
+  with their defaults, as bench/sync.py does: wall time, requests and writes (KubeSink's
+  counters and, separately, what reached the servers), 429s, peak RSS;
+- the naive client of bench/sync.py (per cluster and Secret: GET, then create or replace, typed
+  client, sequential) on the first `--naive-sample` clusters, cold and warm in its own
+  namespace; its fleet time is extrapolated linearly (it visits clusters one after another)
+  and labelled so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import binascii
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+from aiohttp import web
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from secretsync import clusters, load, runtime
+from secretsync.clusters import ClientFactory
+from secretsync.engine import Engine
+from secretsync.sinks.kube import KubeSink
+
+KEY: Final = b"bench-sync-hmac-key"
+TOKEN: Final = "simulated-bearer-token"  # a dummy: the simulated servers only compare it
+NAMESPACE: Final = "bench"
+NAIVE_NAMESPACE: Final = "naive"
+NAIVE_MANAGER: Final = "OpenAPI-Generator"  # what a real server derives from the typed client
+
+JSONDoc = dict[str, Any]
+FieldPath = tuple[str, ...]
+_MISSING: Final = object()
+
+
+# --- the simulated API server ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    plural: str
+    kind: str
+    namespaced: bool
+
+
+SECRETS: Final = Resource("secrets", "Secret", namespaced=True)
+NAMESPACES: Final = Resource("namespaces", "Namespace", namespaced=False)
+# fields the server owns: never part of a field manager's set, never taken from a request
+SYSTEM_FIELDS: Final = frozenset(
+    {
+        ("apiVersion",),
+        ("kind",),
+        ("status",),
+        ("metadata", "name"),
+        ("metadata", "namespace"),
+        ("metadata", "uid"),
+        ("metadata", "resourceVersion"),
+        ("metadata", "creationTimestamp"),
+        ("metadata", "managedFields"),
+    }
+)
+NAME_RE: Final = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+
+
+class StatusError(Exception):
+    """An API error, answered as a `Status` document."""
+
+    def __init__(
+        self,
+        code: int,
+        reason: str,
+        message: str,
+        *,
+        details: JSONDoc | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.message = message
+        self.details = details
+        self.headers = dict(headers or {})
+
+    def body(self) -> bytes:
+        doc: JSONDoc = {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "code": self.code,
+        }
+        if self.details is not None:
+            doc["details"] = self.details
+        return _dump(doc)
+
+
+def _not_found(res: Resource, name: str) -> StatusError:
+    return StatusError(
+        404,
+        "NotFound",
+        f'{res.plural} "{name}" not found',
+        details={"name": name, "kind": res.plural},
+    )
+
+
+def _dump(doc: object) -> bytes:
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def leaf_paths(doc: Mapping[str, Any], prefix: FieldPath = ()) -> set[FieldPath]:
+    """The paths of the leaves (non-map values, and empty maps) below a map."""
+    out: set[FieldPath] = set()
+    for key, value in doc.items():
+        path = (*prefix, str(key))
+        if path in SYSTEM_FIELDS:
+            continue
+        if isinstance(value, dict) and value:
+            out |= leaf_paths(value, path)
+        else:
+            out.add(path)
+    return out
+
+
+def to_fields_v1(paths: set[FieldPath]) -> JSONDoc:
+    root: JSONDoc = {}
+    for path in sorted(paths):
+        node = root
+        for part in path:
+            node = node.setdefault(f"f:{part}", {})
+    return root
+
+
+def from_fields_v1(fields: Mapping[str, Any], prefix: FieldPath = ()) -> set[FieldPath]:
+    out: set[FieldPath] = set()
+    for key, value in fields.items():
+        if not key.startswith("f:"):
+            continue
+        path = (*prefix, key[2:])
+        if isinstance(value, dict) and value:
+            out |= from_fields_v1(value, path)
+        else:
+            out.add(path)
+    return out
+
+
+def get_path(doc: Mapping[str, Any], path: FieldPath) -> object:
+    node: object = doc
+    for part in path:
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def remove_path(doc: JSONDoc, path: FieldPath) -> None:
+    node: object = doc
+    for part in path[:-1]:
+        if not isinstance(node, dict):
+            return
+        node = node.get(part)
+    if isinstance(node, dict):
+        node.pop(path[-1], None)
+
+
+def deep_merge(dst: JSONDoc, src: Mapping[str, Any]) -> None:
+    for key, value in src.items():
+        if isinstance(value, dict) and value and isinstance(dst.get(key), dict):
+            deep_merge(dst[key], value)
+        else:
+            dst[key] = value
+
+
+def _entry(manager: str, operation: str, paths: set[FieldPath], when: str) -> JSONDoc:
+    return {
+        "manager": manager,
+        "operation": operation,
+        "apiVersion": "v1",
+        "time": when,
+        "fieldsType": "FieldsV1",
+        "fieldsV1": to_fields_v1(paths),
+    }
+
+
+def reassign(
+    entries: Sequence[JSONDoc],
+    manager: str,
+    operation: str,
+    taken: set[FieldPath],
+    present: set[FieldPath],
+) -> list[JSONDoc]:
+    """managedFields after `manager` wrote `taken`: an Apply owns exactly what it applied, an
+    Update adds what it changed; the others lose what was taken and what no longer exists."""
+    out: list[JSONDoc] = []
+    placed = False
+    for entry in entries:
+        before = from_fields_v1(entry.get("fieldsV1") or {})
+        if entry.get("manager") == manager and entry.get("operation") == operation:
+            placed = True
+            mine = set(taken) if operation == "Apply" else (before & present) | taken
+            if mine == before:
+                out.append(entry)
+            elif mine:
+                out.append(_entry(manager, operation, mine, _now()))
+            continue
+        left = (before & present) - taken
+        if left == before:
+            out.append(entry)
+        elif left:
+            out.append({**entry, "fieldsV1": to_fields_v1(left)})
+    if not placed and taken:
+        out.append(_entry(manager, operation, taken, _now()))
+    return out
+
+
+def _content(obj: Mapping[str, Any]) -> JSONDoc:
+    """An object without the fields every write changes."""
+    meta = {
+        k: v
+        for k, v in (obj.get("metadata") or {}).items()
+        if k not in ("resourceVersion", "managedFields")
+    }
+    return {**obj, "metadata": meta}
+
+
+def parse_selector(text: str) -> list[tuple[str, str, str]]:
+    """`k=v,k==v,k!=v,k,!k` as (op, key, value) terms, all of which must hold."""
+    terms: list[tuple[str, str, str]] = []
+    for raw in text.split(","):
+        term = raw.strip()
+        if not term:
+            continue
+        if "!=" in term:
+            key, value = term.split("!=", 1)
+            op = "!="
+        elif "=" in term:
+            key, value = term.split("==", 1) if "==" in term else term.split("=", 1)
+            op = "="
+        elif term.startswith("!"):
+            key, value, op = term[1:], "", "absent"
+        else:
+            key, value, op = term, "", "present"
+        key, value = key.strip(), value.strip()
+        if not key or any(c in key + value for c in " ()"):
+            raise StatusError(400, "BadRequest", f"unable to parse requirement: {term!r}")
+        terms.append((op, key, value))
+    return terms
+
+
+def selector_matches(labels: Mapping[str, str], terms: Sequence[tuple[str, str, str]]) -> bool:
+    for op, key, value in terms:
+        if op == "=" and labels.get(key) != value:
+            return False
+        if op == "!=" and labels.get(key) == value:
+            return False
+        if op == "present" and key not in labels:
+            return False
+        if op == "absent" and key in labels:
+            return False
+    return True
+
+
+class TokenBucket:
+    """`rate` tokens a second up to `burst`; rate 0 is unlimited."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = max(burst, 1.0)
+        self.tokens = self.burst
+        self.stamp = time.monotonic()
+
+    def take(self) -> float:
+        """0.0 when a token was taken, else the seconds until one will be there."""
+        if self.rate <= 0:
+            return 0.0
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / self.rate
+
+    def fill(self) -> None:
+        self.tokens = self.burst
+        self.stamp = time.monotonic()
+
+
+@dataclass(slots=True)
+class Stored:
+    labels: dict[str, str]
+    raw: bytes  # the object's JSON: a LIST joins these without encoding again
+
+
+class SimCluster:
+    """One simulated API server's state and handlers (runs on the simulation's loop)."""
+
+    def __init__(self, name: str, *, latency_s: float, rate: float, burst: float) -> None:
+        self.name = name
+        self.latency_s = latency_s
+        self.bucket = TokenBucket(rate, burst)
+        self.port = 0
+        self.rv = 0
+        self.objects: dict[str, dict[tuple[str, str], Stored]] = {
+            SECRETS.plural: {},
+            NAMESPACES.plural: {},
+        }
+        self.stats: Counter[str] = Counter()
+        self.first = 0.0
+        self.last = 0.0
+        for namespace in ("default", "kube-system"):
+            self.create(NAMESPACES, "", {"metadata": {"name": namespace}}, "kube-apiserver")
+
+    def new_phase(self) -> None:
+        """Zero the counters and fill the bucket, as after an idle pause."""
+        self.stats = Counter()
+        self.first = self.last = 0.0
+        self.bucket.fill()
+
+    def stored_bytes(self) -> int:
+        return sum(len(s.raw) for table in self.objects.values() for s in table.values())
+
+    def count(self, res: Resource, namespace: str) -> int:
+        return sum(1 for ns, _ in self.objects[res.plural] if ns == namespace)
+
+    # --- HTTP -----------------------------------------------------------------------------
+
+    async def dispatch(self, request: web.Request) -> web.Response:
+        now = time.monotonic()
+        self.stats["requests"] += 1
+        self.first = self.first or now
+        self.last = now
+        authorized = request.headers.get("Authorization") == f"Bearer {TOKEN}"
+        wait = self.bucket.take() if authorized else 0.0  # admitted (or not) on arrival
+        body = await request.read()
+        await asyncio.sleep(self.latency_s)  # the simulated round trip, for every answer
+        try:
+            if not authorized:
+                raise StatusError(401, "Unauthorized", "Unauthorized")
+            if wait > 0:
+                retry = max(1, math.ceil(wait))
+                self.stats["throttled"] += 1
+                raise StatusError(
+                    429,
+                    "TooManyRequests",
+                    "Too many requests, please try again later.",
+                    details={"retryAfterSeconds": retry},
+                    headers={"Retry-After": str(retry)},
+                )
+            code, raw = self.route(request, body)
+        except StatusError as exc:
+            self.stats[f"HTTP {exc.code}"] += 1
+            return web.Response(
+                status=exc.code,
+                body=exc.body(),
+                content_type="application/json",
+                headers=exc.headers,
+            )
+        self.stats[f"HTTP {code}"] += 1
+        return web.Response(status=code, body=raw, content_type="application/json")
+
+    def route(self, request: web.Request, body: bytes) -> tuple[int, bytes]:
+        parts = [p for p in request.path.split("/") if p]
+        if parts[:2] != ["api", "v1"]:
+            raise StatusError(404, "NotFound", "the server could not find the requested resource")
+        method = request.method
+        match parts[2:]:
+            case ["secrets"]:
+                return self.collection(request, SECRETS, None, body)
+            case ["namespaces"]:
+                return self.collection(request, NAMESPACES, "", body)
+            case ["namespaces", name]:
+                return self.item(request, NAMESPACES, "", name, body)
+            case ["namespaces", namespace, "secrets"]:
+                return self.collection(request, SECRETS, namespace, body)
+            case ["namespaces", namespace, "secrets", name]:
+                return self.item(request, SECRETS, namespace, name, body)
+        self.stats[f"{method} unknown"] += 1
+        raise StatusError(404, "NotFound", "the server could not find the requested resource")
+
+    def collection(
+        self, request: web.Request, res: Resource, namespace: str | None, body: bytes
+    ) -> tuple[int, bytes]:
+        if request.method == "GET":
+            self.stats[f"LIST {res.plural}"] += 1
+            return 200, self.list_(res, namespace, request.query.get("labelSelector", ""))
+        if request.method == "POST" and namespace is not None:
+            self.stats[f"POST {res.kind}"] += 1
+            manager = request.query.get("fieldManager", NAIVE_MANAGER)
+            return self.create(res, namespace, _parse(request, body), manager)
+        raise StatusError(405, "MethodNotAllowed", f"{request.method} is not supported here")
+
+    def item(
+        self, request: web.Request, res: Resource, namespace: str, name: str, body: bytes
+    ) -> tuple[int, bytes]:
+        method = request.method
+        self.stats[f"{method} {res.kind}"] += 1
+        if method == "GET":
+            stored = self.objects[res.plural].get((namespace, name))
+            if stored is None:
+                raise _not_found(res, name)
+            return 200, stored.raw
+        if method == "PUT":
+            manager = request.query.get("fieldManager", NAIVE_MANAGER)
+            return self.replace(res, namespace, name, _parse(request, body), manager)
+        if method == "PATCH":
+            ctype = request.content_type
+            if ctype != "application/apply-patch+yaml":
+                raise StatusError(
+                    415, "UnsupportedMediaType", f"the simulation applies only, not {ctype}"
+                )
+            manager = request.query.get("fieldManager", "")
+            if not manager:
+                raise StatusError(
+                    400, "BadRequest", "fieldManager: Required value: is required for apply patch"
+                )
+            force = request.query.get("force", "false") == "true"
+            return self.apply(res, namespace, name, _parse(request, body), manager, force=force)
+        if method == "DELETE":
+            return self.delete(res, namespace, name, _parse(request, body) if body else {})
+        raise StatusError(405, "MethodNotAllowed", f"{method} is not supported here")
+
+    # --- storage ----------------------------------------------------------------------------
+
+    def list_(self, res: Resource, namespace: str | None, selector: str) -> bytes:
+        terms = parse_selector(selector)
+        table = self.objects[res.plural]
+        items = [
+            table[key].raw
+            for key in sorted(table)
+            if (namespace is None or not res.namespaced or key[0] == namespace)
+            and selector_matches(table[key].labels, terms)
+        ]
+        head = (
+            f'{{"kind":"{res.kind}List","apiVersion":"v1",'
+            f'"metadata":{{"resourceVersion":"{self.rv}"}},"items":['
+        ).encode()
+        return head + b",".join(items) + b"]}"
+
+    def _commit(self, res: Resource, key: tuple[str, str], obj: JSONDoc) -> bytes:
+        self.rv += 1
+        obj["metadata"]["resourceVersion"] = str(self.rv)
+        labels = obj["metadata"].get("labels") or {}
+        raw = _dump(obj)
+        self.objects[res.plural][key] = Stored(
+            {sys.intern(str(k)): sys.intern(str(v)) for k, v in labels.items()}, raw
+        )
+        return raw
+
+    def _require_namespace(self, namespace: str) -> None:
+        if ("", namespace) not in self.objects[NAMESPACES.plural]:
+            raise _not_found(NAMESPACES, namespace)
+
+    def _identity(
+        self, res: Resource, namespace: str, name: str | None, body: JSONDoc
+    ) -> tuple[JSONDoc, str]:
+        """The request's object with its identity checked and completed, system fields
+        dropped; and the resourceVersion it carried ('' if none)."""
+        if body.get("apiVersion", "v1") != "v1" or body.get("kind", res.kind) != res.kind:
+            raise StatusError(
+                400, "BadRequest", f"the body is not a v1 {res.kind} (kind/apiVersion)"
+            )
+        meta = body.get("metadata")
+        if not isinstance(meta, dict):
+            meta = {}
+        given = meta.get("name")
+        if name is not None and given not in (None, name):
+            raise StatusError(
+                400,
+                "BadRequest",
+                f"the name of the object ({given}) does not match the name on the URL ({name})",
+            )
+        final = name if name is not None else given
+        if not isinstance(final, str) or not NAME_RE.fullmatch(final):
+            raise StatusError(
+                422,
+                "Invalid",
+                f"{res.kind} name {final!r} is invalid",
+                details={"kind": res.plural},
+            )
+        if res.namespaced and meta.get("namespace") not in (None, namespace):
+            raise StatusError(
+                400,
+                "BadRequest",
+                "the namespace of the provided object does not match the namespace sent on the "
+                "request",
+            )
+        version = str(meta.get("resourceVersion") or "")
+        clean = {k: v for k, v in meta.items() if ("metadata", k) not in SYSTEM_FIELDS}
+        clean["name"] = final
+        if res.namespaced:
+            clean["namespace"] = namespace
+        obj = {k: v for k, v in body.items() if (k,) not in SYSTEM_FIELDS}
+        obj["apiVersion"], obj["kind"], obj["metadata"] = "v1", res.kind, clean
+        if res is SECRETS:
+            _fold_string_data(obj)
+        return obj, version
+
+    def _defaults(self, res: Resource, obj: JSONDoc) -> None:
+        if res is SECRETS:
+            obj.setdefault("type", "Opaque")
+            for key, value in (obj.get("data") or {}).items():
+                try:
+                    base64.b64decode(value, validate=True)
+                except (binascii.Error, TypeError, ValueError):
+                    raise StatusError(
+                        422, "Invalid", f"data[{key}]: not base64", details={"kind": "secrets"}
+                    ) from None
+        else:
+            obj.setdefault("spec", {"finalizers": ["kubernetes"]})
+            obj["status"] = {"phase": "Active"}
+
+    @staticmethod
+    def _immutable(old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+        if old.get("immutable") is True and (
+            new.get("immutable") is not True or new.get("data") != old.get("data")
+        ):
+            raise StatusError(
+                422,
+                "Invalid",
+                "data: Forbidden: field is immutable when `immutable` is set",
+                details={"kind": "secrets"},
+            )
+
+    def create(
+        self, res: Resource, namespace: str, body: JSONDoc, manager: str
+    ) -> tuple[int, bytes]:
+        obj, _ = self._identity(res, namespace, None, body)
+        name = obj["metadata"]["name"]
+        if res.namespaced:
+            self._require_namespace(namespace)
+        key = (namespace, name)
+        if key in self.objects[res.plural]:
+            raise StatusError(
+                409,
+                "AlreadyExists",
+                f'{res.plural} "{name}" already exists',
+                details={"name": name, "kind": res.plural},
+            )
+        self._defaults(res, obj)
+        meta = obj["metadata"]
+        meta["uid"] = str(uuid.uuid4())
+        meta["creationTimestamp"] = _now()
+        paths = leaf_paths(obj)
+        meta["managedFields"] = reassign([], manager, "Update", paths, paths)
+        return 201, self._commit(res, key, obj)
+
+    def replace(
+        self, res: Resource, namespace: str, name: str, body: JSONDoc, manager: str
+    ) -> tuple[int, bytes]:
+        obj, version = self._identity(res, namespace, name, body)
+        key = (namespace, name)
+        stored = self.objects[res.plural].get(key)
+        if stored is None:
+            raise _not_found(res, name)
+        cur: JSONDoc = json.loads(stored.raw)
+        if version and version != cur["metadata"]["resourceVersion"]:
+            raise StatusError(
+                409,
+                "Conflict",
+                "the object has been modified; please apply your changes to the latest version "
+                "and try again",
+                details={"name": name, "kind": res.plural},
+            )
+        self._defaults(res, obj)
+        self._immutable(cur, obj)
+        meta = obj["metadata"]
+        meta["uid"] = cur["metadata"]["uid"]
+        meta["creationTimestamp"] = cur["metadata"]["creationTimestamp"]
+        present = leaf_paths(obj)
+        changed = {p for p in present if get_path(cur, p) != get_path(obj, p)}
+        entries = cur["metadata"].get("managedFields") or []
+        meta["managedFields"] = reassign(entries, manager, "Update", changed, present)
+        if _content(obj) == _content(cur) and meta["managedFields"] == entries:
+            return 200, stored.raw
+        return 200, self._commit(res, key, obj)
+
+    def apply(
+        self,
+        res: Resource,
+        namespace: str,
+        name: str,
+        body: JSONDoc,
+        manager: str,
+        *,
+        force: bool,
+    ) -> tuple[int, bytes]:
+        applied, _ = self._identity(res, namespace, name, body)
+        applied_paths = leaf_paths(applied)
+        key = (namespace, name)
+        stored = self.objects[res.plural].get(key)
+        if stored is None:
+            if res.namespaced:
+                self._require_namespace(namespace)
+            self._defaults(res, applied)
+            meta = applied["metadata"]
+            meta["uid"] = str(uuid.uuid4())
+            meta["creationTimestamp"] = _now()
+            meta["managedFields"] = [_entry(manager, "Apply", applied_paths, _now())]
+            return 201, self._commit(res, key, applied)
+        cur: JSONDoc = json.loads(stored.raw)
+        entries: list[JSONDoc] = cur["metadata"].get("managedFields") or []
+        others: set[FieldPath] = set()
+        previous: set[FieldPath] = set()
+        for entry in entries:
+            paths = from_fields_v1(entry.get("fieldsV1") or {})
+            if entry.get("manager") == manager and entry.get("operation") == "Apply":
+                previous = paths
+            else:
+                others |= paths
+        if not force:
+            conflicts = sorted(
+                ".".join(p)
+                for p in applied_paths & others
+                if get_path(cur, p) != get_path(applied, p)
+            )
+            if conflicts:
+                raise StatusError(
+                    409,
+                    "Conflict",
+                    f"Apply failed with {len(conflicts)} conflicts: {', '.join(conflicts[:5])}",
+                    details={"name": name, "kind": res.plural},
+                )
+        obj: JSONDoc = json.loads(stored.raw)
+        for path in previous - applied_paths - others:  # no longer applied, nobody else's
+            remove_path(obj, path)
+        deep_merge(obj, applied)
+        self._defaults(res, obj)
+        self._immutable(cur, obj)
+        obj["metadata"]["managedFields"] = reassign(
+            entries, manager, "Apply", applied_paths, leaf_paths(obj)
+        )
+        if _content(obj) == _content(cur) and obj["metadata"]["managedFields"] == entries:
+            return 200, stored.raw
+        return 200, self._commit(res, key, obj)
+
+    def delete(
+        self, res: Resource, namespace: str, name: str, options: JSONDoc
+    ) -> tuple[int, bytes]:
+        key = (namespace, name)
+        stored = self.objects[res.plural].get(key)
+        if stored is None:
+            raise _not_found(res, name)
+        meta = json.loads(stored.raw)["metadata"]
+        pre = options.get("preconditions") or {}
+        if pre.get("uid") not in (None, meta["uid"]):
+            raise StatusError(
+                409,
+                "Conflict",
+                f"Precondition failed: UID in precondition: {pre['uid']}, UID in object meta: "
+                f"{meta['uid']}",
+                details={"name": name, "kind": res.plural},
+            )
+        if pre.get("resourceVersion") not in (None, meta["resourceVersion"]):
+            raise StatusError(
+                409,
+                "Conflict",
+                "Precondition failed: resourceVersion does not match",
+                details={"name": name, "kind": res.plural},
+            )
+        del self.objects[res.plural][key]
+        if res is NAMESPACES:  # no Terminating phase: its Secrets go at once
+            table = self.objects[SECRETS.plural]
+            for gone in [k for k in table if k[0] == name]:
+                del table[gone]
+        self.rv += 1
+        return 200, _dump(
+            {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Success",
+                "details": {"name": name, "kind": res.plural, "uid": meta["uid"]},
+            }
+        )
+
+
+def _parse(request: web.Request, body: bytes) -> JSONDoc:
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        if not request.content_type.endswith("yaml"):
+            raise StatusError(400, "BadRequest", "the body is not JSON") from None
+        try:
+            doc = yaml.safe_load(body)
+        except yaml.YAMLError:
+            raise StatusError(400, "BadRequest", "the body is not YAML") from None
+    if not isinstance(doc, dict):
+        raise StatusError(400, "BadRequest", "the body is not an object")
+    return doc
+
+
+def _fold_string_data(obj: JSONDoc) -> None:
+    string_data = obj.pop("stringData", None)
+    if isinstance(string_data, dict) and string_data:
+        data = dict(obj.get("data") or {})
+        for key, value in string_data.items():
+            data[key] = base64.b64encode(str(value).encode()).decode("ascii")
+        obj["data"] = data
+
+
+class SimFleet:
+    """N simulated API servers: one aiohttp application each, on its own 127.0.0.1 port, all
+    served by one event loop in one background thread."""
+
+    def __init__(self, count: int, *, latency_s: float, rate: float, burst: float) -> None:
+        self.clusters = [
+            SimCluster(f"sim-{i:03d}", latency_s=latency_s, rate=rate, burst=burst)
+            for i in range(count)
+        ]
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._serve, name="sim-apiservers", daemon=True)
+        self._runners: list[web.AppRunner] = []
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_forever()
+
+    def start(self) -> None:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start_all(), self._loop).result(timeout=120)
+
+    async def _start_all(self) -> None:
+        for cluster in self.clusters:
+            app = web.Application()
+            app.router.add_route("*", "/{tail:.*}", cluster.dispatch)
+            runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            await runner.setup()
+            self._runners.append(runner)
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            site = web.SockSite(runner, sock, shutdown_timeout=1.0, backlog=256)
+            await site.start()
+            cluster.port = sock.getsockname()[1]
+
+    async def _stop_all(self) -> None:
+        for runner in self._runners:
+            await runner.cleanup()
+        self._runners.clear()
+
+    def stop(self) -> None:
+        if not self._thread.is_alive():
+            if not self._loop.is_closed():
+                self._loop.close()
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self._stop_all(), self._loop).result(timeout=120)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=30)
+            if not self._thread.is_alive():
+                self._loop.close()
+
+    def call[T](self, fn: Callable[[], T]) -> T:
+        """Run `fn` on the simulation's loop (its state is only touched there)."""
+
+        async def run() -> T:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout=60)
+
+    def cpu_s(self) -> float:
+        ident = self._thread.ident
+        assert ident is not None
+        return time.clock_gettime(time.pthread_getcpuclockid(ident))
+
+    def new_phase(self) -> None:
+        def reset() -> None:
+            for cluster in self.clusters:
+                cluster.new_phase()
+
+        self.call(reset)
+
+    def wire(self, subset: Sequence[SimCluster] | None = None) -> JSONDoc:
+        """What reached the servers in this phase (including requests answered 429)."""
+
+        def collect() -> JSONDoc:
+            chosen = list(self.clusters if subset is None else subset)
+            requests = [c.stats["requests"] for c in chosen]
+            busy = [c.last - c.first for c in chosen if c.stats["requests"]]
+            calls: Counter[str] = Counter()
+            for c in chosen:
+                calls.update(c.stats)
+            return {
+                "requests_per_cluster_mean": round(statistics.fmean(requests), 1),
+                "requests_per_cluster_max": max(requests),
+                "throttled_429": calls.pop("throttled", 0),
+                "calls": dict(sorted((k, v) for k, v in calls.items() if k != "requests")),
+                "busy_s_per_cluster": {
+                    "min": round(min(busy), 2) if busy else 0.0,
+                    "median": round(statistics.median(busy), 2) if busy else 0.0,
+                    "max": round(max(busy), 2) if busy else 0.0,
+                },
+            }
+
+        return self.call(collect)
+
+    def stored(self, namespace: str) -> tuple[int, int]:
+        """(Secrets in `namespace` on every cluster, bytes of every stored object)."""
+        return self.call(
+            lambda: (
+                sum(c.count(SECRETS, namespace) for c in self.clusters),
+                sum(c.stored_bytes() for c in self.clusters),
+            )
+        )
+
+
+# --- the fleet and the clients ---------------------------------------------------------------
+
+
+def write_kubeconfig(path: Path, cluster: SimCluster) -> Path:
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {"name": cluster.name, "cluster": {"server": f"http://127.0.0.1:{cluster.port}"}}
+        ],
+        "users": [{"name": "bench", "user": {"token": TOKEN}}],
+        "contexts": [{"name": cluster.name, "context": {"cluster": cluster.name, "user": "bench"}}],
+        "current-context": cluster.name,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def build_fleet(root: Path, kubeconfigs: Mapping[str, Path], secrets: int) -> None:
+    """The same fleet as bench/sync.py: every FleetSecret on every cluster, 2 literal keys."""
+    (root / "clusters").mkdir(parents=True)
+    (root / "secrets").mkdir()
+    (root / "secretsync.yaml").write_text(
+        "apiVersion: secretsync.dev/v1alpha1\nkind: Fleet\nmetadata: {name: bench}\n"
+        "spec: {defaults: {delivery: direct}}\n"
+    )
+    docs = [
+        f"apiVersion: secretsync.dev/v1alpha1\nkind: Cluster\n"
+        f"metadata: {{name: {name}, labels: {{env: prod, simulated: 'true'}}}}\n"
+        f"spec: {{delivery: direct, kubeconfig: {{path: {path}}}}}\n"
+        for name, path in kubeconfigs.items()
+    ]
+    (root / "clusters" / "all.yaml").write_text("---\n".join(docs))
+    docs = [
+        f"apiVersion: secretsync.dev/v1alpha1\nkind: FleetSecret\nmetadata: {{name: s{i:04d}}}\n"
+        f"spec:\n  clusterSelector: {{}}\n  target: {{name: s{i:04d}, namespace: {NAMESPACE}}}\n"
+        f"  data:\n    password: {{value: 'bench-value-{i:04d}-{{{{ cluster.name }}}}'}}\n"
+        f"    user: {{value: 'svc-{i:04d}'}}\n"
+        for i in range(secrets)
+    ]
+    (root / "secrets" / "all.yaml").write_text("---\n".join(docs))
+
+
+def peak_rss_mib() -> float:
+    return _status_kib("VmHWM:") / 1024
+
+
+def rss_mib() -> float:
+    return _status_kib("VmRSS:") / 1024
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field):
+                return int(line.split()[1])
+    return 0
+
+
+def run_sync(root: Path, sim: SimFleet) -> JSONDoc:
+    """One `sync` cycle through Engine + KubeSink with their defaults (as bench/sync.py)."""
+    fleet = load.load_fleet(root)
+    sink = KubeSink(clients=ClientFactory(root=root), hmac_key=KEY)
+    engine = Engine(sources={}, sinks=[sink], hmac_key=KEY, clock=lambda: datetime.now(UTC))
+    cpu0, sim0 = time.process_time(), sim.cpu_s()
+    t0 = time.perf_counter()
+    report = asyncio.run(engine.run_cycle(fleet))
+    elapsed = time.perf_counter() - t0
+    cpu, sim_cpu = time.process_time() - cpu0, sim.cpu_s() - sim0
+    sink.close()
+    reasons = Counter(i.reason or "" for i in report.failures)
+    reasons.update(report.failed_clusters.values())
+    return {
+        "s": elapsed,
+        "ok": report.ok,
+        "requests": sink.requests,
+        "writes": sink.writes,
+        "failed_items": len(report.failures),
+        "failed_clusters": len(report.failed_clusters),
+        # reasons name a cluster, an object and an HTTP status: never a value
+        "failure_reasons": [f"{n}x {r}" for r, n in reasons.most_common(5)],
+        "process_cpu_s": round(cpu, 1),
+        "sim_server_cpu_s": round(sim_cpu, 1),
+    }
+
+
+def _with_retry_after[T](call: Callable[[], T]) -> T:
+    """The least a script must add to survive a rate limit: on 429, wait Retry-After and
+    retry (urllib3 already does this for GET/PUT/DELETE, not for POST)."""
+    for _ in range(20):
+        try:
+            return call()
+        except ApiException as exc:
+            if exc.status != 429:
+                raise
+            retry_after = str((exc.headers or {}).get("Retry-After", "1"))
+            time.sleep(float(retry_after) if retry_after.isdigit() else 1.0)
+    return call()
+
+
+def naive(kubeconfigs: Sequence[Path], secrets: int, sim: SimFleet) -> JSONDoc:
+    """GET then create-or-replace, per cluster and secret, one at a time (bench/sync.py's)."""
+    requests = 0
+    cpu0, sim0 = time.process_time(), sim.cpu_s()
+    t0 = time.perf_counter()
+    for path in kubeconfigs:
+        cluster = path.stem
+        api: k8s.ApiClient = k8s_config.new_client_from_config(config_file=str(path))  # type: ignore[no-untyped-call]
+        try:
+            core = k8s.CoreV1Api(api)
+            for i in range(secrets):
+                name = f"s{i:04d}"
+                body = k8s.V1Secret(
+                    metadata=k8s.V1ObjectMeta(name=name, labels={"app": "naive"}),
+                    string_data={
+                        "password": f"bench-value-{i:04d}-{cluster}",
+                        "user": f"svc-{i:04d}",
+                    },
+                )
+                requests += 2
+                try:
+                    _with_retry_after(partial(core.read_namespaced_secret, name, NAIVE_NAMESPACE))
+                    _with_retry_after(
+                        partial(core.replace_namespaced_secret, name, NAIVE_NAMESPACE, body)
+                    )
+                except ApiException as exc:
+                    if exc.status != 404:
+                        raise
+                    _with_retry_after(partial(core.create_namespaced_secret, NAIVE_NAMESPACE, body))
+        finally:
+            clusters.close(api)
+    elapsed = time.perf_counter() - t0
+    return {
+        "s": elapsed,
+        "requests": requests,
+        "process_cpu_s": round(time.process_time() - cpu0, 1),
+        "sim_server_cpu_s": round(sim.cpu_s() - sim0, 1),
+    }
+
+
+def create_namespaces(kubeconfigs: Sequence[Path]) -> None:
+    for path in kubeconfigs:
+        api: k8s.ApiClient = k8s_config.new_client_from_config(config_file=str(path))  # type: ignore[no-untyped-call]
+        try:
+            for namespace in (NAMESPACE, NAIVE_NAMESPACE):
+                k8s.CoreV1Api(api).create_namespace(
+                    k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=namespace))
+                )
+        finally:
+            clusters.close(api)
+
+
+def _phase(run: JSONDoc, wire: JSONDoc, clusters: int) -> JSONDoc:
+    return {
+        "s": round(run["s"], 2),
+        "ok": run["ok"],
+        "requests_per_cluster": run["requests"] // clusters,
+        # requests that reached the servers but not KubeSink's counter: urllib3 retries a
+        # GET/PUT/DELETE answered 429 with Retry-After by itself, inside the worker thread
+        "unseen_by_sink_per_cluster": round(
+            wire["requests_per_cluster_mean"] - run["requests"] / clusters, 1
+        ),
+        "writes": run["writes"],
+        "failed_items": run["failed_items"],
+        "failed_clusters": run["failed_clusters"],
+        "failure_reasons": run["failure_reasons"],
+        "process_cpu_s": run["process_cpu_s"],
+        "sim_server_cpu_s": run["sim_server_cpu_s"],
+        "wire": wire,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
+    parser.add_argument("--clusters", type=int, default=100)
+    parser.add_argument("--secrets", type=int, default=1000)
+    parser.add_argument(
+        "--naive-sample", type=int, default=2, help="clusters the naive client runs on"
+    )
+    parser.add_argument("--latency-ms", type=float, default=10.0)
+    parser.add_argument("--rate", type=float, default=50.0, help="requests/s per cluster, 0: none")
+    parser.add_argument("--burst", type=float, default=100.0)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    if args.clusters < 1 or args.secrets < 1 or args.secrets > 10_000:
+        parser.error("--clusters must be >= 1 and --secrets within 1..10000")
+    sample = max(0, min(args.naive_sample, args.clusters))
+    runtime.tune()
+    t_start = time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix="secretsync-bench-simulated-"))
+    sim = SimFleet(
+        args.clusters, latency_s=args.latency_ms / 1000, rate=args.rate, burst=args.burst
+    )
+    try:
+        sim.start()
+        kubeconfigs = {
+            c.name: write_kubeconfig(work / "kubeconfigs" / f"{c.name}.yaml", c)
+            for c in sim.clusters
+        }
+        create_namespaces(list(kubeconfigs.values()))
+        root = work / "fleet"
+        build_fleet(root, kubeconfigs, args.secrets)
+        rss_before = rss_mib()
+
+        sim.new_phase()
+        cold = _phase(run_sync(root, sim), sim.wire(), args.clusters)
+        peak_cold = peak_rss_mib()
+        stored_after_cold, _ = sim.stored(NAMESPACE)
+        sim.new_phase()
+        warm = _phase(run_sync(root, sim), sim.wire(), args.clusters)
+        peak = peak_rss_mib()
+        stored_after_warm, store_bytes = sim.stored(NAMESPACE)
+
+        naive_doc: JSONDoc | None = None
+        if sample:
+            chosen = list(kubeconfigs.values())[:sample]
+            sim.new_phase()
+            naive_cold = naive(chosen, args.secrets, sim)
+            naive_cold_wire = sim.wire(sim.clusters[:sample])
+            sim.new_phase()
+            naive_warm = naive(chosen, args.secrets, sim)
+            naive_warm_wire = sim.wire(sim.clusters[:sample])
+            scale = args.clusters / sample
+            naive_doc = {
+                "name": "naive GET then create/replace per secret, typed client, sequential",
+                "sampled_clusters": sample,
+                "extrapolated": sample < args.clusters,
+                "extrapolation": (
+                    f"measured on {sample} of {args.clusters} clusters, times x{scale:g} "
+                    "(it visits clusters one after another)"
+                ),
+                "cold_s": round(naive_cold["s"] * scale, 1),
+                "warm_s": round(naive_warm["s"] * scale, 1),
+                "cold_s_measured": round(naive_cold["s"], 2),
+                "warm_s_measured": round(naive_warm["s"], 2),
+                "requests_per_cluster": naive_warm["requests"] // sample,
+                "cold_requests_per_cluster": naive_cold["requests"] // sample,
+                "cold_wire": naive_cold_wire,
+                "warm_wire": naive_warm_wire,
+                "cold_process_cpu_s": naive_cold["process_cpu_s"],
+                "warm_process_cpu_s": naive_warm["process_cpu_s"],
+                "simulated": True,
+            }
+    finally:
+        sim.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    runtime_s = time.perf_counter() - t_start
+
+    objects = args.clusters * args.secrets
+    engine_defaults = Engine(sources={}, sinks=[], hmac_key=KEY, clock=lambda: datetime.now(UTC))
+    per_cluster_cold = 2 * args.secrets + 1  # LIST + (GET + apply) per Secret
+    concurrency = engine_defaults.cluster_concurrency
+    floor_cluster = max(0.0, per_cluster_cold - args.burst) / args.rate if args.rate > 0 else 0.0
+    result: JSONDoc = {
+        "name": "sync-direct-simulated-apiservers",
+        "simulated": True,
+        "delivery": "direct",
+        "clusters": args.clusters,
+        "secrets": args.secrets,
+        "objects": objects,
+        "vault_reads": 0,
+        "cold_s": cold["s"],
+        "cold_requests_per_cluster": cold["requests_per_cluster"],
+        "cold_writes": cold["writes"],
+        "warm_s": warm["s"],
+        "warm_requests_per_cluster": warm["requests_per_cluster"],
+        "warm_writes": warm["writes"],
+        "peak_rss_mib": round(peak, 1),  # the whole process: secretsync and the simulation
+        "peak_rss_after_cold_mib": round(peak_cold, 1),
+        "rss_before_sync_mib": round(rss_before, 1),
+        "sim_store_mib": round(store_bytes / 2**20, 1),
+        "stored_after_cold": stored_after_cold,
+        "stored_after_warm": stored_after_warm,
+        "cold": cold,
+        "warm": warm,
+        "rate_floor": {
+            "per_cluster_s": round(floor_cluster, 1),
+            "engine_cluster_concurrency": concurrency,
+            "fleet_cold_s": round(math.ceil(args.clusters / concurrency) * floor_cluster, 1),
+            "how": (
+                "(2 x secrets + 1 - burst) / rate per cluster; clusters synced "
+                f"{concurrency} at a time (Engine.cluster_concurrency)"
+            ),
+        },
+        "simulation": {
+            "latency_ms": args.latency_ms,
+            "rate_per_s": args.rate,
+            "burst": args.burst,
+            "servers": "aiohttp, one app per cluster, one loop in one thread, same process",
+        },
+        "runtime_s": round(runtime_s, 1),
+    }
+    if naive_doc is not None:
+        result["baseline"] = naive_doc
+        result["speedup"] = round(naive_doc["cold_s"] / cold["s"], 1)
+        result["warm_speedup"] = round(naive_doc["warm_s"] / warm["s"], 1)
+    doc = {
+        "simulated": True,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "date": datetime.now(UTC).date().isoformat(),
+            "load_avg_at_end": [round(x, 2) for x in os.getloadavg()],
+            "apiserver": "SIMULATED: in-process aiohttp stand-ins (bench/simulated.py)",
+        },
+        "results": [result],
+    }
+    print(json.dumps(doc, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

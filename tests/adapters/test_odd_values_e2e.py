@@ -1,0 +1,113 @@
+"""X5 end to end: odd values from a real OpenBao through `secretsync sync` (a real process at
+debug log level) to a real kube-apiserver arrive byte for byte, and no log line holds them."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from kubernetes import client as k8s
+
+from tests import canary
+from tests.adapters.conftest_kube import NamespaceFactory
+from tests.kubecluster import KubeCluster
+from tests.openbao import OpenBao
+
+MakeRepo = Callable[[dict[str, str | bytes]], Path]
+
+
+def odd_values() -> dict[str, str]:
+    u = uuid.uuid4().hex
+    values = {
+        "spaces": f"  surrounded by spaces {u}  ",
+        "newlines": f"line one {u}\nline two\n\nline four\n",
+        "document-break": f"---\napiVersion: v1\nkind: Secret\nmetadata: {{name: evil-{u}}}\n---\n",
+        "quotes": f"single ' double \" back ` slash \\ {u} \\n literal",
+        "unicode": f"ünïcødé 🚀 日本語 \u202ertl\u202c zero\u200bwidth {u}",
+        "yaml-syntax": f"key: value\n- item: &a *a\n? {{[}}]\n# comment {u}",
+        "template": f"{{{{ cluster.name }}}} {{% raw %}} ${{HOME}} {u}",
+        "crlf-tab": f"\tcr\r\nlf\r{u}\t",
+        "only-space-ends": f" {u}",
+        "json": json.dumps({"password": u, "nested": [1, None, True]}),
+    }
+    for v in values.values():
+        canary.remember(v)
+    return values
+
+
+def test_odd_values_are_delivered_byte_for_byte_and_never_logged(
+    fleet_repo: MakeRepo,
+    kube_cluster: KubeCluster,
+    kube_namespace: NamespaceFactory,
+    openbao: OpenBao,
+    tmp_path: Path,
+    unique: str,
+) -> None:
+    namespace = kube_namespace(kube_cluster)
+    values = odd_values()
+    openbao.write_kv("secret", f"{unique}/odd", values)
+    data = "\n".join(
+        f"    {k}: {{vault: {{path: {unique}/odd, key: {k}}}}}" for k in sorted(values)
+    )
+    root = fleet_repo(
+        {
+            "secretsync.yaml": (
+                "apiVersion: secretsync.dev/v1alpha1\nkind: Fleet\nmetadata: {name: odd}\n"
+                "spec:\n  defaults: {delivery: direct}\n"
+                f"  sources: {{vault: {{address: '{openbao.address}', auth: {{method: token}}}}}}\n"
+            ),
+            "clusters/c.yaml": (
+                "apiVersion: secretsync.dev/v1alpha1\nkind: Cluster\n"
+                f"metadata: {{name: odd-{unique}, labels: {{env: prod}}}}\n"
+                f"spec: {{kubeconfig: {{path: {kube_cluster.kubeconfig(tmp_path / 'k.yaml')}}}}}\n"
+            ),
+            "secrets/odd.yaml": (
+                "apiVersion: secretsync.dev/v1alpha1\nkind: FleetSecret\nmetadata: {name: odd}\n"
+                "spec:\n  clusterSelector: {}\n"
+                f"  target: {{name: odd, namespace: {namespace}}}\n  data:\n{data}\n"
+            ),
+        }
+    )
+    env = {
+        **os.environ,
+        "VAULT_TOKEN": openbao.root_token,
+        "SECRETSYNC_HMAC_KEY": "odd-key",
+        "SECRETSYNC_LOG_LEVEL": "debug",
+    }
+    outputs: list[bytes] = []
+    for _ in range(2):
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "secretsync",
+                "--log-level",
+                "debug",
+                "-o",
+                "json",
+                "sync",
+                str(root),
+            ],
+            env=env,
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+        outputs += [proc.stdout, proc.stderr]
+        assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    first, second = json.loads(outputs[0]), json.loads(outputs[2])
+    assert first["summary"]["created"] == 1
+    assert second["summary"]["apiWrites"] == 0, "odd values must hash stably"
+    with kube_cluster.api_client() as api:
+        obj = k8s.CoreV1Api(api).read_namespaced_secret("odd", namespace)
+    delivered = {k: base64.b64decode(v) for k, v in (obj.data or {}).items()}
+    assert delivered == {k: v.encode("utf-8") for k, v in values.items()}
+    assert obj.string_data is None
+    for out in outputs:
+        assert canary.find_in_text(out.decode("utf-8", "replace")) == []
