@@ -13,6 +13,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,15 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "address": "https://vault.example:8200",
             "tokenSecret": {"name": "vault-token"},
             "authSecret": "vault-approle",
+        },
+    },
+    "git-url": {
+        "fleet": {
+            "git": {
+                "url": "https://git.example/platform/fleet.git",
+                "branch": "release/1",
+                "credentialsSecret": "fleet-git-credentials",
+            },
         },
     },
     "namespaced-rbac": {
@@ -99,6 +109,24 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
     "secret-value-in-hmac-ref": ({"secrets": {"hmacKey": {"value": "c2VjcmV0"}}}, "value"),
     "fleet-subpath-escape": ({"fleet": {"subPath": "../etc"}}, "subPath"),
     "git-sync-without-repo": ({"fleet": {"gitSync": {"enabled": True}}}, "repo"),
+    "git-url-and-git-sync": (
+        {
+            "fleet": {
+                "git": {"url": "https://git.example/fleet.git"},
+                "gitSync": {"enabled": True, "repo": "https://git.example/fleet.git"},
+            }
+        },
+        "enabled",
+    ),
+    "git-url-with-subpath": (
+        {"fleet": {"git": {"url": "https://git.example/fleet.git"}, "subPath": "fleet"}},
+        "subPath",
+    ),
+    "git-url-with-credentials": (
+        {"fleet": {"git": {"url": "https://bot:tok@git.example/fleet.git"}}},
+        "url",
+    ),
+    "git-secret-value": ({"fleet": {"git": {"password": "tok"}}}, "password"),
     "shards-the-daemon-cannot-do": ({"sharding": {"enabled": True, "shards": 3}}, "shards"),
     "no-sink": ({"daemon": {"kube": False, "git": False}}, "daemon"),
 }
@@ -242,6 +270,102 @@ def test_values_name_secrets_and_never_hold_them() -> None:
         body = template.read_text()
         assert "stringData" not in body
         assert not re.search(r"^data:", body, re.M) or template.name == "configmap.yaml"
+
+
+# --- rendered by Helm (install onto a real kube-apiserver, no kubelet) ----------------------
+
+
+@pytest.fixture(scope="module")
+def helm_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[helm_sdkpy.Configuration]:
+    from tests.kubecluster import start_cluster
+
+    workdir = tmp_path_factory.mktemp("chart-render")
+    cluster = start_cluster(name="chart", workdir=workdir)
+    try:
+        kubeconfig = cluster.kubeconfig(workdir / "helm.yaml")
+        yield helm_sdkpy.Configuration(namespace="default", kubeconfig=str(kubeconfig))
+    finally:
+        cluster.stop()
+
+
+def render_workload(
+    config: helm_sdkpy.Configuration, release: str, values: dict[str, Any]
+) -> dict[str, Any]:
+    """The pod spec of the chart's workload as Helm rendered it for `values`."""
+    result = asyncio.run(
+        helm_sdkpy.Install(config).run(release, str(CHART), values=values, wait=False, timeout=60)
+    )
+    docs = [d for d in yaml.safe_load_all(result["manifest"]) if d]
+    (workload,) = [d for d in docs if d["kind"] in ("Deployment", "StatefulSet")]
+    spec = workload["spec"]["template"]["spec"]
+    assert isinstance(spec, dict)
+    return spec
+
+
+def test_git_url_renders_flags_working_folder_and_credentials(
+    helm_config: helm_sdkpy.Configuration,
+) -> None:
+    spec = render_workload(helm_config, "git-url", VALUE_SETS["git-url"])
+    (daemon,) = spec["containers"]  # no git-sync sidecar
+    assert daemon["args"][:2] == ["serve", "/git/fleet"]
+    assert "--git-url=https://git.example/platform/fleet.git" in daemon["args"]
+    assert "--git-branch=release/1" in daemon["args"]
+    assert "--git-credentials-file=/etc/secretsync/git/.git-credentials" in daemon["args"]
+    mounts = {m["name"]: m for m in daemon["volumeMounts"]}
+    assert mounts["fleet"]["mountPath"] == "/git"
+    assert mounts["fleet"]["readOnly"] is False  # the working folder the daemon clones into
+    assert mounts["git-credentials"] == {
+        "name": "git-credentials",
+        "mountPath": "/etc/secretsync/git",
+        "readOnly": True,
+    }
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert "emptyDir" in volumes["fleet"]
+    assert volumes["git-credentials"]["secret"] == {
+        "secretName": "fleet-git-credentials",
+        "defaultMode": 0o440,
+        "items": [{"key": ".git-credentials", "path": ".git-credentials"}],
+    }
+    assert daemon["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_git_url_without_credentials_and_default_branch(
+    helm_config: helm_sdkpy.Configuration,
+) -> None:
+    values = {"fleet": {"git": {"url": "https://git.example/public/fleet.git"}}}
+    spec = render_workload(helm_config, "git-url-public", values)
+    (daemon,) = spec["containers"]
+    assert "--git-branch=main" in daemon["args"]
+    assert not [a for a in daemon["args"] if a.startswith("--git-credentials-file")]
+    assert "git-credentials" not in {m["name"] for m in daemon["volumeMounts"]}
+    assert "git-credentials" not in {v["name"] for v in spec["volumes"]}
+
+
+def test_without_git_url_no_git_flags(helm_config: helm_sdkpy.Configuration) -> None:
+    spec = render_workload(helm_config, "git-sync", VALUE_SETS["git-sync-and-secret-refs"])
+    daemon = spec["containers"][0]
+    assert not [a for a in daemon["args"] if a.startswith("--git-")]
+    assert {m["name"]: m for m in daemon["volumeMounts"]}["fleet"]["readOnly"] is True
+    assert "git-credentials" not in {v["name"] for v in spec["volumes"]}
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("git-url-and-git-sync", "two fleet sources"),
+        ("git-url-with-subpath", "fleet.subPath is not supported with fleet.git.url"),
+    ],
+)
+def test_template_refuses_git_url_conflicts_without_the_schema(
+    helm_config: helm_sdkpy.Configuration, name: str, message: str
+) -> None:
+    """The workload template says why, even when the schema is skipped."""
+    with pytest.raises(helm_sdkpy.InstallError, match=message):
+        asyncio.run(
+            helm_sdkpy.Install(helm_config).run(
+                name, str(CHART), values=REFUSED[name][0], wait=False, skip_schema_validation=True
+            )
+        )
 
 
 # --- Dockerfile -------------------------------------------------------------------------------
