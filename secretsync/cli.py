@@ -236,6 +236,8 @@ def _item_doc(item: ItemResult) -> dict[str, Any]:
         doc["keys"] = keys
     if item.versions:
         doc["sources"] = list(item.versions)
+    if item.version_changes:
+        doc["versionChanges"] = list(item.version_changes)
     if item.reason:
         doc["reason"] = item.reason
     return doc

@@ -47,6 +47,7 @@ class ItemResult:
     content_hash: str | None = None
     desired: DesiredSecret | None = None
     versions: tuple[str, ...] = ()  # `<location> (version V)` read for a create or update
+    version_changes: tuple[str, ...] = ()  # `<mount>/<path>: 3 -> 4` against what is delivered
 
     @property
     def refs(self) -> tuple[str, ...]:
@@ -242,7 +243,12 @@ class Engine:
                     if d.delivery is not Delivery.EXTERNAL
                     else {}
                 )
-                ctx = RenderContext(hmac_key=self.hmac_key, certificate=certificate)
+                versions = (
+                    _vault_versions(d, resolution) if d.delivery is not Delivery.EXTERNAL else {}
+                )
+                ctx = RenderContext(
+                    hmac_key=self.hmac_key, certificate=certificate, versions=versions
+                )
                 try:
                     seen = observed.get(d.key)
                     digest = materialize.content_hash_of(d, values, ctx=ctx)
@@ -259,6 +265,7 @@ class Engine:
                             hmac_key=self.hmac_key,
                             certificate=certificate,
                             previous=await sink.detail(seen),
+                            versions=versions,
                         )
                     rendered = materialize.render(d, values, ctx=ctx)
                 except errors.SecretSyncError as exc:
@@ -314,6 +321,12 @@ class Engine:
                         else "",
                         keys=key_diff(seen.key_hashes if seen else {}, item.key_hashes),
                         versions=_versions(d, resolution),
+                        version_changes=_version_changes(
+                            seen.versions if seen else {},
+                            _vault_versions(d, resolution)
+                            if d.delivery is not Delivery.EXTERNAL
+                            else {},
+                        ),
                     )
                 )
                 if not dry_run:
@@ -351,6 +364,26 @@ def _versions(d: DesiredSecret, resolution: resolve.Resolution) -> tuple[str, ..
             for loc in seen
             if resolution.versions.get(loc)
         )
+    )
+
+
+def _vault_versions(d: DesiredSecret, resolution: resolve.Resolution) -> dict[str, str]:
+    """`<mount>/<path>` -> KV version read, for the Vault refs of `d` (recorded on the object)."""
+    out: dict[str, str] = {}
+    for ref in d.refs():
+        loc = ref.location
+        version = resolution.versions.get(loc)
+        name = f"{loc.mount}/{loc.path}"
+        if loc.source == "vault" and version and "," not in name and "=" not in name:
+            out[name] = version
+    return out
+
+
+def _version_changes(old: Mapping[str, str], new: Mapping[str, str]) -> tuple[str, ...]:
+    return tuple(
+        f"{name}: {old[name]} -> {version}"
+        for name, version in sorted(new.items())
+        if name in old and old[name] != version
     )
 
 

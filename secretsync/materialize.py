@@ -26,6 +26,7 @@ from secretsync.model import (
     ANNOTATION_CLUSTER,
     ANNOTATION_CONTENT_HASH,
     ANNOTATION_KEY_HASHES,
+    ANNOTATION_SOURCE_VERSIONS,
     LABEL_FLEET_SECRET,
     LABEL_MANAGED_BY,
     MANAGED_BY,
@@ -72,6 +73,9 @@ class RenderContext:
     certificate: seal.Certificate | None = None
     previous: Observed | None = None
     rng: Callable[[int], bytes] | None = None
+    versions: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """Vault `<mount>/<path>` -> KV version the values were read at: recorded on the object
+    (an audit trail, and what lets `plan` say which refs moved to a new version)."""
 
 
 class Render(Protocol):
@@ -147,8 +151,22 @@ def _needles(values: Mapping[str, SecretValue], desired: DesiredSecret) -> tuple
     return tuple(out)
 
 
+def _versioned(parts: dict[str, object], versions: Mapping[str, str]) -> dict[str, object]:
+    """Hash parts plus the source versions, when there are any (a version written anew with the
+    same value changes the object's recorded version, nothing else)."""
+    return {**parts, "versions": dict(versions)} if versions else parts
+
+
+def _version_annotation(versions: Mapping[str, str]) -> dict[str, str]:
+    return {ANNOTATION_SOURCE_VERSIONS: format_key_hashes(versions)} if versions else {}
+
+
 def _sealed_hashes(
-    desired: DesiredSecret, values: Mapping[str, SecretValue], cert: seal.Certificate, key: bytes
+    desired: DesiredSecret,
+    values: Mapping[str, SecretValue],
+    cert: seal.Certificate,
+    key: bytes,
+    versions: Mapping[str, str],
 ) -> tuple[str, dict[str, str], bytes]:
     scope = desired.target.scope
     label = seal.label_for(desired.target.namespace, desired.target.name, scope)
@@ -157,13 +175,16 @@ def _sealed_hashes(
     key_hashes = {name: hasher.hash(name, value) for name, value in sorted(values.items())}
     digest = content_hash(
         key,
-        {
-            "format": FORMAT,
-            "kind": "SealedSecret",
-            **_shape(desired),
-            **context,
-            "keys": key_hashes,
-        },
+        _versioned(
+            {
+                "format": FORMAT,
+                "kind": "SealedSecret",
+                **_shape(desired),
+                **context,
+                "keys": key_hashes,
+            },
+            versions,
+        ),
     )
     return digest, key_hashes, label
 
@@ -176,7 +197,7 @@ def content_hash_of(
     if desired.delivery is Delivery.SEALED:
         if ctx.certificate is None:
             raise errors.SealError(f"cluster {desired.cluster.name!r} has no sealing certificate")
-        return _sealed_hashes(desired, values, ctx.certificate, ctx.hmac_key)[0]
+        return _sealed_hashes(desired, values, ctx.certificate, ctx.hmac_key, ctx.versions)[0]
     return render(desired, values, ctx=ctx).content_hash
 
 
@@ -187,7 +208,7 @@ def render_sealed(
     if cert is None:
         raise errors.SealError(f"cluster {desired.cluster.name!r} has no sealing certificate")
     scope = desired.target.scope
-    digest, key_hashes, label = _sealed_hashes(desired, values, cert, ctx.hmac_key)
+    digest, key_hashes, label = _sealed_hashes(desired, values, cert, ctx.hmac_key, ctx.versions)
     previous = ctx.previous
     encrypted: dict[str, str] = {}
     resealed = 0
@@ -203,6 +224,7 @@ def render_sealed(
         **seal.scope_annotations(scope),
         ANNOTATION_CONTENT_HASH: digest,
         ANNOTATION_KEY_HASHES: format_key_hashes(key_hashes),
+        **_version_annotation(ctx.versions),
     }
     meta = _metadata(desired, annotations)
     template: dict[str, Any] = {
@@ -314,12 +336,18 @@ def render_direct(
     hasher = direct_hasher(ctx.hmac_key)
     key_hashes = {key: hasher.hash(key, value) for key, value in sorted(values.items())}
     digest = content_hash(
-        ctx.hmac_key, {"format": FORMAT, "kind": "Secret", **_shape(desired), "keys": key_hashes}
+        ctx.hmac_key,
+        _versioned(
+            {"format": FORMAT, "kind": "Secret", **_shape(desired), "keys": key_hashes},
+            ctx.versions,
+        ),
     )
     manifest: Manifest = {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": _metadata(desired, {ANNOTATION_CONTENT_HASH: digest}),
+        "metadata": _metadata(
+            desired, {ANNOTATION_CONTENT_HASH: digest, **_version_annotation(ctx.versions)}
+        ),
         "type": desired.target.type,
         "data": {
             key: base64.b64encode(value.reveal()).decode("ascii")
@@ -363,7 +391,7 @@ def dump_yaml(document: Mapping[str, object] | Sequence[object]) -> bytes:
 
 
 def format_key_hashes(key_hashes: Mapping[str, str]) -> str:
-    """`key=hash,key=hash` (Secret keys never hold `=` or `,`)."""
+    """`key=hash,key=hash` (Secret keys and Vault paths never hold `=` or `,`)."""
     return ",".join(f"{k}={v}" for k, v in sorted(key_hashes.items()))
 
 

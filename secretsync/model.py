@@ -20,6 +20,7 @@ LABEL_FLEET_SECRET: Final = "secretsync.dev/fleet-secret"
 ANNOTATION_CLUSTER: Final = "secretsync.dev/cluster"
 ANNOTATION_CONTENT_HASH: Final = "secretsync.dev/content-hash"
 ANNOTATION_KEY_HASHES: Final = "secretsync.dev/key-hashes"
+ANNOTATION_SOURCE_VERSIONS: Final = "secretsync.dev/source-versions"
 FIELD_MANAGER: Final = "secretsync"
 
 
@@ -366,3 +367,4 @@ class Observed:
     key_hashes: Mapping[str, str] = field(default_factory=dict)
     encrypted: Mapping[str, str] = field(default_factory=dict)  # SealedSecret ciphertexts
     drifted: bool = False  # the sink found the object changed behind secretsync's back
+    versions: Mapping[str, str] = field(default_factory=dict)  # Vault `<mount>/<path>` -> version

@@ -28,6 +28,7 @@ from secretsync.materialize import dump_yaml
 from secretsync.model import (
     ANNOTATION_CONTENT_HASH,
     ANNOTATION_KEY_HASHES,
+    ANNOTATION_SOURCE_VERSIONS,
     LABEL_FLEET_SECRET,
     Cluster,
     Delivery,
@@ -91,6 +92,8 @@ def _observe_file(cluster: str, data: bytes, *, detail: bool) -> Observed | None
             encrypted = {str(k): str(v) for k, v in enc.items() if isinstance(v, str)}
     content = annotations.get(ANNOTATION_CONTENT_HASH)
     fleet_secret = labels.get(LABEL_FLEET_SECRET)
+    raw_versions = annotations.get(ANNOTATION_SOURCE_VERSIONS)
+    versions = materialize.parse_key_hashes(raw_versions) if isinstance(raw_versions, str) else {}
     return Observed(
         key=ObjectKey(cluster, namespace, name),
         kind=str(doc.get("kind", "")),
@@ -99,6 +102,7 @@ def _observe_file(cluster: str, data: bytes, *, detail: bool) -> Observed | None
         content_hash=content if isinstance(content, str) else None,
         key_hashes=key_hashes,
         encrypted=encrypted,
+        versions=versions,
     )
 
 

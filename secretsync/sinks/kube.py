@@ -37,6 +37,7 @@ from secretsync.materialize import Manifest, Rendered
 from secretsync.model import (
     ANNOTATION_CONTENT_HASH,
     ANNOTATION_KEY_HASHES,
+    ANNOTATION_SOURCE_VERSIONS,
     FIELD_MANAGER,
     LABEL_FLEET_SECRET,
     LABEL_MANAGED_BY,
@@ -383,6 +384,10 @@ class KubeSink:
             if kind is SEALED_SECRET:
                 enc = (obj.get("spec") or {}).get("encryptedData") or {}
                 encrypted = {str(k): v for k, v in enc.items() if isinstance(v, str)}
+        raw_versions = annotations.get(ANNOTATION_SOURCE_VERSIONS)
+        versions = (
+            materialize.parse_key_hashes(raw_versions) if isinstance(raw_versions, str) else {}
+        )
         content = annotations.get(ANNOTATION_CONTENT_HASH)
         fleet_secret = labels.get(LABEL_FLEET_SECRET)
         return Observed(
@@ -394,6 +399,7 @@ class KubeSink:
             key_hashes=key_hashes,
             encrypted=encrypted,
             drifted=drifted,
+            versions=versions,
         )
 
     def _applied_hash(self, kind: str, obj: Mapping[str, Any]) -> str:

@@ -210,3 +210,43 @@ async def test_check_refs_reads_external_refs_and_plan_names_source_versions(
         assert item["action"] == "create"
         assert f"vault:secret/{unique}/prod/db (version 3)" in item["sources"]
         assert canary.find_in_text(full.stdout.decode() + full.stderr.decode()) == []
+
+
+async def test_plan_names_refs_that_moved_to_a_new_version(
+    fleet_repo: MakeRepo, openbao: OpenBao, unique: str, tmp_path: Path
+) -> None:
+    role_id, secret_file, values = setup_vault(openbao, unique, tmp_path)
+    root = fleet_repo(fleet_files(openbao.address, unique, role_id, secret_file))
+    done = await asyncio.to_thread(render, root)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    manifest = yaml.safe_load((root / "rendered/prod-use1/payments/db.yaml").read_text())
+    recorded = manifest["metadata"]["annotations"]["secretsync.dev/source-versions"]
+    assert recorded == f"secret/{unique}/pinned=1,secret/{unique}/prod/db=1"
+    openbao.write_kv("secret", f"{unique}/prod/db", values["prod"])  # same values, version 2
+
+    def plan() -> subprocess.CompletedProcess[bytes]:
+        env = {**os.environ, "SECRETSYNC_HMAC_KEY": "vault-render"}
+        env.pop("VAULT_TOKEN", None)
+        return subprocess.run(
+            [sys.executable, "-m", "secretsync", "-o", "json", "plan", str(root)],
+            env=env,
+            capture_output=True,
+            timeout=300,
+            check=False,
+        )
+
+    planned = await asyncio.to_thread(plan)
+    assert planned.returncode == 0, planned.stderr.decode()[-2000:]
+    clusters = json.loads(planned.stdout)["clusters"]
+    assert set(clusters) == {"prod-use1", "prod-euw1"}
+    for items in clusters.values():
+        (item,) = items
+        assert item["action"] == "update"
+        assert "keys" not in item, "no value changed"
+        assert item["versionChanges"] == [f"secret/{unique}/prod/db: 1 -> 2"]
+    before = (root / "rendered/prod-use1/payments/db.yaml").read_bytes()
+    assert (await asyncio.to_thread(render, root)).returncode == 0
+    after = (root / "rendered/prod-use1/payments/db.yaml").read_bytes()
+    old_enc = yaml.safe_load(before)["spec"]["encryptedData"]
+    new_enc = yaml.safe_load(after)["spec"]["encryptedData"]
+    assert old_enc == new_enc, "same values keep their ciphertext; only the recorded version moved"
