@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from tests import keys
+from tests import canary, keys
 
 FLEET = """\
 apiVersion: secretsync.dev/v1alpha1
@@ -112,3 +112,21 @@ def write_fleet(make: Callable[[dict[str, str | bytes]], Path], **extra: str | b
 
 def private_key_for(cluster: str) -> object:
     return keys.rsa_key(SEALED.index(cluster))
+
+
+def vault_docs() -> dict[str, dict[str, object]]:
+    """Fresh canary values for every Vault path the fleet above uses."""
+    return {
+        "payments/prod/db": {
+            "username": canary.new("user-prod"),
+            "password": canary.new("pw-prod"),
+        },
+        "payments/staging/db": {
+            "username": canary.new("user-stg"),
+            "password": canary.new("pw-stg"),
+        },
+        "payments/eu/db": {"password": canary.new("pw-eu")},
+        "web/prod": {"token": canary.new("tok-prod")},
+        "web/staging": {"token": canary.new("tok-stg")},
+        "web/dev": {"token": canary.new("tok-dev")},
+    }

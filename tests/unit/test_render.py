@@ -25,23 +25,6 @@ MakeRepo = Callable[[dict[str, str | bytes]], Path]
 KEY = b"test-hmac-key-0123456789abcdef"
 
 
-def vault_docs() -> dict[str, dict[str, object]]:
-    return {
-        "payments/prod/db": {
-            "username": canary.new("user-prod"),
-            "password": canary.new("pw-prod"),
-        },
-        "payments/staging/db": {
-            "username": canary.new("user-stg"),
-            "password": canary.new("pw-stg"),
-        },
-        "payments/eu/db": {"password": canary.new("pw-eu")},
-        "web/prod": {"token": canary.new("tok-prod")},
-        "web/staging": {"token": canary.new("tok-stg")},
-        "web/dev": {"token": canary.new("tok-dev")},
-    }
-
-
 def run(
     root: Path, source: FakeSource, *, key: bytes = KEY, **kw: Any
 ) -> tuple[CycleReport, GitSink]:
@@ -66,7 +49,7 @@ def doc(root: Path, rel: str) -> dict[str, Any]:
 
 def test_render_writes_one_folder_per_cluster_with_kustomization(fleet_repo: MakeRepo) -> None:
     root = fleets.write_fleet(fleet_repo)
-    report, _ = run(root, FakeSource(vault_docs()))
+    report, _ = run(root, FakeSource(fleets.vault_docs()))
     assert report.ok, report.failures
     files = set(snapshot(root))
     assert files == {
@@ -88,7 +71,7 @@ def test_render_writes_one_folder_per_cluster_with_kustomization(fleet_repo: Mak
 
 def test_each_sealed_secret_opens_only_with_its_own_cluster_key(fleet_repo: MakeRepo) -> None:
     root = fleets.write_fleet(fleet_repo)
-    docs = vault_docs()
+    docs = fleets.vault_docs()
     run(root, FakeSource(docs))
     for cluster in fleets.SEALED:
         manifest = doc(root, f"{cluster}/web/api-keys.yaml")
@@ -110,7 +93,7 @@ def test_each_sealed_secret_opens_only_with_its_own_cluster_key(fleet_repo: Make
 
 def test_overlays_reach_the_right_clusters(fleet_repo: MakeRepo) -> None:
     root = fleets.write_fleet(fleet_repo)
-    docs = vault_docs()
+    docs = fleets.vault_docs()
     run(root, FakeSource(docs))
     eu = seal.unseal_manifest(
         doc(root, "prod-euw1/payments/db-credentials.yaml"),
@@ -131,7 +114,7 @@ def test_overlays_reach_the_right_clusters(fleet_repo: MakeRepo) -> None:
 
 def test_external_secret_names_paths_and_carries_no_values(fleet_repo: MakeRepo) -> None:
     root = fleets.write_fleet(fleet_repo)
-    source = FakeSource(vault_docs())
+    source = FakeSource(fleets.vault_docs())
     run(root, source)
     manifest = doc(root, "staging-euw1/payments/db-credentials.yaml")
     assert manifest["apiVersion"] == "external-secrets.io/v1"
@@ -154,7 +137,7 @@ def test_external_secret_names_paths_and_carries_no_values(fleet_repo: MakeRepo)
 
 def test_second_render_changes_nothing(fleet_repo: MakeRepo) -> None:
     root = fleets.write_fleet(fleet_repo)
-    docs = vault_docs()
+    docs = fleets.vault_docs()
     run(root, FakeSource(docs))
     before = snapshot(root)
     report, sink = run(root, FakeSource(docs))
@@ -166,7 +149,7 @@ def test_second_render_changes_nothing(fleet_repo: MakeRepo) -> None:
 
 def test_one_changed_value_changes_one_file_and_one_key(fleet_repo: MakeRepo) -> None:
     root = fleets.write_fleet(fleet_repo)
-    docs = vault_docs()
+    docs = fleets.vault_docs()
     run(root, FakeSource(docs))
     before = snapshot(root)
     docs["payments/eu/db"] = {"password": canary.new("pw-eu-rotated")}
@@ -184,7 +167,7 @@ def test_one_changed_value_changes_one_file_and_one_key(fleet_repo: MakeRepo) ->
 
 def test_without_hmac_key_sealed_output_changes(fleet_repo: MakeRepo) -> None:
     root = fleets.write_fleet(fleet_repo)
-    docs = vault_docs()
+    docs = fleets.vault_docs()
     run(root, FakeSource(docs), key=b"one-random-key")
     before = snapshot(root)
     run(root, FakeSource(docs), key=b"another-random-key")
@@ -193,7 +176,7 @@ def test_without_hmac_key_sealed_output_changes(fleet_repo: MakeRepo) -> None:
 
 def test_removed_fleet_secret_is_pruned_but_foreign_files_stay(fleet_repo: MakeRepo) -> None:
     root = fleets.write_fleet(fleet_repo)
-    docs = vault_docs()
+    docs = fleets.vault_docs()
     run(root, FakeSource(docs))
     foreign = root / "rendered/prod-use1/web/configmap.yaml"
     foreign.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cm, namespace: web}\n")
@@ -222,7 +205,7 @@ def test_removed_fleet_secret_is_pruned_but_foreign_files_stay(fleet_repo: MakeR
 
 def test_cluster_leaving_the_fleet_is_pruned(fleet_repo: MakeRepo) -> None:
     root = fleets.write_fleet(fleet_repo)
-    docs = vault_docs()
+    docs = fleets.vault_docs()
     run(root, FakeSource(docs))
     clusters = (root / "clusters/all.yaml").read_text().split("---\n")
     (root / "clusters/all.yaml").write_text(
@@ -235,7 +218,7 @@ def test_cluster_leaving_the_fleet_is_pruned(fleet_repo: MakeRepo) -> None:
 
 def test_failing_source_keeps_last_known_good(fleet_repo: MakeRepo) -> None:
     root = fleets.write_fleet(fleet_repo)
-    docs = vault_docs()
+    docs = fleets.vault_docs()
     run(root, FakeSource(docs))
     before = snapshot(root)
     docs["web/prod"] = {"token": canary.new("tok-prod-2")}
@@ -258,7 +241,7 @@ def test_failing_source_keeps_last_known_good(fleet_repo: MakeRepo) -> None:
 
 def test_each_unique_ref_is_read_once(fleet_repo: MakeRepo) -> None:
     root = fleets.write_fleet(fleet_repo)
-    source = FakeSource(vault_docs())
+    source = FakeSource(fleets.vault_docs())
     report, _ = run(root, source)
     paths = [loc.path for loc in source.reads]
     assert sorted(paths) == sorted(set(paths))
@@ -298,7 +281,7 @@ def test_expired_certificate_fails_its_cluster_and_keeps_files(fleet_repo: MakeR
     from tests import keys
 
     root = fleets.write_fleet(fleet_repo)
-    docs = vault_docs()
+    docs = fleets.vault_docs()
     run(root, FakeSource(docs))
     before = snapshot(root)
     past = datetime.now(UTC) - timedelta(days=10)
@@ -338,7 +321,7 @@ def test_any_value_renders_without_leaking_and_unseals_byte_for_byte(
 ) -> None:
     secret = canary.remember(f"cv{value}")
     root = fleets.write_fleet(fleet_repo)
-    docs = vault_docs()
+    docs = fleets.vault_docs()
     docs["web/prod"] = {"token": secret}
     run(root, FakeSource(docs))
     raw = (root / "rendered/prod-use1/web/api-keys.yaml").read_bytes()
@@ -350,7 +333,7 @@ def test_any_value_renders_without_leaking_and_unseals_byte_for_byte(
 
 def test_values_too_large_for_a_secret_are_refused_before_sealing(fleet_repo: MakeRepo) -> None:
     root = fleets.write_fleet(fleet_repo)
-    docs = vault_docs()
+    docs = fleets.vault_docs()
     run(root, FakeSource(docs))
     before = snapshot(root)
     docs["web/prod"] = {"token": canary.new("big") + "x" * (1024 * 1024)}

@@ -53,23 +53,6 @@ spec:
 """
 
 
-def vault_docs() -> dict[str, dict[str, object]]:
-    return {
-        "payments/prod/db": {
-            "username": canary.new("user-prod"),
-            "password": canary.new("pw-prod"),
-        },
-        "payments/staging/db": {
-            "username": canary.new("user-stg"),
-            "password": canary.new("pw-stg"),
-        },
-        "payments/eu/db": {"password": canary.new("pw-eu")},
-        "web/prod": {"token": canary.new("tok-prod")},
-        "web/staging": {"token": canary.new("tok-stg")},
-        "web/dev": {"token": canary.new("tok-dev")},
-    }
-
-
 def with_every_field_secret(root: Path) -> Path:
     (root / "secrets/every-field.yaml").write_text(EVERY_FIELD_SECRET)
     return root
@@ -102,7 +85,9 @@ def rendered_documents(out: Path) -> Iterator[tuple[str, dict[str, Any]]]:
 @pytest.fixture
 def rendered_dir(fleet_repo: MakeRepo) -> Path:
     """The `rendered/` folder of the fleet after one cycle."""
-    return render_fleet(with_every_field_secret(fleets.write_fleet(fleet_repo)), vault_docs())
+    return render_fleet(
+        with_every_field_secret(fleets.write_fleet(fleet_repo)), fleets.vault_docs()
+    )
 
 
 @pytest.fixture
@@ -206,7 +191,7 @@ def _resolved(desired: DesiredSecret, docs: dict[str, dict[str, object]]) -> dic
 
 def test_direct_secrets_pass_the_core_schema(fleet_repo: MakeRepo) -> None:
     root = with_every_field_secret(fleets.write_fleet(fleet_repo))
-    docs = vault_docs()
+    docs = fleets.vault_docs()
     ctx = materialize.RenderContext(hmac_key=KEY)
     manifests = []
     for desired in plan.plan(load.load_fleet(root)):
