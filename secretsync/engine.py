@@ -48,6 +48,7 @@ class ItemResult:
     desired: DesiredSecret | None = None
     versions: tuple[str, ...] = ()  # `<location> (version V)` read for a create or update
     version_changes: tuple[str, ...] = ()  # `<mount>/<path>: 3 -> 4` against what is delivered
+    source_versions: Mapping[str, str] = field(default_factory=dict)  # what the object holds
 
     @property
     def refs(self) -> tuple[str, ...]:
@@ -298,6 +299,7 @@ class Engine:
                         sink.name,
                         "unchanged",
                         content_hash=seen.content_hash if seen else None,
+                        source_versions=seen.versions if seen else {},
                     )
                 )
             applied = ApplyResult()
@@ -310,6 +312,9 @@ class Engine:
                     results.append(_item(d, sink.name, "failed", reason=applied.failed[item.key]))
                     continue
                 action = "create" if seen is None else "update"
+                delivered_versions = (
+                    _vault_versions(d, resolution) if d.delivery is not Delivery.EXTERNAL else {}
+                )
                 results.append(
                     _item(
                         d,
@@ -322,11 +327,9 @@ class Engine:
                         keys=key_diff(seen.key_hashes if seen else {}, item.key_hashes),
                         versions=_versions(d, resolution),
                         version_changes=_version_changes(
-                            seen.versions if seen else {},
-                            _vault_versions(d, resolution)
-                            if d.delivery is not Delivery.EXTERNAL
-                            else {},
+                            seen.versions if seen else {}, delivered_versions
                         ),
+                        source_versions=delivered_versions,
                     )
                 )
                 if not dry_run:

@@ -50,6 +50,7 @@ class Entry:
     state: State = State.PENDING
     reason: str = ""
     refs: tuple[str, ...] = ()
+    versions: dict[str, str] = field(default_factory=dict)  # Vault `<mount>/<path>` -> version
     content_hash: str | None = None
     last_sync: datetime | None = None
     sinks: tuple[str, ...] = ()
@@ -64,6 +65,7 @@ class Entry:
             "state": self.state.value,
             "reason": self.reason,
             "refs": list(self.refs),
+            "versions": dict(self.versions),
             "contentHash": self.content_hash,
             "lastSync": _iso(self.last_sync),
         }
@@ -263,6 +265,8 @@ def _apply(entry: Entry, items: list[ItemResult], *, at: datetime) -> None:
         else:
             state = State.DRIFTED if item.reason == DRIFT_REASON else State.SYNCED
             content_hash = item.content_hash or content_hash
+            if item.source_versions:
+                entry.versions = dict(item.source_versions)
         if item.reason:
             reasons.append(f"{item.sink}: {item.reason}" if len(items) > 1 else item.reason)
         if _SEVERITY[state] > _SEVERITY[worst]:
