@@ -11,16 +11,13 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from secretsync import webhook
 from tests import canary, keys
+from tests.served import ServeClient
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
 
@@ -71,52 +68,8 @@ spec:
 """
 
 
-class Served:
-    def __init__(self, proc: subprocess.Popen[bytes], base: str, log: Path, key: bytes) -> None:
-        self.proc, self.base, self.log, self.key = proc, base, log, key
-        self.seen: list[str] = []
-
-    def request(
-        self, path: str, *, body: bytes | None = None, headers: dict[str, str] | None = None
-    ) -> tuple[int, str]:
-        # the base is always http://127.0.0.1:<port> of the process this test started
-        req = urllib.request.Request(self.base + path, data=body, headers=headers or {})  # noqa: S310
-        try:
-            with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
-                status, text = resp.status, resp.read().decode()
-        except urllib.error.HTTPError as exc:
-            status, text = exc.code, exc.read().decode()
-        self.seen.append(text)
-        return status, text
-
-    def cycles(self) -> int:
-        status, text = self.request("/v1/status")
-        assert status == 200
-        return int(json.loads(text)["cycles"])
-
-    def wait_for(self, predicate: Callable[[], bool], *, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}; log:\n{self.log.read_text()}")
-            assert self.proc.poll() is None, self.log.read_text()
-            time.sleep(0.05)  # poll interval under the deadline above
-
-
-def _post(served: Served, body: bytes, *, key: bytes | None = None, ts: int | None = None) -> int:
-    msg_id = f"msg_{uuid.uuid4().hex}"
-    stamp = int(time.time()) if ts is None else ts
-    headers = {
-        "webhook-id": msg_id,
-        "webhook-timestamp": str(stamp),
-        "webhook-signature": webhook.sign(key or served.key, msg_id, stamp, body),
-        "Content-Type": "application/json",
-    }
-    return served.request("/v1/webhooks/vault", body=body, headers=headers)[0]
-
-
 @pytest.fixture
-def served(fleet_repo: MakeRepo, tmp_path: Path) -> Iterator[Served]:
+def served(fleet_repo: MakeRepo, tmp_path: Path) -> Iterator[ServeClient]:
     root = fleet_repo(
         {
             "secretsync.yaml": FLEET,
@@ -155,14 +108,14 @@ def served(fleet_repo: MakeRepo, tmp_path: Path) -> Iterator[Served]:
                 raise AssertionError(f"serve did not start:\n{log.read_text()}")
             else:
                 time.sleep(0.05)  # poll interval under the deadline above
-        yield Served(proc, f"http://127.0.0.1:{port}", log, webhook_secret.encode())
+        yield ServeClient(proc, log, webhook_secret.encode(), base=f"http://127.0.0.1:{port}")
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
 
 
-def test_serve_end_to_end(served: Served) -> None:
+def test_serve_end_to_end(served: ServeClient) -> None:
     served.wait_for(lambda: served.cycles() >= 1, timeout=30, what="the start cycle")
     assert served.request("/healthz")[0] == 200
     status, ready = served.request("/readyz")
@@ -181,9 +134,7 @@ def test_serve_end_to_end(served: Served) -> None:
 
     before = served.cycles()
     leak = canary.new("in-body")
-    assert (
-        _post(served, json.dumps({"paths": ["secret/data/web/prod", f"x/{leak}"]}).encode()) == 202
-    )
+    assert served.post(json.dumps({"paths": ["secret/data/web/prod", f"x/{leak}"]}).encode()) == 202
     served.wait_for(lambda: served.cycles() > before, timeout=10, what="the webhook cycle")
     doc = json.loads(served.request("/v1/status")[1])
     assert doc["lastCycle"]["trigger"] == "webhook"
@@ -191,11 +142,11 @@ def test_serve_end_to_end(served: Served) -> None:
 
     after = served.cycles()
     body = json.dumps({"paths": ["secret/web/staging", canary.new("bad-sig")]}).encode()
-    assert _post(served, body, key=b"not the key") == 401
-    assert _post(served, body, ts=int(time.time()) - 600) == 401
+    assert served.post(body, key=b"not the key") == 401
+    assert served.post(body, ts=int(time.time()) - 600) == 401
     huge = json.dumps({"paths": [canary.new("huge") * 3000]}).encode()
     assert len(huge) > 64 * 1024
-    assert _post(served, huge) == 413
+    assert served.post(huge) == 413
     assert served.cycles() == after  # refused requests did no work
     metrics = served.request("/metrics")[1]
     assert 'secretsync_webhooks_total{outcome="unauthorized"} 2.0' in metrics

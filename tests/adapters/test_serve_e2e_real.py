@@ -17,9 +17,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,8 +24,7 @@ from pathlib import Path
 from kubernetes import client as k8s
 from prometheus_client.parser import text_string_to_metric_families
 
-from secretsync import webhook
-from tests import canary
+from tests import canary, served
 from tests.adapters.conftest_kube import NamespaceFactory
 from tests.kubecluster import KubeCluster
 from tests.openbao import OpenBao
@@ -38,62 +34,7 @@ SECRET = "rotated"
 POLL_S = 0.02  # poll interval inside every deadline loop below
 
 
-class Daemon:
-    def __init__(self, proc: subprocess.Popen[bytes], log: Path, key: bytes) -> None:
-        self.proc, self.log, self.key = proc, log, key
-        self.base = ""
-        self.seen: list[str] = []
-
-    def request(
-        self, path: str, *, body: bytes | None = None, headers: dict[str, str] | None = None
-    ) -> tuple[int, str]:
-        # the base is always http://127.0.0.1:<port> of the process this test started
-        req = urllib.request.Request(self.base + path, data=body, headers=headers or {})  # noqa: S310
-        try:
-            with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
-                status, text = resp.status, resp.read().decode()
-        except urllib.error.HTTPError as exc:
-            status, text = exc.code, exc.read().decode()
-        self.seen.append(text)
-        return status, text
-
-    def status(self) -> dict:
-        code, text = self.request("/v1/status")
-        assert code == 200, text
-        return json.loads(text)
-
-    def wait_for(self, predicate: Callable[[], bool], *, timeout: float, what: str) -> float:
-        """Poll `predicate` until true; return when it became true (monotonic)."""
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}; log:\n{self.log_text()}")
-            assert self.proc.poll() is None, f"serve exited early:\n{self.log_text()}"
-            time.sleep(POLL_S)
-        return time.monotonic()
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def post(
-        self,
-        body: bytes,
-        *,
-        key: bytes | None = None,
-        ts: int | None = None,
-        signed: bool = True,
-    ) -> int:
-        headers = {"Content-Type": "application/json"}
-        if signed:
-            msg_id = f"msg_{uuid.uuid4().hex}"
-            stamp = int(time.time()) if ts is None else ts
-            headers |= {
-                "webhook-id": msg_id,
-                "webhook-timestamp": str(stamp),
-                "webhook-signature": webhook.sign(key or self.key, msg_id, stamp, body),
-            }
-        return self.request("/v1/webhooks/vault", body=body, headers=headers)[0]
-
+class Daemon(served.ServeClient):
     def sigterm(self, *, timeout: float = 30) -> float:
         started = time.monotonic()
         os.kill(self.proc.pid, signal.SIGTERM)
@@ -130,7 +71,7 @@ def serve(
             stdout=sink,
             stderr=subprocess.STDOUT,
         )  # fmt: skip
-    daemon = Daemon(proc, log, webhook_secret.encode())
+    daemon = Daemon(proc, log, webhook_secret.encode(), poll_s=POLL_S)
     try:
         deadline = time.monotonic() + 60
         while True:
