@@ -90,7 +90,9 @@ class Engine:
     hmac_key: bytes
     clock: Callable[[], datetime]
     cluster_timeout_s: float = 120.0
-    cluster_concurrency: int = 8
+    # Clusters worked on at once. Each cluster is paced by its own rate limit and timeout, so
+    # the bound only caps memory and sockets; a fleet of a few hundred runs in one round.
+    cluster_concurrency: int = 128
     source_concurrency: int = 64
 
     async def run_cycle(
