@@ -274,7 +274,7 @@ def _home_client(path: str | None) -> Any:
     from secretsync import clusters
 
     try:
-        return clusters.client_from_file(Path(path))
+        return clusters.endpoint_from_file(Path(path))
     except errors.DeliveryError as exc:
         raise UsageError(f"--home-kubeconfig: {exc}") from None
 
@@ -325,14 +325,13 @@ def _run(
         finally:
             for source in engine.sources.values():
                 await source.aclose()
+            if kube_sink is not None:
+                await kube_sink.aclose()
 
     try:
         report = asyncio.run(go())
     except errors.ConfigError as exc:
         _fail_config(exc)
-    finally:
-        if kube_sink is not None:
-            kube_sink.close()
     doc = _report_doc(report, verbose=verbose)
     if git_sink is not None and not dry_run:
         doc["summary"]["filesChanged"] = git_sink.files_changed
@@ -925,7 +924,7 @@ def cluster_add(
     api = None
     if kubeconfig is not None:
         try:
-            api = clusters.client_from_file(Path(kubeconfig), context=context)
+            api = clusters.endpoint_from_file(Path(kubeconfig), context=context)
         except errors.DeliveryError as exc:
             raise UsageError(f"--kubeconfig: {exc}") from None
     record: dict[str, object] = {}
@@ -956,9 +955,6 @@ def cluster_add(
     except (errors.DeliveryError, errors.SealError) as exc:
         click.echo(f"cluster {name}: {exc}; nothing was written", err=True)
         sys.exit(EXIT_FAILED)
-    finally:
-        if api is not None:
-            clusters.close(api)
     _emit(settings, summary)
 
 
@@ -991,14 +987,18 @@ def cluster_remove(
         from secretsync.deliver import ChangeSet
 
         in_git = [o for o in (await git.observe(cluster)).values() if o.owned]
-        in_api = await kube.observe_everything(cluster) if kube else []
-        if yes:
-            if in_git:
-                await git.apply(cluster, ChangeSet(delete=in_git))
-            if kube and in_api:
-                result = await kube.apply(cluster, ChangeSet(delete=in_api))
-                for key, reason in result.failed.items():
-                    click.echo(f"failed: {key}: {reason}", err=True)
+        try:
+            in_api = await kube.observe_everything(cluster) if kube else []
+            if yes:
+                if in_git:
+                    await git.apply(cluster, ChangeSet(delete=in_git))
+                if kube and in_api:
+                    result = await kube.apply(cluster, ChangeSet(delete=in_api))
+                    for key, reason in result.failed.items():
+                        click.echo(f"failed: {key}: {reason}", err=True)
+        finally:
+            if kube is not None:
+                await kube.aclose()
         return in_git, in_api
 
     try:
@@ -1006,9 +1006,6 @@ def cluster_remove(
     except errors.DeliveryError as exc:
         click.echo(f"cluster {name}: {exc}", err=True)
         sys.exit(EXIT_FAILED)
-    finally:
-        if kube is not None:
-            kube.close()
     _emit(
         settings,
         {

@@ -1,23 +1,28 @@
-"""One Kubernetes API client per cluster, built from `Cluster.spec.kubeconfig` — never global.
+"""How secretsync reaches each cluster's API server — one `Endpoint` per cluster, never global.
 
-`kubeconfig.path` (+ `context`) is a machine path, read only here; `secretRef` names a
-Secret holding a kubeconfig in the cluster secretsync itself runs in (the *home* cluster,
-reached in-cluster or through `--home-kubeconfig`); `inCluster: true` uses the pod's service
-account. Every client gets its own `Configuration`, so clusters never share credentials.
+`Cluster.spec.kubeconfig` says where: `path` (+ `context`) is a machine path, read only here;
+`secretRef` names a Secret holding a kubeconfig in the cluster secretsync itself runs in (the
+*home* cluster, reached in-cluster or through `--home-kubeconfig`); `inCluster: true` uses the
+pod's service account. The kubernetes client parses kubeconfigs (contexts, exec plugins, token
+refresh); requests go over aiohttp, which costs a tenth of the client CPU of the client's own
+thread-bound REST layer. Every Endpoint has its own credentials and connection pool.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
-import threading
-from collections.abc import Mapping
+import json
+import ssl
+from collections.abc import AsyncGenerator, Mapping
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
-from kubernetes.client.exceptions import ApiException
 from kubernetes.config import incluster_config
 
 from secretsync import errors
@@ -26,23 +31,135 @@ from secretsync.model import Cluster, Kubeconfig
 SA_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 SA_CA = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
 
+Reply = tuple[int, bytes, Mapping[str, str]]
 
-def _from_dict(config: Mapping[str, Any], context: str | None) -> k8s.ApiClient:
+
+class Endpoint:
+    """One API server: its address, TLS and credentials, and a connection pool per event loop.
+
+    `request` never raises for HTTP errors or an unreachable server (status 0) and never puts
+    a response body in an exception: callers decide from the status. Nothing is retried here;
+    the callers retry with budgets they can see and count.
+    """
+
+    def __init__(self, configuration: k8s.Configuration, *, connections: int = 32) -> None:
+        self.configuration = configuration
+        self.base = str(configuration.host).rstrip("/")
+        self._connections = connections
+        self._ssl = _ssl_context(configuration) if self.base.startswith("https:") else None
+        self._server_name = configuration.tls_server_name or (
+            configuration.assert_hostname
+            if isinstance(configuration.assert_hostname, str)
+            else None
+        )
+        self._sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
+        self._guards: dict[asyncio.AbstractEventLoop, AsyncGenerator[None, None]] = {}
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: list[tuple[str, str]] | None = None,
+        body: object = None,
+        content_type: str = "application/json",
+        accept: str = "application/json",
+        timeout_s: float = 15.0,
+    ) -> Reply:
+        headers = {"Accept": accept}
+        auth: Mapping[str, Any] = self.configuration.auth_settings().get("BearerToken") or {}
+        if auth.get("value"):
+            headers["Authorization"] = auth["value"]  # refreshed by the config when it expires
+        data: bytes | None = None
+        if body is not None:
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
+            headers["Content-Type"] = content_type
+        try:
+            session = await self._session()
+            async with session.request(
+                method,
+                self.base + path,
+                params=query,
+                data=data,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout_s),
+                proxy=self.configuration.proxy or None,
+                server_hostname=self._server_name,
+            ) as response:
+                raw = await response.read()
+                return response.status, raw, response.headers
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
+            # connection, TLS and protocol errors: their text may name hosts, never data
+            return 0, b"", {}
+
+    async def _session(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        session = self._sessions.get(loop)
+        if session is None or session.closed:
+            for old in [lp for lp in self._sessions if lp.is_closed()]:
+                del self._sessions[old]
+                self._guards.pop(old, None)
+            connector = aiohttp.TCPConnector(
+                limit=self._connections, ssl=self._ssl if self._ssl is not None else False
+            )
+            session = self._sessions[loop] = aiohttp.ClientSession(
+                connector=connector, auto_decompress=True, skip_auto_headers=("User-Agent",)
+            )
+            # closed when its loop shuts down (asyncio.run closes the async generators still
+            # open), so a caller that never calls aclose() leaves no socket behind; the loop
+            # holds generators weakly, hence the reference kept here
+            guard = self._guards[loop] = _close_at_shutdown(session)
+            await anext(guard)
+        return session
+
+    async def aclose(self) -> None:
+        """Close the connection pool of the running loop."""
+        loop = asyncio.get_running_loop()
+        self._guards.pop(loop, None)
+        session = self._sessions.pop(loop, None)
+        if session is not None:
+            await session.close()
+
+
+async def _close_at_shutdown(session: aiohttp.ClientSession) -> AsyncGenerator[None, None]:
+    try:
+        yield
+    finally:
+        await session.close()
+
+
+def _http(status: int) -> str:
+    try:
+        return f"HTTP {status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"HTTP {status}"
+
+
+def _ssl_context(configuration: k8s.Configuration) -> ssl.SSLContext:
+    if configuration.verify_ssl:
+        context = ssl.create_default_context(
+            cafile=configuration.ssl_ca_cert or None, cadata=configuration.ca_cert_data or None
+        )
+        if configuration.assert_hostname is False:
+            context.check_hostname = False
+    else:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if configuration.cert_file:
+        context.load_cert_chain(configuration.cert_file, configuration.key_file or None)
+    return context
+
+
+def _from_dict(config: Mapping[str, Any], context: str | None) -> Endpoint:
     configuration = k8s.Configuration()
     k8s_config.load_kube_config_from_dict(
         dict(config), context=context, client_configuration=configuration, persist_config=False
     )
-    return _client(configuration)
+    return Endpoint(configuration)
 
 
-def _client(configuration: k8s.Configuration) -> k8s.ApiClient:
-    # No retries inside the HTTP library: the sinks retry themselves (with Retry-After, back-off
-    # and budgets they can see and count); hidden retries held worker threads asleep.
-    configuration.retries = 0
-    return k8s.ApiClient(configuration)
-
-
-def in_cluster_client() -> k8s.ApiClient:
+def in_cluster_endpoint() -> Endpoint:
     configuration = k8s.Configuration()
     try:
         incluster_config.InClusterConfigLoader(
@@ -52,10 +169,10 @@ def in_cluster_client() -> k8s.ApiClient:
         raise errors.DeliveryError(
             "inCluster: true, but this process does not run in a Kubernetes pod"
         ) from None
-    return _client(configuration)
+    return Endpoint(configuration)
 
 
-def client_from_file(path: Path, *, context: str | None = None) -> k8s.ApiClient:
+def endpoint_from_file(path: Path, *, context: str | None = None) -> Endpoint:
     try:
         data = yaml.safe_load(path.read_text())
     except OSError as exc:
@@ -72,98 +189,61 @@ def client_from_file(path: Path, *, context: str | None = None) -> k8s.ApiClient
         ) from None
 
 
-def call(
-    api: k8s.ApiClient,
-    method: str,
-    path: str,
-    *,
-    query: list[tuple[str, str]] | None = None,
-    body: object = None,
-    content_type: str = "application/json",
-    accept: str = "application/json",
-    timeout_s: float = 15.0,
-) -> tuple[int, bytes, Mapping[str, str]]:
-    """One raw API request: (status, body bytes, headers); status 0 when unreachable.
-
-    Never raises for HTTP errors and never puts a response body in an exception: callers
-    decide from the status.
-    """
-    headers = {"Accept": accept}
-    if body is not None:
-        headers["Content-Type"] = content_type
-    method_, url, header_params, body_, post = api.param_serialize(
-        method=method,
-        resource_path=path,
-        query_params=query or [],
-        header_params=headers,
-        body=body,
-        auth_settings=["BearerToken"],
-    )
-    try:
-        response = api.call_api(
-            method_, url, header_params, body_, post, _request_timeout=timeout_s
-        )
-        raw = response.read()
-    except ApiException as exc:
-        return int(exc.status or 0), b"", {}
-    except Exception:  # urllib3 / socket errors, whose text may name hosts but not data
-        return 0, b"", {}
-    return int(response.status), raw or b"", dict(response.headers or {})
-
-
 class ClientFactory:
-    """Builds and caches the API client of each cluster (thread-safe)."""
+    """Builds and caches the Endpoint of each cluster."""
 
-    def __init__(self, *, root: Path, home: k8s.ApiClient | None = None) -> None:
+    def __init__(self, *, root: Path, home: Endpoint | None = None) -> None:
         self.root = root
         self._home = home
-        self._clients: dict[str, k8s.ApiClient] = {}
-        self._lock = threading.Lock()
+        self._endpoints: dict[str, Endpoint] = {}
 
-    def home(self) -> k8s.ApiClient:
+    def home(self) -> Endpoint:
         if self._home is None:
-            self._home = in_cluster_client()
+            self._home = in_cluster_endpoint()
         return self._home
 
-    def for_cluster(self, cluster: Cluster) -> k8s.ApiClient:
-        with self._lock:
-            cached = self._clients.get(cluster.name)
-            if cached is None:
-                cached = self._clients[cluster.name] = self._build(cluster)
-            return cached
+    async def for_cluster(self, cluster: Cluster) -> Endpoint:
+        cached = self._endpoints.get(cluster.name)
+        if cached is None:
+            cached = self._endpoints[cluster.name] = await self._build(cluster)
+        return cached
 
-    def _build(self, cluster: Cluster) -> k8s.ApiClient:
+    async def _build(self, cluster: Cluster) -> Endpoint:
         spec = cluster.kubeconfig
         if spec is None:
             raise errors.DeliveryError(f"cluster {cluster.name!r} has no spec.kubeconfig")
         if spec.in_cluster:
-            return in_cluster_client()
+            return in_cluster_endpoint()
         if spec.path is not None:
             path = Path(spec.path)
-            return client_from_file(
+            return endpoint_from_file(
                 path if path.is_absolute() else self.root / path, context=spec.context
             )
-        return self._from_secret(cluster.name, spec)
+        return await self._from_secret(cluster.name, spec)
 
-    def _from_secret(self, name: str, spec: Kubeconfig) -> k8s.ApiClient:
+    async def _from_secret(self, name: str, spec: Kubeconfig) -> Endpoint:
         namespace, secret_name = spec.secret_namespace, spec.secret_name
         if namespace is None or secret_name is None:
             raise errors.DeliveryError(f"cluster {name!r}: kubeconfig.secretRef is incomplete")
         where = f"{namespace}/{secret_name}"
-        try:
-            secret = k8s.CoreV1Api(self.home()).read_namespaced_secret(secret_name, namespace)
-        except k8s.ApiException as exc:
+        status, raw, _ = await self.home().request(
+            "GET", f"/api/v1/namespaces/{namespace}/secrets/{secret_name}"
+        )
+        if status != 200:
+            reason = "cannot reach the API server" if status == 0 else _http(status)
             raise errors.DeliveryError(
-                f"cluster {name!r}: cannot read kubeconfig Secret {where} "
-                f"(HTTP {exc.status} {exc.reason})"
-            ) from None
-        raw = (secret.data or {}).get(spec.secret_key)
-        if raw is None:
+                f"cluster {name!r}: cannot read kubeconfig Secret {where} ({reason})"
+            )
+        try:
+            encoded = (json.loads(raw).get("data") or {}).get(spec.secret_key)
+        except (ValueError, AttributeError):
+            encoded = None
+        if not isinstance(encoded, str):
             raise errors.DeliveryError(
                 f"cluster {name!r}: Secret {where} has no key {spec.secret_key!r}"
             )
         try:
-            data = yaml.safe_load(base64.b64decode(raw))
+            data = yaml.safe_load(base64.b64decode(encoded))
             return _from_dict(data, spec.context)
         except Exception:  # any malformed kubeconfig: say so without echoing it
             raise errors.DeliveryError(
@@ -171,13 +251,9 @@ class ClientFactory:
                 "kubeconfig"
             ) from None
 
-    def close(self) -> None:
-        with self._lock:
-            for api in self._clients.values():
-                api.close()
-            self._clients.clear()
-
-
-def close(api: k8s.ApiClient) -> None:
-    """Release an API client's connection pool."""
-    api.close()
+    async def aclose(self) -> None:
+        """Close the connection pools this factory opened on the running loop."""
+        for endpoint in self._endpoints.values():
+            await endpoint.aclose()
+        if self._home is not None:
+            await self._home.aclose()

@@ -25,7 +25,7 @@ import logging
 import random
 import signal
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -146,7 +146,7 @@ class EngineWiring:
         self._report = report
         self._key: tuple[Any, ...] | None = None
         self._engine: Engine | None = None
-        self._closers: list[Callable[[], None]] = []
+        self._closers: list[Callable[[], Awaitable[None]]] = []
 
     async def engine_for(self, fleet: Fleet) -> Engine:
         key = (fleet.root, fleet.output_dir, fleet.vault, fleet.sops)
@@ -166,12 +166,14 @@ class EngineWiring:
             from secretsync import clusters  # noqa: PLC0415
             from secretsync.sinks.kube import KubeSink  # noqa: PLC0415
 
-            home = clusters.client_from_file(Path(s.home_kubeconfig)) if s.home_kubeconfig else None
+            home = (
+                clusters.endpoint_from_file(Path(s.home_kubeconfig)) if s.home_kubeconfig else None
+            )
             kube = KubeSink(
                 clients=clusters.ClientFactory(root=fleet.root, home=home), hmac_key=s.hmac_key
             )
             sinks.append(kube)
-            self._closers.append(kube.close)
+            self._closers.append(kube.aclose)
         if self._gate is not None:
             sinks = [self._gate.gate(sink) for sink in sinks]
         self._engine = Engine(
@@ -190,7 +192,7 @@ class EngineWiring:
             for source in engine.sources.values():
                 await source.aclose()
         for close in self._closers:
-            close()
+            await close()
         self._closers.clear()
 
 
@@ -516,7 +518,7 @@ def _coordinator(settings: DaemonSettings) -> Coordinator | None:
     from secretsync import clusters, sharding  # noqa: PLC0415 - kubernetes only when needed
 
     home = settings.home_kubeconfig
-    api = clusters.client_from_file(Path(home)) if home else clusters.in_cluster_client()
+    api = clusters.endpoint_from_file(Path(home)) if home else clusters.in_cluster_endpoint()
     e = settings.election
     log.info(
         "leader election on: identity %s, namespace %s, shard %d of %d",

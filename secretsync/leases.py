@@ -13,7 +13,7 @@ The semantics are those of Kubernetes' own leader election, no home-made consens
 - `release()` (graceful stop) clears `holderIdentity`, so a follower takes over on its next try
   instead of after expiry.
 
-Requests go through `clusters.call` in a worker thread; errors name the Lease and the HTTP
+Requests go through the home cluster's `clusters.Endpoint`; errors name the Lease and the HTTP
 status, never a response body.
 """
 
@@ -32,9 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-from kubernetes import client as k8s
-
-from secretsync import clusters
+from secretsync.clusters import Endpoint
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +113,7 @@ class LeaseElector:
     def __init__(
         self,
         *,
-        api: k8s.ApiClient,
+        api: Endpoint,
         namespace: str,
         name: str,
         identity: str,
@@ -165,9 +163,7 @@ class LeaseElector:
 
     async def _call(self, method: str, path: str, body: object = None) -> tuple[int, bytes]:
         timeout = max(1.0, self.timing.renew_deadline_s / 2)
-        status, raw, _ = await asyncio.to_thread(
-            clusters.call, self.api, method, path, body=body, timeout_s=timeout
-        )
+        status, raw, _ = await self.api.request(method, path, body=body, timeout_s=timeout)
         return status, raw
 
     async def _read(self) -> _Observed | None:

@@ -5,6 +5,7 @@ proxy, as kubeseal does), `cluster remove` tears down what secretsync delivered 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import tempfile
@@ -12,18 +13,17 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 
-from kubernetes import client as k8s
-
-from secretsync import clusters, emit, errors, load, seal, selectors
+from secretsync import emit, errors, load, seal, selectors
+from secretsync.clusters import Endpoint
 from secretsync.model import API_VERSION, Delivery
 
 
-def fetch_certificate(
-    api: k8s.ApiClient, *, namespace: str, name: str, timeout_s: float = 15.0
+async def fetch_certificate(
+    api: Endpoint, *, namespace: str, name: str, timeout_s: float = 15.0
 ) -> bytes:
     """The controller's current certificate, through the API server's service proxy."""
-    status, raw, _ = clusters.call(
-        api, "GET", f"/api/v1/namespaces/{namespace}/services/{name}", timeout_s=timeout_s
+    status, raw, _ = await api.request(
+        "GET", f"/api/v1/namespaces/{namespace}/services/{name}", timeout_s=timeout_s
     )
     if status == 0:
         raise errors.DeliveryError("cannot reach the API server")
@@ -40,8 +40,8 @@ def fetch_certificate(
     except (ValueError, KeyError, IndexError, TypeError):
         raise errors.DeliveryError(f"Service {namespace}/{name} has no ports") from None
     path = f"/api/v1/namespaces/{namespace}/services/http:{name}:{port}/proxy/v1/cert.pem"
-    status, raw, _ = clusters.call(
-        api, "GET", path, accept="application/x-pem-file, */*", timeout_s=timeout_s
+    status, raw, _ = await api.request(
+        "GET", path, accept="application/x-pem-file, */*", timeout_s=timeout_s
     )
     if status != 200:
         raise errors.DeliveryError(
@@ -68,7 +68,7 @@ def add_cluster(
     name: str,
     labels: Mapping[str, str],
     delivery: Delivery,
-    api: k8s.ApiClient | None,
+    api: Endpoint | None,
     kubeconfig: Mapping[str, object],
     controller_namespace: str,
     controller_name: str,
@@ -101,7 +101,9 @@ def add_cluster(
                 raise errors.ConfigError(
                     "a sealed cluster needs --kubeconfig", field="--kubeconfig"
                 )
-            pem = fetch_certificate(api, namespace=controller_namespace, name=controller_name)
+            pem = asyncio.run(
+                fetch_certificate(api, namespace=controller_namespace, name=controller_name)
+            )
             cert = seal.load_certificate(
                 pem, source=f"{controller_namespace}/{controller_name}", now=now
             )

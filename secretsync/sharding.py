@@ -27,7 +27,7 @@ from secretsync.leases import LeaseElector, LeaseTiming
 from secretsync.model import Cluster, ObjectKey, Observed
 
 if TYPE_CHECKING:
-    from kubernetes import client as k8s
+    from secretsync.clusters import Endpoint
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class Coordinator:
     def __init__(
         self,
         *,
-        api: k8s.ApiClient,
+        api: Endpoint,
         settings: ElectionSettings,
         on_change: Callable[[str, bool], None] | None = None,
     ) -> None:

@@ -61,6 +61,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from kubernetes import client as k8s
 
+from secretsync.clusters import Endpoint
+
 KUBE_VERSION = "v1.20.2"
 """The version `scripts/build-kube.sh` builds and caches."""
 
@@ -321,6 +323,10 @@ class KubeCluster:
         config.api_key = {"authorization": self.token(user)}
         config.api_key_prefix = {"authorization": "Bearer"}
         return config
+
+    def endpoint(self, *, user: User = "admin") -> Endpoint:
+        """secretsync's own client of this cluster (`secretsync.clusters.Endpoint`)."""
+        return Endpoint(self.configuration(user=user))
 
     def api_client(self, *, user: User = "admin") -> k8s.ApiClient:
         """A fresh ApiClient for this cluster; close it (or use it as a context manager)."""

@@ -124,10 +124,11 @@ def run(
         cluster_timeout_s=60.0,
     )
     started = time.monotonic()
-    try:
-        return asyncio.run(engine.run_cycle(load.load_fleet(root))), sink, started
-    finally:
-        sink.close()
+    return (
+        asyncio.run(engine.run_cycle(load.load_fleet(root))),
+        sink,
+        started,
+    )  # pools close with the loop
 
 
 def read(cluster: KubeCluster, namespace: str, name: str) -> k8s.V1Secret:
@@ -243,10 +244,7 @@ def test_accept_and_hang_cluster_fails_alone_within_its_timeout(
         cluster_timeout_s=20.0,
     )
     started = time.monotonic()
-    try:
-        report = asyncio.run(engine.run_cycle(load.load_fleet(root)))
-    finally:
-        sink.close()
+    report = asyncio.run(engine.run_cycle(load.load_fleet(root)))  # pools close with the loop
     elapsed = time.monotonic() - started
     assert set(report.failed_clusters) == {f"{hung.name}-{suffix}"}
     assert elapsed < 15.0, elapsed

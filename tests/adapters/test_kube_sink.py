@@ -172,10 +172,7 @@ class Fleet:
             clock=lambda: datetime.now(UTC),
             cluster_timeout_s=timeout_s,
         )
-        try:
-            return asyncio.run(engine.run_cycle(fleet, dry_run=dry_run))
-        finally:
-            self.kube.close()
+        return asyncio.run(engine.run_cycle(fleet, dry_run=dry_run))  # pools close with the loop
 
 
 @pytest.fixture
@@ -236,6 +233,8 @@ def test_sync_applies_then_second_sync_writes_nothing(fleet: Fleet) -> None:
     report = fleet.sync()
     assert report.ok, (report.failures, report.failed_clusters)
     assert fleet.kube is not None and fleet.kube.writes == 6
+    # per cluster: the labelled list, one name check for both creates, two applies
+    assert fleet.kube.requests == 3 * 4
     versions = {}
     for c in fleet.clusters:
         obj = secret(c, fleet.namespace, "db")
@@ -252,7 +251,7 @@ def test_sync_applies_then_second_sync_writes_nothing(fleet: Fleet) -> None:
         versions[c.name] = obj.metadata.resource_version
     again = fleet.sync()
     assert again.ok
-    assert fleet.kube.writes == 0
+    assert fleet.kube.writes == 0 and fleet.kube.requests == 3
     assert {i.action for i in again.items} == {"unchanged"}
     for c in fleet.clusters:
         obj = secret(c, fleet.namespace, "db")
@@ -306,12 +305,15 @@ def test_changed_value_reaches_every_cluster_and_removed_secret_is_pruned(fleet:
     assert secret(fleet.clusters[0], fleet.namespace, "foreign") is not None
 
 
-def test_foreign_object_with_target_name_is_left_alone(fleet: Fleet) -> None:
-    fleet.values = {"db": {"password": canary.new("db")}}
+@pytest.mark.parametrize(
+    "others", ["", "---\n" + API], ids=["read-by-name", "found-by-the-namespace-list"]
+)
+def test_foreign_object_with_target_name_is_left_alone(fleet: Fleet, others: str) -> None:
+    fleet.values = {"db": {"password": canary.new("db")}, "api": {"token": canary.new("api")}}
     b = fleet.clusters[1]
     foreign = k8s.V1Secret(metadata=k8s.V1ObjectMeta(name="db"), string_data={"mine": "keep"})
     core(b).create_namespaced_secret(fleet.namespace, foreign)
-    fleet.write(DB)
+    fleet.write(DB + others)
     report = fleet.sync()
     assert not report.ok
     (failure,) = report.failures
@@ -320,7 +322,11 @@ def test_foreign_object_with_target_name_is_left_alone(fleet: Fleet) -> None:
     assert data(secret(b, fleet.namespace, "db")) == {"mine": b"keep"}
     for c in (fleet.clusters[0], fleet.clusters[2]):
         assert "password" in data(secret(c, fleet.namespace, "db"))
-    fleet.write(DB.replace("  data:\n", "  adopt: true\n  data:\n"))
+    if others:
+        assert data(secret(b, fleet.namespace, "api")) == {
+            "token": str(fleet.values["api"]["token"]).encode()
+        }
+    fleet.write(DB.replace("  data:\n", "  adopt: true\n  data:\n") + others)
     assert fleet.sync().ok
     assert (
         data(secret(b, fleet.namespace, "db"))["password"]
@@ -502,17 +508,14 @@ spec:
         }
     )
     value = canary.new("via-secret")
-    sink = KubeSink(clients=ClientFactory(root=root, home=home.api_client()), hmac_key=KEY)
+    sink = KubeSink(clients=ClientFactory(root=root, home=home.endpoint()), hmac_key=KEY)
     engine = Engine(
         sources={"vault": FakeSource({"db": {"password": value}})},
         sinks=[sink],
         hmac_key=KEY,
         clock=lambda: datetime.now(UTC),
     )
-    try:
-        report = asyncio.run(engine.run_cycle(load.load_fleet(root)))
-    finally:
-        sink.close()
+    report = asyncio.run(engine.run_cycle(load.load_fleet(root)))  # pools close with the loop
     assert report.ok, (report.failures, report.failed_clusters)
     assert data(secret(target, namespace, "db"))["password"] == value.encode()
     assert secret(home, namespace, "db") is None, "delivered to the target, not the home cluster"
@@ -535,17 +538,14 @@ spec:
             "secrets/all.yaml": DB.replace("NAMESPACE", "default"),
         }
     )
-    sink = KubeSink(clients=ClientFactory(root=root, home=home.api_client()), hmac_key=KEY)
+    sink = KubeSink(clients=ClientFactory(root=root, home=home.endpoint()), hmac_key=KEY)
     engine = Engine(
         sources={"vault": FakeSource({"db": {"password": canary.new("lost")}})},
         sinks=[sink],
         hmac_key=KEY,
         clock=lambda: datetime.now(UTC),
     )
-    try:
-        report = asyncio.run(engine.run_cycle(load.load_fleet(root)))
-    finally:
-        sink.close()
+    report = asyncio.run(engine.run_cycle(load.load_fleet(root)))  # pools close with the loop
     assert report.failed_clusters == {
         "lost": "cluster 'lost': cannot read kubeconfig Secret nowhere/kubeconfig-lost (HTTP 404 Not Found)"
     }

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Mapping
@@ -23,8 +22,8 @@ import pytest
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from secretsync import clusters as kube_clusters_mod
 from secretsync import resolve
+from secretsync.clusters import Endpoint
 from secretsync.daemon import Daemon, DaemonSettings, EngineWiring
 from secretsync.deliver import ApplyResult, ChangeSet, Sink
 from secretsync.engine import Engine
@@ -51,18 +50,20 @@ async def wait_for(cond: Callable[[], bool], *, timeout: float, what: str) -> fl
     return time.monotonic() - start
 
 
-def lease_doc(api: k8s.ApiClient, namespace: str, name: str) -> dict[str, Any] | None:
-    status, raw, _ = kube_clusters_mod.call(
-        api, "GET", f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{name}"
-    )
-    if status == 404:
-        return None
-    assert status == 200, status
-    doc: dict[str, Any] = json.loads(raw)
+def lease_doc(api: Endpoint, namespace: str, name: str) -> dict[str, Any] | None:
+    """The Lease as the API server holds it, read with the kubernetes client."""
+    with k8s.ApiClient(api.configuration) as client:
+        try:
+            lease = k8s.CoordinationV1Api(client).read_namespaced_lease(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        doc: dict[str, Any] = client.sanitize_for_serialization(lease)
     return doc
 
 
-def holder(api: k8s.ApiClient, namespace: str, name: str) -> str | None:
+def holder(api: Endpoint, namespace: str, name: str) -> str | None:
     doc = lease_doc(api, namespace, name)
     return None if doc is None else (doc.get("spec") or {}).get("holderIdentity")
 
@@ -74,12 +75,11 @@ def lease_ns(kube_cluster: KubeCluster, kube_namespace: NamespaceFactory) -> str
 
 @pytest.fixture
 def api(kube_cluster: KubeCluster) -> Any:
-    with kube_cluster.api_client() as client:
-        yield client
+    return kube_cluster.endpoint()
 
 
 def elector(
-    api: k8s.ApiClient, ns: str, who: str, timing: LeaseTiming = FAST, name: str = "test-lease"
+    api: Endpoint, ns: str, who: str, timing: LeaseTiming = FAST, name: str = "test-lease"
 ) -> LeaseElector:
     return LeaseElector(api=api, namespace=ns, name=name, identity=who, timing=timing)
 
@@ -100,7 +100,7 @@ async def running(*electors: LeaseElector) -> AsyncIterator[dict[str, asyncio.Ta
 # --- the elector ---------------------------------------------------------------------------------
 
 
-async def test_two_electors_exactly_one_leads(api: k8s.ApiClient, lease_ns: str) -> None:
+async def test_two_electors_exactly_one_leads(api: Endpoint, lease_ns: str) -> None:
     a, b = elector(api, lease_ns, "a-1"), elector(api, lease_ns, "b-1")
     async with running(a, b):
         await wait_for(lambda: a.is_leader or b.is_leader, timeout=5, what="a leader")
@@ -116,7 +116,7 @@ async def test_two_electors_exactly_one_leads(api: k8s.ApiClient, lease_ns: str)
         assert doc is not None and doc["spec"]["leaseDurationSeconds"] == 2
 
 
-async def test_killed_leader_is_replaced_after_expiry(api: k8s.ApiClient, lease_ns: str) -> None:
+async def test_killed_leader_is_replaced_after_expiry(api: Endpoint, lease_ns: str) -> None:
     a, b = elector(api, lease_ns, "a-2"), elector(api, lease_ns, "b-2")
     async with running(a) as tasks:
         await wait_for(lambda: a.is_leader, timeout=5, what="a leads")
@@ -138,7 +138,7 @@ async def test_killed_leader_is_replaced_after_expiry(api: k8s.ApiClient, lease_
 
 
 async def test_leader_that_cannot_renew_steps_down_before_expiry(
-    kube_cluster: KubeCluster, api: k8s.ApiClient, lease_ns: str
+    kube_cluster: KubeCluster, api: Endpoint, lease_ns: str
 ) -> None:
     """A renew that fails (here: 403, a credential revoked) past the renew deadline ends
     leadership locally before anyone else may take the Lease: never two leaders."""
@@ -146,24 +146,23 @@ async def test_leader_that_cannot_renew_steps_down_before_expiry(
     async with running(a):
         await wait_for(lambda: a.is_leader, timeout=5, what="a leads")
         async with running(b):
-            with kube_cluster.api_client(user="unprivileged") as forbidden:
-                a.api = forbidden
-                stepped_down: float | None = None
-                b_led: float | None = None
-                start = time.monotonic()
-                while b_led is None:
-                    assert time.monotonic() - start < 6, "b never took over"
-                    assert not (a.is_leader and b.is_leader), "two leaders"
-                    if stepped_down is None and not a.is_leader:
-                        stepped_down = time.monotonic() - start
-                    if b.is_leader:
-                        b_led = time.monotonic() - start
-                    await asyncio.sleep(0.01)
-                assert stepped_down is not None and stepped_down <= FAST.renew_deadline_s + 0.1
-                assert stepped_down < b_led
+            a.api = kube_cluster.endpoint(user="unprivileged")
+            stepped_down: float | None = None
+            b_led: float | None = None
+            start = time.monotonic()
+            while b_led is None:
+                assert time.monotonic() - start < 6, "b never took over"
+                assert not (a.is_leader and b.is_leader), "two leaders"
+                if stepped_down is None and not a.is_leader:
+                    stepped_down = time.monotonic() - start
+                if b.is_leader:
+                    b_led = time.monotonic() - start
+                await asyncio.sleep(0.01)
+            assert stepped_down is not None and stepped_down <= FAST.renew_deadline_s + 0.1
+            assert stepped_down < b_led
 
 
-async def test_graceful_release_hands_over_at_once(api: k8s.ApiClient, lease_ns: str) -> None:
+async def test_graceful_release_hands_over_at_once(api: Endpoint, lease_ns: str) -> None:
     a, b = elector(api, lease_ns, "a-4", SLOW_EXPIRY), elector(api, lease_ns, "b-4", SLOW_EXPIRY)
     async with running(a) as tasks:
         await wait_for(lambda: a.is_leader, timeout=5, what="a leads")
@@ -192,7 +191,7 @@ class Racing(LeaseElector):
 
 
 @pytest.mark.parametrize("start", ["absent", "expired"])
-async def test_a_409_race_has_one_winner(api: k8s.ApiClient, lease_ns: str, start: str) -> None:
+async def test_a_409_race_has_one_winner(api: Endpoint, lease_ns: str, start: str) -> None:
     name = f"race-{start}"
     if start == "expired":
         old = (datetime.now(UTC) - timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -202,8 +201,8 @@ async def test_a_409_race_has_one_winner(api: k8s.ApiClient, lease_ns: str, star
             "metadata": {"name": name},
             "spec": {"holderIdentity": "gone", "leaseDurationSeconds": 2, "renewTime": old},
         }
-        status, _, _ = kube_clusters_mod.call(
-            api, "POST", f"/apis/coordination.k8s.io/v1/namespaces/{lease_ns}/leases", body=body
+        status, _, _ = await api.request(
+            "POST", f"/apis/coordination.k8s.io/v1/namespaces/{lease_ns}/leases", body=body
         )
         assert status == 201
     Racing.barrier = asyncio.Barrier(2)
@@ -313,7 +312,7 @@ class Replica:
         who: str,
         *,
         root: Path,
-        home: k8s.ApiClient,
+        home: Endpoint,
         election: ElectionSettings,
         values: dict[str, dict[str, object]],
         log: list[Write],
@@ -412,7 +411,7 @@ async def test_two_replicas_one_writer_and_takeover(
         "api": {"token": canary.new("api")},
     }
     log: list[Write] = []
-    homes = [kube_cluster.api_client(), kube_cluster.api_client()]
+    homes = [kube_cluster.endpoint(), kube_cluster.endpoint()]
     replicas = [
         Replica(
             who,
@@ -492,7 +491,7 @@ async def test_two_replicas_one_writer_and_takeover(
             with contextlib.suppress(Exception):
                 await r.stop()
         for home in homes:
-            home.close()
+            await home.aclose()
 
 
 async def test_two_shards_split_the_clusters(
@@ -516,7 +515,7 @@ async def test_two_shards_split_the_clusters(
         "api": {"token": canary.new("api")},
     }
     log: list[Write] = []
-    homes = [kube_cluster.api_client(), kube_cluster.api_client()]
+    homes = [kube_cluster.endpoint(), kube_cluster.endpoint()]
     replicas = [
         Replica(
             f"s{i}",
@@ -552,4 +551,4 @@ async def test_two_shards_split_the_clusters(
             with contextlib.suppress(Exception):
                 await r.stop()
         for home in homes:
-            home.close()
+            await home.aclose()
