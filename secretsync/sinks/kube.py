@@ -145,17 +145,26 @@ def projection(kind: str, obj: Mapping[str, Any]) -> dict[str, object]:
 
 class _RateLimit:
     """A token bucket per cluster: keeps secretsync under the API server's limits instead of
-    finding them with 429s."""
+    finding them with 429s; and when a 429 comes anyway, holds every request to that cluster
+    until the time it names."""
 
     def __init__(self, rate: float) -> None:
         self.rate = rate
         self.burst = max(1.0, rate)
         self.tokens = self.burst
         self.stamp = time.monotonic()
+        self.resume = 0.0
         self.lock = asyncio.Lock()
+
+    def hold(self, seconds: float) -> None:
+        """No request before `seconds` from now; then resume at the steady rate, not a burst."""
+        self.resume = max(self.resume, time.monotonic() + seconds)
+        self.tokens = 0.0
 
     async def take(self) -> None:
         async with self.lock:
+            while (wait := self.resume - time.monotonic()) > 0:
+                await asyncio.sleep(wait)
             now = time.monotonic()
             self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
             self.stamp = now
@@ -279,14 +288,18 @@ class KubeSink:
                     _describe(status, doc, what=what, cluster=cluster.name), status=status
                 )
             wait = delay * (0.5 + random.random())  # noqa: S311 - jitter
-            retry_after = headers.get("Retry-After") or headers.get("retry-after")
-            if status == 429 and retry_after and retry_after.isdigit():
-                wait = max(wait, float(retry_after))
+            delay = min(delay * 2, 10.0)
+            if status == 429:
+                retry_after = headers.get("Retry-After") or ""
+                wait = float(retry_after) if retry_after.isdigit() else wait
             log.debug(
                 "%s %s on %s: HTTP %s, retrying in %.1fs", method, what, cluster.name, status, wait
             )
-            await asyncio.sleep(wait)
-            delay = min(delay * 2, 10.0)
+            if status == 429:
+                # the cluster is throttling us, not this request: all requests to it wait
+                limit.hold(wait)
+            else:
+                await asyncio.sleep(wait)
 
     # --- observe ------------------------------------------------------------------------------
 
