@@ -14,16 +14,19 @@ import asyncio
 import base64
 import json
 import ssl
+import time
 from collections.abc import AsyncGenerator, Mapping
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.config import incluster_config
+from yarl import URL
 
 from secretsync import errors
 from secretsync.model import Cluster, Kubeconfig
@@ -32,6 +35,8 @@ SA_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 SA_CA = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
 
 Reply = tuple[int, bytes, Mapping[str, str]]
+TOKEN_TTL_S = 60.0
+_COMPACT = (",", ":")
 
 
 class Endpoint:
@@ -52,6 +57,9 @@ class Endpoint:
             if isinstance(configuration.assert_hostname, str)
             else None
         )
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
+        self._token_value: str | None = None
+        self._token_at = float("-inf")
         self._sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
         self._guards: dict[asyncio.AbstractEventLoop, AsyncGenerator[None, None]] = {}
 
@@ -67,30 +75,49 @@ class Endpoint:
         timeout_s: float = 15.0,
     ) -> Reply:
         headers = {"Accept": accept}
-        auth: Mapping[str, Any] = self.configuration.auth_settings().get("BearerToken") or {}
-        if auth.get("value"):
-            headers["Authorization"] = auth["value"]  # refreshed by the config when it expires
+        if token := self._token():
+            headers["Authorization"] = token
         data: bytes | None = None
         if body is not None:
-            data = body if isinstance(body, bytes) else json.dumps(body).encode()
+            data = (
+                body if isinstance(body, bytes) else json.dumps(body, separators=_COMPACT).encode()
+            )
             headers["Content-Type"] = content_type
+        url = URL(
+            f"{self.base}{path}?{urlencode(query)}" if query else self.base + path, encoded=True
+        )
+        timeout = self._timeouts.get(timeout_s)
+        if timeout is None:
+            timeout = self._timeouts[timeout_s] = aiohttp.ClientTimeout(total=timeout_s)
         try:
             session = await self._session()
             async with session.request(
                 method,
-                self.base + path,
-                params=query,
+                url,
                 data=data,
                 headers=headers,
-                timeout=aiohttp.ClientTimeout(total=timeout_s),
+                timeout=timeout,
                 proxy=self.configuration.proxy or None,
                 server_hostname=self._server_name,
             ) as response:
                 raw = await response.read()
+                if response.status == 401:
+                    self._token_at = float("-inf")  # a rotated token: read it again next time
                 return response.status, raw, response.headers
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
             # connection, TLS and protocol errors: their text may name hosts, never data
             return 0, b"", {}
+
+    def _token(self) -> str | None:
+        """The Authorization header. The kubernetes client's refresh hook (exec plugins, token
+        files, expiring tokens) re-reads the whole kubeconfig, so it runs at most every
+        TOKEN_TTL_S (and after a 401), not on every request."""
+        now = time.monotonic()
+        if now - self._token_at >= TOKEN_TTL_S:
+            auth: Mapping[str, Any] = self.configuration.auth_settings().get("BearerToken") or {}
+            self._token_value = auth.get("value") or None
+            self._token_at = now
+        return self._token_value
 
     async def _session(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()

@@ -193,6 +193,7 @@ class KubeSink:
     ) -> None:
         self.clients = clients
         self.hmac_key = hmac_key
+        self._hasher = materialize.direct_hasher(hmac_key)
         self.request_timeout_s = request_timeout_s
         self.concurrency = concurrency
         self.max_attempts = max_attempts
@@ -383,7 +384,7 @@ class KubeSink:
         key_hashes: dict[str, str] = {}
         encrypted: dict[str, str] = {}
         if kind is SECRET:
-            hasher = materialize.direct_hasher(self.hmac_key)
+            hasher = self._hasher
             for k, v in (projection(kind.kind, obj)["data"] or {}).items():  # type: ignore[attr-defined]
                 if not isinstance(v, str):
                     continue
