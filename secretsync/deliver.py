@@ -8,12 +8,23 @@ invariant 2). Objects the sink found but does not own are never touched.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Set
+from collections.abc import Callable, Mapping, Set
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
 from secretsync.materialize import Rendered
 from secretsync.model import Cluster, ObjectKey, Observed
+
+PROGRESS: ContextVar[Callable[[], None] | None] = ContextVar("secretsync_progress", default=None)
+"""Set by the engine for the cluster being worked on: its timeout counts from the last
+progress, so a large fleet that keeps a slow client busy is not mistaken for a hung one."""
+
+
+def progressed() -> None:
+    """A sink got an answer from the cluster it is working on."""
+    if (mark := PROGRESS.get()) is not None:
+        mark()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -31,7 +31,7 @@ from typing import Any, ClassVar, Final
 
 from secretsync import errors, materialize
 from secretsync.clusters import ClientFactory
-from secretsync.deliver import ApplyResult, ChangeSet
+from secretsync.deliver import ApplyResult, ChangeSet, progressed
 from secretsync.materialize import Manifest, Rendered
 from secretsync.model import (
     ANNOTATION_CONTENT_HASH,
@@ -276,6 +276,7 @@ class KubeSink:
             await limit.take()
             status, doc, headers = await self._request(cluster, method, path, **kwargs)
             if status in ok or status in (404, 409):
+                progressed()
                 return status, doc
             retryable = status in (0, 429) or status >= 500
             # 429 says "later", not "broken": it gets a larger budget (the cluster's timeout

@@ -107,7 +107,12 @@ def fleet_files(
 
 
 def run(
-    root: Path, values: dict[str, dict[str, object]], *, max_attempts: int = 3
+    root: Path,
+    values: dict[str, dict[str, object]],
+    *,
+    max_attempts: int = 3,
+    cluster_timeout_s: float = 60.0,
+    concurrency: int = 8,
 ) -> tuple[CycleReport, TimedSink, float]:
     sink = TimedSink(
         clients=ClientFactory(root=root),
@@ -115,13 +120,14 @@ def run(
         request_timeout_s=10.0,
         max_attempts=max_attempts,
         backoff_s=0.1,
+        concurrency=concurrency,
     )
     engine = Engine(
         sources={"vault": FakeSource(values)},
         sinks=[sink],
         hmac_key=KEY,
         clock=lambda: datetime.now(UTC),
-        cluster_timeout_s=60.0,
+        cluster_timeout_s=cluster_timeout_s,
     )
     started = time.monotonic()
     return (
@@ -168,6 +174,38 @@ def test_slow_cluster_does_not_hold_up_the_others(
         for i in range(2):
             got = base64.b64decode(read(c, ns, f"s{i}").data["v"])
             assert got == str(values[f"p{i}"]["v"]).encode()
+
+
+def test_cluster_timeout_counts_from_the_last_answer(
+    fleet_repo: MakeRepo,
+    kube_clusters: list[KubeCluster],
+    kube_namespace: NamespaceFactory,
+    proxies: dict[str, FaultProxy],
+    tmp_path: Path,
+) -> None:
+    """A cluster that answers every request, slowly, takes longer in total than its timeout and
+    still succeeds: the timeout is for silence, not for size. (A silent one fails within its
+    timeout: test_accept_and_hang_cluster_fails_alone_within_its_timeout.)"""
+    cluster = kube_clusters[0]
+    ns = kube_namespace(cluster)
+    suffix = secrets.token_hex(3)
+    proxy = proxies[cluster.name]
+    root = fleet_repo(fleet_files([cluster], {cluster.name: proxy.port}, tmp_path, suffix, ns))
+    values: dict[str, dict[str, object]] = {
+        f"p{i}": {"v": canary.new(f"slow-{i}")} for i in range(2)
+    }
+    proxy.latency_s = 1.0
+    timeout = 2.5
+    # one request at a time: list, name check, two applies: about 4 s in all, never 2.5 s silent
+    report, _, started = run(root, values, cluster_timeout_s=timeout, concurrency=1)
+    elapsed = time.monotonic() - started
+    assert report.ok, (report.failures, report.failed_clusters)
+    assert elapsed > timeout, "the slow link was not in the path"
+    for i in range(2):
+        assert (
+            base64.b64decode(read(cluster, ns, f"s{i}").data["v"])
+            == str(values[f"p{i}"]["v"]).encode()
+        )
 
 
 def test_reset_after_the_apply_was_sent_converges_with_at_most_two_writes(
