@@ -7,6 +7,7 @@ keeping each document's name and namespace, the way kubeseal's --merge-into does
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections.abc import Collection, Mapping
@@ -21,6 +22,8 @@ from secretsync import errors, load, seal, selectors
 from secretsync.materialize import SEALED_API, Manifest, dump_yaml
 from secretsync.model import ANNOTATION_CLUSTER, Fleet, Scope, Selector
 from secretsync.values import SecretValue
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -92,10 +95,19 @@ def seal_for_clusters(
             continue
         try:
             pem = load.read_fleet_file(fleet.root, cluster.cert_file)
-            cert = seal.load_certificate(pem, source=cluster.cert_file, now=now)
+            cert = seal.load_certificate(
+                pem, source=cluster.cert_file, now=now, sha256=cluster.cert_sha256
+            )
         except (errors.ConfigError, errors.SealError) as exc:
             result.failures[cluster.name] = str(exc)
             continue
+        log.info(
+            "cluster %s: sealing with %s (certificate SHA-256 %s%s)",
+            cluster.name,
+            cluster.cert_file,
+            cert.sha256,
+            ", pinned" if cluster.cert_sha256 else "",
+        )
         label = seal.label_for(namespace, name, scope)
         encrypted = {
             key: seal.seal_value(cert.public_key, value.reveal(), label=label)
@@ -160,10 +172,17 @@ def merge_into(path: Path, manifests: list[Manifest], *, scope: Scope) -> None:
         spec = target.setdefault("spec", {})
         spec.setdefault("encryptedData", {}).update(manifest["spec"]["encryptedData"])
     data = b"".join(b"---\n" + dump_yaml(doc) for doc in existing)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        mode = path.stat().st_mode & 0o7777  # the file keeps its mode
+    except FileNotFoundError:
+        mask = os.umask(0)
+        os.umask(mask)
+        mode = 0o666 & ~mask  # a new file gets the mode `open` would give it
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:  # the temporary file stays 0600 until it holds everything, then takes the mode
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+            os.fchmod(fh.fileno(), mode)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -20,7 +20,7 @@ from typing import Final
 
 import yaml
 
-from secretsync import errors, selectors, templating
+from secretsync import errors, seal, selectors, templating
 from secretsync.model import (
     API_VERSION,
     Cluster,
@@ -87,7 +87,12 @@ def confine(root: Path, relative: str, *, file: str = "", line: int = 0, field: 
             f"{relative!r} leaves the fleet repo", file=file, line=line, field=field
         )
     real_root = root.resolve()
-    real = (real_root / relative).resolve()
+    try:
+        real = (real_root / relative).resolve()
+    except (OSError, RuntimeError):  # a symlink loop, an unreadable folder
+        raise errors.ConfigError(
+            f"{relative!r} cannot be resolved (symlink loop?)", file=file, line=line, field=field
+        ) from None
     if real != real_root and real_root not in real.parents:
         raise errors.ConfigError(
             f"{relative!r} resolves outside the fleet repo (symlink?)",
@@ -120,8 +125,14 @@ def _yaml_files(root: Path, folder: str) -> Iterator[str]:
         return
     real_root = root.resolve()
     found: list[str] = []
+    entries = 0  # every file and folder walked, YAML or not: the walk itself is bounded
     for dirpath, dirnames, filenames in os.walk(base):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        entries += len(dirnames) + len(filenames)
+        if entries > MAX_FILES:
+            raise errors.ConfigError(
+                f"more than {MAX_FILES} files and folders under {folder!r}", file=folder
+            )
         for name in dirnames:  # os.walk does not follow them: refuse those that leave the repo
             link = os.path.join(dirpath, name)
             if os.path.islink(link):
@@ -129,10 +140,7 @@ def _yaml_files(root: Path, folder: str) -> Iterator[str]:
         for name in filenames:
             if not name.endswith((".yaml", ".yml")):
                 continue
-            rel = os.path.relpath(os.path.join(dirpath, name), real_root)
-            found.append(rel)
-            if len(found) > MAX_FILES:
-                raise errors.ConfigError(f"more than {MAX_FILES} files", file=folder)
+            found.append(os.path.relpath(os.path.join(dirpath, name), real_root))
     yield from sorted(found)
 
 
@@ -197,6 +205,7 @@ class _Ctx:
     file: str = ""
     errors: list[errors.ConfigError] = field(default_factory=list)
     nodes: int = 0
+    root: Path | None = None  # the fleet repo: fleet paths are confined to it
 
     def error(self, node: yaml.Node | None, field: str, message: str) -> None:
         line = node.start_mark.line + 1 if node is not None else 0
@@ -505,8 +514,8 @@ def _value_spec(ctx: _Ctx, node: yaml.Node, path: str) -> ValueSpec | None:
             file = _template_field(ref, "file")
             key = _template_field(ref, "key")
             if file and not templating.has_template(file):
-                try:
-                    confine(Path("/"), file)  # shape only: relative, no '..'
+                try:  # symlinks too; templated paths are confined per cluster by `plan`
+                    confine(ctx.root or Path("/"), file)
                 except errors.ConfigError as exc:
                     ctx.error(ref.key_node("file"), ref.field("file"), exc.message)
             elif file and (file.startswith("/") or ".." in Path(file).parts):
@@ -688,15 +697,21 @@ def _cluster(ctx: _Ctx, header: _Header, fleet: Fleet) -> Cluster | None:
         spec, "delivery", Delivery, [d.value for d in Delivery], default=fleet.default_delivery
     )
     cert_file: str | None = None
+    cert_sha256: str | None = None
     controller: ControllerRef | None = None
     sealed = spec.map("sealedSecrets")
     if sealed is not None:
         cert_file = sealed.text("certFile")
+        cert_ok = cert_file is not None
         if cert_file is not None:
             try:
                 confine(fleet.root, cert_file)
             except errors.ConfigError as exc:
+                cert_ok = False
                 ctx.error(sealed.key_node("certFile"), sealed.field("certFile"), exc.message)
+        pin = sealed.text("certificateSha256")
+        if pin is not None:
+            cert_sha256 = _pinned(ctx, sealed, pin, cert_file if cert_ok else None, fleet.root)
         ctrl = sealed.map("controller")
         if ctrl is not None:
             controller = ControllerRef(
@@ -766,6 +781,7 @@ def _cluster(ctx: _Ctx, header: _Header, fleet: Fleet) -> Cluster | None:
         delivery=delivery,
         origin=header.origin,
         cert_file=cert_file,
+        cert_sha256=cert_sha256,
         controller=controller,
         store_ref=store_ref,
         kubeconfig=kubeconfig,
@@ -773,6 +789,30 @@ def _cluster(ctx: _Ctx, header: _Header, fleet: Fleet) -> Cluster | None:
         allowed_namespaces=tuple(ns for ns, _ in allowed) if allowed is not None else None,
         create_namespaces=create_ns,
     )
+
+
+def _pinned(ctx: _Ctx, sealed: _Map, pin: str, cert_file: str | None, root: Path) -> str | None:
+    """Check `sealedSecrets.certificateSha256` against the certificate file; the normalised
+    pin, or None (with an error) when it is malformed or does not match."""
+    node, field = sealed.key_node("certificateSha256"), sealed.field("certificateSha256")
+    expected = seal.normalize_sha256(pin)
+    if expected is None:
+        ctx.error(node, field, "must be a SHA-256 fingerprint: 64 hex digits (colons allowed)")
+        return None
+    if cert_file is None:
+        if "certFile" not in sealed.entries:
+            ctx.error(node, field, "pins the certificate of certFile, which is not set")
+        return None
+    try:
+        actual = seal.certificate_sha256(read_fleet_file(root, cert_file), source=cert_file)
+        seal.check_pin(actual, expected, source=cert_file)
+    except errors.ConfigError as exc:
+        ctx.error(node, field, f"{cert_file}: {exc.message}")
+        return None
+    except errors.SealError as exc:
+        ctx.error(node, field, str(exc))
+        return None
+    return expected
 
 
 def _target(ctx: _Ctx, m: _Map | None) -> Target | None:
@@ -935,7 +975,7 @@ def load_fleet(root: Path) -> Fleet:
         raise errors.ConfigErrors(
             [errors.ConfigError("fleet repo folder not found", file=str(root))]
         )
-    ctx = _Ctx()
+    ctx = _Ctx(root=root)
     headers = _documents(root, FLEET_FILE, ctx)
     fleets = [h for h in headers if h.kind == "Fleet"]
     for h in headers:

@@ -239,6 +239,7 @@ class Cluster:
     delivery: Delivery
     origin: Origin
     cert_file: str | None = None
+    cert_sha256: str | None = None  # pinned SHA-256 of the certificate's DER (64 hex digits)
     controller: ControllerRef | None = None
     store_ref: StoreRef = field(default_factory=StoreRef)
     kubeconfig: Kubeconfig | None = None

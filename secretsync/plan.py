@@ -1,9 +1,10 @@
 """Fleet → one `DesiredSecret` per (cluster, FleetSecret): selectors, overlays, templates, policy.
 
-Pure. Every problem — a template naming a label a cluster lacks, a ref a delivery cannot carry,
-a namespace a cluster does not allow, a forbidden type, two FleetSecrets on one target — is a
-`ConfigError` pointing at the line that caused it; all of them are raised together, so a bad
-fleet changes nothing.
+Every problem — a template naming a label a cluster lacks, a ref a delivery cannot carry, a
+namespace a cluster does not allow, a forbidden type, two FleetSecrets on one target, a filled-in
+SOPS path that leaves the repo through a symlink — is a `ConfigError` pointing at the line that
+caused it; all of them are raised together, so a bad fleet changes nothing. Pure but for that
+one check: each distinct filled-in SOPS path is resolved against the repo once per plan.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import posixpath
 from collections.abc import Collection, Mapping
 
-from secretsync import errors, selectors, templating
+from secretsync import errors, load, selectors, templating
 from secretsync.model import (
     Cluster,
     DataEntry,
@@ -48,8 +49,15 @@ def layered_data(secret: FleetSecret, cluster: Cluster) -> dict[str, DataEntry]:
 
 
 def _planned(
-    entry: DataEntry, *, key: str, cluster: Cluster, fleet: Fleet
+    entry: DataEntry,
+    *,
+    key: str,
+    cluster: Cluster,
+    fleet: Fleet,
+    confined: dict[str, str | None] | None = None,
 ) -> tuple[Planned | None, list[errors.ConfigError]]:
+    """One data entry for one cluster. `confined` remembers, per templated SOPS path, why it
+    leaves the repo (None: it does not), so each distinct path is resolved once per plan."""
     problems: list[errors.ConfigError] = []
 
     def fill(text: str, field: str) -> str:
@@ -98,6 +106,24 @@ def _planned(
                     field=f"data.{key}.sops.file",
                 )
             )
+        elif file and templating.has_template(spec.file):
+            # The loader confined the literal paths; a filled-in one may reach a symlink.
+            cache = confined if confined is not None else {}
+            if norm not in cache:
+                try:
+                    load.confine(fleet.root, norm)
+                    cache[norm] = None
+                except errors.ConfigError as exc:
+                    cache[norm] = exc.message
+            if (why := cache[norm]) is not None:
+                problems.append(
+                    errors.ConfigError(
+                        f"cluster {cluster.name!r}: sops file {why}",
+                        file=entry.origin.file,
+                        line=entry.origin.line,
+                        field=f"data.{key}.sops.file",
+                    )
+                )
         if cluster.delivery is Delivery.EXTERNAL:
             problems.append(
                 errors.ConfigError(
@@ -167,6 +193,7 @@ def plan(
     owners: dict[ObjectKey, FleetSecret] = {}
     desired: list[DesiredSecret] = []
     shared: dict[Planned, Planned] = {}  # one instance per distinct ref, however many clusters
+    confined: dict[str, str | None] = {}
     for cluster in fleet.clusters.values():
         for secret in fleet.secrets.values():
             if not selectors.matches(secret.selector, cluster.labels):
@@ -189,7 +216,7 @@ def plan(
             data: dict[str, Planned] = {}
             for data_key, entry in sorted(layered_data(secret, cluster).items()):
                 planned, entry_problems = _planned(
-                    entry, key=data_key, cluster=cluster, fleet=fleet
+                    entry, key=data_key, cluster=cluster, fleet=fleet, confined=confined
                 )
                 item_problems.extend(entry_problems)
                 if planned is not None:

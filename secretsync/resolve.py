@@ -25,6 +25,12 @@ type Document = Mapping[str, object]
 
 
 @dataclass(frozen=True, slots=True)
+class Unencrypted:
+    """A leaf a source found in plaintext where only encrypted values belong (a SOPS file's
+    leaf its settings leave readable). It holds nothing; `lookup` refuses to pick it."""
+
+
+@dataclass(frozen=True, slots=True)
 class Fetched:
     """A read Location: its document and, where the source has one, its version."""
 
@@ -59,7 +65,8 @@ def lookup(document: Document, key: str, *, where: str) -> SecretValue:
     """Find `key` in a document: a top-level key first, then a dotted path.
 
     Scalars become text the way JSON writes them (true, 3, 1.5); strings are taken as UTF-8.
-    A nested object or list is an error, never `str(dict)`.
+    A nested object or list is an error, never `str(dict)`; so is a leaf the source marked
+    `Unencrypted`.
     """
     node: object
     if key in document:
@@ -67,9 +74,17 @@ def lookup(document: Document, key: str, *, where: str) -> SecretValue:
     else:
         node = document
         for part in key.split("."):
+            if isinstance(node, Unencrypted):
+                break
             if not isinstance(node, Mapping) or part not in node:
                 raise errors.RefNotFound(f"{where}: key {key!r} not found")
             node = node[part]
+    if isinstance(node, Unencrypted):
+        raise errors.DecryptFailed(
+            f"{where}: key {key!r} is not encrypted in the file (its sops settings leave it in "
+            "plaintext); a secret value must be encrypted — use a `value:` literal for text "
+            "that is not secret"
+        )
     if isinstance(node, str):
         return SecretValue.of(node)
     if isinstance(node, bytes):

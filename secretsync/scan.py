@@ -548,6 +548,60 @@ def _check_sops_document(
     return findings
 
 
+# --- one SOPS file, for the sops source ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SopsLeaves:
+    """What an encrypted SOPS file holds in plaintext, found before it is decrypted.
+
+    `refused`: leaves the file's own sops settings encrypt (edited outside sops) and any
+    plaintext under a Secret's `data` / `stringData`: the file must not be used at all.
+    `plaintext`: key paths of the other non-empty leaves the settings leave readable
+    (`*_unencrypted`, `encrypted_regex`, …): no secret value may be read from them.
+    """
+
+    refused: tuple[Finding, ...] = ()
+    plaintext: tuple[tuple[str, ...], ...] = ()
+
+
+def sops_leaves(
+    data: bytes, *, rel: str, dotenv: bool = False, is_json: bool = False
+) -> SopsLeaves:
+    """The plaintext of one SOPS file (YAML, JSON or dotenv bytes as stored in the repo)."""
+    if dotenv:
+        refused = _check_dotenv(data, rel=rel, why=None)
+        bad = {f.line for f in refused}
+        text = data.decode("utf-8", errors="replace")
+        plain = [
+            (match.group(1),)
+            for number, line in enumerate(text.splitlines(), start=1)
+            if (match := _DOTENV_LINE.match(line)) is not None
+            and not match.group(1).startswith("sops_")
+            and number not in bad
+            and (value := match.group(2).strip())
+            and not _is_encrypted(value)
+        ]
+        return SopsLeaves(tuple(refused), tuple(plain))
+    findings: list[Finding] = []
+    paths: dict[tuple[str, ...], None] = {}
+    for doc in _documents(data, is_json=is_json):
+        metadata = _sops_metadata(doc)
+        if metadata is None:
+            continue
+        refused = _check_sops_document(doc, metadata, rel=rel)
+        findings.extend(refused)
+        bad = {f.line for f in refused}
+        for path, leaf in _leaves(doc, ()):
+            if path[:1] == ("sops",) or not isinstance(leaf, yaml.ScalarNode):
+                continue
+            value = leaf.value if isinstance(leaf.value, str) else ""
+            readable = bool(value) and leaf.tag != _TAG_NULL and not _is_encrypted(value)
+            if readable and _line(leaf) not in bad:
+                paths[path] = None
+    return SopsLeaves(tuple(findings), tuple(paths))
+
+
 # --- dotenv --------------------------------------------------------------------------------
 
 

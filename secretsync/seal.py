@@ -122,6 +122,7 @@ class Certificate:
     not_before: datetime
     not_after: datetime
     key_bits: int
+    sha256: str = ""  # hex SHA-256 of the certificate's DER: what `certificateSha256` pins
 
 
 def public_key_fingerprint(public_key: RSAPublicKey) -> str:
@@ -132,22 +133,56 @@ def public_key_fingerprint(public_key: RSAPublicKey) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
-def load_certificate(pem: bytes, *, source: str, now: datetime) -> Certificate:
-    """Read the first certificate of `pem` and check it can seal at `now`.
+_SHA256_PIN: Final = re.compile(r"^[0-9a-f]{64}$")
 
-    `source` names where the PEM came from (a repo-relative file or a cluster) for messages.
-    Raises `SealError` when the bytes hold no PEM certificate, the key is not RSA or is
-    smaller than `MIN_KEY_BITS`, or `now` lies outside the validity period.
-    """
-    if now.tzinfo is None or now.utcoffset() is None:
-        raise ValueError("now must be a timezone-aware datetime")
+
+def normalize_sha256(text: str) -> str | None:
+    """A SHA-256 fingerprint as 64 lowercase hex digits, from hex with or without colons
+    (`openssl x509 -fingerprint -sha256` prints `AB:CD:…`); None when it is not one."""
+    digits = text.strip().replace(":", "").lower()
+    return digits if _SHA256_PIN.match(digits) else None
+
+
+def _first_certificate(pem: bytes, source: str) -> x509.Certificate:
     try:
         certs = x509.load_pem_x509_certificates(pem)
     except ValueError:
         raise SealError(f"{source}: not a PEM certificate") from None
     if not certs:
         raise SealError(f"{source}: not a PEM certificate")
-    cert = certs[0]
+    return certs[0]
+
+
+def certificate_sha256(pem: bytes, *, source: str) -> str:
+    """Hex SHA-256 of the DER of the first certificate of `pem` (public: safe to print)."""
+    cert = _first_certificate(pem, source)
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def check_pin(actual: str, expected: str | None, *, source: str) -> None:
+    """Refuse a certificate whose SHA-256 is not the pinned one (when one is pinned)."""
+    if expected is not None and actual != expected:
+        raise SealError(
+            f"{source}: certificate SHA-256 is {actual}, not the pinned {expected} "
+            "(certificateSha256): it was replaced or rotated; check it and update the pin"
+        )
+
+
+def load_certificate(
+    pem: bytes, *, source: str, now: datetime, sha256: str | None = None
+) -> Certificate:
+    """Read the first certificate of `pem` and check it can seal at `now`.
+
+    `source` names where the PEM came from (a repo-relative file or a cluster) for messages.
+    Raises `SealError` when the bytes hold no PEM certificate, its SHA-256 is not `sha256`
+    (a pin, normalised by `normalize_sha256`), the key is not RSA or is smaller than
+    `MIN_KEY_BITS`, or `now` lies outside the validity period.
+    """
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError("now must be a timezone-aware datetime")
+    cert = _first_certificate(pem, source)
+    digest = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+    check_pin(digest, sha256, source=source)
     try:
         public_key = cert.public_key()
     except (ValueError, UnsupportedAlgorithm):
@@ -171,6 +206,7 @@ def load_certificate(pem: bytes, *, source: str, now: datetime) -> Certificate:
         not_before=not_before,
         not_after=not_after,
         key_bits=public_key.key_size,
+        sha256=digest,
     )
 
 

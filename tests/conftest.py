@@ -1,8 +1,9 @@
 """Shared fixtures and the session-wide canary leak scan.
 
 Every log record of the session (all levels, all loggers) is kept in memory; at the end, the
-scan fails the run if any canary value appears in a record or in any file under a fleet repo
-that a test built with `fleet_repo`.
+scan fails the run if any canary value appears in a record, in any file under a fleet repo
+that a test built with `fleet_repo`, in any answer of a `serve` process (`tests/served.py`) or
+in the metrics text of any `Metrics` made in the test process.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from prometheus_client import generate_latest
 
+from secretsync.metrics import Metrics
 from tests import canary
 
 pytest_plugins = (
@@ -37,12 +40,25 @@ class _Keep(logging.Handler):
 
 
 _handler = _Keep(level=logging.DEBUG)
+_metrics: list[Metrics] = []
+
+
+def _track_metrics() -> None:
+    """Remember every `Metrics` made in this process: their text is scanned at the end."""
+    made = Metrics.__init__
+
+    def init(self: Metrics) -> None:
+        made(self)
+        _metrics.append(self)
+
+    Metrics.__init__ = init  # type: ignore[method-assign]
 
 
 def pytest_configure(config: pytest.Config) -> None:
     root = logging.getLogger()
     root.addHandler(_handler)
     root.setLevel(logging.DEBUG)
+    _track_metrics()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -50,6 +66,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     for text in _records:
         for value in canary.find_in_text(text):
             leaks.append(f"log record: {text[:120]!r} holds canary {value[:24]}...")
+    outputs = [*canary.OUTPUTS]
+    outputs += [("metrics", generate_latest(m.registry).decode()) for m in _metrics]
+    for where, text in outputs:
+        for value in canary.find_in_text(text):
+            leaks.append(f"{where}: holds canary {value[:24]}...")
     for repo in canary.FLEET_REPOS:
         if not repo.exists():
             continue
@@ -62,7 +83,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if reporter is not None:
         reporter.write_line(
             f"canary scan: {len(canary.ISSUED)} canaries, {len(_records)} log records, "
-            f"{len(canary.FLEET_REPOS)} fleet repos, {len(leaks)} leaks"
+            f"{len(outputs)} outputs, {len(canary.FLEET_REPOS)} fleet repos, {len(leaks)} leaks"
         )
         for leak in leaks[:50]:
             reporter.write_line(f"LEAK {leak}", red=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from secretsync import webhook
+from tests import canary
 
 
 class ServeClient:
@@ -42,7 +43,7 @@ class ServeClient:
                 status, text = resp.status, resp.read().decode()
         except urllib.error.HTTPError as exc:
             status, text = exc.code, exc.read().decode()
-        self.seen.append(text)
+        self.seen.append(canary.keep(f"serve {path}", text))
         return status, text
 
     def status(self) -> dict[str, Any]:

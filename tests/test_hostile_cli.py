@@ -1,8 +1,9 @@
 """Hostile fleet repos through the real CLI process (issue 8 "Done when", rows S5 and S8).
 
-A 64 MiB file, a YAML alias bomb, `..` in a file reference and symlinks leaving the repo are
-each refused by `validate`, `plan`, `render` and `sync` within seconds, with exit code 2 and
-the offending file named, and nothing is written.
+A 64 MiB file, a YAML alias bomb, `..` in a file reference, symlinks leaving the repo (a fleet
+file, a folder, a SOPS file named as it is or once its template is filled in) and a folder of
+more than 20,000 files are each refused by `validate`, `plan`, `render` and `sync` within
+seconds, with exit code 2 and the offending file named, and nothing is written.
 
 These repos are built under tmp_path and not registered with `fleet_repo`: they hold no
 canary, and the session scan would otherwise read 64 MiB once per issued canary.
@@ -10,7 +11,6 @@ canary, and the session scan would otherwise read 64 MiB once per issued canary.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -92,7 +92,23 @@ def symlinked_folder(root: Path, outside: Path) -> str:
 def symlinked_sops_file(root: Path, outside: Path) -> str:
     os.symlink(outside, root / "sops/link.yaml")
     (root / "secrets/escape.yaml").write_text(ESCAPE_SECRET.replace("FILE", "sops/link.yaml"))
-    return "secrets/escape.yaml"
+    return "secrets/escape.yaml:8: spec.data.stolen.sops.file: 'sops/link.yaml' resolves outside"
+
+
+def symlinked_templated_sops_file(root: Path, outside: Path) -> str:
+    """Only the filled-in path (`sops/prod/escape.yaml`) is a link: refused at plan time."""
+    os.symlink(outside, root / "sops/prod/escape.yaml")
+    file = "sops/{{ cluster.labels.env }}/escape.yaml"
+    (root / "secrets/escape.yaml").write_text(ESCAPE_SECRET.replace("FILE", file))
+    return "secrets/escape.yaml:8: data.stolen.sops.file: cluster 'prod-euw1': sops file"
+
+
+def too_many_files(root: Path, outside: Path) -> str:
+    bulk = root / "secrets/bulk"
+    bulk.mkdir()
+    for i in range(20_001):  # the loader's MAX_FILES is 20,000 files and folders per folder
+        (bulk / f"{i}.txt").touch()
+    return "secrets: more than 20000 files and folders under 'secrets'"
 
 
 CASES: dict[str, tuple[Callable[[Path, Path], str], str]] = {
@@ -103,6 +119,9 @@ CASES: dict[str, tuple[Callable[[Path, Path], str], str]] = {
     "dotdot-cert-file": (dotdot_cert, "leaves the fleet repo"),
     "symlinked-cluster-file": (symlinked_cluster_file, "outside the fleet repo"),
     "symlinked-folder": (symlinked_folder, "outside the fleet repo"),
+    "symlinked-sops-file": (symlinked_sops_file, "outside the fleet repo"),
+    "symlinked-templated-sops-file": (symlinked_templated_sops_file, "outside the fleet repo"),
+    "too-many-files": (too_many_files, "more than 20000"),
 }
 
 
@@ -154,40 +173,3 @@ def test_hostile_repo_is_refused_quickly_with_exit_2_naming_the_file(
             assert snapshot(root) == before, f"{command} wrote into the fleet repo"
     finally:
         shutil.rmtree(root)
-
-
-def test_symlinked_sops_file_leaving_the_repo_fails_only_its_secret(tmp_path: Path) -> None:
-    """A SOPS file is resolved (symlinks included) when it is read, not when the fleet loads:
-    `render` refuses it without reading it, fails only the secrets that use it (exit 1,
-    file named) and renders everything else."""
-    root = tmp_path / "fleet"
-    shutil.copytree(EXAMPLE, root, symlinks=True)
-    outside = tmp_path / "outside.yaml"
-    outside.write_text("x: not-a-sops-file\n")
-    named = symlinked_sops_file(root, outside)
-    assert named == "secrets/escape.yaml"
-    env = {
-        **os.environ,
-        "SOPS_AGE_KEY_FILE": str(DEMO_KEYS / "age.key"),
-        "SECRETSYNC_HMAC_KEY": "hostile-key",
-        "SECRETSYNC_LOG_LEVEL": "debug",
-    }
-    proc = subprocess.run(
-        [sys.executable, "-m", "secretsync", "-o", "json", "render", str(root)],
-        env=env,
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
-    err = proc.stderr.decode("utf-8", "replace")
-    assert proc.returncode == 1, err[-1500:]
-    failed = [line for line in err.splitlines() if line.startswith("failed:")]
-    assert sorted(failed) == [
-        f"failed: {c} web/escape: sops:sops/link.yaml: the path leads outside the fleet repo "
-        "(through a symlink)"
-        for c in ("prod-euw1", "prod-use1")
-    ], err[-1500:]
-    summary = json.loads(proc.stdout)["summary"]
-    assert summary["failed"] == 2, summary
-    assert summary["created"] + summary["updated"] + summary["unchanged"] >= 15, summary
-    assert not list((root / "rendered").rglob("escape.yaml"))

@@ -358,3 +358,100 @@ async def test_real_engine_serves_no_values(
     assert "synced" in served
     assert not canary.find_in_text(served)
     assert not canary.find_in_text(caplog.text)
+
+
+class GatedEngine(FakeEngine):
+    """A FakeEngine whose narrowed cycles wait for `gate`: a cycle in progress during a burst."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def run_cycle(
+        self, fleet: Fleet, *, only_paths: Collection[str] | None = None
+    ) -> CycleReport:
+        report = await super().run_cycle(fleet, only_paths=only_paths)
+        if only_paths is not None:
+            await self.gate.wait()
+        return report
+
+
+def _rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+async def test_a_flood_of_webhooks_is_bounded_and_coalesced_per_path(
+    repo: Path, aiohttp_client: AiohttpClient
+) -> None:
+    """W4: 1,000 requests (signed for the fleet's paths, duplicates, unknown paths, unsigned)
+    while a narrowed cycle runs: no 5xx, the queue is a set of the paths in use, and the burst
+    becomes exactly one more narrowed cycle naming each rotated path once."""
+    engine = GatedEngine()
+    daemon = make_daemon(repo, engine)
+    client: TestClient[Any, Any] = await aiohttp_client(make_app(daemon))
+    loop_task = asyncio.create_task(daemon.run_loop())
+    url = "/v1/webhooks/vault"
+    used = ["secret/web/prod", "secret/data/web/staging", "secret/web/dev"]
+    try:
+        await engine.wait_calls(1)
+        first = json.dumps({"paths": [used[0]]}).encode()
+        assert (await client.post(url, data=first, headers=signed(first))).status == 202
+        await engine.wait_calls(2)  # the narrowed cycle for the first path now runs (gated)
+        rss_before = _rss_bytes()
+        replayed = signed(first, msg_id="msg_flood_dup")
+
+        def request(i: int) -> tuple[bytes, dict[str, str]]:
+            kind = i % 4
+            if kind == 0:  # signed, one of the paths in use
+                body = json.dumps({"paths": [used[i % 3]]}).encode()
+                return body, signed(body)
+            if kind == 1:  # signed, a path the fleet does not use
+                body = json.dumps({"paths": [f"secret/unused/p{i}"]}).encode()
+                return body, signed(body)
+            if kind == 2:  # the same id again and again
+                return first, replayed
+            body = json.dumps({"paths": [used[1]]}).encode()  # unsigned
+            return body, {"Content-Type": "application/json"}
+
+        statuses: dict[int, int] = {}
+        started = time.monotonic()
+        for batch in range(0, 1000, 50):
+            answers = await asyncio.gather(
+                *(
+                    client.post(url, data=body, headers=headers)
+                    for body, headers in map(request, range(batch, batch + 50))
+                )
+            )
+            for resp in answers:
+                statuses[resp.status] = statuses.get(resp.status, 0) + 1
+                resp.release()
+            assert daemon._pending <= {
+                "secret/web/prod",
+                "secret/data/web/staging",
+                "secret/web/dev",
+            }
+        elapsed = time.monotonic() - started
+        growth = _rss_bytes() - rss_before
+
+        # 250 in use + 250 unknown + the first of the replayed id: 202; its 249 replays: 200
+        assert statuses == {202: 501, 200: 249, 401: 250}, statuses
+        assert not [s for s in statuses if s >= 500]
+        assert len(engine.calls) == 2, "the burst waits for the running cycle"
+        assert daemon._pending == set(used)
+        engine.gate.set()
+        await engine.wait_calls(3)
+        assert engine.calls[2] == frozenset(used), "one narrowed cycle, each path once"
+        assert not daemon._pending
+    finally:
+        engine.gate.set()
+        daemon.stop()
+        async with asyncio.timeout(5):
+            await loop_task
+    assert len(engine.calls) == 3
+    assert growth < 32 * 1024 * 1024, f"RSS grew {growth} bytes over the flood"
+    assert elapsed < 60, elapsed
+    text = await (await client.get("/metrics")).text()
+    assert 'secretsync_webhooks_total{outcome="unauthorized"} 250.0' in text

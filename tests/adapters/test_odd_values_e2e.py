@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,25 +21,6 @@ from tests.openbao import OpenBao
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
 
 
-def odd_values() -> dict[str, str]:
-    u = uuid.uuid4().hex
-    values = {
-        "spaces": f"  surrounded by spaces {u}  ",
-        "newlines": f"line one {u}\nline two\n\nline four\n",
-        "document-break": f"---\napiVersion: v1\nkind: Secret\nmetadata: {{name: evil-{u}}}\n---\n",
-        "quotes": f"single ' double \" back ` slash \\ {u} \\n literal",
-        "unicode": f"ünïcødé 🚀 日本語 \u202ertl\u202c zero\u200bwidth {u}",
-        "yaml-syntax": f"key: value\n- item: &a *a\n? {{[}}]\n# comment {u}",
-        "template": f"{{{{ cluster.name }}}} {{% raw %}} ${{HOME}} {u}",
-        "crlf-tab": f"\tcr\r\nlf\r{u}\t",
-        "only-space-ends": f" {u}",
-        "json": json.dumps({"password": u, "nested": [1, None, True]}),
-    }
-    for v in values.values():
-        canary.remember(v)
-    return values
-
-
 def test_odd_values_are_delivered_byte_for_byte_and_never_logged(
     fleet_repo: MakeRepo,
     kube_cluster: KubeCluster,
@@ -50,7 +30,7 @@ def test_odd_values_are_delivered_byte_for_byte_and_never_logged(
     unique: str,
 ) -> None:
     namespace = kube_namespace(kube_cluster)
-    values = odd_values()
+    values = canary.odd_values()
     openbao.write_kv("secret", f"{unique}/odd", values)
     data = "\n".join(
         f"    {k}: {{vault: {{path: {unique}/odd, key: {k}}}}}" for k in sorted(values)

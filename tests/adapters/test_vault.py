@@ -8,8 +8,10 @@ canary, token, secret_id or JWT reaches an error message or a log record.
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
@@ -174,6 +176,45 @@ async def test_kv2_reads_latest_and_pinned_versions_with_json_types_kept(
     assert source.counters.reads == 3
     assert source.counters.mount_lookups == 1
     assert_clean([first, second, openbao.root_token], repr(source), caplog=caplog)
+
+
+async def test_nested_object_or_list_without_a_sub_key_is_an_error_never_its_text(
+    openbao: OpenBao, unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """V11: picking a mapping or a list is an error naming the ref, never `str(dict)`; a
+    sub-key reaches into a mapping; values that are not text are read as the JSON text Vault
+    stores (a binary value is stored as base64 text and delivered as that text)."""
+    mount = kv2_mount(openbao, unique)
+    inner, item, encoded = canary(), canary(), canary()
+    openbao.write_kv(
+        mount,
+        "app",
+        {
+            "db": {"password": inner, "port": 5432},
+            "hosts": [item, "b"],
+            "cert.b64": base64.b64encode(encoded.encode()).decode(),
+            "none": None,
+        },
+    )
+    source = make_source(openbao.address, env={"VAULT_TOKEN": openbao.root_token})
+    refs = {k: ref(mount, "app", k) for k in ("db", "hosts", "db.password", "cert.b64", "none")}
+    try:
+        result = await resolve.resolve(refs.values(), {"vault": source})
+    finally:
+        await source.aclose()
+    assert result.reads == 1
+    for key in ("db", "hosts"):
+        failure = result.failures[refs[key]]
+        assert isinstance(failure, errors.RefNotFound)
+        assert str(failure) == (
+            f"vault:{mount}/app: key {key!r} holds a nested object, not a value"
+        )
+    assert result.values[refs["db.password"]].reveal() == inner.encode()
+    assert result.values[refs["cert.b64"]].reveal() == base64.b64encode(encoded.encode())
+    assert result.values[refs["none"]].reveal() == b"null"
+    texts = [str(f) for f in result.failures.values()]
+    assert_clean([inner, item, encoded], *texts, caplog=caplog)
+    assert not any("{" in t or "[" in t for t in texts), "no container text in an error"
 
 
 async def test_kv1_mount_detected_or_explicit_has_no_versions(
@@ -496,10 +537,24 @@ async def test_policy_that_denies_half_the_paths_fails_only_those_without_a_logi
         ),
     )
     refs = [ref(mount, path, "v") for path in [*allowed, *denied]]
+    caplog.clear()
     try:
         result = await resolve.resolve(refs, {"vault": source}, concurrency=16)
     finally:
         await source.aclose()
+    # V10: one aggregated line for the 20 denied paths, not one per path (those are DEBUG),
+    # besides one line per login
+    shown = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name.startswith("secretsync") and r.levelno >= logging.INFO
+    ]
+    logins = [m for m in shown if m.startswith("vault: logged in with approle")]
+    assert len(logins) == source.counters.logins, shown
+    assert [m for m in shown if m not in logins] == [
+        f"AccessDenied: vault:{mount}/closed/p0: permission denied (HTTP 403) "
+        f"(and {len(denied) - 1} more)"
+    ], shown
 
     assert {r.location.path: v.reveal().decode() for r, v in result.values.items()} == allowed
     assert {r.location.path for r in result.failures} == set(denied)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from secretsync import errors, load
+from secretsync import errors, load, seal
 from secretsync.model import Delivery, Operator, Scope, SopsSpec, VaultSpec
 
 FLEET = """\
@@ -332,6 +332,110 @@ def test_symlink_leaving_the_repo_is_refused(fleet_repo: MakeRepo, tmp_path: Pat
     os.symlink(outside, root / "clusters" / "link.yaml")
     with pytest.raises(errors.ConfigErrors, match="resolves outside the fleet repo"):
         load.load_fleet(root)
+
+
+def test_symlinked_sops_file_leaving_the_repo_is_refused_at_load(
+    fleet_repo: MakeRepo, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside.yaml"
+    outside.write_text("x: not in the repo\n")
+    secret = SECRET.replace(
+        '{vault: {path: "db/{{ cluster.labels.env }}", key: password}}',
+        "{sops: {file: sops/link.yaml, key: x}}",
+    )
+    root = fleet_repo(
+        {"secretsync.yaml": FLEET, "clusters/a.yaml": CLUSTER, "secrets/s.yaml": secret}
+    )
+    (root / "sops").mkdir()
+    os.symlink(outside, root / "sops" / "link.yaml")
+    os.symlink(root / "sops" / "loop.yaml", root / "sops" / "loop.yaml")
+    looped = secret.replace("sops/link.yaml", "sops/loop.yaml").replace("{name: db}", "{name: db2}")
+    (root / "secrets" / "t.yaml").write_text(looped.replace("name: db,", "name: db2,"))
+    with pytest.raises(errors.ConfigErrors) as info:
+        load.load_fleet(root)
+    assert [e.render() for e in info.value.errors] == [
+        "secrets/s.yaml:9: spec.data.password.sops.file: 'sops/link.yaml' resolves outside the "
+        "fleet repo (symlink?)",
+        "secrets/t.yaml:9: spec.data.password.sops.file: 'sops/loop.yaml' cannot be resolved "
+        "(symlink loop?)",
+    ]
+
+
+def test_symlink_inside_the_repo_and_a_missing_sops_file_load(
+    fleet_repo: MakeRepo, tmp_path: Path
+) -> None:
+    """Confinement refuses only what leaves the repo: a link inside it, or a file that does not
+    exist yet (a per-secret failure when read), loads."""
+    secret = SECRET.replace(
+        '{vault: {path: "db/{{ cluster.labels.env }}", key: password}}',
+        "{sops: {file: sops/link.yaml, key: x}}",
+    )
+    missing = secret.replace("sops/link.yaml", "sops/missing.yaml").replace(
+        "{name: db}", "{name: d2}"
+    )
+    root = fleet_repo(
+        {
+            "secretsync.yaml": FLEET,
+            "clusters/a.yaml": CLUSTER,
+            "secrets/s.yaml": secret,
+            "secrets/t.yaml": missing.replace("name: db,", "name: d2,"),
+            "sops/real.yaml": "x: y\n",
+        }
+    )
+    os.symlink(root / "sops" / "real.yaml", root / "sops" / "link.yaml")
+    assert sorted(load.load_fleet(root).secrets) == ["d2", "db"]
+
+
+def test_file_count_cap_bounds_the_walk(
+    fleet_repo: MakeRepo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every file and folder walked counts, YAML or not (the real cap of 20,000 is exercised
+    through the CLI in tests/test_hostile_cli.py)."""
+    monkeypatch.setattr(load, "MAX_FILES", 30)
+    files: dict[str, str | bytes] = {"secretsync.yaml": FLEET, "clusters/a.yaml": CLUSTER}
+    files.update({f"secrets/notes/{i}.txt": "x" for i in range(29)})
+    assert load.load_fleet(fleet_repo(files)).clusters  # 29 files + 1 folder: at the cap
+    files["secrets/notes/extra.md"] = "x"
+    found = load_errors(fleet_repo, files)
+    assert found == ["secrets: more than 30 files and folders under 'secrets'"], found
+
+
+def test_certificate_pin_is_checked_when_the_fleet_loads(fleet_repo: MakeRepo) -> None:
+    from tests import keys
+
+    pem = keys.cert_pem(keys.rsa_key(0))
+    actual = seal.certificate_sha256(pem, source="x")
+    colons = ":".join(actual[i : i + 2] for i in range(0, 64, 2)).upper()
+    pinned = CLUSTER.replace(
+        "certFile: certs/prod-use1.pem}",
+        f'certFile: certs/prod-use1.pem, certificateSha256: "{colons}"}}',
+    )
+    files: dict[str, str | bytes] = {"clusters/a.yaml": pinned, "certs/prod-use1.pem": pem}
+    root = fleet_repo({"secretsync.yaml": FLEET, **files})
+    assert load.load_fleet(root).clusters["prod-use1"].cert_sha256 == actual
+
+    other = "ab" * 32
+    found = load_errors(fleet_repo, {**files, "clusters/a.yaml": pinned.replace(colons, other)})
+    assert found == [
+        "clusters/a.yaml:7: spec.sealedSecrets.certificateSha256: certs/prod-use1.pem: "
+        f"certificate SHA-256 is {actual}, not the pinned {other} (certificateSha256): it was "
+        "replaced or rotated; check it and update the pin"
+    ]
+    found = load_errors(fleet_repo, {**files, "clusters/a.yaml": pinned.replace(colons, "abc")})
+    assert found == [
+        "clusters/a.yaml:7: spec.sealedSecrets.certificateSha256: must be a SHA-256 "
+        "fingerprint: 64 hex digits (colons allowed)"
+    ]
+    found = load_errors(fleet_repo, {"clusters/a.yaml": pinned})  # no certificate file
+    assert found == [
+        "clusters/a.yaml:7: spec.sealedSecrets.certificateSha256: certs/prod-use1.pem: "
+        "file not found"
+    ]
+    found = load_errors(
+        fleet_repo,
+        {**files, "clusters/a.yaml": pinned.replace("certFile: certs/prod-use1.pem, ", "")},
+    )
+    assert "pins the certificate of certFile, which is not set" in found[0], found
 
 
 def test_confine_refuses_dotdot_and_absolute(tmp_path: Path) -> None:

@@ -182,6 +182,38 @@ def test_templated_sops_path_leaving_repo_is_refused(fleet_repo: MakeRepo) -> No
         load.load_fleet(root)
 
 
+def test_templated_sops_path_through_a_symlink_leaving_the_repo_is_refused(
+    fleet_repo: MakeRepo, tmp_path: Path
+) -> None:
+    """A filled-in path is confined per cluster at plan time: `prod` reaches a symlink that
+    leaves the repo, `dev` a file inside it. The whole plan is refused (exit 2 in the CLI)."""
+    secret = SECRET.replace(
+        'password: {vault: {path: "app/{{ cluster.labels.env }}", key: password}}',
+        'password: {sops: {file: "sops/{{ cluster.labels.env }}.yaml", key: k}}',
+    )
+    root = fleet_repo(
+        {
+            "secretsync.yaml": FLEET.replace("sealed", "direct"),
+            "clusters/c.yaml": CLUSTERS,
+            "secrets/a.yaml": secret,
+            "sops/dev.yaml": "k: v\n",
+        }
+    )
+    outside = tmp_path / "outside.yaml"
+    outside.write_text("k: v\n")
+    (root / "sops" / "prod.yaml").symlink_to(outside)
+    fleet = load.load_fleet(root)
+    with pytest.raises(errors.ConfigErrors) as info:
+        plan.plan(fleet, clusters=["dev-use1"])  # a filter never hides an error
+    assert [e.render() for e in info.value.errors] == [  # prod-euw1's overlay reads Vault
+        "secrets/a.yaml:9: data.password.sops.file: cluster 'prod-use1': sops file "
+        "'sops/prod.yaml' resolves outside the fleet repo (symlink?)"
+    ]
+    (root / "sops" / "prod.yaml").unlink()
+    (root / "sops" / "prod.yaml").symlink_to(root / "sops" / "dev.yaml")
+    assert len(plan.plan(fleet)) == 3
+
+
 def test_external_cluster_needs_a_vault_key(fleet_repo: MakeRepo) -> None:
     ext = """\
 apiVersion: secretsync.dev/v1alpha1

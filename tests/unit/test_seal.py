@@ -27,9 +27,11 @@ from secretsync.seal import (
     ANNOTATION_CLUSTER_WIDE,
     ANNOTATION_NAMESPACE_WIDE,
     Certificate,
+    certificate_sha256,
     label_for,
     load_certificate,
     load_private_keys,
+    normalize_sha256,
     public_key_fingerprint,
     scope_annotations,
     scope_from_annotations,
@@ -623,6 +625,31 @@ def test_certificate_validity_compares_instants_not_wall_clocks(
     assert load_certificate(pem, source="x", now=still_valid).not_after == ended
     with pytest.raises(SealError, match="expired"):
         load_certificate(pem, source="x", now=datetime(2027, 3, 4, 14, 1, tzinfo=plus_two))
+
+
+def test_certificate_pin_is_the_sha256_of_the_certificate_der(
+    key_2048: rsa.RSAPrivateKey, other_key_2048: rsa.RSAPrivateKey
+) -> None:
+    cert = _make_cert(key_2048, not_before=_VALID_FROM, not_after=_VALID_TO)
+    pem = _pem(cert)
+    der_sha256 = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+    assert certificate_sha256(pem, source="x") == der_sha256
+    assert load_certificate(pem, source="x", now=NOW, sha256=der_sha256).sha256 == der_sha256
+    colons = ":".join(der_sha256[i : i + 2] for i in range(0, 64, 2)).upper()
+    assert normalize_sha256(colons) == der_sha256  # as `openssl x509 -fingerprint -sha256`
+    assert normalize_sha256(der_sha256[:-1]) is None
+    assert normalize_sha256("g" * 64) is None
+
+    swapped = _pem(_make_cert(other_key_2048, not_before=_VALID_FROM, not_after=_VALID_TO))
+    with pytest.raises(SealError) as info:
+        load_certificate(swapped, source="certs/prod.pem", now=NOW, sha256=der_sha256)
+    actual = certificate_sha256(swapped, source="x")
+    assert str(info.value).startswith(
+        f"certs/prod.pem: certificate SHA-256 is {actual}, not the pinned {der_sha256}"
+    )
+    reissued = _pem(_make_cert(key_2048, not_before=_VALID_FROM, not_after=_VALID_TO, cn="b"))
+    with pytest.raises(SealError, match="not the pinned"):  # same key, another certificate
+        load_certificate(reissued, source="x", now=NOW, sha256=der_sha256)
 
 
 def test_certificate_requires_aware_now(key_2048: rsa.RSAPrivateKey) -> None:

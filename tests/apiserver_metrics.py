@@ -1,0 +1,36 @@
+"""Requests a real kube-apiserver has answered, read from its own `/metrics` counters
+(`apiserver_request_total`): what reached the server, whatever the client reports."""
+
+from __future__ import annotations
+
+import re
+import ssl
+import urllib.request
+
+from tests.kubecluster import KubeCluster
+
+WRITES = ("APPLY", "PATCH", "PUT", "POST", "DELETE")
+_SAMPLE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$", re.M)
+
+
+def requests(cluster: KubeCluster, *, resource: str = "secrets") -> dict[str, float]:
+    """Requests on `resource` answered since the apiserver started, by verb."""
+    context = ssl.create_default_context(cafile=str(cluster.ca_file))
+    # the apiserver this session started, on 127.0.0.1
+    request = urllib.request.Request(  # noqa: S310
+        f"{cluster.server}/metrics", headers={"Authorization": f"Bearer {cluster.admin_token}"}
+    )
+    with urllib.request.urlopen(request, context=context, timeout=10) as resp:  # noqa: S310
+        text = resp.read().decode()
+    out: dict[str, float] = {}
+    for match in _SAMPLE.finditer(text):
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', match["labels"]))
+        if labels.get("resource") == resource and not labels.get("subresource"):
+            verb = labels.get("verb", "")
+            out[verb] = out.get(verb, 0.0) + float(match["value"])
+    return out
+
+
+def writes(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Write requests between two `requests()` readings, by verb (every verb listed)."""
+    return {verb: after.get(verb, 0.0) - before.get(verb, 0.0) for verb in WRITES}
