@@ -309,8 +309,12 @@ def _run(
         factory = ClientFactory(root=fleet.root, home=_home_client(home_kubeconfig))
         kube_sink = KubeSink(clients=factory, hmac_key=key)
         sinks.append(kube_sink)
+    try:
+        sources = build_sources(fleet, settings.env)
+    except errors.ConfigError as exc:
+        _fail_config(exc)
     engine = Engine(
-        sources=build_sources(fleet, settings.env),
+        sources=sources,
         sinks=sinks,
         hmac_key=key,
         clock=lambda: datetime.now(UTC),

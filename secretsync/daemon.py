@@ -322,6 +322,8 @@ class Daemon:
     async def run_loop(self) -> None:
         """Cycles until `stop()`: full ones at start and on schedule, narrowed ones on webhooks."""
         loop = asyncio.get_running_loop()
+        if self.coordinator is not None:
+            await self.coordinator.first_round()  # else the start cycle may own nothing yet
         next_full = loop.time()
         trigger = "start"
         while not self._stopping:

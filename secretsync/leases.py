@@ -133,6 +133,7 @@ class LeaseElector:
         self._valid_until = 0.0  # monotonic time until which leadership may be claimed
         self._leading = False
         self._stop = asyncio.Event()
+        self.stepped = asyncio.Event()  # set once the first election step has ended
 
     # --- state -----------------------------------------------------------------------------------
 
@@ -262,6 +263,7 @@ class LeaseElector:
         try:
             while not self._stop.is_set():
                 await self.try_acquire_or_renew()
+                self.stepped.set()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.timing.retry_period_s):
                         await self._stop.wait()

@@ -110,12 +110,18 @@ def add_cluster(
             cert_rel = f"certs/{name}.pem"
             _write_new(root / cert_rel, pem)
             written.append(root / cert_rel)
+            pin = seal.certificate_sha256(pem, source=cert_rel)
             spec["sealedSecrets"] = {
                 "certFile": cert_rel,
+                # pinned: a certificate swapped on disk later is refused, not sealed to
+                "certificateSha256": pin,
                 "controller": {"namespace": controller_namespace, "name": controller_name},
             }
             summary.update(
-                certFile=cert_rel, fingerprint=cert.fingerprint, notAfter=cert.not_after.isoformat()
+                certFile=cert_rel,
+                certificateSha256=pin,
+                fingerprint=cert.fingerprint,
+                notAfter=cert.not_after.isoformat(),
             )
         if kubeconfig:
             spec["kubeconfig"] = dict(kubeconfig)

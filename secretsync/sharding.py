@@ -175,6 +175,14 @@ class Coordinator:
         for elector in self.electors:
             self._tasks.append(asyncio.create_task(elector.run(), name=f"lease-{elector.name}"))
 
+    async def first_round(self) -> None:
+        """Wait until every Lease has had its first election step (won, lost or failed), for
+        at most one renew deadline: a cycle before that would find nothing it may write."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.settings.timing.renew_deadline_s):
+                for elector in self.electors:
+                    await elector.stepped.wait()
+
     async def stop(self, *, release: bool = True) -> None:
         """Stop contending and release what is held (graceful stop: followers take over at
         once). `release=False` leaves the Leases to expire, as a crash would."""

@@ -94,6 +94,19 @@ def test_validate_reports_file_line_field_and_exits_2(fleet: Path) -> None:
     assert "secrets/payments/db.yaml:11: spec.colour: unknown field" in result.stderr
 
 
+def test_vault_source_without_an_address_is_a_usage_error(fleet: Path) -> None:
+    config = fleet / "secretsync.yaml"
+    config.write_text(
+        config.read_text().replace("      address: https://vault.acme.example:8200\n", "")
+    )
+    before = sorted(p.relative_to(fleet) for p in fleet.rglob("*"))
+    result = invoke("render", str(fleet), VAULT_ADDR="", BAO_ADDR="")
+    assert result.exit_code == 2, result.output
+    assert "sources.vault.address: no Vault address" in result.stderr
+    assert "nothing was changed" in result.stderr
+    assert sorted(p.relative_to(fleet) for p in fleet.rglob("*")) == before
+
+
 def test_render_then_rerender_changes_nothing(fleet: Path, demo_values: list[str]) -> None:
     first = invoke("-o", "json", "render", str(fleet))
     assert first.exit_code == 0, first.stderr

@@ -3,6 +3,7 @@ sealed-secrets-like backend on a test host of our own; `cluster remove` tears do
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +12,8 @@ from typing import Any
 import pytest
 import yaml
 from click.testing import CliRunner
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from kubernetes import client as k8s
 
 from secretsync import cli, load
@@ -124,6 +127,9 @@ def test_cluster_add_fetches_the_certificate_through_the_service_proxy(
     cluster = fleet.clusters["prod-new"]
     assert cluster.labels == {"env": "prod", "region": "eu-west-1"}
     assert cluster.cert_file == "certs/prod-new.pem"
+    pin = hashlib.sha256(x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER)).hexdigest()
+    assert cluster.cert_sha256 == pin
+    assert yaml.safe_load(result.stdout)["certificateSha256"] == pin
     assert cluster.kubeconfig is not None and cluster.kubeconfig.path == str(kubeconfig.resolve())
     again = invoke("cluster", "add", "prod-new", "-f", str(root), "--delivery", "direct")
     assert again.exit_code == 2 and "already registered" in again.stderr

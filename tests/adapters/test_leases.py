@@ -532,7 +532,16 @@ async def test_two_shards_split_the_clusters(
     try:
         for r in replicas:
             r.start()
-        await wait_for(lambda: len(log) == 3, timeout=20, what="3 clusters written")
+        await wait_for(
+            lambda: len(log) == 3 and all(r.daemon.board.cycles for r in replicas),
+            timeout=20,
+            what="3 clusters written, each replica's cycle recorded",
+        )
+        # the start cycle waited for the first election round, so it is the one that wrote:
+        # no cycle ran while a replica held only some of its Leases
+        for r in replicas:
+            doc = r.daemon.board.document()
+            assert doc["cycles"] == 1 and doc["lastCycle"]["trigger"] == "start", doc["lastCycle"]
         for w in log:
             assert w.replica == f"s{shard_of(w.cluster, 2)}", w
             assert w.objects == 2
