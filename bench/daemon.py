@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import signal
 import statistics
@@ -40,7 +39,6 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -48,6 +46,7 @@ REPO: Final = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+import harness  # noqa: E402  (bench/harness.py)
 import simulated as sim_mod  # noqa: E402  (bench/simulated.py)
 from kubernetes import client as k8s  # noqa: E402
 
@@ -177,22 +176,8 @@ def serve(root: Path, work: Path, env_extra: Mapping[str, str]) -> Iterator[Daem
 
 # --- /proc sampling -------------------------------------------------------------------------
 
-CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
-
-
-def proc_cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    # after "pid (comm)": field 3 is index 0, so utime (14) is index 11, stime (15) index 12
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def proc_status_kib(pid: int, field: str) -> int:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith(field):
-                return int(line.split()[1])
-    return 0
+proc_cpu_s = harness.proc_cpu_s
+proc_status_kib = harness.proc_status_kib
 
 
 def pct(values: list[float], q: float) -> float:
@@ -495,7 +480,7 @@ def scenario_idle(args: argparse.Namespace, work: Path) -> JSONDoc:
             "cpu_s": round(cpu, 2),
             "cpu_pct_of_one_core": round(100 * cpu / wall, 2) if wall else None,
             "cpu_pct_per_10s": per_10s,
-            "clk_tck": CLK_TCK,
+            "clk_tck": harness.CLK_TCK,
             "rss_mib_min": round(min(rss), 1),
             "rss_mib_mean": round(statistics.fmean(rss), 1),
             "rss_mib_max": round(max(rss), 1),
@@ -545,18 +530,15 @@ def main() -> None:
     simulated = bool(result["simulated"])
     doc = {
         "simulated": simulated,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "date": datetime.now(UTC).date().isoformat(),
-            "load_avg_at_end": [round(x, 2) for x in os.getloadavg()],
-            "apiserver": (
+        "machine": harness.machine(
+            load_avg_at_end=[round(x, 2) for x in harness.load_average()],
+            apiserver=(
                 "SIMULATED: in-process aiohttp stand-ins (bench/simulated.py)"
                 if simulated
                 else "kube-apiserver v1.20.2 (Debian source build), loopback, own etcd each"
             ),
-            "vault": "OpenBao dev server, loopback" if args.scenario == "latency" else None,
-        },
+            vault="OpenBao dev server, loopback" if args.scenario == "latency" else None,
+        ),
         "results": [result],
     }
     with suppress(Exception):

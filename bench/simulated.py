@@ -24,8 +24,9 @@ RTT) and has a token-bucket rate limit that answers 429 with `Retry-After` (whol
 HTTP requires) when it is empty. Not simulated: watches, other kinds, schema validation beyond
 names and Secret data, admission, authorization (any request with the token is allowed), etcd.
 
-The simulated servers share the process (and its GIL) with the client under test, so their CPU
-is reported beside the client's, and the peak RSS includes their stores.
+Here the simulated servers share the process (and its GIL) with the client under test, so
+their CPU is reported beside the client's, and the peak RSS includes their stores.
+`SimFleetProcess` serves the same servers from a process of their own (bench/run.py uses it).
 
     python bench/simulated.py [--clusters 100] [--secrets 1000] [--naive-sample 2]
         [--latency-ms 10] [--rate 50] [--burst 100] [--json FILE]
@@ -34,9 +35,9 @@ Measures, in one run on the same simulated fleet:
 - secretsync `sync` cold (nothing there) and warm (nothing changed), through Engine + KubeSink
   with their defaults, as bench/sync.py does: wall time, requests and writes (KubeSink's
   counters and, separately, what reached the servers), 429s, peak RSS;
-- the naive client of bench/sync.py (per cluster and Secret: GET, then create or replace, typed
-  client, sequential) on the first `--naive-sample` clusters, cold and warm in its own
-  namespace; its fleet time is extrapolated linearly (it visits clusters one after another)
+- the scripted baseline of bench/baselines.py (per cluster and Secret: GET, then create or
+  replace, typed client, sequential) on the first `--naive-sample` clusters, cold and warm in
+  its own namespace; its fleet time is extrapolated linearly (it visits clusters one after another)
   and labelled so.
 """
 
@@ -48,8 +49,7 @@ import base64
 import binascii
 import json
 import math
-import os
-import platform
+import multiprocessing
 import re
 import shutil
 import socket
@@ -63,19 +63,19 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import partial
+from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
+import baselines
+import harness
 import yaml
 from aiohttp import web
 from kubernetes import client as k8s
-from kubernetes import config as k8s_config
-from kubernetes.client.exceptions import ApiException
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from secretsync import clusters, load, runtime
+from secretsync import load, runtime
 from secretsync.clusters import ClientFactory
 from secretsync.engine import Engine
 from secretsync.sinks.kube import KubeSink
@@ -867,11 +867,149 @@ class SimFleet:
             )
         )
 
+    def ensure_namespaces(self, names: Sequence[str]) -> None:
+        """Create the namespaces on every server directly (no request, no rate-limit token)."""
+
+        def create() -> None:
+            for cluster in self.clusters:
+                for name in names:
+                    if ("", name) not in cluster.objects[NAMESPACES.plural]:
+                        cluster.create(NAMESPACES, "", {"metadata": {"name": name}}, "bench")
+
+        self.call(create)
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    name: str
+    port: int
+
+
+class SimFleetProcess:
+    """The servers of `SimFleet`, served by a process of their own.
+
+    The client under test then has its own GIL and its CPU is its own; this process's CPU
+    (`cpu_s`) is the simulation's. Same operations as SimFleet, by cluster index.
+    """
+
+    def __init__(self, count: int, *, latency_s: float, rate: float, burst: float) -> None:
+        self.count = count
+        self.settings = (latency_s, rate, burst)
+        self.endpoints: list[Endpoint] = []
+        self._ctx = multiprocessing.get_context("spawn")
+        self._conn: Connection | None = None
+        self._proc: Any = None
+
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None
+        assert self._proc.pid is not None
+        return int(self._proc.pid)
+
+    def start(self) -> None:
+        ours, theirs = self._ctx.Pipe()
+        latency_s, rate, burst = self.settings
+        self._proc = self._ctx.Process(
+            target=_serve_fleet,
+            args=(theirs, self.count, latency_s, rate, burst),
+            name="sim-apiservers",
+            daemon=True,
+        )
+        self._proc.start()
+        theirs.close()
+        self._conn = ours
+        self.endpoints = [Endpoint(name, port) for name, port in self._ask("endpoints")]
+
+    def _ask(self, op: str, *args: object) -> Any:
+        assert self._conn is not None
+        self._conn.send((op, args))
+        if not self._conn.poll(300):
+            raise RuntimeError(f"simulated servers did not answer {op!r}")
+        ok, value = self._conn.recv()
+        if not ok:
+            raise RuntimeError(f"simulated servers failed {op!r}: {value}")
+        return value
+
+    def new_phase(self) -> None:
+        self._ask("new_phase")
+
+    def wire(self, subset: Sequence[int] | None = None) -> JSONDoc:
+        return dict(self._ask("wire", None if subset is None else list(subset)))
+
+    def stored(self, namespace: str) -> tuple[int, int]:
+        count, size = self._ask("stored", namespace)
+        return int(count), int(size)
+
+    def ensure_namespaces(self, names: Sequence[str]) -> None:
+        self._ask("ensure_namespaces", list(names))
+
+    def cpu_s(self) -> float:
+        return harness.proc_cpu_s(self.pid)
+
+    def stop(self) -> None:
+        if self._proc is None:
+            return
+        try:
+            if self._proc.is_alive():
+                self._ask("stop")
+        except (RuntimeError, OSError, EOFError):
+            pass
+        finally:
+            self._proc.join(timeout=30)
+            if self._proc.is_alive():
+                self._proc.kill()  # the process this object started, by its handle
+                self._proc.join(timeout=10)
+            if self._conn is not None:
+                self._conn.close()
+            self._proc = None
+
+
+def _serve_fleet(conn: Connection, count: int, latency_s: float, rate: float, burst: float) -> None:
+    """The body of SimFleetProcess's process: serve, and answer its requests until `stop`."""
+    sim = SimFleet(count, latency_s=latency_s, rate=rate, burst=burst)
+    sim.start()
+    try:
+        while True:
+            op, args = conn.recv()
+            try:
+                match op:
+                    case "endpoints":
+                        value: object = [(c.name, c.port) for c in sim.clusters]
+                    case "new_phase":
+                        sim.new_phase()
+                        value = None
+                    case "wire":
+                        chosen = None if args[0] is None else [sim.clusters[i] for i in args[0]]
+                        value = sim.wire(chosen)
+                    case "stored":
+                        value = sim.stored(args[0])
+                    case "ensure_namespaces":
+                        sim.ensure_namespaces(args[0])
+                        value = None
+                    case "stop":
+                        conn.send((True, None))
+                        return
+                    case _:
+                        raise ValueError(f"unknown operation {op!r}")
+            except Exception as exc:  # reported to the parent, which raises it
+                conn.send((False, repr(exc)))
+                continue
+            conn.send((True, value))
+    finally:
+        sim.stop()
+
 
 # --- the fleet and the clients ---------------------------------------------------------------
 
 
-def write_kubeconfig(path: Path, cluster: SimCluster) -> Path:
+class HasEndpoint(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+
+
+def write_kubeconfig(path: Path, cluster: HasEndpoint) -> Path:
     doc = {
         "apiVersion": "v1",
         "kind": "Config",
@@ -912,33 +1050,23 @@ def build_fleet(root: Path, kubeconfigs: Mapping[str, Path], secrets: int) -> No
     (root / "secrets" / "all.yaml").write_text("---\n".join(docs))
 
 
-def peak_rss_mib() -> float:
-    return _status_kib("VmHWM:") / 1024
-
-
-def rss_mib() -> float:
-    return _status_kib("VmRSS:") / 1024
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field):
-                return int(line.split()[1])
-    return 0
-
-
 def run_sync(root: Path, sim: SimFleet) -> JSONDoc:
     """One `sync` cycle through Engine + KubeSink with their defaults (as bench/sync.py)."""
     fleet = load.load_fleet(root)
     sink = KubeSink(clients=ClientFactory(root=root), hmac_key=KEY)
     engine = Engine(sources={}, sinks=[sink], hmac_key=KEY, clock=lambda: datetime.now(UTC))
+
+    async def cycle() -> Any:
+        try:
+            return await engine.run_cycle(fleet)
+        finally:
+            await harness.close_any(sink)
+
     cpu0, sim0 = time.process_time(), sim.cpu_s()
     t0 = time.perf_counter()
-    report = asyncio.run(engine.run_cycle(fleet))
+    report = asyncio.run(cycle())
     elapsed = time.perf_counter() - t0
     cpu, sim_cpu = time.process_time() - cpu0, sim.cpu_s() - sim0
-    sink.close()
     reasons = Counter(i.reason or "" for i in report.failures)
     reasons.update(report.failed_clusters.values())
     return {
@@ -955,51 +1083,18 @@ def run_sync(root: Path, sim: SimFleet) -> JSONDoc:
     }
 
 
-def _with_retry_after[T](call: Callable[[], T]) -> T:
-    """The least a script must add to survive a rate limit: on 429, wait Retry-After and
-    retry (urllib3 already does this for GET/PUT/DELETE, not for POST)."""
-    for _ in range(20):
-        try:
-            return call()
-        except ApiException as exc:
-            if exc.status != 429:
-                raise
-            retry_after = str((exc.headers or {}).get("Retry-After", "1"))
-            time.sleep(float(retry_after) if retry_after.isdigit() else 1.0)
-    return call()
-
-
 def naive(kubeconfigs: Sequence[Path], secrets: int, sim: SimFleet) -> JSONDoc:
-    """GET then create-or-replace, per cluster and secret, one at a time (bench/sync.py's)."""
-    requests = 0
+    """The scripted baseline of bench/baselines.py (GET then create-or-replace, typed client,
+    sequential) on the literal-only fleet, in its own namespace."""
+    by_name = {path.stem: path for path in kubeconfigs}
+    wanted = [
+        item
+        for name in by_name
+        for item in baselines.literal_secrets(name, secrets, namespace=NAIVE_NAMESPACE)
+    ]
     cpu0, sim0 = time.process_time(), sim.cpu_s()
     t0 = time.perf_counter()
-    for path in kubeconfigs:
-        cluster = path.stem
-        api: k8s.ApiClient = k8s_config.new_client_from_config(config_file=str(path))  # type: ignore[no-untyped-call]
-        try:
-            core = k8s.CoreV1Api(api)
-            for i in range(secrets):
-                name = f"s{i:04d}"
-                body = k8s.V1Secret(
-                    metadata=k8s.V1ObjectMeta(name=name, labels={"app": "naive"}),
-                    string_data={
-                        "password": f"bench-value-{i:04d}-{cluster}",
-                        "user": f"svc-{i:04d}",
-                    },
-                )
-                requests += 2
-                try:
-                    _with_retry_after(partial(core.read_namespaced_secret, name, NAIVE_NAMESPACE))
-                    _with_retry_after(
-                        partial(core.replace_namespaced_secret, name, NAIVE_NAMESPACE, body)
-                    )
-                except ApiException as exc:
-                    if exc.status != 404:
-                        raise
-                    _with_retry_after(partial(core.create_namespaced_secret, NAIVE_NAMESPACE, body))
-        finally:
-            clusters.close(api)
+    requests = baselines.scripted_direct(wanted, kubeconfig=by_name.__getitem__)
     elapsed = time.perf_counter() - t0
     return {
         "s": elapsed,
@@ -1011,14 +1106,14 @@ def naive(kubeconfigs: Sequence[Path], secrets: int, sim: SimFleet) -> JSONDoc:
 
 def create_namespaces(kubeconfigs: Sequence[Path]) -> None:
     for path in kubeconfigs:
-        api: k8s.ApiClient = k8s_config.new_client_from_config(config_file=str(path))  # type: ignore[no-untyped-call]
+        api = baselines.typed_client(path)
         try:
             for namespace in (NAMESPACE, NAIVE_NAMESPACE):
                 k8s.CoreV1Api(api).create_namespace(
                     k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=namespace))
                 )
         finally:
-            clusters.close(api)
+            baselines.close_client(api)
 
 
 def _phase(run: JSONDoc, wire: JSONDoc, clusters: int) -> JSONDoc:
@@ -1071,15 +1166,15 @@ def main() -> None:
         create_namespaces(list(kubeconfigs.values()))
         root = work / "fleet"
         build_fleet(root, kubeconfigs, args.secrets)
-        rss_before = rss_mib()
+        rss_before = harness.rss_mib()
 
         sim.new_phase()
         cold = _phase(run_sync(root, sim), sim.wire(), args.clusters)
-        peak_cold = peak_rss_mib()
+        peak_cold = harness.peak_rss_mib()
         stored_after_cold, _ = sim.stored(NAMESPACE)
         sim.new_phase()
         warm = _phase(run_sync(root, sim), sim.wire(), args.clusters)
-        peak = peak_rss_mib()
+        peak = harness.peak_rss_mib()
         stored_after_warm, store_bytes = sim.stored(NAMESPACE)
 
         naive_doc: JSONDoc | None = None
@@ -1167,13 +1262,10 @@ def main() -> None:
         result["warm_speedup"] = round(naive_doc["warm_s"] / warm["s"], 1)
     doc = {
         "simulated": True,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "date": datetime.now(UTC).date().isoformat(),
-            "load_avg_at_end": [round(x, 2) for x in os.getloadavg()],
-            "apiserver": "SIMULATED: in-process aiohttp stand-ins (bench/simulated.py)",
-        },
+        "machine": harness.machine(
+            load_avg_at_end=[round(x, 2) for x in harness.load_average()],
+            apiserver="SIMULATED: in-process aiohttp stand-ins (bench/simulated.py)",
+        ),
         "results": [result],
     }
     print(json.dumps(doc, indent=2))

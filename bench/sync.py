@@ -2,7 +2,7 @@
 
 Measures, in one run on the same fleet and the same clusters:
 - secretsync `sync` cold (nothing there), warm (nothing changed: zero writes), API requests;
-- a naive client the way a script would do it: per cluster and secret, GET then create or
+- the scripted baseline of bench/baselines.py: per cluster and secret, GET then create or
   replace (typed kubernetes client), cold and warm, in its own namespace.
 
     python bench/sync.py [--clusters 3] [--secrets 1000] [--json FILE]
@@ -13,16 +13,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import baselines
+import harness
 from kubernetes import client as k8s
-from kubernetes.client.exceptions import ApiException
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -33,14 +33,6 @@ from secretsync.sinks.kube import KubeSink
 from tests.kubecluster import KubeCluster, running_clusters
 
 KEY = b"bench-sync-hmac-key"
-
-
-def peak_rss_mib() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def build_fleet(root: Path, clusters: list[KubeCluster], secrets: int, namespace: str) -> None:
@@ -71,37 +63,29 @@ def run_sync(root: Path) -> tuple[float, dict[str, int]]:
     fleet = load.load_fleet(root)
     sink = KubeSink(clients=ClientFactory(root=root), hmac_key=KEY)
     engine = Engine(sources={}, sinks=[sink], hmac_key=KEY, clock=lambda: datetime.now(UTC))
+
+    async def cycle() -> Any:
+        try:
+            return await engine.run_cycle(fleet)
+        finally:
+            await harness.close_any(sink)
+
     t0 = time.perf_counter()
-    report = asyncio.run(engine.run_cycle(fleet))
+    report = asyncio.run(cycle())
     elapsed = time.perf_counter() - t0
-    sink.close()
     assert report.ok, (report.failures[:3], report.failed_clusters)
     return elapsed, {"requests": sink.requests, "writes": sink.writes}
 
 
-def naive(clusters: list[KubeCluster], secrets: int, namespace: str) -> tuple[float, int]:
-    """GET then create-or-replace, per cluster and secret, one at a time."""
-    requests = 0
+def naive(kubeconfigs: dict[str, Path], secrets: int, namespace: str) -> tuple[float, int]:
+    """The scripted baseline: GET then create-or-replace, per cluster and secret, one at a time."""
+    wanted = [
+        item
+        for name in kubeconfigs
+        for item in baselines.literal_secrets(name, secrets, namespace=namespace)
+    ]
     t0 = time.perf_counter()
-    for cluster in clusters:
-        with cluster.api_client() as api:
-            core = k8s.CoreV1Api(api)
-            for i in range(secrets):
-                body = k8s.V1Secret(
-                    metadata=k8s.V1ObjectMeta(name=f"s{i:04d}", labels={"app": "naive"}),
-                    string_data={
-                        "password": f"bench-value-{i:04d}-{cluster.name}",
-                        "user": f"svc-{i:04d}",
-                    },
-                )
-                requests += 2
-                try:
-                    core.read_namespaced_secret(f"s{i:04d}", namespace)
-                    core.replace_namespaced_secret(f"s{i:04d}", namespace, body)
-                except ApiException as exc:
-                    if exc.status != 404:
-                        raise
-                    core.create_namespaced_secret(namespace, body)
+    requests = baselines.scripted_direct(wanted, kubeconfig=kubeconfigs.__getitem__)
     return time.perf_counter() - t0, requests
 
 
@@ -118,13 +102,16 @@ def main() -> None:
         for c in clusters:
             with c.api_client() as api:
                 for ns in ("bench", "naive"):
-                    k8s.CoreV1Api(api).create_namespace({"metadata": {"name": ns}})
+                    k8s.CoreV1Api(api).create_namespace(
+                        k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=ns))
+                    )
         root = work / "fleet"
         build_fleet(root, clusters, args.secrets, "bench")
         cold_s, cold = run_sync(root)
         warm_s, warm = run_sync(root)
-        naive_cold_s, naive_cold_req = naive(clusters, args.secrets, "naive")
-        naive_warm_s, naive_warm_req = naive(clusters, args.secrets, "naive")
+        kubeconfigs = {c.name: work / f"{c.name}.yaml" for c in clusters}
+        naive_cold_s, naive_cold_req = naive(kubeconfigs, args.secrets, "naive")
+        naive_warm_s, naive_warm_req = naive(kubeconfigs, args.secrets, "naive")
     objects = args.clusters * args.secrets
     result = {
         "name": "sync-direct-real-apiservers",
@@ -139,7 +126,7 @@ def main() -> None:
         "warm_s": round(warm_s, 2),
         "warm_requests_per_cluster": warm["requests"] // args.clusters,
         "warm_writes": warm["writes"],
-        "peak_rss_mib": round(peak_rss_mib(), 1),
+        "peak_rss_mib": round(harness.peak_rss_mib(), 1),
         "baseline": {
             "name": "naive GET then create/replace per secret, typed client, sequential",
             "cold_s": round(naive_cold_s, 2),
@@ -152,12 +139,9 @@ def main() -> None:
         "simulated": False,
     }
     doc = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "date": datetime.now(UTC).date().isoformat(),
-            "apiserver": "kube-apiserver v1.20.2 (Debian source build), loopback, own etcd each",
-        },
+        "machine": harness.machine(
+            apiserver="kube-apiserver v1.20.2 (Debian source build), loopback, own etcd each"
+        ),
         "results": [result],
     }
     print(json.dumps(doc, indent=2))

@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import aiohttp
+import harness
 import hvac
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -93,25 +94,23 @@ def median_of(make: Callable[[], Row], repeats: int) -> Row:
     )
 
 
-def server_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+server_cpu_s = harness.proc_cpu_s
 
 
 async def populate(server: OpenBao, *, paths: int, keys: int) -> None:
     """Write the secrets with 32 requests in flight (not measured)."""
-    gate = asyncio.Semaphore(32)
-    headers = {"X-Vault-Token": server.root_token}
-    async with aiohttp.ClientSession(headers=headers) as session:
-
-        async def write(p: int) -> None:
-            data = {f"key{k}": f"value-{p}-{k}-{os.urandom(8).hex()}" for k in range(keys)}
-            async with gate:
-                url = f"{server.address}/v1/{MOUNT}/data/app/{p:05d}"
-                async with session.post(url, json={"data": data}) as response:
-                    response.raise_for_status()
-
-        await asyncio.gather(*(write(p) for p in range(paths)))
+    await harness.write_kv(
+        server.address,
+        server.root_token,
+        mount=MOUNT,
+        secrets=(
+            (
+                f"app/{p:05d}",
+                {f"key{k}": f"value-{p}-{k}-{os.urandom(8).hex()}" for k in range(keys)},
+            )
+            for p in range(paths)
+        ),
+    )
 
 
 def setup_approle(server: OpenBao) -> tuple[str, str]:
@@ -364,12 +363,9 @@ def main(argv: list[str] | None = None) -> int:
                 "benchmark": "vault_reads",
                 "params": vars(args),
                 "materializations": len(refs),
-                "machine": {
-                    "cpus": os.cpu_count(),
-                    "python": platform.python_version(),
-                    "platform": platform.platform(),
-                    "loadavg": os.getloadavg(),
-                },
+                "machine": harness.machine(
+                    platform=platform.platform(), loadavg=harness.load_average()
+                ),
                 "results": report,
             }
         )
