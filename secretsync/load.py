@@ -51,6 +51,7 @@ from secretsync.model import (
     VaultSpec,
     VaultTLS,
 )
+from secretsync.repopath import confine
 
 FLEET_FILE: Final = "secretsync.yaml"
 MAX_FILE_BYTES: Final = 1024 * 1024
@@ -70,37 +71,6 @@ _NULL = "tag:yaml.org,2002:null"
 
 
 # --- reading files safely --------------------------------------------------------------------
-
-
-def confine(root: Path, relative: str, *, file: str = "", line: int = 0, field: str = "") -> Path:
-    """The real path of a repo-relative fleet path, refused when it leaves the repo."""
-    if not relative or os.path.isabs(relative) or "\\" in relative:
-        raise errors.ConfigError(
-            f"{relative!r} must be a path relative to the fleet repo",
-            file=file,
-            line=line,
-            field=field,
-        )
-    parts = Path(relative).parts
-    if ".." in parts:
-        raise errors.ConfigError(
-            f"{relative!r} leaves the fleet repo", file=file, line=line, field=field
-        )
-    real_root = root.resolve()
-    try:
-        real = (real_root / relative).resolve()
-    except (OSError, RuntimeError):  # a symlink loop, an unreadable folder
-        raise errors.ConfigError(
-            f"{relative!r} cannot be resolved (symlink loop?)", file=file, line=line, field=field
-        ) from None
-    if real != real_root and real_root not in real.parents:
-        raise errors.ConfigError(
-            f"{relative!r} resolves outside the fleet repo (symlink?)",
-            file=file,
-            line=line,
-            field=field,
-        )
-    return real
 
 
 def read_fleet_file(root: Path, relative: str, *, max_bytes: int = MAX_FILE_BYTES) -> bytes:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import posixpath
 from collections.abc import Collection, Mapping
 
-from secretsync import errors, load, selectors, templating
+from secretsync import errors, selectors, templating
 from secretsync.model import (
     Cluster,
     DataEntry,
@@ -31,6 +31,7 @@ from secretsync.model import (
     ValueRef,
     VaultSpec,
 )
+from secretsync.repopath import confine
 
 
 def layered_data(secret: FleetSecret, cluster: Cluster) -> dict[str, DataEntry]:
@@ -111,7 +112,7 @@ def _planned(
             cache = confined if confined is not None else {}
             if norm not in cache:
                 try:
-                    load.confine(fleet.root, norm)
+                    confine(fleet.root, norm)
                     cache[norm] = None
                 except errors.ConfigError as exc:
                     cache[norm] = exc.message
