@@ -403,8 +403,7 @@ _timeout_option = click.option(
     type=click.FloatRange(min=1),
     default=60.0,
     show_default=True,
-    help="Seconds a cluster may go without answering before it is reported failed (others "
-    "go on).",
+    help="Seconds a cluster may go without answering before it is reported failed (others go on).",
 )
 _home_option = click.option(
     "--home-kubeconfig",

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Set
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol
+from typing import ClassVar, Protocol, runtime_checkable
 
 from secretsync.materialize import Rendered
 from secretsync.model import Cluster, ObjectKey, Observed
@@ -87,6 +87,17 @@ class Sink(Protocol):
     async def orphans(self, known: Set[str]) -> list[str]:
         """Clusters this sink holds owned objects for that are not in `known`."""
         ...
+
+
+@runtime_checkable
+class Stager(Protocol):
+    """A sink that can write an object ahead of `apply` (the Git sink: its temp file), so
+    that slow writes overlap with work elsewhere. `apply` takes what was staged for the very
+    objects it is given; `discard` drops whatever it did not take."""
+
+    def stage(self, cluster: Cluster, item: Rendered) -> None: ...
+
+    def discard(self, cluster: Cluster) -> None: ...
 
 
 @dataclass(slots=True, kw_only=True)

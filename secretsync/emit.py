@@ -39,11 +39,22 @@ def _escape(match: re.Match[str]) -> str:
     return f"\\U{code:08x}"
 
 
+_SHORT: dict[str, str] = {}
+"""Short strings recur in every manifest (keys, kinds, namespaces, label values): each is
+written once. Long ones (hashes, ciphertexts) are unique and not kept."""
+
+
 def scalar(value: object) -> str:
     if type(value) is str:
-        if _PLAIN.match(value) and value not in _RESERVED:
-            return value
-        return '"' + _ESCAPE.sub(_escape, value) + '"'
+        text = _SHORT.get(value)
+        if text is not None:
+            return text
+        text = _string(value)
+        if len(value) <= 48:
+            if len(_SHORT) >= 50_000:
+                _SHORT.clear()
+            _SHORT[value] = text
+        return text
     if value is True:
         return "true"
     if value is False:
@@ -53,6 +64,14 @@ def scalar(value: object) -> str:
     if isinstance(value, int):
         return str(value)
     raise TypeError(f"cannot emit a {type(value).__name__}")
+
+
+def _string(value: str) -> str:
+    if _PLAIN.match(value) and value not in _RESERVED:
+        return value
+    if value.isascii() and value.isprintable() and '"' not in value and "\\" not in value:
+        return '"' + value + '"'  # nothing to escape (the common case: hashes, base64)
+    return '"' + _ESCAPE.sub(_escape, value) + '"'
 
 
 def _lines(value: object, indent: str, out: list[str]) -> None:

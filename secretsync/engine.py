@@ -10,14 +10,16 @@ or written at all (invariant 5).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import traceback
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import MappingProxyType
 
 from secretsync import errors, load, materialize, plan, resolve, seal, selectors
-from secretsync.deliver import ApplyResult, KeyDiff, Sink, diff, key_diff
+from secretsync.deliver import PROGRESS, ApplyResult, KeyDiff, Sink, Stager, diff, key_diff
 from secretsync.materialize import RenderContext, Rendered
 from secretsync.model import (
     Cluster,
@@ -28,8 +30,15 @@ from secretsync.model import (
     ObjectKey,
     Selector,
 )
+from secretsync.sealpool import SealPool, default_workers
+from secretsync.values import SecretValue
 
 log = logging.getLogger(__name__)
+
+
+NO_KEY_CHANGES = KeyDiff()
+"""Shared by the (many) results without key changes: KeyDiff is immutable."""
+NO_VERSIONS: Mapping[str, str] = MappingProxyType({})
 
 
 @dataclass(slots=True, kw_only=True)
@@ -43,7 +52,7 @@ class ItemResult:
     sink: str
     action: str  # create | update | delete | unchanged | failed
     reason: str = ""
-    keys: KeyDiff = field(default_factory=KeyDiff)
+    keys: KeyDiff = NO_KEY_CHANGES
     content_hash: str | None = None
     desired: DesiredSecret | None = None
     versions: tuple[str, ...] = ()  # `<location> (version V)` read for a create or update
@@ -94,6 +103,12 @@ class Engine:
     # the bound only caps memory and sockets; a fleet of a few hundred runs in one round.
     cluster_concurrency: int = 128
     source_concurrency: int = 64
+    seal_workers: int | None = None
+    """Processes that seal when a cluster needs many seals (a cold render): None is one per
+    core when there are two or more, 0 seals in this process."""
+    pool_threshold: int = 256
+    """Seals one cluster needs before the first use of the workers (starting them costs a
+    fraction of a second); once started, they seal for every cluster with more than `CHUNK`."""
 
     async def run_cycle(
         self,
@@ -135,22 +150,34 @@ class Engine:
         for d in desired:
             by_cluster[d.cluster.name].append(d)
         gate = asyncio.Semaphore(self.cluster_concurrency)
+        workers = default_workers() if self.seal_workers is None else self.seal_workers
+        seals = SealPool(workers, threshold=self.pool_threshold)
 
         async def one(cluster: Cluster) -> list[ItemResult]:
-            async with gate:
-                async with asyncio.timeout(self.cluster_timeout_s):
-                    return await self._cluster(
-                        fleet,
-                        cluster,
-                        by_cluster[cluster.name],
-                        resolution,
-                        report,
-                        dry_run=dry_run,
-                        prune=only_paths is None,
-                    )
+            async with gate, asyncio.timeout(self.cluster_timeout_s) as deadline:
+                # the timeout counts from the cluster's last answer, not from the start: a
+                # hung cluster fails after cluster_timeout_s of silence, a big one that keeps
+                # answering (while the client is busy with a hundred others) does not
+                loop = asyncio.get_running_loop()
+                PROGRESS.set(lambda: deadline.reschedule(loop.time() + self.cluster_timeout_s))
+                return await self._cluster(
+                    fleet,
+                    cluster,
+                    by_cluster[cluster.name],
+                    resolution,
+                    report,
+                    dry_run=dry_run,
+                    prune=only_paths is None,
+                    seals=seals,
+                )
 
         names = list(targets)
-        outcomes = await asyncio.gather(*(one(targets[n]) for n in names), return_exceptions=True)
+        try:
+            outcomes = await asyncio.gather(
+                *(one(targets[n]) for n in names), return_exceptions=True
+            )
+        finally:
+            seals.close()
         for name, outcome in zip(names, outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 if not isinstance(outcome, Exception):
@@ -205,7 +232,9 @@ class Engine:
         if cluster.cert_file is None:
             raise errors.SealError(f"cluster {cluster.name!r} has no sealedSecrets.certFile")
         pem = load.read_fleet_file(fleet.root, cluster.cert_file)
-        return seal.load_certificate(pem, source=cluster.cert_file, now=self.clock())
+        return seal.load_certificate(
+            pem, source=cluster.cert_file, now=self.clock(), sha256=cluster.cert_sha256
+        )
 
     async def _cluster(
         self,
@@ -217,6 +246,7 @@ class Engine:
         *,
         dry_run: bool,
         prune: bool = True,
+        seals: SealPool | None = None,
     ) -> list[ItemResult]:
         results: list[ItemResult] = []
         certificate: seal.Certificate | None = None
@@ -226,130 +256,180 @@ class Engine:
                 certificate = self._certificate(fleet, cluster)
             except (errors.SealError, errors.ConfigError) as exc:
                 cert_error = str(exc)
-        for sink in self.sinks:
-            if not sink.observes(cluster):
-                continue
-            wanted = desired if sink.accepts(cluster) else []
-            observed = await sink.observe(cluster)
-            prepared: dict[ObjectKey, Rendered | str] = {}
-            keep: set[ObjectKey] = set()
-            meta: dict[ObjectKey, DesiredSecret] = {}
-            for d in wanted:
-                meta[d.key] = d
-                failure = self._unresolved(d, resolution) or cert_error
-                if failure is not None:
-                    keep.add(d.key)
-                    results.append(_item(d, sink.name, "failed", reason=failure))
+        try:
+            for sink in self.sinks:
+                if not sink.observes(cluster):
                     continue
-                values = (
-                    materialize.values_for(d, resolution.values) or {}
-                    if d.delivery is not Delivery.EXTERNAL
-                    else {}
-                )
-                versions = (
-                    _vault_versions(d, resolution) if d.delivery is not Delivery.EXTERNAL else {}
-                )
-                ctx = RenderContext(
-                    hmac_key=self.hmac_key, certificate=certificate, versions=versions
-                )
-                try:
-                    seen = observed.get(d.key)
-                    digest = materialize.content_hash_of(d, values, ctx=ctx)
-                    if (
-                        seen is not None
-                        and seen.owned
-                        and not seen.drifted
-                        and seen.content_hash == digest
-                    ):
-                        prepared[d.key] = digest
+                wanted = desired if sink.accepts(cluster) else []
+                observed = await sink.observe(cluster)
+                prepared: dict[ObjectKey, Rendered | str] = {}
+                keep: set[ObjectKey] = set()
+                meta: dict[ObjectKey, DesiredSecret] = {}
+                plain_ctx = RenderContext(hmac_key=self.hmac_key, certificate=certificate)
+                pending: list[tuple[DesiredSecret, dict[str, SecretValue], RenderContext]] = []
+                for d in wanted:
+                    key = d.key
+                    meta[key] = d
+                    failure = (
+                        self._unresolved(d, resolution) if resolution.failures else None
+                    ) or cert_error
+                    if failure is not None:
+                        keep.add(key)
+                        results.append(_item(d, sink.name, "failed", reason=failure))
                         continue
-                    if seen is not None and seen.owned and d.delivery is Delivery.SEALED:
-                        ctx = RenderContext(
-                            hmac_key=self.hmac_key,
-                            certificate=certificate,
-                            previous=await sink.detail(seen),
-                            versions=versions,
+                    external = d.delivery is Delivery.EXTERNAL
+                    values = {} if external else materialize.values_for(d, resolution.values) or {}
+                    versions = {} if external else _vault_versions(d, resolution)
+                    ctx = (
+                        RenderContext(
+                            hmac_key=self.hmac_key, certificate=certificate, versions=versions
                         )
-                    rendered = materialize.render(d, values, ctx=ctx)
-                except errors.SecretSyncError as exc:
-                    keep.add(d.key)
-                    results.append(_item(d, sink.name, "failed", reason=str(exc)))
-                    continue
-                if not dry_run:
-                    report.seals += rendered.resealed
-                prepared[d.key] = rendered
-            outcome = diff(prepared, observed, keep=keep)
-            if not prune:
-                outcome.changes.delete.clear()
-            for key in outcome.conflicts:
-                d = meta[key]
-                results.append(
-                    _item(
-                        d,
-                        sink.name,
-                        "failed",
-                        reason=f"{key.namespace}/{key.name} exists and is not managed by "
-                        "secretsync (set adopt: true on the FleetSecret to take it over)",
+                        if versions
+                        else plain_ctx
                     )
-                )
-            for key in outcome.unchanged:
-                d = meta[key]
-                seen = observed.get(key)
-                results.append(
-                    _item(
-                        d,
-                        sink.name,
-                        "unchanged",
-                        content_hash=seen.content_hash if seen else None,
-                        source_versions=seen.versions if seen else {},
+                    try:
+                        seen = observed.get(key)
+                        hashes = None
+                        if d.delivery is Delivery.SEALED:
+                            materialize.check_size(d, values)
+                            hashes = materialize.sealed_hashes(d, values, ctx=ctx)
+                            digest = hashes.digest
+                        elif seen is None:  # nothing to compare with: render it once
+                            prepared[key] = materialize.render(d, values, ctx=ctx)
+                            continue
+                        else:
+                            digest = materialize.content_hash_of(d, values, ctx=ctx)
+                        if (
+                            seen is not None
+                            and seen.owned
+                            and not seen.drifted
+                            and seen.content_hash == digest
+                        ):
+                            prepared[key] = digest
+                            continue
+                        if hashes is not None:
+                            previous = (
+                                await sink.detail(seen) if seen is not None and seen.owned else None
+                            )
+                            ctx = RenderContext(
+                                hmac_key=self.hmac_key,
+                                certificate=certificate,
+                                previous=previous,
+                                versions=versions,
+                                hashes=hashes,
+                            )
+                            # sealed below, many at once; the placeholder keeps the order
+                            prepared[key] = digest
+                            pending.append((d, values, ctx))
+                            continue
+                        rendered = materialize.render(d, values, ctx=ctx)
+                    except errors.SecretSyncError as exc:
+                        keep.add(key)
+                        results.append(_item(d, sink.name, "failed", reason=str(exc)))
+                        continue
+                    prepared[key] = rendered
+                # files are written as sealed objects arrive, while the workers seal the next ones
+                stager = sink if not dry_run and isinstance(sink, Stager) else None
+                for d, done in _render_sealed(pending, certificate, seals):
+                    if isinstance(done, errors.SecretSyncError):
+                        del prepared[d.key]
+                        keep.add(d.key)
+                        results.append(_item(d, sink.name, "failed", reason=str(done)))
+                        continue
+                    prepared[d.key] = done
+                    if not dry_run:
+                        report.seals += done.resealed
+                    if stager is not None and ((seen := observed.get(d.key)) is None or seen.owned):
+                        stager.stage(cluster, done)
+                outcome = diff(prepared, observed, keep=keep)
+                if not prune:
+                    outcome.changes.delete.clear()
+                for key in outcome.conflicts:
+                    d = meta[key]
+                    results.append(
+                        _item(
+                            d,
+                            sink.name,
+                            "failed",
+                            reason=f"{key.namespace}/{key.name} exists and is not managed by "
+                            "secretsync (set adopt: true on the FleetSecret to take it over)",
+                        )
                     )
-                )
-            applied = ApplyResult()
-            if not dry_run and (outcome.changes or sink.name == "git"):
-                applied = await sink.apply(cluster, outcome.changes)
-            for item in [*outcome.changes.create, *outcome.changes.update]:
-                d = meta[item.key]
-                seen = observed.get(item.key)
-                if item.key in applied.failed:
-                    results.append(_item(d, sink.name, "failed", reason=applied.failed[item.key]))
-                    continue
-                action = "create" if seen is None else "update"
-                delivered_versions = (
-                    _vault_versions(d, resolution) if d.delivery is not Delivery.EXTERNAL else {}
-                )
-                results.append(
-                    _item(
-                        d,
-                        sink.name,
-                        action,
-                        content_hash=item.content_hash,
-                        reason="repaired: changed outside secretsync"
-                        if seen is not None and seen.drifted
-                        else "",
-                        keys=key_diff(seen.key_hashes if seen else {}, item.key_hashes),
-                        versions=_versions(d, resolution),
-                        version_changes=_version_changes(
-                            seen.versions if seen else {}, delivered_versions
-                        ),
-                        source_versions=delivered_versions,
+                for key in outcome.unchanged:
+                    d = meta[key]
+                    seen = observed.get(key)
+                    # the same values as `seen` holds, in objects of this cycle: the results
+                    # outlive the cycle, `observed` (parsed from files or the index) does not
+                    same = prepared.get(key)
+                    results.append(
+                        _item(
+                            d,
+                            sink.name,
+                            "unchanged",
+                            content_hash=same
+                            if isinstance(same, str)
+                            else seen.content_hash
+                            if seen
+                            else None,
+                            source_versions=seen.versions
+                            if seen and seen.versions
+                            else NO_VERSIONS,
+                        )
                     )
-                )
-                if not dry_run:
-                    report.writes += 1
-            for gone in outcome.changes.delete:
-                results.append(
-                    ItemResult(
-                        cluster=cluster.name,
-                        namespace=gone.key.namespace,
-                        name=gone.key.name,
-                        fleet_secret=gone.fleet_secret,
-                        sink=sink.name,
-                        action="delete",
-                        keys=KeyDiff(removed=tuple(sorted(gone.key_hashes))),
+                applied = ApplyResult()
+                if not dry_run and (outcome.changes or sink.name == "git"):
+                    applied = await sink.apply(cluster, outcome.changes)
+                for item in [*outcome.changes.create, *outcome.changes.update]:
+                    d = meta[item.key]
+                    seen = observed.get(item.key)
+                    if item.key in applied.failed:
+                        results.append(
+                            _item(d, sink.name, "failed", reason=applied.failed[item.key])
+                        )
+                        continue
+                    action = "create" if seen is None else "update"
+                    delivered_versions = (
+                        _vault_versions(d, resolution)
+                        if d.delivery is not Delivery.EXTERNAL
+                        else {}
                     )
-                )
-                if not dry_run:
-                    report.deletes += 1
+                    results.append(
+                        _item(
+                            d,
+                            sink.name,
+                            action,
+                            content_hash=item.content_hash,
+                            reason="repaired: changed outside secretsync"
+                            if seen is not None and seen.drifted
+                            else "",
+                            keys=key_diff(seen.key_hashes if seen else {}, item.key_hashes),
+                            versions=_versions(d, resolution),
+                            version_changes=_version_changes(
+                                seen.versions if seen else {}, delivered_versions
+                            ),
+                            source_versions=delivered_versions,
+                        )
+                    )
+                    if not dry_run:
+                        report.writes += 1
+                for gone in outcome.changes.delete:
+                    results.append(
+                        ItemResult(
+                            cluster=cluster.name,
+                            namespace=gone.key.namespace,
+                            name=gone.key.name,
+                            fleet_secret=gone.fleet_secret,
+                            sink=sink.name,
+                            action="delete",
+                            keys=KeyDiff(removed=tuple(sorted(gone.key_hashes))),
+                        )
+                    )
+                    if not dry_run:
+                        report.deletes += 1
+        finally:
+            for sink in self.sinks:
+                if isinstance(sink, Stager):
+                    sink.discard(cluster)  # what an apply did not take (a failure, a timeout)
         return results
 
     @staticmethod
@@ -358,6 +438,47 @@ class Engine:
             if (failure := resolution.failures.get(ref)) is not None:
                 return str(failure)
         return None
+
+
+def _render_sealed(
+    pending: Sequence[tuple[DesiredSecret, dict[str, SecretValue], RenderContext]],
+    certificate: seal.Certificate | None,
+    seals: SealPool | None,
+) -> Iterator[tuple[DesiredSecret, Rendered | errors.SecretSyncError]]:
+    """Render the sealed objects of one cluster, in order. With enough seals to do, the pool's
+    workers seal (chunk by chunk) while each object is assembled here as its values arrive."""
+    jobs = [materialize.to_seal(d, values, ctx=ctx) for d, values, ctx in pending]
+    if seals is None or certificate is None or not seals.worth(sum(len(j) for j in jobs)):
+        for d, values, ctx in pending:
+            yield d, _render(d, values, ctx)
+        return
+    flat = [
+        (ctx.hashes.label if ctx.hashes else b"", plaintext)
+        for (_, _, ctx), todo in zip(pending, jobs, strict=True)
+        for _, plaintext in todo
+    ]
+    stream = itertools.chain.from_iterable(seals.seal(certificate.public_key, flat))
+    for (d, values, ctx), todo in zip(pending, jobs, strict=True):
+        sealed = {key: next(stream) for key, _ in todo}
+        done = RenderContext(
+            hmac_key=ctx.hmac_key,
+            certificate=ctx.certificate,
+            previous=ctx.previous,
+            rng=ctx.rng,
+            versions=ctx.versions,
+            hashes=ctx.hashes,
+            sealed=sealed,
+        )
+        yield d, _render(d, values, done)
+
+
+def _render(
+    d: DesiredSecret, values: Mapping[str, SecretValue], ctx: RenderContext
+) -> Rendered | errors.SecretSyncError:
+    try:
+        return materialize.render(d, values, ctx=ctx)
+    except errors.SecretSyncError as exc:
+        return exc
 
 
 def _versions(d: DesiredSecret, resolution: resolve.Resolution) -> tuple[str, ...]:
@@ -377,9 +498,11 @@ def _vault_versions(d: DesiredSecret, resolution: resolve.Resolution) -> dict[st
     out: dict[str, str] = {}
     for ref in d.refs():
         loc = ref.location
+        if loc.source != "vault":  # first: the lookup below hashes the location
+            continue
         version = resolution.versions.get(loc)
         name = f"{loc.mount}/{loc.path}"
-        if loc.source == "vault" and version and "," not in name and "=" not in name:
+        if version and "," not in name and "=" not in name:
             out[name] = version
     return out
 

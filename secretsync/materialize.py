@@ -15,11 +15,11 @@ the content hash annotation (DESIGN §3).
 from __future__ import annotations
 
 import base64
-import copy
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from secretsync import emit, errors, seal
 from secretsync.model import (
@@ -36,9 +36,17 @@ from secretsync.model import (
     ObjectKey,
     Observed,
     RestartRef,
+    Target,
     ValueRef,
 )
-from secretsync.values import KeyHasher, SecretValue, content_hash
+from secretsync.values import (
+    KeyHasher,
+    SecretValue,
+    content_hash,
+    json_object,
+    json_string,
+    keyed_digest,
+)
 
 type Manifest = dict[str, Any]
 
@@ -76,6 +84,18 @@ class RenderContext:
     versions: Mapping[str, str] = dataclasses.field(default_factory=dict)
     """Vault `<mount>/<path>` -> KV version the values were read at: recorded on the object
     (an audit trail, and what lets `plan` say which refs moved to a new version)."""
+    hashes: SealedHashes | None = None
+    """`sealed_hashes` of this very object, when the caller has them already."""
+    sealed: Mapping[str, str] | None = None
+    """Ciphertexts the caller sealed already (elsewhere) for the keys `to_seal` named."""
+
+
+class SealedHashes(NamedTuple):
+    """A SealedSecret's content hash, per-key hashes and OAEP label."""
+
+    digest: str
+    key_hashes: dict[str, str]
+    label: bytes
 
 
 class Render(Protocol):
@@ -98,6 +118,12 @@ def check_size(desired: DesiredSecret, values: Mapping[str, SecretValue]) -> Non
         )
 
 
+@functools.lru_cache(maxsize=4096)
+def _literal(text: str) -> SecretValue:
+    """A `value:` literal (not a secret) as a value; the same literal recurs on many clusters."""
+    return SecretValue.of(text)
+
+
 def values_for(
     desired: DesiredSecret, resolved: Mapping[ValueRef, SecretValue]
 ) -> dict[str, SecretValue] | None:
@@ -105,7 +131,7 @@ def values_for(
     out: dict[str, SecretValue] = {}
     for key, planned in desired.data.items():
         if isinstance(planned, Literal):
-            out[key] = SecretValue.of(planned.text)
+            out[key] = _literal(planned.text)
         elif (value := resolved.get(planned)) is not None:
             out[key] = value
         else:
@@ -161,19 +187,46 @@ def _version_annotation(versions: Mapping[str, str]) -> dict[str, str]:
     return {ANNOTATION_SOURCE_VERSIONS: format_key_hashes(versions)} if versions else {}
 
 
-def _sealed_hashes(
-    desired: DesiredSecret,
-    values: Mapping[str, SecretValue],
-    cert: seal.Certificate,
-    key: bytes,
-    versions: Mapping[str, str],
-) -> tuple[str, dict[str, str], bytes]:
-    scope = desired.target.scope
-    label = seal.label_for(desired.target.namespace, desired.target.name, scope)
-    context = {"cert": cert.fingerprint, "label": base64.b64encode(label).decode(), "scope": scope}
-    hasher = KeyHasher(key, {"delivery": "sealed", **context})
+def sealed_hashes(
+    desired: DesiredSecret, values: Mapping[str, SecretValue], *, ctx: RenderContext
+) -> SealedHashes:
+    """The hashes `render_sealed` gives the object (nothing is sealed)."""
+    cert = ctx.certificate
+    if cert is None:
+        raise errors.SealError(f"cluster {desired.cluster.name!r} has no sealing certificate")
+    if ctx.hashes is not None:
+        return ctx.hashes
+    key = ctx.hmac_key
+    target = desired.target
+    scope = target.scope
+    label = seal.label_for(target.namespace, target.name, scope)
+    b64 = base64.b64encode(label).decode("ascii")
+    context = (
+        f'{{"cert":{json_string(cert.fingerprint)},"delivery":"sealed",'
+        f'"label":{json_string(b64)},"scope":{json_string(scope)}}}'
+    )
+    hasher = KeyHasher(key, None, blob=context.encode("ascii"))
     key_hashes = {name: hasher.hash(name, value) for name, value in sorted(values.items())}
-    digest = content_hash(
+    try:
+        blob = _sealed_json(desired, cert.fingerprint, b64, key_hashes, ctx.versions)
+        digest = keyed_digest(key, blob)
+    except TypeError:  # not strings where the model says so: the generic encoder decides
+        digest = _sealed_digest(desired, cert.fingerprint, b64, key_hashes, ctx.versions, key=key)
+    return SealedHashes(digest, key_hashes, label)
+
+
+def _sealed_digest(
+    desired: DesiredSecret,
+    fingerprint: str,
+    b64_label: str,
+    key_hashes: Mapping[str, str],
+    versions: Mapping[str, str],
+    *,
+    key: bytes,
+) -> str:
+    """The content hash of a SealedSecret: what `_sealed_json` writes faster."""
+    context = {"cert": fingerprint, "label": b64_label, "scope": desired.target.scope}
+    return content_hash(
         key,
         _versioned(
             {
@@ -181,12 +234,58 @@ def _sealed_hashes(
                 "kind": "SealedSecret",
                 **_shape(desired),
                 **context,
-                "keys": key_hashes,
+                "keys": dict(key_hashes),
             },
             versions,
         ),
     )
-    return digest, key_hashes, label
+
+
+def _sealed_json(
+    desired: DesiredSecret,
+    fingerprint: str,
+    b64_label: str,
+    key_hashes: Mapping[str, str],
+    versions: Mapping[str, str],
+) -> bytes:
+    """`canonical_json` of `_sealed_digest`'s parts, written directly (keys in sorted order):
+    the content hash is computed for every object of every render, changed or not. A property
+    test holds it equal to the generic encoder. TypeError when a field is not what the model
+    says (the caller then uses the generic path)."""
+    head, middle, tail = _target_json(desired.target)
+    text = (
+        f"{head}{json_string(fingerprint)},"
+        f'"cluster":{json_string(desired.cluster.name)},'
+        f'"fleetSecret":{json_string(desired.fleet_secret)}{middle}{json_object(key_hashes)},'
+        f'"kind":"SealedSecret","label":{json_string(b64_label)}{tail}'
+        + (f',"versions":{json_object(versions)}' if versions else "")
+        + "}"
+    )
+    return text.encode("ascii")
+
+
+_TARGETS: dict[int, tuple[Target, tuple[str, str, str]]] = {}
+
+
+def _target_json(t: Target) -> tuple[str, str, str]:
+    """The parts of `_sealed_json` that only the target decides (one Target object is shared
+    by every cluster of a FleetSecret, so they are written once per FleetSecret)."""
+    cached = _TARGETS.get(id(t))
+    if cached is not None and cached[0] is t:
+        return cached[1]
+    if type(t.immutable) is not bool:
+        raise TypeError("immutable")
+    parts = (
+        f'{{"annotations":{json_object(t.annotations)},"cert":',
+        f',"format":{FORMAT:d},"immutable":{"true" if t.immutable else "false"},"keys":',
+        f',"labels":{json_object(t.labels)},"name":{json_string(t.name)},'
+        f'"namespace":{json_string(t.namespace)},"scope":{json_string(t.scope)},'
+        f'"type":{json_string(t.type)}',
+    )
+    if len(_TARGETS) >= 65_536:  # a long-running process sees new fleets: start over
+        _TARGETS.clear()
+    _TARGETS[id(t)] = (t, parts)
+    return parts
 
 
 def content_hash_of(
@@ -195,10 +294,31 @@ def content_hash_of(
     """The content hash `render` would give, without sealing anything."""
     check_size(desired, values)
     if desired.delivery is Delivery.SEALED:
-        if ctx.certificate is None:
-            raise errors.SealError(f"cluster {desired.cluster.name!r} has no sealing certificate")
-        return _sealed_hashes(desired, values, ctx.certificate, ctx.hmac_key, ctx.versions)[0]
+        return sealed_hashes(desired, values, ctx=ctx).digest
+    if desired.delivery is Delivery.EXTERNAL:
+        return _external_digest(desired, _external_spec(desired)[0], ctx.hmac_key)
     return render(desired, values, ctx=ctx).content_hash
+
+
+def _kept(previous: Observed | None, key: str, key_hash: str) -> str | None:
+    """The previous ciphertext of `key`, when its hash says the value is the same."""
+    if previous is None:
+        return None
+    old = previous.encrypted.get(key)
+    return old if old and previous.key_hashes.get(key) == key_hash else None
+
+
+def to_seal(
+    desired: DesiredSecret, values: Mapping[str, SecretValue], *, ctx: RenderContext
+) -> list[tuple[str, bytes]]:
+    """(key, plaintext) of the values `render_sealed` would seal anew: those whose previous
+    ciphertext cannot be kept. The label to seal them with is `sealed_hashes(...).label`."""
+    hashes = sealed_hashes(desired, values, ctx=ctx)
+    return [
+        (key, value.reveal())
+        for key, value in sorted(values.items())
+        if _kept(ctx.previous, key, hashes.key_hashes[key]) is None
+    ]
 
 
 def render_sealed(
@@ -208,17 +328,21 @@ def render_sealed(
     if cert is None:
         raise errors.SealError(f"cluster {desired.cluster.name!r} has no sealing certificate")
     scope = desired.target.scope
-    digest, key_hashes, label = _sealed_hashes(desired, values, cert, ctx.hmac_key, ctx.versions)
-    previous = ctx.previous
+    hashes = sealed_hashes(desired, values, ctx=ctx)
+    digest, key_hashes, label = hashes.digest, hashes.key_hashes, hashes.label
     encrypted: dict[str, str] = {}
     resealed = 0
     for key, value in sorted(values.items()):
-        old = previous.encrypted.get(key) if previous else None
-        if previous and old and previous.key_hashes.get(key) == key_hashes[key]:
+        old = _kept(ctx.previous, key, key_hashes[key])
+        if old is not None:
             encrypted[key] = old
             continue
-        kwargs = {"rng": ctx.rng} if ctx.rng else {}
-        encrypted[key] = seal.seal_value(cert.public_key, value.reveal(), label=label, **kwargs)
+        done = ctx.sealed.get(key) if ctx.sealed is not None else None
+        if done is not None:
+            encrypted[key] = done
+        else:
+            kwargs = {"rng": ctx.rng} if ctx.rng else {}
+            encrypted[key] = seal.seal_value(cert.public_key, value.reveal(), label=label, **kwargs)
         resealed += 1
     annotations = {
         **seal.scope_annotations(scope),
@@ -228,7 +352,7 @@ def render_sealed(
     }
     meta = _metadata(desired, annotations)
     template: dict[str, Any] = {
-        "metadata": copy.deepcopy(meta),
+        "metadata": _copy_metadata(meta),
         "type": desired.target.type,
     }
     if desired.target.immutable:
@@ -252,16 +376,19 @@ def render_sealed(
     )
 
 
+def _copy_metadata(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of `_metadata`'s result (str values, dicts one level down): what `deepcopy`
+    did, without its memo bookkeeping."""
+    return {k: dict(v) if isinstance(v, dict) else v for k, v in meta.items()}
+
+
 def escape_go_template(text: str) -> str:
     """Literal text for an ESO template: `{{` becomes an action printing `{{`."""
     return text.replace("{{", '{{"{{"}}')
 
 
-def render_external(
-    desired: DesiredSecret, values: Mapping[str, SecretValue], *, ctx: RenderContext
-) -> Rendered:
-    """Values are ignored: the ExternalSecret names where they are, ESO reads them."""
-    del values
+def _external_spec(desired: DesiredSecret) -> tuple[dict[str, Any], dict[str, str]]:
+    """The ExternalSecret's spec, and its literal keys (escaped) by name."""
     target = desired.target
     data: list[dict[str, Any]] = []
     literals: dict[str, str] = {}
@@ -301,13 +428,25 @@ def render_external(
         "target": target_spec,
         "data": data,
     }
-    key_hashes = {entry["secretKey"]: content_hash(ctx.hmac_key, entry)[:32] for entry in data} | {
-        key: content_hash(ctx.hmac_key, {"literal": text})[:32] for key, text in literals.items()
-    }
-    digest = content_hash(
-        ctx.hmac_key,
-        {"format": FORMAT, "kind": "ExternalSecret", **_shape(desired), "spec": spec},
+    return spec, literals
+
+
+def _external_digest(desired: DesiredSecret, spec: Mapping[str, Any], key: bytes) -> str:
+    return content_hash(
+        key, {"format": FORMAT, "kind": "ExternalSecret", **_shape(desired), "spec": spec}
     )
+
+
+def render_external(
+    desired: DesiredSecret, values: Mapping[str, SecretValue], *, ctx: RenderContext
+) -> Rendered:
+    """Values are ignored: the ExternalSecret names where they are, ESO reads them."""
+    del values
+    spec, literals = _external_spec(desired)
+    key_hashes = {
+        entry["secretKey"]: content_hash(ctx.hmac_key, entry)[:32] for entry in spec["data"]
+    } | {key: content_hash(ctx.hmac_key, {"literal": text})[:32] for key, text in literals.items()}
+    digest = _external_digest(desired, spec, ctx.hmac_key)
     manifest: Manifest = {
         "apiVersion": EXTERNAL_API,
         "kind": "ExternalSecret",

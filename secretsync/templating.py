@@ -6,6 +6,7 @@ and raises `TemplateError` for a label that cluster does not have (never an empt
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 
@@ -46,21 +47,37 @@ def has_template(text: str) -> bool:
     return "{{" in text
 
 
+@functools.lru_cache(maxsize=4096)
+def _compile(text: str) -> tuple[str | tuple[str | None, str], ...]:
+    """`text` split into literal parts and (label key | "" for the name | None, expression)."""
+    parts: list[str | tuple[str | None, str]] = []
+    pos = 0
+    for m in _EXPR.finditer(text):
+        parts.append(text[pos : m.start()])
+        parts.append((_parse(m.group(1)), m.group(1)))
+        pos = m.end()
+    parts.append(text[pos:])
+    return tuple(parts)
+
+
 def render(text: str, *, cluster_name: str, labels: Mapping[str, str]) -> str:
-    """Fill every expression for one cluster."""
+    """Fill every expression for one cluster (each distinct text is parsed once)."""
     if "{{" not in text:
         return text
-
-    def fill(m: re.Match[str]) -> str:
-        key = _parse(m.group(1))
+    out: list[str] = []
+    for part in _compile(text):
+        if isinstance(part, str):
+            out.append(part)
+            continue
+        key, expr = part
         if key is None:
-            raise TemplateError(f"template {{{{{m.group(1)}}}}} is not allowed")
+            raise TemplateError(f"template {{{{{expr}}}}} is not allowed")
         if key == "":
-            return cluster_name
-        if key not in labels:
+            out.append(cluster_name)
+        elif key in labels:
+            out.append(labels[key])
+        else:
             raise TemplateError(
-                f"cluster {cluster_name!r} has no label {key!r} (used by {{{{{m.group(1)}}}}})"
+                f"cluster {cluster_name!r} has no label {key!r} (used by {{{{{expr}}}}})"
             )
-        return labels[key]
-
-    return _EXPR.sub(fill, text)
+    return "".join(out)

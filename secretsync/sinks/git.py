@@ -7,6 +7,9 @@ folder is left alone and stays listed.
 
 The plaintext guard: before any byte is written, the sink looks for each resolved value the
 object was built from (raw, base64 and JSON-escaped) and refuses the write if one is there.
+
+Observing a cluster folder stats each file and trusts a stat index kept outside the repo
+(`statindex`) when the stat is exactly the recorded one; everything else is read and parsed.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ import logging
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Mapping, Set
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,7 +29,7 @@ import yaml
 
 from secretsync import emit, errors, materialize
 from secretsync.deliver import ApplyResult, ChangeSet
-from secretsync.materialize import dump_yaml
+from secretsync.materialize import Rendered, dump_yaml
 from secretsync.model import (
     ANNOTATION_CONTENT_HASH,
     ANNOTATION_KEY_HASHES,
@@ -36,6 +41,8 @@ from secretsync.model import (
     Observed,
     is_owned,
 )
+from secretsync.sinks import statindex
+from secretsync.sinks.statindex import ClusterIndex, StatIndex
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +74,11 @@ def _observe_file(cluster: str, data: bytes, *, detail: bool) -> Observed | None
         doc = _parse(data)
     if doc is None:
         return None
+    return _observed(cluster, doc, detail=detail)
+
+
+def _observed(cluster: str, doc: Mapping[str, Any], *, detail: bool) -> Observed | None:
+    """What the sink needs to know of a parsed manifest (or of one it is about to write)."""
     meta = doc.get("metadata")
     if not isinstance(meta, dict):
         return None
@@ -106,18 +118,97 @@ def _observe_file(cluster: str, data: bytes, *, detail: bool) -> Observed | None
     )
 
 
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+_CREATE_FLAGS = (
+    os.O_WRONLY
+    | os.O_CREAT
+    | os.O_EXCL
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+)
+_CHUNK = 64 * 1024
+
+
+def _read(path: str) -> tuple[os.stat_result, bytes | None]:
+    """The file's stat (taken before reading) and its bytes, None when over the size cap.
+
+    Reads in 64 KiB chunks: one `read(4 MiB + 1)` per file allocated (and freed) 4 MiB each
+    time, which cost more than the read itself."""
+    fd = os.open(path, _READ_FLAGS)
+    try:
+        st = os.fstat(fd)
+        if st.st_size > MAX_MANIFEST_BYTES:
+            return st, None
+        data = os.read(fd, max(_CHUNK, st.st_size + 1))
+        if len(data) <= st.st_size:  # the file grew meanwhile, or the size lied: read on
+            parts = [data]
+            total = len(data)
+            while chunk := os.read(fd, _CHUNK):
+                parts.append(chunk)
+                total += len(chunk)
+                if total > MAX_MANIFEST_BYTES:
+                    return st, None
+            data = b"".join(parts)
+        return st, data
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True, slots=True)
+class _Staged:
+    """A file written under its temp name, waiting for its rename."""
+
+    tmp: str
+    path: str
+    rel: str
+    data: bytes
+
+
+def _drop_stale_probe(entry: os.DirEntry[str]) -> None:
+    """A clock probe lives for microseconds: one a minute old was left by a killed process."""
+    with contextlib.suppress(OSError):
+        if time.time() - entry.stat(follow_symlinks=False).st_mtime > 60:
+            os.unlink(entry.path)
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 class GitSink:
     """Manifests for `sealed` and `external` clusters in a folder tree meant for Git."""
 
     name: ClassVar[str] = "git"
 
-    def __init__(self, *, out_dir: Path) -> None:
+    def __init__(self, *, out_dir: Path, cache_dir: Path | None = None, index: bool = True) -> None:
+        """`cache_dir`: where the stat index lives (default `statindex.default_cache_dir()`);
+        `index=False` reads every file on every observe."""
         self.out_dir = out_dir
         self._root = os.fspath(out_dir)
         # per cluster (one task each): object -> file path relative to the cluster folder
         self._paths: dict[str, dict[ObjectKey, str]] = {}
         self._lock = threading.Lock()
         self._changed = 0
+        # per cluster: files `stage` wrote ahead of `apply` (object -> what it staged)
+        self._early: dict[str, dict[ObjectKey, tuple[Rendered, _Staged | str]]] = {}
+        self._index: StatIndex | None = None
+        # the index a cluster's observe loaded, for its apply (a few at most: see _open_index)
+        self._open: dict[str, ClusterIndex] = {}
+        if index:
+            cache = cache_dir if cache_dir is not None else statindex.default_cache_dir()
+            if cache is not None:
+                out = os.path.abspath(out_dir)
+                if os.path.commonpath([out, os.path.abspath(cache)]) == out:
+                    log.warning("cache directory %s is inside the output: not used", cache)
+                else:
+                    self._index = StatIndex(cache, out_dir)
 
     @property
     def files_changed(self) -> int:
@@ -143,36 +234,75 @@ class GitSink:
     async def observe(self, cluster: Cluster) -> Mapping[ObjectKey, Observed]:
         return self._observe(cluster.name)
 
+    def _open_index(self, cluster: str) -> ClusterIndex | None:
+        if self._index is None:
+            return None
+        index = self._open.pop(cluster, None)
+        if index is None:
+            index = self._index.load(cluster)
+        while len(self._open) >= 4:  # observed without an apply (dry runs): keep a few only
+            self._open.pop(next(iter(self._open)))
+        self._open[cluster] = index
+        return index
+
     def _observe(self, cluster: str) -> dict[ObjectKey, Observed]:
         folder = os.path.join(self._root, cluster)
         found: dict[ObjectKey, Observed] = {}
         paths = self._paths[cluster] = {}
+        index = self._open_index(cluster)
+        listing: list[tuple[str, Observed | bool | None]] = []  # False: read the file
+        namespaces: list[str] = []
         try:
-            namespaces = sorted(
-                e.name
-                for e in os.scandir(folder)
-                if e.is_dir(follow_symlinks=False) and not e.name.startswith(".")
-            )
+            with os.scandir(folder) as top:
+                for e in top:
+                    if e.name.startswith(statindex.PROBE_PREFIX):
+                        _drop_stale_probe(e)
+                    elif e.is_dir(follow_symlinks=False) and not e.name.startswith("."):
+                        namespaces.append(e.name)
         except (FileNotFoundError, NotADirectoryError):
-            return found
+            pass
+        namespaces.sort()
         for namespace in namespaces:
             with os.scandir(os.path.join(folder, namespace)) as entries:
-                names = sorted(
-                    e.name
+                files = sorted(
+                    (e.name, e)
                     for e in entries
                     if e.name.endswith(".yaml") and e.is_file(follow_symlinks=False)
                 )
-            for name in names:
+            for name, entry in files:
                 rel = f"{namespace}/{name}"
-                with open(os.path.join(folder, rel), "rb") as fh:
-                    data = fh.read(MAX_MANIFEST_BYTES + 1)
-                if len(data) > MAX_MANIFEST_BYTES:
+                if index is not None:
+                    try:
+                        hit, cached = index.lookup(rel, entry.stat(follow_symlinks=False))
+                    except OSError:
+                        continue
+                    if hit:
+                        listing.append((rel, cached))
+                        continue
+                listing.append((rel, False))
+        clock = None
+        if index is not None:
+            index.keep_only({rel for rel, _ in listing})
+            if any(item is False for _, item in listing):
+                # before any file is read: what is recorded must be older than this reading
+                clock = statindex.probe_clock(folder)
+        for rel, item in listing:
+            if item is False:
+                try:
+                    st, data = _read(os.path.join(folder, rel))
+                except OSError:
                     continue
-                observed = _observe_file(cluster, data, detail=False)
-                if observed is None or (observed.key in found and not observed.owned):
-                    continue
-                found[observed.key] = observed
-                paths[observed.key] = rel
+                observed = None if data is None else _observe_file(cluster, data, detail=False)
+                if index is not None and clock is not None:
+                    index.record(rel, st, observed, clock)
+            else:
+                observed = item if isinstance(item, Observed) else None
+            if observed is None or (observed.key in found and not observed.owned):
+                continue
+            found[observed.key] = observed
+            paths[observed.key] = rel
+        if index is not None and self._index is not None:
+            self._index.save(index)
         return found
 
     def _file(self, key: ObjectKey) -> str:
@@ -181,8 +311,10 @@ class GitSink:
 
     async def detail(self, observed: Observed) -> Observed:
         try:
-            data = Path(self._file(observed.key)).read_bytes()
+            _, data = _read(self._file(observed.key))
         except OSError:
+            return observed
+        if data is None:
             return observed
         full = _observe_file(observed.key.cluster, data, detail=True)
         return full if full is not None and full.owned else observed
@@ -190,63 +322,134 @@ class GitSink:
     async def apply(self, cluster: Cluster, changes: ChangeSet) -> ApplyResult:
         return self._apply(cluster.name, changes)
 
+    def stage(self, cluster: Cluster, item: Rendered) -> None:
+        """Write `item`'s file under its temp name now, ahead of `apply` (which renames it):
+        the engine calls this as sealed objects come back from the seal workers, so creating
+        files here overlaps with sealing there. `discard` removes what `apply` did not take."""
+        early = self._early.setdefault(cluster.name, {})
+        if (old := early.pop(item.key, None)) is not None and isinstance(old[1], _Staged):
+            _unlink(old[1].tmp)
+        early[item.key] = (item, self._prepare(cluster.name, item))
+
+    def discard(self, cluster: Cluster) -> None:
+        for _, prepared in self._early.pop(cluster.name, {}).values():
+            if isinstance(prepared, _Staged):
+                _unlink(prepared.tmp)
+
+    def _prepare(self, cluster: str, item: Rendered) -> _Staged | str:
+        """Dump, guard and write one object to a temp file; the refusal message when the guard
+        finds a value in it."""
+        rel = f"{item.key.namespace}/{item.key.name}.yaml"
+        path = os.path.join(self._root, cluster, rel)
+        data = dump_yaml(item.manifest)
+        try:
+            guard(data, item.needles, path=os.path.join(self.out_dir.name, cluster, rel))
+        except errors.PlaintextRefused as exc:
+            return str(exc)
+        return _Staged(self._stage(path, data), path, rel, data)
+
     def _apply(self, cluster: str, changes: ChangeSet) -> ApplyResult:
         result = ApplyResult()
         paths = self._paths.setdefault(cluster, {})
         folder = os.path.join(self._root, cluster)
-        staged: list[tuple[str, str, ObjectKey]] = []
+        index = self._open.pop(cluster, None)
+        if index is None and self._index is not None:
+            index = self._index.load(cluster)
+        early = self._early.pop(cluster, {})
+        staged: list[tuple[_Staged, Rendered]] = []
         try:
             for item in [*changes.create, *changes.update]:
-                rel = f"{item.key.namespace}/{item.key.name}.yaml"
-                path = os.path.join(folder, rel)
-                data = dump_yaml(item.manifest)
-                try:
-                    guard(data, item.needles, path=os.path.join(self.out_dir.name, cluster, rel))
-                except errors.PlaintextRefused as exc:
-                    log.error("%s", exc)
-                    result.failed[item.key] = str(exc)
+                ahead = early.pop(item.key, None)
+                if ahead is not None and ahead[0] is item:
+                    prepared = ahead[1]
+                else:
+                    if ahead is not None and isinstance(ahead[1], _Staged):
+                        _unlink(ahead[1].tmp)
+                    prepared = self._prepare(cluster, item)
+                if isinstance(prepared, str):
+                    log.error("%s", prepared)
+                    result.failed[item.key] = prepared
                     continue
-                staged.append((self._stage(path, data), path, item.key))
+                staged.append((prepared, item))
             if staged:
                 os.sync()
-            for tmp, path, key in staged:
-                os.replace(tmp, path)
-                old = paths.get(key)
-                if old is not None and old != os.path.relpath(path, folder):
+            for done, item in staged:
+                os.replace(done.tmp, done.path)
+                old = paths.get(item.key)
+                if old is not None and old != done.rel:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(os.path.join(folder, old))
-                paths[key] = os.path.relpath(path, folder)
-                result.written.append(key)
+                    if index is not None:
+                        index.forget(old)
+                paths[item.key] = done.rel
+                result.written.append(item.key)
                 self._count()
         finally:
-            for tmp, _, _ in staged:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
+            for done, _ in staged:
+                _unlink(done.tmp)
+            for _, left in early.values():
+                if isinstance(left, _Staged):
+                    _unlink(left.tmp)
         for observed in changes.delete:
             path = self._file(observed.key)
-            paths.pop(observed.key, None)
+            old = paths.pop(observed.key, None)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
                 self._count()
+            if index is not None and old is not None:
+                index.forget(old)
             result.deleted.append(observed.key)
             with contextlib.suppress(OSError):
                 os.rmdir(os.path.dirname(path))  # only when empty
         self._write_kustomization(cluster, paths)
+        if index is not None and self._index is not None:
+            self._index_written(cluster, folder, index, staged)
+            self._index.save(index)
+        del self._paths[cluster]  # the next observe finds them again; until then, memory
         return result
 
     @staticmethod
+    def _index_written(
+        cluster: str, folder: str, index: ClusterIndex, staged: list[tuple[_Staged, Rendered]]
+    ) -> None:
+        """Record the files just written, read back after a clock probe: a byte-identical
+        read proves the recorded stat belongs to what was written (see `statindex`)."""
+        for done, _ in staged:
+            index.forget(done.rel)
+        if not staged:
+            return
+        clock = statindex.probe_clock(folder)
+        if clock is None:
+            return
+        for done, item in staged:
+            try:
+                st, back = _read(done.path)
+            except OSError:
+                continue
+            if back == done.data:
+                index.record(done.rel, st, _observed(cluster, item.manifest, detail=False), clock)
+
+    @staticmethod
     def _stage(path: str, data: bytes) -> str:
+        """Write `data` to a new temp file beside `path` (created 0600 like `mkstemp`)."""
         directory = os.path.dirname(path)
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(
-            dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp"
-        )
+        tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
+            fd = os.open(tmp, _CREATE_FLAGS, 0o600)
+        except FileNotFoundError:
+            os.makedirs(directory, exist_ok=True)
+            fd = os.open(tmp, _CREATE_FLAGS, 0o600)
+        except FileExistsError:  # a leftover, or another sink of this process: a fresh name
+            fd, tmp = tempfile.mkstemp(
+                dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp"
+            )
+        try:
+            _write_all(fd, data)
         except BaseException:
+            os.close(fd)
             os.unlink(tmp)
             raise
+        os.close(fd)
         return tmp
 
     def _write_kustomization(self, cluster: str, paths: Mapping[ObjectKey, str]) -> None:
@@ -288,12 +491,14 @@ class GitSink:
     def _kustomization(cluster: str, resources: list[str]) -> bytes | None:
         if not resources:
             return None
-        body = {
-            "apiVersion": "kustomize.config.k8s.io/v1beta1",
-            "kind": "Kustomization",
-            "resources": resources,
-        }
-        return _HEADER.format(cluster=cluster).encode() + dump_yaml(body)
+        # what dump_yaml writes for {apiVersion, kind, resources}, without its generic walk
+        # (this runs for every cluster on every render, changed or not)
+        lines = [
+            _HEADER.format(cluster=cluster),
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n",
+            *(f"- {emit.scalar(r)}\n" for r in resources),
+        ]
+        return "".join(lines).encode("utf-8")
 
     @staticmethod
     def _foreign_exists(folder: str, resource: str) -> bool:

@@ -295,12 +295,6 @@ def test_expired_certificate_fails_its_cluster_and_keeps_files(fleet_repo: MakeR
     assert reasons and all("certs/prod-use1.pem: certificate expired" in r for r in reasons)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Engine._certificate (engine.py) does not yet pass cluster.cert_sha256 to "
-    "seal.load_certificate: a pin is checked when the fleet loads, not when a cycle reads the "
-    "certificate again (the daemon keeps its last good fleet when a reload is refused)",
-)
 def test_pinned_certificate_swapped_after_the_fleet_loaded_fails_its_cluster(
     fleet_repo: MakeRepo,
 ) -> None:

@@ -130,13 +130,6 @@ def test_render_and_merge_temp_files_are_private_and_removed(
         assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700, path.parent
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sinks/statindex.py makes the cache's parent folders with Path.mkdir(parents=True), "
-    "which applies mode=0o700 to the last folder only, and writes some index files with the "
-    "umask's mode: under umask 0 `render-index` is 0777 (another local user could swap the "
-    "index folder) and files are 0666",
-)
 def test_every_cache_folder_secretsync_makes_is_private(
     fleet_repo: MakeRepo, observed: list[tuple[str, int]], tmp_path: Path
 ) -> None:

@@ -1,0 +1,311 @@
+"""The Git sink's stat index: a warm render reads no manifest, and nothing it remembers can
+hide a change to a file (an edit that keeps size and mtime, a file swapped in by rename)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from secretsync import load
+from secretsync.deliver import ChangeSet
+from secretsync.engine import CycleReport, Engine
+from secretsync.materialize import Rendered
+from secretsync.model import Cluster, Delivery, ObjectKey, Observed, Origin
+from secretsync.sinks import git, statindex
+from secretsync.sinks.git import GitSink
+from tests import canary, fleets
+from tests.fakes import FakeSource
+
+MakeRepo = Callable[[dict[str, str | bytes]], Path]
+KEY = b"test-hmac-key-0123456789abcdef"
+DB = "prod-use1/payments/db-credentials.yaml"
+
+
+def run(
+    root: Path,
+    docs: dict[str, dict[str, object]],
+    cache: Path | None,
+    *,
+    check: bool = True,
+    **kw: Any,
+) -> tuple[CycleReport, GitSink]:
+    fleet = load.load_fleet(root)
+    sink = GitSink(out_dir=root / "rendered", cache_dir=cache, index=cache is not None)
+    engine = Engine(
+        sources={"vault": FakeSource(docs)},
+        sinks=[sink],
+        hmac_key=KEY,
+        clock=lambda: datetime.now(UTC),
+        **kw,
+    )
+    report = asyncio.run(engine.run_cycle(fleet))
+    assert report.ok or not check, (report.failures, report.failed_clusters)
+    return report, sink
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    out = root / "rendered"
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every manifest the sink reads (through the index's fallback or `detail`)."""
+    seen: list[str] = []
+    real = git._read
+
+    def counting(path: str) -> tuple[os.stat_result, bytes | None]:
+        seen.append(path)
+        return real(path)
+
+    monkeypatch.setattr(git, "_read", counting)
+    return seen
+
+
+def observe_all(root: Path, sink: GitSink) -> dict[ObjectKey, Observed]:
+    found: dict[ObjectKey, Observed] = {}
+    for cluster in sorted(p.name for p in (root / "rendered").iterdir()):
+        found.update(sink._observe(cluster))
+    return found
+
+
+def test_warm_render_reads_no_manifest_and_changes_nothing(
+    fleet_repo: MakeRepo, tmp_path: Path, reads: list[str]
+) -> None:
+    root = fleets.write_fleet(fleet_repo)
+    docs = fleets.vault_docs()
+    cache = tmp_path / "cache"
+    run(root, docs, cache)
+    # files written in the clock tick of the write's probe are not recorded: they are read
+    # (and recorded) by the next pass, once the clock has moved on
+    time.sleep(0.05)
+    run(root, docs, cache)
+    before = snapshot(root)
+    reads.clear()
+    report, sink = run(root, docs, cache)
+    assert reads == [], "every manifest came from the index"
+    assert snapshot(root) == before
+    assert sink.files_changed == 0 and report.writes == 0 and report.seals == 0
+    assert {i.action for i in report.items} == {"unchanged"}
+    # and what the index gave is what reading every file gives
+    assert observe_all(root, GitSink(out_dir=root / "rendered", cache_dir=cache)) == observe_all(
+        root, GitSink(out_dir=root / "rendered", index=False)
+    )
+    assert not list((root / "rendered").rglob(".*")), "no probe or temp file is left"
+
+
+def test_hand_edit_keeping_size_and_mtime_is_read_again_and_repaired(
+    fleet_repo: MakeRepo, tmp_path: Path, reads: list[str]
+) -> None:
+    root = fleets.write_fleet(fleet_repo)
+    docs = fleets.vault_docs()
+    cache = tmp_path / "cache"
+    run(root, docs, cache)
+    time.sleep(0.05)
+    run(root, docs, cache)  # every entry recorded and trusted
+    path = root / "rendered" / DB
+    original = path.read_bytes()
+    st = os.stat(path)
+    head, sep, rest = original.partition(b"secretsync.dev/content-hash: ")
+    assert sep
+    forged = head + sep + (b"0" if rest[:1] != b"0" else b"1") + rest[1:]
+    assert len(forged) == len(original)
+    with open(path, "r+b") as fh:  # in place: same inode, same size
+        fh.write(forged)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # and the same mtime
+    now = os.stat(path)
+    assert (now.st_ino, now.st_size, now.st_mtime_ns) == (st.st_ino, st.st_size, st.st_mtime_ns)
+    reads.clear()
+    report, sink = run(root, docs, cache)
+    assert str(path) in reads, "the edited file was read, not taken from the index"
+    (item,) = [i for i in report.items if i.action != "unchanged"]
+    assert (item.cluster, item.namespace, item.name, item.action) == (
+        "prod-use1",
+        "payments",
+        "db-credentials",
+        "update",
+    )
+    assert path.read_bytes() == original, "repaired, keeping every ciphertext"
+    assert report.seals == 0 and sink.files_changed == 1
+
+
+def test_file_swapped_in_by_rename_with_the_same_stat_times_is_read_again(
+    fleet_repo: MakeRepo, tmp_path: Path, reads: list[str]
+) -> None:
+    root = fleets.write_fleet(fleet_repo)
+    docs = fleets.vault_docs()
+    cache = tmp_path / "cache"
+    run(root, docs, cache)
+    time.sleep(0.05)
+    run(root, docs, cache)
+    path = root / "rendered" / DB
+    original = path.read_bytes()
+    st = os.stat(path)
+    other = path.with_name(".swap")
+    other.write_bytes(original.replace(b"managed-by: secretsync", b"managed-by: someone!"))
+    os.utime(other, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(other, path)
+    reads.clear()
+    report, _ = run(root, docs, cache, check=False)
+    assert str(path) in reads
+    # no longer secretsync's: a conflict, never overwritten
+    (item,) = report.failures
+    assert "not managed by secretsync" in item.reason
+    assert b"someone!" in path.read_bytes()
+
+
+def test_a_change_in_the_same_clock_tick_is_never_recorded() -> None:
+    index = statindex.ClusterIndex("c", {})
+    st = os.stat(__file__)
+    index.record("a.yaml", st, None, clock=st.st_ctime_ns)  # the file changed in this tick
+    assert index.lookup("a.yaml", st) == (False, None)
+    index.record("a.yaml", st, None, clock=st.st_ctime_ns + 1)
+    assert index.lookup("a.yaml", st) == (True, None)
+    moved = os.stat_result((*st[:8], st.st_mtime, st.st_ctime + 1))  # ctime moved
+    assert index.lookup("a.yaml", moved) == (False, None)
+
+
+def test_the_index_holds_no_value_and_stays_out_of_the_repo(
+    fleet_repo: MakeRepo, tmp_path: Path
+) -> None:
+    root = fleets.write_fleet(fleet_repo)
+    docs = fleets.vault_docs()
+    cache = tmp_path / "cache"
+    run(root, docs, cache)
+    time.sleep(0.05)
+    run(root, docs, cache)
+    files = [p for p in cache.rglob("*") if p.is_file()]
+    assert files
+    text = "\n".join(p.read_text() for p in files)
+    assert canary.find_in_text(text) == []
+    assert not (root / "rendered" / statindex.INDEX_FOLDER).exists()
+    # a cache folder inside the output is refused: it would land in Git
+    inside = root / "rendered" / ".cache"
+    run(root, docs, inside)
+    assert not inside.exists()
+
+
+def test_a_corrupt_or_foreign_index_only_costs_reads(
+    fleet_repo: MakeRepo, tmp_path: Path, reads: list[str]
+) -> None:
+    root = fleets.write_fleet(fleet_repo)
+    docs = fleets.vault_docs()
+    cache = tmp_path / "cache"
+    run(root, docs, cache)
+    time.sleep(0.05)
+    run(root, docs, cache)
+    before = snapshot(root)
+    indexes = sorted((cache / statindex.INDEX_FOLDER).rglob("*.json"))
+    assert indexes
+    indexes[0].write_text("{not json")
+    doc = json.loads(indexes[1].read_text())
+    doc["out"] = "/elsewhere"
+    indexes[1].write_text(json.dumps(doc))
+    reads.clear()
+    report, sink = run(root, docs, cache)
+    assert reads, "those clusters were read"
+    assert snapshot(root) == before and sink.files_changed == 0
+    assert {i.action for i in report.items} == {"unchanged"}
+
+
+def test_indexes_of_output_folders_that_are_gone_are_pruned(
+    fleet_repo: MakeRepo, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    stale = cache / statindex.INDEX_FOLDER / ("0" * 32)
+    stale.mkdir(parents=True)
+    (stale / "out").write_text(str(tmp_path / "gone") + "\n")
+    (stale / "c1.json").write_text("{}")
+    root = fleets.write_fleet(fleet_repo)
+    docs = fleets.vault_docs()
+    run(root, docs, cache)
+    time.sleep(0.05)
+    run(root, docs, cache)  # the first index of this output is saved: the others are looked at
+    assert not stale.exists()
+
+
+def test_default_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SECRETSYNC_CACHE_DIR", str(tmp_path / "x"))
+    assert statindex.default_cache_dir() == tmp_path / "x"
+    monkeypatch.setenv("SECRETSYNC_CACHE_DIR", "")
+    assert statindex.default_cache_dir() is None
+    monkeypatch.delenv("SECRETSYNC_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert statindex.default_cache_dir() == tmp_path / "xdg" / "secretsync"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/ignored")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert statindex.default_cache_dir() == tmp_path / "home" / ".cache" / "secretsync"
+
+
+def test_read_caps_the_size_and_reads_a_file_that_grew(tmp_path: Path) -> None:
+    big = tmp_path / "big.yaml"
+    big.write_bytes(b"x" * (git.MAX_MANIFEST_BYTES + 1))
+    assert git._read(str(big))[1] is None
+    small = tmp_path / "small.yaml"
+    small.write_bytes(b"y" * 200_000)  # more than one chunk
+    assert git._read(str(small))[1] == b"y" * 200_000
+
+
+def _rendered(name: str, text: str) -> Rendered:
+    return Rendered(
+        key=ObjectKey("c1", "ns", name),
+        fleet_secret=name,
+        delivery=Delivery.SEALED,
+        kind="SealedSecret",
+        content_hash=f"hash-{text}",
+        key_hashes={},
+        manifest={
+            "apiVersion": "bitnami.com/v1alpha1",
+            "kind": "SealedSecret",
+            "metadata": {"name": name, "namespace": "ns"},
+            "spec": {"encryptedData": {"k": text}},
+        },
+        needles=(b"plaintext-value",),
+    )
+
+
+def test_staged_files_are_renamed_by_apply_or_discarded(tmp_path: Path) -> None:
+    sink = GitSink(out_dir=tmp_path / "out", index=False)
+    cluster = Cluster(name="c1", labels={}, delivery=Delivery.SEALED, origin=Origin("c.yaml", 1))
+    a, b, c = _rendered("a", "one"), _rendered("b", "two"), _rendered("c", "three")
+    leak = _rendered("d", "plaintext-value")
+    for item in (a, b, c, leak):
+        sink.stage(cluster, item)
+    folder = tmp_path / "out" / "c1" / "ns"
+    assert len(list(folder.glob(".*.tmp"))) == 3, "the leaking one is never written"
+    newer_b = _rendered("b", "two-newer")  # rendered again: what was staged for b is stale
+    result = asyncio.run(sink.apply(cluster, ChangeSet(create=[a, newer_b, leak])))
+    assert sorted(k.name for k in result.written) == ["a", "b"]
+    assert list(result.failed) == [leak.key]
+    assert "two-newer" in (folder / "b.yaml").read_text()
+    assert not (folder / "c.yaml").exists(), "staged but not applied: dropped"
+    assert list(folder.glob(".*")) == []
+    sink.stage(cluster, _rendered("e", "five"))
+    sink.discard(cluster)
+    assert list(folder.glob(".*")) == [] and not (folder / "e.yaml").exists()
+
+
+def test_a_clock_probe_left_by_a_killed_process_is_removed(
+    fleet_repo: MakeRepo, tmp_path: Path
+) -> None:
+    root = fleets.write_fleet(fleet_repo)
+    docs = fleets.vault_docs()
+    cache = tmp_path / "cache"
+    run(root, docs, cache)
+    stale = root / "rendered/prod-use1" / f"{statindex.PROBE_PREFIX}99999.tmp"
+    fresh = root / "rendered/prod-use1" / f"{statindex.PROBE_PREFIX}99998.tmp"
+    stale.write_bytes(b"")
+    fresh.write_bytes(b"")  # another render's, right now: not ours to remove
+    os.utime(stale, (time.time() - 120, time.time() - 120))
+    report, sink = run(root, docs, cache)
+    assert not stale.exists() and fresh.exists()
+    assert sink.files_changed == 0 and {i.action for i in report.items} == {"unchanged"}
+    fresh.unlink()
