@@ -4,7 +4,7 @@ After each kill every manifest under the output parses (the sink stages each fil
 hidden `.tmp` name and renames it into place), nothing left behind is named like a manifest,
 and a re-run converges to the tree of an uninterrupted render, byte for byte (external
 delivery: no random ciphertext), then a third run changes nothing. The killed run's staged
-`.tmp` files are ignored by the re-run, not removed: they stay until someone deletes them.
+`.tmp` files are never read, and the re-run removes them (their process is gone).
 
 The kill points are seeded: a fixed random delay after the first output file appears, within
 the write time of an uninterrupted render measured first.
@@ -144,6 +144,7 @@ def test_render_killed_at_random_points_leaves_only_whole_files_and_converges(
         assert code == 0, (run, err.decode()[-2000:])
         assert manifests(target) == expected, run
         assert set(others(target)) <= set(left), "a whole run leaves nothing of its own"
+        assert [p for p in others(target) if p.endswith(".tmp")] == [], "stale temp files stay"
         code, out, _ = finish(render(root, target))
         assert code == 0
         assert json.loads(out)["summary"]["filesChanged"] == 0, run

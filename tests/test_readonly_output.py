@@ -6,7 +6,7 @@ read-only (a read-only bind mount) or really full (a 1 MiB tmpfs filled to the l
 each inside a mount namespace of the render process only (`unshare -m`): nothing on the host
 changes. The blocked cluster fails alone (exit 1, named on stderr), its files stay as they were
 with no partial or temporary file, and every other cluster's files are updated. The reason
-given is not yet clear (see the xfail below).
+names the folder and the cause.
 """
 
 from __future__ import annotations
@@ -137,12 +137,6 @@ def test_full_file_system_under_a_cluster_folder_fails_that_cluster_alone(
     check(fleet, before, proc, tree(seen))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the Git sink lets the OSError out and the engine reports a foreign exception as "
-    "'internal error (OSError)': the reason should name the folder and the cause "
-    "(sinks/git.py: raise DeliveryError(f'{folder}: cannot write ({exc.strerror})'))",
-)
 def test_the_reason_names_the_folder_and_the_cause(fleet: Path) -> None:
     before, proc = read_only_render(fleet)
     reason = check(fleet, before, proc, tree(fleet / "rendered" / BLOCKED))

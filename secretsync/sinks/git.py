@@ -171,6 +171,22 @@ def _drop_stale_probe(entry: os.DirEntry[str]) -> None:
             os.unlink(entry.path)
 
 
+def _drop_stale_temp(entry: os.DirEntry[str]) -> None:
+    """A temp file of a process that is gone (killed mid-write: `.<name>.<pid>.tmp`), or one
+    an hour old: never renamed into place, so nothing reads it; without this it would linger in
+    `git status`."""
+    pid = entry.name.rsplit(".", 2)[-2]
+    with contextlib.suppress(OSError):
+        if pid.isdigit() and int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                os.unlink(entry.path)
+                return
+        if time.time() - entry.stat(follow_symlinks=False).st_mtime > 3600:
+            os.unlink(entry.path)
+
+
 def _unlink(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
@@ -264,11 +280,13 @@ class GitSink:
         namespaces.sort()
         for namespace in namespaces:
             with os.scandir(os.path.join(folder, namespace)) as entries:
-                files = sorted(
-                    (e.name, e)
-                    for e in entries
-                    if e.name.endswith(".yaml") and e.is_file(follow_symlinks=False)
-                )
+                files = []
+                for e in entries:
+                    if e.name.endswith(".yaml") and e.is_file(follow_symlinks=False):
+                        files.append((e.name, e))
+                    elif e.name.startswith(".") and e.name.endswith(".tmp"):
+                        _drop_stale_temp(e)
+                files.sort()
             for name, entry in files:
                 rel = f"{namespace}/{name}"
                 if index is not None:
@@ -320,7 +338,10 @@ class GitSink:
         return full if full is not None and full.owned else observed
 
     async def apply(self, cluster: Cluster, changes: ChangeSet) -> ApplyResult:
-        return self._apply(cluster.name, changes)
+        try:
+            return self._apply(cluster.name, changes)
+        except OSError as exc:
+            raise self._cannot_write(cluster.name, exc) from None
 
     def stage(self, cluster: Cluster, item: Rendered) -> None:
         """Write `item`'s file under its temp name now, ahead of `apply` (which renames it):
@@ -329,7 +350,16 @@ class GitSink:
         early = self._early.setdefault(cluster.name, {})
         if (old := early.pop(item.key, None)) is not None and isinstance(old[1], _Staged):
             _unlink(old[1].tmp)
-        early[item.key] = (item, self._prepare(cluster.name, item))
+        try:
+            early[item.key] = (item, self._prepare(cluster.name, item))
+        except OSError as exc:
+            raise self._cannot_write(cluster.name, exc) from None
+
+    def _cannot_write(self, cluster: str, exc: OSError) -> errors.DeliveryError:
+        """A file-system error as the cluster's failure: the folder and the cause (read-only,
+        full, permission), never a path inside a manifest or any content."""
+        cause = exc.strerror or type(exc).__name__
+        return errors.DeliveryError(f"{self.out_dir / cluster}: cannot write ({cause})")
 
     def discard(self, cluster: Cluster) -> None:
         for _, prepared in self._early.pop(cluster.name, {}).values():
