@@ -1,7 +1,8 @@
 """V8 through `secretsync sync` (a real process): a 2 MiB value from a real OpenBao for a
 `direct` cluster is refused before anything is sent. The apiserver's own request counters
 (`apiserver_request_total` on its /metrics) show no write request for it, the other Secret
-of the same run is applied, and the error names the object and the limit, never the value."""
+of the same run is applied, and the error names the object, the limit and the Vault path of
+the largest value, never the value."""
 
 from __future__ import annotations
 
@@ -85,7 +86,8 @@ def test_a_2_mib_value_sends_no_write_request_and_names_no_value(
     failed = [line for line in err.splitlines() if line.startswith("failed:")]
     assert failed == [
         f"failed: v8-{unique} {namespace}/big: {namespace}/big: values add up to "
-        f"{len(big) + 2 * 1024 * 1024 + 1} bytes, over the 1048576 byte limit of a Secret"
+        f"{len(big) + 2 * 1024 * 1024 + 1} bytes, over the 1048576 byte limit of a Secret "
+        f"(largest: key 'v', {len(big) + 2 * 1024 * 1024} bytes from vault:secret/{unique}/big#v)"
     ], failed
     with kube_cluster.api_client() as api:
         names = {
