@@ -22,15 +22,12 @@ import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
 import aiohttp
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 
 CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
 JSONDoc = dict[str, Any]
@@ -188,27 +185,12 @@ def python_argv(script: Path, *args: str) -> list[str]:
 # --- fixtures ---------------------------------------------------------------------------------
 
 
-def make_cert(key: rsa.RSAPrivateKey, *, days: int = 365) -> bytes:
-    """A self-signed PEM certificate for `key`, valid from yesterday for `days` days."""
-    now = datetime.now(UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench")])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(days=1))
-        .not_valid_after(now + timedelta(days=days))
-        .sign(key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
 def sealing_keys(count: int, *, bits: int = 4096) -> list[tuple[rsa.RSAPrivateKey, bytes]]:
     """`count` RSA key pairs with their certificates (sealed-secrets uses RSA-4096)."""
+    from tests.keys import cert_pem  # the repo root is on the path of every bench script
+
     keys = [rsa.generate_private_key(public_exponent=65537, key_size=bits) for _ in range(count)]
-    return [(k, make_cert(k)) for k in keys]
+    return [(k, cert_pem(k)) for k in keys]  # self-signed, as the controller's are
 
 
 async def write_kv(

@@ -3,17 +3,11 @@ token read again after a 401, an unreachable or untrusted server as status 0."""
 
 from __future__ import annotations
 
-import datetime
 import json
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.oid import NameOID
-
 from secretsync.clusters import Endpoint
+from tests import keys
 from tests.kubecluster import KubeCluster
 
 
@@ -46,7 +40,7 @@ async def test_untrusted_certificate_is_unreachable_without_detail(
     kube_cluster: KubeCluster, tmp_path: Path
 ) -> None:
     other_ca = tmp_path / "other-ca.pem"
-    other_ca.write_bytes(_self_signed_pem())
+    other_ca.write_bytes(keys.cert_pem(keys.rsa_key(3)))  # a certificate the server's is not
     configuration = kube_cluster.configuration()
     configuration.ssl_ca_cert = str(other_ca)
     endpoint = Endpoint(configuration)
@@ -60,21 +54,3 @@ async def test_closed_port_is_unreachable(kube_cluster: KubeCluster) -> None:
     endpoint = Endpoint(configuration)
     assert await endpoint.request("GET", "/api", timeout_s=2.0) == (0, b"", {})
     await endpoint.aclose()
-
-
-def _self_signed_pem() -> bytes:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "elsewhere")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return cert.public_bytes(Encoding.PEM)
