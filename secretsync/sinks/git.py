@@ -165,8 +165,16 @@ class _Staged:
 
 
 def _drop_stale_probe(entry: os.DirEntry[str]) -> None:
-    """A clock probe lives for microseconds: one a minute old was left by a killed process."""
+    """A clock probe (`.secretsync-clock.<pid>.tmp`) lives for microseconds: one whose process
+    is gone, or a minute old, was left by a killed process."""
+    pid = entry.name[len(statindex.PROBE_PREFIX) :].partition(".")[0]
     with contextlib.suppress(OSError):
+        if pid.isdigit() and int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                os.unlink(entry.path)
+                return
         if time.time() - entry.stat(follow_symlinks=False).st_mtime > 60:
             os.unlink(entry.path)
 

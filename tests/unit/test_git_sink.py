@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -300,12 +301,17 @@ def test_a_clock_probe_left_by_a_killed_process_is_removed(
     docs = fleets.vault_docs()
     cache = tmp_path / "cache"
     run(root, docs, cache)
-    stale = root / "rendered/prod-use1" / f"{statindex.PROBE_PREFIX}99999.tmp"
-    fresh = root / "rendered/prod-use1" / f"{statindex.PROBE_PREFIX}99998.tmp"
-    stale.write_bytes(b"")
-    fresh.write_bytes(b"")  # another render's, right now: not ours to remove
-    os.utime(stale, (time.time() - 120, time.time() - 120))
+    child = subprocess.Popen(["true"])
+    child.wait()  # its pid now names no process
+    folder = root / "rendered/prod-use1"
+    dead = folder / f"{statindex.PROBE_PREFIX}{child.pid}.tmp"  # its process is gone
+    old = folder / f"{statindex.PROBE_PREFIX}{os.getppid()}.tmp"  # a minute old
+    live = folder / f"{statindex.PROBE_PREFIX}{os.getppid()}.1.tmp"  # another render's, now
+    for path in (dead, old, live):
+        path.write_bytes(b"")
+    os.utime(old, (time.time() - 120, time.time() - 120))
     report, sink = run(root, docs, cache)
-    assert not stale.exists() and fresh.exists()
+    assert not dead.exists() and not old.exists()
+    assert live.exists(), "not ours to remove"
     assert sink.files_changed == 0 and {i.action for i in report.items} == {"unchanged"}
-    fresh.unlink()
+    live.unlink()

@@ -14,7 +14,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from secretsync import materialize
-from secretsync.model import Cluster, Delivery, DesiredSecret, Origin, Scope, Target
+from secretsync.model import (
+    Cluster,
+    Delivery,
+    DesiredSecret,
+    Literal,
+    Location,
+    Origin,
+    Scope,
+    StoreRef,
+    Target,
+    ValueRef,
+)
 from secretsync.values import KeyHasher, SecretValue, content_hash, keyed_digest
 
 
@@ -121,3 +132,62 @@ def test_sealed_content_hash_written_directly_is_the_generic_one(
         desired, fingerprint, label, key_hashes, versions, key=b"k"
     )
     assert keyed_digest(b"k", fast) == generic
+
+
+PLANNED = st.one_of(
+    st.builds(Literal, TEXT),
+    st.builds(
+        ValueRef,
+        st.builds(
+            Location,
+            st.just("vault"),
+            TEXT,
+            TEXT,
+            st.one_of(st.none(), st.integers(min_value=1, max_value=10**6)),
+        ),
+        TEXT,
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.builds(
+        Target,
+        name=TEXT,
+        namespace=TEXT,
+        type=TEXT,
+        labels=STRINGS,
+        annotations=STRINGS,
+        immutable=st.booleans(),
+    ),
+    TEXT,
+    st.dictionaries(TEXT, PLANNED, max_size=4),
+    st.builds(StoreRef, kind=TEXT, name=TEXT),
+    TEXT,
+)
+def test_external_content_hash_written_directly_is_the_generic_one(
+    target: Target,
+    cluster: str,
+    data: dict[str, Literal | ValueRef],
+    store: StoreRef,
+    refresh: str,
+) -> None:
+    desired = DesiredSecret(
+        fleet_secret="fs",
+        cluster=Cluster(
+            name=cluster,
+            labels={},
+            delivery=Delivery.EXTERNAL,
+            origin=Origin("c.yaml", 1),
+            store_ref=store,
+        ),
+        target=target,
+        data=data,
+        origin=Origin("s.yaml", 1),
+        refresh_interval=refresh,
+    )
+    spec = materialize._external_spec(desired)[0]
+    assert keyed_digest(b"k", materialize._external_json(desired)) == (
+        materialize._external_generic(desired, spec, b"k")
+    )
