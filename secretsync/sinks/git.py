@@ -168,22 +168,19 @@ def _drop_stale_probe(entry: os.DirEntry[str]) -> None:
     """A clock probe (`.secretsync-clock.<pid>.tmp`) lives for microseconds: one whose process
     is gone, or a minute old, was left by a killed process."""
     pid = entry.name[len(statindex.PROBE_PREFIX) :].partition(".")[0]
-    with contextlib.suppress(OSError):
-        if pid.isdigit() and int(pid) != os.getpid():
-            try:
-                os.kill(int(pid), 0)
-            except ProcessLookupError:
-                os.unlink(entry.path)
-                return
-        if time.time() - entry.stat(follow_symlinks=False).st_mtime > 60:
-            os.unlink(entry.path)
+    _drop_if_stale(entry, pid=pid, max_age_s=60)
 
 
 def _drop_stale_temp(entry: os.DirEntry[str]) -> None:
     """A temp file of a process that is gone (killed mid-write: `.<name>.<pid>.tmp`), or one
     an hour old: never renamed into place, so nothing reads it; without this it would linger in
     `git status`."""
-    pid = entry.name.rsplit(".", 2)[-2]
+    _drop_if_stale(entry, pid=entry.name.rsplit(".", 2)[-2], max_age_s=3600)
+
+
+def _drop_if_stale(entry: os.DirEntry[str], *, pid: str, max_age_s: float) -> None:
+    """Remove a leftover of another process: at once when `pid` names a process that is gone,
+    else once it is older than `max_age_s`."""
     with contextlib.suppress(OSError):
         if pid.isdigit() and int(pid) != os.getpid():
             try:
@@ -191,7 +188,7 @@ def _drop_stale_temp(entry: os.DirEntry[str]) -> None:
             except ProcessLookupError:
                 os.unlink(entry.path)
                 return
-        if time.time() - entry.stat(follow_symlinks=False).st_mtime > 3600:
+        if time.time() - entry.stat(follow_symlinks=False).st_mtime > max_age_s:
             os.unlink(entry.path)
 
 
