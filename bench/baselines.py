@@ -268,6 +268,40 @@ def scripted_direct(
     return requests
 
 
+def write_literal_fleet(
+    root: Path,
+    *,
+    kubeconfigs: Mapping[str, Path],
+    labels: Mapping[str, str],
+    secrets: int,
+    namespace: str,
+) -> None:
+    """The literal-only fleet of bench/sync.py and bench/simulated.py: `direct` delivery, every
+    FleetSecret on every cluster, two literal keys (one templated with the cluster's name)."""
+    (root / "clusters").mkdir(parents=True)
+    (root / "secrets").mkdir()
+    (root / "secretsync.yaml").write_text(
+        "apiVersion: secretsync.dev/v1alpha1\nkind: Fleet\nmetadata: {name: bench}\n"
+        "spec: {defaults: {delivery: direct}}\n"
+    )
+    label_map = ", ".join(f"{k}: '{v}'" for k, v in labels.items())
+    docs = [
+        f"apiVersion: secretsync.dev/v1alpha1\nkind: Cluster\n"
+        f"metadata: {{name: {name}, labels: {{{label_map}}}}}\n"
+        f"spec: {{kubeconfig: {{path: {path}}}}}\n"
+        for name, path in kubeconfigs.items()
+    ]
+    (root / "clusters" / "all.yaml").write_text("---\n".join(docs))
+    docs = [
+        f"apiVersion: secretsync.dev/v1alpha1\nkind: FleetSecret\nmetadata: {{name: s{i:04d}}}\n"
+        f"spec:\n  clusterSelector: {{}}\n  target: {{name: s{i:04d}, namespace: {namespace}}}\n"
+        f"  data:\n    password: {{value: 'bench-value-{i:04d}-{{{{ cluster.name }}}}'}}\n"
+        f"    user: {{value: 'svc-{i:04d}'}}\n"
+        for i in range(secrets)
+    ]
+    (root / "secrets" / "all.yaml").write_text("---\n".join(docs))
+
+
 def literal_secrets(cluster: str, secrets: int, *, namespace: str) -> list[Wanted]:
     """The literal-only fleet of bench/sync.py and bench/simulated.py, as the script sees it."""
     return [

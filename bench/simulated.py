@@ -1027,27 +1027,13 @@ def write_kubeconfig(path: Path, cluster: HasEndpoint) -> Path:
 
 def build_fleet(root: Path, kubeconfigs: Mapping[str, Path], secrets: int) -> None:
     """The same fleet as bench/sync.py: every FleetSecret on every cluster, 2 literal keys."""
-    (root / "clusters").mkdir(parents=True)
-    (root / "secrets").mkdir()
-    (root / "secretsync.yaml").write_text(
-        "apiVersion: secretsync.dev/v1alpha1\nkind: Fleet\nmetadata: {name: bench}\n"
-        "spec: {defaults: {delivery: direct}}\n"
+    baselines.write_literal_fleet(
+        root,
+        kubeconfigs=kubeconfigs,
+        labels={"env": "prod", "simulated": "true"},
+        secrets=secrets,
+        namespace=NAMESPACE,
     )
-    docs = [
-        f"apiVersion: secretsync.dev/v1alpha1\nkind: Cluster\n"
-        f"metadata: {{name: {name}, labels: {{env: prod, simulated: 'true'}}}}\n"
-        f"spec: {{delivery: direct, kubeconfig: {{path: {path}}}}}\n"
-        for name, path in kubeconfigs.items()
-    ]
-    (root / "clusters" / "all.yaml").write_text("---\n".join(docs))
-    docs = [
-        f"apiVersion: secretsync.dev/v1alpha1\nkind: FleetSecret\nmetadata: {{name: s{i:04d}}}\n"
-        f"spec:\n  clusterSelector: {{}}\n  target: {{name: s{i:04d}, namespace: {NAMESPACE}}}\n"
-        f"  data:\n    password: {{value: 'bench-value-{i:04d}-{{{{ cluster.name }}}}'}}\n"
-        f"    user: {{value: 'svc-{i:04d}'}}\n"
-        for i in range(secrets)
-    ]
-    (root / "secrets" / "all.yaml").write_text("---\n".join(docs))
 
 
 def run_sync(root: Path, sim: SimFleet) -> JSONDoc:

@@ -36,27 +36,13 @@ KEY = b"bench-sync-hmac-key"
 
 
 def build_fleet(root: Path, clusters: list[KubeCluster], secrets: int, namespace: str) -> None:
-    (root / "clusters").mkdir(parents=True)
-    (root / "secrets").mkdir()
-    (root / "secretsync.yaml").write_text(
-        "apiVersion: secretsync.dev/v1alpha1\nkind: Fleet\nmetadata: {name: bench}\n"
-        "spec: {defaults: {delivery: direct}}\n"
+    baselines.write_literal_fleet(
+        root,
+        kubeconfigs={c.name: c.kubeconfig(root.parent / f"{c.name}.yaml") for c in clusters},
+        labels={"env": "prod"},
+        secrets=secrets,
+        namespace=namespace,
     )
-    docs = [
-        f"apiVersion: secretsync.dev/v1alpha1\nkind: Cluster\n"
-        f"metadata: {{name: {c.name}, labels: {{env: prod}}}}\n"
-        f"spec: {{kubeconfig: {{path: {c.kubeconfig(root.parent / f'{c.name}.yaml')}}}}}\n"
-        for c in clusters
-    ]
-    (root / "clusters" / "all.yaml").write_text("---\n".join(docs))
-    docs = [
-        f"apiVersion: secretsync.dev/v1alpha1\nkind: FleetSecret\nmetadata: {{name: s{i:04d}}}\n"
-        f"spec:\n  clusterSelector: {{}}\n  target: {{name: s{i:04d}, namespace: {namespace}}}\n"
-        f"  data:\n    password: {{value: 'bench-value-{i:04d}-{{{{ cluster.name }}}}'}}\n"
-        f"    user: {{value: 'svc-{i:04d}'}}\n"
-        for i in range(secrets)
-    ]
-    (root / "secrets" / "all.yaml").write_text("---\n".join(docs))
 
 
 def run_sync(root: Path) -> tuple[float, dict[str, int]]:
