@@ -191,13 +191,17 @@ def _version_annotation(versions: Mapping[str, str]) -> dict[str, str]:
     return {ANNOTATION_SOURCE_VERSIONS: format_key_hashes(versions)} if versions else {}
 
 
+def _certificate(desired: DesiredSecret, ctx: RenderContext) -> seal.Certificate:
+    if ctx.certificate is None:
+        raise errors.SealError(f"cluster {desired.cluster.name!r} has no sealing certificate")
+    return ctx.certificate
+
+
 def sealed_hashes(
     desired: DesiredSecret, values: Mapping[str, SecretValue], *, ctx: RenderContext
 ) -> SealedHashes:
     """The hashes `render_sealed` gives the object (nothing is sealed)."""
-    cert = ctx.certificate
-    if cert is None:
-        raise errors.SealError(f"cluster {desired.cluster.name!r} has no sealing certificate")
+    cert = _certificate(desired, ctx)
     if ctx.hashes is not None:
         return ctx.hashes
     key = ctx.hmac_key
@@ -331,9 +335,7 @@ def to_seal(
 def render_sealed(
     desired: DesiredSecret, values: Mapping[str, SecretValue], *, ctx: RenderContext
 ) -> Rendered:
-    cert = ctx.certificate
-    if cert is None:
-        raise errors.SealError(f"cluster {desired.cluster.name!r} has no sealing certificate")
+    cert = _certificate(desired, ctx)
     scope = desired.target.scope
     hashes = sealed_hashes(desired, values, ctx=ctx)
     digest, key_hashes, label = hashes.digest, hashes.key_hashes, hashes.label
