@@ -60,8 +60,11 @@ class Endpoint:
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
         self._token_value: str | None = None
         self._token_at = float("-inf")
-        self._sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
-        self._guards: dict[asyncio.AbstractEventLoop, AsyncGenerator[None, None]] = {}
+        # per event loop: the pool, and the generator that closes it when the loop shuts down
+        self._pools: dict[
+            asyncio.AbstractEventLoop,
+            tuple[aiohttp.ClientSession, AsyncGenerator[None, None]],
+        ] = {}
 
     async def request(
         self,
@@ -121,31 +124,30 @@ class Endpoint:
 
     async def _session(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
-        session = self._sessions.get(loop)
-        if session is None or session.closed:
-            for old in [lp for lp in self._sessions if lp.is_closed()]:
-                del self._sessions[old]
-                self._guards.pop(old, None)
-            connector = aiohttp.TCPConnector(
-                limit=self._connections, ssl=self._ssl if self._ssl is not None else False
-            )
-            session = self._sessions[loop] = aiohttp.ClientSession(
-                connector=connector, auto_decompress=True, skip_auto_headers=("User-Agent",)
-            )
-            # closed when its loop shuts down (asyncio.run closes the async generators still
-            # open), so a caller that never calls aclose() leaves no socket behind; the loop
-            # holds generators weakly, hence the reference kept here
-            guard = self._guards[loop] = _close_at_shutdown(session)
-            await anext(guard)
+        pool = self._pools.get(loop)
+        if pool is not None and not pool[0].closed:
+            return pool[0]
+        for old in [lp for lp in self._pools if lp.is_closed()]:
+            del self._pools[old]
+        connector = aiohttp.TCPConnector(
+            limit=self._connections, ssl=self._ssl if self._ssl is not None else False
+        )
+        session = aiohttp.ClientSession(
+            connector=connector, auto_decompress=True, skip_auto_headers=("User-Agent",)
+        )
+        # closed when its loop shuts down (asyncio.run closes the async generators still open),
+        # so a caller that never calls aclose() leaves no socket behind; the loop holds
+        # generators weakly, hence the reference kept in _pools
+        guard = _close_at_shutdown(session)
+        self._pools[loop] = (session, guard)
+        await anext(guard)
         return session
 
     async def aclose(self) -> None:
         """Close the connection pool of the running loop."""
-        loop = asyncio.get_running_loop()
-        self._guards.pop(loop, None)
-        session = self._sessions.pop(loop, None)
-        if session is not None:
-            await session.close()
+        pool = self._pools.pop(asyncio.get_running_loop(), None)
+        if pool is not None:
+            await pool[0].close()
 
 
 async def _close_at_shutdown(session: aiohttp.ClientSession) -> AsyncGenerator[None, None]:
