@@ -84,7 +84,13 @@ def proxies(kube_clusters: list[KubeCluster]) -> Iterator[dict[str, FaultProxy]]
 
 
 def fleet_files(
-    clusters: list[KubeCluster], ports: dict[str, int | None], tmp: Path, suffix: str, ns: str
+    clusters: list[KubeCluster],
+    ports: dict[str, int | None],
+    tmp: Path,
+    suffix: str,
+    ns: str,
+    *,
+    count: int = 2,
 ) -> dict[str, str | bytes]:
     docs = [
         f"apiVersion: secretsync.dev/v1alpha1\nkind: Cluster\n"
@@ -97,7 +103,7 @@ def fleet_files(
         f"spec:\n  clusterSelector: {{matchLabels: {{env: prod}}}}\n"
         f"  target: {{name: s{i}, namespace: {ns}}}\n"
         f"  data: {{v: {{vault: {{path: p{i}, key: v}}}}}}\n"
-        for i in range(2)
+        for i in range(count)
     )
     return {
         "secretsync.yaml": FLEET,
@@ -190,18 +196,24 @@ def test_cluster_timeout_counts_from_the_last_answer(
     ns = kube_namespace(cluster)
     suffix = secrets.token_hex(3)
     proxy = proxies[cluster.name]
-    root = fleet_repo(fleet_files([cluster], {cluster.name: proxy.port}, tmp_path, suffix, ns))
+    count = 8
+    root = fleet_repo(
+        fleet_files([cluster], {cluster.name: proxy.port}, tmp_path, suffix, ns, count=count)
+    )
     values: dict[str, dict[str, object]] = {
-        f"p{i}": {"v": canary.new(f"slow-{i}")} for i in range(2)
+        f"p{i}": {"v": canary.new(f"slow-{i}")} for i in range(count)
     }
-    proxy.latency_s = 1.0
+    # the proxy delays every chunk it passes back, and one answer may come in several chunks
+    # (the first also carries the TLS handshake): 0.4 s a chunk keeps the longest silence well
+    # under the timeout, while one request at a time (list, name check, eight applies) takes
+    # at least 4 s in all
+    proxy.latency_s = 0.4
     timeout = 2.5
-    # one request at a time: list, name check, two applies: about 4 s in all, never 2.5 s silent
     report, _, started = run(root, values, cluster_timeout_s=timeout, concurrency=1)
     elapsed = time.monotonic() - started
     assert report.ok, (report.failures, report.failed_clusters)
     assert elapsed > timeout, "the slow link was not in the path"
-    for i in range(2):
+    for i in range(count):
         assert (
             base64.b64decode(read(cluster, ns, f"s{i}").data["v"])
             == str(values[f"p{i}"]["v"]).encode()
