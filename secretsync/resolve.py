@@ -7,14 +7,13 @@ one Location. A failure is recorded per Location and reaches only the refs that 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
-from secretsync import errors
+from secretsync import bounded, errors
 from secretsync.model import Location, ValueRef
 from secretsync.values import SecretValue
 
@@ -109,20 +108,18 @@ async def resolve(
     for ref in refs:
         by_location.setdefault(ref.location, {})[ref] = None
     result = Resolution()
-    gate = asyncio.Semaphore(concurrency)
 
     async def read(location: Location) -> Fetched | errors.ResolveError:
         source = sources.get(location.source)
         if source is None:
             return errors.SourceUnavailable(f"{location}: no {location.source} source configured")
-        async with gate:
-            try:
-                return await source.fetch(location)
-            except errors.ResolveError as exc:
-                return exc
+        try:
+            return await source.fetch(location)
+        except errors.ResolveError as exc:
+            return exc
 
     locations = list(by_location)
-    outcomes = await asyncio.gather(*(read(loc) for loc in locations))
+    outcomes = await bounded.each(locations, read, limit=concurrency)
     result.reads = len(locations)
     failed: dict[str, list[str]] = {}
     for location, outcome in zip(locations, outcomes, strict=True):

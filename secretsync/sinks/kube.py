@@ -29,7 +29,7 @@ from collections.abc import Mapping, Set
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
-from secretsync import errors, materialize
+from secretsync import bounded, errors, materialize
 from secretsync.clusters import ClientFactory
 from secretsync.deliver import ApplyResult, ChangeSet, progressed
 from secretsync.materialize import Manifest, Rendered
@@ -429,33 +429,29 @@ class KubeSink:
 
     async def apply(self, cluster: Cluster, changes: ChangeSet) -> ApplyResult:
         result = ApplyResult()
-        gate = asyncio.Semaphore(self.concurrency)
         foreign = await self._foreign_names(cluster, [i for i in changes.create if not i.adopt])
 
-        async def one_write(item: Rendered, *, exists: bool) -> None:
-            async with gate:
-                try:
-                    await self._write(cluster, item, exists=exists, foreign=foreign)
-                    result.written.append(item.key)
-                except errors.DeliveryError as exc:
-                    result.failed[item.key] = str(exc)
+        async def one(change: tuple[Rendered | Observed, bool]) -> None:
+            item, exists = change
+            try:
+                if isinstance(item, Observed):
+                    await self._delete(cluster, item)
+                    result.deleted.append(item.key)
                     return
+                await self._write(cluster, item, exists=exists, foreign=foreign)
+                result.written.append(item.key)
+            except errors.DeliveryError as exc:
+                result.failed[item.key] = str(exc)
+                return
             if item.restarts:
                 await self._restart(cluster, item)
 
-        async def one_delete(observed: Observed) -> None:
-            async with gate:
-                try:
-                    await self._delete(cluster, observed)
-                    result.deleted.append(observed.key)
-                except errors.DeliveryError as exc:
-                    result.failed[observed.key] = str(exc)
-
-        await asyncio.gather(
-            *(one_write(i, exists=False) for i in changes.create),
-            *(one_write(i, exists=True) for i in changes.update),
-            *(one_delete(o) for o in changes.delete),
-        )
+        work: list[tuple[Rendered | Observed, bool]] = [
+            *((i, False) for i in changes.create),
+            *((i, True) for i in changes.update),
+            *((o, True) for o in changes.delete),
+        ]
+        await bounded.each(work, one, limit=self.concurrency)
         return result
 
     def _body(self, item: Rendered) -> Manifest:

@@ -40,7 +40,7 @@ from typing import ClassVar, Final, Literal
 import aiohttp
 import yarl
 
-from secretsync import errors, model, resolve, values
+from secretsync import bounded, errors, model, resolve, values
 
 log = logging.getLogger(__name__)
 
@@ -448,7 +448,7 @@ class VaultSource:
         is known, which is not the same as "no version".
         """
         wanted = list(dict.fromkeys(locations))
-        answers = await asyncio.gather(*(self._latest_version(loc) for loc in wanted))
+        answers = await bounded.each(wanted, self._latest_version, limit=self._concurrency)
         out: dict[model.Location, int | None] = {}
         for location, answer in zip(wanted, answers, strict=True):
             if isinstance(answer, _Failed):
