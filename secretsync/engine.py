@@ -19,7 +19,16 @@ from datetime import datetime
 from types import MappingProxyType
 
 from secretsync import errors, load, materialize, plan, resolve, seal, selectors
-from secretsync.deliver import PROGRESS, ApplyResult, KeyDiff, Sink, Stager, diff, key_diff
+from secretsync.deliver import (
+    PROGRESS,
+    ApplyResult,
+    Diff,
+    KeyDiff,
+    Sink,
+    Stager,
+    diff,
+    key_diff,
+)
 from secretsync.materialize import RenderContext, Rendered
 from secretsync.model import (
     Cluster,
@@ -28,6 +37,7 @@ from secretsync.model import (
     Fleet,
     Location,
     ObjectKey,
+    Observed,
     Selector,
 )
 from secretsync.sealpool import SealPool, default_workers
@@ -106,6 +116,10 @@ class Engine:
     seal_workers: int | None = None
     """Processes that seal when a cluster needs many seals (a cold render): None is one per
     core when there are two or more, 0 seals in this process."""
+    batch_size: int = 250
+    """Objects of one cluster rendered and handed to a sink that does not stage (the
+    Kubernetes API) at a time: a cold fleet holds at most `cluster_concurrency` times this many
+    rendered objects, not every object of every cluster in flight."""
     pool_threshold: int = 256
     """Seals one cluster needs before the first use of the workers (starting them costs a
     fraction of a second); once started, they seal for every cluster with more than `CHUNK`."""
@@ -262,175 +276,216 @@ class Engine:
                     continue
                 wanted = desired if sink.accepts(cluster) else []
                 observed = await sink.observe(cluster)
-                prepared: dict[ObjectKey, Rendered | str] = {}
-                keep: set[ObjectKey] = set()
-                meta: dict[ObjectKey, DesiredSecret] = {}
-                plain_ctx = RenderContext(hmac_key=self.hmac_key, certificate=certificate)
-                pending: list[tuple[DesiredSecret, dict[str, SecretValue], RenderContext]] = []
-                for d in wanted:
-                    key = d.key
-                    meta[key] = d
-                    failure = (
-                        self._unresolved(d, resolution) if resolution.failures else None
-                    ) or cert_error
-                    if failure is not None:
-                        keep.add(key)
-                        results.append(_item(d, sink.name, "failed", reason=failure))
-                        continue
-                    external = d.delivery is Delivery.EXTERNAL
-                    values = {} if external else materialize.values_for(d, resolution.values) or {}
-                    versions = {} if external else _vault_versions(d, resolution)
-                    ctx = (
-                        RenderContext(
-                            hmac_key=self.hmac_key, certificate=certificate, versions=versions
-                        )
-                        if versions
-                        else plain_ctx
+                # what secretsync owns here and no longer wants: deleted with the last batch
+                wanted_keys = {d.key for d in wanted}
+                leftovers = {k: o for k, o in observed.items() if k not in wanted_keys}
+                batches = _batches(wanted, None if isinstance(sink, Stager) else self.batch_size)
+                for number, batch in enumerate(batches, start=1):
+                    step = _Batch(
+                        sink=sink,
+                        cluster=cluster,
+                        observed=observed,
+                        certificate=certificate,
+                        cert_error=cert_error,
                     )
-                    try:
-                        seen = observed.get(key)
-                        hashes = None
-                        if d.delivery is Delivery.SEALED:
-                            materialize.check_size(d, values)
-                            hashes = materialize.sealed_hashes(d, values, ctx=ctx)
-                            digest = hashes.digest
-                        elif seen is None:  # nothing to compare with: render it once
-                            prepared[key] = materialize.render(d, values, ctx=ctx)
-                            continue
-                        else:
-                            digest = materialize.content_hash_of(d, values, ctx=ctx)
-                        if (
-                            seen is not None
-                            and seen.owned
-                            and not seen.drifted
-                            and seen.content_hash == digest
-                        ):
-                            prepared[key] = digest
-                            continue
-                        if hashes is not None:
-                            previous = (
-                                await sink.detail(seen) if seen is not None and seen.owned else None
-                            )
-                            ctx = RenderContext(
-                                hmac_key=self.hmac_key,
-                                certificate=certificate,
-                                previous=previous,
-                                versions=versions,
-                                hashes=hashes,
-                            )
-                            # sealed below, many at once; the placeholder keeps the order
-                            prepared[key] = digest
-                            pending.append((d, values, ctx))
-                            continue
-                        rendered = materialize.render(d, values, ctx=ctx)
-                    except errors.SecretSyncError as exc:
-                        keep.add(key)
-                        results.append(_item(d, sink.name, "failed", reason=str(exc)))
-                        continue
-                    prepared[key] = rendered
-                # files are written as sealed objects arrive, while the workers seal the next ones
-                stager = sink if not dry_run and isinstance(sink, Stager) else None
-                for d, done in _render_sealed(pending, certificate, seals):
-                    if isinstance(done, errors.SecretSyncError):
-                        del prepared[d.key]
-                        keep.add(d.key)
-                        results.append(_item(d, sink.name, "failed", reason=str(done)))
-                        continue
-                    prepared[d.key] = done
-                    if not dry_run:
-                        report.seals += done.resealed
-                    if stager is not None and ((seen := observed.get(d.key)) is None or seen.owned):
-                        stager.stage(cluster, done)
-                outcome = diff(prepared, observed, keep=keep)
-                if not prune:
-                    outcome.changes.delete.clear()
-                for key in outcome.conflicts:
-                    d = meta[key]
-                    results.append(
-                        _item(
-                            d,
-                            sink.name,
-                            "failed",
-                            reason=f"{key.namespace}/{key.name} exists and is not managed by "
-                            "secretsync (set adopt: true on the FleetSecret to take it over)",
-                        )
+                    await self._prepare(step, batch, resolution, results)
+                    for d, done in _render_sealed(step.pending, certificate, seals):
+                        self._sealed(step, d, done, results, report, dry_run=dry_run)
+                    scope = {k: observed[k] for k in step.meta if k in observed}
+                    outcome = diff(step.prepared, scope, keep=step.keep)
+                    if prune and number == len(batches):
+                        outcome.changes.delete = diff({}, leftovers, keep=set()).changes.delete
+                    applied = ApplyResult()
+                    if not dry_run and (outcome.changes or sink.name == "git"):
+                        applied = await sink.apply(cluster, outcome.changes)
+                    self._record(
+                        step,
+                        outcome,
+                        applied=applied,
+                        resolution=resolution,
+                        results=results,
+                        report=report,
+                        dry_run=dry_run,
                     )
-                for key in outcome.unchanged:
-                    d = meta[key]
-                    seen = observed.get(key)
-                    # the same values as `seen` holds, in objects of this cycle: the results
-                    # outlive the cycle, `observed` (parsed from files or the index) does not
-                    same = prepared.get(key)
-                    results.append(
-                        _item(
-                            d,
-                            sink.name,
-                            "unchanged",
-                            content_hash=same
-                            if isinstance(same, str)
-                            else seen.content_hash
-                            if seen
-                            else None,
-                            source_versions=seen.versions
-                            if seen and seen.versions
-                            else NO_VERSIONS,
-                        )
-                    )
-                applied = ApplyResult()
-                if not dry_run and (outcome.changes or sink.name == "git"):
-                    applied = await sink.apply(cluster, outcome.changes)
-                for item in [*outcome.changes.create, *outcome.changes.update]:
-                    d = meta[item.key]
-                    seen = observed.get(item.key)
-                    if item.key in applied.failed:
-                        results.append(
-                            _item(d, sink.name, "failed", reason=applied.failed[item.key])
-                        )
-                        continue
-                    action = "create" if seen is None else "update"
-                    delivered_versions = (
-                        _vault_versions(d, resolution)
-                        if d.delivery is not Delivery.EXTERNAL
-                        else {}
-                    )
-                    results.append(
-                        _item(
-                            d,
-                            sink.name,
-                            action,
-                            content_hash=item.content_hash,
-                            reason="repaired: changed outside secretsync"
-                            if seen is not None and seen.drifted
-                            else "",
-                            keys=key_diff(seen.key_hashes if seen else {}, item.key_hashes),
-                            versions=_versions(d, resolution),
-                            version_changes=_version_changes(
-                                seen.versions if seen else {}, delivered_versions
-                            ),
-                            source_versions=delivered_versions,
-                        )
-                    )
-                    if not dry_run:
-                        report.writes += 1
-                for gone in outcome.changes.delete:
-                    results.append(
-                        ItemResult(
-                            cluster=cluster.name,
-                            namespace=gone.key.namespace,
-                            name=gone.key.name,
-                            fleet_secret=gone.fleet_secret,
-                            sink=sink.name,
-                            action="delete",
-                            keys=KeyDiff(removed=tuple(sorted(gone.key_hashes))),
-                        )
-                    )
-                    if not dry_run:
-                        report.deletes += 1
         finally:
             for sink in self.sinks:
                 if isinstance(sink, Stager):
                     sink.discard(cluster)  # what an apply did not take (a failure, a timeout)
         return results
+
+    async def _prepare(
+        self,
+        step: _Batch,
+        batch: Sequence[DesiredSecret],
+        resolution: resolve.Resolution,
+        results: list[ItemResult],
+    ) -> None:
+        """Fill `step` for `batch`: the content hash of each object equal to what the sink holds,
+        the rendered object of the others (sealed ones queued in `step.pending`), failures kept."""
+        sink, certificate, observed = step.sink, step.certificate, step.observed
+        plain_ctx = RenderContext(hmac_key=self.hmac_key, certificate=certificate)
+        for d in batch:
+            key = d.key
+            step.meta[key] = d
+            failure = (
+                self._unresolved(d, resolution) if resolution.failures else None
+            ) or step.cert_error
+            if failure is not None:
+                step.keep.add(key)
+                results.append(_item(d, sink.name, "failed", reason=failure))
+                continue
+            external = d.delivery is Delivery.EXTERNAL
+            values = {} if external else materialize.values_for(d, resolution.values) or {}
+            versions = {} if external else _vault_versions(d, resolution)
+            ctx = (
+                RenderContext(hmac_key=self.hmac_key, certificate=certificate, versions=versions)
+                if versions
+                else plain_ctx
+            )
+            try:
+                seen = observed.get(key)
+                hashes = None
+                if d.delivery is Delivery.SEALED:
+                    materialize.check_size(d, values)
+                    hashes = materialize.sealed_hashes(d, values, ctx=ctx)
+                    digest = hashes.digest
+                elif seen is None:  # nothing to compare with: render it once
+                    step.prepared[key] = materialize.render(d, values, ctx=ctx)
+                    continue
+                else:
+                    digest = materialize.content_hash_of(d, values, ctx=ctx)
+                if (
+                    seen is not None
+                    and seen.owned
+                    and not seen.drifted
+                    and seen.content_hash == digest
+                ):
+                    step.prepared[key] = digest
+                    continue
+                if hashes is not None:
+                    previous = await sink.detail(seen) if seen is not None and seen.owned else None
+                    ctx = RenderContext(
+                        hmac_key=self.hmac_key,
+                        certificate=certificate,
+                        previous=previous,
+                        versions=versions,
+                        hashes=hashes,
+                    )
+                    # sealed later, many at once; the placeholder keeps the order
+                    step.prepared[key] = digest
+                    step.pending.append((d, values, ctx))
+                    continue
+                step.prepared[key] = materialize.render(d, values, ctx=ctx)
+            except errors.SecretSyncError as exc:
+                step.keep.add(key)
+                results.append(_item(d, sink.name, "failed", reason=str(exc)))
+
+    @staticmethod
+    def _sealed(
+        step: _Batch,
+        d: DesiredSecret,
+        done: Rendered | errors.SecretSyncError,
+        results: list[ItemResult],
+        report: CycleReport,
+        *,
+        dry_run: bool,
+    ) -> None:
+        """Take one sealed object as it arrives; a sink that stages writes it right away, while
+        the workers seal the next ones."""
+        if isinstance(done, errors.SecretSyncError):
+            del step.prepared[d.key]
+            step.keep.add(d.key)
+            results.append(_item(d, step.sink.name, "failed", reason=str(done)))
+            return
+        step.prepared[d.key] = done
+        if dry_run:
+            return
+        report.seals += done.resealed
+        seen = step.observed.get(d.key)
+        if isinstance(step.sink, Stager) and (seen is None or seen.owned):
+            step.sink.stage(step.cluster, done)
+
+    @staticmethod
+    def _record(
+        step: _Batch,
+        outcome: Diff,
+        *,
+        applied: ApplyResult,
+        resolution: resolve.Resolution,
+        results: list[ItemResult],
+        report: CycleReport,
+        dry_run: bool,
+    ) -> None:
+        """One result per object of the batch, and per object deleted."""
+        sink, meta, observed = step.sink, step.meta, step.observed
+        for key in outcome.conflicts:
+            results.append(
+                _item(
+                    meta[key],
+                    sink.name,
+                    "failed",
+                    reason=f"{key.namespace}/{key.name} exists and is not managed by "
+                    "secretsync (set adopt: true on the FleetSecret to take it over)",
+                )
+            )
+        for key in outcome.unchanged:
+            seen = observed.get(key)
+            # the same values as `seen` holds, in objects of this cycle: the results outlive
+            # the cycle, `observed` (parsed from files or the index) does not
+            same = step.prepared.get(key)
+            if not isinstance(same, str):
+                same = seen.content_hash if seen else None
+            results.append(
+                _item(
+                    meta[key],
+                    sink.name,
+                    "unchanged",
+                    content_hash=same,
+                    source_versions=seen.versions if seen and seen.versions else NO_VERSIONS,
+                )
+            )
+        for item in [*outcome.changes.create, *outcome.changes.update]:
+            d = meta[item.key]
+            seen = observed.get(item.key)
+            if item.key in applied.failed:
+                results.append(_item(d, sink.name, "failed", reason=applied.failed[item.key]))
+                continue
+            delivered_versions = (
+                _vault_versions(d, resolution) if d.delivery is not Delivery.EXTERNAL else {}
+            )
+            results.append(
+                _item(
+                    d,
+                    sink.name,
+                    "create" if seen is None else "update",
+                    content_hash=item.content_hash,
+                    reason="repaired: changed outside secretsync"
+                    if seen is not None and seen.drifted
+                    else "",
+                    keys=key_diff(seen.key_hashes if seen else {}, item.key_hashes),
+                    versions=_versions(d, resolution),
+                    version_changes=_version_changes(
+                        seen.versions if seen else {}, delivered_versions
+                    ),
+                    source_versions=delivered_versions,
+                )
+            )
+            if not dry_run:
+                report.writes += 1
+        for gone in outcome.changes.delete:
+            results.append(
+                ItemResult(
+                    cluster=step.cluster.name,
+                    namespace=gone.key.namespace,
+                    name=gone.key.name,
+                    fleet_secret=gone.fleet_secret,
+                    sink=sink.name,
+                    action="delete",
+                    keys=KeyDiff(removed=tuple(sorted(gone.key_hashes))),
+                )
+            )
+            if not dry_run:
+                report.deletes += 1
 
     @staticmethod
     def _unresolved(d: DesiredSecret, resolution: resolve.Resolution) -> str | None:
@@ -438,6 +493,32 @@ class Engine:
             if (failure := resolution.failures.get(ref)) is not None:
                 return str(failure)
         return None
+
+
+@dataclass(slots=True, kw_only=True)
+class _Batch:
+    """What one batch of one cluster's objects builds up for one sink."""
+
+    sink: Sink
+    cluster: Cluster
+    observed: Mapping[ObjectKey, Observed]
+    certificate: seal.Certificate | None
+    cert_error: str | None
+    prepared: dict[ObjectKey, Rendered | str] = field(default_factory=dict)
+    keep: set[ObjectKey] = field(default_factory=set)
+    meta: dict[ObjectKey, DesiredSecret] = field(default_factory=dict)
+    pending: list[tuple[DesiredSecret, dict[str, SecretValue], RenderContext]] = field(
+        default_factory=list
+    )
+
+
+def _batches(wanted: Sequence[DesiredSecret], size: int | None) -> list[Sequence[DesiredSecret]]:
+    """`wanted` in batches of `size` (None: one batch, also when empty, so that deletes and a
+    staging sink's apply still run), grouped by namespace so that a batch touches few."""
+    if size is None or len(wanted) <= size:
+        return [wanted]
+    ordered = sorted(wanted, key=lambda d: d.target.namespace)
+    return [ordered[i : i + size] for i in range(0, len(ordered), size)]
 
 
 def _render_sealed(
