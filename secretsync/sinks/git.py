@@ -278,6 +278,8 @@ class GitSink:
                 for e in top:
                     if e.name.startswith(statindex.PROBE_PREFIX):
                         _drop_stale_probe(e)
+                    elif e.name.startswith(".") and e.name.endswith(".tmp"):
+                        _drop_stale_temp(e)  # the kustomization's, of a killed run
                     elif e.is_dir(follow_symlinks=False) and not e.name.startswith("."):
                         namespaces.append(e.name)
         except (FileNotFoundError, NotADirectoryError):

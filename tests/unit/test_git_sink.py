@@ -294,7 +294,7 @@ def test_staged_files_are_renamed_by_apply_or_discarded(tmp_path: Path) -> None:
     assert list(folder.glob(".*")) == [] and not (folder / "e.yaml").exists()
 
 
-def test_a_clock_probe_left_by_a_killed_process_is_removed(
+def test_a_clock_probe_or_kustomization_temp_left_by_a_killed_process_is_removed(
     fleet_repo: MakeRepo, tmp_path: Path
 ) -> None:
     root = fleets.write_fleet(fleet_repo)
@@ -307,11 +307,12 @@ def test_a_clock_probe_left_by_a_killed_process_is_removed(
     dead = folder / f"{statindex.PROBE_PREFIX}{child.pid}.tmp"  # its process is gone
     old = folder / f"{statindex.PROBE_PREFIX}{os.getppid()}.tmp"  # a minute old
     live = folder / f"{statindex.PROBE_PREFIX}{os.getppid()}.1.tmp"  # another render's, now
-    for path in (dead, old, live):
+    staged = folder / f".kustomization.yaml.{child.pid}.tmp"  # killed while writing it
+    for path in (dead, old, live, staged):
         path.write_bytes(b"")
     os.utime(old, (time.time() - 120, time.time() - 120))
     report, sink = run(root, docs, cache)
-    assert not dead.exists() and not old.exists()
+    assert not dead.exists() and not old.exists() and not staged.exists()
     assert live.exists(), "not ours to remove"
     assert sink.files_changed == 0 and {i.action for i in report.items} == {"unchanged"}
     live.unlink()
