@@ -308,7 +308,7 @@ def content_hash_of(
             return keyed_digest(ctx.hmac_key, _external_json(desired))
         except TypeError:
             return _external_generic(desired, _external_spec(desired)[0], ctx.hmac_key)
-    return render(desired, values, ctx=ctx).content_hash
+    return _direct_hashes(desired, values, ctx=ctx)[0]
 
 
 def _kept(previous: Observed | None, key: str, key_hash: str) -> str | None:
@@ -523,14 +523,17 @@ def render_external(
     )
 
 
+@functools.lru_cache(maxsize=8)
 def direct_hasher(hmac_key: bytes) -> KeyHasher:
-    """Keyed hashes of direct Secret values (also applied to observed data by the kube sink)."""
+    """Keyed hashes of direct Secret values (also applied to observed data by the kube sink).
+    One per key: a hasher is immutable, and building one costs a JSON dump and an HMAC."""
     return KeyHasher(hmac_key, {"delivery": "direct"})
 
 
-def render_direct(
+def _direct_hashes(
     desired: DesiredSecret, values: Mapping[str, SecretValue], *, ctx: RenderContext
-) -> Rendered:
+) -> tuple[str, dict[str, str]]:
+    """(content hash, per-key hashes) of a direct Secret, without building it."""
     hasher = direct_hasher(ctx.hmac_key)
     key_hashes = {key: hasher.hash(key, value) for key, value in sorted(values.items())}
     digest = content_hash(
@@ -540,6 +543,13 @@ def render_direct(
             ctx.versions,
         ),
     )
+    return digest, key_hashes
+
+
+def render_direct(
+    desired: DesiredSecret, values: Mapping[str, SecretValue], *, ctx: RenderContext
+) -> Rendered:
+    digest, key_hashes = _direct_hashes(desired, values, ctx=ctx)
     manifest: Manifest = {
         "apiVersion": "v1",
         "kind": "Secret",

@@ -14,9 +14,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from secretsync import errors, load, materialize, seal
+from secretsync import errors, load, materialize, plan, resolve, seal
 from secretsync.engine import CycleReport, Engine
-from secretsync.model import ObjectKey
+from secretsync.model import Delivery, ObjectKey
 from secretsync.sinks.git import GitSink
 from tests import canary, fleets
 from tests.fakes import FakeSource
@@ -375,3 +375,37 @@ def test_values_too_large_for_a_secret_are_refused_before_sealing(fleet_repo: Ma
     reasons = {(i.cluster, i.reason) for i in report.failures}
     assert {c for c, _ in reasons} == {"prod-use1", "prod-euw1"}
     assert all("over the 1048576 byte limit of a Secret" in r for _, r in reasons)
+
+
+def test_content_hash_of_is_the_hash_render_gives(fleet_repo: MakeRepo) -> None:
+    """The engine compares `content_hash_of` with what a sink holds and renders only on a
+    difference: for every delivery (with and without recorded source versions) it must be
+    the very hash `render` puts on the object."""
+    root = fleets.write_fleet(fleet_repo)
+    fleet = load.load_fleet(root)
+    desired = plan.plan(fleet)
+    resolution = asyncio.run(
+        resolve.resolve(
+            (r for d in desired for r in d.refs()), {"vault": FakeSource(fleets.vault_docs())}
+        )
+    )
+    deliveries = set()
+    for d in desired:
+        values = materialize.values_for(d, resolution.values)
+        assert values is not None
+        certificate = None
+        if d.cluster.cert_file is not None:
+            pem = (root / d.cluster.cert_file).read_bytes()
+            certificate = seal.load_certificate(
+                pem, source=d.cluster.cert_file, now=datetime.now(UTC)
+            )
+        for versions in ({}, {"secret/x": "3"}):
+            ctx = materialize.RenderContext(
+                hmac_key=KEY, certificate=certificate, versions=versions
+            )
+            assert (
+                materialize.content_hash_of(d, values, ctx=ctx)
+                == materialize.render(d, values, ctx=ctx).content_hash
+            ), (d.key, d.delivery)
+        deliveries.add(d.delivery)
+    assert deliveries == set(Delivery)
