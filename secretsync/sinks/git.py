@@ -394,6 +394,7 @@ class GitSink:
             index = self._index.load(cluster)
         early = self._early.pop(cluster, {})
         staged: list[tuple[_Staged, Rendered]] = []
+        renamed = 0
         try:
             for item in [*changes.create, *changes.update]:
                 ahead = early.pop(item.key, None)
@@ -410,8 +411,9 @@ class GitSink:
                 staged.append((prepared, item))
             if staged:
                 os.sync()
-            for done, item in staged:
+            for number, (done, item) in enumerate(staged, start=1):
                 os.replace(done.tmp, done.path)
+                renamed = number
                 old = paths.get(item.key)
                 if old is not None and old != done.rel:
                     with contextlib.suppress(FileNotFoundError):
@@ -422,7 +424,7 @@ class GitSink:
                 result.written.append(item.key)
                 self._count()
         finally:
-            for done, _ in staged:
+            for done, _ in staged[renamed:]:  # those not renamed into place
                 _unlink(done.tmp)
             for _, left in early.values():
                 if isinstance(left, _Staged):
