@@ -139,6 +139,67 @@ def _planned(
     return (None if problems else planned), problems
 
 
+def _reads(entry: DataEntry) -> tuple[str, ...] | None:
+    """What of a cluster an entry's templates read (see `templating.inputs`), all fields."""
+    spec = entry.spec
+    if isinstance(spec, LiteralSpec):
+        texts: tuple[str, ...] = (spec.value,)
+    elif isinstance(spec, VaultSpec):
+        texts = (spec.path, spec.key)
+    elif isinstance(spec, SopsSpec):
+        texts = (spec.file, spec.key)
+    else:
+        return None
+    out: dict[str, None] = {}
+    for text in texts:
+        found = templating.inputs(text)
+        if found is None:
+            return None
+        out.update(dict.fromkeys(found))
+    return tuple(out)
+
+
+_UNSEEN: tuple[str, ...] = ("\0unseen",)  # a sentinel, compared by identity
+
+
+class _Memo:
+    """Planned entries by what they were planned from: the entry, whether the cluster is
+    external, and the cluster's values for what the entry's templates read. A fleet of 100
+    clusters in 10 label groups plans each templated entry 10 times, not 100. Only clean
+    results are kept (a problem's message names its cluster)."""
+
+    __slots__ = ("_done", "_reads")
+
+    def __init__(self) -> None:
+        self._reads: dict[int, tuple[str, ...] | None] = {}
+        self._done: dict[tuple[object, ...], Planned] = {}
+
+    def key(self, entry: DataEntry, data_key: str, cluster: Cluster) -> tuple[object, ...] | None:
+        ident = id(entry)
+        reads = self._reads.get(ident, _UNSEEN)
+        if reads is _UNSEEN:
+            reads = self._reads[ident] = _reads(entry)
+        if reads is None:
+            return None
+        external = cluster.delivery is Delivery.EXTERNAL
+        if not reads:
+            return (ident, data_key, external)
+        labels = cluster.labels
+        return (
+            ident,
+            data_key,
+            external,
+            *[cluster.name if r == "" else labels.get(r) for r in reads],
+        )
+
+    def get(self, key: tuple[object, ...] | None) -> Planned | None:
+        return None if key is None else self._done.get(key)
+
+    def put(self, key: tuple[object, ...] | None, planned: Planned) -> None:
+        if key is not None:
+            self._done[key] = planned
+
+
 def _policy(secret: FleetSecret, cluster: Cluster, fleet: Fleet) -> list[errors.ConfigError]:
     out = []
     target = secret.target
@@ -195,6 +256,7 @@ def plan(
     desired: list[DesiredSecret] = []
     shared: dict[Planned, Planned] = {}  # one instance per distinct ref, however many clusters
     confined: dict[str, str | None] = {}
+    memo = _Memo()
     for cluster in fleet.clusters.values():
         for secret in fleet.secrets.values():
             if not selectors.matches(secret.selector, cluster.labels):
@@ -216,12 +278,17 @@ def plan(
             item_problems = _policy(secret, cluster, fleet)
             data: dict[str, Planned] = {}
             for data_key, entry in sorted(layered_data(secret, cluster).items()):
+                memo_key = memo.key(entry, data_key, cluster)
+                if (hit := memo.get(memo_key)) is not None:
+                    data[data_key] = hit
+                    continue
                 planned, entry_problems = _planned(
                     entry, key=data_key, cluster=cluster, fleet=fleet, confined=confined
                 )
                 item_problems.extend(entry_problems)
                 if planned is not None:
                     data[data_key] = shared.setdefault(planned, planned)
+                    memo.put(memo_key, data[data_key])
             if cluster.delivery is Delivery.EXTERNAL and not any(
                 isinstance(v, ValueRef) for v in data.values()
             ):

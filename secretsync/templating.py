@@ -81,3 +81,18 @@ def render(text: str, *, cluster_name: str, labels: Mapping[str, str]) -> str:
                 f"cluster {cluster_name!r} has no label {key!r} (used by {{{{{expr}}}}})"
             )
     return "".join(out)
+
+
+def inputs(text: str) -> tuple[str, ...] | None:
+    """What of a cluster `text` reads: label keys, "" for its name (in order, once each);
+    None when an expression is not allowed (`render` raises for it)."""
+    if "{{" not in text:
+        return ()
+    out: dict[str, None] = {}
+    for part in _compile(text):
+        if isinstance(part, str):
+            continue
+        if part[0] is None:
+            return None
+        out[part[0]] = None
+    return tuple(out)

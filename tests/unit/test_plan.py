@@ -237,3 +237,62 @@ spec:
         "secrets/s.yaml:1: spec.data: cluster 'ext' uses external delivery, which needs at least one vault: key"
         in text
     )
+
+
+def test_look_alike_clusters_share_planned_entries_and_each_gets_its_own_values(
+    fleet_repo: MakeRepo,
+) -> None:
+    """Planning remembers an entry by what its templates read of a cluster: every entry of
+    every DesiredSecret must still be what planning it alone for that cluster gives."""
+    docs = []
+    for i in range(24):
+        env, region = ("dev", "prod")[i % 2], ("r1", "r2", "r3")[i % 3]
+        delivery = "external" if i % 4 >= 2 else "sealed"
+        docs.append(
+            cluster(f"c{i:02d}", f"env: {env}, region: {region}", f"  delivery: {delivery}\n")
+        )
+    secret = """\
+apiVersion: secretsync.dev/v1alpha1
+kind: FleetSecret
+metadata: {name: app}
+spec:
+  clusterSelector: {}
+  target: {name: app, namespace: web}
+  data:
+    password: {vault: {path: "app/{{ cluster.labels.env }}", key: password}}
+    token: {vault: {path: "t/{{ cluster.labels.region }}/{{ cluster.labels.env }}", key: "{{ cluster.name }}"}}
+    host: {value: "{{ cluster.name }}.{{ cluster.labels.region }}.example"}
+    level: {value: base}
+  overlays:
+    - clusterSelector: {matchLabels: {env: prod}}
+      data:
+        level: {value: "prod-{{ cluster.labels.region }}"}
+        password: {vault: {path: "app/prod/{{ cluster.labels.region }}", key: password}}
+    - clusters: [c05, c06]
+      data:
+        level: {value: cluster}
+"""
+    fleet = load.load_fleet(
+        fleet_repo(
+            {"secretsync.yaml": FLEET, "clusters/c.yaml": "".join(docs), "secrets/app.yaml": secret}
+        )
+    )
+    desired = plan.plan(fleet)
+    assert len(desired) == 24
+    for d in desired:
+        layered = plan.layered_data(fleet.secrets[d.fleet_secret], d.cluster)
+        for key, entry in layered.items():
+            alone, problems = plan._planned(entry, key=key, cluster=d.cluster, fleet=fleet)
+            assert problems == []
+            assert d.data[key] == alone, (d.cluster.name, key)
+    levels = {d.cluster.name: d.data["level"] for d in desired}
+    assert levels["c05"] == Literal("cluster") and levels["c01"] == Literal("prod-r2")
+    # a clean entry on a sealed cluster is no excuse on an external one that looks the same
+    other_mount = secret.replace(
+        "key: password}}\n    token", "key: password, mount: other}}\n    token", 1
+    )
+    assert other_mount != secret
+    problems = plan_errors(
+        fleet_repo, {"clusters/c.yaml": "".join(docs), "secrets/app.yaml": other_mount}
+    )
+    assert "cluster 'c02' uses external delivery" in problems
