@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+from collections.abc import Mapping, Set
 from typing import ClassVar
 
 from secretsync import errors
-from secretsync.model import Location
+from secretsync.deliver import ApplyResult, ChangeSet
+from secretsync.materialize import Rendered
+from secretsync.model import Cluster, Location, ObjectKey, Observed
 from secretsync.resolve import Document, Fetched
 
 
@@ -31,3 +34,61 @@ class FakeSource:
 
     async def aclose(self) -> None:
         return None
+
+
+class MemorySink:
+    """An in-memory sink of our own: holds one Observed per object, like a cluster would."""
+
+    name: ClassVar[str] = "memory"
+
+    def __init__(self, *, log: bool = False) -> None:
+        self.objects: dict[str, dict[ObjectKey, Observed]] = {}
+        self.log = log
+        self.writes = 0
+        self.deletes = 0
+        self.applied: list[ChangeSet] = []  # with `log`: every change set applied, in order
+
+    def accepts(self, cluster: Cluster) -> bool:
+        return True
+
+    def observes(self, cluster: Cluster) -> bool:
+        return True
+
+    async def observe(self, cluster: Cluster) -> Mapping[ObjectKey, Observed]:
+        return dict(self.objects.get(cluster.name, {}))
+
+    async def detail(self, observed: Observed) -> Observed:
+        return observed
+
+    async def apply(self, cluster: Cluster, changes: ChangeSet) -> ApplyResult:
+        held = self.objects.setdefault(cluster.name, {})
+        result = ApplyResult()
+        if self.log:
+            self.applied.append(changes)
+        for item in [*changes.create, *changes.update]:
+            held[item.key] = observed_of(item)
+            result.written.append(item.key)
+            self.writes += 1
+        for gone in changes.delete:
+            held.pop(gone.key, None)
+            result.deleted.append(gone.key)
+            self.deletes += 1
+        await asyncio.sleep(0)
+        return result
+
+    async def orphans(self, known: Set[str]) -> list[str]:
+        return []
+
+
+def observed_of(item: Rendered) -> Observed:
+    spec = item.manifest.get("spec")
+    encrypted = spec.get("encryptedData", {}) if isinstance(spec, Mapping) else {}
+    return Observed(
+        key=item.key,
+        kind=item.kind,
+        owned=True,
+        fleet_secret=item.fleet_secret,
+        content_hash=item.content_hash,
+        key_hashes=dict(item.key_hashes),
+        encrypted=dict(encrypted),
+    )

@@ -15,77 +15,19 @@ import os
 import threading
 import time
 import tracemalloc
-from collections.abc import Mapping, Set
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import ClassVar
 
 from secretsync import errors, load
-from secretsync.deliver import ApplyResult, ChangeSet
 from secretsync.engine import Engine
-from secretsync.materialize import Rendered
-from secretsync.model import Cluster, ObjectKey, Observed
+from secretsync.model import Observed
 from tests import canary, keys
-from tests.fakes import FakeSource
+from tests.fakes import FakeSource, MemorySink
 
 CYCLES = 1000
 WARMUP = 150
 SECRETS = 8
 KEY = b"soak-hmac-key"
-
-
-class MemorySink:
-    """An in-memory sink of our own: holds one Observed per object, like a cluster would."""
-
-    name: ClassVar[str] = "memory"
-
-    def __init__(self) -> None:
-        self.objects: dict[str, dict[ObjectKey, Observed]] = {}
-        self.writes = 0
-        self.deletes = 0
-
-    def accepts(self, cluster: Cluster) -> bool:
-        return True
-
-    def observes(self, cluster: Cluster) -> bool:
-        return True
-
-    async def observe(self, cluster: Cluster) -> Mapping[ObjectKey, Observed]:
-        return dict(self.objects.get(cluster.name, {}))
-
-    async def detail(self, observed: Observed) -> Observed:
-        return observed
-
-    async def apply(self, cluster: Cluster, changes: ChangeSet) -> ApplyResult:
-        held = self.objects.setdefault(cluster.name, {})
-        result = ApplyResult()
-        for item in [*changes.create, *changes.update]:
-            held[item.key] = observed_of(item)
-            result.written.append(item.key)
-            self.writes += 1
-        for gone in changes.delete:
-            held.pop(gone.key, None)
-            result.deleted.append(gone.key)
-            self.deletes += 1
-        await asyncio.sleep(0)
-        return result
-
-    async def orphans(self, known: Set[str]) -> list[str]:
-        return []
-
-
-def observed_of(item: Rendered) -> Observed:
-    spec = item.manifest.get("spec")
-    encrypted = spec.get("encryptedData", {}) if isinstance(spec, Mapping) else {}
-    return Observed(
-        key=item.key,
-        kind=item.kind,
-        owned=True,
-        fleet_secret=item.fleet_secret,
-        content_hash=item.content_hash,
-        key_hashes=dict(item.key_hashes),
-        encrypted=dict(encrypted),
-    )
 
 
 def rss_kib() -> int:
