@@ -116,7 +116,7 @@ class Engine:
     seal_workers: int | None = None
     """Processes that seal when a cluster needs many seals (a cold render): None is one per
     core when there are two or more, 0 seals in this process."""
-    batch_size: int = 250
+    batch_size: int = 100
     """Objects of one cluster rendered and handed to a sink that does not stage (the
     Kubernetes API) at a time: a cold fleet holds at most `cluster_concurrency` times this many
     rendered objects, not every object of every cluster in flight."""

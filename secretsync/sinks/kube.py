@@ -25,6 +25,7 @@ import json
 import logging
 import random
 import time
+import weakref
 from collections.abc import Mapping, Set
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
@@ -190,6 +191,7 @@ class KubeSink:
         max_attempts: int = 4,
         backoff_s: float = 0.5,
         requests_per_second: float = 100.0,
+        observe_concurrency: int = 16,
     ) -> None:
         self.clients = clients
         self.hmac_key = hmac_key
@@ -204,6 +206,13 @@ class KubeSink:
         self.requests = 0
         self.writes = 0
         self.drifted: dict[str, int] = {}
+        # Clusters listed at once (per event loop). A list of 1,000 Secrets is ~1.5 MB of JSON
+        # and as much again as Observed objects; with a hundred clusters answering together
+        # while the client is busy comparing one of them, every answer would wait in memory.
+        self.observe_concurrency = observe_concurrency
+        self._observing: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def accepts(self, cluster: Cluster) -> bool:
         return cluster.delivery is Delivery.DIRECT or cluster.apply
@@ -306,7 +315,12 @@ class KubeSink:
     # --- observe ------------------------------------------------------------------------------
 
     async def observe(self, cluster: Cluster) -> Mapping[ObjectKey, Observed]:
-        found = await self._observe_kind(cluster, KIND_FOR[cluster.delivery])
+        loop = asyncio.get_running_loop()
+        gate = self._observing.get(loop)
+        if gate is None:
+            gate = self._observing[loop] = asyncio.Semaphore(self.observe_concurrency)
+        async with gate:
+            found = await self._observe_kind(cluster, KIND_FOR[cluster.delivery])
         self.drifted[cluster.name] = sum(o.drifted for o in found.values())
         return found
 

@@ -1,4 +1,6 @@
 """T7: a real kube-apiserver behind an HTTP proxy that answers 429 with `Retry-After`.
+(The same proxy, slowing lists down, shows that the sink lists a bounded number of clusters
+at once.)
 
 The proxy (aiohttp, plain HTTP on 127.0.0.1, forwarding over TLS to the apiserver with the
 caller's own bearer token) throttles chosen clusters: the first `throttle` write requests get
@@ -9,6 +11,7 @@ unthrottled cluster was served at once.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import secrets
 import ssl
@@ -47,10 +50,20 @@ class ThrottlingProxy:
     arrivals: list[tuple[float, str]] = field(default_factory=list)
     refused_at: list[float] = field(default_factory=list)
     port: int = 0
+    list_delay_s: float = 0.0
+    lists: list[tuple[float, float]] = field(default_factory=list)  # (arrived, answered)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         now = time.monotonic()
         self.arrivals.append((now, request.method))
+        if request.method == "GET" and "labelSelector" in request.query:
+            await asyncio.sleep(self.list_delay_s)  # the fault: a slow list
+            answer = await self.forward(request)
+            self.lists.append((now, time.monotonic()))
+            return answer
+        return await self.forward(request)
+
+    async def forward(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         if request.method in ("PATCH", "POST", "PUT") and len(self.refused_at) < self.throttle:
             self.refused_at.append(time.monotonic())
@@ -180,3 +193,37 @@ async def test_retry_after_holds_every_request_to_that_cluster_only(
             for i in range(count):
                 got = k8s.CoreV1Api(api).read_namespaced_secret(f"s{i}", ns)
                 assert base64.b64decode(got.data["v"]) == str(values[f"p{i}"]["v"]).encode()
+
+
+@pytest.mark.parametrize("at_once", [1, 2])
+async def test_the_sink_lists_a_bounded_number_of_clusters_at_once(
+    fleet_repo: MakeRepo,
+    proxies: list[ThrottlingProxy],
+    tmp_path: Path,
+    at_once: int,
+) -> None:
+    """Lists of a hundred clusters answering together would all wait in memory while the
+    client compares one of them: `observe_concurrency` bounds how many are in flight."""
+    suffix = secrets.token_hex(3)
+    clusters = "---\n".join(
+        f"apiVersion: secretsync.dev/v1alpha1\nkind: Cluster\n"
+        f"metadata: {{name: c{i}-{suffix}}}\n"
+        f"spec: {{kubeconfig: {{path: {kubeconfig(p, tmp_path / f'c{i}.yaml')}}}}}\n"
+        for i, p in enumerate(proxies)
+    )
+    root = fleet_repo(
+        {
+            "secretsync.yaml": "apiVersion: secretsync.dev/v1alpha1\nkind: Fleet\n"
+            "metadata: {name: lists}\nspec: {defaults: {delivery: direct}}\n",
+            "clusters/all.yaml": clusters,
+        }
+    )
+    fleet = load.load_fleet(root)
+    for proxy in proxies:
+        proxy.list_delay_s = 0.5
+    sink = KubeSink(clients=ClientFactory(root=root), hmac_key=KEY, observe_concurrency=at_once)
+    await asyncio.gather(*(sink.observe(c) for c in fleet.clusters.values()))
+    (a,), (b,) = (p.lists for p in proxies)
+    first, second = sorted((a, b))
+    overlapped = second[0] < first[1]
+    assert overlapped == (at_once == 2), (first, second)
