@@ -127,6 +127,17 @@ def kubeconfig(proxy: ThrottlingProxy, path: Path) -> Path:
     return path
 
 
+def cluster_docs(proxies: list[ThrottlingProxy], tmp_path: Path) -> str:
+    """One Cluster per proxy, reached through it, with fresh names."""
+    suffix = secrets.token_hex(3)
+    return "---\n".join(
+        f"apiVersion: secretsync.dev/v1alpha1\nkind: Cluster\n"
+        f"metadata: {{name: c{i}-{suffix}, labels: {{env: prod}}}}\n"
+        f"spec: {{kubeconfig: {{path: {kubeconfig(p, tmp_path / f'c{i}.yaml')}}}}}\n"
+        for i, p in enumerate(proxies)
+    )
+
+
 async def test_retry_after_holds_every_request_to_that_cluster_only(
     fleet_repo: MakeRepo,
     kube_clusters: list[KubeCluster],
@@ -137,13 +148,7 @@ async def test_retry_after_holds_every_request_to_that_cluster_only(
     throttled, free = proxies
     throttled.throttle = 1
     ns = kube_namespace()
-    suffix = secrets.token_hex(3)
-    clusters = "---\n".join(
-        f"apiVersion: secretsync.dev/v1alpha1\nkind: Cluster\n"
-        f"metadata: {{name: c{i}-{suffix}, labels: {{env: prod}}}}\n"
-        f"spec: {{kubeconfig: {{path: {kubeconfig(p, tmp_path / f'c{i}.yaml')}}}}}\n"
-        for i, p in enumerate(proxies)
-    )
+    clusters = cluster_docs(proxies, tmp_path)
     count = 30  # more than the sink keeps in flight, so requests keep coming after the 429
     secret_docs = "---\n".join(
         f"apiVersion: secretsync.dev/v1alpha1\nkind: FleetSecret\nmetadata: {{name: s{i}}}\n"
@@ -204,13 +209,7 @@ async def test_the_sink_lists_a_bounded_number_of_clusters_at_once(
 ) -> None:
     """Lists of a hundred clusters answering together would all wait in memory while the
     client compares one of them: `observe_concurrency` bounds how many are in flight."""
-    suffix = secrets.token_hex(3)
-    clusters = "---\n".join(
-        f"apiVersion: secretsync.dev/v1alpha1\nkind: Cluster\n"
-        f"metadata: {{name: c{i}-{suffix}}}\n"
-        f"spec: {{kubeconfig: {{path: {kubeconfig(p, tmp_path / f'c{i}.yaml')}}}}}\n"
-        for i, p in enumerate(proxies)
-    )
+    clusters = cluster_docs(proxies, tmp_path)
     root = fleet_repo(
         {
             "secretsync.yaml": "apiVersion: secretsync.dev/v1alpha1\nkind: Fleet\n"
