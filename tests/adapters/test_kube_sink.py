@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import secrets
 import time
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from secretsync.clusters import ClientFactory
 from secretsync.engine import CycleReport, Engine
 from secretsync.model import FIELD_MANAGER
 from secretsync.sinks.kube import KubeSink
-from tests import canary
+from tests import apiserver_metrics, canary
 from tests.adapters.conftest_kube import NamespaceFactory
 from tests.fakes import FakeSource
 from tests.kubecluster import KubeCluster
@@ -334,13 +335,80 @@ def test_foreign_object_with_target_name_is_left_alone(fleet: Fleet, others: str
     )
 
 
-def test_rbac_forbidden_is_a_clear_per_cluster_failure(fleet: Fleet) -> None:
+def test_rbac_forbidden_is_a_clear_per_cluster_failure(
+    fleet: Fleet, caplog: pytest.LogCaptureFixture
+) -> None:
     fleet.values = {"db": {"password": canary.new("db")}}
     fleet.write(DB, users={"kube-b": "unprivileged"})
+    caplog.set_level(logging.DEBUG, logger="secretsync.sinks.kube")
     report = fleet.sync()
     assert set(report.failed_clusters) == {fleet.name(fleet.clusters[1])}
     assert "forbidden" in report.failed_clusters[fleet.name(fleet.clusters[1])]
+    # a 403 will not pass on a retry (the apiserver's request counters leave out what its
+    # authorizer refused, so the sink's own retry log is the witness)
+    messages = [r.getMessage() for r in caplog.records]
+    assert not [m for m in messages if "HTTP 403, retrying" in m], messages
     assert secret(fleet.clusters[0], fleet.namespace, "db") is not None
+
+
+def test_forbidden_write_is_tried_once_and_fails_that_object(
+    fleet: Fleet, caplog: pytest.LogCaptureFixture
+) -> None:
+    """T5: a user who may read Secrets but not write them: each apply is refused (403) once,
+    never retried, and the object fails naming RBAC; the other clusters are written."""
+    cluster = fleet.clusters[1]
+    name = f"secretsync-list-only-{fleet.suffix}"
+    with cluster.api_client() as api:
+        rbac = k8s.RbacAuthorizationV1Api(api)
+        rbac.create_cluster_role(
+            k8s.V1ClusterRole(
+                metadata=k8s.V1ObjectMeta(name=name),
+                rules=[
+                    k8s.V1PolicyRule(api_groups=[""], resources=["secrets"], verbs=["get", "list"])
+                ],
+            )
+        )
+        rbac.create_cluster_role_binding(
+            k8s.V1ClusterRoleBinding(
+                metadata=k8s.V1ObjectMeta(name=name),
+                role_ref=k8s.V1RoleRef(
+                    api_group="rbac.authorization.k8s.io", kind="ClusterRole", name=name
+                ),
+                subjects=[
+                    k8s.RbacV1Subject(
+                        api_group="rbac.authorization.k8s.io",
+                        kind="User",
+                        name="secretsync-unprivileged",
+                    )
+                ],
+            )
+        )
+        try:
+            deadline = time.monotonic() + 30
+            with cluster.api_client(user="unprivileged") as limited:
+                while True:  # the binding reaches the authorizer's cache
+                    try:
+                        k8s.CoreV1Api(limited).list_secret_for_all_namespaces(limit=1)
+                        break
+                    except ApiException as exc:
+                        if exc.status != 403 or time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.1)  # poll interval under the deadline above
+            fleet.values = {"db": {"password": canary.new("db")}}
+            fleet.write(DB, users={cluster.name: "unprivileged"})
+            caplog.set_level(logging.DEBUG, logger="secretsync.sinks.kube")
+            report = fleet.sync()
+        finally:
+            rbac.delete_cluster_role_binding(name)
+            rbac.delete_cluster_role(name)
+    assert not report.failed_clusters
+    (failed,) = report.failures
+    assert failed.cluster == fleet.name(cluster)
+    assert "forbidden (HTTP 403)" in failed.reason
+    messages = [r.getMessage() for r in caplog.records]
+    assert not [m for m in messages if "HTTP 403, retrying" in m], messages
+    for other in (fleet.clusters[0], fleet.clusters[2]):
+        assert secret(other, fleet.namespace, "db") is not None
 
 
 def test_dry_run_writes_nothing(fleet: Fleet) -> None:
@@ -357,9 +425,14 @@ def test_missing_namespace_is_an_error_unless_created(fleet: Fleet) -> None:
     fleet.values = {"db": {"password": canary.new("db")}}
     missing = f"absent-{secrets.token_hex(3)}"
     fleet.write(DB.replace("NAMESPACE", missing))
+    before = [apiserver_metrics.requests(c) for c in fleet.clusters]
     report = fleet.sync()
+    after = [apiserver_metrics.requests(c) for c in fleet.clusters]
     assert len(report.failures) == 3
     assert all(f"namespace '{missing}' does not exist" in f.reason for f in report.failures)
+    # a 404 is an answer, not a fault: one apply per failing object, never retried
+    applies = [apiserver_metrics.writes(b, a)["APPLY"] for b, a in zip(before, after, strict=True)]
+    assert applies == [1.0, 1.0, 1.0], applies
     fleet.write(DB.replace("NAMESPACE", missing), cluster_extra="  createNamespaces: true\n")
     assert fleet.sync().ok
     assert all(secret(c, missing, "db") is not None for c in fleet.clusters)
@@ -373,9 +446,14 @@ def test_immutable_secret_change_is_a_clear_error(fleet: Fleet) -> None:
     fleet.write(immutable)
     assert fleet.sync().ok
     fleet.values["db"] = {"password": canary.new("db-2")}
+    before = [apiserver_metrics.requests(c) for c in fleet.clusters]
     report = fleet.sync()
+    after = [apiserver_metrics.requests(c) for c in fleet.clusters]
     assert len(report.failures) == 3
     assert all("immutable" in f.reason for f in report.failures)
+    # a 422 will not pass on a retry: one apply per failing object
+    applies = [apiserver_metrics.writes(b, a)["APPLY"] for b, a in zip(before, after, strict=True)]
+    assert applies == [1.0, 1.0, 1.0], applies
 
 
 def test_stopped_cluster_does_not_hold_up_the_others(fleet: Fleet) -> None:
