@@ -376,7 +376,13 @@ class Daemon:
             return
         seconds = time.monotonic() - t0
         summary = self.board.record(report, started=started, duration_s=seconds, trigger=trigger)
-        self.metrics.cycle(report, outcome=summary.outcome, trigger=trigger, seconds=seconds)
+        self.metrics.cycle(
+            report,
+            outcome=summary.outcome,
+            trigger=trigger,
+            seconds=seconds,
+            full=only_paths is None,
+        )
         self.metrics.set_objects(self.board.counts())
         changed = {k: v for k, v in summary.counts.items() if v}
         log.info(

@@ -86,6 +86,10 @@ class CycleReport:
     writes: int = 0
     deletes: int = 0
     failed_clusters: dict[str, str] = field(default_factory=dict)
+    read_ok: frozenset[Location] = frozenset()
+    """Source locations read in this cycle."""
+    read_failed: frozenset[Location] = frozenset()
+    """Source locations whose read failed in this cycle: their objects keep what they hold."""
 
     @property
     def failures(self) -> list[ItemResult]:
@@ -156,6 +160,8 @@ class Engine:
             concurrency=self.source_concurrency,
         )
         report.reads = resolution.reads
+        report.read_ok = frozenset(resolution.versions)
+        report.read_failed = frozenset(ref.location for ref in resolution.failures)
         targets = self._target_clusters(fleet, clusters, selector)
         if only_paths is not None:
             hit = {d.cluster.name for d in desired}

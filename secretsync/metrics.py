@@ -13,6 +13,7 @@ Labels are cluster names, sources, outcomes and states: never a value, never a p
 | `secretsync_webhooks_total` | counter | `outcome` |
 | `secretsync_fleet_load_errors_total` | counter | — |
 | `secretsync_leader` | gauge | `lease` (1 while this replica holds it; only with election) |
+| `secretsync_stale_paths` | gauge | `source` (locations whose last read failed) |
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from secretsync.engine import CycleReport
+from secretsync.model import Location
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -69,10 +71,27 @@ class Metrics:
         self.leader = Gauge(
             "secretsync_leader", "1 while this replica holds the Lease.", ["lease"], registry=r
         )
+        self.stale_paths = Gauge(
+            "secretsync_stale_paths",
+            "Source locations whose last read failed (their objects keep what they hold).",
+            ["source"],
+            registry=r,
+        )
+        for source in ("vault", "sops"):
+            self.stale_paths.labels(source=source).set(0)
+        self._stale: set[Location] = set()
 
     def cycle(
-        self, report: CycleReport | None, *, outcome: str, trigger: str, seconds: float
+        self,
+        report: CycleReport | None,
+        *,
+        outcome: str,
+        trigger: str,
+        seconds: float,
+        full: bool = True,
     ) -> None:
+        """Count a cycle. `full`: it read every location in use (not a narrowed cycle), so
+        locations it did not read are no longer in use and no longer stale."""
         self.cycles.labels(outcome=outcome, trigger=trigger).inc()
         self.cycle_duration.observe(seconds)
         if report is None:
@@ -86,6 +105,16 @@ class Metrics:
             self.failures.labels(cluster=name).inc(n)
         if report.writes or report.deletes:
             self.writes.inc(report.writes + report.deletes)
+        if full:
+            self._stale = set(report.read_failed)
+        else:
+            self._stale -= report.read_ok
+            self._stale |= report.read_failed
+        per_source = dict.fromkeys(("vault", "sops"), 0)
+        for location in self._stale:
+            per_source[location.source] = per_source.get(location.source, 0) + 1
+        for source, n in per_source.items():
+            self.stale_paths.labels(source=source).set(n)
 
     def set_objects(self, counts: Mapping[tuple[str, str], int]) -> None:
         """Replace the gauge's series (clusters that left the fleet disappear)."""
