@@ -446,7 +446,13 @@ class SimCluster:
     ) -> tuple[int, bytes]:
         if request.method == "GET":
             self.stats[f"LIST {res.plural}"] += 1
-            return 200, self.list_(res, namespace, request.query.get("labelSelector", ""))
+            return 200, self.list_(
+                res,
+                namespace,
+                request.query.get("labelSelector", ""),
+                limit=int(request.query.get("limit") or 0),
+                after=request.query.get("continue", ""),
+            )
         if request.method == "POST" and namespace is not None:
             self.stats[f"POST {res.kind}"] += 1
             manager = request.query.get("fieldManager", NAIVE_MANAGER)
@@ -485,20 +491,36 @@ class SimCluster:
 
     # --- storage ----------------------------------------------------------------------------
 
-    def list_(self, res: Resource, namespace: str | None, selector: str) -> bytes:
+    def list_(
+        self,
+        res: Resource,
+        namespace: str | None,
+        selector: str,
+        *,
+        limit: int = 0,
+        after: str = "",
+    ) -> bytes:
+        """The matching objects in key order; with `limit`, a page and a `continue` token (the
+        last key of the page, as the real server's token also encodes where to go on)."""
         terms = parse_selector(selector)
         table = self.objects[res.plural]
-        items = [
-            table[key].raw
+        start = tuple(after.split("/", 1)) if after else None
+        keys = [
+            key
             for key in sorted(table)
             if (namespace is None or not res.namespaced or key[0] == namespace)
+            and (start is None or key > start)
             and selector_matches(table[key].labels, terms)
         ]
+        more = ""
+        if limit and len(keys) > limit:
+            keys = keys[:limit]
+            more = f',"continue":"{keys[-1][0]}/{keys[-1][1]}"'
         head = (
             f'{{"kind":"{res.kind}List","apiVersion":"v1",'
-            f'"metadata":{{"resourceVersion":"{self.rv}"}},"items":['
+            f'"metadata":{{"resourceVersion":"{self.rv}"{more}}},"items":['
         ).encode()
-        return head + b",".join(items) + b"]}"
+        return head + b",".join(table[key].raw for key in keys) + b"]}"
 
     def _commit(self, res: Resource, key: tuple[str, str], obj: JSONDoc) -> bytes:
         self.rv += 1

@@ -1,8 +1,9 @@
 """The Kubernetes sink: objects applied through each cluster's API with server-side apply.
 
 - Observes what secretsync owns with one label-selected list per cluster (per allowed
-  namespace when a cluster-wide list is forbidden). An object is owned when it carries the
-  managed-by label and this cluster's annotation.
+  namespace when a cluster-wide list is forbidden), read 500 objects a page, at most 16
+  clusters at once. An object is owned when it carries the managed-by label and this
+  cluster's annotation.
 - Detects drift: every applied object carries `secretsync.dev/applied-hash`, a keyed HMAC of
   the content secretsync manages (Secret data and type; SealedSecret encryptedData; the
   ExternalSecret's refs and template). A hand edit makes it disagree; the object is reported
@@ -26,7 +27,7 @@ import logging
 import random
 import time
 import weakref
-from collections.abc import Mapping, Set
+from collections.abc import AsyncIterator, Mapping, Set
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
@@ -192,6 +193,7 @@ class KubeSink:
         backoff_s: float = 0.5,
         requests_per_second: float = 100.0,
         observe_concurrency: int = 16,
+        list_page: int = 500,
     ) -> None:
         self.clients = clients
         self.hmac_key = hmac_key
@@ -210,6 +212,7 @@ class KubeSink:
         # and as much again as Observed objects; with a hundred clusters answering together
         # while the client is busy comparing one of them, every answer would wait in memory.
         self.observe_concurrency = observe_concurrency
+        self.list_page = list_page  # objects per list request (`limit`, then `continue`)
         self._observing: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
             weakref.WeakKeyDictionary()
         )
@@ -340,24 +343,30 @@ class KubeSink:
 
     async def _observe_kind(self, cluster: Cluster, kind: Kind) -> dict[ObjectKey, Observed]:
         found: dict[ObjectKey, Observed] = {}
-        for obj in await self._list(cluster, kind):
-            observed = self._observed(cluster, kind, obj)
-            if observed is not None:
-                found[observed.key] = observed
+        async for page in self._pages(cluster, kind):
+            for obj in page:
+                observed = self._observed(cluster, kind, obj)
+                if observed is not None:
+                    found[observed.key] = observed
         return found
 
-    async def _list(self, cluster: Cluster, kind: Kind) -> list[dict[str, Any]]:
-        query = [("labelSelector", SELECTOR)]
+    async def _pages(self, cluster: Cluster, kind: Kind) -> AsyncIterator[list[dict[str, Any]]]:
+        """The owned objects of `kind`, a page at a time (each page becomes Observed objects
+        before the next is asked for: a cluster of 10,000 Secrets never holds its whole list
+        as JSON). Cluster-wide, or per allowed namespace when that is forbidden."""
+        what = f"list {kind.plural}"
         status, doc = await self._call(
             cluster,
             "GET",
             kind.collection(),
-            query=query,
-            what=f"list {kind.plural}",
+            query=self._page_query(None),
+            what=what,
             ok=(200, 403),
         )
         if status == 200 and doc is not None:
-            return list(doc.get("items") or [])
+            async for page in self._follow(cluster, kind.collection(), what=what, first=doc):
+                yield page
+            return
         if status == 404:
             raise ApiError(
                 f"cluster {cluster.name!r}: the API has no {kind.kind} kind "
@@ -370,18 +379,37 @@ class KubeSink:
                 "(grant it, or set allowedNamespaces)",
                 status=403,
             )
-        items: list[dict[str, Any]] = []
         for namespace in cluster.allowed_namespaces:
-            status, doc = await self._call(
-                cluster,
-                "GET",
-                kind.collection(namespace),
-                query=query,
-                what=f"list {kind.plural} in {namespace}",
-            )
-            if status == 200 and doc is not None:
-                items.extend(doc.get("items") or [])
-        return items
+            async for page in self._follow(
+                cluster, kind.collection(namespace), what=f"{what} in {namespace}"
+            ):
+                yield page
+
+    async def _follow(
+        self, cluster: Cluster, path: str, *, what: str, first: dict[str, Any] | None = None
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """The pages of one list, from `first` (already read) or from the start, following
+        `metadata.continue`. A continue token that expired (HTTP 410, the list took longer
+        than the server keeps its snapshot) fails the cluster for this cycle."""
+        doc, token = first, None
+        while True:
+            if doc is None:
+                status, doc = await self._call(
+                    cluster, "GET", path, query=self._page_query(token), what=what
+                )
+                if status != 200 or doc is None:
+                    return  # a namespace that does not exist holds nothing
+            yield list(doc.get("items") or [])
+            token = (doc.get("metadata") or {}).get("continue")
+            if not isinstance(token, str) or not token:
+                return
+            doc = None
+
+    def _page_query(self, token: str | None) -> list[tuple[str, str]]:
+        query = [("labelSelector", SELECTOR), ("limit", str(self.list_page))]
+        if token:
+            query.append(("continue", token))
+        return query
 
     def _observed(self, cluster: Cluster, kind: Kind, obj: Mapping[str, Any]) -> Observed | None:
         meta = obj.get("metadata") or {}

@@ -226,3 +226,50 @@ async def test_the_sink_lists_a_bounded_number_of_clusters_at_once(
     first, second = sorted((a, b))
     overlapped = second[0] < first[1]
     assert overlapped == (at_once == 2), (first, second)
+
+
+async def test_lists_come_a_page_at_a_time(
+    fleet_repo: MakeRepo,
+    kube_namespace: NamespaceFactory,
+    proxies: list[ThrottlingProxy],
+    tmp_path: Path,
+) -> None:
+    """A cluster's owned objects are listed `list_page` at a time, following the apiserver's
+    continue token to the last page (a cluster of 10,000 Secrets never holds its whole list)."""
+    proxy = proxies[0]
+    ns = kube_namespace(proxy.cluster)
+    count = 5
+    root = fleet_repo(
+        {
+            "secretsync.yaml": "apiVersion: secretsync.dev/v1alpha1\nkind: Fleet\n"
+            "metadata: {name: pages}\nspec: {defaults: {delivery: direct}}\n",
+            "clusters/all.yaml": cluster_docs([proxy], tmp_path),
+            "secrets/all.yaml": "---\n".join(
+                f"apiVersion: secretsync.dev/v1alpha1\nkind: FleetSecret\nmetadata: {{name: s{i}}}\n"
+                f"spec:\n  clusterSelector: {{}}\n  target: {{name: s{i}, namespace: {ns}}}\n"
+                f"  data: {{v: {{vault: {{path: p{i}, key: v}}}}}}\n"
+                for i in range(count)
+            ),
+        }
+    )
+    values: dict[str, dict[str, object]] = {
+        f"p{i}": {"v": canary.new(f"page-{i}")} for i in range(count)
+    }
+    fleet = load.load_fleet(root)
+    sink = KubeSink(clients=ClientFactory(root=root), hmac_key=KEY, list_page=2)
+    engine = Engine(
+        sources={"vault": FakeSource(values)},
+        sinks=[sink],
+        hmac_key=KEY,
+        clock=lambda: datetime.now(UTC),
+    )
+    assert (await engine.run_cycle(fleet)).ok
+    (cluster,) = fleet.clusters.values()
+    proxy.lists.clear()
+    found = await sink.observe(cluster)
+    assert {k.name for k, o in found.items() if o.owned and k.namespace == ns} == {
+        f"s{i}" for i in range(count)
+    }
+    assert len(proxy.lists) >= 3, "5 owned objects, 2 a page"
+    warm = await engine.run_cycle(fleet)
+    assert warm.ok and warm.writes == 0
