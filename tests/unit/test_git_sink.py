@@ -78,17 +78,22 @@ def observe_all(root: Path, sink: GitSink) -> dict[ObjectKey, Observed]:
     return found
 
 
+def render_indexed(root: Path, docs: dict[str, dict[str, object]], cache: Path) -> None:
+    """Render twice, so that the index holds every file: files written in the clock tick of
+    the write's probe are not recorded; the next pass reads (and records) them once the clock
+    has moved on."""
+    run(root, docs, cache)
+    time.sleep(0.05)  # the file system's clock moves on: not a wait for a condition
+    run(root, docs, cache)
+
+
 def test_warm_render_reads_no_manifest_and_changes_nothing(
     fleet_repo: MakeRepo, tmp_path: Path, reads: list[str]
 ) -> None:
     root = fleets.write_fleet(fleet_repo)
     docs = fleets.vault_docs()
     cache = tmp_path / "cache"
-    run(root, docs, cache)
-    # files written in the clock tick of the write's probe are not recorded: they are read
-    # (and recorded) by the next pass, once the clock has moved on
-    time.sleep(0.05)
-    run(root, docs, cache)
+    render_indexed(root, docs, cache)
     before = snapshot(root)
     reads.clear()
     report, sink = run(root, docs, cache)
@@ -109,9 +114,7 @@ def test_hand_edit_keeping_size_and_mtime_is_read_again_and_repaired(
     root = fleets.write_fleet(fleet_repo)
     docs = fleets.vault_docs()
     cache = tmp_path / "cache"
-    run(root, docs, cache)
-    time.sleep(0.05)
-    run(root, docs, cache)  # every entry recorded and trusted
+    render_indexed(root, docs, cache)  # every entry recorded and trusted
     path = root / "rendered" / DB
     original = path.read_bytes()
     st = os.stat(path)
@@ -144,9 +147,7 @@ def test_file_swapped_in_by_rename_with_the_same_stat_times_is_read_again(
     root = fleets.write_fleet(fleet_repo)
     docs = fleets.vault_docs()
     cache = tmp_path / "cache"
-    run(root, docs, cache)
-    time.sleep(0.05)
-    run(root, docs, cache)
+    render_indexed(root, docs, cache)
     path = root / "rendered" / DB
     original = path.read_bytes()
     st = os.stat(path)
@@ -180,9 +181,7 @@ def test_the_index_holds_no_value_and_stays_out_of_the_repo(
     root = fleets.write_fleet(fleet_repo)
     docs = fleets.vault_docs()
     cache = tmp_path / "cache"
-    run(root, docs, cache)
-    time.sleep(0.05)
-    run(root, docs, cache)
+    render_indexed(root, docs, cache)
     files = [p for p in cache.rglob("*") if p.is_file()]
     assert files
     text = "\n".join(p.read_text() for p in files)
@@ -200,9 +199,7 @@ def test_a_corrupt_or_foreign_index_only_costs_reads(
     root = fleets.write_fleet(fleet_repo)
     docs = fleets.vault_docs()
     cache = tmp_path / "cache"
-    run(root, docs, cache)
-    time.sleep(0.05)
-    run(root, docs, cache)
+    render_indexed(root, docs, cache)
     before = snapshot(root)
     indexes = sorted((cache / statindex.INDEX_FOLDER).rglob("*.json"))
     assert indexes
@@ -227,9 +224,8 @@ def test_indexes_of_output_folders_that_are_gone_are_pruned(
     (stale / "c1.json").write_text("{}")
     root = fleets.write_fleet(fleet_repo)
     docs = fleets.vault_docs()
-    run(root, docs, cache)
-    time.sleep(0.05)
-    run(root, docs, cache)  # the first index of this output is saved: the others are looked at
+    # the first index of this output is saved: the others are looked at
+    render_indexed(root, docs, cache)
     assert not stale.exists()
 
 
