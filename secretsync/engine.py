@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
 
-from secretsync import errors, load, materialize, plan, resolve, seal, selectors
+from secretsync import bounded, errors, load, materialize, plan, resolve, seal, selectors
 from secretsync.deliver import (
     PROGRESS,
     ApplyResult,
@@ -169,39 +169,38 @@ class Engine:
         by_cluster: dict[str, list[DesiredSecret]] = {name: [] for name in targets}
         for d in desired:
             by_cluster[d.cluster.name].append(d)
-        gate = asyncio.Semaphore(self.cluster_concurrency)
         workers = default_workers() if self.seal_workers is None else self.seal_workers
         seals = SealPool(workers, threshold=self.pool_threshold)
 
-        async def one(cluster: Cluster) -> list[ItemResult]:
-            async with gate, asyncio.timeout(self.cluster_timeout_s) as deadline:
-                # the timeout counts from the cluster's last answer, not from the start: a
-                # hung cluster fails after cluster_timeout_s of silence, a big one that keeps
-                # answering (while the client is busy with a hundred others) does not
-                loop = asyncio.get_running_loop()
-                PROGRESS.set(lambda: deadline.reschedule(loop.time() + self.cluster_timeout_s))
-                return await self._cluster(
-                    fleet,
-                    cluster,
-                    by_cluster[cluster.name],
-                    resolution,
-                    report,
-                    dry_run=dry_run,
-                    prune=only_paths is None,
-                    seals=seals,
-                )
+        async def one(name: str) -> list[ItemResult] | Exception:
+            """One cluster; its failure is returned, so that it stays that cluster's own."""
+            try:
+                async with asyncio.timeout(self.cluster_timeout_s) as deadline:
+                    # the timeout counts from the cluster's last answer, not from the start: a
+                    # hung cluster fails after cluster_timeout_s of silence, a big one that
+                    # keeps answering (while the client is busy with a hundred others) does not
+                    loop = asyncio.get_running_loop()
+                    PROGRESS.set(lambda: deadline.reschedule(loop.time() + self.cluster_timeout_s))
+                    return await self._cluster(
+                        fleet,
+                        targets[name],
+                        by_cluster[name],
+                        resolution,
+                        report,
+                        dry_run=dry_run,
+                        prune=only_paths is None,
+                        seals=seals,
+                    )
+            except Exception as exc:
+                return exc
 
         names = list(targets)
         try:
-            outcomes = await asyncio.gather(
-                *(one(targets[n]) for n in names), return_exceptions=True
-            )
+            outcomes = await bounded.each(names, one, limit=self.cluster_concurrency)
         finally:
             seals.close()
         for name, outcome in zip(names, outcomes, strict=True):
-            if isinstance(outcome, BaseException):
-                if not isinstance(outcome, Exception):
-                    raise outcome
+            if isinstance(outcome, Exception):
                 reason = _reason(outcome)
                 report.failed_clusters[name] = reason
                 log.error("cluster %s failed: %s", name, reason)
