@@ -363,19 +363,11 @@ class UnitCosts:
 
 def measure_oaep_us(cert_pem: bytes, n: int = 1000) -> float:
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+    from cryptography.hazmat.primitives.asymmetric import rsa
 
     key = x509.load_pem_x509_certificate(cert_pem).public_key()
     assert isinstance(key, rsa.RSAPublicKey)
-    pad = padding.OAEP(
-        mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=b"ns/name"
-    )
-    data = os.urandom(32)
-    t0 = time.perf_counter()
-    for _ in range(n):
-        key.encrypt(data, pad)
-    return (time.perf_counter() - t0) / n * 1e6
+    return harness.raw_oaep_us(key, n)
 
 
 async def measure_reads(address: str, token: str, paths: Sequence[str]) -> tuple[float, float]:
