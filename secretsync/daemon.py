@@ -36,7 +36,7 @@ from aiohttp import web as aioweb
 from secretsync import errors, gitsource, load, plan, poll, resolve, runtime, web, webhook
 from secretsync.engine import CycleReport, Engine, path_names
 from secretsync.metrics import Metrics
-from secretsync.model import Fleet, Location
+from secretsync.model import DesiredSecret, Fleet, Location
 from secretsync.sinks.git import GitSink
 from secretsync.status import StatusBoard
 
@@ -227,7 +227,10 @@ class Daemon:
         self._loader = loader
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 - schedule jitter, not security
-        self._paths_in_use: frozenset[str] = frozenset()
+        # every name a webhook may use for a Vault path in use -> that path's `<mount>/<path>`
+        # (the KV v2 API form `<mount>/data/<path>` names the same path; a KV v1 path that
+        # itself starts with `data/` makes one name stand for two)
+        self._paths_in_use: dict[str, tuple[str, ...]] = {}
         self._pending: set[str] = set()
         self._pending_by: set[str] = set()  # "webhook", "poll": the narrowed cycle's trigger
         self._polled: frozenset[Location] = frozenset()
@@ -287,12 +290,21 @@ class Daemon:
         return web.Readiness(ready=ready, checks=checks)
 
     def submit(self, paths: tuple[str, ...], *, by: str = "webhook") -> tuple[int, int]:
-        used = [p for p in paths if p in self._paths_in_use]
+        """Queue the Vault paths in use among `paths`, each by its `<mount>/<path>` name (so
+        `secret/apps/db` and `secret/data/apps/db` are one item): (paths queued, names ignored)."""
+        used: set[str] = set()
+        ignored = 0
+        for name in paths:
+            canonical = self._paths_in_use.get(name)
+            if canonical is None:
+                ignored += 1
+            else:
+                used.update(canonical)
         if used:
             self._pending.update(used)
             self._pending_by.add(by)
             self._wake.set()
-        return len(used), len(paths) - len(used)
+        return len(used), ignored
 
     def _read(self, source: str, error: errors.ResolveError | None) -> None:
         self.metrics.source_read(source, ok=error is None)
@@ -426,9 +438,7 @@ class Daemon:
         if commit is not None and self.checkout is not None:
             await self.checkout.accept(commit)
         self.fleet = fleet
-        self._paths_in_use = frozenset(
-            n for d in desired for r in d.refs() for n in path_names(r.location)
-        )
+        self._paths_in_use = _webhook_names(desired)
         self._polled = poll.polled_locations(desired)
         self.board.fleet_loaded(fleet, desired, at=now, commit=commit)
         return fleet
@@ -492,6 +502,20 @@ class Daemon:
 def _load_and_plan(loader: Callable[[Path], Fleet], path: Path) -> tuple[Fleet, list[Any]]:
     fleet = loader(path)
     return fleet, plan.plan(fleet)
+
+
+def _webhook_names(desired: Iterable[DesiredSecret]) -> dict[str, tuple[str, ...]]:
+    """Each name a webhook may use for a Vault path of `desired` -> the `<mount>/<path>` names
+    it stands for (what `Engine.run_cycle(only_paths=...)` narrows by)."""
+    names: dict[str, tuple[str, ...]] = {}
+    for d in desired:
+        for ref in d.refs():
+            forms = path_names(ref.location)
+            for name in forms:
+                held = names.get(name, ())
+                if forms[0] not in held:
+                    names[name] = (*held, forms[0])
+    return names
 
 
 def _reason(exc: Exception) -> str:

@@ -278,7 +278,7 @@ async def test_signed_webhook_triggers_a_narrowed_cycle_once(
         assert resp.status == 202
         assert await resp.json() == {"status": "queued", "queued": 1, "ignored": 1}
         await engine.wait_calls(2)
-        assert engine.calls[1] == frozenset({"secret/data/web/prod"})
+        assert engine.calls[1] == frozenset({"secret/web/prod"}), "queued by its one name"
         again = await client.post("/v1/webhooks/vault", data=body, headers=headers)
         assert again.status == 200 and (await again.json())["status"] == "duplicate"
         doc = await (await client.get("/v1/status")).json()
@@ -302,6 +302,37 @@ async def test_signed_webhook_triggers_a_narrowed_cycle_once(
     assert len(engine.calls) == 4  # the duplicate did no work
     doc = daemon.board.document()
     assert doc["cycles"] == 4
+
+
+async def test_both_names_of_one_vault_path_queue_one_item(
+    repo: Path, aiohttp_client: AiohttpClient
+) -> None:
+    """`secret/web/prod` and its KV v2 API form `secret/data/web/prod` are one path: one
+    queued item, whether they come in one request or in two."""
+    engine = GatedEngine()
+    daemon = make_daemon(repo, engine)
+    client: TestClient[Any, Any] = await aiohttp_client(make_app(daemon))
+    loop_task = asyncio.create_task(daemon.run_loop())
+    url = "/v1/webhooks/vault"
+    try:
+        await engine.wait_calls(1)
+        both = json.dumps({"paths": ["secret/web/prod", "secret/data/web/prod"]}).encode()
+        resp = await client.post(url, data=both, headers=signed(both))
+        assert await resp.json() == {"status": "queued", "queued": 1, "ignored": 0}
+        await engine.wait_calls(2)  # the narrowed cycle runs (held at the gate)
+        for path in ("secret/data/web/staging", "secret/web/staging"):
+            body = json.dumps({"paths": [path]}).encode()
+            resp = await client.post(url, data=body, headers=signed(body))
+            assert await resp.json() == {"status": "queued", "queued": 1, "ignored": 0}
+        assert daemon._pending == {"secret/web/staging"}
+        engine.gate.set()
+        await engine.wait_calls(3)
+    finally:
+        engine.gate.set()
+        daemon.stop()
+        async with asyncio.timeout(5):
+            await loop_task
+    assert engine.calls[1:] == [frozenset({"secret/web/prod"}), frozenset({"secret/web/staging"})]
 
 
 async def test_bad_commit_keeps_the_last_good_fleet(
@@ -428,11 +459,7 @@ async def test_a_flood_of_webhooks_is_bounded_and_coalesced_per_path(
             for resp in answers:
                 statuses[resp.status] = statuses.get(resp.status, 0) + 1
                 resp.release()
-            assert daemon._pending <= {
-                "secret/web/prod",
-                "secret/data/web/staging",
-                "secret/web/dev",
-            }
+            assert daemon._pending <= {"secret/web/prod", "secret/web/staging", "secret/web/dev"}
         elapsed = time.monotonic() - started
         growth = _rss_bytes() - rss_before
 
@@ -440,10 +467,11 @@ async def test_a_flood_of_webhooks_is_bounded_and_coalesced_per_path(
         assert statuses == {202: 501, 200: 249, 401: 250}, statuses
         assert not [s for s in statuses if s >= 500]
         assert len(engine.calls) == 2, "the burst waits for the running cycle"
-        assert daemon._pending == set(used)
+        canonical = {"secret/web/prod", "secret/web/staging", "secret/web/dev"}
+        assert daemon._pending == canonical
         engine.gate.set()
         await engine.wait_calls(3)
-        assert engine.calls[2] == frozenset(used), "one narrowed cycle, each path once"
+        assert engine.calls[2] == frozenset(canonical), "one narrowed cycle, each path once"
         assert not daemon._pending
     finally:
         engine.gate.set()
