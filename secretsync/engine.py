@@ -190,6 +190,7 @@ class Engine:
                         dry_run=dry_run,
                         prune=only_paths is None,
                         seals=seals,
+                        check_refs=check_refs,
                     )
             except Exception as exc:
                 return exc
@@ -266,6 +267,7 @@ class Engine:
         dry_run: bool,
         prune: bool = True,
         seals: SealPool | None = None,
+        check_refs: bool = False,
     ) -> list[ItemResult]:
         results: list[ItemResult] = []
         certificate: seal.Certificate | None = None
@@ -292,6 +294,7 @@ class Engine:
                         observed=observed,
                         certificate=certificate,
                         cert_error=cert_error,
+                        check_refs=check_refs,
                     )
                     await self._prepare(step, batch, resolution, results)
                     for d, done in _render_sealed(step.pending, certificate, seals):
@@ -332,8 +335,13 @@ class Engine:
         for d in batch:
             key = d.key
             step.meta[key] = d
+            # an ExternalSecret reads nothing: a failed read of one of its paths (made for a
+            # sealed or direct object of another cluster) is not its failure, unless its refs
+            # were read on purpose (`check_refs`)
             failure = (
-                self._unresolved(d, resolution) if resolution.failures else None
+                self._unresolved(d, resolution)
+                if resolution.failures and (step.check_refs or d.delivery is not Delivery.EXTERNAL)
+                else None
             ) or step.cert_error
             if failure is not None:
                 step.keep.add(key)
@@ -509,6 +517,8 @@ class _Batch:
     observed: Mapping[ObjectKey, Observed]
     certificate: seal.Certificate | None
     cert_error: str | None
+    check_refs: bool = False
+    """The refs of `external` objects were read for this cycle: their failures count."""
     prepared: dict[ObjectKey, Rendered | str] = field(default_factory=dict)
     keep: set[ObjectKey] = field(default_factory=set)
     meta: dict[ObjectKey, DesiredSecret] = field(default_factory=dict)

@@ -250,3 +250,56 @@ async def test_plan_names_refs_that_moved_to_a_new_version(
     old_enc = yaml.safe_load(before)["spec"]["encryptedData"]
     new_enc = yaml.safe_load(after)["spec"]["encryptedData"]
     assert old_enc == new_enc, "same values keep their ciphertext; only the recorded version moved"
+
+
+async def test_an_external_object_does_not_fail_on_a_read_made_for_another_cluster(
+    fleet_repo: MakeRepo, openbao: OpenBao, unique: str, tmp_path: Path
+) -> None:
+    """The latest version of a path a sealed cluster and an `external` cluster both name is
+    deleted: the sealed objects fail (their values cannot be read); the ExternalSecret, which
+    reads nothing, is planned as when its cluster is planned alone."""
+    role_id, secret_file, _ = setup_vault(openbao, unique, tmp_path)
+    async with CountingProxy(openbao.address) as proxy:
+        files = fleet_files(proxy.address, unique, role_id, secret_file)
+        files["clusters/all.yaml"] = str(files["clusters/all.yaml"]) + (
+            "---\napiVersion: secretsync.dev/v1alpha1\nkind: Cluster\n"
+            "metadata: {name: ext, labels: {env: prod}}\nspec: {delivery: external}\n"
+        )
+        files["secrets/db.yaml"] = (
+            str(files["secrets/db.yaml"])
+            .replace("  clusterSelector: {}", "  clusterSelector: {matchLabels: {env: prod}}")
+            .replace(
+                f"    license: {{vault: {{path: app/license, key: key, mount: {unique}-v1}}}}\n", ""
+            )
+        )
+        root = fleet_repo(files)
+        openbao.client().secrets.kv.v2.delete_latest_version_of_secret(
+            f"{unique}/prod/db", mount_point="secret"
+        )
+
+        def plan(*extra: str) -> tuple[int, dict[str, str], str]:
+            env = {**os.environ, "SECRETSYNC_HMAC_KEY": "vault-render"}
+            env.pop("VAULT_TOKEN", None)
+            done = subprocess.run(
+                [sys.executable, "-m", "secretsync", "-o", "json", "plan", str(root), *extra],
+                env=env,
+                capture_output=True,
+                timeout=300,
+                check=False,
+            )
+            actions = {
+                name: item["action"]
+                for name, items in json.loads(done.stdout)["clusters"].items()
+                for item in items
+            }
+            return done.returncode, actions, done.stderr.decode()
+
+        code, alone, _ = await asyncio.to_thread(plan, "--cluster", "ext")
+        assert (code, alone) == (0, {"ext": "create"})
+        assert proxy.count("GET", "/v1/secret/data/") == 0, "an ExternalSecret reads nothing"
+
+        code, actions, err = await asyncio.to_thread(plan)
+        assert code == 1  # the sealed clusters' objects fail
+        assert actions == {"prod-use1": "failed", "prod-euw1": "failed", "ext": "create"}
+        assert "deleted" in err
+        assert canary.find_in_text(err) == []
