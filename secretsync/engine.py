@@ -25,7 +25,6 @@ from secretsync.deliver import (
     Diff,
     KeyDiff,
     Sink,
-    Stager,
     diff,
     key_diff,
 )
@@ -219,10 +218,14 @@ class Engine:
         for sink in self.sinks:
             for name in await sink.orphans(set(fleet.clusters)):
                 gone = Cluster(name=name, labels={}, delivery=Delivery.DIRECT, origin=fleet.origin)
-                observed = await sink.observe(gone)
-                outcome = diff({}, observed, keep=set())
-                if not dry_run and outcome.changes:
-                    await sink.apply(gone, outcome.changes)
+                try:
+                    observed = await sink.observe(gone)
+                    outcome = diff({}, observed, keep=set())
+                    if not dry_run and outcome.changes:
+                        await sink.apply(gone, outcome.changes)
+                        await sink.finish_cluster(gone)
+                finally:
+                    sink.discard(gone)
                 for obs in outcome.changes.delete:
                     report.items.append(
                         ItemResult(
@@ -286,7 +289,7 @@ class Engine:
                 # what secretsync owns here and no longer wants: deleted with the last batch
                 wanted_keys = {d.key for d in wanted}
                 leftovers = {k: o for k, o in observed.items() if k not in wanted_keys}
-                batches = _batches(wanted, None if isinstance(sink, Stager) else self.batch_size)
+                batches = _batches(wanted, None if sink.stages else self.batch_size)
                 for number, batch in enumerate(batches, start=1):
                     step = _Batch(
                         sink=sink,
@@ -304,7 +307,7 @@ class Engine:
                     if prune and number == len(batches):
                         outcome.changes.delete = diff({}, leftovers, keep=set()).changes.delete
                     applied = ApplyResult()
-                    if not dry_run and (outcome.changes or sink.name == "git"):
+                    if not dry_run and outcome.changes:
                         applied = await sink.apply(cluster, outcome.changes)
                     self._record(
                         step,
@@ -315,10 +318,11 @@ class Engine:
                         report=report,
                         dry_run=dry_run,
                     )
+                if not dry_run:
+                    await sink.finish_cluster(cluster)
         finally:
             for sink in self.sinks:
-                if isinstance(sink, Stager):
-                    sink.discard(cluster)  # what an apply did not take (a failure, a timeout)
+                sink.discard(cluster)  # what an apply did not take (a failure, a timeout)
         return results
 
     async def _prepare(
@@ -415,7 +419,7 @@ class Engine:
             return
         report.seals += done.resealed
         seen = step.observed.get(d.key)
-        if isinstance(step.sink, Stager) and (seen is None or seen.owned):
+        if step.sink.stages and (seen is None or seen.owned):
             step.sink.stage(step.cluster, done)
 
     @staticmethod
