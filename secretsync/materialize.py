@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import functools
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
@@ -58,7 +59,9 @@ FORMAT = 1
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Rendered:
-    """One object ready for a sink. `needles` are the plaintext byte strings it must not hold."""
+    """One object ready for a sink. `needles` are the plaintext byte strings it must not hold
+    (beyond what `standin`, the same object rendered with stand-in values, holds of them: see
+    `holds_plaintext`)."""
 
     key: ObjectKey
     fleet_secret: str
@@ -71,6 +74,7 @@ class Rendered:
     resealed: int = 0
     restarts: tuple[RestartRef, ...] = ()
     adopt: bool = False
+    standin: Callable[[], Manifest] | None = dataclasses.field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -382,7 +386,66 @@ def render_sealed(
         manifest=manifest,
         needles=_needles(values, desired),
         resealed=resealed,
+        standin=functools.partial(_sealed_standin, desired, values, ctx, hashes, encrypted),
     )
+
+
+def _stand_in_text(size: int) -> bytes:
+    """`size` random bytes of the base64 alphabet: a stand-in of the same length as a value or
+    a ciphertext, that no value can be made to match on purpose."""
+    return base64.b64encode(os.urandom(size))[:size]
+
+
+def _sealed_standin(
+    desired: DesiredSecret,
+    values: Mapping[str, SecretValue],
+    ctx: RenderContext,
+    hashes: SealedHashes,
+    encrypted: Mapping[str, str],
+) -> Manifest:
+    """The SealedSecret rendered again with every value replaced by a random stand-in of the
+    same length, and every ciphertext sealed anew by random text of the same length. Its hashes
+    are the real object's (hex text that only the keyed HMAC decides) and so is the ciphertext
+    it keeps from the previous object (written before, and sealed from the same value), so what
+    differs between the two is what the values put into the text, directly or through a seal."""
+    standin = RenderContext(
+        hmac_key=ctx.hmac_key,
+        certificate=ctx.certificate,
+        previous=ctx.previous,
+        versions=ctx.versions,
+        hashes=hashes,
+        sealed={key: _stand_in_text(len(text)).decode("ascii") for key, text in encrypted.items()},
+    )
+    stand = {key: SecretValue(_stand_in_text(len(value))) for key, value in values.items()}
+    return render_sealed(desired, stand, ctx=standin).manifest
+
+
+def holds_plaintext(data: bytes, item: Rendered) -> bool:
+    """Whether `data`, the bytes about to be written for `item`, hold a value `item` was built
+    from (raw, base64 or JSON-escaped).
+
+    A needle found in `data` is only a leak when it occurs more often there than in the same
+    object rendered with stand-in values: a value may equal text the object holds anyway (a
+    value `true` beside `immutable: true`, a value equal to its key's name), and that text says
+    nothing about the value. Occurrences are counted overlapping, so a leak next to or across
+    such text still adds one. Without a stand-in every occurrence is a leak. The stand-in is
+    rendered only when a needle is found (rare): the common case costs one search per needle.
+    """
+    found = [needle for needle in item.needles if needle in data]
+    if not found:
+        return False
+    if item.standin is None:
+        return True
+    baseline = dump_yaml(item.standin())
+    return any(_occurrences(data, n) > _occurrences(baseline, n) for n in found)
+
+
+def _occurrences(data: bytes, needle: bytes) -> int:
+    count, at = 0, data.find(needle)
+    while at != -1:
+        count += 1
+        at = data.find(needle, at + 1)
+    return count
 
 
 def _copy_metadata(meta: Mapping[str, Any]) -> dict[str, Any]:

@@ -6,7 +6,8 @@ managed-by label and this cluster's annotation — are updated or pruned; anythi
 folder is left alone and stays listed.
 
 The plaintext guard: before any byte is written, the sink looks for each resolved value the
-object was built from (raw, base64 and JSON-escaped) and refuses the write if one is there.
+object was built from (raw, base64 and JSON-escaped) and refuses the write if one is there more
+often than in the same object rendered with stand-in values (`materialize.holds_plaintext`).
 
 Observing a cluster folder stats each file and trusts a stat index kept outside the repo
 (`statindex`) when the stat is exactly the recorded one; everything else is read and parsed.
@@ -51,13 +52,13 @@ MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 _HEADER = "# Written by secretsync for cluster {cluster}. Do not edit: changes are overwritten.\n"
 
 
-def guard(data: bytes, needles: tuple[bytes, ...], *, path: str) -> None:
-    """Refuse bytes that contain any needle; the error names the file, never the value."""
-    for needle in needles:
-        if needle in data:
-            raise errors.PlaintextRefused(
-                f"{path}: refused to write a resolved secret value in plaintext"
-            )
+def guard(data: bytes, item: Rendered, *, path: str) -> None:
+    """Refuse bytes that hold a value `item` was built from (`materialize.holds_plaintext`);
+    the error names the file, never the value."""
+    if materialize.holds_plaintext(data, item):
+        raise errors.PlaintextRefused(
+            f"{path}: refused to write a resolved secret value in plaintext"
+        )
 
 
 def _parse(data: bytes) -> dict[str, Any] | None:
@@ -406,7 +407,7 @@ class GitSink:
         path = os.path.join(self._root, cluster, rel)
         data = dump_yaml(item.manifest)
         try:
-            guard(data, item.needles, path=os.path.join(self.out_dir.name, cluster, rel))
+            guard(data, item, path=os.path.join(self.out_dir.name, cluster, rel))
         except errors.PlaintextRefused as exc:
             return str(exc)
         return _Staged(self._stage(path, data), path, rel, data)
