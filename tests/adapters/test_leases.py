@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+import yaml
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
@@ -28,8 +29,17 @@ from secretsync.daemon import Daemon, DaemonSettings, EngineWiring
 from secretsync.deliver import ApplyResult, ChangeSet, Sink
 from secretsync.engine import Engine
 from secretsync.leases import LeaseElector, LeaseTiming
+from secretsync.load import load_fleet
+from secretsync.materialize import Rendered
 from secretsync.model import Cluster, Fleet, ObjectKey, Observed
-from secretsync.sharding import Coordinator, ElectionSettings, shard_lease, shard_of
+from secretsync.sharding import (
+    Coordinator,
+    ElectionSettings,
+    GatedSink,
+    shard_lease,
+    shard_of,
+)
+from secretsync.sinks.git import GitSink
 from tests import canary
 from tests.adapters.conftest_kube import NamespaceFactory
 from tests.fakes import FakeSource
@@ -249,6 +259,19 @@ class Recording:
 
     async def detail(self, observed: Observed) -> Observed:
         return await self.inner.detail(observed)
+
+    @property
+    def stages(self) -> bool:
+        return self.inner.stages
+
+    def stage(self, cluster: Cluster, item: Rendered) -> None:
+        self.inner.stage(cluster, item)
+
+    async def finish_cluster(self, cluster: Cluster) -> None:
+        await self.inner.finish_cluster(cluster)
+
+    def discard(self, cluster: Cluster) -> None:
+        self.inner.discard(cluster)
 
     async def apply(self, cluster: Cluster, changes: ChangeSet) -> ApplyResult:
         start = time.monotonic()
@@ -561,3 +584,66 @@ async def test_two_shards_split_the_clusters(
                 await r.stop()
         for home in homes:
             await home.aclose()
+
+
+async def test_a_git_writer_holding_its_lease_keeps_every_file_listed(
+    fleet_repo: Callable[[dict[str, str | bytes]], Path],
+    kube_cluster: KubeCluster,
+    kube_namespace: NamespaceFactory,
+) -> None:
+    """The daemon with election on holds `secretsync-git` on a real apiserver and writes 150
+    objects of one cluster to Git through the Lease gate: each cycle the kustomization lists
+    all 150 and, after the first, no file changes (before: 50 listed, then the kustomization
+    deleted and written again every cycle)."""
+    lease_ns = kube_namespace(kube_cluster, prefix="lease")
+    secrets_doc = "---\n".join(
+        "apiVersion: secretsync.dev/v1alpha1\nkind: FleetSecret\n"
+        f"metadata: {{name: s{i:03d}}}\n"
+        f"spec:\n  clusterSelector: {{}}\n  target: {{name: s{i:03d}, namespace: ns{i % 3}}}\n"
+        f"  data: {{v: {{vault: {{path: apps/p{i}, key: v}}}}}}\n"
+        for i in range(150)
+    )
+    root = fleet_repo(
+        {
+            "secretsync.yaml": "apiVersion: secretsync.dev/v1alpha1\nkind: Fleet\n"
+            "metadata: {name: git-lease}\nspec: {defaults: {delivery: external}}\n",
+            "clusters/c.yaml": "apiVersion: secretsync.dev/v1alpha1\nkind: Cluster\n"
+            "metadata: {name: ext}\nspec: {}\n",
+            "secrets/all.yaml": secrets_doc,
+        }
+    )
+    election = ElectionSettings(namespace=lease_ns, identity="git-writer", timing=DAEMON)
+    home = kube_cluster.endpoint()
+    coordinator = Coordinator(api=home, settings=election)
+    settings = DaemonSettings(
+        fleet_path=root, hmac_key=KEY, port=0, interval_s=3600, git=True, kube=False
+    )
+
+    def sources(fleet: Fleet, env: Mapping[str, str]) -> Mapping[str, resolve.Source]:
+        return {"vault": FakeSource({})}  # type: ignore[arg-type]
+
+    daemon = Daemon(settings=settings, make_sources=sources, coordinator=coordinator)
+    kustomization = root / "rendered/ext/kustomization.yaml"
+    expected = sorted(f"ns{i % 3}/s{i:03d}.yaml" for i in range(150))
+    changed: list[int] = []
+    try:
+        coordinator.start()
+        await wait_for(coordinator.writes_git, timeout=10, what="the Git Lease is held")
+        assert holder(home, lease_ns, "secretsync-git") == "git-writer"
+        engine = await daemon._wiring.engine_for(load_fleet(root))
+        (gated,) = engine.sinks
+        assert isinstance(gated, GatedSink) and isinstance(gated.inner, GitSink)
+        for n in range(4):
+            before = gated.inner.files_changed
+            await daemon.cycle(trigger="interval")
+            doc = daemon.board.document()
+            assert doc["lastCycle"]["outcome"] == "ok", doc["lastCycle"]
+            changed.append(gated.inner.files_changed - before)
+            assert kustomization.is_file(), f"cycle {n + 1}: kustomization.yaml is gone"
+            listed = yaml.safe_load(kustomization.read_text())["resources"]
+            assert listed == expected, f"cycle {n + 1}: {len(listed)} listed"
+        assert changed == [151, 0, 0, 0]
+    finally:
+        await coordinator.stop()
+        await daemon._wiring.aclose()
+        await home.aclose()
