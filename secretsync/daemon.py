@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from aiohttp import web as aioweb
 
-from secretsync import errors, gitsource, load, plan, poll, resolve, runtime, web, webhook
+from secretsync import errors, gitsource, load, logs, plan, poll, resolve, runtime, web, webhook
 from secretsync.engine import CycleReport, Engine, path_names
 from secretsync.metrics import Metrics
 from secretsync.model import DesiredSecret, Fleet, Location
@@ -439,6 +439,8 @@ class Daemon:
             await self.checkout.accept(commit)
         self.fleet = fleet
         self._paths_in_use = _webhook_names(desired)
+        # the redaction filter forgets the values of refs that left the fleet
+        logs.retain({ref for d in desired for ref in d.refs()})
         self._polled = poll.polled_locations(desired)
         self.board.fleet_loaded(fleet, desired, at=now, commit=commit)
         return fleet

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
-from secretsync import bounded, errors
+from secretsync import bounded, errors, logs
 from secretsync.model import Location, ValueRef
 from secretsync.values import SecretValue
 
@@ -135,6 +135,8 @@ async def resolve(
                 result.values[ref] = lookup(outcome.document, ref.key, where=str(location))
             except errors.ResolveError as exc:
                 result.failures[ref] = exc
+    # from here on, a log record of any logger that holds one of these values is redacted
+    logs.protect(result.values.items())
     for kind, messages in sorted(failed.items()):
         more = f" (and {len(messages) - 1} more)" if len(messages) > 1 else ""
         log.warning("%s: %s%s", kind, messages[0], more)
