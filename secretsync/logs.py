@@ -101,6 +101,9 @@ class _Registry:
     """The values to redact, one per ref; the needle index is rebuilt on the first record
     after a change (a cycle registers its values in one call, so about once per cycle)."""
 
+    def __repr__(self) -> str:
+        return f"<redaction registry: {len(self.by_ref)} refs>"  # never the values
+
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.by_ref: dict[Hashable, tuple[str, ...]] = {}

@@ -90,9 +90,16 @@ def test_a_resolved_value_is_redacted_from_every_logger(tmp_path: Path) -> None:
 
 @pytest.fixture
 def registry() -> Iterator[None]:
-    """The process-wide registry, emptied after the test."""
+    """The process-wide registry, empty for the test (other tests resolve values too) and
+    emptied after it."""
+    logs.retain(set())
     yield
     logs.retain(set())
+
+
+def registered() -> set[object]:
+    """The refs registered (never their values: an assertion would print them)."""
+    return set(logs._REGISTRY.by_ref)
 
 
 def _ref(i: int) -> ValueRef:
@@ -105,11 +112,11 @@ def test_one_value_per_ref_and_refs_that_left_are_forgotten(registry: None) -> N
     assert logs.redact("x first-value-0007 y") == "x <redacted> y"
     rotated = {ref: text.replace("first", "second") for ref, text in first.items()}
     logs.protect((ref, SecretValue.of(text)) for ref, text in rotated.items())
-    assert len(logs._REGISTRY.by_ref) == 1000, "a rotation replaces, never adds"
+    assert len(registered()) == 1000, "a rotation replaces, never adds"
     assert logs.redact("second-value-0007") == "<redacted>"
     kept = {_ref(i) for i in range(10)}
     logs.retain(kept)  # the other 990 FleetSecrets left the fleet
-    assert set(logs._REGISTRY.by_ref) == kept
+    assert registered() == kept
     assert logs.redact("second-value-0007 second-value-0500") == "<redacted> second-value-0500"
 
 
@@ -144,12 +151,12 @@ async def test_the_daemon_forgets_values_of_secrets_removed_from_the_fleet(
     )
     try:
         await daemon.cycle(trigger="start")
-        before = {r for r in logs._REGISTRY.by_ref if isinstance(r, ValueRef)}
+        before = {r for r in registered() if isinstance(r, ValueRef)}
         web = {r for r in before if r.location.path.startswith("web/")}
         assert web and before - web, before
         (root / "secrets/api.yaml").unlink()  # the web-api FleetSecret leaves the fleet
         await daemon.cycle(trigger="interval")
-        after = set(logs._REGISTRY.by_ref)
+        after = registered()
         assert not after & web, "the removed FleetSecret's values are forgotten"
         assert before - web <= after
     finally:
