@@ -293,9 +293,11 @@ def _run(
     home_kubeconfig: str | None = None,
     cluster_timeout: float = 60.0,
     check_refs: bool = False,
+    commit_as: str | None = None,
 ) -> None:
     fleet = _load(fleet_path)
     sel = _selector(selector)
+    repo = _output_repo(settings, out, fleet, commit_as) if commit_as is not None else None
     key = _hmac_or_random(settings)
     sinks: list[Any] = []
     git_sink = kube_sink = None
@@ -336,7 +338,10 @@ def _run(
         report = asyncio.run(go())
     except errors.ConfigError as exc:
         _fail_config(exc)
+    committed = _commit(repo, report) if repo is not None else None
     doc = _report_doc(report, verbose=verbose)
+    if repo is not None:
+        doc["commit"] = committed
     if git_sink is not None and not dry_run:
         doc["summary"]["filesChanged"] = git_sink.files_changed
     if kube_sink is not None:
@@ -353,10 +358,45 @@ def _run(
     sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
 
 
+def _output_repo(settings: Settings, out: str | None, fleet: Fleet, author: str) -> Any:
+    """`render --commit`: the output folder's repository, checked clean before rendering."""
+    from secretsync import gitsource, writeback
+
+    out_dir = Path(out) if out else fleet.root / fleet.output_dir
+    try:
+        return asyncio.run(writeback.open_clean(out_dir, author=author, env=settings.env))
+    except errors.ConfigError as exc:
+        _fail_config(exc)
+    except gitsource.GitError as exc:
+        raise UsageError(f"--commit: {exc}") from None
+
+
+def _commit(repo: Any, report: CycleReport) -> dict[str, Any] | None:
+    """One commit of what the render changed (None when nothing did)."""
+    from secretsync import gitsource, writeback
+
+    try:
+        done = asyncio.run(repo.commit(report, cycle=writeback.cycle_name("render")))
+    except (errors.ConfigError, gitsource.GitError) as exc:
+        click.echo(f"commit failed: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    if done is None:
+        return None
+    return {"sha": done.sha, "objects": len(done.items), "files": len(done.paths)}
+
+
 _check_refs_option = click.option(
     "--check-refs",
     is_flag=True,
     help="Also read the Vault refs of external clusters to confirm each path and key exists.",
+)
+_author_option = click.option(
+    "--git-author",
+    envvar="SECRETSYNC_GIT_AUTHOR",
+    default="secretsync <secretsync@localhost>",
+    show_default=True,
+    metavar="'NAME <EMAIL>'",
+    help="Author and committer of the commits secretsync makes.",
 )
 _cluster_option = click.option(
     "--cluster", "cluster", multiple=True, help="Only this cluster (repeatable)."
@@ -371,6 +411,13 @@ _selector_option = click.option("--selector", help="Only clusters matching this 
 @_selector_option
 @_check_refs_option
 @click.option("-v", "--verbose", is_flag=True, help="List unchanged objects too.")
+@click.option(
+    "--commit",
+    is_flag=True,
+    help="Commit exactly the changed files of the output folder on the current branch (no "
+    "commit when nothing changed; exit 2 when the work tree already has changes).",
+)
+@_author_option
 @pass_settings
 def render(
     settings: Settings,
@@ -380,6 +427,8 @@ def render(
     selector: str | None,
     check_refs: bool,
     verbose: bool,
+    commit: bool,
+    git_author: str,
 ) -> None:
     """Resolve values and write SealedSecret / ExternalSecret manifests per cluster.
 
@@ -395,6 +444,7 @@ def render(
         dry_run=False,
         verbose=verbose,
         check_refs=check_refs,
+        commit_as=git_author if commit else None,
     )
 
 

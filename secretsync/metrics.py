@@ -14,6 +14,9 @@ Labels are cluster names, sources, outcomes and states: never a value, never a p
 | `secretsync_fleet_load_errors_total` | counter | — |
 | `secretsync_leader` | gauge | `lease` (1 while this replica holds it; only with election) |
 | `secretsync_stale_paths` | gauge | `source` (locations whose last read failed) |
+| `secretsync_git_push_total` | counter | `result` (ok, rejected: the branch moved, failed) |
+| `secretsync_git_push_duration_seconds` | histogram | — (commit to pushed, retries included) |
+| `secretsync_git_last_push_timestamp_seconds` | gauge | — (Unix time of the last push) |
 """
 
 from __future__ import annotations
@@ -79,6 +82,23 @@ class Metrics:
         )
         for source in ("vault", "sops"):
             self.stale_paths.labels(source=source).set(0)
+        self.git_push = Counter(
+            "secretsync_git_push",
+            "Pushes of write-back commits (rejected: another writer moved the branch).",
+            ["result"],
+            registry=r,
+        )
+        self.git_push_duration = Histogram(
+            "secretsync_git_push_duration_seconds",
+            "From commit to pushed (or given up), retries included.",
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.git_last_push = Gauge(
+            "secretsync_git_last_push_timestamp_seconds",
+            "Unix time of the last write-back push that landed.",
+            registry=r,
+        )
         self._stale: set[Location] = set()
 
     def cycle(
@@ -121,6 +141,13 @@ class Metrics:
         self.objects.clear()
         for (cluster, state), n in counts.items():
             self.objects.labels(cluster=cluster, state=state).set(n)
+
+    def pushed(self, *, ok: bool, seconds: float) -> None:
+        """A cycle's write-back push landed (`ok`) or was given up."""
+        self.git_push.labels(result="ok" if ok else "failed").inc()
+        self.git_push_duration.observe(seconds)
+        if ok:
+            self.git_last_push.set_to_current_time()
 
     def source_read(self, source: str, *, ok: bool) -> None:
         self.source_reads.labels(source=source, outcome="ok" if ok else "error").inc()

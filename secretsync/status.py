@@ -54,9 +54,11 @@ class Entry:
     content_hash: str | None = None
     last_sync: datetime | None = None
     sinks: tuple[str, ...] = ()
+    committed: str | None = None  # the write-back commit that carries it (serve --git-push)
+    pushed: bool | None = None
 
     def document(self) -> dict[str, Any]:
-        return {
+        return self._push() | {
             "cluster": self.cluster,
             "fleetSecret": self.fleet_secret,
             "object": f"{self.namespace}/{self.name}",
@@ -69,6 +71,9 @@ class Entry:
             "contentHash": self.content_hash,
             "lastSync": _iso(self.last_sync),
         }
+
+    def _push(self) -> dict[str, Any]:
+        return {"committed": self.committed, "pushed": self.pushed} if self.committed else {}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -116,6 +121,7 @@ class StatusBoard:
         self.last_cycle: CycleSummary | None = None
         self.cycles = 0
         self.leadership: Callable[[], dict[str, Any]] | None = None  # set with election on
+        self.last_push: dict[str, Any] | None = None  # with serve --git-push
 
     # --- feeding -------------------------------------------------------------------------------
 
@@ -214,6 +220,17 @@ class StatusBoard:
         )
         self.cycles += 1
 
+    def pushed(
+        self, outcome: dict[str, Any], *, carried: Iterable[tuple[str, str | None]], pushed: bool
+    ) -> None:
+        """A write-back commit (and its push, or why not): the objects it carries record it."""
+        self.last_push = outcome
+        sha = outcome.get("commit")
+        for cluster, fleet_secret in carried:
+            entry = self.entries.get((cluster, fleet_secret or ""))
+            if entry is not None and isinstance(sha, str):
+                entry.committed, entry.pushed = sha, pushed
+
     # --- reading -------------------------------------------------------------------------------
 
     def counts(self) -> dict[tuple[str, str], int]:
@@ -252,7 +269,15 @@ class StatusBoard:
             "cycles": self.cycles,
             "lastCycle": self.last_cycle.document() if self.last_cycle else None,
             "objects": [e.document() for e in self.sorted_entries()],
-        } | ({"leadership": self.leadership()} if self.leadership is not None else {})
+        } | self._extras()
+
+    def _extras(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.leadership is not None:
+            out["leadership"] = self.leadership()
+        if self.last_push is not None:
+            out["lastPush"] = self.last_push
+        return out
 
 
 def _apply(entry: Entry, items: list[ItemResult], *, at: datetime) -> None:
