@@ -661,6 +661,51 @@ def _with_pull_and_poll(
     )
 
 
+def _push_options[F: Callable[..., Any]](command: F) -> F:
+    """`serve`'s options for committing and pushing the output folder (`writeback`)."""
+    for option in reversed(
+        [
+            click.option(
+                "--git-push",
+                is_flag=True,
+                envvar="SECRETSYNC_GIT_PUSH",
+                help="After a cycle that changed files, commit them and push to the branch "
+                "pulled (never with force; needs --git-url).",
+            ),
+            click.option(
+                "--git-push-branch",
+                envvar="SECRETSYNC_GIT_PUSH_BRANCH",
+                help="Push to this branch of the same remote instead (one GitOps tools watch).",
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+def _with_push(
+    options: DaemonSettings, *, push: bool, branch: str | None, author: str
+) -> DaemonSettings:
+    from secretsync import gitsource, writeback
+
+    if not push:
+        if branch:
+            raise UsageError("--git-push-branch needs --git-push")
+        return options
+    if options.git_url is None:
+        raise UsageError("--git-push needs --git-url: the daemon pushes to the repo it pulls")
+    if not options.git:
+        raise UsageError("--git-push needs the Git sink (drop --no-git)")
+    try:
+        settings = writeback.PushSettings(
+            branch=gitsource.check_branch(branch) if branch else None,
+            author=writeback.Author.parse(author),
+        )
+    except errors.ConfigError as exc:
+        raise UsageError(exc.render()) from None
+    return dataclasses.replace(options, push=settings)
+
+
 def _listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     host = host.strip("[]")
@@ -721,6 +766,8 @@ def _listen(text: str) -> tuple[str, int]:
     help="Seconds a Lease lasts without renewal (renewed every 2/15 of it).",
 )
 @_pull_and_poll_options
+@_push_options
+@_author_option
 @pass_settings
 def serve(
     settings: Settings,
@@ -741,6 +788,9 @@ def serve(
     git_url: str | None,
     git_branch: str | None,
     git_credentials_file: str | None,
+    git_push: bool,
+    git_push_branch: str | None,
+    git_author: str,
 ) -> None:
     """Run the daemon: reconcile at start and every --interval, serve /healthz, /readyz,
     /metrics, /v1/status, the fleet page at / and the signed rotation webhook
@@ -788,6 +838,7 @@ def serve(
         git_branch=git_branch,
         git_credentials_file=git_credentials_file,
     )
+    options = _with_push(options, push=git_push, branch=git_push_branch, author=git_author)
     try:
         code = daemon.run(options, make_sources=build_sources)
     except errors.DeliveryError as exc:  # the home cluster of the Leases is unusable

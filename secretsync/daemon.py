@@ -39,6 +39,7 @@ from secretsync.metrics import Metrics
 from secretsync.model import Fleet, Location
 from secretsync.sinks.git import GitSink
 from secretsync.status import StatusBoard
+from secretsync.writeback import PushSettings, WriteBack
 
 if TYPE_CHECKING:  # the election needs the kubernetes client: imported only when it is on
     from secretsync.sharding import Coordinator, ElectionSettings
@@ -72,6 +73,7 @@ class DaemonSettings:
     git_branch: str = "main"
     git_credentials_file: Path | None = None
     git_timeout_s: float = gitsource.DEFAULT_TIMEOUT_S
+    push: PushSettings | None = None  # commit and push the output (`writeback`)
 
 
 class Runner(Protocol):
@@ -253,6 +255,18 @@ class Daemon:
             if settings.git_url
             else None
         )
+        self.writeback = (
+            WriteBack(
+                checkout=self.checkout,
+                settings=settings.push,
+                may_write=coordinator.writes_git if coordinator is not None else lambda: True,
+                board=self.board,
+                metrics=self.metrics,
+                clock=clock,
+            )
+            if settings.push is not None and self.checkout is not None
+            else None
+        )
         self._wake = asyncio.Event()
         self._stopping = False
         self._full_now = False  # a Lease was acquired: reconcile what it guards at once
@@ -353,20 +367,17 @@ class Daemon:
         started = self._clock()
         t0 = time.monotonic()
         try:
-            fleet = await self._reload()
-            if fleet is None:
-                raise errors.ConfigError("no fleet repo has loaded yet")
-            engine = await self._wiring.engine_for(fleet)
-            if self.coordinator is None:
-                report = await engine.run_cycle(fleet, only_paths=only_paths)
-            else:
-                scope = self.coordinator.scope(fleet.clusters)
-                if scope is None:
-                    log.debug("cycle (%s) skipped: this replica holds no Lease", trigger)
-                    return
-                report = await engine.run_cycle(
-                    fleet, clusters=scope.clusters, only_paths=only_paths
+            report = await self._reconcile(trigger, only_paths)
+            if report is None:
+                return
+            if self.writeback is not None:
+                report = await self.writeback.publish(
+                    report,
+                    out_dir=lambda: self.fleet.root / self.fleet.output_dir if self.fleet else None,
+                    rerun=lambda: self._reconcile(trigger, only_paths),
+                    trigger=trigger,
                 )
+                self._full_now = self._full_now or self.writeback.failed  # re-render it all
         except Exception as exc:  # one failed cycle must not stop the daemon
             message = _reason(exc)
             seconds = time.monotonic() - t0
@@ -403,6 +414,24 @@ class Daemon:
             )
         for name, reason in report.failed_clusters.items():
             log.warning("failed: cluster %s: %s", name, reason, extra={"cluster": name})
+
+    async def _reconcile(
+        self, trigger: str, only_paths: Collection[str] | None
+    ) -> CycleReport | None:
+        """Pull, reload and run the engine; None when this replica holds no Lease."""
+        fleet = await self._reload()
+        if fleet is None:
+            raise errors.ConfigError("no fleet repo has loaded yet")
+        engine = await self._wiring.engine_for(fleet)
+        if self.writeback is not None:
+            await self.writeback.prepare(fleet.root / fleet.output_dir)
+        if self.coordinator is None:
+            return await engine.run_cycle(fleet, only_paths=only_paths)
+        scope = self.coordinator.scope(fleet.clusters)
+        if scope is None:
+            log.debug("cycle (%s) skipped: this replica holds no Lease", trigger)
+            return None
+        return await engine.run_cycle(fleet, clusters=scope.clusters, only_paths=only_paths)
 
     async def _reload(self) -> Fleet | None:
         """Load and plan the fleet repo; a refused one leaves the last good fleet in place."""

@@ -255,6 +255,16 @@ def render_page(board: StatusBoard, *, nonce: str) -> str:
             + (f"; error: {_e(cycle.error)}" if cycle.error else "")
             + "</p>"
         )
+    push = board.last_push
+    if push is not None:  # serve --git-push
+        out.append(
+            f"<p class=meta id=last-push>Last push: <strong>{_e(push['result'])}</strong> at "
+            f"{_e(push['at'])}"
+            + (f", commit {_e(push['commit'])}" if push.get("commit") else "")
+            + f", {_e(push['objects'])} object(s), {_e(push['tries'])} tr(ies)"
+            + (f"; {_e(push['reason'])}" if push.get("reason") else "")
+            + "</p>"
+        )
     out.append('<div class=filters><label>Cluster label <select id=f-label><option value="">any')
     out.extend(f'<option value="{_e(p)}">{_e(p)}' for p in label_pairs)
     out.append('</select></label><label>State <select id=f-state><option value="">any')
