@@ -62,6 +62,19 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             },
         },
     },
+    "git-push": {
+        "fleet": {
+            "git": {
+                "url": "https://git.example/platform/fleet.git",
+                "credentialsSecret": "fleet-git-credentials",
+                "push": {
+                    "enabled": True,
+                    "branch": "rendered",
+                    "author": "Fleet Bot <fleet-bot@example.com>",
+                },
+            },
+        },
+    },
     "namespaced-rbac": {
         "rbac": {
             "targetNamespaces": ["payments", "web"],
@@ -127,6 +140,11 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
         "url",
     ),
     "git-secret-value": ({"fleet": {"git": {"password": "tok"}}}, "password"),
+    "git-push-without-url": ({"fleet": {"git": {"push": {"enabled": True}}}}, "url"),
+    "git-push-bad-author": (
+        {"fleet": {"git": {"url": "https://git.example/f.git", "push": {"author": "bot"}}}},
+        "author",
+    ),
     "shards-the-daemon-cannot-do": ({"sharding": {"enabled": True, "shards": 3}}, "shards"),
     "no-sink": ({"daemon": {"kube": False, "git": False}}, "daemon"),
 }
@@ -341,6 +359,19 @@ def test_git_url_without_credentials_and_default_branch(
     assert "git-credentials" not in {v["name"] for v in spec["volumes"]}
 
 
+def test_git_push_renders_its_flags(helm_config: helm_sdkpy.Configuration) -> None:
+    spec = render_workload(helm_config, "git-push", VALUE_SETS["git-push"])
+    (daemon,) = spec["containers"]
+    args = daemon["args"]
+    assert "--git" in args  # the output folder is rendered, daemon.git or not
+    assert "--git-url=https://git.example/platform/fleet.git" in args
+    assert "--git-push" in args
+    assert "--git-push-branch=rendered" in args
+    assert "--git-author=Fleet Bot <fleet-bot@example.com>" in args
+    off = render_workload(helm_config, "git-url-only", VALUE_SETS["git-url"])
+    assert not [a for a in off["containers"][0]["args"] if a.startswith("--git-push")]
+
+
 def test_without_git_url_no_git_flags(helm_config: helm_sdkpy.Configuration) -> None:
     spec = render_workload(helm_config, "git-sync", VALUE_SETS["git-sync-and-secret-refs"])
     daemon = spec["containers"][0]
@@ -354,6 +385,7 @@ def test_without_git_url_no_git_flags(helm_config: helm_sdkpy.Configuration) -> 
     [
         ("git-url-and-git-sync", "two fleet sources"),
         ("git-url-with-subpath", "fleet.subPath is not supported with fleet.git.url"),
+        ("git-push-without-url", "fleet.git.push.enabled needs fleet.git.url"),
     ],
 )
 def test_template_refuses_git_url_conflicts_without_the_schema(

@@ -8,6 +8,7 @@ nothing."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -188,8 +189,15 @@ async def test_push_branch_of_its_own_over_smart_http_with_basic_auth(tmp_path: 
             assert mode_at(remote, "rendered") == b"blue"
             assert any(r.startswith("POST /fleet.git/git-receive-pack") for r in server.requests)
 
-            # unchanged: the folder starts from the push branch, so nothing is re-sealed
+            # unchanged: the folder starts from the push branch, so nothing is re-sealed, also
+            # in a fresh working folder (a new pod)
             await daemon.cycle(trigger="interval")
+            assert remote.head("rendered") == first
+            await daemon._wiring.aclose()
+            daemon = make_daemon(
+                tmp_path / "fresh", url, branch="rendered", credentials=credentials
+            )
+            await daemon.cycle(trigger="start")
             assert remote.head("rendered") == first
 
             remote.commit({"secrets/app.yaml": SECRET.format(mode="green")}, "green")
@@ -236,3 +244,39 @@ async def test_a_replica_without_the_git_lease_commits_and_pushes_nothing(tmp_pa
         assert pushes(daemon) == {}
     finally:
         await daemon._wiring.aclose()
+
+
+async def test_a_render_left_uncommitted_lands_as_one_commit(tmp_path: Path) -> None:
+    """The state a crash between render and commit leaves: rendered files in the working
+    folder, no commit. The next start resets to the remote and lands it as one commit."""
+    remote = BareRemote(tmp_path)
+    remote.commit(fleet_files("blue"), "fleet")
+    checkout = tmp_path / "checkout"
+    daemon = make_daemon(checkout, remote.url)
+    try:
+        await daemon.cycle(trigger="start")
+    finally:
+        await daemon._wiring.aclose()
+    pushed = remote.head()
+    remote.commit({"secrets/app.yaml": SECRET.format(mode="green")}, "green")
+    fleet = remote.head()
+    crashed = Daemon(
+        settings=dataclasses.replace(daemon.settings, push=None), make_sources=cli.build_sources
+    )
+    try:
+        await crashed.cycle(trigger="start")  # renders green, commits nothing
+    finally:
+        await crashed._wiring.aclose()
+    assert git(checkout, "status", "--porcelain").split() == ["M", RENDERED]
+    assert remote.head() == fleet
+
+    restarted = make_daemon(checkout, remote.url)
+    try:
+        await restarted.cycle(trigger="start")
+    finally:
+        await restarted._wiring.aclose()
+    final = remote.head()
+    assert final is not None
+    assert remote.log("--format=%ae", f"{fleet}..{final}").split() == ["bot@example.invalid"]
+    assert mode_at(remote, final) == b"green"
+    assert remote.is_ancestor(str(pushed), final)
