@@ -37,8 +37,19 @@ SETUP_HINT: Final = (
 EXTERNAL_SECRET: Final = ("external-secrets.io/v1", "ExternalSecret")
 SEALED_SECRET: Final = ("bitnami.com/v1alpha1", "SealedSecret")
 SECRET: Final = ("v1", "Secret")
-NODE_KINDS: Final = frozenset({EXTERNAL_SECRET, SEALED_SECRET})
-NPM_PACKAGES: Final = ("@kubernetes-models/external-secrets", "@kubernetes-models/sealed-secrets")
+# the GitOps recipes of examples/gitops/ (Argo CD, Flux)
+APPLICATION_SET: Final = ("argoproj.io/v1alpha1", "ApplicationSet")
+FLUX_KUSTOMIZATION: Final = ("kustomize.toolkit.fluxcd.io/v1", "Kustomization")
+GIT_REPOSITORY: Final = ("source.toolkit.fluxcd.io/v1", "GitRepository")
+NODE_KINDS: Final = frozenset(
+    {EXTERNAL_SECRET, SEALED_SECRET, APPLICATION_SET, FLUX_KUSTOMIZATION, GIT_REPOSITORY}
+)
+NPM_PACKAGES: Final = (
+    "@kubernetes-models/external-secrets",
+    "@kubernetes-models/sealed-secrets",
+    "@kubernetes-models/argo-cd",
+    "@kubernetes-models/flux-cd",
+)
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
