@@ -1063,6 +1063,68 @@ def cluster_add(
     _emit(settings, summary)
 
 
+@cluster_group.command("refresh-cert")
+@click.argument("name")
+@click.option("-f", "--fleet", "fleet_path", required=True, type=click.Path(file_okay=False))
+@click.option(
+    "--kubeconfig",
+    type=click.Path(dir_okay=False),
+    help="Kubeconfig to reach it (default: the Cluster's own kubeconfig).",
+)
+@click.option("--context", help="Context in --kubeconfig.")
+@click.option("--controller-namespace", help="Default: sealedSecrets.controller, else kube-system.")
+@click.option("--controller-name", help="Default: sealedSecrets.controller, else the usual name.")
+@_home_option
+@pass_settings
+def cluster_refresh_cert(
+    settings: Settings,
+    name: str,
+    fleet_path: str,
+    kubeconfig: str | None,
+    context: str | None,
+    controller_namespace: str | None,
+    controller_name: str | None,
+    home_kubeconfig: str | None,
+) -> None:
+    """Take the renewed sealing certificate of cluster NAME's sealed-secrets controller (it
+    renews its key every 30 days): update certFile and the certificateSha256 pin, print the old
+    and new fingerprints. The next render seals new values with it."""
+    from secretsync import clusters, registry
+    from secretsync.model import ControllerRef
+
+    fleet = _load(fleet_path)
+    cluster = fleet.clusters.get(name)
+    if cluster is None:
+        raise UsageError(f"no cluster {name!r} in the fleet")
+    ref = cluster.controller or ControllerRef()
+    ref = ControllerRef(
+        namespace=controller_namespace or ref.namespace, name=controller_name or ref.name
+    )
+
+    async def go() -> dict[str, object]:
+        factory = None
+        if kubeconfig is not None:
+            api = clusters.endpoint_from_file(Path(kubeconfig), context=context)
+        else:
+            factory = clusters.ClientFactory(root=fleet.root, home=_home_client(home_kubeconfig))
+            api = await factory.for_cluster(cluster)
+        try:
+            return await registry.refresh_certificate(
+                fleet.root, cluster=cluster, api=api, controller=ref, now=datetime.now(UTC)
+            )
+        finally:
+            await (factory.aclose() if factory is not None else api.aclose())
+
+    try:
+        summary = asyncio.run(go())
+    except errors.ConfigError as exc:
+        _fail_config(exc)
+    except (errors.DeliveryError, errors.SealError) as exc:
+        click.echo(f"cluster {name}: {exc}; nothing was written", err=True)
+        sys.exit(EXIT_FAILED)
+    _emit(settings, summary)
+
+
 @cluster_group.command("remove")
 @click.argument("name")
 @click.option("-f", "--fleet", "fleet_path", required=True, type=click.Path(file_okay=False))
