@@ -39,6 +39,7 @@ from secretsync.model import (
     ObjectKey,
     Observed,
     Selector,
+    ValueRef,
 )
 from secretsync.sealpool import SealPool, default_workers
 from secretsync.values import SecretValue
@@ -90,7 +91,7 @@ class CycleReport:
     """Source locations read in this cycle."""
     read_failed: frozenset[Location] = frozenset()
     """Source locations whose read failed in this cycle: their objects keep what they hold."""
-    guarded: tuple[SecretValue, ...] = field(default=(), repr=False)
+    guarded: Mapping[ValueRef, SecretValue] = field(default_factory=dict, repr=False)
     """The values resolved in this cycle: a commit of the output re-checks its blobs for them."""
 
     @property
@@ -164,7 +165,7 @@ class Engine:
         report.reads = resolution.reads
         report.read_ok = frozenset(resolution.versions)
         report.read_failed = frozenset(ref.location for ref in resolution.failures)
-        report.guarded = tuple(resolution.all_values())
+        report.guarded = resolution.values
         targets = self._target_clusters(fleet, clusters, selector)
         if only_paths is not None:
             hit = {d.cluster.name for d in desired}

@@ -317,9 +317,11 @@ class OutputRepo:
     async def _guard(
         self, paths: Sequence[str], report: CycleReport, index: Mapping[str, str]
     ) -> dict[str, str]:
-        """The staged blobs that hold a value resolved in this cycle: path -> reason."""
-        needles = tuple(n for v in report.guarded for n in v.needles())
-        if not needles:
+        """The staged blobs that hold a value resolved in this cycle: path -> reason. An
+        object's file is searched for the values it was built from (as the Git sink does: all
+        values against every file would be quadratic in a fleet's size), any other file (a
+        kustomization) for every value of the cycle."""
+        if not report.guarded:
             return {}
         staged = await self._git.out("ls-files", "-s", "-z", "--", *paths, extra=index)
         blobs: dict[str, str] = {}
@@ -333,10 +335,24 @@ class OutputRepo:
             "cat-file", "--batch", stdin="".join(f"{sha}\n" for sha in blobs.values()).encode()
         )
         contents = _batch_contents(batch.stdout)
+        owners = {self._path(i): i for i in report.items if i.sink == "git" and i.desired}
+        everything: tuple[bytes, ...] | None = None
         refused: dict[str, str] = {}
         for (path, sha), data in zip(blobs.items(), contents, strict=True):
             if data is None:
                 raise gitsource.GitError(f"git cat-file: blob {sha} of {path} is missing")
+            owner = owners.get(path)
+            if owner is not None and owner.desired is not None:
+                needles = tuple(
+                    n
+                    for ref in owner.desired.refs()
+                    if (value := report.guarded.get(ref)) is not None
+                    for n in value.needles()
+                )
+            else:
+                if everything is None:
+                    everything = tuple(n for v in report.guarded.values() for n in v.needles())
+                needles = everything
             try:
                 guard(data, needles, path=path)
             except errors.PlaintextRefused as exc:

@@ -8,16 +8,20 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
 from click.testing import CliRunner
 
-from secretsync import cli, seal, writeback
+from secretsync import cli, load, seal, writeback
 from secretsync.deliver import KeyDiff
-from secretsync.engine import CycleReport, ItemResult
+from secretsync.engine import CycleReport, Engine, ItemResult
+from secretsync.model import Location, ValueRef
+from secretsync.sinks.git import GitSink
 from secretsync.values import SecretValue
 from tests import canary, keys
+from tests.fakes import FakeSource
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
 
@@ -199,8 +203,9 @@ async def test_the_guard_refuses_a_staged_blob_with_a_value(fleet_repo: MakeRepo
     leaky.parent.mkdir(parents=True)
     leaky.write_text(f"kind: Secret\nstringData: {{token: {value}}}\n")
     fine.write_text("kind: SealedSecret\nspec: {encryptedData: {token: AgB}}\n")
+    ref = ValueRef(Location("vault", "apps/token", mount="secret"), "token")
     report = CycleReport(
-        items=[item("one", "leaky"), item("one", "fine")], guarded=(SecretValue.of(value),)
+        items=[item("one", "leaky"), item("one", "fine")], guarded={ref: SecretValue.of(value)}
     )
     out = await writeback.OutputRepo.open(
         out_dir=root / "rendered", author=writeback.Author.parse("t <t@example.invalid>")
@@ -223,6 +228,51 @@ async def test_the_guard_refuses_a_staged_blob_with_a_value(fleet_repo: MakeRepo
 
     # only the refused object changed: no commit at all
     leaky.write_text(f"token: {value}\n")
-    report = CycleReport(items=[item("one", "leaky")], guarded=(SecretValue.of(value),))
+    report = CycleReport(items=[item("one", "leaky")], guarded={ref: SecretValue.of(value)})
     assert await out.commit(report, cycle="test") is None
     assert not leaky.exists()
+
+
+async def test_the_guard_checks_each_object_for_its_own_values(fleet_repo: MakeRepo) -> None:
+    """Rendered by the engine from a source of our own; one file then holds its value anyway
+    (as if the sink's guard had been bypassed): that object fails, the other is committed."""
+    root = repo(fleet_repo)
+    (root / "secretsync.yaml").write_text(
+        FLEET.replace(
+            "spec: {output: {dir: rendered}}",
+            "spec: {output: {dir: rendered}, sources: {vault: {address: 'http://127.0.0.1:9'}}}",
+        )
+    )
+    (root / "secrets/app.yaml").write_text(
+        SECRET.format(selector="", mode="x").replace(
+            '{mode: {value: "x"}}', "{token: {vault: {path: apps/token, key: token}}}"
+        )
+    )
+    git(root, "commit", "--quiet", "--all", "-m", "vault")
+    value = canary.new("own")
+    source = FakeSource({"apps/token": {"token": value}})
+    engine = Engine(
+        sources={"vault": source},
+        sinks=[GitSink(out_dir=root / "rendered", index=False)],
+        hmac_key=b"guard-per-object",
+        clock=lambda: datetime.now(UTC),
+        seal_workers=0,
+    )
+    report = await engine.run_cycle(load.load_fleet(root))
+    assert report.ok and len(report.guarded) == 1
+    leaky = root / "rendered/two/apps/app.yaml"
+    leaky.write_text(leaky.read_text() + f"# {value}\n")
+    out = await writeback.OutputRepo.open(
+        out_dir=root / "rendered", author=writeback.Author.parse("t <t@example.invalid>")
+    )
+    commit = await out.commit(report, cycle="test")
+    assert commit is not None
+    assert sorted(commit.paths) == [
+        "rendered/one/apps/app.yaml",
+        "rendered/one/kustomization.yaml",
+        "rendered/two/kustomization.yaml",
+    ]
+    failed = [i for i in report.items if i.action == "failed"]
+    assert [(i.cluster, i.name) for i in failed] == [("two", "app")]
+    assert not leaky.exists()
+    assert value not in git(root, "log", "-p", "--all")
