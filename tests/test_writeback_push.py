@@ -208,6 +208,16 @@ async def test_push_branch_of_its_own_over_smart_http_with_basic_auth(tmp_path: 
             assert remote.log("-1", "--name-only", "--format=", "rendered").split() == [RENDERED]
             assert mode_at(remote, "rendered") == b"green"
 
+            # the working folder's output drifted (a hand edit, a stray file): laid over from
+            # the push branch again, nothing to commit
+            checkout = daemon.settings.fleet_path
+            (checkout / RENDERED).write_text("edited by hand\n")
+            (checkout / "rendered/one/apps/stray.yaml").write_text("kind: Stray\n")
+            await daemon.cycle(trigger="interval")
+            assert remote.head("rendered") == second
+            assert (checkout / RENDERED).read_text() == remote.show("rendered", RENDERED)
+            assert not (checkout / "rendered/one/apps/stray.yaml").exists()
+
             # a wrong token: the push fails, named without the token, and nothing is forced
             credentials.write_text(f"http://bot:wrong-{token}@{host}\n")
             remote.commit({"secrets/app.yaml": SECRET.format(mode="red")}, "red")
