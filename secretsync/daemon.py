@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from aiohttp import web as aioweb
 
-from secretsync import errors, gitsource, load, plan, poll, resolve, runtime, web, webhook
+from secretsync import certs, errors, gitsource, load, plan, poll, resolve, runtime, web, webhook
 from secretsync.engine import CycleReport, Engine, path_names
 from secretsync.metrics import Metrics
 from secretsync.model import Fleet, Location
@@ -423,6 +423,9 @@ class Daemon:
         if fleet is None:
             raise errors.ConfigError("no fleet repo has loaded yet")
         engine = await self._wiring.engine_for(fleet)
+        expiry = certs.expiry(fleet)
+        self.metrics.set_certificate_expiry(expiry)
+        self.board.certificates_read(expiry, now=self._clock(), warn_days=certs.WARNING_DAYS)
         if self.writeback is not None:
             await self.writeback.prepare(fleet.root / fleet.output_dir)
         if self.coordinator is None:

@@ -17,11 +17,13 @@ Labels are cluster names, sources, outcomes and states: never a value, never a p
 | `secretsync_git_push_total` | counter | `result` (ok, rejected: the branch moved, failed) |
 | `secretsync_git_push_duration_seconds` | histogram | — (commit to pushed, retries included) |
 | `secretsync_git_last_push_timestamp_seconds` | gauge | — (Unix time of the last push) |
+| `secretsync_certificate_expiry_timestamp_seconds` | gauge | `cluster` (sealing certificates) |
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -94,6 +96,12 @@ class Metrics:
             buckets=_BUCKETS,
             registry=r,
         )
+        self.certificate_expiry = Gauge(
+            "secretsync_certificate_expiry_timestamp_seconds",
+            "When each sealed cluster's sealing certificate expires (Unix time).",
+            ["cluster"],
+            registry=r,
+        )
         self.git_last_push = Gauge(
             "secretsync_git_last_push_timestamp_seconds",
             "Unix time of the last write-back push that landed.",
@@ -141,6 +149,12 @@ class Metrics:
         self.objects.clear()
         for (cluster, state), n in counts.items():
             self.objects.labels(cluster=cluster, state=state).set(n)
+
+    def set_certificate_expiry(self, expiry: Mapping[str, datetime]) -> None:
+        """Replace the series: clusters that left the fleet (or sealed delivery) disappear."""
+        self.certificate_expiry.clear()
+        for cluster, at in expiry.items():
+            self.certificate_expiry.labels(cluster=cluster).set(at.timestamp())
 
     def pushed(self, *, ok: bool, seconds: float) -> None:
         """A cycle's write-back push landed (`ok`) or was given up."""

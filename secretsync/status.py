@@ -122,6 +122,7 @@ class StatusBoard:
         self.cycles = 0
         self.leadership: Callable[[], dict[str, Any]] | None = None  # set with election on
         self.last_push: dict[str, Any] | None = None  # with serve --git-push
+        self.certificates: dict[str, dict[str, Any]] = {}  # sealed clusters' certificates
 
     # --- feeding -------------------------------------------------------------------------------
 
@@ -220,6 +221,22 @@ class StatusBoard:
         )
         self.cycles += 1
 
+    def certificates_read(
+        self, expiry: Mapping[str, datetime], *, now: datetime, warn_days: int
+    ) -> None:
+        """When each sealing certificate expires; one within `warn_days` gets a warning."""
+        self.certificates = {}
+        for cluster, at in sorted(expiry.items()):
+            days = (at - now).total_seconds() / 86400
+            warning = ""
+            if days < 0:
+                warning = "expired: nothing new is sealed for this cluster"
+            elif days <= warn_days:
+                warning = (
+                    f"expires in {days:.1f} days: run `secretsync cluster refresh-cert {cluster}`"
+                )
+            self.certificates[cluster] = {"notAfter": _iso(at), "warning": warning}
+
     def pushed(
         self, outcome: dict[str, Any], *, carried: Iterable[tuple[str, str | None]], pushed: bool
     ) -> None:
@@ -277,6 +294,8 @@ class StatusBoard:
             out["leadership"] = self.leadership()
         if self.last_push is not None:
             out["lastPush"] = self.last_push
+        if self.certificates:
+            out["certificates"] = self.certificates
         return out
 
 

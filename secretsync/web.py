@@ -255,6 +255,11 @@ def render_page(board: StatusBoard, *, nonce: str) -> str:
             + (f"; error: {_e(cycle.error)}" if cycle.error else "")
             + "</p>"
         )
+    expiring = {c: v["warning"] for c, v in board.certificates.items() if v["warning"]}
+    if expiring:
+        out.append("<div class=banner id=certificates><strong>Sealing certificates:</strong><ul>")
+        out.extend(f"<li>{_e(c)}: {_e(w)}</li>" for c, w in expiring.items())
+        out.append("</ul></div>")
     push = board.last_push
     if push is not None:  # serve --git-push
         out.append(
