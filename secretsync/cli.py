@@ -294,10 +294,15 @@ def _run(
     cluster_timeout: float = 60.0,
     check_refs: bool = False,
     commit_as: str | None = None,
+    signing_key: str | None = None,
 ) -> None:
     fleet = _load(fleet_path)
     sel = _selector(selector)
-    repo = _output_repo(settings, out, fleet, commit_as) if commit_as is not None else None
+    repo = (
+        _output_repo(settings, out, fleet, commit_as, signing_key)
+        if commit_as is not None
+        else None
+    )
     key = _hmac_or_random(settings)
     sinks: list[Any] = []
     git_sink = kube_sink = None
@@ -358,13 +363,18 @@ def _run(
     sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
 
 
-def _output_repo(settings: Settings, out: str | None, fleet: Fleet, author: str) -> Any:
+def _output_repo(
+    settings: Settings, out: str | None, fleet: Fleet, author: str, signing_key: str | None
+) -> Any:
     """`render --commit`: the output folder's repository, checked clean before rendering."""
     from secretsync import gitsource, writeback
 
     out_dir = Path(out) if out else fleet.root / fleet.output_dir
     try:
-        return asyncio.run(writeback.open_clean(out_dir, author=author, env=settings.env))
+        key = Path(signing_key) if signing_key else None
+        return asyncio.run(
+            writeback.open_clean(out_dir, author=author, env=settings.env, signing_key=key)
+        )
     except errors.ConfigError as exc:
         _fail_config(exc)
     except gitsource.GitError as exc:
@@ -398,6 +408,12 @@ _author_option = click.option(
     metavar="'NAME <EMAIL>'",
     help="Author and committer of the commits secretsync makes.",
 )
+_signing_option = click.option(
+    "--git-signing-key",
+    envvar="SECRETSYNC_GIT_SIGNING_KEY",
+    type=click.Path(dir_okay=False, exists=True),
+    help="Sign the commits with this SSH private key (git's gpg.format=ssh; mode 0600).",
+)
 _cluster_option = click.option(
     "--cluster", "cluster", multiple=True, help="Only this cluster (repeatable)."
 )
@@ -418,6 +434,7 @@ _selector_option = click.option("--selector", help="Only clusters matching this 
     "commit when nothing changed; exit 2 when the work tree already has changes).",
 )
 @_author_option
+@_signing_option
 @pass_settings
 def render(
     settings: Settings,
@@ -429,12 +446,15 @@ def render(
     verbose: bool,
     commit: bool,
     git_author: str,
+    git_signing_key: str | None,
 ) -> None:
     """Resolve values and write SealedSecret / ExternalSecret manifests per cluster.
 
     Files go to OUT/<cluster>/<namespace>/<name>.yaml with a kustomization.yaml per cluster.
     Unchanged values keep their ciphertext; `direct` clusters get nothing in Git.
     """
+    if git_signing_key and not commit:
+        raise UsageError("--git-signing-key signs the commit of --commit: give --commit too")
     _run(
         settings,
         fleet,
@@ -445,6 +465,7 @@ def render(
         verbose=verbose,
         check_refs=check_refs,
         commit_as=git_author if commit else None,
+        signing_key=git_signing_key,
     )
 
 
@@ -684,13 +705,13 @@ def _push_options[F: Callable[..., Any]](command: F) -> F:
 
 
 def _with_push(
-    options: DaemonSettings, *, push: bool, branch: str | None, author: str
+    options: DaemonSettings, *, push: bool, branch: str | None, author: str, key: str | None
 ) -> DaemonSettings:
     from secretsync import gitsource, writeback
 
     if not push:
-        if branch:
-            raise UsageError("--git-push-branch needs --git-push")
+        if branch or key:
+            raise UsageError("--git-push-branch and --git-signing-key need --git-push")
         return options
     if options.git_url is None:
         raise UsageError("--git-push needs --git-url: the daemon pushes to the repo it pulls")
@@ -700,6 +721,7 @@ def _with_push(
         settings = writeback.PushSettings(
             branch=gitsource.check_branch(branch) if branch else None,
             author=writeback.Author.parse(author),
+            signing_key=Path(key).absolute() if key else None,
         )
     except errors.ConfigError as exc:
         raise UsageError(exc.render()) from None
@@ -768,6 +790,7 @@ def _listen(text: str) -> tuple[str, int]:
 @_pull_and_poll_options
 @_push_options
 @_author_option
+@_signing_option
 @pass_settings
 def serve(
     settings: Settings,
@@ -791,6 +814,7 @@ def serve(
     git_push: bool,
     git_push_branch: str | None,
     git_author: str,
+    git_signing_key: str | None,
 ) -> None:
     """Run the daemon: reconcile at start and every --interval, serve /healthz, /readyz,
     /metrics, /v1/status, the fleet page at / and the signed rotation webhook
@@ -838,7 +862,9 @@ def serve(
         git_branch=git_branch,
         git_credentials_file=git_credentials_file,
     )
-    options = _with_push(options, push=git_push, branch=git_push_branch, author=git_author)
+    options = _with_push(
+        options, push=git_push, branch=git_push_branch, author=git_author, key=git_signing_key
+    )
     try:
         code = daemon.run(options, make_sources=build_sources)
     except errors.DeliveryError as exc:  # the home cluster of the Leases is unusable

@@ -159,11 +159,15 @@ class _Git:
 class OutputRepo:
     """The output folder of a Git work tree, committed one cycle at a time."""
 
-    def __init__(self, *, git: _Git, out_rel: str, author: Author) -> None:
+    def __init__(
+        self, *, git: _Git, out_rel: str, author: Author, signing_key: Path | None = None
+    ) -> None:
         self._git = git
         self.top = git.top
         self.out_rel = out_rel
         self.author = author
+        self.signing_key = signing_key
+        """An SSH private key that signs each commit (git's `gpg.format=ssh`), or None."""
 
     @classmethod
     async def open(
@@ -174,6 +178,7 @@ class OutputRepo:
         env: Mapping[str, str] | None = None,
         timeout_s: float = gitsource.DEFAULT_TIMEOUT_S,
         git: str = "git",
+        signing_key: Path | None = None,
     ) -> OutputRepo:
         """The repository whose work tree holds `out_dir`; `ConfigError` when there is none or
         the folder is not inside it."""
@@ -196,6 +201,7 @@ class OutputRepo:
             git=_Git(top=top, env=scrubbed, timeout_s=timeout_s, git=git),
             out_rel=Path(rel).as_posix(),
             author=author,
+            signing_key=signing_key.absolute() if signing_key is not None else None,
         )
 
     # --- what is dirty ----------------------------------------------------------------------
@@ -295,9 +301,19 @@ class OutputRepo:
         items = tuple(self._carried(report, set(changed)))
         text = message(items, cycle=cycle)
         argv = ["commit-tree", tree, *(["-p", parent] if parent else []), "-F", "-"]
-        sha = (
-            await self._git.out(*argv, stdin=text.encode("utf-8"), extra=self.author.env())
-        ).strip()
+        with tempfile.TemporaryDirectory(prefix="secretsync-sign-") as scratch:
+            if self.signing_key is not None:  # ssh-keygen -Y sign, run by git
+                # ssh-keygen refuses a key others may read, and a mounted Secret is 0440 with
+                # its fsGroup: signed with a 0600 copy in a 0700 folder of our own
+                key = os.path.join(scratch, "key")
+                fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(self.signing_key.read_bytes())
+                signing = ["-c", "gpg.format=ssh", "-c", f"user.signingKey={key}"]
+                argv = [*signing, *argv[:2], "-S", *argv[2:]]
+            sha = (
+                await self._git.out(*argv, stdin=text.encode("utf-8"), extra=self.author.env())
+            ).strip()
         if advance_head:
             old = [parent] if parent else []
             await self._git.out("update-ref", "-m", "secretsync: commit", "HEAD", sha, *old)
@@ -496,10 +512,14 @@ class OutputRepo:
         done.checked()
 
 
-async def open_clean(out_dir: Path, *, author: str, env: Mapping[str, str]) -> OutputRepo:
+async def open_clean(
+    out_dir: Path, *, author: str, env: Mapping[str, str], signing_key: Path | None = None
+) -> OutputRepo:
     """`render --commit`, before rendering: the repository of `out_dir`, whose output folder
     and the rest of whose work tree have no changes (`DirtyWorkTree`, a `ConfigError`)."""
-    repo = await OutputRepo.open(out_dir=out_dir, author=Author.parse(author), env=env)
+    repo = await OutputRepo.open(
+        out_dir=out_dir, author=Author.parse(author), env=env, signing_key=signing_key
+    )
     await repo.check_clean()
     return repo
 
@@ -550,6 +570,7 @@ class PushSettings:
 
     branch: str | None = None  # another branch of the same remote; None: the pulled branch
     author: Author = field(default_factory=lambda: Author.parse(DEFAULT_AUTHOR))
+    signing_key: Path | None = None  # SSH key that signs the commits
     tries: int = DEFAULT_TRIES
     backoff_s: float = 0.5  # first back-off after a rejection, doubled each time, jittered
 
@@ -613,6 +634,7 @@ class WriteBack:
             repo = await OutputRepo.open(
                 out_dir=out_dir,
                 author=self.settings.author,
+                signing_key=self.settings.signing_key,
                 env=self.checkout.env,
                 timeout_s=self.checkout.timeout_s,
             )

@@ -71,6 +71,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
                     "enabled": True,
                     "branch": "rendered",
                     "author": "Fleet Bot <fleet-bot@example.com>",
+                    "signingKeySecret": "fleet-signing-key",
                 },
             },
         },
@@ -368,6 +369,11 @@ def test_git_push_renders_its_flags(helm_config: helm_sdkpy.Configuration) -> No
     assert "--git-push" in args
     assert "--git-push-branch=rendered" in args
     assert "--git-author=Fleet Bot <fleet-bot@example.com>" in args
+    assert "--git-signing-key=/etc/secretsync/git-signing/ssh-privatekey" in args
+    mounts = {m["name"]: m for m in daemon["volumeMounts"]}
+    assert mounts["git-signing-key"]["mountPath"] == "/etc/secretsync/git-signing"
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["git-signing-key"]["secret"]["secretName"] == "fleet-signing-key"
     off = render_workload(helm_config, "git-url-only", VALUE_SETS["git-url"])
     assert not [a for a in off["containers"][0]["args"] if a.startswith("--git-push")]
 

@@ -276,3 +276,33 @@ async def test_the_guard_checks_each_object_for_its_own_values(fleet_repo: MakeR
     assert [(i.cluster, i.name) for i in failed] == [("two", "app")]
     assert not leaky.exists()
     assert value not in git(root, "log", "-p", "--all")
+
+
+def test_render_commit_signs_with_an_ssh_key(fleet_repo: MakeRepo, tmp_path: Path) -> None:
+    root = repo(fleet_repo)
+    key = tmp_path / "signing"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "ci", "-f", str(key)],
+        check=True,
+        timeout=30,
+        capture_output=True,
+    )
+    key.chmod(0o440)  # as a Secret mounted with the pod's fsGroup: ssh-keygen would refuse it
+    code, out = render(root, "--git-signing-key", str(key))
+    assert code == 0, out
+    signers = tmp_path / "allowed_signers"
+    signers.write_text(f"ci@example.invalid {(tmp_path / 'signing.pub').read_text()}")
+    verified = subprocess.run(
+        ["git", "-c", f"gpg.ssh.allowedSignersFile={signers}", "verify-commit", "HEAD"],
+        cwd=root,
+        env=GIT_ENV,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert verified.returncode == 0, verified.stderr.decode()
+    assert b'Good "git" signature for ci@example.invalid' in verified.stderr
+    result = CliRunner().invoke(
+        cli.main_group, ["render", str(root), "--git-signing-key", str(key)], catch_exceptions=False
+    )
+    assert result.exit_code == 2 and "give --commit too" in result.output

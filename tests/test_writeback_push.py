@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
 from pathlib import Path
 
 import yaml
@@ -18,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from secretsync import cli, seal, writeback
 from secretsync.daemon import Daemon, DaemonSettings
 from tests import canary, keys
-from tests.gitremote import BareRemote, git, http_url, smart_http
+from tests.gitremote import GIT_ENV, BareRemote, git, http_url, smart_http
 
 FLEET = """\
 apiVersion: secretsync.dev/v1alpha1
@@ -59,6 +60,7 @@ def make_daemon(
     *,
     branch: str | None = None,
     credentials: Path | None = None,
+    signing_key: Path | None = None,
 ) -> Daemon:
     settings = DaemonSettings(
         fleet_path=checkout,
@@ -74,6 +76,7 @@ def make_daemon(
             branch=branch,
             author=writeback.Author.parse("Fleet Bot <bot@example.invalid>"),
             backoff_s=0.01,
+            signing_key=signing_key,
         ),
     )
     canary.FLEET_REPOS.append(checkout)
@@ -290,3 +293,32 @@ async def test_a_render_left_uncommitted_lands_as_one_commit(tmp_path: Path) -> 
     assert remote.log("--format=%ae", f"{fleet}..{final}").split() == ["bot@example.invalid"]
     assert mode_at(remote, final) == b"green"
     assert remote.is_ancestor(str(pushed), final)
+
+
+async def test_pushed_commits_are_signed_with_the_ssh_key(tmp_path: Path) -> None:
+    remote = BareRemote(tmp_path)
+    remote.commit(fleet_files("blue"), "fleet")
+    key = tmp_path / "signing"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "bot", "-f", str(key)],
+        check=True,
+        timeout=30,
+        capture_output=True,
+    )
+    key.chmod(0o440)  # as a Secret mounted with the pod's fsGroup: ssh-keygen would refuse it
+    daemon = make_daemon(tmp_path / "checkout", remote.url, signing_key=key)
+    try:
+        await daemon.cycle(trigger="start")
+    finally:
+        await daemon._wiring.aclose()
+    signers = tmp_path / "allowed_signers"
+    signers.write_text(f"bot@example.invalid {(tmp_path / 'signing.pub').read_text()}")
+    verified = subprocess.run(
+        ["git", "-c", f"gpg.ssh.allowedSignersFile={signers}", "verify-commit", "main"],
+        cwd=remote.bare,
+        env=GIT_ENV,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert verified.returncode == 0, verified.stderr.decode()
