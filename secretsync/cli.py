@@ -698,6 +698,16 @@ def _push_options[F: Callable[..., Any]](command: F) -> F:
                 envvar="SECRETSYNC_GIT_PUSH_BRANCH",
                 help="Push to this branch of the same remote instead (one GitOps tools watch).",
             ),
+            click.option(
+                "--cert-refresh-interval",
+                type=click.FloatRange(min=0),
+                default=86400.0,
+                show_default=True,
+                metavar="SECONDS",
+                help="With --git-push: fetch the sealing certificate of each cluster that names "
+                "sealedSecrets.controller this often, and commit a renewed one (and its pin) with "
+                "the re-sealed files; 0: off.",
+            ),
         ]
     ):
         command = option(command)
@@ -705,7 +715,13 @@ def _push_options[F: Callable[..., Any]](command: F) -> F:
 
 
 def _with_push(
-    options: DaemonSettings, *, push: bool, branch: str | None, author: str, key: str | None
+    options: DaemonSettings,
+    *,
+    push: bool,
+    branch: str | None,
+    author: str,
+    key: str | None,
+    cert_refresh_s: float | None,
 ) -> DaemonSettings:
     from secretsync import gitsource, writeback
 
@@ -722,6 +738,8 @@ def _with_push(
             branch=gitsource.check_branch(branch) if branch else None,
             author=writeback.Author.parse(author),
             signing_key=Path(key).absolute() if key else None,
+            cert_refresh_s=cert_refresh_s,
+            home_kubeconfig=options.home_kubeconfig,
         )
     except errors.ConfigError as exc:
         raise UsageError(exc.render()) from None
@@ -813,6 +831,7 @@ def serve(
     git_credentials_file: str | None,
     git_push: bool,
     git_push_branch: str | None,
+    cert_refresh_interval: float,
     git_author: str,
     git_signing_key: str | None,
 ) -> None:
@@ -863,7 +882,12 @@ def serve(
         git_credentials_file=git_credentials_file,
     )
     options = _with_push(
-        options, push=git_push, branch=git_push_branch, author=git_author, key=git_signing_key
+        options,
+        push=git_push,
+        branch=git_push_branch,
+        author=git_author,
+        key=git_signing_key,
+        cert_refresh_s=cert_refresh_interval or None,
     )
     try:
         code = daemon.run(options, make_sources=build_sources)
@@ -1127,7 +1151,7 @@ def cluster_refresh_cert(
         namespace=controller_namespace or ref.namespace, name=controller_name or ref.name
     )
 
-    async def go() -> dict[str, object]:
+    async def go() -> registry.Refreshed:
         factory = None
         if kubeconfig is not None:
             api = clusters.endpoint_from_file(Path(kubeconfig), context=context)
@@ -1148,7 +1172,7 @@ def cluster_refresh_cert(
     except (errors.DeliveryError, errors.SealError) as exc:
         click.echo(f"cluster {name}: {exc}; nothing was written", err=True)
         sys.exit(EXIT_FAILED)
-    _emit(settings, summary)
+    _emit(settings, summary.document())
 
 
 @cluster_group.command("remove")

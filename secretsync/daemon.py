@@ -427,6 +427,7 @@ class Daemon:
         self.metrics.set_certificate_expiry(expiry)
         self.board.certificates_read(expiry, now=self._clock(), warn_days=certs.WARNING_DAYS)
         if self.writeback is not None:
+            fleet = await self.writeback.renew_certificates(fleet)
             await self.writeback.prepare(fleet.root / fleet.output_dir)
         if self.coordinator is None:
             return await engine.run_cycle(fleet, only_paths=only_paths)

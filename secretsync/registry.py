@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import re
 import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -167,6 +169,40 @@ def _pin_pattern(pin: str) -> re.Pattern[str]:
     return re.compile("(?i)" + "|".join(["".join(pairs), ":".join(pairs)]))
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Refreshed:
+    """What `refresh_certificate` found and did (SHA-256s of certificates are public)."""
+
+    cluster: str
+    cert_file: str
+    old_sha256: str | None
+    new_sha256: str
+    key_fingerprint: str
+    not_after: datetime
+    pin_updated: bool = False
+
+    @property
+    def changed(self) -> bool:
+        return self.new_sha256 != self.old_sha256
+
+    def document(self) -> dict[str, object]:
+        # certificateSha256 is what `openssl x509 -noout -fingerprint -sha256` prints
+        doc: dict[str, object] = {
+            "cluster": self.cluster,
+            "certFile": self.cert_file,
+            "old": {"certificateSha256": self.old_sha256},
+            "new": {
+                "certificateSha256": self.new_sha256,
+                "keyFingerprint": self.key_fingerprint,
+                "notAfter": self.not_after.isoformat(),
+            },
+            "changed": self.changed,
+        }
+        if self.changed:
+            doc["pinUpdated"] = self.pin_updated
+        return doc
+
+
 async def refresh_certificate(
     root: Path,
     *,
@@ -174,7 +210,7 @@ async def refresh_certificate(
     api: Endpoint,
     controller: ControllerRef,
     now: datetime,
-) -> dict[str, object]:
+) -> Refreshed:
     """Fetch the controller's current certificate; when it is another one, write it to the
     cluster's `certFile` and update the `certificateSha256` pin in its Cluster file, in the
     pin's own spelling. Both files change or neither does (the fleet must load after)."""
@@ -192,26 +228,22 @@ async def refresh_certificate(
     if old_pem is not None:
         with contextlib.suppress(errors.SealError):  # not a certificate: replaced all the same
             old_pin = seal.certificate_sha256(old_pem, source=cluster.cert_file)
-    # certificateSha256 is what `openssl x509 -noout -fingerprint -sha256` prints
-    summary: dict[str, object] = {
-        "cluster": cluster.name,
-        "certFile": cluster.cert_file,
-        "old": {"certificateSha256": old_pin},
-        "new": {
-            "certificateSha256": new_pin,
-            "keyFingerprint": new.fingerprint,
-            "notAfter": new.not_after.isoformat(),
-        },
-        "changed": new_pin != old_pin,
-    }
-    if new_pin == old_pin:
-        return summary
+    found = Refreshed(
+        cluster=cluster.name,
+        cert_file=cluster.cert_file,
+        old_sha256=old_pin,
+        new_sha256=new_pin,
+        key_fingerprint=new.fingerprint,
+        not_after=new.not_after,
+    )
+    if not found.changed:
+        return found
     cluster_path = root / cluster.origin.file
     cluster_text = cluster_path.read_text(encoding="utf-8") if cluster.cert_sha256 else None
     new_text = None
     if cluster_text is not None and cluster.cert_sha256 is not None:
-        found = _pin_pattern(cluster.cert_sha256).findall(cluster_text)
-        if len(found) != 1:
+        spellings = _pin_pattern(cluster.cert_sha256).findall(cluster_text)
+        if len(spellings) != 1:
             raise errors.ConfigError(
                 "the certificateSha256 pin is not written once as 64 hex digits (or with "
                 "colons): update certFile and the pin by hand",
@@ -219,7 +251,7 @@ async def refresh_certificate(
                 line=cluster.origin.line,
                 field="sealedSecrets.certificateSha256",
             )
-        spelled = found[0]
+        spelled = spellings[0]
         if ":" in spelled:
             pin_text = ":".join(new_pin[i : i + 2] for i in range(0, 64, 2))
             pin_text = pin_text.upper() if spelled.isupper() else pin_text
@@ -239,5 +271,4 @@ async def refresh_certificate(
         if cluster_text is not None:
             _replace(cluster_path, cluster_text.encode("utf-8"))
         raise
-    summary["pinUpdated"] = new_text is not None
-    return summary
+    return dataclasses.replace(found, pin_updated=new_text is not None)

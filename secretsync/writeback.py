@@ -42,9 +42,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
-from secretsync import errors, gitsource
+from secretsync import certs, errors, gitsource, load
 from secretsync.engine import CycleReport, ItemResult
 from secretsync.metrics import Metrics
+from secretsync.model import Fleet
 from secretsync.sinks.git import guard
 from secretsync.status import StatusBoard
 
@@ -106,9 +107,10 @@ class Commit:
 # --- the commit message -------------------------------------------------------------------------
 
 
-def message(items: Sequence[ItemResult], *, cycle: str) -> str:
+def message(items: Sequence[ItemResult], *, cycle: str, notes: Sequence[str] = ()) -> str:
     """`secretsync: <n> object(s) in <m> cluster(s)`, a line per object (action and key names),
-    the source versions that changed, and a `Secretsync-Cycle:` trailer. Never a value."""
+    the source versions that changed, `notes` (renewed certificates), and a `Secretsync-Cycle:`
+    trailer. Never a value."""
     clusters = {i.cluster for i in items}
     lines = [f"secretsync: {len(items)} object(s) in {len(clusters)} cluster(s)", ""]
     for item in sorted(items, key=lambda i: (i.cluster, i.namespace, i.name)):
@@ -124,6 +126,7 @@ def message(items: Sequence[ItemResult], *, cycle: str) -> str:
         line = f"{item.cluster} {item.namespace}/{item.name}: {_ACTIONS[item.action]}"
         lines.append(line + (f" [{'; '.join(keys)}]" if keys else ""))
         lines.extend(f"  {change}" for change in item.version_changes)
+    lines.extend(notes)
     lines += ["", f"Secretsync-Cycle: {cycle}", ""]
     return "\n".join(lines)
 
@@ -237,9 +240,12 @@ class OutputRepo:
             )
         await self._check_outside(outside)
 
-    async def _check_outside(self, outside: Sequence[str] | None = None) -> None:
+    async def _check_outside(
+        self, outside: Sequence[str] | None = None, *, allowed: Sequence[str] = ()
+    ) -> None:
         if outside is None:
             outside = (await self.dirty())[1]
+        outside = [p for p in outside if p not in allowed]
         if outside:
             raise DirtyWorkTree(
                 f"changes outside the output folder {self.out_rel}/ ({_few(outside)}) are "
@@ -260,13 +266,17 @@ class OutputRepo:
         cycle: str,
         base: str | bool | None = True,
         advance_head: bool = True,
+        also: Sequence[str] = (),
+        notes: Sequence[str] = (),
     ) -> Commit | None:
         """One commit of exactly the changed files under the output folder on top of `base`
         (True: HEAD; None: a first commit without parent), or None when nothing changed.
         Objects whose blob holds a value `report` resolved are refused: marked failed in the
         report, left out of the commit and their file put back. `advance_head`: move HEAD
-        (and its branch) to the commit, as `git commit` would."""
-        await self._check_outside()
+        (and its branch) to the commit, as `git commit` would. `also`: repo-relative files
+        outside the output folder that this commit carries too (a renewed certificate and its
+        pin), described by `notes` in the message."""
+        await self._check_outside(allowed=also)
         parent = await self.head() if base is True else base
         if not isinstance(parent, str | None):
             raise TypeError("base")
@@ -284,7 +294,9 @@ class OutputRepo:
             else:
                 await self._git.out("read-tree", parent, extra=index)
             await self._stage(index)
-            changed = await self._changed(parent, index)
+            if also:
+                await self._git.out("add", "--all", "--", *also, extra=index)
+            changed = await self._changed(parent, index, also)
             if not changed:
                 return None
             refused = await self._guard(changed, report, index)
@@ -299,7 +311,7 @@ class OutputRepo:
                 kept = (await self._push_index())["GIT_INDEX_FILE"]
                 shutil.copy2(index["GIT_INDEX_FILE"], kept)
         items = tuple(self._carried(report, set(changed)))
-        text = message(items, cycle=cycle)
+        text = message(items, cycle=cycle, notes=notes if set(changed) & set(also) else ())
         argv = ["commit-tree", tree, *(["-p", parent] if parent else []), "-F", "-"]
         with tempfile.TemporaryDirectory(prefix="secretsync-sign-") as scratch:
             if self.signing_key is not None:  # ssh-keygen -Y sign, run by git
@@ -318,7 +330,7 @@ class OutputRepo:
             old = [parent] if parent else []
             await self._git.out("update-ref", "-m", "secretsync: commit", "HEAD", sha, *old)
             # the work tree's own index learns the committed files (nothing else was staged)
-            await self._git.out("reset", "--quiet", "--", self.out_rel)
+            await self._git.out("reset", "--quiet", "--", self.out_rel, *also)
         return Commit(sha=sha, paths=tuple(changed), items=items, message=text)
 
     async def _seed(self, on_head: bool, parent: str | None) -> str | None:
@@ -350,13 +362,15 @@ class OutputRepo:
                 extra=index,
             )  # fmt: skip
 
-    async def _changed(self, parent: str | None, index: Mapping[str, str]) -> list[str]:
+    async def _changed(
+        self, parent: str | None, index: Mapping[str, str], also: Sequence[str] = ()
+    ) -> list[str]:
         if parent is None:
-            listed = await self._git.out("ls-files", "-z", "--", self.out_rel, extra=index)
+            listed = await self._git.out("ls-files", "-z", "--", self.out_rel, *also, extra=index)
         else:
             listed = await self._git.out(
                 "diff-index", "--cached", "--name-only", "-z", "--no-renames", parent, "--",
-                self.out_rel, extra=index,
+                self.out_rel, *also, extra=index,
             )  # fmt: skip
         return [p for p in listed.split("\0") if p]
 
@@ -571,6 +585,8 @@ class PushSettings:
     branch: str | None = None  # another branch of the same remote; None: the pulled branch
     author: Author = field(default_factory=lambda: Author.parse(DEFAULT_AUTHOR))
     signing_key: Path | None = None  # SSH key that signs the commits
+    cert_refresh_s: float | None = certs.DEFAULT_REFRESH_S  # None: no certificate renewal
+    home_kubeconfig: str | None = None  # where kubeconfig Secrets of clusters live
     tries: int = DEFAULT_TRIES
     backoff_s: float = 0.5  # first back-off after a rejection, doubled each time, jittered
 
@@ -623,6 +639,9 @@ class WriteBack:
         self._base: str | None = None  # the head of the push branch this render starts from
         self.failed = False
         """The last cycle's push failed: its changes are only in the next render."""
+        self.also: list[str] = []  # files outside the output folder this cycle commits too
+        self.notes: list[str] = []
+        self._renew_at = 0.0  # monotonic time of the next certificate renewal
 
     @property
     def separate(self) -> bool:
@@ -651,6 +670,26 @@ class WriteBack:
         self._base = await repo.fetch(c.url, self.branch, credentials=c.credentials_file)
         await repo.overlay(self._base)
 
+    async def renew_certificates(self, fleet: Fleet) -> Fleet:
+        """After the pull, when due: take the renewed certificates of the clusters' controllers
+        (`certs.renew`) so that this cycle re-seals with them and commits them with the
+        re-sealed files, in one commit; the fleet as it now is. Only on the branch pulled (the
+        certificates live in the fleet, not in a push branch of the output's own)."""
+        self.also, self.notes = [], []
+        interval = self.settings.cert_refresh_s
+        now = time.monotonic()
+        if interval is None or self.separate or now < self._renew_at or not self.may_write():
+            return fleet
+        renewed = await certs.renew(
+            fleet, home_kubeconfig=self.settings.home_kubeconfig, now=self._clock()
+        )
+        self._renew_at = now + interval
+        if not renewed:
+            return fleet
+        self.also = sorted({p for r in renewed for p in r.paths})
+        self.notes = [r.note() for r in renewed]
+        return await asyncio.to_thread(load.load_fleet, fleet.root)
+
     async def publish(
         self,
         report: CycleReport,
@@ -678,7 +717,12 @@ class WriteBack:
                 repo = await self._open(folder)
                 base: str | bool | None = self._base if self.separate else True
                 commit = await repo.commit(
-                    report, cycle=cycle, base=base, advance_head=not self.separate
+                    report,
+                    cycle=cycle,
+                    base=base,
+                    advance_head=not self.separate,
+                    also=self.also,
+                    notes=self.notes,
                 )
                 if commit is None:
                     self.failed = False
@@ -710,6 +754,8 @@ class WriteBack:
             self.failed = False
             return self._done(report, "ok", commit=commit, t0=t0, tries=tries)
         self.failed = True
+        if self.also:  # the renewed certificates went with the commit: fetch them again
+            self._renew_at = 0.0
         log.error("push failed after %d tr%s: %s", tries, "y" if tries == 1 else "ies", reason)
         return self._done(report, "failed", commit=commit, t0=t0, tries=tries, reason=reason)
 

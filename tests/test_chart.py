@@ -370,6 +370,7 @@ def test_git_push_renders_its_flags(helm_config: helm_sdkpy.Configuration) -> No
     assert "--git-push-branch=rendered" in args
     assert "--git-author=Fleet Bot <fleet-bot@example.com>" in args
     assert "--git-signing-key=/etc/secretsync/git-signing/ssh-privatekey" in args
+    assert "--cert-refresh-interval=86400" in args
     mounts = {m["name"]: m for m in daemon["volumeMounts"]}
     assert mounts["git-signing-key"]["mountPath"] == "/etc/secretsync/git-signing"
     volumes = {v["name"]: v for v in spec["volumes"]}
