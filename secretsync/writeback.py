@@ -741,7 +741,11 @@ class WriteBack:
                 if tries >= self.settings.tries:
                     break
                 await asyncio.sleep(self._backoff(tries))
-                again = await rerun()  # pulls the new head and renders on top of it
+                try:
+                    again = await rerun()  # pulls the new head and renders on top of it
+                except (gitsource.GitError, errors.SecretSyncError, OSError) as exc:
+                    reason = f"rendering on the new head: {_reason(exc)}"
+                    break
                 if again is None:
                     return self._done(
                         report, "skipped", commit=None, t0=t0, tries=tries, reason=NOT_WRITER

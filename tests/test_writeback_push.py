@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from secretsync import cli, seal, writeback
+from secretsync import cli, gitsource, seal, writeback
 from secretsync.daemon import Daemon, DaemonSettings
 from tests import canary, keys
 from tests.gitremote import GIT_ENV, BareRemote, git, http_url, smart_http
@@ -322,3 +322,36 @@ async def test_pushed_commits_are_signed_with_the_ssh_key(tmp_path: Path) -> Non
         check=False,
     )
     assert verified.returncode == 0, verified.stderr.decode()
+
+
+async def test_a_failed_render_on_the_new_head_fails_the_push(tmp_path: Path) -> None:
+    remote = BareRemote(tmp_path)
+    remote.commit(fleet_files("blue"), "fleet")
+    daemon = make_daemon(tmp_path / "checkout", remote.url)
+    assert daemon.writeback is not None
+    try:
+        await daemon.cycle(trigger="start")
+        remote.commit({"secrets/app.yaml": SECRET.format(mode="red")}, "red")
+        remote.race(times=0)
+        report = await daemon._reconcile("interval", None)
+        assert report is not None
+
+        async def unreachable() -> None:
+            raise gitsource.GitError("git fetch failed (128): the remote went away")
+
+        await daemon.writeback.publish(
+            report,
+            out_dir=lambda: tmp_path / "checkout" / "rendered",
+            rerun=unreachable,
+            trigger="interval",
+        )
+        last = daemon.board.document()["lastPush"]
+        assert (last["result"], last["tries"]) == ("failed", 1)
+        assert (
+            last["reason"]
+            == "rendering on the new head: git fetch failed (128): the remote went away"
+        )
+        assert daemon.writeback.failed
+        assert pushes(daemon)["failed"] == 1.0
+    finally:
+        await daemon._wiring.aclose()
