@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 import yaml
 
-from secretsync import __version__, errors, load, logs, runtime, scan, seal, selectors
+from secretsync import __version__, errors, kubeplugins, load, logs, runtime, scan, seal, selectors
 from secretsync.engine import CycleReport, Engine, ItemResult
 from secretsync.materialize import dump_yaml
 from secretsync.model import ANNOTATION_CLUSTER, Delivery, Fleet, Scope, Selector
@@ -267,14 +267,23 @@ def _report_doc(report: CycleReport, *, verbose: bool) -> dict[str, Any]:
     return doc
 
 
-def _home_client(path: str | None) -> Any:
+def _plugin_policy(settings: Settings, names: tuple[str, ...]) -> kubeplugins.PluginPolicy:
+    """The kubeconfig credential plugins the operator allows (flags and environment)."""
+    try:
+        allowed = kubeplugins.parse_allowed([*names, settings.env.get(kubeplugins.ENV_VAR, "")])
+    except ValueError as exc:
+        raise UsageError(f"{kubeplugins.FLAG}: {exc}") from None
+    return kubeplugins.PluginPolicy(allowed=allowed, env=settings.env)
+
+
+def _home_client(path: str | None, plugins: kubeplugins.PluginPolicy) -> Any:
     """The API client of the cluster secretsync runs in (for kubeconfig secretRefs)."""
     if path is None:
         return None
     from secretsync import clusters
 
     try:
-        return clusters.endpoint_from_file(Path(path))
+        return clusters.endpoint_from_file(Path(path), plugins=plugins)
     except errors.DeliveryError as exc:
         raise UsageError(f"--home-kubeconfig: {exc}") from None
 
@@ -291,6 +300,7 @@ def _run(
     git: bool = True,
     kube: bool = False,
     home_kubeconfig: str | None = None,
+    exec_plugins: tuple[str, ...] = (),
     cluster_timeout: float = 60.0,
     check_refs: bool = False,
 ) -> None:
@@ -306,7 +316,10 @@ def _run(
         from secretsync.clusters import ClientFactory
         from secretsync.sinks.kube import KubeSink
 
-        factory = ClientFactory(root=fleet.root, home=_home_client(home_kubeconfig))
+        plugins = _plugin_policy(settings, exec_plugins)
+        factory = ClientFactory(
+            root=fleet.root, home=_home_client(home_kubeconfig, plugins), plugins=plugins
+        )
         kube_sink = KubeSink(clients=factory, hmac_key=key)
         sinks.append(kube_sink)
     try:
@@ -411,6 +424,15 @@ _home_option = click.option(
     type=click.Path(dir_okay=False),
     help="Kubeconfig of the cluster holding kubeconfig Secrets (default: in-cluster).",
 )
+_plugins_option = click.option(
+    kubeplugins.FLAG,
+    "exec_plugins",
+    multiple=True,
+    metavar="NAME",
+    help="Let kubeconfigs run this credential plugin (exec command or auth-provider), by base "
+    "name, e.g. aws (repeatable; also $SECRETSYNC_ALLOW_EXEC_PLUGINS, comma-separated). It "
+    "runs without VAULT_*, BAO_*, SECRETSYNC_*, SOPS_* in its environment.",
+)
 
 
 @main_group.command()
@@ -422,6 +444,7 @@ _home_option = click.option(
 @_check_refs_option
 @_timeout_option
 @_home_option
+@_plugins_option
 @click.option("-v", "--verbose", is_flag=True, help="List unchanged objects too.")
 @pass_settings
 def plan(
@@ -434,6 +457,7 @@ def plan(
     check_refs: bool,
     cluster_timeout: float,
     home_kubeconfig: str | None,
+    exec_plugins: tuple[str, ...],
     verbose: bool,
 ) -> None:
     """Show what `render` (and with --live, `sync`) would change: objects and keys, no values."""
@@ -447,6 +471,7 @@ def plan(
         verbose=verbose,
         kube=live,
         home_kubeconfig=home_kubeconfig,
+        exec_plugins=exec_plugins,
         cluster_timeout=cluster_timeout,
         check_refs=check_refs,
     )
@@ -459,6 +484,7 @@ def plan(
 @click.option("--dry-run", is_flag=True, help="Compare with the live clusters; write nothing.")
 @_timeout_option
 @_home_option
+@_plugins_option
 @click.option("-v", "--verbose", is_flag=True, help="List unchanged objects too.")
 @pass_settings
 def sync(
@@ -469,6 +495,7 @@ def sync(
     dry_run: bool,
     cluster_timeout: float,
     home_kubeconfig: str | None,
+    exec_plugins: tuple[str, ...],
     verbose: bool,
 ) -> None:
     """Reconcile every cluster once through its Kubernetes API.
@@ -488,6 +515,7 @@ def sync(
         git=False,
         kube=True,
         home_kubeconfig=home_kubeconfig,
+        exec_plugins=exec_plugins,
         cluster_timeout=cluster_timeout,
     )
 
@@ -640,6 +668,7 @@ def _listen(text: str) -> tuple[str, int]:
 )
 @_timeout_option
 @_home_option
+@_plugins_option
 @click.option(
     "--shards",
     type=click.IntRange(min=1),
@@ -682,6 +711,7 @@ def serve(
     max_body: int,
     cluster_timeout: float,
     home_kubeconfig: str | None,
+    exec_plugins: tuple[str, ...],
     shards: int,
     shard_index: int | None,
     leader_elect: bool | None,
@@ -721,6 +751,7 @@ def serve(
         max_body=max_body,
         cluster_timeout_s=cluster_timeout,
         home_kubeconfig=home_kubeconfig,
+        plugins=_plugin_policy(settings, exec_plugins),
         election=_election(
             settings,
             shards=shards,
@@ -905,6 +936,7 @@ def _labels(items: tuple[str, ...]) -> dict[str, str]:
     help="Record a kubeconfig Secret in the home cluster instead of the --kubeconfig path.",
 )
 @click.option("--allowed-namespace", "allowed", multiple=True, metavar="NS")
+@_plugins_option
 @pass_settings
 def cluster_add(
     settings: Settings,
@@ -918,6 +950,7 @@ def cluster_add(
     controller_name: str,
     kubeconfig_secret: str | None,
     allowed: tuple[str, ...],
+    exec_plugins: tuple[str, ...],
 ) -> None:
     """Register cluster NAME: write clusters/NAME.yaml and, for sealed delivery, fetch its
     sealing certificate into certs/NAME.pem through the API server's service proxy."""
@@ -928,7 +961,13 @@ def cluster_add(
     api = None
     if kubeconfig is not None:
         try:
-            api = clusters.endpoint_from_file(Path(kubeconfig), context=context)
+            api = clusters.endpoint_from_file(
+                Path(kubeconfig),
+                context=context,
+                plugins=dataclasses.replace(
+                    _plugin_policy(settings, exec_plugins), repo=fleet.root
+                ),
+            )
         except errors.DeliveryError as exc:
             raise UsageError(f"--kubeconfig: {exc}") from None
     record: dict[str, object] = {}
@@ -967,9 +1006,15 @@ def cluster_add(
 @click.option("-f", "--fleet", "fleet_path", required=True, type=click.Path(file_okay=False))
 @click.option("--yes", is_flag=True, help="Delete; otherwise only show what would be deleted.")
 @_home_option
+@_plugins_option
 @pass_settings
 def cluster_remove(
-    settings: Settings, name: str, fleet_path: str, yes: bool, home_kubeconfig: str | None
+    settings: Settings,
+    name: str,
+    fleet_path: str,
+    yes: bool,
+    home_kubeconfig: str | None,
+    exec_plugins: tuple[str, ...],
 ) -> None:
     """Remove everything secretsync delivered to cluster NAME (its API objects and its
     rendered folder). Shows what it would delete unless --yes. The Cluster stays in the fleet
@@ -984,7 +1029,10 @@ def cluster_remove(
     git = GitSink(out_dir=fleet.root / fleet.output_dir)
     kube = None
     if cluster.kubeconfig is not None:
-        factory = ClientFactory(root=fleet.root, home=_home_client(home_kubeconfig))
+        plugins = _plugin_policy(settings, exec_plugins)
+        factory = ClientFactory(
+            root=fleet.root, home=_home_client(home_kubeconfig, plugins), plugins=plugins
+        )
         kube = KubeSink(clients=factory, hmac_key=settings.hmac_key or b"")
 
     async def go() -> tuple[list[Any], list[Any]]:

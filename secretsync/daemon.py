@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import signal
@@ -33,7 +34,18 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from aiohttp import web as aioweb
 
-from secretsync import errors, gitsource, load, plan, poll, resolve, runtime, web, webhook
+from secretsync import (
+    errors,
+    gitsource,
+    kubeplugins,
+    load,
+    plan,
+    poll,
+    resolve,
+    runtime,
+    web,
+    webhook,
+)
 from secretsync.engine import CycleReport, Engine, path_names
 from secretsync.metrics import Metrics
 from secretsync.model import Fleet, Location
@@ -65,6 +77,7 @@ class DaemonSettings:
     max_body: int = webhook.MAX_BODY_BYTES
     cluster_timeout_s: float = 60.0
     home_kubeconfig: str | None = None
+    plugins: kubeplugins.PluginPolicy = field(repr=False, default=kubeplugins.NO_PLUGINS)
     grace_s: float = 25.0
     election: ElectionSettings | None = None  # None: one replica, no Lease (see `sharding`)
     poll_interval_s: float | None = None  # KV v2 metadata poll (see `poll`); None: off
@@ -166,11 +179,15 @@ class EngineWiring:
             from secretsync import clusters  # noqa: PLC0415
             from secretsync.sinks.kube import KubeSink  # noqa: PLC0415
 
+            plugins = dataclasses.replace(s.plugins, repo=fleet.root)
             home = (
-                clusters.endpoint_from_file(Path(s.home_kubeconfig)) if s.home_kubeconfig else None
+                clusters.endpoint_from_file(Path(s.home_kubeconfig), plugins=plugins)
+                if s.home_kubeconfig
+                else None
             )
             kube = KubeSink(
-                clients=clusters.ClientFactory(root=fleet.root, home=home), hmac_key=s.hmac_key
+                clients=clusters.ClientFactory(root=fleet.root, home=home, plugins=plugins),
+                hmac_key=s.hmac_key,
             )
             sinks.append(kube)
             self._closers.append(kube.aclose)
@@ -526,7 +543,11 @@ def _coordinator(settings: DaemonSettings) -> Coordinator | None:
     from secretsync import clusters, sharding  # noqa: PLC0415 - kubernetes only when needed
 
     home = settings.home_kubeconfig
-    api = clusters.endpoint_from_file(Path(home)) if home else clusters.in_cluster_endpoint()
+    api = (
+        clusters.endpoint_from_file(Path(home), plugins=settings.plugins)
+        if home
+        else clusters.in_cluster_endpoint()
+    )
     e = settings.election
     log.info(
         "leader election on: identity %s, namespace %s, shard %d of %d",

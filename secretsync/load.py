@@ -595,16 +595,19 @@ def _vault(m: _Map) -> VaultSettings:
             )
         auth_kwargs["method"] = method
         for yaml_key, attr in (
-            ("tokenFile", "token_file"),
             ("role", "role"),
             ("roleId", "role_id"),
-            ("roleIdFile", "role_id_file"),
-            ("secretIdFile", "secret_id_file"),
             ("secretIdEnv", "secret_id_env"),
             ("mountPath", "mount_path"),
-            ("jwtFile", "jwt_file"),
         ):
             auth_kwargs[attr] = auth.text(yaml_key)
+        for yaml_key, attr in (
+            ("tokenFile", "token_file"),
+            ("roleIdFile", "role_id_file"),
+            ("secretIdFile", "secret_id_file"),
+            ("jwtFile", "jwt_file"),
+        ):
+            auth_kwargs[attr] = _machine_path(auth, yaml_key)
         if method == "approle" and not (auth_kwargs["role_id"] or auth_kwargs["role_id_file"]):
             m.ctx.error(auth.node, auth.field("roleId"), "approle needs roleId or roleIdFile")
         if method == "approle" and not (
@@ -724,7 +727,7 @@ def _cluster(ctx: _Ctx, header: _Header, fleet: Fleet) -> Cluster | None:
             }
             secret_ref.done()
         in_cluster = kube.flag("inCluster") or False
-        path = kube.text("path")
+        path = _machine_path(kube, "path")
         given = sum(1 for x in (secret_ref, path, in_cluster or None) if x)
         if given != 1:
             ctx.error(
@@ -759,6 +762,38 @@ def _cluster(ctx: _Ctx, header: _Header, fleet: Fleet) -> Cluster | None:
         allowed_namespaces=tuple(ns for ns, _ in allowed) if allowed is not None else None,
         create_namespaces=create_ns,
     )
+
+
+def _machine_path(m: _Map, key: str) -> str | None:
+    """A credential path on the machine secretsync runs on (a kubeconfig, a Vault token, JWT
+    or AppRole file). It must be absolute and lie outside the fleet repo: the repo's writers
+    must not choose what secretsync reads as a credential, nor a kubeconfig whose server,
+    files and credential plugins secretsync would use. An error keeps the text, so that one
+    mistake is reported once."""
+    text = m.text(key)
+    if text is None:
+        return None
+    if not os.path.isabs(text):
+        m.ctx.error(
+            m.key_node(key),
+            m.field(key),
+            f"{text!r} must be an absolute path: a file of the machine secretsync runs on, "
+            "outside the fleet repo",
+        )
+    elif m.ctx.root is not None:
+        root = m.ctx.root.resolve()
+        try:
+            real = Path(text).resolve()
+        except (OSError, RuntimeError):  # a symlink loop: not inside the repo, and not usable
+            return text
+        if real == root or root in real.parents:
+            m.ctx.error(
+                m.key_node(key),
+                m.field(key),
+                f"{text!r} lies inside the fleet repo: credentials and kubeconfigs are the "
+                "operator's files on the machine, never fleet content",
+            )
+    return text
 
 
 def _pinned(ctx: _Ctx, sealed: _Map, pin: str, cert_file: str | None, root: Path) -> str | None:
