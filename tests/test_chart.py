@@ -88,6 +88,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "nodeSelector": {"kubernetes.io/os": "linux"},
         "tolerations": [{"key": "infra", "operator": "Exists"}],
     },
+    "exec-plugins": {"kube": {"allowExecPlugins": ["aws", "gke-gcloud-auth-plugin", "kubelogin"]}},
     "minimal": {
         "networkPolicy": {"enabled": False},
         "serviceAccount": {"create": False, "name": "existing-sa"},
@@ -129,6 +130,10 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
     "git-secret-value": ({"fleet": {"git": {"password": "tok"}}}, "password"),
     "shards-the-daemon-cannot-do": ({"sharding": {"enabled": True, "shards": 3}}, "shards"),
     "no-sink": ({"daemon": {"kube": False, "git": False}}, "daemon"),
+    "exec-plugin-as-a-path": (
+        {"kube": {"allowExecPlugins": ["/usr/local/bin/aws"]}},
+        "allowExecPlugins",
+    ),
 }
 
 
@@ -339,6 +344,16 @@ def test_git_url_without_credentials_and_default_branch(
     assert not [a for a in daemon["args"] if a.startswith("--git-credentials-file")]
     assert "git-credentials" not in {m["name"] for m in daemon["volumeMounts"]}
     assert "git-credentials" not in {v["name"] for v in spec["volumes"]}
+
+
+def test_allowed_exec_plugins_reach_the_daemon_environment(
+    helm_config: helm_sdkpy.Configuration,
+) -> None:
+    spec = render_workload(helm_config, "exec-plugins", VALUE_SETS["exec-plugins"])
+    env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+    assert env["SECRETSYNC_ALLOW_EXEC_PLUGINS"] == "aws,gke-gcloud-auth-plugin,kubelogin"
+    spec = render_workload(helm_config, "no-exec-plugins", {})
+    assert "SECRETSYNC_ALLOW_EXEC_PLUGINS" not in {e["name"] for e in spec["containers"][0]["env"]}
 
 
 def test_without_git_url_no_git_flags(helm_config: helm_sdkpy.Configuration) -> None:
