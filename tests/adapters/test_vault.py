@@ -182,7 +182,7 @@ async def test_nested_object_or_list_without_a_sub_key_is_an_error_never_its_tex
     openbao: OpenBao, unique: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """V11: picking a mapping or a list is an error naming the ref, never `str(dict)`; a
-    sub-key reaches into a mapping; values that are not text are read as the JSON text Vault
+    sub-key reaches into a mapping, an index into a list; values that are not text are read as the JSON text Vault
     stores (a binary value is stored as base64 text and delivered as that text)."""
     mount = kv2_mount(openbao, unique)
     inner, item, encoded = canary(), canary(), canary()
@@ -197,19 +197,19 @@ async def test_nested_object_or_list_without_a_sub_key_is_an_error_never_its_tex
         },
     )
     source = make_source(openbao.address, env={"VAULT_TOKEN": openbao.root_token})
-    refs = {k: ref(mount, "app", k) for k in ("db", "hosts", "db.password", "cert.b64", "none")}
+    keys = ("db", "hosts", "db.password", "hosts.0", "cert.b64", "none")
+    refs = {k: ref(mount, "app", k) for k in keys}
     try:
         result = await resolve.resolve(refs.values(), {"vault": source})
     finally:
         await source.aclose()
     assert result.reads == 1
-    for key in ("db", "hosts"):
+    for key, what in (("db", "a nested object"), ("hosts", "a list")):
         failure = result.failures[refs[key]]
         assert isinstance(failure, errors.RefNotFound)
-        assert str(failure) == (
-            f"vault:{mount}/app: key {key!r} holds a nested object, not a value"
-        )
+        assert str(failure).startswith(f"vault:{mount}/app: key {key!r} holds {what}, not a value")
     assert result.values[refs["db.password"]].reveal() == inner.encode()
+    assert result.values[refs["hosts.0"]].reveal() == item.encode()  # as ESO's property paths
     assert result.values[refs["cert.b64"]].reveal() == base64.b64encode(encoded.encode())
     assert result.values[refs["none"]].reveal() == b"null"
     texts = [str(f) for f in result.failures.values()]
