@@ -74,8 +74,15 @@ def _emit(settings: Settings, document: Mapping[str, Any] | list[Any]) -> None:
 
 
 def _fail_config(exc: errors.ConfigError) -> NoReturn:
+    problems = exc.errors if isinstance(exc, errors.ConfigErrors) else [exc]
+    ctx = click.get_current_context(silent=True)
+    settings = ctx.find_object(Settings) if ctx is not None else None
+    if settings is not None and settings.output == "json":
+        fields = ("file", "line", "field", "message")
+        doc = {"valid": False, "errors": [{f: getattr(e, f) for f in fields} for e in problems]}
+        click.echo(json.dumps(doc, indent=2, ensure_ascii=False))
     click.echo(exc.render(), err=True)
-    count = len(exc.errors) if isinstance(exc, errors.ConfigErrors) else 1
+    count = len(problems)
     click.echo(f"{count} error(s); nothing was changed", err=True)
     sys.exit(EXIT_USAGE)
 
@@ -149,7 +156,29 @@ def main_group(
     ctx.obj = Settings(output=output, hmac_key=_hmac_key(env, hmac_key_file), env=env)
 
 
-pass_settings = click.make_pass_decorator(Settings)
+_pass_settings = click.make_pass_decorator(Settings)
+
+
+def _output_after_command(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        settings = ctx.find_object(Settings)
+        if settings is not None:
+            ctx.obj = dataclasses.replace(settings, output=value)
+
+
+def pass_settings[F: Callable[..., Any]](command: F) -> F:
+    """Pass the Settings, and take `-o yaml|json` after the command too (`secretsync plan
+    FLEET -o json`), where it wins over one given before the command."""
+    option = click.option(
+        "-o",
+        "--output",
+        type=click.Choice(["yaml", "json"]),
+        default=None,
+        expose_value=False,
+        callback=_output_after_command,
+        help="Output format of reports (also accepted before the command).",
+    )
+    return option(_pass_settings(command))  # type: ignore[return-value]  # click drops F
 
 
 # --- validate --------------------------------------------------------------------------------
@@ -1094,14 +1123,20 @@ def unseal(settings: Settings, file: str, key_files: tuple[str, ...], show_value
         except (OSError, errors.SealError) as exc:
             raise UsageError(f"--private-key {key_file}: {exc}") from None
     try:
-        docs = [d for d in yaml.load_all(Path(file).read_bytes(), Loader=yaml.CSafeLoader) if d]
+        docs = list(yaml.load_all(Path(file).read_bytes(), Loader=yaml.CSafeLoader))
     except (OSError, yaml.YAMLError) as exc:
         raise UsageError(f"{file}: cannot read SealedSecrets ({type(exc).__name__})") from None
     out: list[dict[str, Any]] = []
     failed = False
-    for doc in docs:
-        meta = doc.get("metadata", {}) if isinstance(doc, dict) else {}
-        entry: dict[str, Any] = {"object": f"{meta.get('namespace')}/{meta.get('name')}"}
+    for index, doc in enumerate(docs):  # `index` counts every document of the file, from 0
+        if not doc:
+            continue
+        meta = _mapping(doc, "metadata")
+        entry: dict[str, Any] = {
+            "index": index,
+            "cluster": _mapping(meta, "annotations").get(ANNOTATION_CLUSTER),
+            "object": f"{meta.get('namespace')}/{meta.get('name')}",
+        }
         try:
             opened = seal.unseal_manifest(doc, keys)
             entry["keys"] = (
@@ -1117,17 +1152,31 @@ def unseal(settings: Settings, file: str, key_files: tuple[str, ...], show_value
     sys.exit(EXIT_FAILED if failed else EXIT_OK)
 
 
+def _mapping(node: object, key: str) -> dict[str, Any]:
+    value = node.get(key) if isinstance(node, dict) else None
+    return value if isinstance(value, dict) else {}
+
+
 # --- scan ------------------------------------------------------------------------------------
 
 
 @main_group.command("scan")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
-def scan_command(paths: tuple[str, ...]) -> None:
+@pass_settings
+def scan_command(settings: Settings, paths: tuple[str, ...]) -> None:
     """Find plaintext Secrets and unencrypted SOPS files under PATHS (folders or files);
-    exit 1 naming each (pre-commit passes the staged files)."""
-    findings = [f for path in paths for f in scan.scan(Path(path))]
-    for f in findings:
-        click.echo(f"{f.file}:{f.line}: {f.kind}: {f.message}")
+    exit 1 naming each (pre-commit passes the staged files). Files are named as given, or
+    under the folder as given."""
+    findings = [
+        dataclasses.replace(f, file=path if Path(path).is_file() else f"{Path(path) / f.file}")
+        for path in paths
+        for f in scan.scan(Path(path))
+    ]
+    if settings.output == "json":
+        _emit(settings, {"findings": [dataclasses.asdict(f) for f in findings]})
+    else:
+        for f in findings:
+            click.echo(f"{f.file}:{f.line}: {f.kind}: {f.message}")
     if findings:
         click.echo(f"{len(findings)} finding(s)", err=True)
     sys.exit(EXIT_FAILED if findings else EXIT_OK)
