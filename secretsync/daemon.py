@@ -46,9 +46,10 @@ from secretsync import (
     web,
     webhook,
 )
+from secretsync.deliver import Sink
 from secretsync.engine import CycleReport, Engine, path_names
 from secretsync.metrics import Metrics
-from secretsync.model import Fleet, Location
+from secretsync.model import Cluster, Fleet, Location
 from secretsync.sinks.git import GitSink
 from secretsync.status import StatusBoard
 
@@ -103,6 +104,11 @@ class Wiring(Protocol):
     """Builds (and closes) the engine for a fleet: sources and sinks depend on its config."""
 
     async def engine_for(self, fleet: Fleet) -> Runner: ...
+
+    def delivers(self, cluster: Cluster) -> bool:
+        """Whether a sink of the engine last built delivers anything to `cluster` (whichever
+        replica leads it)."""
+        ...
 
     async def aclose(self) -> None: ...
 
@@ -159,6 +165,7 @@ class EngineWiring:
         self._report = report
         self._key: tuple[Any, ...] | None = None
         self._engine: Engine | None = None
+        self._sinks: list[Sink] = []  # as built, before the leadership gate
         self._closers: list[Callable[[], Awaitable[None]]] = []
 
     async def engine_for(self, fleet: Fleet) -> Engine:
@@ -191,6 +198,7 @@ class EngineWiring:
             )
             sinks.append(kube)
             self._closers.append(kube.aclose)
+        self._sinks = list(sinks)
         if self._gate is not None:
             sinks = [self._gate.gate(sink) for sink in sinks]
         self._engine = Engine(
@@ -202,6 +210,9 @@ class EngineWiring:
         )
         self._key = key
         return self._engine
+
+    def delivers(self, cluster: Cluster) -> bool:
+        return any(sink.accepts(cluster) for sink in self._sinks)
 
     async def aclose(self) -> None:
         engine, self._engine = self._engine, None
@@ -374,6 +385,7 @@ class Daemon:
             if fleet is None:
                 raise errors.ConfigError("no fleet repo has loaded yet")
             engine = await self._wiring.engine_for(fleet)
+            self.board.undelivered(self._undelivered(fleet))
             if self.coordinator is None:
                 report = await engine.run_cycle(fleet, only_paths=only_paths)
             else:
@@ -420,6 +432,16 @@ class Daemon:
             )
         for name, reason in report.failed_clusters.items():
             log.warning("failed: cluster %s: %s", name, reason, extra={"cluster": name})
+
+    def _undelivered(self, fleet: Fleet) -> dict[str, str]:
+        """Why each cluster no sink of this process delivers to is left out."""
+        sinks = (("Git", self.settings.git), ("Kubernetes", self.settings.kube))
+        off = ", ".join(f"{name} sink off" for name, on in sinks if not on) or "no sink takes it"
+        return {
+            name: f"not delivered by this daemon (delivery {c.delivery.value}, {off})"
+            for name, c in fleet.clusters.items()
+            if not self._wiring.delivers(c)
+        }
 
     async def _reload(self) -> Fleet | None:
         """Load and plan the fleet repo; a refused one leaves the last good fleet in place."""

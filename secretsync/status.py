@@ -10,7 +10,9 @@ States:
 - `synced`: the last cycle that looked at it found it delivered as desired (or delivered it);
 - `drifted`: the last cycle found it changed outside secretsync and repaired it;
 - `failed`: the last cycle could not deliver it; the reason says why, and what was delivered
-  before stays in place (its last sync time is kept).
+  before stays in place (its last sync time is kept);
+- `undelivered`: no sink of this process delivers to its cluster (e.g. `serve --no-git` for a
+  sealed cluster); the reason says which delivery and which sink is off.
 
 An object delivered by two sinks (Git and the Kubernetes API) shows the worst of the two.
 """
@@ -32,9 +34,16 @@ class State(enum.StrEnum):
     DRIFTED = "drifted"
     FAILED = "failed"
     PENDING = "pending"
+    UNDELIVERED = "undelivered"
 
 
-_SEVERITY = {State.SYNCED: 0, State.PENDING: 1, State.DRIFTED: 2, State.FAILED: 3}
+_SEVERITY = {
+    State.SYNCED: 0,
+    State.UNDELIVERED: 1,
+    State.PENDING: 1,
+    State.DRIFTED: 2,
+    State.FAILED: 3,
+}
 DRIFT_REASON = "repaired: changed outside secretsync"
 
 
@@ -154,6 +163,17 @@ class StatusBoard:
             entry.refs = tuple(sorted({str(r) for r in d.refs()}))
             planned[key] = entry
         self.entries = planned
+
+    def undelivered(self, reasons: Mapping[str, str]) -> None:
+        """Clusters no sink of this process delivers to (name -> why): their objects show
+        `undelivered` with that reason rather than `pending` forever; a cluster that a sink
+        takes again goes back to `pending` until its next cycle."""
+        for entry in self.entries.values():
+            reason = reasons.get(entry.cluster)
+            if reason is not None:
+                entry.state, entry.reason = State.UNDELIVERED, reason
+            elif entry.state is State.UNDELIVERED:
+                entry.state, entry.reason = State.PENDING, ""
 
     def fleet_failed(self, message: str, *, at: datetime, commit: str | None = None) -> None:
         """A fleet repo that does not load (at `commit`, when known): the last good one keeps

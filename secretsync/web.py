@@ -166,6 +166,7 @@ td.cell{font-weight:600;min-width:5.5rem}
 .st-drifted{background:#fff8c5;color:#7d4e00}
 .st-failed{background:#ffebe9;color:#a40e26}
 .st-pending{background:#ddf4ff;color:#0a3069}
+.st-undelivered{background:#f6f8fa;color:#57606a;font-weight:400}
 .none{color:#8c959f}
 .dim{opacity:.25}
 .hidden{display:none}

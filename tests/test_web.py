@@ -4,6 +4,7 @@ engine of our own (FakeEngine) or the real engine with a fake source and the Git
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import time
 import uuid
@@ -78,6 +79,9 @@ class FakeWiring:
 
     async def engine_for(self, fleet: Fleet) -> Any:
         return self.engine
+
+    def delivers(self, cluster: Any) -> bool:
+        return True
 
     async def aclose(self) -> None:
         self.closed = True
@@ -358,6 +362,55 @@ async def test_real_engine_serves_no_values(
     assert "synced" in served
     assert not canary.find_in_text(served)
     assert not canary.find_in_text(caplog.text)
+
+
+@pytest.mark.parametrize(
+    ("sinks", "undelivered"),
+    [
+        (
+            {"git": False, "kube": True},
+            {
+                "prod-use1": "sealed, Git sink off",
+                "prod-euw1": "sealed, Git sink off",
+                "staging-use1": "sealed, Git sink off",
+                "staging-euw1": "external, Git sink off",
+            },
+        ),
+        ({"git": True, "kube": False}, {"dev-use1": "direct, Kubernetes sink off"}),
+    ],
+)
+async def test_objects_no_sink_of_the_daemon_delivers_say_so(
+    repo: Path, aiohttp_client: AiohttpClient, sinks: dict[str, bool], undelivered: dict[str, str]
+) -> None:
+    values = {
+        "payments/prod/db": {"username": canary.new("nu"), "password": canary.new("np")},
+        "payments/staging/db": {"username": canary.new("nu2"), "password": canary.new("np2")},
+        "payments/eu/db": {"password": canary.new("npe")},
+        "web/prod": {"token": canary.new("nt")},
+        "web/staging": {"token": canary.new("nt2")},
+        "web/dev": {"token": canary.new("nt3")},
+    }
+    settings = DaemonSettings(
+        fleet_path=repo, hmac_key=HMAC, interval_s=3600, cluster_timeout_s=10, **sinks
+    )
+    daemon = Daemon(settings=settings, make_sources=lambda f, e: {"vault": FakeSource(values)})
+    client: TestClient[Any, Any] = await aiohttp_client(make_app(daemon))
+    try:
+        await daemon.cycle(trigger="start")
+        doc = await (await client.get("/v1/status")).json()
+        page = await (await client.get("/")).text()
+    finally:
+        await daemon._wiring.aclose()
+    seen = {(o["cluster"], o["state"], o["reason"]) for o in doc["objects"]}
+    for cluster, why in undelivered.items():
+        reason = f"not delivered by this daemon (delivery {why})"
+        assert (cluster, "undelivered", reason) in seen, cluster
+        assert reason in html.unescape(page)
+    assert {c for c, state, _ in seen if state == "undelivered"} == set(undelivered)
+    assert "pending" not in {state for _, state, _ in seen}
+    assert doc["totals"]["undelivered"] == sum(
+        1 for o in doc["objects"] if o["cluster"] in undelivered
+    )
 
 
 class GatedEngine(FakeEngine):
