@@ -18,6 +18,7 @@ import html
 import logging
 import secrets
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -166,11 +167,12 @@ td.cell{font-weight:600;min-width:5.5rem}
 .st-drifted{background:#fff8c5;color:#7d4e00}
 .st-failed{background:#ffebe9;color:#a40e26}
 .st-pending{background:#ddf4ff;color:#0a3069}
-.st-undelivered{background:#f6f8fa;color:#57606a;font-weight:400}
+.st-undelivered{background:#f6f8fa;color:#57606a}
 .none{color:#8c959f}
 .dim{opacity:.25}
 .hidden{display:none}
 .labels{color:#57606a;font-size:12px}
+time[title]{text-decoration:underline dotted #8c959f}
 code{font-size:12px}
 """
 
@@ -216,8 +218,31 @@ def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def render_page(board: StatusBoard, *, nonce: str) -> str:
+def _clock_text(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _age(at: datetime, now: datetime) -> str:
+    seconds = int((now - at).total_seconds())
+    if seconds < 0:
+        return "in the future (clock skew)"
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds // size} {unit} ago"
+    return f"{seconds} s ago"
+
+
+def _time(at: datetime, now: datetime) -> str:
+    """A time as people read it (`2026-12-06 17:14:15 UTC`), its age on hover."""
+    return (
+        f'<time datetime="{_e(at.isoformat(timespec="seconds"))}" title="{_e(_age(at, now))}">'
+        f"{_e(_clock_text(at))}</time>"
+    )
+
+
+def render_page(board: StatusBoard, *, nonce: str, now: datetime | None = None) -> str:
     """The fleet page: a cluster x FleetSecret grid. Every dynamic string is escaped."""
+    now = now or datetime.now(UTC)
     secrets_in_use = sorted({e.fleet_secret for e in board.entries.values()})
     label_pairs = sorted({f"{k}={v}" for c in board.clusters.values() for k, v in c.labels.items()})
     out: list[str] = [
@@ -230,13 +255,12 @@ def render_page(board: StatusBoard, *, nonce: str) -> str:
     if board.fleet_loaded_at:
         at_commit = f" at commit {_e(board.commit)}" if board.commit else ""
         out.append(
-            f"<p class=meta>Fleet repo loaded {_e(board.fleet_loaded_at.isoformat())}"
-            f"{at_commit}</p>"
+            f"<p class=meta>Fleet repo loaded {_time(board.fleet_loaded_at, now)}{at_commit}</p>"
         )
     if board.fleet_error:
         out.append(
             f"<div class=banner id=fleet-error><strong>The fleet repo does not load "
-            f"({_e(board.fleet_error_at.isoformat() if board.fleet_error_at else '')}); "
+            f"({_time(board.fleet_error_at, now) if board.fleet_error_at else ''}); "
             f"the last good one keeps running:</strong>\n{_e(board.fleet_error)}</div>"
         )
     totals = board.totals()
@@ -250,7 +274,7 @@ def render_page(board: StatusBoard, *, nonce: str) -> str:
         counts = ", ".join(f"{_e(n)} {_e(k)}" for k, n in cycle.counts.items() if n)
         out.append(
             f"<p class=meta id=last-cycle>Last cycle ({_e(cycle.trigger)}): started "
-            f"{_e(cycle.started.isoformat(timespec='seconds'))}, took {cycle.duration_s:.2f} s, "
+            f"{_time(cycle.started, now)}, took {cycle.duration_s:.2f} s, "
             f"outcome <strong>{_e(cycle.outcome)}</strong>"
             + (f"; {counts}" if counts else "")
             + (f"; error: {_e(cycle.error)}" if cycle.error else "")
@@ -285,7 +309,8 @@ def render_page(board: StatusBoard, *, nonce: str) -> str:
             if entry.reason:
                 tip += f": {entry.reason}"
             if entry.last_sync:
-                tip += f" (last sync {entry.last_sync.isoformat(timespec='seconds')})"
+                at = entry.last_sync
+                tip += f" (last sync {_clock_text(at)}, {_age(at, now)})"
             out.append(
                 f'<td class="cell st-{entry.state.value}" data-secret="{_e(name)}" '
                 f'data-state="{entry.state.value}" title="{_e(tip)}">{entry.state.value}</td>'

@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import html
 import json
+import re
 import time
 import uuid
 from collections.abc import Callable, Collection
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +18,13 @@ import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from secretsync import errors, plan, webhook
+from secretsync import errors, load, plan, webhook
 from secretsync.daemon import CountingSource, Daemon, DaemonSettings
 from secretsync.engine import CycleReport, Engine, ItemResult
 from secretsync.model import Fleet
 from secretsync.sinks.git import GitSink
-from secretsync.web import make_app
+from secretsync.status import StatusBoard
+from secretsync.web import make_app, render_page
 from tests import canary, fleets
 from tests.fakes import FakeSource
 
@@ -411,6 +413,30 @@ async def test_objects_no_sink_of_the_daemon_delivers_say_so(
     assert doc["totals"]["undelivered"] == sum(
         1 for o in doc["objects"] if o["cluster"] in undelivered
     )
+
+
+async def test_page_times_are_readable_with_their_age_on_hover(repo: Path) -> None:
+    loaded = datetime(2026, 12, 6, 17, 14, 15, tzinfo=UTC)
+    fleet = load.load_fleet(repo)
+    board = StatusBoard()
+    board.fleet_loaded(fleet, plan.plan(fleet), at=loaded)
+    report = await FakeEngine().run_cycle(fleet)
+    board.record(report, started=loaded + timedelta(seconds=30), duration_s=1.5, trigger="start")
+    page = render_page(board, nonce="n", now=loaded + timedelta(hours=2, minutes=1))
+
+    assert (
+        'loaded <time datetime="2026-12-06T17:14:15+00:00" title="2 h ago">'
+        "2026-12-06 17:14:15 UTC</time>"
+    ) in page
+    assert (
+        'started <time datetime="2026-12-06T17:14:45+00:00" title="2 h ago">'
+        "2026-12-06 17:14:45 UTC</time>"
+    ) in page
+    assert "(last sync 2026-12-06 17:14:45 UTC, 2 h ago)" in page
+    visible = re.sub(r"<[^>]*>", "", page)  # text outside tags and their attributes
+    assert "T17:14" not in visible and "+00:00" not in visible
+    later = render_page(board, nonce="n", now=loaded + timedelta(seconds=75))
+    assert 'title="1 min ago"' in later and 'title="45 s ago"' in later
 
 
 class GatedEngine(FakeEngine):
