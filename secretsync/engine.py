@@ -1,10 +1,10 @@
 """One reconcile cycle: plan → resolve → materialize → deliver, the same for CLI and daemon.
 
 Per cluster the work runs concurrently, each under its own timeout, so one slow or broken
-cluster never holds up the others (invariant 4). A DesiredSecret whose values could not all be
-resolved is not rendered: its object is kept as it is, and the report says failed, and why
-(invariant 2). Unchanged objects are recognised by their keyed content hash and not rendered
-or written at all (invariant 5).
+cluster never holds up the others. A DesiredSecret whose values could not all be resolved is
+not rendered: its object is kept as it is (a source outage never empties or prunes what a
+cluster has), and the report says failed, and why. Unchanged objects are recognised by their
+keyed content hash and not rendered or written at all.
 """
 
 from __future__ import annotations

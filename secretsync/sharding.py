@@ -1,4 +1,4 @@
-"""Several `serve` replicas (DESIGN §6): clusters sharded by a stable hash, each shard and the
+"""Several `serve` replicas: clusters sharded by a stable hash, each shard and the
 Git writeback guarded by a Lease of the home cluster (see `leases`).
 
 - `shard_of(name, shards)`: sha256 of the cluster name, so every replica, Python version and

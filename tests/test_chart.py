@@ -128,7 +128,10 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
         "url",
     ),
     "git-secret-value": ({"fleet": {"git": {"password": "tok"}}}, "password"),
-    "shards-the-daemon-cannot-do": ({"sharding": {"enabled": True, "shards": 3}}, "shards"),
+    "shards-beyond-the-one-the-chart-runs": (
+        {"sharding": {"enabled": True, "shards": 3}},
+        "shards",
+    ),
     "no-sink": ({"daemon": {"kube": False, "git": False}}, "daemon"),
     "exec-plugin-as-a-path": (
         {"kube": {"allowExecPlugins": ["/usr/local/bin/aws"]}},

@@ -1,4 +1,4 @@
-"""Delivery through the Kubernetes API, on three real kube-apiservers (DESIGN §5, issue T rows).
+"""Delivery through the Kubernetes API, on three real kube-apiservers (tests/MATRIX.md rows T1-T9).
 
 Each test builds its own fleet whose cluster names are unique to the test, so objects other
 tests left on the shared servers are never this fleet's to prune.
