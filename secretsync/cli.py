@@ -695,6 +695,21 @@ def _listen(text: str) -> tuple[str, int]:
     show_default=True,
     help="Largest webhook body in bytes (bigger: 413).",
 )
+@click.option(
+    "--header-timeout",
+    type=click.FloatRange(min=0.1, max=3600),
+    default=10.0,
+    show_default=True,
+    help="Seconds a client has for a request line and headers (and a webhook for its body); "
+    "then the connection is dropped.",
+)
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(min=0.1, max=86400),
+    default=60.0,
+    show_default=True,
+    help="Seconds a connection may stay silent between requests before it is closed.",
+)
 @_timeout_option
 @_home_option
 @_plugins_option
@@ -738,6 +753,8 @@ def serve(
     git: bool,
     kube: bool,
     max_body: int,
+    header_timeout: float,
+    idle_timeout: float,
     cluster_timeout: float,
     home_kubeconfig: str | None,
     exec_plugins: tuple[str, ...],
@@ -778,6 +795,8 @@ def serve(
         kube=kube,
         webhook_key=webhook_key,
         max_body=max_body,
+        header_timeout_s=header_timeout,
+        idle_timeout_s=idle_timeout,
         cluster_timeout_s=cluster_timeout,
         home_kubeconfig=home_kubeconfig,
         plugins=_plugin_policy(settings, exec_plugins),

@@ -32,9 +32,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from aiohttp import web as aioweb
-
 from secretsync import (
+    edge,
     errors,
     gitsource,
     kubeplugins,
@@ -76,6 +75,8 @@ class DaemonSettings:
     kube: bool = True
     webhook_key: bytes | None = field(repr=False, default=None)
     max_body: int = webhook.MAX_BODY_BYTES
+    header_timeout_s: float = edge.HEADER_TIMEOUT_S  # request line + headers (and a webhook body)
+    idle_timeout_s: float = edge.IDLE_TIMEOUT_S  # silence allowed between requests
     cluster_timeout_s: float = 60.0
     home_kubeconfig: str | None = None
     plugins: kubeplugins.PluginPolicy = field(repr=False, default=kubeplugins.NO_PLUGINS)
@@ -485,8 +486,8 @@ class Daemon:
     async def serve(self) -> None:
         """Web server and cycle loop until SIGTERM / SIGINT (or `stop()`)."""
         s = self.settings
-        runner = aioweb.AppRunner(web.make_app(self, max_body=s.max_body), access_log=None)
-        await runner.setup()
+        app = web.make_app(self, max_body=s.max_body, read_timeout_s=s.header_timeout_s)
+        limits = edge.Limits(header_timeout_s=s.header_timeout_s, idle_timeout_s=s.idle_timeout_s)
         loop = asyncio.get_running_loop()
         if self.coordinator is not None:
             self.coordinator.start()
@@ -501,15 +502,16 @@ class Daemon:
             loop.call_later(s.grace_s, cycles.cancel)
 
         try:
-            site = aioweb.TCPSite(runner, s.host, s.port)
-            await site.start()
-            for address in runner.addresses:
-                host, port = address[0], address[1]
-                log.info("listening on http://%s:%d", f"[{host}]" if ":" in host else host, port)
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, on_signal)
-            with contextlib.suppress(asyncio.CancelledError):
-                await cycles
+            async with edge.serve(
+                app, host=s.host, port=s.port, limits=limits, on_drop=self.metrics.dropped
+            ) as addresses:
+                for host, port in addresses:
+                    shown = f"[{host}]" if ":" in host else host
+                    log.info("listening on http://%s:%d", shown, port)
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.add_signal_handler(sig, on_signal)
+                with contextlib.suppress(asyncio.CancelledError):
+                    await cycles
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
@@ -523,7 +525,6 @@ class Daemon:
                     await poller
             if self.coordinator is not None:
                 await self.coordinator.stop()  # after the last write: followers take over now
-            await runner.cleanup()
             await self._wiring.aclose()
             log.info("stopped")
 

@@ -11,6 +11,7 @@ Labels are cluster names, sources, outcomes and states: never a value, never a p
 | `secretsync_failures_total` | counter | `cluster` |
 | `secretsync_writes_total` | counter | — |
 | `secretsync_webhooks_total` | counter | `outcome` |
+| `secretsync_http_dropped_total` | counter | `reason` (header, idle: a slow or silent client) |
 | `secretsync_fleet_load_errors_total` | counter | — |
 | `secretsync_leader` | gauge | `lease` (1 while this replica holds it; only with election) |
 | `secretsync_stale_paths` | gauge | `source` (locations whose last read failed) |
@@ -64,6 +65,12 @@ class Metrics:
         )
         self.webhooks = Counter(
             "secretsync_webhooks", "Rotation webhook requests.", ["outcome"], registry=r
+        )
+        self.http_dropped = Counter(
+            "secretsync_http_dropped",
+            "Connections dropped for a request head not read in time or for idling.",
+            ["reason"],
+            registry=r,
         )
         self.fleet_load_errors = Counter(
             "secretsync_fleet_load_errors", "Fleet repo loads refused.", registry=r
@@ -127,6 +134,9 @@ class Metrics:
 
     def webhook(self, outcome: str) -> None:
         self.webhooks.labels(outcome=outcome).inc()
+
+    def dropped(self, reason: str) -> None:
+        self.http_dropped.labels(reason=reason).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -8,12 +8,15 @@ the rotation webhook. Handlers only read the status board and hand webhook paths
 - `GET /metrics`: Prometheus text. `GET /v1/status`: the JSON inventory.
 - `GET /`: the fleet page, server-rendered HTML with a little inline JavaScript for filters.
 - `POST /v1/webhooks/vault`: 503 without a webhook secret; 413 over the size cap (checked
-  before the body is read); 401 for a missing or bad signature or a stale timestamp; 400 for
-  a bad body; 200 for a replayed id (no work); 202 once queued.
+  before the body is read); 408 when the body has not arrived within the read timeout (the
+  connection is closed); 401 for a missing or bad signature or a stale timestamp; 400 for a
+  bad body; 200 for a replayed id (no work); 202 once queued. Refusals are logged at most once
+  a minute per source address, with the count since that address's previous line (`edge`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import html
 import logging
 import secrets
@@ -23,7 +26,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from secretsync import webhook
+from secretsync import edge, webhook
 from secretsync.metrics import CONTENT_TYPE, Metrics
 from secretsync.status import State, StatusBoard
 
@@ -57,12 +60,22 @@ class Backend(Protocol):
 
 BACKEND = web.AppKey("backend", Backend)
 MAX_BODY = web.AppKey("max_body", int)
+READ_TIMEOUT = web.AppKey("read_timeout_s", float)
+REFUSALS = web.AppKey("refusals", edge.Throttle)
 
 
-def make_app(backend: Backend, *, max_body: int = webhook.MAX_BODY_BYTES) -> web.Application:
-    app = web.Application(client_max_size=max_body + 1)
+def make_app(
+    backend: Backend,
+    *,
+    max_body: int = webhook.MAX_BODY_BYTES,
+    read_timeout_s: float = edge.HEADER_TIMEOUT_S,
+    refusals: edge.Throttle | None = None,
+) -> web.Application:
+    app = web.Application(client_max_size=max_body + 1, middlewares=[edge.track_requests])
     app[BACKEND] = backend
     app[MAX_BODY] = max_body
+    app[READ_TIMEOUT] = read_timeout_s
+    app[REFUSALS] = refusals or edge.Throttle()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
@@ -120,15 +133,19 @@ async def vault_webhook(request: web.Request) -> web.Response:
         return _json({"error": "no webhook secret configured"}, status=503)
     cap = request.app[MAX_BODY]
     if request.content_length is not None and request.content_length > cap:
-        return _refused(backend, webhook.TooLarge(f"body over {cap} bytes"))
+        return _refused(request, webhook.TooLarge(f"body over {cap} bytes"))
+    seconds = request.app[READ_TIMEOUT]
     try:
-        body = await request.read()
+        async with asyncio.timeout(seconds):
+            body = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        return _refused(backend, webhook.TooLarge(f"body over {cap} bytes"))
+        return _refused(request, webhook.TooLarge(f"body over {cap} bytes"))
+    except TimeoutError:
+        return _refused(request, SlowBody(f"body not received within {seconds:g} s"))
     try:
         verified = verifier.verify(request.headers, body)
     except webhook.WebhookError as exc:
-        return _refused(backend, exc)
+        return _refused(request, exc)
     if verified.replay:
         backend.metrics.webhook("duplicate")
         log.info("webhook %s: replayed id, acknowledged without work", verified.msg_id)
@@ -141,13 +158,32 @@ async def vault_webhook(request: web.Request) -> web.Response:
     return _json({"status": "queued", "queued": queued, "ignored": ignored}, status=202)
 
 
-_OUTCOME = {401: "unauthorized", 400: "bad_request", 413: "too_large"}
+class SlowBody(webhook.WebhookError):
+    status = 408
 
 
-def _refused(backend: Backend, exc: webhook.WebhookError) -> web.Response:
-    backend.metrics.webhook(_OUTCOME.get(exc.status, "refused"))
-    log.info("webhook refused (%d): %s", exc.status, exc.message)
-    return _json({"error": exc.message}, status=exc.status)
+_OUTCOME = {401: "unauthorized", 400: "bad_request", 408: "timeout", 413: "too_large"}
+
+
+def _refused(request: web.Request, exc: webhook.WebhookError) -> web.Response:
+    """The refusal's answer; counted in metrics every time, logged at most once a minute per
+    source address (a flood of bad signatures costs one line a minute, with its count)."""
+    request.app[BACKEND].metrics.webhook(_OUTCOME.get(exc.status, "refused"))
+    address = request.remote or "unknown"
+    count = request.app[REFUSALS].hit(address)
+    if count is not None:
+        log.info(
+            "webhook refused (%d) from %s: %s [%d from this address since its last line]",
+            exc.status,
+            address,
+            exc.message,
+            count,
+            extra={"source": address, "count": count},
+        )
+    response = _json({"error": exc.message}, status=exc.status)
+    if isinstance(exc, SlowBody):
+        response.force_close()  # the rest of a slow body is not waited for
+    return response
 
 
 # --- the fleet page -----------------------------------------------------------------------------
