@@ -9,7 +9,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -211,6 +217,64 @@ async def test_slow_webhook_body_is_408_and_the_connection_closed(repo: Path) ->
         assert b"body not received within 0.5 s" in answer
         assert metric(server.daemon, "secretsync_webhooks_total", outcome="timeout") == 1.0
         assert server.daemon._pending == set()
+
+
+async def test_serve_flags_bound_slow_clients_in_a_real_process(repo: Path, tmp_path: Path) -> None:
+    """`secretsync serve --header-timeout 0.5 --idle-timeout 1` as a user runs it: 20 slow
+    clients are dropped, /healthz answers, the metrics count the drops, SIGTERM exits 0."""
+    log = tmp_path / "serve.log"
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "SECRETSYNC_HMAC_KEY": canary.new("hmac"),
+        "VAULT_ADDR": "http://127.0.0.1:9",  # no Vault: cycles fail, the server serves
+    }
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "secretsync", "serve", str(repo), "--listen", f"{HOST}:0",
+                "--no-kube", "--header-timeout", "0.5", "--idle-timeout", "1",
+            ],
+            env=env, stdout=sink, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not (found := re.search(rf"listening on http://{HOST}:(\d+)", log.read_text())):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            await asyncio.sleep(0.05)  # poll interval under the deadline above
+        port = int(found.group(1))
+
+        async def slow_client() -> bytes:
+            reader, writer = await asyncio.open_connection(HOST, port)
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: edge\r\nX-Slow: 1\r\n")
+            data = await closed_by_server(reader)
+            writer.close()
+            return data
+
+        started = time.monotonic()
+        async with asyncio.timeout(60):
+            attack = [asyncio.create_task(slow_client()) for _ in range(20)]
+            status = await asyncio.to_thread(_get, f"http://{HOST}:{port}/healthz")
+            assert status[0] == 200
+            assert await asyncio.gather(*attack) == [b""] * 20
+        # the flag is what bounds them: the default (10 s) would hold them all much longer
+        assert time.monotonic() - started < 8
+        metrics = (await asyncio.to_thread(_get, f"http://{HOST}:{port}/metrics"))[1]
+        assert 'secretsync_http_dropped_total{reason="header"} 20.0' in metrics
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    text = log.read_text()
+    assert "Traceback" not in text
+    assert text.count("slow client") == 1, text  # 20 drops, one line with its count
+
+
+def _get(url: str) -> tuple[int, str]:
+    with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 - 127.0.0.1 only
+        return resp.status, canary.keep(url, resp.read().decode())
 
 
 # --- the log ------------------------------------------------------------------------------------
