@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -26,6 +26,7 @@ from secretsync.model import (
     Cluster,
     ControllerRef,
     DataEntry,
+    DeleteLimit,
     Delivery,
     Fleet,
     FleetSecret,
@@ -571,15 +572,41 @@ def _fleet(ctx: _Ctx, header: _Header, root: Path) -> Fleet:
         if policies is not None:
             forbidden = policies.str_list("forbiddenTypes")
             allow_cw = policies.flag("allowClusterWide")
+            limit = _delete_limit(policies)
             kwargs["policies"] = Policies(
                 forbidden_types=tuple(v for v, _ in forbidden)
                 if forbidden is not None
                 else Policies().forbidden_types,
                 allow_cluster_wide=True if allow_cw is None else allow_cw,
+                delete_limit=limit or Policies().delete_limit,
             )
             policies.done()
         spec.done()
     return Fleet(name=header.name, root=root, origin=header.origin, **kwargs)  # type: ignore[arg-type]
+
+
+_PERCENT: Final = re.compile(r"(\d{1,3})%")
+
+
+def _delete_limit(m: _Map) -> DeleteLimit | None:
+    """`deleteLimit`: a count of objects (0 or more) or a percentage string such as "25%"."""
+    node = m.raw("deleteLimit")
+    if node is None:
+        return None
+    if isinstance(node, yaml.ScalarNode) and node.tag == _INT:
+        count = int(str(node.value), 0)
+        if count >= 0:
+            return DeleteLimit(count=count)
+    elif isinstance(node, yaml.ScalarNode) and (found := _PERCENT.fullmatch(str(node.value))):
+        percent = int(found.group(1))
+        if percent <= 100:
+            return DeleteLimit(percent=percent)
+    m.ctx.error(
+        m.key_node("deleteLimit"),
+        m.field("deleteLimit"),
+        'must be a count of objects (0 or more) or a percentage such as "25%"',
+    )
+    return None
 
 
 def _vault(m: _Map) -> VaultSettings:
@@ -875,6 +902,10 @@ def _fleet_secret(ctx: _Ctx, header: _Header) -> FleetSecret | None:
     if "clusterSelector" not in spec.entries:
         ctx.error(spec.key or spec.node, "spec.clusterSelector", "required field is missing")
     selector = _selector(spec.map("clusterSelector"))
+    selector_key = spec.key_node("clusterSelector")
+    selector_origin = Origin(
+        ctx.file, selector_key.start_mark.line + 1 if selector_key is not None else spec.line
+    )
     target_map = spec.map("target", required=True)
     target_line = target_map.line if target_map else header.origin.line
     target = _target(ctx, target_map)
@@ -926,6 +957,7 @@ def _fleet_secret(ctx: _Ctx, header: _Header) -> FleetSecret | None:
             "must be a duration such as 1h, 30m or 1h0m0s",
         )
     adopt = spec.flag("adopt") or False
+    allow_no_clusters = spec.flag("allowNoClusters") or False
     spec.done()
     if target is None:
         return None
@@ -940,6 +972,8 @@ def _fleet_secret(ctx: _Ctx, header: _Header) -> FleetSecret | None:
         restarts=tuple(restarts),
         refresh_interval=refresh,
         adopt=adopt,
+        allow_no_clusters=allow_no_clusters,
+        selector_origin=selector_origin,
     )
 
 
@@ -971,6 +1005,47 @@ def _register[T: (Cluster, FleetSecret)](
         )
         return
     table[item.name] = item
+
+
+def _empty_selections(
+    secrets: Iterable[FleetSecret], clusters: Iterable[Cluster]
+) -> list[errors.ConfigError]:
+    """A selector that picks no cluster is almost always a typo (`env: prd`), and rendering it
+    would prune the secret from every cluster it used to reach: an error unless the
+    FleetSecret says `allowNoClusters: true`. An overlay that reaches none of its FleetSecret's
+    clusters changes nothing, and is refused for the same reason."""
+    every = list(clusters)
+    problems: list[errors.ConfigError] = []
+    for secret in secrets:
+        if secret.allow_no_clusters:
+            continue
+        chosen = [c for c in every if selectors.matches(secret.selector, c.labels)]
+        if not chosen:
+            problems.append(
+                errors.ConfigError(
+                    f"selects no cluster of the fleet's {len(every)} (set "
+                    "allowNoClusters: true if that is deliberate)",
+                    file=(secret.selector_origin or secret.origin).file,
+                    line=(secret.selector_origin or secret.origin).line,
+                    field="spec.clusterSelector",
+                )
+            )
+            continue
+        for overlay in secret.overlays:
+            if not any(selectors.overlay_reaches(overlay, c) for c in chosen):
+                field = "spec.overlays." + (
+                    "clusterSelector" if overlay.clusters is None else "clusters"
+                )
+                problems.append(
+                    errors.ConfigError(
+                        f"the overlay selects none of the {len(chosen)} cluster(s) this "
+                        "FleetSecret selects",
+                        file=overlay.origin.file,
+                        line=overlay.origin.line,
+                        field=field,
+                    )
+                )
+    return problems
 
 
 def load_fleet(root: Path) -> Fleet:
@@ -1036,6 +1111,8 @@ def load_fleet(root: Path) -> Fleet:
                             field="spec.overlays.clusters",
                         )
                     )
+    if not ctx.errors:
+        ctx.errors.extend(_empty_selections(secrets.values(), clusters.values()))
     if ctx.errors:
         raise errors.ConfigErrors(ctx.errors)
     return Fleet(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from secretsync.model import Operator, Requirement, Selector
+from secretsync.model import Cluster, Operator, Overlay, Requirement, Selector
 
 _NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -54,6 +54,13 @@ def matches(selector: Selector, labels: Mapping[str, str]) -> bool:
         if not ok:
             return False
     return True
+
+
+def overlay_reaches(overlay: Overlay, cluster: Cluster) -> bool:
+    """Whether an overlay applies to `cluster`: it names it, or its selector matches it."""
+    if overlay.clusters is not None:
+        return cluster.name in overlay.clusters
+    return overlay.selector is not None and matches(overlay.selector, cluster.labels)
 
 
 _TOKEN = re.compile(
