@@ -24,7 +24,7 @@ import click
 import yaml
 
 from secretsync import __version__, errors, kubeplugins, load, logs, runtime, scan, seal, selectors
-from secretsync.engine import CycleReport, Engine, ItemResult
+from secretsync.engine import CycleReport, Engine, ItemResult, select_clusters
 from secretsync.materialize import dump_yaml
 from secretsync.model import ANNOTATION_CLUSTER, Delivery, Fleet, Scope, Selector
 from secretsync.resolve import Source
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CHANGES = 0, 1, 2, 3
 
 
 class UsageError(click.UsageError):
@@ -274,9 +274,8 @@ def _item_doc(item: ItemResult) -> dict[str, Any]:
 
 def _report_doc(report: CycleReport, *, verbose: bool) -> dict[str, Any]:
     clusters: dict[str, list[dict[str, Any]]] = {}
-    counts = {"create": 0, "update": 0, "delete": 0, "unchanged": 0, "failed": 0}
+    counts = _counts(report)
     for item in report.items:
-        counts[item.action] = counts.get(item.action, 0) + 1
         if verbose or item.action != "unchanged":
             clusters.setdefault(item.cluster, []).append(_item_doc(item))
     doc: dict[str, Any] = {
@@ -285,6 +284,7 @@ def _report_doc(report: CycleReport, *, verbose: bool) -> dict[str, Any]:
             "created": counts["create"],
             "updated": counts["update"],
             "deleted": counts["delete"],
+            "deletesHeld": counts["held"],
             "unchanged": counts["unchanged"],
             "failed": counts["failed"],
             "sourceReads": report.reads,
@@ -294,6 +294,39 @@ def _report_doc(report: CycleReport, *, verbose: bool) -> dict[str, Any]:
     if report.failed_clusters:
         doc["failedClusters"] = report.failed_clusters
     return doc
+
+
+def _counts(report: CycleReport) -> dict[str, int]:
+    counts = dict.fromkeys(("create", "update", "delete", "held", "unchanged", "failed"), 0)
+    for item in report.items:
+        counts[item.action] = counts.get(item.action, 0) + 1
+    return counts
+
+
+def _headline(report: CycleReport) -> str:
+    """One line for a whole plan: what would change, on how many clusters."""
+    counts = _counts(report)
+    changing = {
+        i.cluster for i in report.items if i.action in ("create", "update", "delete", "held")
+    }
+    return (
+        f"would create {counts['create']}, update {counts['update']}, delete "
+        f"{counts['delete']} objects on {len(changing)} clusters; {counts['held']} deletes held"
+    )
+
+
+def _changes(report: CycleReport) -> bool:
+    return any(i.action in ("create", "update", "delete", "held") for i in report.items)
+
+
+def _check_filters(fleet: Fleet, cluster: tuple[str, ...], sel: Selector | None) -> None:
+    """`--cluster` / `--selector` that name nothing are usage errors, as with `seal`: a typo in
+    a filter must not pass for "nothing to do"."""
+    unknown = [n for n in cluster if n not in fleet.clusters]
+    if unknown:
+        raise UsageError(f"--cluster: unknown cluster(s): {', '.join(unknown)}")
+    if (cluster or sel is not None) and not select_clusters(fleet, names=cluster, selector=sel):
+        raise UsageError("--selector: no cluster of the fleet matches")
 
 
 def _plugin_policy(settings: Settings, names: tuple[str, ...]) -> kubeplugins.PluginPolicy:
@@ -332,9 +365,12 @@ def _run(
     exec_plugins: tuple[str, ...] = (),
     cluster_timeout: float = 60.0,
     check_refs: bool = False,
+    allow_deletes: bool = False,
+    exit_code: bool = False,
 ) -> None:
     fleet = _load(fleet_path)
     sel = _selector(selector)
+    _check_filters(fleet, cluster, sel)
     key = _hmac_or_random(settings)
     sinks: list[Any] = []
     git_sink = kube_sink = None
@@ -366,7 +402,12 @@ def _run(
     async def go() -> CycleReport:
         try:
             return await engine.run_cycle(
-                fleet, clusters=cluster, selector=sel, dry_run=dry_run, check_refs=check_refs
+                fleet,
+                clusters=cluster,
+                selector=sel,
+                dry_run=dry_run,
+                check_refs=check_refs,
+                allow_deletes=allow_deletes,
             )
         finally:
             for source in engine.sources.values():
@@ -387,12 +428,30 @@ def _run(
         drifted = {name: n for name, n in sorted(kube_sink.drifted.items()) if n}
         if drifted:
             doc["drifted"] = drifted
+    if dry_run:
+        headline = _headline(report)
+        if settings.output == "json":
+            doc = {"headline": headline, **doc}
+        else:
+            click.echo(f"# {headline}")
     _emit(settings, doc)
     for item in report.failures:
         click.echo(f"failed: {item.cluster} {item.namespace}/{item.name}: {item.reason}", err=True)
     for name, reason in report.failed_clusters.items():
         click.echo(f"failed: cluster {name}: {reason}", err=True)
-    sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
+    held: dict[str, int] = {}
+    for item in report.held:
+        held[item.cluster] = held.get(item.cluster, 0) + 1
+    for name, count in held.items():
+        click.echo(
+            f"held: {count} deletes on {name}: over the delete limit "
+            f"({fleet.policies.delete_limit}); nothing was deleted there "
+            "(--allow-deletes lifts the limit for one run)",
+            err=True,
+        )
+    if not report.ok:
+        sys.exit(EXIT_FAILED)
+    sys.exit(EXIT_CHANGES if exit_code and _changes(report) else EXIT_OK)
 
 
 _check_refs_option = click.option(
@@ -404,6 +463,11 @@ _cluster_option = click.option(
     "--cluster", "cluster", multiple=True, help="Only this cluster (repeatable)."
 )
 _selector_option = click.option("--selector", help="Only clusters matching this label selector.")
+_allow_deletes_option = click.option(
+    "--allow-deletes",
+    is_flag=True,
+    help="Lift the Fleet's deleteLimit for this run (a deliberate large clean-up).",
+)
 
 
 @main_group.command()
@@ -412,6 +476,7 @@ _selector_option = click.option("--selector", help="Only clusters matching this 
 @_cluster_option
 @_selector_option
 @_check_refs_option
+@_allow_deletes_option
 @click.option("-v", "--verbose", is_flag=True, help="List unchanged objects too.")
 @pass_settings
 def render(
@@ -421,6 +486,7 @@ def render(
     cluster: tuple[str, ...],
     selector: str | None,
     check_refs: bool,
+    allow_deletes: bool,
     verbose: bool,
 ) -> None:
     """Resolve values and write SealedSecret / ExternalSecret manifests per cluster.
@@ -437,6 +503,7 @@ def render(
         dry_run=False,
         verbose=verbose,
         check_refs=check_refs,
+        allow_deletes=allow_deletes,
     )
 
 
@@ -474,6 +541,12 @@ _plugins_option = click.option(
 @_timeout_option
 @_home_option
 @_plugins_option
+@_allow_deletes_option
+@click.option(
+    "--exit-code",
+    is_flag=True,
+    help="Exit 3 when something would change, 0 when nothing would (1 and 2 keep their meaning).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="List unchanged objects too.")
 @pass_settings
 def plan(
@@ -487,9 +560,15 @@ def plan(
     cluster_timeout: float,
     home_kubeconfig: str | None,
     exec_plugins: tuple[str, ...],
+    allow_deletes: bool,
+    exit_code: bool,
     verbose: bool,
 ) -> None:
-    """Show what `render` (and with --live, `sync`) would change: objects and keys, no values."""
+    """Show what `render` (and with --live, `sync`) would change: objects and keys, no values.
+
+    The first line sums it up for the fleet. Deletes over the Fleet's deleteLimit show as
+    `held` (exit 1), as `render` / `sync` would hold them, unless --allow-deletes is given.
+    """
     _run(
         settings,
         fleet,
@@ -503,6 +582,8 @@ def plan(
         exec_plugins=exec_plugins,
         cluster_timeout=cluster_timeout,
         check_refs=check_refs,
+        allow_deletes=allow_deletes,
+        exit_code=exit_code,
     )
 
 
@@ -514,6 +595,7 @@ def plan(
 @_timeout_option
 @_home_option
 @_plugins_option
+@_allow_deletes_option
 @click.option("-v", "--verbose", is_flag=True, help="List unchanged objects too.")
 @pass_settings
 def sync(
@@ -525,6 +607,7 @@ def sync(
     cluster_timeout: float,
     home_kubeconfig: str | None,
     exec_plugins: tuple[str, ...],
+    allow_deletes: bool,
     verbose: bool,
 ) -> None:
     """Reconcile every cluster once through its Kubernetes API.
@@ -546,6 +629,7 @@ def sync(
         home_kubeconfig=home_kubeconfig,
         exec_plugins=exec_plugins,
         cluster_timeout=cluster_timeout,
+        allow_deletes=allow_deletes,
     )
 
 

@@ -398,3 +398,87 @@ def test_help_for_every_command() -> None:
     for command in ("validate", "render", "plan", "seal", "scan", "unseal"):
         result = invoke(command, "--help")
         assert result.exit_code == 0 and "Usage:" in result.output
+
+
+# --- safety rails: typos refused, deletes over the limit held, plan --exit-code -------------
+
+
+def files_of(root: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in (root / "rendered").rglob("*") if p.is_file()}
+
+
+def test_a_selector_typo_is_refused_and_nothing_is_written(fleet: Path) -> None:
+    assert invoke("render", str(fleet)).exit_code == 0
+    before = files_of(fleet)
+    web = fleet / "secrets/platform/web.yaml"
+    web.write_text(web.read_text().replace("{env: prod}", "{env: prd}"))
+    for command in ("validate", "plan", "render"):
+        result = invoke(command, str(fleet))
+        assert result.exit_code == 2, (command, result.output)
+        assert (
+            "secrets/platform/web.yaml:7: spec.clusterSelector: selects no cluster of the "
+            "fleet's 6" in result.stderr
+        )
+    assert files_of(fleet) == before
+
+
+def test_deletes_over_the_limit_are_held_until_allowed(fleet: Path) -> None:
+    assert invoke("render", str(fleet)).exit_code == 0
+    (fleet / "secrets/platform/monitoring.yaml").unlink()
+    (fleet / "secrets/platform/registry.yaml").unlink()
+    before = files_of(fleet)
+    held = invoke("-o", "json", "render", str(fleet))
+    assert held.exit_code == 1
+    summary = json.loads(held.stdout)["summary"]
+    assert summary["deleted"] == 0 and summary["deletesHeld"] == 8
+    assert summary["filesChanged"] == 0
+    assert "held: 2 deletes on prod-use1: over the delete limit (25%)" in held.stderr
+    assert files_of(fleet) == before  # every held file stays, and stays in its kustomization
+    kustomization = yaml.safe_load((fleet / "rendered/prod-use1/kustomization.yaml").read_text())
+    assert "web/registry-pull.yaml" in kustomization["resources"]
+
+    allowed = invoke("-o", "json", "render", str(fleet), "--allow-deletes")
+    assert allowed.exit_code == 0, allowed.stderr
+    assert json.loads(allowed.stdout)["summary"]["deleted"] == 8
+    assert not (fleet / "rendered/prod-use1/web/registry-pull.yaml").exists()
+    kustomization = yaml.safe_load((fleet / "rendered/prod-use1/kustomization.yaml").read_text())
+    assert "web/registry-pull.yaml" not in kustomization["resources"]
+
+
+def test_plan_exit_code_and_headline(fleet: Path) -> None:
+    fresh = invoke("plan", str(fleet), "--exit-code")
+    assert fresh.exit_code == 3, fresh.output  # everything would be created
+    first = fresh.stdout.splitlines()[0]
+    assert first == "# would create 15, update 0, delete 0 objects on 5 clusters; 0 deletes held"
+    assert invoke("render", str(fleet)).exit_code == 0
+    same = invoke("-o", "json", "plan", str(fleet), "--exit-code")
+    assert same.exit_code == 0, same.output
+    assert json.loads(same.stdout)["headline"] == (
+        "would create 0, update 0, delete 0 objects on 0 clusters; 0 deletes held"
+    )
+    assert invoke("plan", str(fleet)).exit_code == 0  # without the flag: 0 as before
+    (fleet / "secrets/platform/monitoring.yaml").unlink()
+    (fleet / "secrets/platform/registry.yaml").unlink()
+    held = invoke("plan", str(fleet), "--exit-code")
+    assert held.exit_code == 1  # held deletes: the run would not be done
+    assert held.stdout.startswith("# would create 0, update 0, delete 0 objects on 4 clusters; 8")
+
+
+@pytest.mark.parametrize("command", ["plan", "render", "sync"])
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (("--selector", "env=prd"), "--selector: no cluster of the fleet matches"),
+        (("--cluster", "prod-use2"), "--cluster: unknown cluster(s): prod-use2"),
+        (("--cluster", "prod-use1", "--selector", "env=dev"), "no cluster of the fleet matches"),
+    ],
+)
+def test_filters_that_match_nothing_are_usage_errors(
+    fleet: Path,
+    command: str,
+    flags: tuple[str, ...],
+    message: str,
+) -> None:
+    result = invoke(command, str(fleet), *flags)
+    assert result.exit_code == 2 and message in result.stderr
+    assert not (fleet / "rendered").exists()
