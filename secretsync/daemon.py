@@ -433,6 +433,8 @@ class Daemon:
             )
         for name, reason in report.failed_clusters.items():
             log.warning("failed: cluster %s: %s", name, reason, extra={"cluster": name})
+        for name, held in self.board.held.items() if report.pruned else ():
+            log.warning("%s on %s", held.headline, name, extra={"cluster": name})
 
     def _undelivered(self, fleet: Fleet) -> dict[str, str]:
         """Why each cluster no sink of this process delivers to is left out."""

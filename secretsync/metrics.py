@@ -15,6 +15,7 @@ Labels are cluster names, sources, outcomes and states: never a value, never a p
 | `secretsync_fleet_load_errors_total` | counter | — |
 | `secretsync_leader` | gauge | `lease` (1 while this replica holds it; only with election) |
 | `secretsync_stale_paths` | gauge | `source` (locations whose last read failed) |
+| `secretsync_deletes_held` | gauge | `cluster` (deletes kept back by the delete limit) |
 """
 
 from __future__ import annotations
@@ -84,6 +85,12 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        self.deletes_held = Gauge(
+            "secretsync_deletes_held",
+            "Deletes kept back by the Fleet's deleteLimit, per cluster, as of the last full cycle.",
+            ["cluster"],
+            registry=r,
+        )
         for source in ("vault", "sops"):
             self.stale_paths.labels(source=source).set(0)
         self._stale: set[Location] = set()
@@ -112,6 +119,13 @@ class Metrics:
             self.failures.labels(cluster=name).inc(n)
         if report.writes or report.deletes:
             self.writes.inc(report.writes + report.deletes)
+        if report.pruned:
+            held: dict[str, int] = {}
+            for item in report.held:
+                held[item.cluster] = held.get(item.cluster, 0) + 1
+            self.deletes_held.clear()
+            for name, n in held.items():
+                self.deletes_held.labels(cluster=name).set(n)
         if full:
             self._stale = set(report.read_failed)
         else:

@@ -103,6 +103,21 @@ class CycleSummary:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class HeldDeletes:
+    """Deletes on one cluster kept back by the Fleet's delete limit (names, never values)."""
+
+    objects: tuple[str, ...]
+    reason: str
+
+    @property
+    def headline(self) -> str:
+        return f"{len(self.objects)} deletes held: over the delete limit"
+
+    def document(self) -> dict[str, Any]:
+        return {"count": len(self.objects), "objects": list(self.objects), "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ClusterInfo:
     name: str
     delivery: str
@@ -125,6 +140,7 @@ class StatusBoard:
         self.last_cycle: CycleSummary | None = None
         self.cycles = 0
         self.leadership: Callable[[], dict[str, Any]] | None = None  # set with election on
+        self.held: dict[str, HeldDeletes] = {}  # cluster -> deletes kept back by the limit
 
     # --- feeding -------------------------------------------------------------------------------
 
@@ -193,16 +209,27 @@ class StatusBoard:
         """Apply one cycle's outcome. Only objects the report names change (a narrowed cycle
         leaves the others as they were); a cluster that failed as a whole fails its objects."""
         by_entry: dict[tuple[str, str], list[ItemResult]] = {}
-        counts = {"create": 0, "update": 0, "delete": 0, "unchanged": 0, "failed": 0}
+        counts = {"create": 0, "update": 0, "delete": 0, "held": 0, "unchanged": 0, "failed": 0}
         for item in report.items:
             counts[item.action] = counts.get(item.action, 0) + 1
-            if item.fleet_secret is None or item.action == "delete":
+            if item.fleet_secret is None or item.action in ("delete", "held"):
                 continue
             by_entry.setdefault((item.cluster, item.fleet_secret), []).append(item)
         for key, items in by_entry.items():
             entry = self.entries.get(key)
             if entry is not None:
                 _apply(entry, items, at=started)
+        if report.pruned:  # a cycle that looked for deletes knows every held one
+            held: dict[str, list[ItemResult]] = {}
+            for item in report.held:
+                held.setdefault(item.cluster, []).append(item)
+            self.held = {
+                name: HeldDeletes(
+                    objects=tuple(sorted(f"{i.namespace}/{i.name}" for i in items)),
+                    reason=items[0].reason,
+                )
+                for name, items in sorted(held.items())
+            }
         for name, reason in report.failed_clusters.items():
             for entry in self.entries.values():
                 if entry.cluster == name:
@@ -272,6 +299,7 @@ class StatusBoard:
             "cycles": self.cycles,
             "lastCycle": self.last_cycle.document() if self.last_cycle else None,
             "objects": [e.document() for e in self.sorted_entries()],
+            "deletesHeld": {name: h.document() for name, h in self.held.items()},
         } | ({"leadership": self.leadership()} if self.leadership is not None else {})
 
 

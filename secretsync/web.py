@@ -299,6 +299,13 @@ def render_page(board: StatusBoard, *, nonce: str, now: datetime | None = None) 
             f"({_time(board.fleet_error_at, now) if board.fleet_error_at else ''}); "
             f"the last good one keeps running:</strong>\n{_e(board.fleet_error)}</div>"
         )
+    for name, held in board.held.items():
+        out.append(
+            f"<div class=banner id=held-{_e(name)}><strong>{_e(len(held.objects))} deletes "
+            f"held on {_e(name)}: over the delete limit.</strong> Nothing is deleted there "
+            "until the fleet changes or an operator runs <code>sync --allow-deletes</code> / "
+            f"<code>render --allow-deletes</code>: {_e(', '.join(held.objects))}</div>"
+        )
     totals = board.totals()
     out.append(
         "<p class=meta id=totals>"
