@@ -1176,11 +1176,13 @@ def cluster_remove(
             if yes:
                 if in_git:
                     await git.apply(cluster, ChangeSet(delete=in_git))
+                    await git.finish_cluster(cluster)
                 if kube and in_api:
                     result = await kube.apply(cluster, ChangeSet(delete=in_api))
                     for key, reason in result.failed.items():
                         click.echo(f"failed: {key}: {reason}", err=True)
         finally:
+            git.discard(cluster)
             if kube is not None:
                 await kube.aclose()
         return in_git, in_api

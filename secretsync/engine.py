@@ -25,7 +25,6 @@ from secretsync.deliver import (
     Diff,
     KeyDiff,
     Sink,
-    Stager,
     diff,
     key_diff,
 )
@@ -233,17 +232,21 @@ class Engine:
         for sink in self.sinks:
             for name in await sink.orphans(set(fleet.clusters)):
                 gone = Cluster(name=name, labels={}, delivery=Delivery.DIRECT, origin=fleet.origin)
-                observed = await sink.observe(gone)
-                outcome = diff({}, observed, keep=set())
-                deletes = outcome.changes.delete
-                held = _over_limit(deletes, observed, limit)
-                if held:
-                    report.items.extend(
-                        _held(name, sink.name, deletes, held, why="the cluster left the fleet")
-                    )
-                    continue
-                if not dry_run and outcome.changes:
-                    await sink.apply(gone, outcome.changes)
+                try:
+                    observed = await sink.observe(gone)
+                    outcome = diff({}, observed, keep=set())
+                    deletes = outcome.changes.delete
+                    held = _over_limit(deletes, observed, limit)
+                    if held:
+                        report.items.extend(
+                            _held(name, sink.name, deletes, held, why="the cluster left the fleet")
+                        )
+                        continue
+                    if not dry_run and outcome.changes:
+                        await sink.apply(gone, outcome.changes)
+                        await sink.finish_cluster(gone)
+                finally:
+                    sink.discard(gone)
                 for obs in outcome.changes.delete:
                     report.items.append(
                         ItemResult(
@@ -297,7 +300,7 @@ class Engine:
                 # what secretsync owns here and no longer wants: deleted with the last batch
                 wanted_keys = {d.key for d in wanted}
                 leftovers = {k: o for k, o in observed.items() if k not in wanted_keys}
-                batches = _batches(wanted, None if isinstance(sink, Stager) else self.batch_size)
+                batches = _batches(wanted, None if sink.stages else self.batch_size)
                 for number, batch in enumerate(batches, start=1):
                     step = _Batch(
                         sink=sink,
@@ -318,7 +321,7 @@ class Engine:
                         else:
                             outcome.changes.delete = deletes
                     applied = ApplyResult()
-                    if not dry_run and (outcome.changes or sink.name == "git"):
+                    if not dry_run and outcome.changes:
                         applied = await sink.apply(cluster, outcome.changes)
                     self._record(
                         step,
@@ -329,10 +332,11 @@ class Engine:
                         report=report,
                         dry_run=dry_run,
                     )
+                if not dry_run:
+                    await sink.finish_cluster(cluster)
         finally:
             for sink in self.sinks:
-                if isinstance(sink, Stager):
-                    sink.discard(cluster)  # what an apply did not take (a failure, a timeout)
+                sink.discard(cluster)  # what an apply did not take (a failure, a timeout)
         return results
 
     async def _prepare(
@@ -424,7 +428,7 @@ class Engine:
             return
         report.seals += done.resealed
         seen = step.observed.get(d.key)
-        if isinstance(step.sink, Stager) and (seen is None or seen.owned):
+        if step.sink.stages and (seen is None or seen.owned):
             step.sink.stage(step.cluster, done)
 
     @staticmethod

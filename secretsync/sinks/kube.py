@@ -181,6 +181,7 @@ class KubeSink:
     """Delivers to clusters through their API servers."""
 
     name: ClassVar[str] = "kube"
+    stages: ClassVar[bool] = False  # objects are sent in `apply`, a batch at a time
 
     def __init__(
         self,
@@ -468,6 +469,16 @@ class KubeSink:
         return observed
 
     # --- apply --------------------------------------------------------------------------------
+
+    def stage(self, cluster: Cluster, item: Rendered) -> None:
+        """Nothing is written ahead: each object is sent in `apply` (`stages` is False, so the
+        engine does not call this)."""
+
+    async def finish_cluster(self, cluster: Cluster) -> None:
+        """Nothing covers a whole cluster: each object was written on its own."""
+
+    def discard(self, cluster: Cluster) -> None:
+        """Nothing is kept for a cluster between batches."""
 
     async def apply(self, cluster: Cluster, changes: ChangeSet) -> ApplyResult:
         result = ApplyResult()
