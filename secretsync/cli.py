@@ -428,6 +428,8 @@ def _run(
         drifted = {name: n for name, n in sorted(kube_sink.drifted.items()) if n}
         if drifted:
             doc["drifted"] = drifted
+        if pending := kube_sink.restarts.pending():
+            doc["restartsPending"] = pending
     if dry_run:
         headline = _headline(report)
         if settings.output == "json":

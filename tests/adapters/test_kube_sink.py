@@ -155,23 +155,35 @@ class Fleet:
         return self.root
 
     def sync(
-        self, *, dry_run: bool = False, timeout_s: float = 60.0, request_timeout_s: float = 10.0
+        self,
+        *,
+        dry_run: bool = False,
+        timeout_s: float = 60.0,
+        request_timeout_s: float = 10.0,
+        keep_sink: bool = False,
+        batch_size: int = 100,
+        restart_wait_s: float = 10.0,
     ) -> CycleReport:
+        """One cycle; `keep_sink` reuses the last cycle's sink (as the daemon does)."""
         assert self.root is not None
         fleet = load.load_fleet(self.root)
-        self.kube = KubeSink(
-            clients=ClientFactory(root=self.root),
-            hmac_key=KEY,
-            request_timeout_s=request_timeout_s,
-            max_attempts=2,
-            backoff_s=0.1,
-        )
+        if not keep_sink or self.kube is None:
+            self.kube = KubeSink(
+                clients=ClientFactory(root=self.root),
+                hmac_key=KEY,
+                request_timeout_s=request_timeout_s,
+                max_attempts=2,
+                backoff_s=0.1,
+                restart_wait_s=restart_wait_s,
+                restart_poll_s=0.1,
+            )
         engine = Engine(
             sources={"vault": FakeSource(self.values)},
             sinks=[self.kube],
             hmac_key=KEY,
             clock=lambda: datetime.now(UTC),
             cluster_timeout_s=timeout_s,
+            batch_size=batch_size,
         )
         return asyncio.run(engine.run_cycle(fleet, dry_run=dry_run))  # pools close with the loop
 
@@ -552,6 +564,99 @@ def test_rollout_restart_only_when_content_changes(fleet: Fleet) -> None:
     fleet.values["db"] = {"password": canary.new("db-rotated")}
     assert fleet.sync().ok
     assert restarted_for() not in (None, first)
+
+
+PAYMENTS_API: dict[str, Any] = {
+    "apiVersion": "apps/v1",
+    "kind": "Deployment",
+    "metadata": {"name": "payments-api"},
+    "spec": {
+        "selector": {"matchLabels": {"app": "p"}},
+        "template": {
+            "metadata": {"labels": {"app": "p"}},
+            "spec": {"containers": [{"name": "c", "image": "example.invalid/p:1"}]},
+        },
+    },
+}
+RESTART = "  rollout: {restart: [{kind: Deployment, name: payments-api}]}\n  data:\n"
+
+
+def restarted_for(cluster: KubeCluster, namespace: str) -> str | None:
+    d = k8s.AppsV1Api(cluster.api_client()).read_namespaced_deployment("payments-api", namespace)
+    return (d.spec.template.metadata.annotations or {}).get("secretsync.dev/restarted-for")
+
+
+def deployment_patches(clusters: list[KubeCluster]) -> list[float]:
+    return [
+        apiserver_metrics.requests(c, resource="deployments").get("PATCH", 0.0) for c in clusters
+    ]
+
+
+def test_two_changed_secrets_restart_their_deployment_once_per_cycle(fleet: Fleet) -> None:
+    """Both Secrets a Deployment reads change in one cycle, in separate batches: one PATCH of
+    the Deployment per cluster (the apiservers' own counters), none on a cycle that changes
+    nothing, one again when both rotate."""
+    fleet.values = {"db": {"password": canary.new("db")}, "api": {"token": canary.new("api")}}
+    for c in fleet.clusters:
+        k8s.AppsV1Api(c.api_client()).create_namespaced_deployment(fleet.namespace, PAYMENTS_API)
+    fleet.write(DB.replace("  data:\n", RESTART) + "---\n" + API.replace("  data:\n", RESTART))
+    before = deployment_patches(fleet.clusters)
+    assert fleet.sync(batch_size=1).ok  # one object a batch: the restart waits for the last
+    assert [a - b for a, b in zip(before, deployment_patches(fleet.clusters), strict=True)] == [
+        -1.0
+    ] * len(fleet.clusters)
+    first = restarted_for(fleet.clusters[0], fleet.namespace)
+    assert first is not None and first.startswith("2 secrets@")
+    before = deployment_patches(fleet.clusters)
+    assert fleet.sync(batch_size=1).ok
+    assert deployment_patches(fleet.clusters) == before  # nothing changed: no restart
+    fleet.values = {"db": {"password": canary.new("db2")}, "api": {"token": canary.new("api2")}}
+    assert fleet.sync(batch_size=1).ok
+    after = deployment_patches(fleet.clusters)
+    assert [a - b for a, b in zip(after, before, strict=True)] == [1.0] * len(fleet.clusters)
+    assert restarted_for(fleet.clusters[0], fleet.namespace) not in (None, first)
+
+
+def test_a_sealed_secret_restart_waits_for_the_controllers_secret(fleet: Fleet, crds: None) -> None:
+    """With `apply: true` the sealed-secrets controller writes the Secret: the Deployment is
+    restarted only once that Secret carries the delivered content hash. Until then the restart
+    is pending (named in the sink's report) and the next cycle looks again."""
+    from tests import keys
+
+    fleet.values = {"db": {"password": canary.new("db")}}
+    fleet.write(DB)
+    assert fleet.root is not None
+    (fleet.root / "certs").mkdir(exist_ok=True)
+    (fleet.root / "certs/c.pem").write_bytes(keys.cert_pem(keys.rsa_key(0)))
+    fleet.write(
+        DB.replace("  data:\n", RESTART),
+        cluster_extra="  delivery: sealed\n  apply: true\n  sealedSecrets: {certFile: certs/c.pem}\n",
+    )
+    for c in fleet.clusters:
+        k8s.AppsV1Api(c.api_client()).create_namespaced_deployment(fleet.namespace, PAYMENTS_API)
+    before = deployment_patches(fleet.clusters)
+    assert fleet.sync(restart_wait_s=0.5).ok
+    assert deployment_patches(fleet.clusters) == before  # no controller yet: no restart
+    assert fleet.kube is not None
+    assert fleet.kube.restarts.pending() == {
+        fleet.name(c): [f"Deployment {fleet.namespace}/payments-api"] for c in fleet.clusters
+    }
+    assert restarted_for(fleet.clusters[0], fleet.namespace) is None
+    # play the controller: the Secret it writes carries the template's annotations
+    for c in fleet.clusters:
+        sealed = k8s.CustomObjectsApi(c.api_client()).get_namespaced_custom_object(
+            "bitnami.com", "v1alpha1", fleet.namespace, "sealedsecrets", "db"
+        )
+        annotations = sealed["spec"]["template"]["metadata"]["annotations"]
+        core(c).create_namespaced_secret(
+            fleet.namespace,
+            {"metadata": {"name": "db", "annotations": annotations}, "data": {}},
+        )
+    assert fleet.sync(keep_sink=True, restart_wait_s=0.5).ok
+    after = deployment_patches(fleet.clusters)
+    assert [a - b for a, b in zip(after, before, strict=True)] == [1.0] * len(fleet.clusters)
+    assert fleet.kube.restarts.pending() == {}
+    assert (restarted_for(fleet.clusters[0], fleet.namespace) or "").startswith("db@")
 
 
 def test_kubeconfig_from_a_secret_in_the_home_cluster(
