@@ -922,8 +922,8 @@ def _read_values(
     values: dict[str, SecretValue] = {}
 
     def put(key: str, value: SecretValue, flag: str) -> None:
-        if not key or not load._SECRET_KEY.match(key) or len(key) > 253:
-            raise UsageError(f"{flag}: {key!r} is not a valid Secret key")
+        if problem := load.secret_key_problem(key):
+            raise UsageError(f"{flag}: {key!r}: {problem}")
         if key in values:
             raise UsageError(f"{flag}: key {key!r} given twice")
         values[key] = value
@@ -995,6 +995,10 @@ def seal_command(
 
     if not cluster and selector is None:
         raise UsageError("give --cluster NAME (repeatable) or --selector SELECTOR")
+    if not load.is_dns_label(namespace):
+        raise UsageError(f"--namespace: {namespace!r} is not a namespace name (a DNS label)")
+    if not load.is_dns_subdomain(name):
+        raise UsageError(f"--name: {name!r} is not a Secret name (a DNS subdomain)")
     fleet = _load(fleet_path)
     values = _read_values(literals, files, stdin_key)
     try:

@@ -59,10 +59,32 @@ MAX_FILE_BYTES: Final = 1024 * 1024
 MAX_NODES: Final = 200_000
 MAX_FILES: Final = 20_000
 
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
-_DURATION = re.compile(r"^(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$")
+# Names are checked with `fullmatch`: `$` would also accept a trailing newline ("web\n").
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_SECRET_KEY = re.compile(r"[-._a-zA-Z0-9]+")
+_DURATION = re.compile(r"([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+")
+
+
+def is_dns_label(text: str) -> bool:
+    """A Kubernetes DNS label (RFC 1123): namespaces and cluster names."""
+    return len(text) <= 63 and _DNS_LABEL.fullmatch(text) is not None
+
+
+def is_dns_subdomain(text: str) -> bool:
+    """A Kubernetes DNS subdomain (RFC 1123): object names."""
+    return len(text) <= 253 and _DNS_SUBDOMAIN.fullmatch(text) is not None
+
+
+def secret_key_problem(key: str) -> str | None:
+    """Why `key` cannot be a key of a Secret's data (the API server's rules), or None."""
+    if len(key) > 253 or not _SECRET_KEY.fullmatch(key):
+        return "invalid Secret key (1-253 characters: alphanumerics, '-', '_', '.')"
+    if key in (".", "..") or key.startswith(".."):
+        # a key is a file name where the Secret is mounted: Kubernetes refuses these
+        return "invalid Secret key (it may not be '.' or '..' nor start with '..')"
+    return None
+
 
 _STR = "tag:yaml.org,2002:str"
 _BOOL = "tag:yaml.org,2002:bool"
@@ -505,12 +527,8 @@ def _data(m: _Map, key: str, *, required: bool) -> dict[str, DataEntry]:
         return out
     for name, (knode, vnode) in sub.entries.items():
         sub.used.add(name)
-        if len(name) > 253 or not _SECRET_KEY.match(name):
-            m.ctx.error(
-                knode,
-                sub.field(name),
-                "invalid Secret key (1-253 characters: alphanumerics, '-', '_', '.')",
-            )
+        if problem := secret_key_problem(name):
+            m.ctx.error(knode, sub.field(name), problem)
             continue
         spec = _value_spec(m.ctx, vnode, sub.field(name))
         if spec is not None:
@@ -685,7 +703,7 @@ def _vault(m: _Map) -> VaultSettings:
 
 def _cluster(ctx: _Ctx, header: _Header, fleet: Fleet) -> Cluster | None:
     spec = header.spec
-    if not _DNS_LABEL.match(header.name) or len(header.name) > 63:
+    if not _DNS_LABEL.fullmatch(header.name) or len(header.name) > 63:
         ctx.error(
             header.name_node,
             "metadata.name",
@@ -770,7 +788,7 @@ def _cluster(ctx: _Ctx, header: _Header, fleet: Fleet) -> Cluster | None:
     allowed = spec.str_list("allowedNamespaces")
     if allowed is not None:
         for ns, node in allowed:
-            if not _DNS_LABEL.match(ns) or len(ns) > 63:
+            if not _DNS_LABEL.fullmatch(ns) or len(ns) > 63:
                 ctx.error(node, "spec.allowedNamespaces", f"{ns!r} is not a valid namespace name")
     apply = spec.flag("apply") or False
     create_ns = spec.flag("createNamespaces") or False
@@ -852,9 +870,9 @@ def _target(ctx: _Ctx, m: _Map | None) -> Target | None:
         return None
     name = m.text("name", required=True)
     namespace = m.text("namespace", required=True)
-    if name and (len(name) > 253 or not _DNS_SUBDOMAIN.match(name)):
+    if name and (len(name) > 253 or not _DNS_SUBDOMAIN.fullmatch(name)):
         ctx.error(m.key_node("name"), m.field("name"), "must be a DNS subdomain name")
-    if namespace and (len(namespace) > 63 or not _DNS_LABEL.match(namespace)):
+    if namespace and (len(namespace) > 63 or not _DNS_LABEL.fullmatch(namespace)):
         ctx.error(m.key_node("namespace"), m.field("namespace"), "must be a DNS label")
     type_ = m.text("type") or "Opaque"
     scope = _enum(m, "scope", Scope, [s.value for s in Scope], default=Scope.STRICT)
@@ -950,7 +968,7 @@ def _fleet_secret(ctx: _Ctx, header: _Header) -> FleetSecret | None:
             restarts.append(RestartRef(kind=kind, name=name))
         rollout.done()
     refresh = spec.text("refreshInterval") or "1h0m0s"
-    if not _DURATION.match(refresh):
+    if not _DURATION.fullmatch(refresh):
         ctx.error(
             spec.key_node("refreshInterval"),
             "spec.refreshInterval",

@@ -61,7 +61,7 @@ CONFIG_NAMES: Final = (".sops.yaml", ".sops.yml")
 STRUCTURED_SUFFIXES: Final = (".yaml", ".yml", ".json")
 
 _NOT_SOPS_CONTENT: Final = re.compile(
-    r"^(?:readme(?:\..*)?|license(?:\..*)?|.*\.(?:md|rst|adoc)|\.git\w*|\.keep)$",
+    r"(?:readme(?:\..*)?|license(?:\..*)?|.*\.(?:md|rst|adoc)|\.git\w*|\.keep)",
     re.IGNORECASE,
 )
 """Names a broad `path_regex` may match that are documentation or Git plumbing, not values."""
@@ -300,7 +300,7 @@ def _declared(file: Path, name: str, config: _SopsConfig | None, base: Path) -> 
     if name in CONFIG_NAMES:
         return None
     rule = config.match(file) if config is not None else None
-    if config is not None and rule is not None and not _NOT_SOPS_CONTENT.match(name):
+    if config is not None and rule is not None and not _NOT_SOPS_CONTENT.fullmatch(name):
         where = os.path.relpath(config.file, base).replace(os.sep, "/")
         return _Why(
             reason=f"matches creation rule {rule.number} (path_regex '{rule.pattern}') of {where}",

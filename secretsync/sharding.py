@@ -61,7 +61,7 @@ def derive_shard_index(
             raise ValueError(f"${SHARD_INDEX_ENV} must be a non-negative integer")
         return int(text)
     name = hostname if hostname is not None else env.get("HOSTNAME") or socket.gethostname()
-    match = re.search(r"-(\d+)$", name or "")
+    match = re.search(r"-([0-9]+)\Z", name or "")
     return int(match.group(1)) if match else None
 
 
