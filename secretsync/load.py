@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Final
 
 import yaml
 
-from secretsync import errors, seal, selectors, templating
+from secretsync import errors, repopath, seal, selectors, templating
 from secretsync.model import (
     API_VERSION,
     Cluster,
@@ -97,15 +98,23 @@ _NULL = "tag:yaml.org,2002:null"
 
 
 def read_fleet_file(root: Path, relative: str, *, max_bytes: int = MAX_FILE_BYTES) -> bytes:
-    """Read one fleet file: confined to the repo, capped in size."""
-    path = confine(root, relative, file=relative)
-    try:
-        with path.open("rb") as fh:
-            data = fh.read(max_bytes + 1)
+    """Read one fleet file: confined to the repo, a regular file, capped in size."""
+    path = confine(root, relative, file=relative)  # refuses FIFOs, sockets, devices unopened
+    try:  # O_NONBLOCK, O_NOFOLLOW: a FIFO or a link swapped in since cannot block or redirect
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         raise errors.ConfigError("file not found", file=relative) from None
     except OSError as exc:
         raise errors.ConfigError(f"cannot read file ({exc.strerror})", file=relative) from None
+    with os.fdopen(fd, "rb") as fh:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = repopath.special_kind(mode) or "a folder"
+            raise errors.ConfigError(f"is {kind}, not a regular file", file=relative)
+        try:
+            data = fh.read(max_bytes + 1)
+        except OSError as exc:
+            raise errors.ConfigError(f"cannot read file ({exc.strerror})", file=relative) from None
     if len(data) > max_bytes:
         raise errors.ConfigError(f"file is larger than the {max_bytes} byte limit", file=relative)
     return data

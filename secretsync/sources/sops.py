@@ -429,7 +429,10 @@ class SopsSource:
             self._documents.pop(previous, None)
 
     async def _decrypt(self, read: _Input, *, label: str) -> resolve.Document:
-        argv = [self._binary, "decrypt", "--input-type", read.fmt.value, "--output-type", "json"]
+        # --config: sops would otherwise open every .sops.yaml from the repo root up (a FIFO
+        # there blocked each decrypt until the timeout); decrypting needs no creation rule.
+        argv = [self._binary, "--config", os.devnull, "decrypt"]
+        argv += ["--input-type", read.fmt.value, "--output-type", "json"]
         started = time.monotonic()
         try:
             proc = await asyncio.create_subprocess_exec(

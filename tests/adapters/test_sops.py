@@ -851,7 +851,15 @@ async def test_child_gets_explicit_argv_allow_listed_env_and_the_hashed_bytes_on
         "VAULT_TOKEN": "vault-token",
     }
     argv = (out / "argv").read_text().splitlines()
-    assert argv == ["decrypt", "--input-type", "dotenv", "--output-type", "json"]
+    assert argv == [
+        "--config",
+        os.devnull,
+        "decrypt",
+        "--input-type",
+        "dotenv",
+        "--output-type",
+        "json",
+    ]
     assert Path((out / "cwd").read_text().strip()) == fleet.root.resolve()
     assert (out / "stdin").read_bytes() == (fleet.root / location.path).read_bytes()
 
