@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -23,7 +24,18 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 import yaml
 
-from secretsync import __version__, errors, kubeplugins, load, logs, runtime, scan, seal, selectors
+from secretsync import (
+    __version__,
+    errors,
+    kubeplugins,
+    load,
+    logs,
+    runtime,
+    scan,
+    seal,
+    selectors,
+    vaultaddress,
+)
 from secretsync.engine import CycleReport, Engine, ItemResult, select_clusters
 from secretsync.materialize import dump_yaml
 from secretsync.model import ANNOTATION_CLUSTER, Delivery, Fleet, Scope, Selector
@@ -103,16 +115,40 @@ def _selector(text: str | None) -> Selector | None:
         raise UsageError(f"--selector: {exc}") from None
 
 
-def build_sources(fleet: Fleet, env: Mapping[str, str]) -> dict[str, Source]:
-    """The sources the fleet configures; each built only when first needed."""
+def build_sources(
+    fleet: Fleet, env: Mapping[str, str], *, vault_address: str | None = None
+) -> dict[str, Source]:
+    """The sources the fleet configures; each built only when first needed. `vault_address`
+    is the operator's (`--vault-address`): it wins over the Fleet's."""
     from secretsync.sources.sops import SopsSource
 
     out: dict[str, Source] = {"sops": SopsSource(root=fleet.root, settings=fleet.sops, env=env)}
     if fleet.vault is not None:
         from secretsync.sources.vault import build_vault_source
 
-        out["vault"] = build_vault_source(fleet.vault, env=env, root=fleet.root)
+        out["vault"] = build_vault_source(
+            fleet.vault, env=env, root=fleet.root, address=vault_address
+        )
     return out
+
+
+def _check_vault_address(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> str | None:
+    text = (value or "").strip().rstrip("/")
+    if text and (problem := vaultaddress.form_problem(text)):
+        raise click.BadParameter(problem)
+    return text or None
+
+
+_vault_address_option = click.option(
+    "--vault-address",
+    envvar=vaultaddress.OVERRIDE_ENV,
+    metavar="URL",
+    callback=_check_vault_address,
+    help="Vault / OpenBao address; wins over the Fleet's sources.vault.address "
+    f"(${vaultaddress.OVERRIDE_ENV}; default: the Fleet's, then $VAULT_ADDR, $BAO_ADDR).",
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -367,6 +403,7 @@ def _run(
     check_refs: bool = False,
     allow_deletes: bool = False,
     exit_code: bool = False,
+    vault_address: str | None = None,
 ) -> None:
     fleet = _load(fleet_path)
     sel = _selector(selector)
@@ -388,7 +425,7 @@ def _run(
         kube_sink = KubeSink(clients=factory, hmac_key=key)
         sinks.append(kube_sink)
     try:
-        sources = build_sources(fleet, settings.env)
+        sources = build_sources(fleet, settings.env, vault_address=vault_address)
     except errors.ConfigError as exc:
         _fail_config(exc)
     engine = Engine(
@@ -480,6 +517,7 @@ _allow_deletes_option = click.option(
 @_check_refs_option
 @_allow_deletes_option
 @click.option("-v", "--verbose", is_flag=True, help="List unchanged objects too.")
+@_vault_address_option
 @pass_settings
 def render(
     settings: Settings,
@@ -490,6 +528,7 @@ def render(
     check_refs: bool,
     allow_deletes: bool,
     verbose: bool,
+    vault_address: str | None,
 ) -> None:
     """Resolve values and write SealedSecret / ExternalSecret manifests per cluster.
 
@@ -506,6 +545,7 @@ def render(
         verbose=verbose,
         check_refs=check_refs,
         allow_deletes=allow_deletes,
+        vault_address=vault_address,
     )
 
 
@@ -550,6 +590,7 @@ _plugins_option = click.option(
     help="Exit 3 when something would change, 0 when nothing would (1 and 2 keep their meaning).",
 )
 @click.option("-v", "--verbose", is_flag=True, help="List unchanged objects too.")
+@_vault_address_option
 @pass_settings
 def plan(
     settings: Settings,
@@ -565,6 +606,7 @@ def plan(
     allow_deletes: bool,
     exit_code: bool,
     verbose: bool,
+    vault_address: str | None,
 ) -> None:
     """Show what `render` (and with --live, `sync`) would change: objects and keys, no values.
 
@@ -586,6 +628,7 @@ def plan(
         check_refs=check_refs,
         allow_deletes=allow_deletes,
         exit_code=exit_code,
+        vault_address=vault_address,
     )
 
 
@@ -599,6 +642,7 @@ def plan(
 @_plugins_option
 @_allow_deletes_option
 @click.option("-v", "--verbose", is_flag=True, help="List unchanged objects too.")
+@_vault_address_option
 @pass_settings
 def sync(
     settings: Settings,
@@ -611,6 +655,7 @@ def sync(
     exec_plugins: tuple[str, ...],
     allow_deletes: bool,
     verbose: bool,
+    vault_address: str | None,
 ) -> None:
     """Reconcile every cluster once through its Kubernetes API.
 
@@ -632,6 +677,7 @@ def sync(
         exec_plugins=exec_plugins,
         cluster_timeout=cluster_timeout,
         allow_deletes=allow_deletes,
+        vault_address=vault_address,
     )
 
 
@@ -830,6 +876,7 @@ def _listen(text: str) -> tuple[str, int]:
     help="Seconds a Lease lasts without renewal (renewed every 2/15 of it).",
 )
 @_pull_and_poll_options
+@_vault_address_option
 @pass_settings
 def serve(
     settings: Settings,
@@ -853,6 +900,7 @@ def serve(
     git_url: str | None,
     git_branch: str | None,
     git_credentials_file: str | None,
+    vault_address: str | None,
 ) -> None:
     """Run the daemon: reconcile at start and every --interval, serve /healthz, /readyz,
     /metrics, /v1/status, the fleet page at / and the signed rotation webhook
@@ -904,7 +952,9 @@ def serve(
         git_credentials_file=git_credentials_file,
     )
     try:
-        code = daemon.run(options, make_sources=build_sources)
+        code = daemon.run(
+            options, make_sources=functools.partial(build_sources, vault_address=vault_address)
+        )
     except errors.DeliveryError as exc:  # the home cluster of the Leases is unusable
         raise UsageError(f"leader election: {exc}") from None
     except OSError as exc:

@@ -21,7 +21,7 @@ from typing import Final
 
 import yaml
 
-from secretsync import errors, repopath, seal, selectors, templating
+from secretsync import errors, repopath, seal, selectors, templating, vaultaddress
 from secretsync.model import (
     API_VERSION,
     Cluster,
@@ -680,8 +680,15 @@ def _vault(m: _Map) -> VaultSettings:
             ca_file=tls.text("caFile"),
             client_cert_file=tls.text("clientCertFile"),
             client_key_file=tls.text("clientKeyFile"),
+            insecure=tls.flag("insecure") or False,
         )
         tls.done()
+    address = m.text("address")
+    if address is not None and (
+        problem := vaultaddress.form_problem(address)
+        or vaultaddress.plain_http_problem(address.strip(), insecure=tls_settings.insecure)
+    ):
+        m.ctx.error(m.key_node("address"), m.field("address"), problem)
     limits = m.map("limits")
     limit_settings = VaultLimits()
     if limits is not None:
@@ -698,7 +705,7 @@ def _vault(m: _Map) -> VaultSettings:
     if kv_version is not None and kv_version not in (1, 2):
         m.ctx.error(m.key_node("kvVersion"), m.field("kvVersion"), "must be 1 or 2")
     settings = VaultSettings(
-        address=m.text("address"),
+        address=address,
         namespace=m.text("namespace"),
         kv_mount=(m.text("kvMount") or "secret").strip("/"),
         kv_version=int(kv_version) if kv_version in (1, 2) else None,

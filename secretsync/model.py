@@ -167,6 +167,7 @@ class VaultTLS:
     ca_file: str | None = None
     client_cert_file: str | None = None
     client_key_file: str | None = None
+    insecure: bool = False  # plain http:// to a host that is not loopback (warned every run)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

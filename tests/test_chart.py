@@ -50,6 +50,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         },
         "vault": {
             "address": "https://vault.example:8200",
+            "addressOverride": "https://vault.internal:8200",
             "tokenSecret": {"name": "vault-token"},
             "authSecret": "vault-approle",
         },
@@ -123,6 +124,10 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
     "bad-namespace": ({"rbac": {"targetNamespaces": ["Payments_NS"]}}, "targetNamespaces"),
     "secret-value-in-hmac-ref": ({"secrets": {"hmacKey": {"value": "c2VjcmV0"}}}, "value"),
     "fleet-subpath-escape": ({"fleet": {"subPath": "../etc"}}, "subPath"),
+    "vault-override-credentials": (
+        {"vault": {"addressOverride": "https://u:p@vault.internal"}},
+        "addressOverride",
+    ),
     "git-sync-without-repo": ({"fleet": {"gitSync": {"enabled": True}}}, "repo"),
     "git-url-and-git-sync": (
         {
@@ -335,6 +340,31 @@ def render_workload(
     spec = workload["spec"]["template"]["spec"]
     assert isinstance(spec, dict)
     return spec
+
+
+def settings_configmap(
+    config: helm_sdkpy.Configuration, release: str, values: dict[str, Any]
+) -> dict[str, str]:
+    result = asyncio.run(
+        helm_sdkpy.Install(config).run(release, str(CHART), values=values, wait=False, timeout=60)
+    )
+    docs = [d for d in yaml.safe_load_all(result["manifest"]) if d]
+    (settings,) = [
+        d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-settings")
+    ]
+    data = settings["data"]
+    assert isinstance(data, dict)
+    return data
+
+
+def test_vault_address_override_is_set_only_when_given(
+    helm_config: helm_sdkpy.Configuration,
+) -> None:
+    values = {"vault": {"address": "https://a.example:8200", "addressOverride": "https://b:8200"}}
+    data = settings_configmap(helm_config, "vault-override", values)
+    assert data["VAULT_ADDR"] == "https://a.example:8200"  # the default, below the Fleet's
+    assert data["SECRETSYNC_VAULT_ADDRESS"] == "https://b:8200"  # wins over the Fleet's
+    assert "SECRETSYNC_VAULT_ADDRESS" not in settings_configmap(helm_config, "vault-none", {})
 
 
 def test_git_url_renders_flags_working_folder_and_credentials(
