@@ -523,49 +523,6 @@ def test_applied_sealed_and_external_objects(fleet: Fleet, crds: None) -> None:
     ]
 
 
-def test_rollout_restart_only_when_content_changes(fleet: Fleet) -> None:
-    fleet.values = {"db": {"password": canary.new("db")}}
-    c = fleet.clusters[0]
-    apps = k8s.AppsV1Api(c.api_client())
-    deployment = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "payments-api"},
-        "spec": {
-            "selector": {"matchLabels": {"app": "p"}},
-            "template": {
-                "metadata": {"labels": {"app": "p"}},
-                "spec": {"containers": [{"name": "c", "image": "example.invalid/p:1"}]},
-            },
-        },
-    }
-    apps.create_namespaced_deployment(fleet.namespace, deployment)
-    fleet.write(
-        DB.replace(
-            "  data:\n", "  rollout: {restart: [{kind: Deployment, name: payments-api}]}\n  data:\n"
-        )
-    )
-    assert fleet.sync().ok
-
-    def restarted_for() -> str | None:
-        d = apps.read_namespaced_deployment("payments-api", fleet.namespace)
-        return (d.spec.template.metadata.annotations or {}).get("secretsync.dev/restarted-for")
-
-    first = restarted_for()
-    assert first is not None and first.startswith("db@")
-    version = apps.read_namespaced_deployment(
-        "payments-api", fleet.namespace
-    ).metadata.resource_version
-    assert fleet.sync().ok
-    assert (
-        apps.read_namespaced_deployment("payments-api", fleet.namespace).metadata.resource_version
-        == version
-    )
-    fleet.values["db"] = {"password": canary.new("db-rotated")}
-    assert fleet.sync().ok
-    assert restarted_for() not in (None, first)
-
-
 PAYMENTS_API: dict[str, Any] = {
     "apiVersion": "apps/v1",
     "kind": "Deployment",
@@ -584,6 +541,28 @@ RESTART = "  rollout: {restart: [{kind: Deployment, name: payments-api}]}\n  dat
 def restarted_for(cluster: KubeCluster, namespace: str) -> str | None:
     d = k8s.AppsV1Api(cluster.api_client()).read_namespaced_deployment("payments-api", namespace)
     return (d.spec.template.metadata.annotations or {}).get("secretsync.dev/restarted-for")
+
+
+def test_rollout_restart_only_when_content_changes(fleet: Fleet) -> None:
+    fleet.values = {"db": {"password": canary.new("db")}}
+    c = fleet.clusters[0]
+    apps = k8s.AppsV1Api(c.api_client())
+    apps.create_namespaced_deployment(fleet.namespace, PAYMENTS_API)
+    fleet.write(DB.replace("  data:\n", RESTART))
+    assert fleet.sync().ok
+    first = restarted_for(c, fleet.namespace)
+    assert first is not None and first.startswith("db@")
+    version = apps.read_namespaced_deployment(
+        "payments-api", fleet.namespace
+    ).metadata.resource_version
+    assert fleet.sync().ok
+    assert (
+        apps.read_namespaced_deployment("payments-api", fleet.namespace).metadata.resource_version
+        == version
+    )
+    fleet.values["db"] = {"password": canary.new("db-rotated")}
+    assert fleet.sync().ok
+    assert restarted_for(c, fleet.namespace) not in (None, first)
 
 
 def deployment_patches(clusters: list[KubeCluster]) -> list[float]:
