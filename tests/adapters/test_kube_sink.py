@@ -154,6 +154,11 @@ class Fleet:
                 (self.root / rel).write_text(str(text))
         return self.root
 
+    def sync_after(self, secrets_yaml: str) -> CycleReport:
+        """Write the fleet's FleetSecrets anew, then run one cycle."""
+        self.write(secrets_yaml)
+        return self.sync()
+
     def sync(
         self,
         *,
@@ -163,6 +168,7 @@ class Fleet:
         keep_sink: bool = False,
         batch_size: int = 100,
         restart_wait_s: float = 10.0,
+        allow_deletes: bool = False,
     ) -> CycleReport:
         """One cycle; `keep_sink` reuses the last cycle's sink (as the daemon does)."""
         assert self.root is not None
@@ -185,7 +191,9 @@ class Fleet:
             cluster_timeout_s=timeout_s,
             batch_size=batch_size,
         )
-        return asyncio.run(engine.run_cycle(fleet, dry_run=dry_run))  # pools close with the loop
+        return asyncio.run(
+            engine.run_cycle(fleet, dry_run=dry_run, allow_deletes=allow_deletes)
+        )  # pools close with the loop
 
 
 @pytest.fixture
@@ -636,6 +644,30 @@ def test_a_sealed_secret_restart_waits_for_the_controllers_secret(fleet: Fleet, 
     assert [a - b for a, b in zip(after, before, strict=True)] == [1.0] * len(fleet.clusters)
     assert fleet.kube.restarts.pending() == {}
     assert (restarted_for(fleet.clusters[0], fleet.namespace) or "").startswith("db@")
+
+
+def many(names: list[str]) -> str:
+    return "---\n".join(API.replace("name: api", f"name: {n}") for n in names)
+
+
+def test_deletes_over_the_limit_reach_no_apiserver(fleet: Fleet) -> None:
+    """Three of eight Secrets leave the fleet (25 % allows two): no DELETE reaches any
+    apiserver (its audit log), every Secret stays, each is reported held; lifted, the three go."""
+    names = [f"s{i}" for i in range(8)]
+    fleet.values = {"api": {"token": canary.new("api")}}
+    fleet.write(many(names))
+    assert fleet.sync().ok
+    held = fleet.sync_after(many(names[3:]))
+    assert len(held.held) == 3 * len(fleet.clusters) and held.deletes == 0
+    for c in fleet.clusters:
+        assert apiserver_metrics.audited(c, verb="delete", namespace=fleet.namespace) == []
+        for n in names:
+            assert secret(c, fleet.namespace, n) is not None
+    lifted = fleet.sync(allow_deletes=True)
+    assert lifted.ok and lifted.deletes == 3 * len(fleet.clusters)
+    for c in fleet.clusters:
+        deleted = apiserver_metrics.audited(c, verb="delete", namespace=fleet.namespace)
+        assert sorted(deleted) == ["s0", "s1", "s2"]
 
 
 def test_kubeconfig_from_a_secret_in_the_home_cluster(
