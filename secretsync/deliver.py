@@ -2,8 +2,9 @@
 
 `diff` is pure: equal content hash → nothing to do; a desired object with no owned counterpart
 → create; a differing hash → update; an owned object that is neither desired nor kept → delete.
-Objects whose values could not be resolved are *kept*: never updated, never pruned (DESIGN §5,
-invariant 2). Objects the sink found but does not own are never touched.
+Objects whose values could not be resolved are *kept*: never updated, never pruned, so a source
+outage leaves clusters with what they had. Objects the sink found but does not own are never
+touched.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Set
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import ClassVar, Protocol
 
 from secretsync.materialize import Rendered
 from secretsync.model import Cluster, ObjectKey, Observed
@@ -63,9 +64,23 @@ class ApplyResult:
 
 
 class Sink(Protocol):
-    """Where objects go. Observes only what it may own; applies only the given changes."""
+    """Where objects go. Observes only what it may own; applies only the given changes.
+
+    The engine works on one cluster at a time per sink: `observe`, then one or more batches of
+    `apply` (with `stage` ahead of it when the sink `stages`), then `finish_cluster`, and
+    `discard` at the end whatever happened. A sink that wraps another (the Lease gate) passes
+    every one of these through, so the engine treats it exactly as the sink it wraps."""
 
     name: ClassVar[str]
+
+    @property
+    def stages(self) -> bool:
+        """Whether the sink writes each object ahead of `apply`, as soon as it is rendered
+        (`stage`: the Git sink's temp file), so that slow writes overlap with sealing. Such a
+        sink gets all of a cluster's objects in one batch (one sync, one rename pass); one that
+        does not stage (the Kubernetes API) gets them in batches of the engine's
+        `batch_size`, which bounds the rendered objects held in memory."""
+        ...
 
     def accepts(self, cluster: Cluster) -> bool:
         """Whether this sink delivers anything for `cluster`."""
@@ -82,22 +97,26 @@ class Sink(Protocol):
         """The observed object with what a renderer needs to reuse (sealed ciphertext)."""
         ...
 
+    def stage(self, cluster: Cluster, item: Rendered) -> None:
+        """Write `item` ahead of `apply` (called only when `stages`). `apply` takes what was
+        staged for the very objects it is given; `discard` drops whatever it did not take."""
+        ...
+
     async def apply(self, cluster: Cluster, changes: ChangeSet) -> ApplyResult: ...
+
+    async def finish_cluster(self, cluster: Cluster) -> None:
+        """After the last batch of `cluster` (never in a dry run): write what covers the whole
+        cluster rather than one object (the Git sink: the folder's kustomization.yaml)."""
+        ...
+
+    def discard(self, cluster: Cluster) -> None:
+        """The engine is done with `cluster` (also after a failure, a timeout or a dry run):
+        drop what was staged and not applied, and what was kept for it between batches."""
+        ...
 
     async def orphans(self, known: Set[str]) -> list[str]:
         """Clusters this sink holds owned objects for that are not in `known`."""
         ...
-
-
-@runtime_checkable
-class Stager(Protocol):
-    """A sink that can write an object ahead of `apply` (the Git sink: its temp file), so
-    that slow writes overlap with work elsewhere. `apply` takes what was staged for the very
-    objects it is given; `discard` drops whatever it did not take."""
-
-    def stage(self, cluster: Cluster, item: Rendered) -> None: ...
-
-    def discard(self, cluster: Cluster) -> None: ...
 
 
 @dataclass(slots=True, kw_only=True)

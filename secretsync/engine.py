@@ -1,10 +1,10 @@
 """One reconcile cycle: plan → resolve → materialize → deliver, the same for CLI and daemon.
 
 Per cluster the work runs concurrently, each under its own timeout, so one slow or broken
-cluster never holds up the others (invariant 4). A DesiredSecret whose values could not all be
-resolved is not rendered: its object is kept as it is, and the report says failed, and why
-(invariant 2). Unchanged objects are recognised by their keyed content hash and not rendered
-or written at all (invariant 5).
+cluster never holds up the others. A DesiredSecret whose values could not all be resolved is
+not rendered: its object is kept as it is (a source outage never empties or prunes what a
+cluster has), and the report says failed, and why. Unchanged objects are recognised by their
+keyed content hash and not rendered or written at all.
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ from secretsync.deliver import (
     Diff,
     KeyDiff,
     Sink,
-    Stager,
     diff,
     key_diff,
 )
 from secretsync.materialize import RenderContext, Rendered
 from secretsync.model import (
     Cluster,
+    DeleteLimit,
     Delivery,
     DesiredSecret,
     Fleet,
@@ -61,7 +61,7 @@ class ItemResult:
     name: str
     fleet_secret: str | None
     sink: str
-    action: str  # create | update | delete | unchanged | failed
+    action: str  # create | update | delete | held | unchanged | failed
     reason: str = ""
     keys: KeyDiff = NO_KEY_CHANGES
     content_hash: str | None = None
@@ -93,14 +93,21 @@ class CycleReport:
     """Source locations whose read failed in this cycle: their objects keep what they hold."""
     guarded: Mapping[ValueRef, SecretValue] = field(default_factory=dict, repr=False)
     """The values resolved in this cycle: a commit of the output re-checks its blobs for them."""
+    pruned: bool = False
+    """Whether this cycle looked for objects to delete (a full cycle) and so `held` is whole."""
 
     @property
     def failures(self) -> list[ItemResult]:
         return [i for i in self.items if i.action == "failed"]
 
     @property
+    def held(self) -> list[ItemResult]:
+        """Deletes kept back by the Fleet's delete limit."""
+        return [i for i in self.items if i.action == "held"]
+
+    @property
     def ok(self) -> bool:
-        return not self.failures and not self.failed_clusters
+        return not self.failures and not self.failed_clusters and not self.held
 
     def __repr__(self) -> str:
         return (
@@ -140,17 +147,21 @@ class Engine:
         dry_run: bool = False,
         only_paths: Collection[str] | None = None,
         check_refs: bool = False,
+        allow_deletes: bool = False,
     ) -> CycleReport:
         """One reconcile. `only_paths` (Vault `<mount>/<path>` names, see `path_names`) narrows
         the cycle to the objects built from one of them, on the clusters that have such an
         object; every other object is left as it is: a narrowed cycle never deletes.
         `check_refs` also reads the refs of `external` objects (which otherwise need no read),
         so a missing path or key fails its object; their values are never used.
+        On each cluster, deletes over the Fleet's `deleteLimit` are held (none of that
+        cluster's deletes is made) unless `allow_deletes` lifts the limit for this cycle.
         """
         desired = plan.plan(fleet, clusters=clusters, selector=selector)
         if only_paths is not None:
             desired = _narrow(desired, frozenset(only_paths))
-        report = CycleReport()
+        report = CycleReport(pruned=only_paths is None)
+        limit = None if allow_deletes else fleet.policies.delete_limit
         needs_values = [
             d
             for d in desired
@@ -166,7 +177,7 @@ class Engine:
         report.read_ok = frozenset(resolution.versions)
         report.read_failed = frozenset(ref.location for ref in resolution.failures)
         report.guarded = resolution.values
-        targets = self._target_clusters(fleet, clusters, selector)
+        targets = select_clusters(fleet, names=clusters, selector=selector)
         if only_paths is not None:
             hit = {d.cluster.name for d in desired}
             targets = {n: c for n, c in targets.items() if n in hit}
@@ -194,6 +205,7 @@ class Engine:
                         dry_run=dry_run,
                         prune=only_paths is None,
                         seals=seals,
+                        limit=limit,
                     )
             except Exception as exc:
                 return exc
@@ -214,18 +226,31 @@ class Engine:
                 continue
             report.items.extend(outcome)
         if not clusters and selector is None and only_paths is None:
-            await self._prune_orphans(fleet, report, dry_run=dry_run)
+            await self._prune_orphans(fleet, report, dry_run=dry_run, limit=limit)
         return report
 
-    async def _prune_orphans(self, fleet: Fleet, report: CycleReport, *, dry_run: bool) -> None:
-        """Remove what secretsync owns for clusters that left the fleet."""
+    async def _prune_orphans(
+        self, fleet: Fleet, report: CycleReport, *, dry_run: bool, limit: DeleteLimit | None
+    ) -> None:
+        """Remove what secretsync owns for clusters that left the fleet (within the limit)."""
         for sink in self.sinks:
             for name in await sink.orphans(set(fleet.clusters)):
                 gone = Cluster(name=name, labels={}, delivery=Delivery.DIRECT, origin=fleet.origin)
-                observed = await sink.observe(gone)
-                outcome = diff({}, observed, keep=set())
-                if not dry_run and outcome.changes:
-                    await sink.apply(gone, outcome.changes)
+                try:
+                    observed = await sink.observe(gone)
+                    outcome = diff({}, observed, keep=set())
+                    deletes = outcome.changes.delete
+                    held = _over_limit(deletes, observed, limit)
+                    if held:
+                        report.items.extend(
+                            _held(name, sink.name, deletes, held, why="the cluster left the fleet")
+                        )
+                        continue
+                    if not dry_run and outcome.changes:
+                        await sink.apply(gone, outcome.changes)
+                        await sink.finish_cluster(gone)
+                finally:
+                    sink.discard(gone)
                 for obs in outcome.changes.delete:
                     report.items.append(
                         ItemResult(
@@ -240,16 +265,6 @@ class Engine:
                     )
                     if not dry_run:
                         report.deletes += 1
-
-    def _target_clusters(
-        self, fleet: Fleet, names: Collection[str], selector: Selector | None
-    ) -> dict[str, Cluster]:
-        return {
-            n: c
-            for n, c in fleet.clusters.items()
-            if (not names or n in names)
-            and (selector is None or selectors.matches(selector, c.labels))
-        }
 
     def _certificate(self, fleet: Fleet, cluster: Cluster) -> seal.Certificate:
         if cluster.cert_file is None:
@@ -270,6 +285,7 @@ class Engine:
         dry_run: bool,
         prune: bool = True,
         seals: SealPool | None = None,
+        limit: DeleteLimit | None = None,
     ) -> list[ItemResult]:
         results: list[ItemResult] = []
         certificate: seal.Certificate | None = None
@@ -288,7 +304,7 @@ class Engine:
                 # what secretsync owns here and no longer wants: deleted with the last batch
                 wanted_keys = {d.key for d in wanted}
                 leftovers = {k: o for k, o in observed.items() if k not in wanted_keys}
-                batches = _batches(wanted, None if isinstance(sink, Stager) else self.batch_size)
+                batches = _batches(wanted, None if sink.stages else self.batch_size)
                 for number, batch in enumerate(batches, start=1):
                     step = _Batch(
                         sink=sink,
@@ -303,9 +319,13 @@ class Engine:
                     scope = {k: observed[k] for k in step.meta if k in observed}
                     outcome = diff(step.prepared, scope, keep=step.keep)
                     if prune and number == len(batches):
-                        outcome.changes.delete = diff({}, leftovers, keep=set()).changes.delete
+                        deletes = diff({}, leftovers, keep=set()).changes.delete
+                        if held := _over_limit(deletes, observed, limit):
+                            results.extend(_held(cluster.name, sink.name, deletes, held, why=""))
+                        else:
+                            outcome.changes.delete = deletes
                     applied = ApplyResult()
-                    if not dry_run and (outcome.changes or sink.name == "git"):
+                    if not dry_run and outcome.changes:
                         applied = await sink.apply(cluster, outcome.changes)
                     self._record(
                         step,
@@ -316,10 +336,11 @@ class Engine:
                         report=report,
                         dry_run=dry_run,
                     )
+                if not dry_run:
+                    await sink.finish_cluster(cluster)
         finally:
             for sink in self.sinks:
-                if isinstance(sink, Stager):
-                    sink.discard(cluster)  # what an apply did not take (a failure, a timeout)
+                sink.discard(cluster)  # what an apply did not take (a failure, a timeout)
         return results
 
     async def _prepare(
@@ -411,7 +432,7 @@ class Engine:
             return
         report.seals += done.resealed
         seen = step.observed.get(d.key)
-        if isinstance(step.sink, Stager) and (seen is None or seen.owned):
+        if step.sink.stages and (seen is None or seen.owned):
             step.sink.stage(step.cluster, done)
 
     @staticmethod
@@ -519,6 +540,49 @@ class _Batch:
     pending: list[tuple[DesiredSecret, dict[str, SecretValue], RenderContext]] = field(
         default_factory=list
     )
+
+
+def select_clusters(
+    fleet: Fleet, *, names: Collection[str] = (), selector: Selector | None = None
+) -> dict[str, Cluster]:
+    """The clusters a run covers: those named (all when none are), that match `selector`."""
+    return {
+        n: c
+        for n, c in fleet.clusters.items()
+        if (not names or n in names) and (selector is None or selectors.matches(selector, c.labels))
+    }
+
+
+def _over_limit(
+    deletes: Sequence[Observed], observed: Mapping[ObjectKey, Observed], limit: DeleteLimit | None
+) -> str:
+    """Why `deletes` on one cluster are over `limit` (None: no limit), or "" when they may go."""
+    owned = sum(1 for o in observed.values() if o.owned)
+    if limit is None or limit.allows(len(deletes), owned=owned):
+        return ""
+    return (
+        f"{len(deletes)} deletes of {owned} owned objects are over the delete limit "
+        f"({limit}); run with --allow-deletes to make them"
+    )
+
+
+def _held(
+    cluster: str, sink: str, deletes: Sequence[Observed], held: str, *, why: str
+) -> list[ItemResult]:
+    """One `held` result per delete kept back: the object stays where it is."""
+    reason = f"delete held: {why}; {held}" if why else f"delete held: {held}"
+    return [
+        ItemResult(
+            cluster=cluster,
+            namespace=gone.key.namespace,
+            name=gone.key.name,
+            fleet_secret=gone.fleet_secret,
+            sink=sink,
+            action="held",
+            reason=reason,
+        )
+        for gone in deletes
+    ]
 
 
 def _batches(wanted: Sequence[DesiredSecret], size: int | None) -> list[Sequence[DesiredSecret]]:

@@ -9,7 +9,7 @@ Pure: one render function per delivery, picked from `RENDERERS`.
 - `direct`: a plain Secret for the Kubernetes API, never for Git.
 
 Every object carries the managed-by label, the fleet-secret label, the cluster annotation and
-the content hash annotation (DESIGN §3).
+the content hash annotation.
 """
 
 from __future__ import annotations

@@ -11,9 +11,11 @@ Labels are cluster names, sources, outcomes and states: never a value, never a p
 | `secretsync_failures_total` | counter | `cluster` |
 | `secretsync_writes_total` | counter | — |
 | `secretsync_webhooks_total` | counter | `outcome` |
+| `secretsync_http_dropped_total` | counter | `reason` (header, idle: a slow or silent client) |
 | `secretsync_fleet_load_errors_total` | counter | — |
 | `secretsync_leader` | gauge | `lease` (1 while this replica holds it; only with election) |
 | `secretsync_stale_paths` | gauge | `source` (locations whose last read failed) |
+| `secretsync_deletes_held` | gauge | `cluster` (deletes kept back by the delete limit) |
 | `secretsync_git_push_total` | counter | `result` (ok, rejected: the branch moved, failed) |
 | `secretsync_git_push_duration_seconds` | histogram | — (commit to pushed, retries included) |
 | `secretsync_git_last_push_timestamp_seconds` | gauge | — (Unix time of the last push) |
@@ -70,6 +72,12 @@ class Metrics:
         self.webhooks = Counter(
             "secretsync_webhooks", "Rotation webhook requests.", ["outcome"], registry=r
         )
+        self.http_dropped = Counter(
+            "secretsync_http_dropped",
+            "Connections dropped for a request head not read in time or for idling.",
+            ["reason"],
+            registry=r,
+        )
         self.fleet_load_errors = Counter(
             "secretsync_fleet_load_errors", "Fleet repo loads refused.", registry=r
         )
@@ -80,6 +88,12 @@ class Metrics:
             "secretsync_stale_paths",
             "Source locations whose last read failed (their objects keep what they hold).",
             ["source"],
+            registry=r,
+        )
+        self.deletes_held = Gauge(
+            "secretsync_deletes_held",
+            "Deletes kept back by the Fleet's deleteLimit, per cluster, as of the last full cycle.",
+            ["cluster"],
             registry=r,
         )
         for source in ("vault", "sops"):
@@ -133,6 +147,13 @@ class Metrics:
             self.failures.labels(cluster=name).inc(n)
         if report.writes or report.deletes:
             self.writes.inc(report.writes + report.deletes)
+        if report.pruned:
+            held: dict[str, int] = {}
+            for item in report.held:
+                held[item.cluster] = held.get(item.cluster, 0) + 1
+            self.deletes_held.clear()
+            for name, n in held.items():
+                self.deletes_held.labels(cluster=name).set(n)
         if full:
             self._stale = set(report.read_failed)
         else:
@@ -168,6 +189,9 @@ class Metrics:
 
     def webhook(self, outcome: str) -> None:
         self.webhooks.labels(outcome=outcome).inc()
+
+    def dropped(self, reason: str) -> None:
+        self.http_dropped.labels(reason=reason).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

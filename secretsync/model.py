@@ -167,6 +167,7 @@ class VaultTLS:
     ca_file: str | None = None
     client_cert_file: str | None = None
     client_key_file: str | None = None
+    insecure: bool = False  # plain http:// to a host that is not loopback (warned every run)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -202,6 +203,27 @@ class Policies:
         "bootstrap.kubernetes.io/token",
     )
     allow_cluster_wide: bool = True
+    delete_limit: DeleteLimit = field(default_factory=lambda: DeleteLimit(percent=25))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeleteLimit:
+    """How many owned objects one run may delete on one cluster: a count, or a percentage of
+    the objects secretsync owns there. Deleting one object is always allowed."""
+
+    count: int | None = None
+    percent: int | None = None
+
+    def allows(self, deletes: int, *, owned: int) -> bool:
+        if deletes <= 1:
+            return True
+        if self.count is not None:
+            return deletes <= self.count
+        # a share of what is owned, rounded down: 25 % of 10 objects is 2
+        return deletes * 100 <= (self.percent or 0) * owned
+
+    def __str__(self) -> str:
+        return str(self.count) if self.count is not None else f"{self.percent}%"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -285,6 +307,8 @@ class FleetSecret:
     restarts: tuple[RestartRef, ...] = ()
     refresh_interval: str = "1h0m0s"
     adopt: bool = False
+    allow_no_clusters: bool = False  # an empty selection is deliberate, not a typo
+    selector_origin: Origin | None = None  # where `clusterSelector` is written
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -85,7 +85,7 @@ def add_cluster(
     Refuses a name already in the fleet, and leaves the repo as it was on any error.
     """
     fleet = load.load_fleet(root)
-    if not load._DNS_LABEL.match(name) or len(name) > 63:
+    if not load.is_dns_label(name):
         raise errors.ConfigError("must be a DNS label", field="NAME")
     if name in fleet.clusters:
         raise errors.ConfigError(

@@ -1,4 +1,4 @@
-"""Several `serve` replicas (DESIGN §6): clusters sharded by a stable hash, each shard and the
+"""Several `serve` replicas: clusters sharded by a stable hash, each shard and the
 Git writeback guarded by a Lease of the home cluster (see `leases`).
 
 - `shard_of(name, shards)`: sha256 of the cluster name, so every replica, Python version and
@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from secretsync import errors
 from secretsync.deliver import ApplyResult, ChangeSet, Sink
 from secretsync.leases import LeaseElector, LeaseTiming
+from secretsync.materialize import Rendered
 from secretsync.model import Cluster, ObjectKey, Observed
 
 if TYPE_CHECKING:
@@ -60,7 +61,7 @@ def derive_shard_index(
             raise ValueError(f"${SHARD_INDEX_ENV} must be a non-negative integer")
         return int(text)
     name = hostname if hostname is not None else env.get("HOSTNAME") or socket.gethostname()
-    match = re.search(r"-(\d+)$", name or "")
+    match = re.search(r"-([0-9]+)\Z", name or "")
     return int(match.group(1)) if match else None
 
 
@@ -198,7 +199,8 @@ class Coordinator:
 
 class GatedSink:
     """A sink that only observes and writes what `allowed(cluster name)` permits, checked again
-    right before each write."""
+    right before each write. Everything else is the wrapped sink's own: whether it stages (and
+    so how the engine batches its objects), what it writes ahead and when a cluster is done."""
 
     name: ClassVar[str] = "gated"
 
@@ -219,13 +221,31 @@ class GatedSink:
     async def detail(self, observed: Observed) -> Observed:
         return await self.inner.detail(observed)
 
+    @property
+    def stages(self) -> bool:
+        return self.inner.stages
+
+    def stage(self, cluster: Cluster, item: Rendered) -> None:
+        if self._allowed(cluster.name):  # else `apply` refuses: nothing to write ahead
+            self.inner.stage(cluster, item)
+
     async def apply(self, cluster: Cluster, changes: ChangeSet) -> ApplyResult:
+        self._check(cluster)
+        return await self.inner.apply(cluster, changes)
+
+    async def finish_cluster(self, cluster: Cluster) -> None:
+        self._check(cluster)
+        await self.inner.finish_cluster(cluster)
+
+    def discard(self, cluster: Cluster) -> None:
+        self.inner.discard(cluster)  # always: it only removes and forgets
+
+    def _check(self, cluster: Cluster) -> None:
         if not self._allowed(cluster.name):
             raise errors.DeliveryError(
                 f"not written: this replica lost the Lease for {self.inner.name} "
                 f"({cluster.name}) during the cycle"
             )
-        return await self.inner.apply(cluster, changes)
 
     async def orphans(self, known: Set[str]) -> list[str]:
         return [n for n in await self.inner.orphans(known) if self._allowed(n)]

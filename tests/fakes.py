@@ -40,6 +40,7 @@ class MemorySink:
     """An in-memory sink of our own: holds one Observed per object, like a cluster would."""
 
     name: ClassVar[str] = "memory"
+    stages: ClassVar[bool] = False
 
     def __init__(self, *, log: bool = False) -> None:
         self.objects: dict[str, dict[ObjectKey, Observed]] = {}
@@ -47,6 +48,7 @@ class MemorySink:
         self.writes = 0
         self.deletes = 0
         self.applied: list[ChangeSet] = []  # with `log`: every change set applied, in order
+        self.finished: list[str] = []  # clusters finished, in order
 
     def accepts(self, cluster: Cluster) -> bool:
         return True
@@ -76,8 +78,18 @@ class MemorySink:
         await asyncio.sleep(0)
         return result
 
+    def stage(self, cluster: Cluster, item: Rendered) -> None:
+        raise AssertionError("a sink that does not stage is never asked to")
+
+    async def finish_cluster(self, cluster: Cluster) -> None:
+        self.finished.append(cluster.name)
+
+    def discard(self, cluster: Cluster) -> None:
+        return None
+
     async def orphans(self, known: Set[str]) -> list[str]:
-        return []
+        """Clusters that still hold objects and are no longer in the fleet."""
+        return sorted(name for name, held in self.objects.items() if held and name not in known)
 
 
 def observed_of(item: Rendered) -> Observed:

@@ -5,7 +5,7 @@
   (pinned in tests/js/package.json), run by `node tests/js/validate.mjs` in one batch.
 - `v1` Secret: the Kubernetes OpenAPI schema of `KUBERNETES_VERSION` shipped by
   `kubernetes-validate`, in strict mode (unknown fields are errors).
-- ExternalSecret: the rules ESO's admission webhook enforces beyond the schema (formats.md §2.4).
+- ExternalSecret: the rules ESO's admission webhook enforces beyond the schema.
 - Every object: the apiserver's own metadata rules (name, namespace, label and annotation syntax),
   which no schema carries.
 

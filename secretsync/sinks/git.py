@@ -207,16 +207,21 @@ class GitSink:
     """Manifests for `sealed` and `external` clusters in a folder tree meant for Git."""
 
     name: ClassVar[str] = "git"
+    stages: ClassVar[bool] = True  # each file is written as its object is sealed
 
     def __init__(self, *, out_dir: Path, cache_dir: Path | None = None, index: bool = True) -> None:
         """`cache_dir`: where the stat index lives (default `statindex.default_cache_dir()`);
         `index=False` reads every file on every observe."""
         self.out_dir = out_dir
         self._root = os.fspath(out_dir)
-        # per cluster (one task each): object -> file path relative to the cluster folder
+        # per cluster (one task each), from its observe to its discard: object -> file path
+        # relative to the cluster folder, kept up to date by each apply; what the
+        # kustomization lists when the cluster is finished
         self._paths: dict[str, dict[ObjectKey, str]] = {}
         self._lock = threading.Lock()
         self._changed = 0
+        # per cluster: files its applies wrote, recorded in the stat index when it is finished
+        self._written: dict[str, list[tuple[_Staged, Rendered]]] = {}
         # per cluster: files `stage` wrote ahead of `apply` (object -> what it staged)
         self._early: dict[str, dict[ObjectKey, tuple[Rendered, _Staged | str]]] = {}
         self._index: StatIndex | None = None
@@ -368,10 +373,31 @@ class GitSink:
         cause = exc.strerror or type(exc).__name__
         return errors.DeliveryError(f"{self.out_dir / cluster}: cannot write ({cause})")
 
+    async def finish_cluster(self, cluster: Cluster) -> None:
+        """Write the cluster folder's kustomization.yaml: every file the folder holds after
+        all of this cluster's applies (or remove it, and the folder, when none is left)."""
+        name = cluster.name
+        try:
+            self._write_kustomization(name, self._paths.get(name, {}))
+        except OSError as exc:
+            raise self._cannot_write(name, exc) from None
+        index = self._open.pop(name, None)
+        written = self._written.pop(name, [])
+        if index is not None and self._index is not None:
+            # after the kustomization's sync: the clock probe then reads a later time than
+            # the files' changes more often, and more of them are recorded at once
+            self._index_written(name, os.path.join(self._root, name), index, written)
+            self._index.save(index)
+
     def discard(self, cluster: Cluster) -> None:
+        """Remove what was staged and not applied; forget the cluster's file map and index
+        (the next observe finds them again; until then, memory)."""
         for _, prepared in self._early.pop(cluster.name, {}).values():
             if isinstance(prepared, _Staged):
                 _unlink(prepared.tmp)
+        self._paths.pop(cluster.name, None)
+        self._open.pop(cluster.name, None)
+        self._written.pop(cluster.name, None)
 
     def _prepare(self, cluster: str, item: Rendered) -> _Staged | str:
         """Dump, guard and write one object to a temp file; the refusal message when the guard
@@ -440,11 +466,12 @@ class GitSink:
             result.deleted.append(observed.key)
             with contextlib.suppress(OSError):
                 os.rmdir(os.path.dirname(path))  # only when empty
-        self._write_kustomization(cluster, paths)
+        self._written.setdefault(cluster, []).extend(staged[:renamed])
         if index is not None and self._index is not None:
-            self._index_written(cluster, folder, index, staged)
+            for done, _ in staged:
+                index.forget(done.rel)  # recorded anew when the cluster is finished
             self._index.save(index)
-        del self._paths[cluster]  # the next observe finds them again; until then, memory
+            self._open[cluster] = index
         return result
 
     @staticmethod
@@ -453,8 +480,6 @@ class GitSink:
     ) -> None:
         """Record the files just written, read back after a clock probe: a byte-identical
         read proves the recorded stat belongs to what was written (see `statindex`)."""
-        for done, _ in staged:
-            index.forget(done.rel)
         if not staged:
             return
         clock = statindex.probe_clock(folder)

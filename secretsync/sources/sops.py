@@ -115,6 +115,27 @@ _JSON_MAC: Final = re.compile(rb"\"mac\"\s*:\s*\"")
 _DOTENV_MAC: Final = re.compile(rb"^sops_mac=", re.M)
 
 
+# sops writes `version` into every file's metadata; with it and no `mac`, the file is sops' own
+# but its MAC is gone (sops itself refuses such a file unless told to ignore the MAC).
+_YAML_VERSION: Final = re.compile(rb"^[ \t]+(?:version|\"version\"|'version'):[ \t]", re.M)
+_JSON_VERSION: Final = re.compile(rb"\"version\"\s*:\s*\"")
+_DOTENV_VERSION: Final = re.compile(rb"^sops_version=", re.M)
+
+
+def has_sops_metadata_without_mac(data: bytes, fmt: FileFormat) -> bool:
+    """Whether the bytes carry sops metadata (its `version`) but no MAC."""
+    match fmt:
+        case FileFormat.YAML:
+            meta = _YAML_SOPS_KEY.search(data)
+            found = meta is not None and bool(_YAML_VERSION.search(data, meta.end()))
+        case FileFormat.JSON:
+            meta = _JSON_SOPS_KEY.search(data)
+            found = meta is not None and bool(_JSON_VERSION.search(data, meta.end()))
+        case FileFormat.DOTENV:
+            found = bool(_DOTENV_VERSION.search(data))
+    return found and not has_sops_metadata(data, fmt)
+
+
 def has_sops_metadata(data: bytes, fmt: FileFormat) -> bool:
     """Whether the bytes carry sops metadata with a MAC (a cheap check made before spawning)."""
     match fmt:
@@ -308,6 +329,11 @@ class SopsSource:
                 f"{location}: the path leads outside the fleet repo (through a symlink)"
             )
         data = self._read_capped(real, location)
+        if has_sops_metadata_without_mac(data, fmt):
+            raise errors.DecryptFailed(
+                f"{location}: the file has sops metadata but no MAC (removed, or never written); "
+                "refusing it — re-encrypt it with sops"
+            )
         if not has_sops_metadata(data, fmt):
             raise errors.DecryptFailed(
                 f"{location}: not a SOPS-encrypted file (no sops metadata); refusing to read "
@@ -403,7 +429,10 @@ class SopsSource:
             self._documents.pop(previous, None)
 
     async def _decrypt(self, read: _Input, *, label: str) -> resolve.Document:
-        argv = [self._binary, "decrypt", "--input-type", read.fmt.value, "--output-type", "json"]
+        # --config: sops would otherwise open every .sops.yaml from the repo root up (a FIFO
+        # there blocked each decrypt until the timeout); decrypting needs no creation rule.
+        argv = [self._binary, "--config", os.devnull, "decrypt"]
+        argv += ["--input-type", read.fmt.value, "--output-type", "json"]
         started = time.monotonic()
         try:
             proc = await asyncio.create_subprocess_exec(

@@ -198,6 +198,58 @@ async def test_json_file_decrypts(fleet: Fleet, make_source: MakeSource) -> None
     assert resolve.lookup(fetched.document, "n.m", where="x").reveal() == b"1"
 
 
+def _example_with_lists() -> tuple[dict[str, object], dict[str, str]]:
+    """A document shaped like sops' own examples: nested maps, a list of maps, a list of
+    scalars (and a list of lists), each value a canary; with the expected value per key path."""
+    c = {n: canary.new(n) for n in ("top", "user0", "pw0", "user1", "pw1", "a0", "a1", "m10")}
+    document: dict[str, object] = {
+        "myapp1": c["top"],
+        "app2": {"db": {"user": "bob", "port": 5432}},
+        "creds": [
+            {"user": c["user0"], "password": c["pw0"]},
+            {"user": c["user1"], "password": c["pw1"]},
+        ],
+        "an_array": [c["a0"], c["a1"]],
+        "matrix": [["x"], ["y", c["m10"]]],
+    }
+    expected = {
+        "myapp1": c["top"],
+        "app2.db.port": "5432",
+        "creds.0.password": c["pw0"],
+        "creds.1.user": c["user1"],
+        "creds.1.password": c["pw1"],
+        "an_array.0": c["a0"],
+        "an_array.1": c["a1"],
+        "matrix.1.1": c["m10"],
+    }
+    return document, expected
+
+
+@pytest.mark.parametrize("name", ["sops/example.yaml", "sops/example.json"])
+async def test_list_elements_resolve_by_index(
+    fleet: Fleet, make_source: MakeSource, name: str
+) -> None:
+    document, expected = _example_with_lists()
+    text = json.dumps(document) if name.endswith(".json") else yaml.safe_dump(document)
+    location = fleet.encrypted(name, text)
+    refs = {k: ValueRef(location, k) for k in (*expected, "an_array", "creds.0", "creds.2")}
+    refs |= {k: ValueRef(location, k) for k in ("an_array.01", "an_array.-1", "myapp1.0")}
+    result = await resolve.resolve(refs.values(), {"sops": make_source()})
+
+    assert {k: result.values[refs[k]].reveal().decode() for k in expected} == expected
+    listed = result.failures[refs["an_array"]]
+    assert isinstance(listed, errors.RefNotFound)
+    assert str(listed) == (
+        f"{location}: key 'an_array' holds a list, not a value; pick an element by its index "
+        "(an_array.0)"
+    )
+    assert "nested object" in str(result.failures[refs["creds.0"]])
+    for key in ("creds.2", "an_array.01", "an_array.-1", "myapp1.0"):
+        assert str(result.failures[refs[key]]) == f"{location}: key {key!r} not found"
+    for failure in result.failures.values():
+        assert_clean_error(failure)
+
+
 async def test_dotenv_file_decrypts(fleet: Fleet, make_source: MakeSource) -> None:
     password, routing = canary.new("grafana"), canary.new("pd")
     location = fleet.encrypted(
@@ -510,6 +562,46 @@ async def test_file_without_sops_metadata_is_refused_without_spawning(
     assert_clean_error(info.value)
 
 
+@pytest.mark.parametrize("name", ["sops/no_mac.yaml", "sops/no_mac.json", "sops/no_mac.env"])
+async def test_sops_metadata_without_a_mac_says_no_mac(
+    fleet: Fleet, make_source: MakeSource, name: str
+) -> None:
+    """Like sops' own `no_mac.yaml`: a file sops wrote, whose metadata lost its `mac`."""
+    plain = (
+        f"PASSWORD={canary.new('nomac')}\n"
+        if name.endswith(".env")
+        else json.dumps({"password": canary.new("nomac")})
+    )
+    encrypted = sops_encrypt(plain.encode(), name=name, recipient=fleet.key.recipient)
+    if name.endswith(".yaml"):
+        stripped = b"".join(
+            line
+            for line in encrypted.splitlines(keepends=True)
+            if not line.strip().startswith(b"mac:")
+        )
+    elif name.endswith(".json"):
+        doc = json.loads(encrypted)
+        del doc["sops"]["mac"]
+        stripped = json.dumps(doc, indent=4).encode()
+    else:
+        stripped = b"".join(
+            line
+            for line in encrypted.splitlines(keepends=True)
+            if not line.startswith(b"sops_mac=")
+        )
+    assert stripped != encrypted
+    location = fleet.put(name, stripped)
+    source = make_source()
+    with pytest.raises(errors.DecryptFailed) as info:
+        await source.fetch(location)
+    assert str(info.value) == (
+        f"{location}: the file has sops metadata but no MAC (removed, or never written); "
+        "refusing it — re-encrypt it with sops"
+    )
+    assert source.spawns == 0
+    assert_clean_error(info.value)
+
+
 async def test_multi_document_yaml_is_refused(fleet: Fleet, make_source: MakeSource) -> None:
     encrypted = sops_encrypt(
         f"a: {canary.new('doc1')}\n---\nb: {canary.new('doc2')}\n".encode(),
@@ -759,7 +851,15 @@ async def test_child_gets_explicit_argv_allow_listed_env_and_the_hashed_bytes_on
         "VAULT_TOKEN": "vault-token",
     }
     argv = (out / "argv").read_text().splitlines()
-    assert argv == ["decrypt", "--input-type", "dotenv", "--output-type", "json"]
+    assert argv == [
+        "--config",
+        os.devnull,
+        "decrypt",
+        "--input-type",
+        "dotenv",
+        "--output-type",
+        "json",
+    ]
     assert Path((out / "cwd").read_text().strip()) == fleet.root.resolve()
     assert (out / "stdin").read_bytes() == (fleet.root / location.path).read_bytes()
 

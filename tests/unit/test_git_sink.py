@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from secretsync import load
 from secretsync.deliver import ChangeSet
@@ -312,3 +313,52 @@ def test_a_clock_probe_or_kustomization_temp_left_by_a_killed_process_is_removed
     assert live.exists(), "not ours to remove"
     assert sink.files_changed == 0 and {i.action for i in report.items} == {"unchanged"}
     live.unlink()
+
+
+def _many_objects(fleet_repo: MakeRepo, count: int) -> Path:
+    """One `external` cluster with `count` FleetSecrets (rendering them reads nothing)."""
+    secrets = "---\n".join(
+        "apiVersion: secretsync.dev/v1alpha1\nkind: FleetSecret\n"
+        f"metadata: {{name: s{i:03d}}}\n"
+        f"spec:\n  clusterSelector: {{}}\n  target: {{name: s{i:03d}, namespace: ns{i % 3}}}\n"
+        f"  data: {{v: {{vault: {{path: p{i}, key: v}}}}}}\n"
+        for i in range(count)
+    )
+    return fleet_repo(
+        {
+            "secretsync.yaml": "apiVersion: secretsync.dev/v1alpha1\nkind: Fleet\n"
+            "metadata: {name: many}\nspec: {defaults: {delivery: external}}\n",
+            "clusters/c.yaml": "apiVersion: secretsync.dev/v1alpha1\nkind: Cluster\n"
+            "metadata: {name: c1}\nspec: {}\n",
+            "secrets/all.yaml": secrets,
+        }
+    )
+
+
+def test_a_gated_git_sink_keeps_every_file_in_its_kustomization(fleet_repo: MakeRepo) -> None:
+    """Behind the Lease gate the Git sink still gets a cluster's objects as one batch and
+    writes its kustomization once, listing all of them; later cycles change nothing (before:
+    batches of 100, the first cycle listed 50, every later one deleted the kustomization)."""
+    from secretsync.sharding import GatedSink
+
+    root = _many_objects(fleet_repo, 150)
+    fleet = load.load_fleet(root)
+    inner = GitSink(out_dir=root / "rendered", index=False)
+    engine = Engine(
+        sources={},
+        sinks=[GatedSink(inner, allowed=lambda _name: True)],
+        hmac_key=KEY,
+        clock=lambda: datetime.now(UTC),
+    )
+    kustomization = root / "rendered/c1/kustomization.yaml"
+    changed = []
+    for _ in range(3):
+        before = inner.files_changed
+        report = asyncio.run(engine.run_cycle(fleet))
+        assert report.ok, (report.failures, report.failed_clusters)
+        changed.append(inner.files_changed - before)
+        listed = yaml.safe_load(kustomization.read_text())["resources"]
+        assert len(listed) == 150
+        assert listed == sorted(f"ns{i % 3}/s{i:03d}.yaml" for i in range(150))
+    assert changed == [151, 0, 0]
+    assert not inner._paths and not inner._early, "nothing is kept once the cycle is done"

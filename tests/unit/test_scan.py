@@ -151,7 +151,7 @@ def test_other_kinds_and_api_groups_are_not_secrets(tmp_path: Path) -> None:
             "broken.yaml": "kind: Secret\ndata: {a: [\n",
         },
     )
-    assert scan(tmp_path) == []
+    assert [(f.file, f.kind) for f in scan(tmp_path)] == [("broken.yaml", "unparsable-file")]
 
 
 # --- files that must be SOPS-encrypted -----------------------------------------------------

@@ -1,5 +1,5 @@
 """Shard assignment (stable sha256 hash, balance), shard index derivation, the `serve` election
-options, and the sink gate that refuses writes once leadership is gone (DESIGN §6)."""
+options, and the sink gate that refuses writes once leadership is gone."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 from secretsync import cli, errors
 from secretsync.deliver import ApplyResult, ChangeSet
 from secretsync.leases import LeaseTiming, process_identity
+from secretsync.materialize import Rendered
 from secretsync.model import Cluster, Delivery, ObjectKey, Observed
 from secretsync.sharding import ElectionSettings, GatedSink, derive_shard_index, shard_of
 
@@ -115,9 +116,13 @@ def test_serve_election_options() -> None:
 
 class Recorder:
     name: ClassVar[str] = "kube"
+    stages: ClassVar[bool] = True
 
     def __init__(self) -> None:
         self.applied: list[str] = []
+        self.staged: list[str] = []
+        self.finished: list[str] = []
+        self.discarded: list[str] = []
 
     def accepts(self, cluster: Cluster) -> bool:
         return True
@@ -131,9 +136,18 @@ class Recorder:
     async def detail(self, observed: Observed) -> Observed:
         return observed
 
+    def stage(self, cluster: Cluster, item: Rendered) -> None:
+        self.staged.append(item.key.name)
+
     async def apply(self, cluster: Cluster, changes: ChangeSet) -> ApplyResult:
         self.applied.append(cluster.name)
         return ApplyResult()
+
+    async def finish_cluster(self, cluster: Cluster) -> None:
+        self.finished.append(cluster.name)
+
+    def discard(self, cluster: Cluster) -> None:
+        self.discarded.append(cluster.name)
 
     async def orphans(self, known: Set[str]) -> list[str]:
         return ["gone-a", "gone-b"]
@@ -150,7 +164,38 @@ async def test_gated_sink_refuses_writes_once_the_gate_closes() -> None:
     assert not sink.accepts(b) and not sink.observes(b)
     assert await sink.orphans(set()) == ["gone-a"]
     await sink.apply(a, ChangeSet())
+    await sink.finish_cluster(a)
     allowed.clear()  # leadership lost mid-cycle
     with pytest.raises(errors.DeliveryError, match="lost the Lease"):
         await sink.apply(a, ChangeSet())
+    with pytest.raises(errors.DeliveryError, match="lost the Lease"):
+        await sink.finish_cluster(a)
+    sink.discard(a)
     assert inner.applied == ["a"]
+    assert inner.finished == ["a"]
+    assert inner.discarded == ["a"], "what was staged is dropped whoever holds the Lease"
+
+
+def test_gated_sink_passes_the_wrapped_sinks_abilities_through() -> None:
+    """The engine batches and stages by `stages`: a gate must not hide it (a gated Git sink
+    got its objects in batches of 100 and lost its kustomization entries)."""
+    inner = Recorder()
+    allowed = {"a"}
+    sink = GatedSink(inner, allowed=lambda name: name in allowed)
+    a = Cluster(name="a", labels={}, delivery=Delivery.SEALED, origin="x")
+    b = Cluster(name="b", labels={}, delivery=Delivery.SEALED, origin="x")
+    assert sink.stages is True
+    inner.stages = False  # type: ignore[misc]
+    assert sink.stages is False
+    item = Rendered(
+        key=ObjectKey("a", "ns", "one"),
+        fleet_secret="one",
+        delivery=Delivery.SEALED,
+        kind="SealedSecret",
+        content_hash="h",
+        key_hashes={},
+        manifest={},
+    )
+    sink.stage(a, item)
+    sink.stage(b, item)  # not this replica's to write: nothing is written ahead
+    assert inner.staged == ["one"]
