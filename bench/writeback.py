@@ -19,6 +19,7 @@ daemon renders again on the new head and pushes on top.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import re
@@ -37,7 +38,7 @@ sys.path.insert(0, str(REPO / "bench"))
 import yaml  # noqa: E402
 from daemon import Daemon, pct  # noqa: E402  (bench/daemon.py)
 
-from secretsync import seal  # noqa: E402
+from secretsync import seal, webhook  # noqa: E402
 from tests import keys  # noqa: E402
 from tests.gitremote import BareRemote, git  # noqa: E402
 from tests.openbao import start_openbao  # noqa: E402
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         branch = args.push_branch or "main"
         keys_env = {
             "SECRETSYNC_HMAC_KEY": f"bench-hmac-{uuid.uuid4().hex}",
-            "SECRETSYNC_WEBHOOK_SECRET": f"bench-whsec-{uuid.uuid4().hex}",
+            "SECRETSYNC_WEBHOOK_SECRET": "whsec_" + base64.b64encode(os.urandom(24)).decode(),
         }
         argv = [
             sys.executable, "-m", "secretsync", "serve", str(work / "checkout"),
@@ -110,7 +111,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 argv, env=env, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )  # fmt: skip
-        daemon = Daemon(proc, log, keys_env["SECRETSYNC_WEBHOOK_SECRET"].encode())
+        daemon = Daemon(proc, log, webhook.parse_secret(keys_env["SECRETSYNC_WEBHOOK_SECRET"]))
         try:
             deadline = time.monotonic() + 60
             while not (m := re.search(r"listening on http://127\.0\.0\.1:(\d+)", log.read_text())):

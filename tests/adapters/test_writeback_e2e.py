@@ -7,6 +7,7 @@ remote's whole history nor the daemon's log holds a value."""
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import os
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from secretsync import seal
+from secretsync import seal, webhook
 from tests import canary, keys, served
 from tests.gitremote import BareRemote
 from tests.openbao import OpenBao
@@ -48,7 +49,8 @@ def serve(
             stdout=sink,
             stderr=subprocess.STDOUT,
         )  # fmt: skip
-    client = served.ServeClient(proc, log, env["SECRETSYNC_WEBHOOK_SECRET"].encode(), poll_s=POLL_S)
+    key = webhook.parse_secret(env["SECRETSYNC_WEBHOOK_SECRET"])
+    client = served.ServeClient(proc, log, key, poll_s=POLL_S)
     try:
         start = len(log.read_text(errors="replace"))
         deadline = time.monotonic() + 60
@@ -112,7 +114,8 @@ def test_rotation_webhook_becomes_one_pushed_commit_and_a_kill_converges(
     log = tmp_path / "serve.log"
     env = {
         "SECRETSYNC_HMAC_KEY": "writeback-e2e-hmac",
-        "SECRETSYNC_WEBHOOK_SECRET": "writeback-e2e-webhook-key",
+        "SECRETSYNC_WEBHOOK_SECRET": "whsec_"
+        + base64.b64encode(b"writeback-e2e-webhook-key").decode(),
     }
     body = json.dumps({"paths": [f"secret/{path}"]}).encode()
 
