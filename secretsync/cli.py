@@ -38,7 +38,7 @@ from secretsync import (
 )
 from secretsync.engine import CycleReport, Engine, ItemResult, select_clusters
 from secretsync.materialize import dump_yaml
-from secretsync.model import ANNOTATION_CLUSTER, Delivery, Fleet, Scope, Selector
+from secretsync.model import ANNOTATION_CLUSTER, Delivery, Fleet, Scope, Selector, SopsSettings
 from secretsync.resolve import Source
 from secretsync.sinks.git import GitSink
 from secretsync.values import SecretValue
@@ -236,7 +236,10 @@ def validate(settings: Settings, fleet: str) -> None:
         desired = plan.plan(loaded)
     except errors.ConfigError as exc:
         _fail_config(exc)
-    problems: list[errors.ConfigError] = []
+    from secretsync import sopskeys
+
+    # the SOPS files' key groups, from their metadata: nothing is decrypted or contacted
+    problems = sopskeys.check_files(loaded, sopskeys.readers_of(desired))
     now = datetime.now(UTC)
     for cluster in loaded.clusters.values():
         if cluster.cert_file is None:
@@ -452,6 +455,7 @@ def _run(
                 dry_run=dry_run,
                 check_refs=check_refs,
                 allow_deletes=allow_deletes,
+                check_sops_keys=True,
             )
         finally:
             for source in engine.sources.values():
@@ -1544,18 +1548,45 @@ def _mapping(node: object, key: str) -> dict[str, Any]:
 # --- scan ------------------------------------------------------------------------------------
 
 
+class _SopsPolicies:
+    """The `sources.sops` policy for a folder: that of the nearest secretsync.yaml at or above
+    it, not past the top of its Git work tree; the default policy without one."""
+
+    def __init__(self) -> None:
+        self._by_folder: dict[Path, SopsSettings] = {}
+
+    def __call__(self, folder: Path) -> SopsSettings:
+        folder = folder.resolve()
+        hit = self._by_folder.get(folder)
+        if hit is None:
+            if (folder / load.FLEET_FILE).is_file():
+                hit = load.load_fleet_settings(folder).sops
+            elif (folder / ".git").exists() or folder.parent == folder:
+                hit = SopsSettings()
+            else:
+                hit = self(folder.parent)
+            self._by_folder[folder] = hit
+        return hit
+
+
 @main_group.command("scan")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
 @pass_settings
 def scan_command(settings: Settings, paths: tuple[str, ...]) -> None:
-    """Find plaintext Secrets and unencrypted SOPS files under PATHS (folders or files);
-    exit 1 naming each (pre-commit passes the staged files). Files are named as given, or
-    under the folder as given."""
-    findings = [
-        dataclasses.replace(f, file=path if Path(path).is_file() else f"{Path(path) / f.file}")
-        for path in paths
-        for f in scan.scan(Path(path))
-    ]
+    """Find plaintext Secrets, unencrypted SOPS files and SOPS files naming keys their Fleet
+    does not allow under PATHS (folders or files); exit 1 naming each (pre-commit passes the
+    staged files). Files are named as given, or under the folder as given. A SOPS file is
+    checked against the `sources.sops` policy of the nearest secretsync.yaml above it (in its
+    Git work tree), else the default one (age, pgp)."""
+    policies = _SopsPolicies()
+    try:
+        findings = [
+            dataclasses.replace(f, file=path if Path(path).is_file() else f"{Path(path) / f.file}")
+            for path in paths
+            for f in scan.scan(Path(path), sops_policy=policies)
+        ]
+    except errors.ConfigError as exc:
+        _fail_config(exc)
     if settings.output == "json":
         _emit(settings, {"findings": [dataclasses.asdict(f) for f in findings]})
     else:

@@ -43,6 +43,7 @@ from secretsync import (
     poll,
     resolve,
     runtime,
+    sopskeys,
     web,
     webhook,
 )
@@ -566,8 +567,13 @@ class Daemon:
 
 
 def _load_and_plan(loader: Callable[[Path], Fleet], path: Path) -> tuple[Fleet, list[Any]]:
+    """Load and plan; a SOPS file whose key groups the Fleet refuses refuses the fleet too."""
     fleet = loader(path)
-    return fleet, plan.plan(fleet)
+    desired = plan.plan(fleet)
+    refused = sopskeys.check_files(fleet, sopskeys.readers_of(desired))
+    if refused:
+        raise errors.ConfigErrors(refused)
+    return fleet, desired
 
 
 def _reason(exc: Exception) -> str:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
 
-from secretsync import bounded, errors, load, materialize, plan, resolve, seal, selectors
+from secretsync import bounded, errors, load, materialize, plan, resolve, seal, selectors, sopskeys
 from secretsync.deliver import (
     PROGRESS,
     ApplyResult,
@@ -148,6 +148,7 @@ class Engine:
         only_paths: Collection[str] | None = None,
         check_refs: bool = False,
         allow_deletes: bool = False,
+        check_sops_keys: bool = False,
     ) -> CycleReport:
         """One reconcile. `only_paths` (Vault `<mount>/<path>` names, see `path_names`) narrows
         the cycle to the objects built from one of them, on the clusters that have such an
@@ -156,8 +157,18 @@ class Engine:
         so a missing path or key fails its object; their values are never used.
         On each cluster, deletes over the Fleet's `deleteLimit` are held (none of that
         cluster's deletes is made) unless `allow_deletes` lifts the limit for this cycle.
+        `check_sops_keys` first checks the key groups of every SOPS file the planned objects
+        read against the Fleet's policy and raises `errors.ConfigErrors` for any it refuses,
+        before anything is read or written (the CLI's all-or-nothing); without it, the sops
+        source still refuses such a file, failing only the objects that read it.
         """
         desired = plan.plan(fleet, clusters=clusters, selector=selector)
+        if check_sops_keys:
+            refused = await asyncio.to_thread(
+                sopskeys.check_files, fleet, sopskeys.readers_of(desired)
+            )
+            if refused:
+                raise errors.ConfigErrors(refused)
         if only_paths is not None:
             desired = _narrow(desired, frozenset(only_paths))
         report = CycleReport(pruned=only_paths is None)

@@ -24,6 +24,7 @@ import yaml
 from secretsync import errors, repopath, seal, selectors, templating, vaultaddress
 from secretsync.model import (
     API_VERSION,
+    SOPS_KEY_TYPES,
     Cluster,
     ControllerRef,
     DataEntry,
@@ -52,6 +53,7 @@ from secretsync.model import (
     VaultSettings,
     VaultSpec,
     VaultTLS,
+    VaultTransitKey,
 )
 from secretsync.repopath import confine
 
@@ -587,13 +589,7 @@ def _fleet(ctx: _Ctx, header: _Header, root: Path) -> Fleet:
                 kwargs["vault"] = VaultSettings()
             sops = sources.map("sops")
             if sops is not None:
-                timeout = sops.number("timeoutSeconds", minimum=1)
-                max_bytes = sops.number("maxFileBytes", integer=True, minimum=1)
-                kwargs["sops"] = SopsSettings(
-                    timeout_seconds=timeout or 30.0,
-                    max_file_bytes=int(max_bytes) if max_bytes else 5 * 1024 * 1024,
-                )
-                sops.done()
+                kwargs["sops"] = _sops(sops)
             sources.done()
         policies = spec.map("policies")
         if policies is not None:
@@ -634,6 +630,96 @@ def _delete_limit(m: _Map) -> DeleteLimit | None:
         'must be a count of objects (0 or more) or a percentage such as "25%"',
     )
     return None
+
+
+_VAULT_ADDRESS = re.compile(r"https?://[^\s/?#@]+(?:/[^\s?#@]*)?")
+_KEY_PREFIX = re.compile(r"[^\s\x00-\x1f\x7f]+")
+_CLOUD_KEYS: tuple[tuple[str, str, str], ...] = (
+    # (key type, Fleet field, what an entry names)
+    ("kms", "awsKms", "a KMS key or role ARN"),
+    ("gcp_kms", "gcpKms", "a GCP KMS resource id"),
+    ("azure_kv", "azureKeyVault", "an Azure Key Vault key URL"),
+)
+
+
+def _sops(m: _Map) -> SopsSettings:
+    """`sources.sops`: limits, and the key sources SOPS files may name (checked before sops
+    runs, see `sopskeys`)."""
+    timeout = m.number("timeoutSeconds", minimum=1)
+    max_bytes = m.number("maxFileBytes", integer=True, minimum=1)
+    key_types = SopsSettings().key_types
+    listed = m.str_list("keyTypes")
+    if listed is not None:
+        seen: set[str] = set()
+        for name, node in listed:
+            if name not in SOPS_KEY_TYPES:
+                m.ctx.error(
+                    node, m.field("keyTypes"), f"must be one of: {', '.join(SOPS_KEY_TYPES)}"
+                )
+            elif name in seen:
+                m.ctx.error(node, m.field("keyTypes"), f"{name!r} is listed twice")
+            seen.add(name)
+        key_types = frozenset(seen & set(SOPS_KEY_TYPES))
+    transit: list[VaultTransitKey] = []
+    for item, path in m.seq("vaultTransit") or ():
+        entry = _as_map(m.ctx, item, path)
+        if entry is None:
+            continue
+        address = entry.text("address", required=True)
+        if address is not None and not _VAULT_ADDRESS.fullmatch(address):
+            m.ctx.error(
+                entry.key_node("address"),
+                entry.field("address"),
+                "must be an http(s) URL without credentials, query or fragment, written as the "
+                "SOPS files name it (e.g. https://vault.example:8200)",
+            )
+        engine_path = entry.text("enginePath")
+        key_name = entry.text("keyName")
+        entry.done()
+        if address is not None:
+            transit.append(
+                VaultTransitKey(address=address, engine_path=engine_path, key_name=key_name)
+            )
+    _needs_list(m, key_types, "hc_vault", "vaultTransit")
+    clouds: dict[str, tuple[str, ...]] = {}
+    for key_type, field_name, what in _CLOUD_KEYS:
+        names: list[str] = []
+        for name, node in m.str_list(field_name) or ():
+            if not _KEY_PREFIX.fullmatch(name):
+                m.ctx.error(node, m.field(field_name), f"must be {what} or a prefix of one")
+                continue
+            names.append(name)
+        clouds[field_name] = tuple(names)
+        _needs_list(m, key_types, key_type, field_name)
+    m.done()
+    return SopsSettings(
+        timeout_seconds=timeout or 30.0,
+        max_file_bytes=int(max_bytes) if max_bytes else 5 * 1024 * 1024,
+        key_types=key_types,
+        vault_transit=tuple(transit),
+        aws_kms=clouds["awsKms"],
+        gcp_kms=clouds["gcpKms"],
+        azure_key_vault=clouds["azureKeyVault"],
+    )
+
+
+def _needs_list(m: _Map, key_types: frozenset[str], key_type: str, field_name: str) -> None:
+    """A network key type is allowed only with the list naming where it may go, and the
+    other way round: neither may be given without the other."""
+    node = m.entries.get(field_name)
+    listed = node is not None and isinstance(node[1], yaml.SequenceNode) and bool(node[1].value)
+    if key_type in key_types and not listed:
+        m.ctx.error(
+            m.key_node("keyTypes"),
+            m.field(field_name),
+            f"keyTypes allows {key_type}: list in {field_name} every key SOPS files may name",
+        )
+    elif key_type not in key_types and node is not None:
+        m.ctx.error(
+            m.key_node(field_name),
+            m.field(field_name),
+            f"{field_name} is given but keyTypes does not allow {key_type}",
+        )
 
 
 def _vault(m: _Map) -> VaultSettings:
@@ -1082,14 +1168,8 @@ def _empty_selections(
     return problems
 
 
-def load_fleet(root: Path) -> Fleet:
-    """Load and check a fleet repo. Raises `errors.ConfigErrors` listing every problem."""
-    root = Path(root)
-    if not root.is_dir():
-        raise errors.ConfigErrors(
-            [errors.ConfigError("fleet repo folder not found", file=str(root))]
-        )
-    ctx = _Ctx(root=root)
+def _fleet_document(ctx: _Ctx, root: Path) -> Fleet:
+    """The Fleet of secretsync.yaml, without clusters and secrets; raises when there is none."""
     headers = _documents(root, FLEET_FILE, ctx)
     fleets = [h for h in headers if h.kind == "Fleet"]
     for h in headers:
@@ -1104,7 +1184,28 @@ def load_fleet(root: Path) -> Fleet:
     if not fleets:
         raise errors.ConfigErrors(ctx.errors)
     ctx.file = FLEET_FILE
-    fleet = _fleet(ctx, fleets[0], root)
+    return _fleet(ctx, fleets[0], root)
+
+
+def load_fleet_settings(root: Path) -> Fleet:
+    """Only secretsync.yaml (defaults, sources, policies), for commands that need the Fleet's
+    settings but not its clusters and secrets (`scan`). Raises `errors.ConfigErrors`."""
+    ctx = _Ctx(root=Path(root))
+    fleet = _fleet_document(ctx, Path(root))
+    if ctx.errors:
+        raise errors.ConfigErrors(ctx.errors)
+    return fleet
+
+
+def load_fleet(root: Path) -> Fleet:
+    """Load and check a fleet repo. Raises `errors.ConfigErrors` listing every problem."""
+    root = Path(root)
+    if not root.is_dir():
+        raise errors.ConfigErrors(
+            [errors.ConfigError("fleet repo folder not found", file=str(root))]
+        )
+    ctx = _Ctx(root=root)
+    fleet = _fleet_document(ctx, root)
 
     clusters: dict[str, Cluster] = {}
     secrets: dict[str, FleetSecret] = {}

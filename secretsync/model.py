@@ -188,10 +188,29 @@ class VaultSettings:
     limits: VaultLimits = field(default_factory=VaultLimits)
 
 
+SOPS_KEY_TYPES: tuple[str, ...] = ("age", "pgp", "hc_vault", "kms", "gcp_kms", "azure_kv")
+"""Key types a Fleet may allow in SOPS files, named as sops names them in its metadata."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VaultTransitKey:
+    """One Vault transit key SOPS files may name: the address exactly, and optionally the
+    engine path and key name (None: any)."""
+
+    address: str
+    engine_path: str | None = None
+    key_name: str | None = None
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SopsSettings:
     timeout_seconds: float = 30.0
     max_file_bytes: int = 5 * 1024 * 1024
+    key_types: frozenset[str] = frozenset({"age", "pgp"})
+    vault_transit: tuple[VaultTransitKey, ...] = ()
+    aws_kms: tuple[str, ...] = ()  # key (and role) ARNs, or prefixes ending in ":" or "/"
+    gcp_kms: tuple[str, ...] = ()  # resource ids, or prefixes ending in "/"
+    azure_key_vault: tuple[str, ...] = ()  # `<vault_url>/keys/<name>/<version>`, or prefixes
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -14,7 +14,9 @@ This module owns what counts as a leak in a Git working tree and reports each on
 - a value left in plaintext inside a SOPS file: a leaf that is not `ENC[…]` although the file's
   own sops settings (`unencrypted_suffix`, `encrypted_suffix`, `unencrypted_regex`,
   `encrypted_regex`) say it should be, and any plaintext leaf under a Secret's
-  `data` / `stringData`, whatever those settings say.
+  `data` / `stringData`, whatever those settings say;
+- a SOPS file naming a key the Fleet's `sources.sops` policy does not allow (see `sopskeys`):
+  the policy of the nearest `secretsync.yaml` as the caller finds it, else the default one.
 
 A file it must check but cannot is a finding too: a YAML or JSON file that may hold a Secret
 (or is declared encrypted) but does not parse — a broken file may still hold a plaintext
@@ -36,7 +38,7 @@ import json
 import os
 import re
 import stat
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -44,7 +46,7 @@ from typing import Final
 import yaml
 from yaml.representer import SafeRepresenter
 
-from secretsync import repopath
+from secretsync import model, repopath, sopskeys
 
 MAX_FILE_BYTES: Final = 8 * 1024 * 1024
 
@@ -103,6 +105,16 @@ class FindingKind(enum.StrEnum):
     """A YAML / JSON file that may hold a Secret (or must be encrypted) but does not parse."""
     NOT_A_FILE = "not-a-regular-file"
     """A FIFO, socket or device where a file to check would be: not opened."""
+    SOPS_KEY_NOT_ALLOWED = "sops-key-not-allowed"
+    """A SOPS file naming a key (type, Vault address, KMS key) the Fleet's policy refuses."""
+
+
+type PolicyFor = Callable[[Path], model.SopsSettings]
+"""The `sources.sops` policy that applies to the files of a folder."""
+
+
+def _default_policy(_folder: Path) -> model.SopsSettings:
+    return model.SopsSettings()
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -118,8 +130,14 @@ class Finding:
         return f"{self.file}:{self.line}: {self.kind}: {self.message}"
 
 
-def scan(path: Path, *, max_file_bytes: int = MAX_FILE_BYTES) -> list[Finding]:
-    """Every finding under `path` (a folder or one file), sorted by file and line."""
+def scan(
+    path: Path, *, max_file_bytes: int = MAX_FILE_BYTES, sops_policy: PolicyFor | None = None
+) -> list[Finding]:
+    """Every finding under `path` (a folder or one file), sorted by file and line.
+
+    `sops_policy` gives the key policy for a folder's SOPS files (default: age and pgp only).
+    """
+    policy_for = sops_policy or _default_policy
     if not path.is_dir():
         base = path.parent.resolve()
         file = base / path.name
@@ -129,13 +147,21 @@ def scan(path: Path, *, max_file_bytes: int = MAX_FILE_BYTES) -> list[Finding]:
             base=base,
             config=_config_above(base),
             max_file_bytes=max_file_bytes,
+            policy_for=policy_for,
         )
         return sorted(found)
     base = path.resolve()
     findings: list[Finding] = []
     for file, rel, config in _walk(base):
         findings.extend(
-            _check_file(file, rel=rel, base=base, config=config, max_file_bytes=max_file_bytes)
+            _check_file(
+                file,
+                rel=rel,
+                base=base,
+                config=config,
+                max_file_bytes=max_file_bytes,
+                policy_for=policy_for,
+            )
         )
     return sorted(findings)
 
@@ -327,7 +353,13 @@ def _declared(file: Path, name: str, config: _SopsConfig | None, base: Path) -> 
 
 
 def _check_file(
-    file: Path, *, rel: str, base: Path, config: _SopsConfig | None, max_file_bytes: int
+    file: Path,
+    *,
+    rel: str,
+    base: Path,
+    config: _SopsConfig | None,
+    max_file_bytes: int,
+    policy_for: PolicyFor,
 ) -> list[Finding]:
     name = file.name
     lowered = name.lower()
@@ -347,12 +379,14 @@ def _check_file(
     data = _read_regular(file, max_bytes=max_file_bytes)
     if data is None or not data.strip():
         return []
+    if structured or dotenv:
+        keys = _key_findings(data, rel=rel, name=name, policy_for=lambda: policy_for(file.parent))
     if structured:
         if why is None and not _WORTH_PARSING.search(data):
-            return []
-        return _check_structured(data, rel=rel, why=why, is_json=lowered.endswith(".json"))
+            return keys
+        return keys + _check_structured(data, rel=rel, why=why, is_json=lowered.endswith(".json"))
     if dotenv:
-        return _check_dotenv(data, rel=rel, why=why)
+        return keys + _check_dotenv(data, rel=rel, why=why)
     if why is not None and not _other_has_metadata(data):
         return [Finding(rel, 1, FindingKind.SOPS_FILE_NOT_ENCRYPTED, f"{why.reason} but is not")]
     return []
@@ -372,6 +406,29 @@ def _read_regular(file: Path, *, max_bytes: int) -> bytes | None:
         except OSError:
             return None
     return data if len(data) <= max_bytes else None
+
+
+_MAYBE_SOPS: Final[Mapping[sopskeys.FileFormat, re.Pattern[bytes]]] = {
+    sopskeys.FileFormat.YAML: re.compile(rb"^[\"']?sops[\"']?[ \t]*:", re.M),
+    sopskeys.FileFormat.JSON: re.compile(rb"\"sops\"\s*:", re.I),  # Go's JSON ignores case
+    sopskeys.FileFormat.DOTENV: _DOTENV_SOPS,
+}
+
+
+def _key_findings(
+    data: bytes, *, rel: str, name: str, policy_for: Callable[[], model.SopsSettings]
+) -> list[Finding]:
+    """The keys a SOPS file names that its Fleet's policy refuses (one finding each)."""
+    fmt = sopskeys.format_for(name)
+    if fmt is None or not _MAYBE_SOPS[fmt].search(data):
+        return []
+    found = sopskeys.read(data, fmt)
+    if not found.marked:  # a `sops:` key that is not sops metadata (no mac, no version)
+        return []
+    return [
+        Finding(rel, r.line, FindingKind.SOPS_KEY_NOT_ALLOWED, f"{r.where}: {r.message}")
+        for r in sopskeys.refusals(found, policy_for())
+    ]
 
 
 def _other_has_metadata(data: bytes) -> bool:

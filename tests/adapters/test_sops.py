@@ -810,14 +810,8 @@ printf '{{"ok": "yes"}}'
 """
 
 
-async def test_child_gets_explicit_argv_allow_listed_env_and_the_hashed_bytes_on_stdin(
-    fleet: Fleet, make_source: MakeSource, tmp_path: Path
-) -> None:
-    out = tmp_path / "out"
-    out.mkdir()
-    binary = script(tmp_path, "sops", ENV_DUMP.format(out=out))
-    location = fleet.put("sops/dev/a.env", b"A=ENC[AES256_GCM,data:x]\nsops_mac=ENC[x]\n")
-    env = fleet.env(
+def _whole_env(fleet: Fleet) -> dict[str, str]:
+    return fleet.env(
         SOPS_AGE_KEY="AGE-SECRET-KEY-NOT-REAL",
         SOPS_DISABLE_VERSION_CHECK="0",
         AWS_PROFILE="p",
@@ -833,23 +827,34 @@ async def test_child_gets_explicit_argv_allow_listed_env_and_the_hashed_bytes_on
         PYTHONPATH="/x",
     )
 
+
+async def test_child_gets_explicit_argv_allow_listed_env_and_the_hashed_bytes_on_stdin(
+    fleet: Fleet, make_source: MakeSource, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    binary = script(tmp_path, "sops", ENV_DUMP.format(out=out))
+    location = fleet.put(
+        "sops/dev/a.env",
+        b"A=ENC[AES256_GCM,data:x]\nsops_age__list_0__map_recipient=age1x\nsops_mac=ENC[x]\n",
+    )
+    env = _whole_env(fleet)
+
     fetched = await make_source(env=env, binary=binary).fetch(location)
 
     assert fetched.document == {"ok": "yes"}
     forwarded = dict(line.split("=", 1) for line in (out / "env").read_text().splitlines())
-    assert forwarded == {
+    home = forwarded.pop("HOME")
+    assert forwarded == {  # an age file: nothing for Vault, PGP or the clouds
         "PATH": env["PATH"],
-        "HOME": env["HOME"],
         "SOPS_AGE_KEY_FILE": env["SOPS_AGE_KEY_FILE"],
         "SOPS_AGE_KEY": "AGE-SECRET-KEY-NOT-REAL",
         "SOPS_DISABLE_VERSION_CHECK": "1",
-        "AWS_PROFILE": "p",
-        "AZURE_TENANT_ID": "t",
-        "GOOGLE_APPLICATION_CREDENTIALS": "/g.json",
-        "GNUPGHOME": "/gnupg",
-        "VAULT_ADDR": "https://vault.example",
-        "VAULT_TOKEN": "vault-token",
+        "XDG_CONFIG_HOME": f"{env['HOME']}/.config",  # sops' default age key file stays found
     }
+    assert home != env["HOME"]
+    assert Path(home).stat().st_mode & 0o777 == 0o700
+    assert list(Path(home).iterdir()) == []
     argv = (out / "argv").read_text().splitlines()
     assert argv == [
         "--config",
@@ -862,6 +867,38 @@ async def test_child_gets_explicit_argv_allow_listed_env_and_the_hashed_bytes_on
     ]
     assert Path((out / "cwd").read_text().strip()) == fleet.root.resolve()
     assert (out / "stdin").read_bytes() == (fleet.root / location.path).read_bytes()
+
+
+async def test_child_env_carries_what_the_files_allowed_key_types_need(
+    fleet: Fleet, make_source: MakeSource, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    binary = script(tmp_path, "sops", ENV_DUMP.format(out=out))
+    arn = "arn:aws:kms:us-east-1:111122223333:key/k1"
+    location = fleet.put(
+        "sops/dev/a.env",
+        b"A=ENC[AES256_GCM,data:x]\n"
+        b"sops_kms__list_0__map_arn=" + arn.encode() + b"\n"
+        b"sops_pgp__list_0__map_fp=ABCD\nsops_mac=ENC[x]\n",
+    )
+    env = _whole_env(fleet)
+    settings = SopsSettings(
+        key_types=frozenset({"pgp", "kms"}), aws_kms=("arn:aws:kms:us-east-1:111122223333:",)
+    )
+
+    await make_source(env=env, binary=binary, settings=settings).fetch(location)
+
+    forwarded = dict(line.split("=", 1) for line in (out / "env").read_text().splitlines())
+    assert forwarded == {
+        "PATH": env["PATH"],
+        "HOME": env["HOME"],  # AWS keeps its credentials under HOME
+        "SOPS_AGE_KEY_FILE": env["SOPS_AGE_KEY_FILE"],
+        "SOPS_AGE_KEY": "AGE-SECRET-KEY-NOT-REAL",
+        "SOPS_DISABLE_VERSION_CHECK": "1",
+        "AWS_PROFILE": "p",
+        "GNUPGHOME": "/gnupg",
+    }
 
 
 def test_default_binary_is_the_real_sops_not_its_wrapper(fleet: Fleet) -> None:
