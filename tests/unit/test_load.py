@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 from secretsync import errors, load, seal
-from secretsync.model import DeleteLimit, Delivery, Operator, Scope, SopsSpec, VaultSpec
+from secretsync.model import (
+    DeleteLimit,
+    Delivery,
+    Operator,
+    Scope,
+    SopsSpec,
+    VaultSpec,
+    VaultTransitKey,
+)
 
 FLEET = """\
 apiVersion: secretsync.dev/v1alpha1
@@ -542,3 +550,79 @@ def test_a_bad_delete_limit_is_an_error(fleet_repo: MakeRepo, text: str) -> None
 )
 def test_delete_limit_allows(limit: DeleteLimit, owned: int, deletes: int, allowed: bool) -> None:
     assert limit.allows(deletes, owned=owned) is allowed
+
+
+def fleet_with_sops(sops: str) -> str:
+    return (
+        FLEET + "  sources:\n    sops:\n" + "".join(f"      {line}\n" for line in sops.splitlines())
+    )
+
+
+def test_sops_key_policy_loads(fleet_repo: MakeRepo) -> None:
+    root = fleet_repo(
+        {
+            "secretsync.yaml": fleet_with_sops(
+                "keyTypes: [age, hc_vault, kms]\n"
+                "vaultTransit:\n"
+                "  - {address: 'https://vault.example:8200', enginePath: transit, keyName: sops}\n"
+                "  - {address: 'http://127.0.0.1:8200'}\n"
+                "awsKms: ['arn:aws:kms:us-east-1:111122223333:']"
+            )
+        }
+    )
+    sops = load.load_fleet(root).sops
+    assert sops.key_types == {"age", "hc_vault", "kms"}
+    assert sops.vault_transit == (
+        VaultTransitKey(
+            address="https://vault.example:8200", engine_path="transit", key_name="sops"
+        ),
+        VaultTransitKey(address="http://127.0.0.1:8200"),
+    )
+    assert sops.aws_kms == ("arn:aws:kms:us-east-1:111122223333:",)
+    assert load.load_fleet(fleet_repo({"secretsync.yaml": FLEET})).sops.key_types == {"age", "pgp"}
+    assert load.load_fleet_settings(root).sops == sops
+
+
+@pytest.mark.parametrize(
+    ("sops", "expected"),
+    [
+        (
+            "keyTypes: [age, hckms]",
+            "secretsync.yaml:8: spec.sources.sops.keyTypes: must be one of: age, pgp, hc_vault, kms, gcp_kms, azure_kv",
+        ),
+        (
+            "keyTypes: [age, age]",
+            "secretsync.yaml:8: spec.sources.sops.keyTypes: 'age' is listed twice",
+        ),
+        (
+            "keyTypes: [hc_vault]",
+            "secretsync.yaml:8: spec.sources.sops.vaultTransit: keyTypes allows hc_vault: list in vaultTransit every key SOPS files may name",
+        ),
+        (
+            "vaultTransit: [{address: 'http://v:8200'}]",
+            "secretsync.yaml:8: spec.sources.sops.vaultTransit: vaultTransit is given but keyTypes does not allow hc_vault",
+        ),
+        (
+            "keyTypes: [gcp_kms]\ngcpKms: []",
+            "secretsync.yaml:8: spec.sources.sops.gcpKms: keyTypes allows gcp_kms",
+        ),
+        (
+            "keyTypes: [hc_vault]\nvaultTransit: [{address: 'http://me:pw@v:8200'}]",
+            "secretsync.yaml:9: spec.sources.sops.vaultTransit[0].address: must be an http(s) URL",
+        ),
+        (
+            "keyTypes: [hc_vault]\nvaultTransit: [{address: 'http://v:8200', token: x}]",
+            "secretsync.yaml:9: spec.sources.sops.vaultTransit[0].token: unknown field",
+        ),
+        (
+            "keyTypes: [azure_kv]\nazureKeyVault: ['https://a b/']",
+            "secretsync.yaml:9: spec.sources.sops.azureKeyVault: must be an Azure Key Vault key URL",
+        ),
+    ],
+)
+def test_sops_key_policy_errors(fleet_repo: MakeRepo, sops: str, expected: str) -> None:
+    root = fleet_repo({"secretsync.yaml": fleet_with_sops(sops)})
+    with pytest.raises(errors.ConfigErrors) as info:
+        load.load_fleet(root)
+    rendered = [e.render() for e in info.value.errors]
+    assert any(r.startswith(expected) for r in rendered), rendered
