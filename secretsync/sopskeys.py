@@ -143,6 +143,7 @@ class _Node:
     null: bool = False
     items: list[_Node] | None = None
     pairs: list[tuple[str | None, _Node]] | None = None  # key None: not a plain string key
+    children: dict[str, _Node] | None = None  # dotenv only: containers in `pairs` by key
 
 
 class _TooLarge(Exception):
@@ -198,8 +199,9 @@ _LIST_OR_MAP: Final = re.compile(r"(__list_|__map_)")
 def _from_dotenv(data: bytes) -> _Node | None:
     """The `sops_*` lines of a dotenv file as the tree sops builds from them (split on `=`,
     `__map_` and `__list_<n>` as sops' flattening writes them); None without such lines."""
-    root = _Node(1, pairs=[])
+    root = _Node(1, pairs=[], children={})
     found = False
+    budget = MAX_NODES
     for number, raw in enumerate(data.split(b"\n"), start=1):
         if not raw or raw.startswith(b"#") or not raw.startswith(b"sops_"):
             continue
@@ -207,6 +209,9 @@ def _from_dotenv(data: bytes) -> _Node | None:
         if not sep:
             continue
         found = True
+        budget -= 1
+        if budget < 0:
+            raise _TooLarge
         text_key = key[len(b"sops_") :].decode("utf-8", errors="replace")
         parts = _LIST_OR_MAP.split(text_key)
         tokens: list[tuple[str, str]] = [("map", parts[0])]
@@ -223,12 +228,13 @@ def _place(node: _Node, tokens: list[tuple[str, str]], leaf: _Node) -> None:
     for i, (kind, name) in enumerate(tokens):
         key = name if kind == "map" else f"[{name}]"
         pairs = node.pairs if node.pairs is not None else []
+        children = node.children if node.children is not None else {}
         if i == len(tokens) - 1:
             pairs.append((key, leaf))
             return
-        child = next((n for k, n in pairs if k == key and n.pairs is not None), None)
+        child = children.get(key)
         if child is None:
-            child = _Node(leaf.line, pairs=[])
+            child = children[key] = _Node(leaf.line, pairs=[], children={})
             pairs.append((key, child))
         node = child
 
@@ -508,7 +514,8 @@ def check_files(
             continue
         if len(data) > fleet.sops.max_file_bytes:
             continue
-        for refusal in refusals(read(data, fmt), fleet.sops):
+        refused = refusals(read(data, fmt), fleet.sops)
+        for refusal in refused[:_SHOWN_PER_FILE]:
             out.append(
                 errors.ConfigError(
                     f"{refusal.where}: {refusal.message} (read by {origin})",
@@ -517,7 +524,18 @@ def check_files(
                     field="sops",
                 )
             )
+        if len(refused) > _SHOWN_PER_FILE:
+            out.append(
+                errors.ConfigError(
+                    f"and {len(refused) - _SHOWN_PER_FILE} more key groups refused",
+                    file=rel,
+                    field="sops",
+                )
+            )
     return out
+
+
+_SHOWN_PER_FILE: Final = 10
 
 
 def readers_of(desired: Iterable[model.DesiredSecret]) -> dict[str, model.Origin]:

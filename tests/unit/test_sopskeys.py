@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from secretsync import sopskeys
 from secretsync.model import SopsSettings, VaultTransitKey
@@ -294,3 +296,35 @@ def test_check_files_names_the_file_line_key_group_and_reader(key: AgeKey, tmp_p
     [error] = sopskeys.check_files(fleet, readers)
     assert error.render().startswith("sops/a.yaml:4: sops: hc_vault[0]: key type hc_vault")
     assert error.render().endswith("(read by secrets/s.yaml:3)")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(list(FileFormat)),
+    st.one_of(
+        st.binary(max_size=400),
+        st.text(max_size=400).map(lambda t: ("sops:\n  " + t).encode()),
+        st.text(max_size=400).map(lambda t: ("sops_" + t).encode()),
+        st.text(max_size=400).map(lambda t: ('{"sops": ' + t).encode()),
+    ),
+)
+def test_any_bytes_give_key_groups_or_refusals_never_an_exception(
+    fmt: FileFormat, data: bytes
+) -> None:
+    found = sopskeys.read(data, fmt)
+    sopskeys.refusals(found, TRANSIT)
+
+
+def test_check_files_shows_ten_refusals_a_file_and_counts_the_rest(
+    key: AgeKey, tmp_path: Path
+) -> None:
+    from secretsync.model import Fleet, Origin
+
+    forged = encrypted(key, FileFormat.DOTENV) + b"".join(
+        b"sops_hc_vault__list_%d__map_vault_address=http://e\n" % i for i in range(12)
+    )
+    (tmp_path / "a.env").write_bytes(forged)
+    fleet = Fleet(name="f", root=tmp_path, origin=Origin("secretsync.yaml", 1))
+    found = sopskeys.check_files(fleet, {"a.env": Origin("secrets/s.yaml", 3)})
+    assert len(found) == 11
+    assert found[-1].render() == "a.env: sops: and 2 more key groups refused"
