@@ -299,3 +299,15 @@ def test_an_allowed_transit_address_is_what_lets_sops_go_there(
     assert f"sops:{rel}: no available key could decrypt" in rendered.stderr
     assert listener.carrying(attack.tokens[0]) > 0
     assert listener.carrying(attack.tokens[1]) == 0
+
+
+def test_the_token_file_under_home_is_not_sent_either(attack: Attack, listener: Listener) -> None:
+    """Without VAULT_TOKEN, sops would read ~/.vault-token and send that."""
+    rel, group = yaml_top_level(attack.root, listener.address)
+    del attack.env["VAULT_TOKEN"]
+    planned = run(attack, "plan", str(attack.root))
+    assert (planned.returncode, listener.carrying(attack.tokens[1])) == (2, 0), planned.stderr[
+        -2000:
+    ]
+    assert f"{rel}:7: sops: {group}: key type hc_vault is not allowed" in planned.stderr
+    assert listener.tokens == []
