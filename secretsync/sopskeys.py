@@ -377,8 +377,12 @@ def _items(node: _Node, where: str, malformed: list[Refusal]) -> list[_Node]:
         return []
     if node.items is not None:
         return node.items
-    if node.pairs is not None and all(k is not None and k.startswith("[") for k, _ in node.pairs):
-        return [n for _, n in node.pairs]  # a dotenv list, by index
+    if (
+        node.children is not None  # built from dotenv lines, where a list is `[index]` keys
+        and node.pairs is not None
+        and all(k is not None and k.startswith("[") for k, _ in node.pairs)
+    ):
+        return [n for _, n in node.pairs]
     malformed.append(Refusal(node.line, where, "not a list"))
     return []
 
