@@ -15,6 +15,7 @@ import runpy
 import select
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -1051,3 +1052,60 @@ def test_scan_finds_nothing_in_what_sops_wrote_and_finds_a_hand_edit(
         (name, line, scan.FindingKind.SOPS_VALUE_NOT_ENCRYPTED)
     ]
     no_canary(*(str(f) for f in findings))
+
+
+@pytest.fixture
+def gnupg_home(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A HOME whose ~/.gnupg holds a fresh PGP key (Debian's gpg); its agent stopped after."""
+    home = tmp_path / "pgp-home"
+    gnupg = home / ".gnupg"
+    gnupg.mkdir(parents=True, mode=0o700)
+    env = {"PATH": os.environ["PATH"], "GNUPGHOME": str(gnupg)}
+
+    def gpg(*args: str) -> str:
+        done = subprocess.run(
+            ["gpg", "--batch", "--quiet", "--passphrase", "", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return done.stdout
+
+    try:
+        gpg("--quick-gen-key", "secretsync test <test@example.invalid>", "ed25519", "cert", "never")
+        fingerprint = next(
+            line.split(":")[9]
+            for line in gpg("--list-keys", "--with-colons").splitlines()
+            if line.startswith("fpr:")
+        )
+        gpg("--quick-add-key", fingerprint, "cv25519", "encr", "never")
+        yield home, fingerprint
+    finally:
+        subprocess.run(["gpgconf", "--kill", "gpg-agent"], env=env, timeout=30, check=False)
+
+
+async def test_pgp_files_decrypt_with_a_private_home_through_the_real_gnupg_home(
+    fleet: Fleet, make_source: MakeSource, gnupg_home: tuple[Path, str]
+) -> None:
+    home, fingerprint = gnupg_home
+    value = canary.new("pgp")
+    done = subprocess.run(
+        [SOPS, "encrypt", "--pgp", fingerprint, "--filename-override", "a.yaml"],
+        input=f"a: {value}\n".encode(),
+        env={
+            "PATH": os.environ["PATH"],
+            "GNUPGHOME": str(home / ".gnupg"),
+            "SOPS_DISABLE_VERSION_CHECK": "1",
+        },
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.returncode
+    location = fleet.put("sops/pgp.yaml", done.stdout)
+    # no GNUPGHOME: sops finds ~/.gnupg of the real HOME although its own HOME is private
+    source = make_source(env={"PATH": os.environ["PATH"], "HOME": str(home)})
+    fetched = await source.fetch(location)
+    assert fetched.document == {"a": value}
