@@ -1109,3 +1109,16 @@ async def test_pgp_files_decrypt_with_a_private_home_through_the_real_gnupg_home
     source = make_source(env={"PATH": os.environ["PATH"], "HOME": str(home)})
     fetched = await source.fetch(location)
     assert fetched.document == {"a": value}
+
+
+async def test_age_key_in_the_default_place_is_found_with_a_private_home(
+    fleet: Fleet, make_source: MakeSource
+) -> None:
+    value = canary.new("age-default")
+    location = fleet.encrypted("sops/a.yaml", f"a: {value}\n")
+    default = fleet.home / ".config" / "sops" / "age" / "keys.txt"
+    default.parent.mkdir(parents=True)
+    shutil.copy(fleet.key.file, default)
+    source = make_source(env={"PATH": os.environ["PATH"], "HOME": str(fleet.home)})
+    fetched = await source.fetch(location)
+    assert fetched.document == {"a": value}
