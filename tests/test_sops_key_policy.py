@@ -226,9 +226,19 @@ def test_forged_vault_key_group_is_refused_by_every_command_and_gets_no_token(
 
     expected = {" ".join(c): (2, 0) for c in REFUSING} | {"scan": (1, 0)}
     assert outcomes == expected, f"(exit code, requests carrying a token) per command: {outcomes}"
+    named = str(attack.root / rel)  # scan names files under the folder as given
     assert re.search(
-        rf"^{re.escape(rel)}:\d+: sops-key-not-allowed: {re.escape(group)}: ", scanned.stdout, re.M
+        rf"^{re.escape(named)}:\d+: sops-key-not-allowed: {re.escape(group)}: ",
+        scanned.stdout,
+        re.M,
     ), scanned.stdout
+    as_json = run(attack, "scan", "-o", "json", str(attack.root))
+    assert as_json.returncode == 1
+    assert [
+        (f["file"], f["kind"])
+        for f in json.loads(as_json.stdout)["findings"]
+        if f["message"].startswith(f"{group}: ")
+    ] == [(named, "sops-key-not-allowed")]
     assert listener.tokens == []  # nothing at all reached the listener
     assert not (attack.root / "rendered").exists()  # render wrote nothing
 
