@@ -33,7 +33,7 @@ from typing import Final
 
 import yaml
 
-from secretsync import errors, model, repopath
+from secretsync import errors, load, model
 
 KEY_FIELDS: Final[Mapping[str, frozenset[str]]] = {
     "age": frozenset({"recipient", "enc"}),
@@ -502,7 +502,8 @@ def check_files(
     """A `ConfigError` (file, line, key group) per SOPS file whose key groups the Fleet refuses.
 
     `readers`: repo-relative SOPS paths, each with where a FleetSecret reads it. A file that
-    cannot be read here (missing, not a sops file, over the size cap) is left to the sops
+    cannot be read here (missing, not a regular file, not a sops file, over the size cap) is
+    left to the sops
     source, which fails its objects when they are resolved.
     """
     out: list[errors.ConfigError] = []
@@ -510,13 +511,9 @@ def check_files(
         fmt = format_for(rel)
         if fmt is None:
             continue
-        try:
-            real = repopath.confine(fleet.root, rel)
-            with real.open("rb") as fh:
-                data = fh.read(fleet.sops.max_file_bytes + 1)
-        except (errors.ConfigError, OSError):
-            continue
-        if len(data) > fleet.sops.max_file_bytes:
+        try:  # confined, a regular file (a FIFO swapped in cannot block), within the cap
+            data = load.read_fleet_file(fleet.root, rel, max_bytes=fleet.sops.max_file_bytes)
+        except errors.ConfigError:
             continue
         refused = refusals(read(data, fmt), fleet.sops)
         for refusal in refused[:_SHOWN_PER_FILE]:

@@ -7,13 +7,16 @@ writer would edit them; every way sops would read a key that the reader might mi
 from __future__ import annotations
 
 import json
+import os
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from secretsync import sopskeys
+from secretsync import load, repopath, sopskeys
 from secretsync.model import SopsSettings, VaultTransitKey
 from secretsync.sopskeys import FileFormat
 from tests.sopstool import AgeKey, make_age_key, sops_encrypt
@@ -328,3 +331,40 @@ def test_check_files_shows_ten_refusals_a_file_and_counts_the_rest(
     found = sopskeys.check_files(fleet, {"a.env": Origin("secrets/s.yaml", 3)})
     assert len(found) == 11
     assert found[-1].render() == "a.env: sops: and 2 more key groups refused"
+
+
+def test_check_files_does_not_open_a_fifo_swapped_in_after_the_path_check(
+    key: AgeKey, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The path check refuses a FIFO from its lstat; one put in place between that check and
+    the open must not block the open (which would hang validate and every cycle)."""
+    from secretsync.model import Fleet, Origin
+
+    (tmp_path / "a.yaml").write_bytes(with_vault_yaml(encrypted(key, FileFormat.YAML)))
+    checked = repopath.confine
+
+    def confine_then_swap(root: Path, relative: str, **kwargs: Any) -> Path:
+        real = checked(root, relative, **kwargs)
+        real.unlink()
+        os.mkfifo(real)
+        return real
+
+    monkeypatch.setattr(repopath, "confine", confine_then_swap)
+    monkeypatch.setattr(load, "confine", confine_then_swap)
+    fleet = Fleet(name="f", root=tmp_path, origin=Origin("secretsync.yaml", 1))
+    found: list[object] = []
+    worker = threading.Thread(
+        target=lambda: found.extend(
+            sopskeys.check_files(fleet, {"a.yaml": Origin("secrets/s.yaml", 3)})
+        ),
+        daemon=True,
+    )
+    worker.start()
+    worker.join(timeout=10)
+    hung = worker.is_alive()
+    if hung:  # blocked opening the FIFO: give it a writer so the thread ends
+        with open(tmp_path / "a.yaml", "wb"):
+            pass
+        worker.join(timeout=10)
+    assert not hung, "check_files blocked opening a FIFO"
+    assert found == []  # left to the sops source, which refuses it too
