@@ -1560,13 +1560,32 @@ class _SopsPolicies:
         hit = self._by_folder.get(folder)
         if hit is None:
             if (folder / load.FLEET_FILE).is_file():
-                hit = load.load_fleet_settings(folder).sops
+                try:
+                    hit = load.load_fleet_settings(folder).sops
+                except errors.ConfigErrors as exc:  # named from here, like scan's findings
+                    named = [
+                        errors.ConfigError(
+                            e.message, file=_from_here(folder, e.file), line=e.line, field=e.field
+                        )
+                        for e in exc.errors
+                    ]
+                    raise errors.ConfigErrors(named) from None
             elif (folder / ".git").exists() or folder.parent == folder:
                 hit = SopsSettings()
             else:
                 hit = self(folder.parent)
             self._by_folder[folder] = hit
         return hit
+
+
+def _from_here(folder: Path, file: str) -> str:
+    """`file` of `folder` as the user would type it: relative to the working folder when it is
+    below it, else absolute."""
+    if not file:
+        return file
+    path = folder / file
+    relative = os.path.relpath(path)
+    return path.as_posix() if relative.startswith("..") else Path(relative).as_posix()
 
 
 @main_group.command("scan")

@@ -317,6 +317,33 @@ def test_scan_names_files_as_given(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         assert result.stdout.startswith(f"{named}:5: plaintext-secret: "), (given, result.stdout)
 
 
+def test_scan_names_a_bad_secretsync_yaml_it_needs_from_the_working_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SOPS file's policy comes from the nearest secretsync.yaml above it: one that does not
+    load is named as the user would open it, not as `secretsync.yaml` of some folder."""
+    fleet = tmp_path / "deploy" / "fleet"
+    (fleet / "sops").mkdir(parents=True)
+    (fleet / "secretsync.yaml").write_text(
+        "apiVersion: secretsync.dev/v1alpha1\nkind: Fleet\nmetadata: {name: f}\nspec:\n"
+        "  sources:\n    sops: {keyTypes: [age, hc_vault]}\n"
+    )
+    (fleet / "sops" / "a.yaml").write_text(
+        "a: ENC[AES256_GCM,data:x,iv:y,tag:z,type:str]\nsops:\n  version: 3.11.0\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    text = invoke("scan", "deploy/fleet/sops")
+    assert text.exit_code == 2
+    assert text.stderr.startswith(
+        "deploy/fleet/secretsync.yaml:6: spec.sources.sops.vaultTransit: keyTypes allows hc_vault"
+    ), text.stderr
+    as_json = invoke("scan", "-o", "json", str(fleet / "sops"))
+    assert as_json.exit_code == 2
+    assert [e["file"] for e in json.loads(as_json.stdout)["errors"]] == [
+        "deploy/fleet/secretsync.yaml"
+    ]
+
+
 def test_output_format_after_the_command(fleet: Path) -> None:
     after = invoke("validate", str(fleet), "-o", "json")
     assert after.exit_code == 0, after.output
