@@ -244,6 +244,14 @@ def validate(settings: Settings, fleet: str) -> None:
     for cluster in loaded.clusters.values():
         if cluster.cert_file is None:
             continue
+        if cluster.controller is not None and not (loaded.root / cluster.cert_file).exists():
+            ref = cluster.controller
+            click.echo(
+                f"note: cluster {cluster.name}: no {cluster.cert_file} yet; `secretsync cluster "
+                f"refresh-cert {cluster.name}` fetches it from {ref.namespace}/{ref.name}",
+                err=True,
+            )
+            continue
         try:
             pem = load.read_fleet_file(loaded.root, cluster.cert_file)
             seal.load_certificate(pem, source=cluster.cert_file, now=now)

@@ -280,6 +280,13 @@ class Engine:
     def _certificate(self, fleet: Fleet, cluster: Cluster) -> seal.Certificate:
         if cluster.cert_file is None:
             raise errors.SealError(f"cluster {cluster.name!r} has no sealedSecrets.certFile")
+        if cluster.controller is not None and not (fleet.root / cluster.cert_file).exists():
+            ref = cluster.controller
+            raise errors.SealError(
+                f"no sealing certificate at {cluster.cert_file} yet: fetch it from "
+                f"{ref.namespace}/{ref.name} with `secretsync cluster refresh-cert "
+                f"{cluster.name}` (serve --git-push does it on its schedule)"
+            )
         pem = load.read_fleet_file(fleet.root, cluster.cert_file)
         return seal.load_certificate(
             pem, source=cluster.cert_file, now=self.clock(), sha256=cluster.cert_sha256

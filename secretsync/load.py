@@ -841,11 +841,17 @@ def _cluster(ctx: _Ctx, header: _Header, fleet: Fleet) -> Cluster | None:
             ctrl.done()
         sealed.done()
     if delivery is Delivery.SEALED and cert_file is None:
-        ctx.error(
-            spec.key_node("sealedSecrets") or spec.node,
-            spec.field("sealedSecrets.certFile"),
-            "a sealed cluster needs a certificate file (run `secretsync cluster add` to fetch it)",
-        )
+        if controller is not None:
+            # the controller is where the certificate comes from: `cluster refresh-cert` and
+            # `serve --git-push` fetch it into the file of the usual name
+            cert_file = f"certs/{header.name}.pem"
+        else:
+            ctx.error(
+                spec.key_node("sealedSecrets") or spec.node,
+                spec.field("sealedSecrets.certFile"),
+                "a sealed cluster needs a certificate file, or the controller to fetch it from "
+                "(run `secretsync cluster add` to fetch it)",
+            )
     store_ref = StoreRef()
     external = spec.map("externalSecrets")
     if external is not None:

@@ -259,6 +259,7 @@ async def refresh_certificate(
             pin_text = new_pin.upper() if spelled.isupper() else new_pin
         new_text = cluster_text.replace(spelled, pin_text)
     try:
+        cert_path.parent.mkdir(parents=True, exist_ok=True)  # a first fetch into certs/
         _replace(cert_path, pem)
         if new_text is not None:
             _replace(cluster_path, new_text.encode("utf-8"))

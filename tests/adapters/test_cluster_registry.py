@@ -261,6 +261,32 @@ def test_refresh_cert_takes_the_renewed_certificate_and_updates_the_pin(
         result = invoke("-o", "json", "cluster", "refresh-cert", "renewing", "-f", str(root))
         assert result.exit_code == 0, result.output
         again = invoke("-o", "json", "cluster", "refresh-cert", "renewing", "-f", str(root))
+        # a Cluster that names only its controller: the certificate comes from there
+        (root / "clusters/fresh.yaml").write_text(
+            "apiVersion: secretsync.dev/v1alpha1\nkind: Cluster\n"
+            "metadata: {name: fresh, labels: {env: fresh}}\n"
+            "spec:\n  delivery: sealed\n"
+            f"  sealedSecrets: {{controller: {{namespace: {namespace}, name: sealed-secrets}}}}\n"
+            f"  kubeconfig: {{path: {kubeconfig}}}\n"
+        )
+        (root / "secrets").mkdir()
+        (root / "secrets/s.yaml").write_text(
+            "apiVersion: secretsync.dev/v1alpha1\nkind: FleetSecret\nmetadata: {name: s}\n"
+            "spec:\n  clusterSelector: {matchLabels: {env: fresh}}\n"
+            "  target: {name: s, namespace: apps}\n  data: {k: {value: v}}\n"
+        )
+        valid = invoke("validate", str(root))
+        assert valid.exit_code == 0, valid.output
+        before = invoke("render", str(root))
+        assert before.exit_code == 1
+        assert "no sealing certificate at certs/fresh.pem yet" in before.stderr
+        assert "cluster refresh-cert fresh" in before.stderr
+        first = invoke("cluster", "refresh-cert", "fresh", "-f", str(root))
+        assert first.exit_code == 0, first.output
+        assert (root / "certs/fresh.pem").read_bytes() == new_pem
+        after = invoke("render", str(root))
+        assert after.exit_code == 0, after.output
+        assert (root / "rendered/fresh/apps/s.yaml").is_file()
     summary = json.loads(result.stdout)
     assert summary["old"]["certificateSha256"] == sha(old_pem)
     assert summary["new"]["certificateSha256"] == sha(new_pem)
