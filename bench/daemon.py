@@ -25,6 +25,7 @@ simulated servers live in this process, not the daemon's: the daemon's numbers a
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import re
@@ -137,7 +138,7 @@ class Daemon:
 def serve(root: Path, work: Path, env_extra: Mapping[str, str]) -> Iterator[Daemon]:
     keys = {
         "SECRETSYNC_HMAC_KEY": f"bench-hmac-{uuid.uuid4().hex}",
-        "SECRETSYNC_WEBHOOK_SECRET": f"bench-whsec-{uuid.uuid4().hex}",
+        "SECRETSYNC_WEBHOOK_SECRET": "whsec_" + base64.b64encode(os.urandom(24)).decode(),
     }
     env = {
         "PATH": os.environ["PATH"],
@@ -156,7 +157,7 @@ def serve(root: Path, work: Path, env_extra: Mapping[str, str]) -> Iterator[Daem
         proc = subprocess.Popen(
             argv, env=env, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
         )
-    daemon = Daemon(proc, log, keys["SECRETSYNC_WEBHOOK_SECRET"].encode())
+    daemon = Daemon(proc, log, webhook.parse_secret(keys["SECRETSYNC_WEBHOOK_SECRET"]))
     try:
         deadline = time.monotonic() + 60
         while True:

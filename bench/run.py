@@ -87,7 +87,7 @@ CERTS: Final = 4
 NAIVE_NAMESPACE: Final = "naive"
 HMAC_KEY: Final = b"bench-run-hmac-key"
 SECRETS_PER_FILE: Final = 250
-# goals of the `fleet` scenario (shared/notes/perf-reliability.md, G3/G5/G6/G7)
+# goals of the `fleet` scenario: cold pass per delivery, warm pass, peak RSS (BENCHMARKS.md)
 GOAL_COLD_S: Final = {"direct": 45.0, "sealed": 30.0, "external": 15.0}
 GOAL_WARM_S: Final = 5.0
 GOAL_PEAK_RSS_MIB: Final = 256.0

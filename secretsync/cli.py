@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -23,10 +24,21 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 import yaml
 
-from secretsync import __version__, errors, load, logs, runtime, scan, seal, selectors
-from secretsync.engine import CycleReport, Engine, ItemResult
+from secretsync import (
+    __version__,
+    errors,
+    kubeplugins,
+    load,
+    logs,
+    runtime,
+    scan,
+    seal,
+    selectors,
+    vaultaddress,
+)
+from secretsync.engine import CycleReport, Engine, ItemResult, select_clusters
 from secretsync.materialize import dump_yaml
-from secretsync.model import ANNOTATION_CLUSTER, Delivery, Fleet, Scope, Selector
+from secretsync.model import ANNOTATION_CLUSTER, Delivery, Fleet, Scope, Selector, SopsSettings
 from secretsync.resolve import Source
 from secretsync.sinks.git import GitSink
 from secretsync.values import SecretValue
@@ -37,7 +49,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CHANGES = 0, 1, 2, 3
 
 
 class UsageError(click.UsageError):
@@ -74,8 +86,15 @@ def _emit(settings: Settings, document: Mapping[str, Any] | list[Any]) -> None:
 
 
 def _fail_config(exc: errors.ConfigError) -> NoReturn:
+    problems = exc.errors if isinstance(exc, errors.ConfigErrors) else [exc]
+    ctx = click.get_current_context(silent=True)
+    settings = ctx.find_object(Settings) if ctx is not None else None
+    if settings is not None and settings.output == "json":
+        fields = ("file", "line", "field", "message")
+        doc = {"valid": False, "errors": [{f: getattr(e, f) for f in fields} for e in problems]}
+        click.echo(json.dumps(doc, indent=2, ensure_ascii=False))
     click.echo(exc.render(), err=True)
-    count = len(exc.errors) if isinstance(exc, errors.ConfigErrors) else 1
+    count = len(problems)
     click.echo(f"{count} error(s); nothing was changed", err=True)
     sys.exit(EXIT_USAGE)
 
@@ -96,16 +115,40 @@ def _selector(text: str | None) -> Selector | None:
         raise UsageError(f"--selector: {exc}") from None
 
 
-def build_sources(fleet: Fleet, env: Mapping[str, str]) -> dict[str, Source]:
-    """The sources the fleet configures; each built only when first needed."""
+def build_sources(
+    fleet: Fleet, env: Mapping[str, str], *, vault_address: str | None = None
+) -> dict[str, Source]:
+    """The sources the fleet configures; each built only when first needed. `vault_address`
+    is the operator's (`--vault-address`): it wins over the Fleet's."""
     from secretsync.sources.sops import SopsSource
 
     out: dict[str, Source] = {"sops": SopsSource(root=fleet.root, settings=fleet.sops, env=env)}
     if fleet.vault is not None:
         from secretsync.sources.vault import build_vault_source
 
-        out["vault"] = build_vault_source(fleet.vault, env=env, root=fleet.root)
+        out["vault"] = build_vault_source(
+            fleet.vault, env=env, root=fleet.root, address=vault_address
+        )
     return out
+
+
+def _check_vault_address(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> str | None:
+    text = (value or "").strip().rstrip("/")
+    if text and (problem := vaultaddress.form_problem(text)):
+        raise click.BadParameter(problem)
+    return text or None
+
+
+_vault_address_option = click.option(
+    "--vault-address",
+    envvar=vaultaddress.OVERRIDE_ENV,
+    metavar="URL",
+    callback=_check_vault_address,
+    help="Vault / OpenBao address; wins over the Fleet's sources.vault.address "
+    f"(${vaultaddress.OVERRIDE_ENV}; default: the Fleet's, then $VAULT_ADDR, $BAO_ADDR).",
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -149,7 +192,29 @@ def main_group(
     ctx.obj = Settings(output=output, hmac_key=_hmac_key(env, hmac_key_file), env=env)
 
 
-pass_settings = click.make_pass_decorator(Settings)
+_pass_settings = click.make_pass_decorator(Settings)
+
+
+def _output_after_command(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        settings = ctx.find_object(Settings)
+        if settings is not None:
+            ctx.obj = dataclasses.replace(settings, output=value)
+
+
+def pass_settings[F: Callable[..., Any]](command: F) -> F:
+    """Pass the Settings, and take `-o yaml|json` after the command too (`secretsync plan
+    FLEET -o json`), where it wins over one given before the command."""
+    option = click.option(
+        "-o",
+        "--output",
+        type=click.Choice(["yaml", "json"]),
+        default=None,
+        expose_value=False,
+        callback=_output_after_command,
+        help="Output format of reports (also accepted before the command).",
+    )
+    return option(_pass_settings(command))  # type: ignore[return-value]  # click drops F
 
 
 # --- validate --------------------------------------------------------------------------------
@@ -171,10 +236,21 @@ def validate(settings: Settings, fleet: str) -> None:
         desired = plan.plan(loaded)
     except errors.ConfigError as exc:
         _fail_config(exc)
-    problems: list[errors.ConfigError] = []
+    from secretsync import sopskeys
+
+    # the SOPS files' key groups, from their metadata: nothing is decrypted or contacted
+    problems = sopskeys.check_files(loaded, sopskeys.readers_of(desired))
     now = datetime.now(UTC)
     for cluster in loaded.clusters.values():
         if cluster.cert_file is None:
+            continue
+        if cluster.controller is not None and not (loaded.root / cluster.cert_file).exists():
+            ref = cluster.controller
+            click.echo(
+                f"note: cluster {cluster.name}: no {cluster.cert_file} yet; `secretsync cluster "
+                f"refresh-cert {cluster.name}` fetches it from {ref.namespace}/{ref.name}",
+                err=True,
+            )
             continue
         try:
             pem = load.read_fleet_file(loaded.root, cluster.cert_file)
@@ -245,9 +321,8 @@ def _item_doc(item: ItemResult) -> dict[str, Any]:
 
 def _report_doc(report: CycleReport, *, verbose: bool) -> dict[str, Any]:
     clusters: dict[str, list[dict[str, Any]]] = {}
-    counts = {"create": 0, "update": 0, "delete": 0, "unchanged": 0, "failed": 0}
+    counts = _counts(report)
     for item in report.items:
-        counts[item.action] = counts.get(item.action, 0) + 1
         if verbose or item.action != "unchanged":
             clusters.setdefault(item.cluster, []).append(_item_doc(item))
     doc: dict[str, Any] = {
@@ -256,6 +331,7 @@ def _report_doc(report: CycleReport, *, verbose: bool) -> dict[str, Any]:
             "created": counts["create"],
             "updated": counts["update"],
             "deleted": counts["delete"],
+            "deletesHeld": counts["held"],
             "unchanged": counts["unchanged"],
             "failed": counts["failed"],
             "sourceReads": report.reads,
@@ -267,14 +343,56 @@ def _report_doc(report: CycleReport, *, verbose: bool) -> dict[str, Any]:
     return doc
 
 
-def _home_client(path: str | None) -> Any:
+def _counts(report: CycleReport) -> dict[str, int]:
+    counts = dict.fromkeys(("create", "update", "delete", "held", "unchanged", "failed"), 0)
+    for item in report.items:
+        counts[item.action] = counts.get(item.action, 0) + 1
+    return counts
+
+
+def _headline(report: CycleReport) -> str:
+    """One line for a whole plan: what would change, on how many clusters."""
+    counts = _counts(report)
+    changing = {
+        i.cluster for i in report.items if i.action in ("create", "update", "delete", "held")
+    }
+    return (
+        f"would create {counts['create']}, update {counts['update']}, delete "
+        f"{counts['delete']} objects on {len(changing)} clusters; {counts['held']} deletes held"
+    )
+
+
+def _changes(report: CycleReport) -> bool:
+    return any(i.action in ("create", "update", "delete", "held") for i in report.items)
+
+
+def _check_filters(fleet: Fleet, cluster: tuple[str, ...], sel: Selector | None) -> None:
+    """`--cluster` / `--selector` that name nothing are usage errors, as with `seal`: a typo in
+    a filter must not pass for "nothing to do"."""
+    unknown = [n for n in cluster if n not in fleet.clusters]
+    if unknown:
+        raise UsageError(f"--cluster: unknown cluster(s): {', '.join(unknown)}")
+    if (cluster or sel is not None) and not select_clusters(fleet, names=cluster, selector=sel):
+        raise UsageError("--selector: no cluster of the fleet matches")
+
+
+def _plugin_policy(settings: Settings, names: tuple[str, ...]) -> kubeplugins.PluginPolicy:
+    """The kubeconfig credential plugins the operator allows (flags and environment)."""
+    try:
+        allowed = kubeplugins.parse_allowed([*names, settings.env.get(kubeplugins.ENV_VAR, "")])
+    except ValueError as exc:
+        raise UsageError(f"{kubeplugins.FLAG}: {exc}") from None
+    return kubeplugins.PluginPolicy(allowed=allowed, env=settings.env)
+
+
+def _home_client(path: str | None, plugins: kubeplugins.PluginPolicy) -> Any:
     """The API client of the cluster secretsync runs in (for kubeconfig secretRefs)."""
     if path is None:
         return None
     from secretsync import clusters
 
     try:
-        return clusters.endpoint_from_file(Path(path))
+        return clusters.endpoint_from_file(Path(path), plugins=plugins)
     except errors.DeliveryError as exc:
         raise UsageError(f"--home-kubeconfig: {exc}") from None
 
@@ -291,11 +409,23 @@ def _run(
     git: bool = True,
     kube: bool = False,
     home_kubeconfig: str | None = None,
+    exec_plugins: tuple[str, ...] = (),
     cluster_timeout: float = 60.0,
     check_refs: bool = False,
+    commit_as: str | None = None,
+    signing_key: str | None = None,
+    allow_deletes: bool = False,
+    exit_code: bool = False,
+    vault_address: str | None = None,
 ) -> None:
     fleet = _load(fleet_path)
     sel = _selector(selector)
+    _check_filters(fleet, cluster, sel)
+    repo = (
+        _output_repo(settings, out, fleet, commit_as, signing_key)
+        if commit_as is not None
+        else None
+    )
     key = _hmac_or_random(settings)
     sinks: list[Any] = []
     git_sink = kube_sink = None
@@ -306,11 +436,14 @@ def _run(
         from secretsync.clusters import ClientFactory
         from secretsync.sinks.kube import KubeSink
 
-        factory = ClientFactory(root=fleet.root, home=_home_client(home_kubeconfig))
+        plugins = _plugin_policy(settings, exec_plugins)
+        factory = ClientFactory(
+            root=fleet.root, home=_home_client(home_kubeconfig, plugins), plugins=plugins
+        )
         kube_sink = KubeSink(clients=factory, hmac_key=key)
         sinks.append(kube_sink)
     try:
-        sources = build_sources(fleet, settings.env)
+        sources = build_sources(fleet, settings.env, vault_address=vault_address)
     except errors.ConfigError as exc:
         _fail_config(exc)
     engine = Engine(
@@ -324,7 +457,13 @@ def _run(
     async def go() -> CycleReport:
         try:
             return await engine.run_cycle(
-                fleet, clusters=cluster, selector=sel, dry_run=dry_run, check_refs=check_refs
+                fleet,
+                clusters=cluster,
+                selector=sel,
+                dry_run=dry_run,
+                check_refs=check_refs,
+                allow_deletes=allow_deletes,
+                check_sops_keys=True,
             )
         finally:
             for source in engine.sources.values():
@@ -336,7 +475,10 @@ def _run(
         report = asyncio.run(go())
     except errors.ConfigError as exc:
         _fail_config(exc)
+    committed = _commit(repo, report) if repo is not None else None
     doc = _report_doc(report, verbose=verbose)
+    if repo is not None:
+        doc["commit"] = committed
     if git_sink is not None and not dry_run:
         doc["summary"]["filesChanged"] = git_sink.files_changed
     if kube_sink is not None:
@@ -345,12 +487,64 @@ def _run(
         drifted = {name: n for name, n in sorted(kube_sink.drifted.items()) if n}
         if drifted:
             doc["drifted"] = drifted
+        if pending := kube_sink.restarts.pending():
+            doc["restartsPending"] = pending
+    if dry_run:
+        headline = _headline(report)
+        if settings.output == "json":
+            doc = {"headline": headline, **doc}
+        else:
+            click.echo(f"# {headline}")
     _emit(settings, doc)
     for item in report.failures:
         click.echo(f"failed: {item.cluster} {item.namespace}/{item.name}: {item.reason}", err=True)
     for name, reason in report.failed_clusters.items():
         click.echo(f"failed: cluster {name}: {reason}", err=True)
-    sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
+    held: dict[str, int] = {}
+    for item in report.held:
+        held[item.cluster] = held.get(item.cluster, 0) + 1
+    for name, count in held.items():
+        click.echo(
+            f"held: {count} deletes on {name}: over the delete limit "
+            f"({fleet.policies.delete_limit}); nothing was deleted there "
+            "(--allow-deletes lifts the limit for one run)",
+            err=True,
+        )
+    if not report.ok:
+        sys.exit(EXIT_FAILED)
+    sys.exit(EXIT_CHANGES if exit_code and _changes(report) else EXIT_OK)
+
+
+def _output_repo(
+    settings: Settings, out: str | None, fleet: Fleet, author: str, signing_key: str | None
+) -> Any:
+    """`render --commit`: the output folder's repository, checked clean before rendering."""
+    from secretsync import gitsource, writeback
+
+    out_dir = Path(out) if out else fleet.root / fleet.output_dir
+    try:
+        key = Path(signing_key) if signing_key else None
+        return asyncio.run(
+            writeback.open_clean(out_dir, author=author, env=settings.env, signing_key=key)
+        )
+    except errors.ConfigError as exc:
+        _fail_config(exc)
+    except gitsource.GitError as exc:
+        raise UsageError(f"--commit: {exc}") from None
+
+
+def _commit(repo: Any, report: CycleReport) -> dict[str, Any] | None:
+    """One commit of what the render changed (None when nothing did)."""
+    from secretsync import gitsource, writeback
+
+    try:
+        done = asyncio.run(repo.commit(report, cycle=writeback.cycle_name("render")))
+    except (errors.ConfigError, gitsource.GitError) as exc:
+        click.echo(f"commit failed: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    if done is None:
+        return None
+    return {"sha": done.sha, "objects": len(done.items), "files": len(done.paths)}
 
 
 _check_refs_option = click.option(
@@ -358,10 +552,29 @@ _check_refs_option = click.option(
     is_flag=True,
     help="Also read the Vault refs of external clusters to confirm each path and key exists.",
 )
+_author_option = click.option(
+    "--git-author",
+    envvar="SECRETSYNC_GIT_AUTHOR",
+    default="secretsync <secretsync@localhost>",
+    show_default=True,
+    metavar="'NAME <EMAIL>'",
+    help="Author and committer of the commits secretsync makes.",
+)
+_signing_option = click.option(
+    "--git-signing-key",
+    envvar="SECRETSYNC_GIT_SIGNING_KEY",
+    type=click.Path(dir_okay=False, exists=True),
+    help="Sign the commits with this SSH private key (git's gpg.format=ssh; mode 0600).",
+)
 _cluster_option = click.option(
     "--cluster", "cluster", multiple=True, help="Only this cluster (repeatable)."
 )
 _selector_option = click.option("--selector", help="Only clusters matching this label selector.")
+_allow_deletes_option = click.option(
+    "--allow-deletes",
+    is_flag=True,
+    help="Lift the Fleet's deleteLimit for this run (a deliberate large clean-up).",
+)
 
 
 @main_group.command()
@@ -370,7 +583,17 @@ _selector_option = click.option("--selector", help="Only clusters matching this 
 @_cluster_option
 @_selector_option
 @_check_refs_option
+@_allow_deletes_option
 @click.option("-v", "--verbose", is_flag=True, help="List unchanged objects too.")
+@click.option(
+    "--commit",
+    is_flag=True,
+    help="Commit exactly the changed files of the output folder on the current branch (no "
+    "commit when nothing changed; exit 2 when the work tree already has changes).",
+)
+@_author_option
+@_signing_option
+@_vault_address_option
 @pass_settings
 def render(
     settings: Settings,
@@ -379,13 +602,20 @@ def render(
     cluster: tuple[str, ...],
     selector: str | None,
     check_refs: bool,
+    allow_deletes: bool,
     verbose: bool,
+    commit: bool,
+    git_author: str,
+    git_signing_key: str | None,
+    vault_address: str | None,
 ) -> None:
     """Resolve values and write SealedSecret / ExternalSecret manifests per cluster.
 
     Files go to OUT/<cluster>/<namespace>/<name>.yaml with a kustomization.yaml per cluster.
     Unchanged values keep their ciphertext; `direct` clusters get nothing in Git.
     """
+    if git_signing_key and not commit:
+        raise UsageError("--git-signing-key signs the commit of --commit: give --commit too")
     _run(
         settings,
         fleet,
@@ -395,6 +625,10 @@ def render(
         dry_run=False,
         verbose=verbose,
         check_refs=check_refs,
+        commit_as=git_author if commit else None,
+        signing_key=git_signing_key,
+        allow_deletes=allow_deletes,
+        vault_address=vault_address,
     )
 
 
@@ -411,6 +645,15 @@ _home_option = click.option(
     type=click.Path(dir_okay=False),
     help="Kubeconfig of the cluster holding kubeconfig Secrets (default: in-cluster).",
 )
+_plugins_option = click.option(
+    kubeplugins.FLAG,
+    "exec_plugins",
+    multiple=True,
+    metavar="NAME",
+    help="Let kubeconfigs run this credential plugin (exec command or auth-provider), by base "
+    "name, e.g. aws (repeatable; also $SECRETSYNC_ALLOW_EXEC_PLUGINS, comma-separated). It "
+    "runs without VAULT_*, BAO_*, SECRETSYNC_*, SOPS_* in its environment.",
+)
 
 
 @main_group.command()
@@ -422,7 +665,15 @@ _home_option = click.option(
 @_check_refs_option
 @_timeout_option
 @_home_option
+@_plugins_option
+@_allow_deletes_option
+@click.option(
+    "--exit-code",
+    is_flag=True,
+    help="Exit 3 when something would change, 0 when nothing would (1 and 2 keep their meaning).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="List unchanged objects too.")
+@_vault_address_option
 @pass_settings
 def plan(
     settings: Settings,
@@ -434,9 +685,17 @@ def plan(
     check_refs: bool,
     cluster_timeout: float,
     home_kubeconfig: str | None,
+    exec_plugins: tuple[str, ...],
+    allow_deletes: bool,
+    exit_code: bool,
     verbose: bool,
+    vault_address: str | None,
 ) -> None:
-    """Show what `render` (and with --live, `sync`) would change: objects and keys, no values."""
+    """Show what `render` (and with --live, `sync`) would change: objects and keys, no values.
+
+    The first line sums it up for the fleet. Deletes over the Fleet's deleteLimit show as
+    `held` (exit 1), as `render` / `sync` would hold them, unless --allow-deletes is given.
+    """
     _run(
         settings,
         fleet,
@@ -447,8 +706,12 @@ def plan(
         verbose=verbose,
         kube=live,
         home_kubeconfig=home_kubeconfig,
+        exec_plugins=exec_plugins,
         cluster_timeout=cluster_timeout,
         check_refs=check_refs,
+        allow_deletes=allow_deletes,
+        exit_code=exit_code,
+        vault_address=vault_address,
     )
 
 
@@ -459,7 +722,10 @@ def plan(
 @click.option("--dry-run", is_flag=True, help="Compare with the live clusters; write nothing.")
 @_timeout_option
 @_home_option
+@_plugins_option
+@_allow_deletes_option
 @click.option("-v", "--verbose", is_flag=True, help="List unchanged objects too.")
+@_vault_address_option
 @pass_settings
 def sync(
     settings: Settings,
@@ -469,7 +735,10 @@ def sync(
     dry_run: bool,
     cluster_timeout: float,
     home_kubeconfig: str | None,
+    exec_plugins: tuple[str, ...],
+    allow_deletes: bool,
     verbose: bool,
+    vault_address: str | None,
 ) -> None:
     """Reconcile every cluster once through its Kubernetes API.
 
@@ -488,7 +757,10 @@ def sync(
         git=False,
         kube=True,
         home_kubeconfig=home_kubeconfig,
+        exec_plugins=exec_plugins,
         cluster_timeout=cluster_timeout,
+        allow_deletes=allow_deletes,
+        vault_address=vault_address,
     )
 
 
@@ -611,6 +883,70 @@ def _with_pull_and_poll(
     )
 
 
+def _push_options[F: Callable[..., Any]](command: F) -> F:
+    """`serve`'s options for committing and pushing the output folder (`writeback`)."""
+    for option in reversed(
+        [
+            click.option(
+                "--git-push",
+                is_flag=True,
+                envvar="SECRETSYNC_GIT_PUSH",
+                help="After a cycle that changed files, commit them and push to the branch "
+                "pulled (never with force; needs --git-url).",
+            ),
+            click.option(
+                "--git-push-branch",
+                envvar="SECRETSYNC_GIT_PUSH_BRANCH",
+                help="Push to this branch of the same remote instead (one GitOps tools watch).",
+            ),
+            click.option(
+                "--cert-refresh-interval",
+                type=click.FloatRange(min=0),
+                default=86400.0,
+                show_default=True,
+                metavar="SECONDS",
+                help="With --git-push: fetch the sealing certificate of each cluster that names "
+                "sealedSecrets.controller this often, and commit a renewed one (and its pin) with "
+                "the re-sealed files; 0: off.",
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+def _with_push(
+    options: DaemonSettings,
+    *,
+    push: bool,
+    branch: str | None,
+    author: str,
+    key: str | None,
+    cert_refresh_s: float | None,
+) -> DaemonSettings:
+    from secretsync import gitsource, writeback
+
+    if not push:
+        if branch or key:
+            raise UsageError("--git-push-branch and --git-signing-key need --git-push")
+        return options
+    if options.git_url is None:
+        raise UsageError("--git-push needs --git-url: the daemon pushes to the repo it pulls")
+    if not options.git:
+        raise UsageError("--git-push needs the Git sink (drop --no-git)")
+    try:
+        settings = writeback.PushSettings(
+            branch=gitsource.check_branch(branch) if branch else None,
+            author=writeback.Author.parse(author),
+            signing_key=Path(key).absolute() if key else None,
+            cert_refresh_s=cert_refresh_s,
+            home_kubeconfig=options.home_kubeconfig,
+        )
+    except errors.ConfigError as exc:
+        raise UsageError(exc.render()) from None
+    return dataclasses.replace(options, push=settings)
+
+
 def _listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     host = host.strip("[]")
@@ -638,8 +974,24 @@ def _listen(text: str) -> tuple[str, int]:
     show_default=True,
     help="Largest webhook body in bytes (bigger: 413).",
 )
+@click.option(
+    "--header-timeout",
+    type=click.FloatRange(min=0.1, max=3600),
+    default=10.0,
+    show_default=True,
+    help="Seconds a client has for a request line and headers (and a webhook for its body); "
+    "then the connection is dropped.",
+)
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(min=0.1, max=86400),
+    default=60.0,
+    show_default=True,
+    help="Seconds a connection may stay silent between requests before it is closed.",
+)
 @_timeout_option
 @_home_option
+@_plugins_option
 @click.option(
     "--shards",
     type=click.IntRange(min=1),
@@ -671,6 +1023,10 @@ def _listen(text: str) -> tuple[str, int]:
     help="Seconds a Lease lasts without renewal (renewed every 2/15 of it).",
 )
 @_pull_and_poll_options
+@_push_options
+@_author_option
+@_signing_option
+@_vault_address_option
 @pass_settings
 def serve(
     settings: Settings,
@@ -680,8 +1036,11 @@ def serve(
     git: bool,
     kube: bool,
     max_body: int,
+    header_timeout: float,
+    idle_timeout: float,
     cluster_timeout: float,
     home_kubeconfig: str | None,
+    exec_plugins: tuple[str, ...],
     shards: int,
     shard_index: int | None,
     leader_elect: bool | None,
@@ -691,6 +1050,12 @@ def serve(
     git_url: str | None,
     git_branch: str | None,
     git_credentials_file: str | None,
+    git_push: bool,
+    git_push_branch: str | None,
+    cert_refresh_interval: float,
+    git_author: str,
+    git_signing_key: str | None,
+    vault_address: str | None,
 ) -> None:
     """Run the daemon: reconcile at start and every --interval, serve /healthz, /readyz,
     /metrics, /v1/status, the fleet page at / and the signed rotation webhook
@@ -719,8 +1084,11 @@ def serve(
         kube=kube,
         webhook_key=webhook_key,
         max_body=max_body,
+        header_timeout_s=header_timeout,
+        idle_timeout_s=idle_timeout,
         cluster_timeout_s=cluster_timeout,
         home_kubeconfig=home_kubeconfig,
+        plugins=_plugin_policy(settings, exec_plugins),
         election=_election(
             settings,
             shards=shards,
@@ -738,8 +1106,18 @@ def serve(
         git_branch=git_branch,
         git_credentials_file=git_credentials_file,
     )
+    options = _with_push(
+        options,
+        push=git_push,
+        branch=git_push_branch,
+        author=git_author,
+        key=git_signing_key,
+        cert_refresh_s=cert_refresh_interval or None,
+    )
     try:
-        code = daemon.run(options, make_sources=build_sources)
+        code = daemon.run(
+            options, make_sources=functools.partial(build_sources, vault_address=vault_address)
+        )
     except errors.DeliveryError as exc:  # the home cluster of the Leases is unusable
         raise UsageError(f"leader election: {exc}") from None
     except OSError as exc:
@@ -757,8 +1135,8 @@ def _read_values(
     values: dict[str, SecretValue] = {}
 
     def put(key: str, value: SecretValue, flag: str) -> None:
-        if not key or not load._SECRET_KEY.match(key) or len(key) > 253:
-            raise UsageError(f"{flag}: {key!r} is not a valid Secret key")
+        if problem := load.secret_key_problem(key):
+            raise UsageError(f"{flag}: {key!r}: {problem}")
         if key in values:
             raise UsageError(f"{flag}: key {key!r} given twice")
         values[key] = value
@@ -830,6 +1208,10 @@ def seal_command(
 
     if not cluster and selector is None:
         raise UsageError("give --cluster NAME (repeatable) or --selector SELECTOR")
+    if not load.is_dns_label(namespace):
+        raise UsageError(f"--namespace: {namespace!r} is not a namespace name (a DNS label)")
+    if not load.is_dns_subdomain(name):
+        raise UsageError(f"--name: {name!r} is not a Secret name (a DNS subdomain)")
     fleet = _load(fleet_path)
     values = _read_values(literals, files, stdin_key)
     try:
@@ -905,6 +1287,7 @@ def _labels(items: tuple[str, ...]) -> dict[str, str]:
     help="Record a kubeconfig Secret in the home cluster instead of the --kubeconfig path.",
 )
 @click.option("--allowed-namespace", "allowed", multiple=True, metavar="NS")
+@_plugins_option
 @pass_settings
 def cluster_add(
     settings: Settings,
@@ -918,6 +1301,7 @@ def cluster_add(
     controller_name: str,
     kubeconfig_secret: str | None,
     allowed: tuple[str, ...],
+    exec_plugins: tuple[str, ...],
 ) -> None:
     """Register cluster NAME: write clusters/NAME.yaml and, for sealed delivery, fetch its
     sealing certificate into certs/NAME.pem through the API server's service proxy."""
@@ -928,7 +1312,13 @@ def cluster_add(
     api = None
     if kubeconfig is not None:
         try:
-            api = clusters.endpoint_from_file(Path(kubeconfig), context=context)
+            api = clusters.endpoint_from_file(
+                Path(kubeconfig),
+                context=context,
+                plugins=dataclasses.replace(
+                    _plugin_policy(settings, exec_plugins), repo=fleet.root
+                ),
+            )
         except errors.DeliveryError as exc:
             raise UsageError(f"--kubeconfig: {exc}") from None
     record: dict[str, object] = {}
@@ -962,14 +1352,92 @@ def cluster_add(
     _emit(settings, summary)
 
 
+@cluster_group.command("refresh-cert")
+@click.argument("name")
+@click.option("-f", "--fleet", "fleet_path", required=True, type=click.Path(file_okay=False))
+@click.option(
+    "--kubeconfig",
+    type=click.Path(dir_okay=False),
+    help="Kubeconfig to reach it (default: the Cluster's own kubeconfig).",
+)
+@click.option("--context", help="Context in --kubeconfig.")
+@click.option("--controller-namespace", help="Default: sealedSecrets.controller, else kube-system.")
+@click.option("--controller-name", help="Default: sealedSecrets.controller, else the usual name.")
+@_home_option
+@_plugins_option
+@pass_settings
+def cluster_refresh_cert(
+    settings: Settings,
+    name: str,
+    fleet_path: str,
+    kubeconfig: str | None,
+    context: str | None,
+    controller_namespace: str | None,
+    controller_name: str | None,
+    home_kubeconfig: str | None,
+    exec_plugins: tuple[str, ...],
+) -> None:
+    """Take the renewed sealing certificate of cluster NAME's sealed-secrets controller (it
+    renews its key every 30 days): update certFile and the certificateSha256 pin, print the old
+    and new fingerprints. The next render seals new values with it."""
+    from secretsync import clusters, registry
+    from secretsync.model import ControllerRef
+
+    fleet = _load(fleet_path)
+    cluster = fleet.clusters.get(name)
+    if cluster is None:
+        raise UsageError(f"no cluster {name!r} in the fleet")
+    ref = cluster.controller or ControllerRef()
+    ref = ControllerRef(
+        namespace=controller_namespace or ref.namespace, name=controller_name or ref.name
+    )
+
+    plugins = _plugin_policy(settings, exec_plugins)
+
+    async def go() -> registry.Refreshed:
+        factory = None
+        if kubeconfig is not None:
+            api = clusters.endpoint_from_file(
+                Path(kubeconfig),
+                context=context,
+                plugins=dataclasses.replace(plugins, repo=fleet.root),
+            )
+        else:
+            factory = clusters.ClientFactory(
+                root=fleet.root, home=_home_client(home_kubeconfig, plugins), plugins=plugins
+            )
+            api = await factory.for_cluster(cluster)
+        try:
+            return await registry.refresh_certificate(
+                fleet.root, cluster=cluster, api=api, controller=ref, now=datetime.now(UTC)
+            )
+        finally:
+            await (factory.aclose() if factory is not None else api.aclose())
+
+    try:
+        summary = asyncio.run(go())
+    except errors.ConfigError as exc:
+        _fail_config(exc)
+    except (errors.DeliveryError, errors.SealError) as exc:
+        click.echo(f"cluster {name}: {exc}; nothing was written", err=True)
+        sys.exit(EXIT_FAILED)
+    _emit(settings, summary.document())
+
+
 @cluster_group.command("remove")
 @click.argument("name")
 @click.option("-f", "--fleet", "fleet_path", required=True, type=click.Path(file_okay=False))
 @click.option("--yes", is_flag=True, help="Delete; otherwise only show what would be deleted.")
 @_home_option
+@_plugins_option
 @pass_settings
 def cluster_remove(
-    settings: Settings, name: str, fleet_path: str, yes: bool, home_kubeconfig: str | None
+    settings: Settings,
+    name: str,
+    fleet_path: str,
+    yes: bool,
+    home_kubeconfig: str | None,
+    exec_plugins: tuple[str, ...],
 ) -> None:
     """Remove everything secretsync delivered to cluster NAME (its API objects and its
     rendered folder). Shows what it would delete unless --yes. The Cluster stays in the fleet
@@ -984,7 +1452,10 @@ def cluster_remove(
     git = GitSink(out_dir=fleet.root / fleet.output_dir)
     kube = None
     if cluster.kubeconfig is not None:
-        factory = ClientFactory(root=fleet.root, home=_home_client(home_kubeconfig))
+        plugins = _plugin_policy(settings, exec_plugins)
+        factory = ClientFactory(
+            root=fleet.root, home=_home_client(home_kubeconfig, plugins), plugins=plugins
+        )
         kube = KubeSink(clients=factory, hmac_key=settings.hmac_key or b"")
 
     async def go() -> tuple[list[Any], list[Any]]:
@@ -1048,14 +1519,20 @@ def unseal(settings: Settings, file: str, key_files: tuple[str, ...], show_value
         except (OSError, errors.SealError) as exc:
             raise UsageError(f"--private-key {key_file}: {exc}") from None
     try:
-        docs = [d for d in yaml.load_all(Path(file).read_bytes(), Loader=yaml.CSafeLoader) if d]
+        docs = list(yaml.load_all(Path(file).read_bytes(), Loader=yaml.CSafeLoader))
     except (OSError, yaml.YAMLError) as exc:
         raise UsageError(f"{file}: cannot read SealedSecrets ({type(exc).__name__})") from None
     out: list[dict[str, Any]] = []
     failed = False
-    for doc in docs:
-        meta = doc.get("metadata", {}) if isinstance(doc, dict) else {}
-        entry: dict[str, Any] = {"object": f"{meta.get('namespace')}/{meta.get('name')}"}
+    for index, doc in enumerate(docs):  # `index` counts every document of the file, from 0
+        if not doc:
+            continue
+        meta = _mapping(doc, "metadata")
+        entry: dict[str, Any] = {
+            "index": index,
+            "cluster": _mapping(meta, "annotations").get(ANNOTATION_CLUSTER),
+            "object": f"{meta.get('namespace')}/{meta.get('name')}",
+        }
         try:
             opened = seal.unseal_manifest(doc, keys)
             entry["keys"] = (
@@ -1071,17 +1548,77 @@ def unseal(settings: Settings, file: str, key_files: tuple[str, ...], show_value
     sys.exit(EXIT_FAILED if failed else EXIT_OK)
 
 
+def _mapping(node: object, key: str) -> dict[str, Any]:
+    value = node.get(key) if isinstance(node, dict) else None
+    return value if isinstance(value, dict) else {}
+
+
 # --- scan ------------------------------------------------------------------------------------
+
+
+class _SopsPolicies:
+    """The `sources.sops` policy for a folder: that of the nearest secretsync.yaml at or above
+    it, not past the top of its Git work tree; the default policy without one."""
+
+    def __init__(self) -> None:
+        self._by_folder: dict[Path, SopsSettings] = {}
+
+    def __call__(self, folder: Path) -> SopsSettings:
+        folder = folder.resolve()
+        hit = self._by_folder.get(folder)
+        if hit is None:
+            if (folder / load.FLEET_FILE).is_file():
+                try:
+                    hit = load.load_fleet_settings(folder).sops
+                except errors.ConfigErrors as exc:  # named from here, like scan's findings
+                    named = [
+                        errors.ConfigError(
+                            e.message, file=_from_here(folder, e.file), line=e.line, field=e.field
+                        )
+                        for e in exc.errors
+                    ]
+                    raise errors.ConfigErrors(named) from None
+            elif (folder / ".git").exists() or folder.parent == folder:
+                hit = SopsSettings()
+            else:
+                hit = self(folder.parent)
+            self._by_folder[folder] = hit
+        return hit
+
+
+def _from_here(folder: Path, file: str) -> str:
+    """`file` of `folder` as the user would type it: relative to the working folder when it is
+    below it, else absolute."""
+    if not file:
+        return file
+    path = folder / file
+    relative = os.path.relpath(path)
+    return path.as_posix() if relative.startswith("..") else Path(relative).as_posix()
 
 
 @main_group.command("scan")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
-def scan_command(paths: tuple[str, ...]) -> None:
-    """Find plaintext Secrets and unencrypted SOPS files under PATHS (folders or files);
-    exit 1 naming each (pre-commit passes the staged files)."""
-    findings = [f for path in paths for f in scan.scan(Path(path))]
-    for f in findings:
-        click.echo(f"{f.file}:{f.line}: {f.kind}: {f.message}")
+@pass_settings
+def scan_command(settings: Settings, paths: tuple[str, ...]) -> None:
+    """Find plaintext Secrets, unencrypted SOPS files and SOPS files naming keys their Fleet
+    does not allow under PATHS (folders or files); exit 1 naming each (pre-commit passes the
+    staged files). Files are named as given, or under the folder as given. A SOPS file is
+    checked against the `sources.sops` policy of the nearest secretsync.yaml above it (in its
+    Git work tree), else the default one (age, pgp)."""
+    policies = _SopsPolicies()
+    try:
+        findings = [
+            dataclasses.replace(f, file=path if Path(path).is_file() else f"{Path(path) / f.file}")
+            for path in paths
+            for f in scan.scan(Path(path), sops_policy=policies)
+        ]
+    except errors.ConfigError as exc:
+        _fail_config(exc)
+    if settings.output == "json":
+        _emit(settings, {"findings": [dataclasses.asdict(f) for f in findings]})
+    else:
+        for f in findings:
+            click.echo(f"{f.file}:{f.line}: {f.kind}: {f.message}")
     if findings:
         click.echo(f"{len(findings)} finding(s)", err=True)
     sys.exit(EXIT_FAILED if findings else EXIT_OK)

@@ -3,8 +3,10 @@
 `Cluster.spec.kubeconfig` says where: `path` (+ `context`) is a machine path, read only here;
 `secretRef` names a Secret holding a kubeconfig in the cluster secretsync itself runs in (the
 *home* cluster, reached in-cluster or through `--home-kubeconfig`); `inCluster: true` uses the
-pod's service account. The kubernetes client parses kubeconfigs (contexts, exec plugins, token
-refresh); requests go over aiohttp, which costs a tenth of the client CPU of the client's own
+pod's service account. The kubernetes client parses kubeconfigs (contexts, token files,
+expiring tokens) once `kubeplugins.screen` has taken out the programs a kubeconfig may ask
+to run: an operator-allowed `exec` plugin runs from here, with a scrubbed environment.
+Requests go over aiohttp, which costs a tenth of the client CPU of the client's own
 thread-bound REST layer. Every Endpoint has its own credentials and connection pool.
 """
 
@@ -12,10 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
+import os
 import ssl
 import time
 from collections.abc import AsyncGenerator, Mapping
+from datetime import UTC, datetime
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -25,10 +30,10 @@ import aiohttp
 import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
-from kubernetes.config import incluster_config
+from kubernetes.config import incluster_config, kube_config
 from yarl import URL
 
-from secretsync import errors
+from secretsync import errors, kubeplugins
 from secretsync.model import Cluster, Kubeconfig
 
 SA_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
@@ -36,6 +41,7 @@ SA_CA = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
 
 Reply = tuple[int, bytes, Mapping[str, str]]
 TOKEN_TTL_S = 60.0
+EXPIRY_MARGIN_S = 10.0  # an exec plugin's token is renewed this long before it expires
 _COMPACT = (",", ":")
 
 
@@ -43,15 +49,26 @@ class Endpoint:
     """One API server: its address, TLS and credentials, and a connection pool per event loop.
 
     `request` never raises for HTTP errors or an unreachable server (status 0) and never puts
-    a response body in an exception: callers decide from the status. Nothing is retried here;
-    the callers retry with budgets they can see and count.
+    a response body in an exception: callers decide from the status; only an exec plugin
+    that cannot give credentials raises (`DeliveryError`). Nothing is retried here; the
+    callers retry with budgets they can see and count.
     """
 
-    def __init__(self, configuration: k8s.Configuration, *, connections: int = 32) -> None:
+    def __init__(
+        self,
+        configuration: k8s.Configuration,
+        *,
+        connections: int = 32,
+        plugin: kubeplugins.ExecPlugin | None = None,
+    ) -> None:
         self.configuration = configuration
         self.base = str(configuration.host).rstrip("/")
         self._connections = connections
-        self._ssl = _ssl_context(configuration) if self.base.startswith("https:") else None
+        self._tls = self.base.startswith("https:")
+        self._ssl = _ssl_context(configuration) if self._tls else None
+        self._plugin = plugin
+        self._credential: kubeplugins.Credential | None = None
+        self._plugin_locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
         self._server_name = configuration.tls_server_name or (
             configuration.assert_hostname
             if isinstance(configuration.assert_hostname, str)
@@ -78,7 +95,7 @@ class Endpoint:
         timeout_s: float = 15.0,
     ) -> Reply:
         headers = {"Accept": accept}
-        if token := self._token():
+        if token := await self._authorization():
             headers["Authorization"] = token
         data: bytes | None = None
         if body is not None:
@@ -106,10 +123,42 @@ class Endpoint:
                 raw = await response.read()
                 if response.status == 401:
                     self._token_at = float("-inf")  # a rotated token: read it again next time
+                    self._credential = None  # and ask the exec plugin again
                 return response.status, raw, response.headers
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
             # connection, TLS and protocol errors: their text may name hosts, never data
             return 0, b"", {}
+
+    async def authenticate(self) -> None:
+        """Run the exec plugin now (if any), so that a refused or failing one fails early."""
+        await self._authorization()
+
+    async def _authorization(self) -> str | None:
+        if self._plugin is None:
+            return self._token()
+        credential = await self._plugin_credential(self._plugin)
+        return f"Bearer {credential.token}" if credential.token else self._token()
+
+    async def _plugin_credential(self, plugin: kubeplugins.ExecPlugin) -> kubeplugins.Credential:
+        """The exec plugin's credential: run once, again when it is about to expire or after a
+        401 (never per request); concurrent requests wait for the one run."""
+        loop = asyncio.get_running_loop()
+        lock = self._plugin_locks.setdefault(loop, asyncio.Lock())
+        async with lock:
+            credential = self._credential
+            if credential is None or (
+                credential.expires is not None
+                and (credential.expires - datetime.now(UTC)).total_seconds() < EXPIRY_MARGIN_S
+            ):
+                fresh = await plugin.run()
+                if self._tls and fresh.client_pem != (credential and credential.client_pem):
+                    # a new client certificate: a new TLS context, and new connections
+                    self._ssl = _ssl_context(self.configuration, client_pem=fresh.client_pem)
+                    pool = self._pools.pop(loop, None)
+                    if pool is not None:
+                        await pool[0].close()
+                credential = self._credential = fresh
+            return credential
 
     def _token(self) -> str | None:
         """The Authorization header. The kubernetes client's refresh hook (exec plugins, token
@@ -164,7 +213,9 @@ def _http(status: int) -> str:
         return f"HTTP {status}"
 
 
-def _ssl_context(configuration: k8s.Configuration) -> ssl.SSLContext:
+def _ssl_context(
+    configuration: k8s.Configuration, *, client_pem: bytes | None = None
+) -> ssl.SSLContext:
     if configuration.verify_ssl:
         context = ssl.create_default_context(
             cafile=configuration.ssl_ca_cert or None, cadata=configuration.ca_cert_data or None
@@ -175,17 +226,45 @@ def _ssl_context(configuration: k8s.Configuration) -> ssl.SSLContext:
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
-    if configuration.cert_file:
+    if client_pem is not None:
+        _load_client_pem(context, client_pem)
+    elif configuration.cert_file:
         context.load_cert_chain(configuration.cert_file, configuration.key_file or None)
     return context
 
 
-def _from_dict(config: Mapping[str, Any], context: str | None) -> Endpoint:
+def _load_client_pem(context: ssl.SSLContext, pem: bytes) -> None:
+    """Load an exec plugin's client certificate and key from memory: `ssl` reads them only
+    from a path, so they go through an anonymous in-memory file, never to the disk."""
+    fd = os.memfd_create("secretsync-client-cert", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, pem)
+        context.load_cert_chain(f"/proc/self/fd/{fd}")
+    except (ssl.SSLError, OSError):
+        raise errors.DeliveryError("the exec plugin's client certificate is not usable") from None
+    finally:
+        os.close(fd)
+
+
+def _from_dict(
+    config: Mapping[str, Any],
+    context: str | None,
+    *,
+    plugins: kubeplugins.PluginPolicy,
+    where: str,
+    base: Path | None,
+) -> Endpoint:
+    """The Endpoint of a parsed kubeconfig; raises `DeliveryError` for a plugin the operator
+    did not allow, the client's own errors for anything else malformed."""
+    screened = kubeplugins.screen(config, context=context, policy=plugins, where=where, base=base)
     configuration = k8s.Configuration()
-    k8s_config.load_kube_config_from_dict(
-        dict(config), context=context, client_configuration=configuration, persist_config=False
-    )
-    return Endpoint(configuration)
+    kube_config.KubeConfigLoader(
+        config_dict=screened.config,
+        active_context=context,
+        get_google_credentials=screened.gcp,
+        config_base_path=None,
+    ).load_and_set(configuration)
+    return Endpoint(configuration, plugin=screened.plugin)
 
 
 def in_cluster_endpoint() -> Endpoint:
@@ -201,7 +280,12 @@ def in_cluster_endpoint() -> Endpoint:
     return Endpoint(configuration)
 
 
-def endpoint_from_file(path: Path, *, context: str | None = None) -> Endpoint:
+def endpoint_from_file(
+    path: Path,
+    *,
+    context: str | None = None,
+    plugins: kubeplugins.PluginPolicy = kubeplugins.NO_PLUGINS,
+) -> Endpoint:
     try:
         data = yaml.safe_load(path.read_text())
     except OSError as exc:
@@ -211,7 +295,9 @@ def endpoint_from_file(path: Path, *, context: str | None = None) -> Endpoint:
     if not isinstance(data, dict):
         raise errors.DeliveryError(f"kubeconfig {path} is not a kubeconfig")
     try:
-        return _from_dict(data, context)
+        return _from_dict(
+            data, context, plugins=plugins, where=f"kubeconfig {path}", base=path.parent
+        )
     except (k8s_config.ConfigException, ValueError, KeyError, TypeError):
         raise errors.DeliveryError(
             f"kubeconfig {path}: no usable context {context or '(current)'}"
@@ -219,22 +305,39 @@ def endpoint_from_file(path: Path, *, context: str | None = None) -> Endpoint:
 
 
 class ClientFactory:
-    """Builds and caches the Endpoint of each cluster."""
+    """Builds and caches the Endpoint of each cluster. `plugins` says which kubeconfig
+    credential plugins may run (none by default); none may come from the fleet repo."""
 
-    def __init__(self, *, root: Path, home: Endpoint | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        root: Path,
+        home: Endpoint | None = None,
+        plugins: kubeplugins.PluginPolicy = kubeplugins.NO_PLUGINS,
+    ) -> None:
         self.root = root
         self._home = home
+        self._plugins = dataclasses.replace(plugins, repo=root)
         self._endpoints: dict[str, Endpoint] = {}
 
     def home(self) -> Endpoint:
         if self._home is None:
-            self._home = in_cluster_endpoint()
+            try:
+                self._home = in_cluster_endpoint()
+            except errors.DeliveryError:
+                raise errors.DeliveryError(
+                    "kubeconfig.secretRef: the kubeconfig Secrets live in the home cluster, and "
+                    "this process does not run in a Kubernetes pod: pass --home-kubeconfig FILE "
+                    "(or set SECRETSYNC_HOME_KUBECONFIG)"
+                ) from None
         return self._home
 
     async def for_cluster(self, cluster: Cluster) -> Endpoint:
         cached = self._endpoints.get(cluster.name)
         if cached is None:
-            cached = self._endpoints[cluster.name] = await self._build(cluster)
+            endpoint = await self._build(cluster)
+            await endpoint.authenticate()
+            cached = self._endpoints[cluster.name] = endpoint
         return cached
 
     async def _build(self, cluster: Cluster) -> Endpoint:
@@ -245,9 +348,11 @@ class ClientFactory:
             return in_cluster_endpoint()
         if spec.path is not None:
             path = Path(spec.path)
-            return endpoint_from_file(
-                path if path.is_absolute() else self.root / path, context=spec.context
-            )
+            if not path.is_absolute():  # the loader refuses these; a Cluster built in code
+                raise errors.DeliveryError(
+                    f"cluster {cluster.name!r}: kubeconfig.path must be an absolute path"
+                )
+            return endpoint_from_file(path, context=spec.context, plugins=self._plugins)
         return await self._from_secret(cluster.name, spec)
 
     async def _from_secret(self, name: str, spec: Kubeconfig) -> Endpoint:
@@ -273,7 +378,15 @@ class ClientFactory:
             )
         try:
             data = yaml.safe_load(base64.b64decode(encoded))
-            return _from_dict(data, spec.context)
+            return _from_dict(
+                data,
+                spec.context,
+                plugins=self._plugins,
+                where=f"cluster {name!r}: Secret {where} key {spec.secret_key!r}",
+                base=None,
+            )
+        except errors.DeliveryError:
+            raise
         except Exception:  # any malformed kubeconfig: say so without echoing it
             raise errors.DeliveryError(
                 f"cluster {name!r}: Secret {where} key {spec.secret_key!r} is not a usable "

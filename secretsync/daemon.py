@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import signal
@@ -31,14 +32,29 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from aiohttp import web as aioweb
-
-from secretsync import errors, gitsource, load, logs, plan, poll, resolve, runtime, web, webhook
+from secretsync import (
+    certs,
+    edge,
+    errors,
+    gitsource,
+    kubeplugins,
+    load,
+    logs,
+    plan,
+    poll,
+    resolve,
+    runtime,
+    sopskeys,
+    web,
+    webhook,
+)
+from secretsync.deliver import Sink
 from secretsync.engine import CycleReport, Engine, path_names
 from secretsync.metrics import Metrics
-from secretsync.model import DesiredSecret, Fleet, Location
+from secretsync.model import Cluster, DesiredSecret, Fleet, Location
 from secretsync.sinks.git import GitSink
 from secretsync.status import StatusBoard
+from secretsync.writeback import PushSettings, WriteBack
 
 if TYPE_CHECKING:  # the election needs the kubernetes client: imported only when it is on
     from secretsync.sharding import Coordinator, ElectionSettings
@@ -63,8 +79,11 @@ class DaemonSettings:
     kube: bool = True
     webhook_key: bytes | None = field(repr=False, default=None)
     max_body: int = webhook.MAX_BODY_BYTES
+    header_timeout_s: float = edge.HEADER_TIMEOUT_S  # request line + headers (and a webhook body)
+    idle_timeout_s: float = edge.IDLE_TIMEOUT_S  # silence allowed between requests
     cluster_timeout_s: float = 60.0
     home_kubeconfig: str | None = None
+    plugins: kubeplugins.PluginPolicy = field(repr=False, default=kubeplugins.NO_PLUGINS)
     grace_s: float = 25.0
     election: ElectionSettings | None = None  # None: one replica, no Lease (see `sharding`)
     poll_interval_s: float | None = None  # KV v2 metadata poll (see `poll`); None: off
@@ -72,6 +91,7 @@ class DaemonSettings:
     git_branch: str = "main"
     git_credentials_file: Path | None = None
     git_timeout_s: float = gitsource.DEFAULT_TIMEOUT_S
+    push: PushSettings | None = None  # commit and push the output (`writeback`)
 
 
 class Runner(Protocol):
@@ -90,6 +110,11 @@ class Wiring(Protocol):
     """Builds (and closes) the engine for a fleet: sources and sinks depend on its config."""
 
     async def engine_for(self, fleet: Fleet) -> Runner: ...
+
+    def delivers(self, cluster: Cluster) -> bool:
+        """Whether a sink of the engine last built delivers anything to `cluster` (whichever
+        replica leads it)."""
+        ...
 
     async def aclose(self) -> None: ...
 
@@ -146,6 +171,7 @@ class EngineWiring:
         self._report = report
         self._key: tuple[Any, ...] | None = None
         self._engine: Engine | None = None
+        self._sinks: list[Sink] = []  # as built, before the leadership gate
         self._closers: list[Callable[[], Awaitable[None]]] = []
 
     async def engine_for(self, fleet: Fleet) -> Engine:
@@ -166,14 +192,19 @@ class EngineWiring:
             from secretsync import clusters  # noqa: PLC0415
             from secretsync.sinks.kube import KubeSink  # noqa: PLC0415
 
+            plugins = dataclasses.replace(s.plugins, repo=fleet.root)
             home = (
-                clusters.endpoint_from_file(Path(s.home_kubeconfig)) if s.home_kubeconfig else None
+                clusters.endpoint_from_file(Path(s.home_kubeconfig), plugins=plugins)
+                if s.home_kubeconfig
+                else None
             )
             kube = KubeSink(
-                clients=clusters.ClientFactory(root=fleet.root, home=home), hmac_key=s.hmac_key
+                clients=clusters.ClientFactory(root=fleet.root, home=home, plugins=plugins),
+                hmac_key=s.hmac_key,
             )
             sinks.append(kube)
             self._closers.append(kube.aclose)
+        self._sinks = list(sinks)
         if self._gate is not None:
             sinks = [self._gate.gate(sink) for sink in sinks]
         self._engine = Engine(
@@ -185,6 +216,9 @@ class EngineWiring:
         )
         self._key = key
         return self._engine
+
+    def delivers(self, cluster: Cluster) -> bool:
+        return any(sink.accepts(cluster) for sink in self._sinks)
 
     async def aclose(self) -> None:
         engine, self._engine = self._engine, None
@@ -254,6 +288,18 @@ class Daemon:
                 env=settings.env,
             )
             if settings.git_url
+            else None
+        )
+        self.writeback = (
+            WriteBack(
+                checkout=self.checkout,
+                settings=settings.push,
+                may_write=coordinator.writes_git if coordinator is not None else lambda: True,
+                board=self.board,
+                metrics=self.metrics,
+                clock=clock,
+            )
+            if settings.push is not None and self.checkout is not None
             else None
         )
         self._wake = asyncio.Event()
@@ -365,20 +411,17 @@ class Daemon:
         started = self._clock()
         t0 = time.monotonic()
         try:
-            fleet = await self._reload()
-            if fleet is None:
-                raise errors.ConfigError("no fleet repo has loaded yet")
-            engine = await self._wiring.engine_for(fleet)
-            if self.coordinator is None:
-                report = await engine.run_cycle(fleet, only_paths=only_paths)
-            else:
-                scope = self.coordinator.scope(fleet.clusters)
-                if scope is None:
-                    log.debug("cycle (%s) skipped: this replica holds no Lease", trigger)
-                    return
-                report = await engine.run_cycle(
-                    fleet, clusters=scope.clusters, only_paths=only_paths
+            report = await self._reconcile(trigger, only_paths)
+            if report is None:
+                return
+            if self.writeback is not None:
+                report = await self.writeback.publish(
+                    report,
+                    out_dir=lambda: self.fleet.root / self.fleet.output_dir if self.fleet else None,
+                    rerun=lambda: self._reconcile(trigger, only_paths),
+                    trigger=trigger,
                 )
+                self._full_now = self._full_now or self.writeback.failed  # re-render it all
         except Exception as exc:  # one failed cycle must not stop the daemon
             message = _reason(exc)
             seconds = time.monotonic() - t0
@@ -415,6 +458,41 @@ class Daemon:
             )
         for name, reason in report.failed_clusters.items():
             log.warning("failed: cluster %s: %s", name, reason, extra={"cluster": name})
+        for name, held in self.board.held.items() if report.pruned else ():
+            log.warning("%s on %s", held.headline, name, extra={"cluster": name})
+
+    def _undelivered(self, fleet: Fleet) -> dict[str, str]:
+        """Why each cluster no sink of this process delivers to is left out."""
+        sinks = (("Git", self.settings.git), ("Kubernetes", self.settings.kube))
+        off = ", ".join(f"{name} sink off" for name, on in sinks if not on) or "no sink takes it"
+        return {
+            name: f"not delivered by this daemon (delivery {c.delivery.value}, {off})"
+            for name, c in fleet.clusters.items()
+            if not self._wiring.delivers(c)
+        }
+
+    async def _reconcile(
+        self, trigger: str, only_paths: Collection[str] | None
+    ) -> CycleReport | None:
+        """Pull, reload and run the engine; None when this replica holds no Lease."""
+        fleet = await self._reload()
+        if fleet is None:
+            raise errors.ConfigError("no fleet repo has loaded yet")
+        engine = await self._wiring.engine_for(fleet)
+        self.board.undelivered(self._undelivered(fleet))
+        expiry = certs.expiry(fleet)
+        self.metrics.set_certificate_expiry(expiry)
+        self.board.certificates_read(expiry, now=self._clock(), warn_days=certs.WARNING_DAYS)
+        if self.writeback is not None:
+            fleet = await self.writeback.renew_certificates(fleet)
+            await self.writeback.prepare(fleet.root / fleet.output_dir)
+        if self.coordinator is None:
+            return await engine.run_cycle(fleet, only_paths=only_paths)
+        scope = self.coordinator.scope(fleet.clusters)
+        if scope is None:
+            log.debug("cycle (%s) skipped: this replica holds no Lease", trigger)
+            return None
+        return await engine.run_cycle(fleet, clusters=scope.clusters, only_paths=only_paths)
 
     async def _reload(self) -> Fleet | None:
         """Load and plan the fleet repo; a refused one leaves the last good fleet in place."""
@@ -458,8 +536,8 @@ class Daemon:
     async def serve(self) -> None:
         """Web server and cycle loop until SIGTERM / SIGINT (or `stop()`)."""
         s = self.settings
-        runner = aioweb.AppRunner(web.make_app(self, max_body=s.max_body), access_log=None)
-        await runner.setup()
+        app = web.make_app(self, max_body=s.max_body, read_timeout_s=s.header_timeout_s)
+        limits = edge.Limits(header_timeout_s=s.header_timeout_s, idle_timeout_s=s.idle_timeout_s)
         loop = asyncio.get_running_loop()
         if self.coordinator is not None:
             self.coordinator.start()
@@ -474,15 +552,16 @@ class Daemon:
             loop.call_later(s.grace_s, cycles.cancel)
 
         try:
-            site = aioweb.TCPSite(runner, s.host, s.port)
-            await site.start()
-            for address in runner.addresses:
-                host, port = address[0], address[1]
-                log.info("listening on http://%s:%d", f"[{host}]" if ":" in host else host, port)
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, on_signal)
-            with contextlib.suppress(asyncio.CancelledError):
-                await cycles
+            async with edge.serve(
+                app, host=s.host, port=s.port, limits=limits, on_drop=self.metrics.dropped
+            ) as addresses:
+                for host, port in addresses:
+                    shown = f"[{host}]" if ":" in host else host
+                    log.info("listening on http://%s:%d", shown, port)
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.add_signal_handler(sig, on_signal)
+                with contextlib.suppress(asyncio.CancelledError):
+                    await cycles
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
@@ -496,14 +575,18 @@ class Daemon:
                     await poller
             if self.coordinator is not None:
                 await self.coordinator.stop()  # after the last write: followers take over now
-            await runner.cleanup()
             await self._wiring.aclose()
             log.info("stopped")
 
 
 def _load_and_plan(loader: Callable[[Path], Fleet], path: Path) -> tuple[Fleet, list[Any]]:
+    """Load and plan; a SOPS file whose key groups the Fleet refuses refuses the fleet too."""
     fleet = loader(path)
-    return fleet, plan.plan(fleet)
+    desired = plan.plan(fleet)
+    refused = sopskeys.check_files(fleet, sopskeys.readers_of(desired))
+    if refused:
+        raise errors.ConfigErrors(refused)
+    return fleet, desired
 
 
 def _webhook_names(desired: Iterable[DesiredSecret]) -> dict[str, tuple[str, ...]]:
@@ -552,7 +635,11 @@ def _coordinator(settings: DaemonSettings) -> Coordinator | None:
     from secretsync import clusters, sharding  # noqa: PLC0415 - kubernetes only when needed
 
     home = settings.home_kubeconfig
-    api = clusters.endpoint_from_file(Path(home)) if home else clusters.in_cluster_endpoint()
+    api = (
+        clusters.endpoint_from_file(Path(home), plugins=settings.plugins)
+        if home
+        else clusters.in_cluster_endpoint()
+    )
     e = settings.election
     log.info(
         "leader election on: identity %s, namespace %s, shard %d of %d",

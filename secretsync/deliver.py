@@ -2,8 +2,9 @@
 
 `diff` is pure: equal content hash → nothing to do; a desired object with no owned counterpart
 → create; a differing hash → update; an owned object that is neither desired nor kept → delete.
-Objects whose values could not be resolved are *kept*: never updated, never pruned (DESIGN §5,
-invariant 2). Objects the sink found but does not own are never touched.
+Objects whose values could not be resolved are *kept*: never updated, never pruned, so a source
+outage leaves clusters with what they had. Objects the sink found but does not own are never
+touched.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """One reconcile cycle: plan → resolve → materialize → deliver, the same for CLI and daemon.
 
 Per cluster the work runs concurrently, each under its own timeout, so one slow or broken
-cluster never holds up the others (invariant 4). A DesiredSecret whose values could not all be
-resolved is not rendered: its object is kept as it is, and the report says failed, and why
-(invariant 2). Unchanged objects are recognised by their keyed content hash and not rendered
-or written at all (invariant 5).
+cluster never holds up the others. A DesiredSecret whose values could not all be resolved is
+not rendered: its object is kept as it is (a source outage never empties or prunes what a
+cluster has), and the report says failed, and why. Unchanged objects are recognised by their
+keyed content hash and not rendered or written at all.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
 
-from secretsync import bounded, errors, load, materialize, plan, resolve, seal, selectors
+from secretsync import bounded, errors, load, materialize, plan, resolve, seal, selectors, sopskeys
 from secretsync.deliver import (
     PROGRESS,
     ApplyResult,
@@ -28,9 +28,10 @@ from secretsync.deliver import (
     diff,
     key_diff,
 )
-from secretsync.materialize import RenderContext, Rendered
+from secretsync.materialize import Manifest, RenderContext, Rendered
 from secretsync.model import (
     Cluster,
+    DeleteLimit,
     Delivery,
     DesiredSecret,
     Fleet,
@@ -38,6 +39,7 @@ from secretsync.model import (
     ObjectKey,
     Observed,
     Selector,
+    ValueRef,
 )
 from secretsync.sealpool import SealPool, default_workers
 from secretsync.values import SecretValue
@@ -59,7 +61,7 @@ class ItemResult:
     name: str
     fleet_secret: str | None
     sink: str
-    action: str  # create | update | delete | unchanged | failed
+    action: str  # create | update | delete | held | unchanged | failed
     reason: str = ""
     keys: KeyDiff = NO_KEY_CHANGES
     content_hash: str | None = None
@@ -89,14 +91,26 @@ class CycleReport:
     """Source locations read in this cycle."""
     read_failed: frozenset[Location] = frozenset()
     """Source locations whose read failed in this cycle: their objects keep what they hold."""
+    guarded: Mapping[ValueRef, SecretValue] = field(default_factory=dict, repr=False)
+    standins: dict[ObjectKey, Callable[[], Manifest]] = field(default_factory=dict, repr=False)
+    """Per object written: the same object rendered with stand-in values, the baseline that
+    tells a value from text the object holds anyway (`materialize.leaks`)."""
+    """The values resolved in this cycle: a commit of the output re-checks its blobs for them."""
+    pruned: bool = False
+    """Whether this cycle looked for objects to delete (a full cycle) and so `held` is whole."""
 
     @property
     def failures(self) -> list[ItemResult]:
         return [i for i in self.items if i.action == "failed"]
 
     @property
+    def held(self) -> list[ItemResult]:
+        """Deletes kept back by the Fleet's delete limit."""
+        return [i for i in self.items if i.action == "held"]
+
+    @property
     def ok(self) -> bool:
-        return not self.failures and not self.failed_clusters
+        return not self.failures and not self.failed_clusters and not self.held
 
     def __repr__(self) -> str:
         return (
@@ -136,17 +150,32 @@ class Engine:
         dry_run: bool = False,
         only_paths: Collection[str] | None = None,
         check_refs: bool = False,
+        allow_deletes: bool = False,
+        check_sops_keys: bool = False,
     ) -> CycleReport:
         """One reconcile. `only_paths` (Vault `<mount>/<path>` names, see `path_names`) narrows
         the cycle to the objects built from one of them, on the clusters that have such an
         object; every other object is left as it is: a narrowed cycle never deletes.
         `check_refs` also reads the refs of `external` objects (which otherwise need no read),
         so a missing path or key fails its object; their values are never used.
+        On each cluster, deletes over the Fleet's `deleteLimit` are held (none of that
+        cluster's deletes is made) unless `allow_deletes` lifts the limit for this cycle.
+        `check_sops_keys` first checks the key groups of every SOPS file the planned objects
+        read against the Fleet's policy and raises `errors.ConfigErrors` for any it refuses,
+        before anything is read or written (the CLI's all-or-nothing); without it, the sops
+        source still refuses such a file, failing only the objects that read it.
         """
         desired = plan.plan(fleet, clusters=clusters, selector=selector)
+        if check_sops_keys:
+            refused = await asyncio.to_thread(
+                sopskeys.check_files, fleet, sopskeys.readers_of(desired)
+            )
+            if refused:
+                raise errors.ConfigErrors(refused)
         if only_paths is not None:
             desired = _narrow(desired, frozenset(only_paths))
-        report = CycleReport()
+        report = CycleReport(pruned=only_paths is None)
+        limit = None if allow_deletes else fleet.policies.delete_limit
         needs_values = [
             d
             for d in desired
@@ -161,7 +190,8 @@ class Engine:
         report.reads = resolution.reads
         report.read_ok = frozenset(resolution.versions)
         report.read_failed = frozenset(ref.location for ref in resolution.failures)
-        targets = self._target_clusters(fleet, clusters, selector)
+        report.guarded = resolution.values
+        targets = select_clusters(fleet, names=clusters, selector=selector)
         if only_paths is not None:
             hit = {d.cluster.name for d in desired}
             targets = {n: c for n, c in targets.items() if n in hit}
@@ -190,6 +220,7 @@ class Engine:
                         prune=only_paths is None,
                         seals=seals,
                         check_refs=check_refs,
+                        limit=limit,
                     )
             except Exception as exc:
                 return exc
@@ -210,17 +241,26 @@ class Engine:
                 continue
             report.items.extend(outcome)
         if not clusters and selector is None and only_paths is None:
-            await self._prune_orphans(fleet, report, dry_run=dry_run)
+            await self._prune_orphans(fleet, report, dry_run=dry_run, limit=limit)
         return report
 
-    async def _prune_orphans(self, fleet: Fleet, report: CycleReport, *, dry_run: bool) -> None:
-        """Remove what secretsync owns for clusters that left the fleet."""
+    async def _prune_orphans(
+        self, fleet: Fleet, report: CycleReport, *, dry_run: bool, limit: DeleteLimit | None
+    ) -> None:
+        """Remove what secretsync owns for clusters that left the fleet (within the limit)."""
         for sink in self.sinks:
             for name in await sink.orphans(set(fleet.clusters)):
                 gone = Cluster(name=name, labels={}, delivery=Delivery.DIRECT, origin=fleet.origin)
                 try:
                     observed = await sink.observe(gone)
                     outcome = diff({}, observed, keep=set())
+                    deletes = outcome.changes.delete
+                    held = _over_limit(deletes, observed, limit)
+                    if held:
+                        report.items.extend(
+                            _held(name, sink.name, deletes, held, why="the cluster left the fleet")
+                        )
+                        continue
                     if not dry_run and outcome.changes:
                         await sink.apply(gone, outcome.changes)
                         await sink.finish_cluster(gone)
@@ -241,19 +281,16 @@ class Engine:
                     if not dry_run:
                         report.deletes += 1
 
-    def _target_clusters(
-        self, fleet: Fleet, names: Collection[str], selector: Selector | None
-    ) -> dict[str, Cluster]:
-        return {
-            n: c
-            for n, c in fleet.clusters.items()
-            if (not names or n in names)
-            and (selector is None or selectors.matches(selector, c.labels))
-        }
-
     def _certificate(self, fleet: Fleet, cluster: Cluster) -> seal.Certificate:
         if cluster.cert_file is None:
             raise errors.SealError(f"cluster {cluster.name!r} has no sealedSecrets.certFile")
+        if cluster.controller is not None and not (fleet.root / cluster.cert_file).exists():
+            ref = cluster.controller
+            raise errors.SealError(
+                f"no sealing certificate at {cluster.cert_file} yet: fetch it from "
+                f"{ref.namespace}/{ref.name} with `secretsync cluster refresh-cert "
+                f"{cluster.name}` (serve --git-push does it on its schedule)"
+            )
         pem = load.read_fleet_file(fleet.root, cluster.cert_file)
         return seal.load_certificate(
             pem, source=cluster.cert_file, now=self.clock(), sha256=cluster.cert_sha256
@@ -271,6 +308,7 @@ class Engine:
         prune: bool = True,
         seals: SealPool | None = None,
         check_refs: bool = False,
+        limit: DeleteLimit | None = None,
     ) -> list[ItemResult]:
         results: list[ItemResult] = []
         certificate: seal.Certificate | None = None
@@ -305,7 +343,11 @@ class Engine:
                     scope = {k: observed[k] for k in step.meta if k in observed}
                     outcome = diff(step.prepared, scope, keep=step.keep)
                     if prune and number == len(batches):
-                        outcome.changes.delete = diff({}, leftovers, keep=set()).changes.delete
+                        deletes = diff({}, leftovers, keep=set()).changes.delete
+                        if held := _over_limit(deletes, observed, limit):
+                            results.extend(_held(cluster.name, sink.name, deletes, held, why=""))
+                        else:
+                            outcome.changes.delete = deletes
                     applied = ApplyResult()
                     if not dry_run and outcome.changes:
                         applied = await sink.apply(cluster, outcome.changes)
@@ -464,6 +506,8 @@ class Engine:
         for item in [*outcome.changes.create, *outcome.changes.update]:
             d = meta[item.key]
             seen = observed.get(item.key)
+            if item.standin is not None and not dry_run:
+                report.standins[item.key] = item.standin
             if item.key in applied.failed:
                 results.append(_item(d, sink.name, "failed", reason=applied.failed[item.key]))
                 continue
@@ -529,6 +573,49 @@ class _Batch:
     pending: list[tuple[DesiredSecret, dict[str, SecretValue], RenderContext]] = field(
         default_factory=list
     )
+
+
+def select_clusters(
+    fleet: Fleet, *, names: Collection[str] = (), selector: Selector | None = None
+) -> dict[str, Cluster]:
+    """The clusters a run covers: those named (all when none are), that match `selector`."""
+    return {
+        n: c
+        for n, c in fleet.clusters.items()
+        if (not names or n in names) and (selector is None or selectors.matches(selector, c.labels))
+    }
+
+
+def _over_limit(
+    deletes: Sequence[Observed], observed: Mapping[ObjectKey, Observed], limit: DeleteLimit | None
+) -> str:
+    """Why `deletes` on one cluster are over `limit` (None: no limit), or "" when they may go."""
+    owned = sum(1 for o in observed.values() if o.owned)
+    if limit is None or limit.allows(len(deletes), owned=owned):
+        return ""
+    return (
+        f"{len(deletes)} deletes of {owned} owned objects are over the delete limit "
+        f"({limit}); run with --allow-deletes to make them"
+    )
+
+
+def _held(
+    cluster: str, sink: str, deletes: Sequence[Observed], held: str, *, why: str
+) -> list[ItemResult]:
+    """One `held` result per delete kept back: the object stays where it is."""
+    reason = f"delete held: {why}; {held}" if why else f"delete held: {held}"
+    return [
+        ItemResult(
+            cluster=cluster,
+            namespace=gone.key.namespace,
+            name=gone.key.name,
+            fleet_secret=gone.fleet_secret,
+            sink=sink,
+            action="held",
+            reason=reason,
+        )
+        for gone in deletes
+    ]
 
 
 def _batches(wanted: Sequence[DesiredSecret], size: int | None) -> list[Sequence[DesiredSecret]]:

@@ -29,6 +29,7 @@ import signal
 import sys
 import urllib.parse
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, TextIO
 
@@ -94,15 +95,12 @@ class GitCheckout:
         self.refused: str | None = None
         """The newest commit that failed validation, until a later one is accepted."""
         self._git = git
-        base = env if env is not None else os.environ
-        self._env = {
-            "PATH": base.get("PATH", "/usr/bin:/bin"),
-            "HOME": base.get("HOME", str(folder)),
-            "LC_ALL": "C",
-            "GIT_TERMINAL_PROMPT": "0",
-            "GIT_CONFIG_NOSYSTEM": "1",
-            "GIT_CONFIG_GLOBAL": os.devnull,
-        }
+        self._env = scrubbed_env(env if env is not None else os.environ, home=folder)
+
+    @property
+    def env(self) -> Mapping[str, str]:
+        """The scrubbed environment of this checkout's git calls."""
+        return self._env
 
     def __repr__(self) -> str:
         return f"GitCheckout(url={self.url!r}, branch={self.branch!r}, folder={self.folder})"
@@ -114,11 +112,8 @@ class GitCheckout:
             self.folder.mkdir(parents=True, exist_ok=True)
             await self._run("init", "--quiet", str(self.folder), in_folder=False)
         remote = f"refs/remotes/origin/{self.branch}"
-        fetch_config: list[str] = ["-c", "credential.helper="]
-        if self.credentials_file is not None:
-            fetch_config += ["-c", f"credential.helper={credential_helper(self.credentials_file)}"]
         await self._run(
-            *fetch_config,
+            *credential_config(self.credentials_file),
             "fetch",
             "--quiet",
             "--no-tags",
@@ -148,30 +143,90 @@ class GitCheckout:
             await self._run("reset", "--quiet", "--hard", self.good)
 
     async def _run(self, *args: str, in_folder: bool = True) -> str:
-        argv = [self._git, *(["-C", str(self.folder)] if in_folder else []), *args]
-        command = next(a for a in args if not a.startswith("-") and "=" not in a)
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+        done = await run_git(
+            self._git,
+            *args,
+            folder=self.folder if in_folder else None,
             env=self._env,
-            start_new_session=True,  # a timeout ends git and the helpers it started
+            timeout_s=self.timeout_s,
         )
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                out, err = await proc.communicate()
-        except TimeoutError:
-            _kill_group(proc.pid)
-            await proc.wait()
-            raise GitError(f"git {command} timed out after {self.timeout_s:g} s") from None
-        except asyncio.CancelledError:
-            _kill_group(proc.pid)
-            await proc.wait()
-            raise
-        if proc.returncode != 0:
-            raise GitError(f"git {command} failed ({proc.returncode}): {_message(err)}")
-        return out.decode("utf-8", "replace")
+        return done.checked()
+
+
+@dataclass(frozen=True, slots=True)
+class GitResult:
+    """A finished git call: its exit code and output (never logged whole: see `_message`)."""
+
+    command: str
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+    def checked(self) -> str:
+        """stdout as text, or `GitError` with git's last line when the call failed."""
+        if self.returncode != 0:
+            raise GitError(f"git {self.command} failed ({self.returncode}): {self.message}")
+        return self.stdout.decode("utf-8", "replace")
+
+    @property
+    def message(self) -> str:
+        return _message(self.stderr)
+
+
+def scrubbed_env(base: Mapping[str, str], *, home: Path) -> dict[str, str]:
+    """The whole environment of every git call: PATH and HOME only from `base`, no prompt, no
+    system or global config."""
+    return {
+        "PATH": base.get("PATH", "/usr/bin:/bin"),
+        "HOME": base.get("HOME", str(home)),
+        "LC_ALL": "C",
+        "GIT_TERMINAL_PROMPT": "0",
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_CONFIG_GLOBAL": os.devnull,
+    }
+
+
+def credential_config(credentials_file: Path | None) -> list[str]:
+    """`-c` options for a call that talks to the remote: no inherited helper, and ours when
+    there is a credentials file."""
+    out = ["-c", "credential.helper="]
+    if credentials_file is not None:
+        out += ["-c", f"credential.helper={credential_helper(credentials_file)}"]
+    return out
+
+
+async def run_git(
+    git: str,
+    *args: str,
+    folder: Path | None,
+    env: Mapping[str, str],
+    timeout_s: float,
+    stdin: bytes | None = None,
+) -> GitResult:
+    """One git call: an explicit argv (no shell), `env` as its whole environment, `stdin` or
+    nothing on its stdin, killed with its helpers after `timeout_s` (`GitError`)."""
+    argv = [git, *(["-C", str(folder)] if folder is not None else []), *args]
+    command = next(a for a in args if not a.startswith("-") and "=" not in a)
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=dict(env),
+        start_new_session=True,  # a timeout ends git and the helpers it started
+    )
+    try:
+        async with asyncio.timeout(timeout_s):
+            out, err = await proc.communicate(stdin)
+    except TimeoutError:
+        _kill_group(proc.pid)
+        await proc.wait()
+        raise GitError(f"git {command} timed out after {timeout_s:g} s") from None
+    except asyncio.CancelledError:
+        _kill_group(proc.pid)
+        await proc.wait()
+        raise
+    return GitResult(command, proc.returncode or 0, out, err)
 
 
 def _kill_group(pid: int) -> None:

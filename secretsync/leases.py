@@ -1,4 +1,4 @@
-"""Leader election on a `coordination.k8s.io/v1` Lease of the home cluster (DESIGN §6).
+"""Leader election on a `coordination.k8s.io/v1` Lease of the home cluster.
 
 The semantics are those of Kubernetes' own leader election, no home-made consensus:
 

@@ -13,19 +13,22 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterator
+import stat
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
 import yaml
 
-from secretsync import errors, seal, selectors, templating
+from secretsync import errors, repopath, seal, selectors, templating, vaultaddress
 from secretsync.model import (
     API_VERSION,
+    SOPS_KEY_TYPES,
     Cluster,
     ControllerRef,
     DataEntry,
+    DeleteLimit,
     Delivery,
     Fleet,
     FleetSecret,
@@ -50,6 +53,7 @@ from secretsync.model import (
     VaultSettings,
     VaultSpec,
     VaultTLS,
+    VaultTransitKey,
 )
 from secretsync.repopath import confine
 
@@ -58,10 +62,32 @@ MAX_FILE_BYTES: Final = 1024 * 1024
 MAX_NODES: Final = 200_000
 MAX_FILES: Final = 20_000
 
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
-_DURATION = re.compile(r"^(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$")
+# Names are checked with `fullmatch`: `$` would also accept a trailing newline ("web\n").
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_SECRET_KEY = re.compile(r"[-._a-zA-Z0-9]+")
+_DURATION = re.compile(r"([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+")
+
+
+def is_dns_label(text: str) -> bool:
+    """A Kubernetes DNS label (RFC 1123): namespaces and cluster names."""
+    return len(text) <= 63 and _DNS_LABEL.fullmatch(text) is not None
+
+
+def is_dns_subdomain(text: str) -> bool:
+    """A Kubernetes DNS subdomain (RFC 1123): object names."""
+    return len(text) <= 253 and _DNS_SUBDOMAIN.fullmatch(text) is not None
+
+
+def secret_key_problem(key: str) -> str | None:
+    """Why `key` cannot be a key of a Secret's data (the API server's rules), or None."""
+    if len(key) > 253 or not _SECRET_KEY.fullmatch(key):
+        return "invalid Secret key (1-253 characters: alphanumerics, '-', '_', '.')"
+    if key in (".", "..") or key.startswith(".."):
+        # a key is a file name where the Secret is mounted: Kubernetes refuses these
+        return "invalid Secret key (it may not be '.' or '..' nor start with '..')"
+    return None
+
 
 _STR = "tag:yaml.org,2002:str"
 _BOOL = "tag:yaml.org,2002:bool"
@@ -74,15 +100,23 @@ _NULL = "tag:yaml.org,2002:null"
 
 
 def read_fleet_file(root: Path, relative: str, *, max_bytes: int = MAX_FILE_BYTES) -> bytes:
-    """Read one fleet file: confined to the repo, capped in size."""
-    path = confine(root, relative, file=relative)
-    try:
-        with path.open("rb") as fh:
-            data = fh.read(max_bytes + 1)
+    """Read one fleet file: confined to the repo, a regular file, capped in size."""
+    path = confine(root, relative, file=relative)  # refuses FIFOs, sockets, devices unopened
+    try:  # O_NONBLOCK, O_NOFOLLOW: a FIFO or a link swapped in since cannot block or redirect
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         raise errors.ConfigError("file not found", file=relative) from None
     except OSError as exc:
         raise errors.ConfigError(f"cannot read file ({exc.strerror})", file=relative) from None
+    with os.fdopen(fd, "rb") as fh:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = repopath.special_kind(mode) or "a folder"
+            raise errors.ConfigError(f"is {kind}, not a regular file", file=relative)
+        try:
+            data = fh.read(max_bytes + 1)
+        except OSError as exc:
+            raise errors.ConfigError(f"cannot read file ({exc.strerror})", file=relative) from None
     if len(data) > max_bytes:
         raise errors.ConfigError(f"file is larger than the {max_bytes} byte limit", file=relative)
     return data
@@ -504,12 +538,8 @@ def _data(m: _Map, key: str, *, required: bool) -> dict[str, DataEntry]:
         return out
     for name, (knode, vnode) in sub.entries.items():
         sub.used.add(name)
-        if len(name) > 253 or not _SECRET_KEY.match(name):
-            m.ctx.error(
-                knode,
-                sub.field(name),
-                "invalid Secret key (1-253 characters: alphanumerics, '-', '_', '.')",
-            )
+        if problem := secret_key_problem(name):
+            m.ctx.error(knode, sub.field(name), problem)
             continue
         spec = _value_spec(m.ctx, vnode, sub.field(name))
         if spec is not None:
@@ -559,27 +589,137 @@ def _fleet(ctx: _Ctx, header: _Header, root: Path) -> Fleet:
                 kwargs["vault"] = VaultSettings()
             sops = sources.map("sops")
             if sops is not None:
-                timeout = sops.number("timeoutSeconds", minimum=1)
-                max_bytes = sops.number("maxFileBytes", integer=True, minimum=1)
-                kwargs["sops"] = SopsSettings(
-                    timeout_seconds=timeout or 30.0,
-                    max_file_bytes=int(max_bytes) if max_bytes else 5 * 1024 * 1024,
-                )
-                sops.done()
+                kwargs["sops"] = _sops(sops)
             sources.done()
         policies = spec.map("policies")
         if policies is not None:
             forbidden = policies.str_list("forbiddenTypes")
             allow_cw = policies.flag("allowClusterWide")
+            limit = _delete_limit(policies)
             kwargs["policies"] = Policies(
                 forbidden_types=tuple(v for v, _ in forbidden)
                 if forbidden is not None
                 else Policies().forbidden_types,
                 allow_cluster_wide=True if allow_cw is None else allow_cw,
+                delete_limit=limit or Policies().delete_limit,
             )
             policies.done()
         spec.done()
     return Fleet(name=header.name, root=root, origin=header.origin, **kwargs)  # type: ignore[arg-type]
+
+
+_PERCENT: Final = re.compile(r"(\d{1,3})%")
+
+
+def _delete_limit(m: _Map) -> DeleteLimit | None:
+    """`deleteLimit`: a count of objects (0 or more) or a percentage string such as "25%"."""
+    node = m.raw("deleteLimit")
+    if node is None:
+        return None
+    if isinstance(node, yaml.ScalarNode) and node.tag == _INT:
+        count = int(str(node.value), 0)
+        if count >= 0:
+            return DeleteLimit(count=count)
+    elif isinstance(node, yaml.ScalarNode) and (found := _PERCENT.fullmatch(str(node.value))):
+        percent = int(found.group(1))
+        if percent <= 100:
+            return DeleteLimit(percent=percent)
+    m.ctx.error(
+        m.key_node("deleteLimit"),
+        m.field("deleteLimit"),
+        'must be a count of objects (0 or more) or a percentage such as "25%"',
+    )
+    return None
+
+
+_VAULT_ADDRESS = re.compile(r"https?://[^\s/?#@]+(?:/[^\s?#@]*)?")
+_KEY_PREFIX = re.compile(r"[^\s\x00-\x1f\x7f]+")
+_CLOUD_KEYS: tuple[tuple[str, str, str], ...] = (
+    # (key type, Fleet field, what an entry names)
+    ("kms", "awsKms", "a KMS key or role ARN"),
+    ("gcp_kms", "gcpKms", "a GCP KMS resource id"),
+    ("azure_kv", "azureKeyVault", "an Azure Key Vault key URL"),
+)
+
+
+def _sops(m: _Map) -> SopsSettings:
+    """`sources.sops`: limits, and the key sources SOPS files may name (checked before sops
+    runs, see `sopskeys`)."""
+    timeout = m.number("timeoutSeconds", minimum=1)
+    max_bytes = m.number("maxFileBytes", integer=True, minimum=1)
+    key_types = SopsSettings().key_types
+    listed = m.str_list("keyTypes")
+    if listed is not None:
+        seen: set[str] = set()
+        for name, node in listed:
+            if name not in SOPS_KEY_TYPES:
+                m.ctx.error(
+                    node, m.field("keyTypes"), f"must be one of: {', '.join(SOPS_KEY_TYPES)}"
+                )
+            elif name in seen:
+                m.ctx.error(node, m.field("keyTypes"), f"{name!r} is listed twice")
+            seen.add(name)
+        key_types = frozenset(seen & set(SOPS_KEY_TYPES))
+    transit: list[VaultTransitKey] = []
+    for item, path in m.seq("vaultTransit") or ():
+        entry = _as_map(m.ctx, item, path)
+        if entry is None:
+            continue
+        address = entry.text("address", required=True)
+        if address is not None and not _VAULT_ADDRESS.fullmatch(address):
+            m.ctx.error(
+                entry.key_node("address"),
+                entry.field("address"),
+                "must be an http(s) URL without credentials, query or fragment, written as the "
+                "SOPS files name it (e.g. https://vault.example:8200)",
+            )
+        engine_path = entry.text("enginePath")
+        key_name = entry.text("keyName")
+        entry.done()
+        if address is not None:
+            transit.append(
+                VaultTransitKey(address=address, engine_path=engine_path, key_name=key_name)
+            )
+    _needs_list(m, key_types, "hc_vault", "vaultTransit")
+    clouds: dict[str, tuple[str, ...]] = {}
+    for key_type, field_name, what in _CLOUD_KEYS:
+        names: list[str] = []
+        for name, node in m.str_list(field_name) or ():
+            if not _KEY_PREFIX.fullmatch(name):
+                m.ctx.error(node, m.field(field_name), f"must be {what} or a prefix of one")
+                continue
+            names.append(name)
+        clouds[field_name] = tuple(names)
+        _needs_list(m, key_types, key_type, field_name)
+    m.done()
+    return SopsSettings(
+        timeout_seconds=timeout or 30.0,
+        max_file_bytes=int(max_bytes) if max_bytes else 5 * 1024 * 1024,
+        key_types=key_types,
+        vault_transit=tuple(transit),
+        aws_kms=clouds["awsKms"],
+        gcp_kms=clouds["gcpKms"],
+        azure_key_vault=clouds["azureKeyVault"],
+    )
+
+
+def _needs_list(m: _Map, key_types: frozenset[str], key_type: str, field_name: str) -> None:
+    """A network key type is allowed only with the list naming where it may go, and the
+    other way round: neither may be given without the other."""
+    node = m.entries.get(field_name)
+    listed = node is not None and isinstance(node[1], yaml.SequenceNode) and bool(node[1].value)
+    if key_type in key_types and not listed:
+        m.ctx.error(
+            m.key_node("keyTypes"),
+            m.field(field_name),
+            f"keyTypes allows {key_type}: list in {field_name} every key SOPS files may name",
+        )
+    elif key_type not in key_types and node is not None:
+        m.ctx.error(
+            m.key_node(field_name),
+            m.field(field_name),
+            f"{field_name} is given but keyTypes does not allow {key_type}",
+        )
 
 
 def _vault(m: _Map) -> VaultSettings:
@@ -595,16 +735,19 @@ def _vault(m: _Map) -> VaultSettings:
             )
         auth_kwargs["method"] = method
         for yaml_key, attr in (
-            ("tokenFile", "token_file"),
             ("role", "role"),
             ("roleId", "role_id"),
-            ("roleIdFile", "role_id_file"),
-            ("secretIdFile", "secret_id_file"),
             ("secretIdEnv", "secret_id_env"),
             ("mountPath", "mount_path"),
-            ("jwtFile", "jwt_file"),
         ):
             auth_kwargs[attr] = auth.text(yaml_key)
+        for yaml_key, attr in (
+            ("tokenFile", "token_file"),
+            ("roleIdFile", "role_id_file"),
+            ("secretIdFile", "secret_id_file"),
+            ("jwtFile", "jwt_file"),
+        ):
+            auth_kwargs[attr] = _machine_path(auth, yaml_key)
         if method == "approle" and not (auth_kwargs["role_id"] or auth_kwargs["role_id_file"]):
             m.ctx.error(auth.node, auth.field("roleId"), "approle needs roleId or roleIdFile")
         if method == "approle" and not (
@@ -623,8 +766,15 @@ def _vault(m: _Map) -> VaultSettings:
             ca_file=tls.text("caFile"),
             client_cert_file=tls.text("clientCertFile"),
             client_key_file=tls.text("clientKeyFile"),
+            insecure=tls.flag("insecure") or False,
         )
         tls.done()
+    address = m.text("address")
+    if address is not None and (
+        problem := vaultaddress.form_problem(address)
+        or vaultaddress.plain_http_problem(address.strip(), insecure=tls_settings.insecure)
+    ):
+        m.ctx.error(m.key_node("address"), m.field("address"), problem)
     limits = m.map("limits")
     limit_settings = VaultLimits()
     if limits is not None:
@@ -641,7 +791,7 @@ def _vault(m: _Map) -> VaultSettings:
     if kv_version is not None and kv_version not in (1, 2):
         m.ctx.error(m.key_node("kvVersion"), m.field("kvVersion"), "must be 1 or 2")
     settings = VaultSettings(
-        address=m.text("address"),
+        address=address,
         namespace=m.text("namespace"),
         kv_mount=(m.text("kvMount") or "secret").strip("/"),
         kv_version=int(kv_version) if kv_version in (1, 2) else None,
@@ -655,7 +805,7 @@ def _vault(m: _Map) -> VaultSettings:
 
 def _cluster(ctx: _Ctx, header: _Header, fleet: Fleet) -> Cluster | None:
     spec = header.spec
-    if not _DNS_LABEL.match(header.name) or len(header.name) > 63:
+    if not _DNS_LABEL.fullmatch(header.name) or len(header.name) > 63:
         ctx.error(
             header.name_node,
             "metadata.name",
@@ -691,11 +841,17 @@ def _cluster(ctx: _Ctx, header: _Header, fleet: Fleet) -> Cluster | None:
             ctrl.done()
         sealed.done()
     if delivery is Delivery.SEALED and cert_file is None:
-        ctx.error(
-            spec.key_node("sealedSecrets") or spec.node,
-            spec.field("sealedSecrets.certFile"),
-            "a sealed cluster needs a certificate file (run `secretsync cluster add` to fetch it)",
-        )
+        if controller is not None:
+            # the controller is where the certificate comes from: `cluster refresh-cert` and
+            # `serve --git-push` fetch it into the file of the usual name
+            cert_file = f"certs/{header.name}.pem"
+        else:
+            ctx.error(
+                spec.key_node("sealedSecrets") or spec.node,
+                spec.field("sealedSecrets.certFile"),
+                "a sealed cluster needs a certificate file, or the controller to fetch it from "
+                "(run `secretsync cluster add` to fetch it)",
+            )
     store_ref = StoreRef()
     external = spec.map("externalSecrets")
     if external is not None:
@@ -724,7 +880,7 @@ def _cluster(ctx: _Ctx, header: _Header, fleet: Fleet) -> Cluster | None:
             }
             secret_ref.done()
         in_cluster = kube.flag("inCluster") or False
-        path = kube.text("path")
+        path = _machine_path(kube, "path")
         given = sum(1 for x in (secret_ref, path, in_cluster or None) if x)
         if given != 1:
             ctx.error(
@@ -740,7 +896,7 @@ def _cluster(ctx: _Ctx, header: _Header, fleet: Fleet) -> Cluster | None:
     allowed = spec.str_list("allowedNamespaces")
     if allowed is not None:
         for ns, node in allowed:
-            if not _DNS_LABEL.match(ns) or len(ns) > 63:
+            if not _DNS_LABEL.fullmatch(ns) or len(ns) > 63:
                 ctx.error(node, "spec.allowedNamespaces", f"{ns!r} is not a valid namespace name")
     apply = spec.flag("apply") or False
     create_ns = spec.flag("createNamespaces") or False
@@ -759,6 +915,38 @@ def _cluster(ctx: _Ctx, header: _Header, fleet: Fleet) -> Cluster | None:
         allowed_namespaces=tuple(ns for ns, _ in allowed) if allowed is not None else None,
         create_namespaces=create_ns,
     )
+
+
+def _machine_path(m: _Map, key: str) -> str | None:
+    """A credential path on the machine secretsync runs on (a kubeconfig, a Vault token, JWT
+    or AppRole file). It must be absolute and lie outside the fleet repo: the repo's writers
+    must not choose what secretsync reads as a credential, nor a kubeconfig whose server,
+    files and credential plugins secretsync would use. An error keeps the text, so that one
+    mistake is reported once."""
+    text = m.text(key)
+    if text is None:
+        return None
+    if not os.path.isabs(text):
+        m.ctx.error(
+            m.key_node(key),
+            m.field(key),
+            f"{text!r} must be an absolute path: a file of the machine secretsync runs on, "
+            "outside the fleet repo",
+        )
+    elif m.ctx.root is not None:
+        root = m.ctx.root.resolve()
+        try:
+            real = Path(text).resolve()
+        except (OSError, RuntimeError):  # a symlink loop: not inside the repo, and not usable
+            return text
+        if real == root or root in real.parents:
+            m.ctx.error(
+                m.key_node(key),
+                m.field(key),
+                f"{text!r} lies inside the fleet repo: credentials and kubeconfigs are the "
+                "operator's files on the machine, never fleet content",
+            )
+    return text
 
 
 def _pinned(ctx: _Ctx, sealed: _Map, pin: str, cert_file: str | None, root: Path) -> str | None:
@@ -790,9 +978,9 @@ def _target(ctx: _Ctx, m: _Map | None) -> Target | None:
         return None
     name = m.text("name", required=True)
     namespace = m.text("namespace", required=True)
-    if name and (len(name) > 253 or not _DNS_SUBDOMAIN.match(name)):
+    if name and (len(name) > 253 or not _DNS_SUBDOMAIN.fullmatch(name)):
         ctx.error(m.key_node("name"), m.field("name"), "must be a DNS subdomain name")
-    if namespace and (len(namespace) > 63 or not _DNS_LABEL.match(namespace)):
+    if namespace and (len(namespace) > 63 or not _DNS_LABEL.fullmatch(namespace)):
         ctx.error(m.key_node("namespace"), m.field("namespace"), "must be a DNS label")
     type_ = m.text("type") or "Opaque"
     scope = _enum(m, "scope", Scope, [s.value for s in Scope], default=Scope.STRICT)
@@ -840,6 +1028,10 @@ def _fleet_secret(ctx: _Ctx, header: _Header) -> FleetSecret | None:
     if "clusterSelector" not in spec.entries:
         ctx.error(spec.key or spec.node, "spec.clusterSelector", "required field is missing")
     selector = _selector(spec.map("clusterSelector"))
+    selector_key = spec.key_node("clusterSelector")
+    selector_origin = Origin(
+        ctx.file, selector_key.start_mark.line + 1 if selector_key is not None else spec.line
+    )
     target_map = spec.map("target", required=True)
     target_line = target_map.line if target_map else header.origin.line
     target = _target(ctx, target_map)
@@ -884,13 +1076,14 @@ def _fleet_secret(ctx: _Ctx, header: _Header) -> FleetSecret | None:
             restarts.append(RestartRef(kind=kind, name=name))
         rollout.done()
     refresh = spec.text("refreshInterval") or "1h0m0s"
-    if not _DURATION.match(refresh):
+    if not _DURATION.fullmatch(refresh):
         ctx.error(
             spec.key_node("refreshInterval"),
             "spec.refreshInterval",
             "must be a duration such as 1h, 30m or 1h0m0s",
         )
     adopt = spec.flag("adopt") or False
+    allow_no_clusters = spec.flag("allowNoClusters") or False
     spec.done()
     if target is None:
         return None
@@ -905,6 +1098,8 @@ def _fleet_secret(ctx: _Ctx, header: _Header) -> FleetSecret | None:
         restarts=tuple(restarts),
         refresh_interval=refresh,
         adopt=adopt,
+        allow_no_clusters=allow_no_clusters,
+        selector_origin=selector_origin,
     )
 
 
@@ -938,14 +1133,49 @@ def _register[T: (Cluster, FleetSecret)](
     table[item.name] = item
 
 
-def load_fleet(root: Path) -> Fleet:
-    """Load and check a fleet repo. Raises `errors.ConfigErrors` listing every problem."""
-    root = Path(root)
-    if not root.is_dir():
-        raise errors.ConfigErrors(
-            [errors.ConfigError("fleet repo folder not found", file=str(root))]
-        )
-    ctx = _Ctx(root=root)
+def _empty_selections(
+    secrets: Iterable[FleetSecret], clusters: Iterable[Cluster]
+) -> list[errors.ConfigError]:
+    """A selector that picks no cluster is almost always a typo (`env: prd`), and rendering it
+    would prune the secret from every cluster it used to reach: an error unless the
+    FleetSecret says `allowNoClusters: true`. An overlay that reaches none of its FleetSecret's
+    clusters changes nothing, and is refused for the same reason."""
+    every = list(clusters)
+    problems: list[errors.ConfigError] = []
+    for secret in secrets:
+        if secret.allow_no_clusters:
+            continue
+        chosen = [c for c in every if selectors.matches(secret.selector, c.labels)]
+        if not chosen:
+            problems.append(
+                errors.ConfigError(
+                    f"selects no cluster of the fleet's {len(every)} (set "
+                    "allowNoClusters: true if that is deliberate)",
+                    file=(secret.selector_origin or secret.origin).file,
+                    line=(secret.selector_origin or secret.origin).line,
+                    field="spec.clusterSelector",
+                )
+            )
+            continue
+        for overlay in secret.overlays:
+            if not any(selectors.overlay_reaches(overlay, c) for c in chosen):
+                field = "spec.overlays." + (
+                    "clusterSelector" if overlay.clusters is None else "clusters"
+                )
+                problems.append(
+                    errors.ConfigError(
+                        f"the overlay selects none of the {len(chosen)} cluster(s) this "
+                        "FleetSecret selects",
+                        file=overlay.origin.file,
+                        line=overlay.origin.line,
+                        field=field,
+                    )
+                )
+    return problems
+
+
+def _fleet_document(ctx: _Ctx, root: Path) -> Fleet:
+    """The Fleet of secretsync.yaml, without clusters and secrets; raises when there is none."""
     headers = _documents(root, FLEET_FILE, ctx)
     fleets = [h for h in headers if h.kind == "Fleet"]
     for h in headers:
@@ -960,7 +1190,28 @@ def load_fleet(root: Path) -> Fleet:
     if not fleets:
         raise errors.ConfigErrors(ctx.errors)
     ctx.file = FLEET_FILE
-    fleet = _fleet(ctx, fleets[0], root)
+    return _fleet(ctx, fleets[0], root)
+
+
+def load_fleet_settings(root: Path) -> Fleet:
+    """Only secretsync.yaml (defaults, sources, policies), for commands that need the Fleet's
+    settings but not its clusters and secrets (`scan`). Raises `errors.ConfigErrors`."""
+    ctx = _Ctx(root=Path(root))
+    fleet = _fleet_document(ctx, Path(root))
+    if ctx.errors:
+        raise errors.ConfigErrors(ctx.errors)
+    return fleet
+
+
+def load_fleet(root: Path) -> Fleet:
+    """Load and check a fleet repo. Raises `errors.ConfigErrors` listing every problem."""
+    root = Path(root)
+    if not root.is_dir():
+        raise errors.ConfigErrors(
+            [errors.ConfigError("fleet repo folder not found", file=str(root))]
+        )
+    ctx = _Ctx(root=root)
+    fleet = _fleet_document(ctx, root)
 
     clusters: dict[str, Cluster] = {}
     secrets: dict[str, FleetSecret] = {}
@@ -1001,6 +1252,8 @@ def load_fleet(root: Path) -> Fleet:
                             field="spec.overlays.clusters",
                         )
                     )
+    if not ctx.errors:
+        ctx.errors.extend(_empty_selections(secrets.values(), clusters.values()))
     if ctx.errors:
         raise errors.ConfigErrors(ctx.errors)
     return Fleet(

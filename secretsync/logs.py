@@ -179,7 +179,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for key in ("cluster", "fleet_secret"):
+        for key in ("cluster", "fleet_secret", "source", "count"):
             if hasattr(record, key):
                 entry[key] = getattr(record, key)
         if record.exc_info and record.exc_info[0] is not None:

@@ -9,7 +9,7 @@ Pure: one render function per delivery, picked from `RENDERERS`.
 - `direct`: a plain Secret for the Kubernetes API, never for Git.
 
 Every object carries the managed-by label, the fleet-secret label, the cluster annotation and
-the content hash annotation (DESIGN §3).
+the content hash annotation.
 """
 
 from __future__ import annotations
@@ -422,7 +422,12 @@ def _sealed_standin(
 
 def holds_plaintext(data: bytes, item: Rendered) -> bool:
     """Whether `data`, the bytes about to be written for `item`, hold a value `item` was built
-    from (raw, base64 or JSON-escaped).
+    from (raw, base64 or JSON-escaped): `leaks` with the object's own needles and stand-in."""
+    return leaks(data, item.needles, item.standin)
+
+
+def leaks(data: bytes, needles: Sequence[bytes], standin: Callable[[], Manifest] | None) -> bool:
+    """Whether `data` holds one of `needles` (values in their written forms) as a leak.
 
     A needle found in `data` is only a leak when it occurs more often there than in the same
     object rendered with stand-in values: a value may equal text the object holds anyway (a
@@ -431,12 +436,12 @@ def holds_plaintext(data: bytes, item: Rendered) -> bool:
     such text still adds one. Without a stand-in every occurrence is a leak. The stand-in is
     rendered only when a needle is found (rare): the common case costs one search per needle.
     """
-    found = [needle for needle in item.needles if needle in data]
+    found = [needle for needle in needles if needle in data]
     if not found:
         return False
-    if item.standin is None:
+    if standin is None:
         return True
-    baseline = dump_yaml(item.standin())
+    baseline = dump_yaml(standin())
     return any(_occurrences(data, n) > _occurrences(baseline, n) for n in found)
 
 

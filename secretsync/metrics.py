@@ -11,14 +11,21 @@ Labels are cluster names, sources, outcomes and states: never a value, never a p
 | `secretsync_failures_total` | counter | `cluster` |
 | `secretsync_writes_total` | counter | — |
 | `secretsync_webhooks_total` | counter | `outcome` |
+| `secretsync_http_dropped_total` | counter | `reason` (header, idle: a slow or silent client) |
 | `secretsync_fleet_load_errors_total` | counter | — |
 | `secretsync_leader` | gauge | `lease` (1 while this replica holds it; only with election) |
 | `secretsync_stale_paths` | gauge | `source` (locations whose last read failed) |
+| `secretsync_deletes_held` | gauge | `cluster` (deletes kept back by the delete limit) |
+| `secretsync_git_push_total` | counter | `result` (ok, rejected: the branch moved, failed) |
+| `secretsync_git_push_duration_seconds` | histogram | — (commit to pushed, retries included) |
+| `secretsync_git_last_push_timestamp_seconds` | gauge | — (Unix time of the last push) |
+| `secretsync_certificate_expiry_timestamp_seconds` | gauge | `cluster` (sealing certificates) |
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -65,6 +72,12 @@ class Metrics:
         self.webhooks = Counter(
             "secretsync_webhooks", "Rotation webhook requests.", ["outcome"], registry=r
         )
+        self.http_dropped = Counter(
+            "secretsync_http_dropped",
+            "Connections dropped for a request head not read in time or for idling.",
+            ["reason"],
+            registry=r,
+        )
         self.fleet_load_errors = Counter(
             "secretsync_fleet_load_errors", "Fleet repo loads refused.", registry=r
         )
@@ -77,8 +90,37 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        self.deletes_held = Gauge(
+            "secretsync_deletes_held",
+            "Deletes kept back by the Fleet's deleteLimit, per cluster, as of the last full cycle.",
+            ["cluster"],
+            registry=r,
+        )
         for source in ("vault", "sops"):
             self.stale_paths.labels(source=source).set(0)
+        self.git_push = Counter(
+            "secretsync_git_push",
+            "Pushes of write-back commits (rejected: another writer moved the branch).",
+            ["result"],
+            registry=r,
+        )
+        self.git_push_duration = Histogram(
+            "secretsync_git_push_duration_seconds",
+            "From commit to pushed (or given up), retries included.",
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.certificate_expiry = Gauge(
+            "secretsync_certificate_expiry_timestamp_seconds",
+            "When each sealed cluster's sealing certificate expires (Unix time).",
+            ["cluster"],
+            registry=r,
+        )
+        self.git_last_push = Gauge(
+            "secretsync_git_last_push_timestamp_seconds",
+            "Unix time of the last write-back push that landed.",
+            registry=r,
+        )
         self._stale: set[Location] = set()
 
     def cycle(
@@ -105,6 +147,13 @@ class Metrics:
             self.failures.labels(cluster=name).inc(n)
         if report.writes or report.deletes:
             self.writes.inc(report.writes + report.deletes)
+        if report.pruned:
+            held: dict[str, int] = {}
+            for item in report.held:
+                held[item.cluster] = held.get(item.cluster, 0) + 1
+            self.deletes_held.clear()
+            for name, n in held.items():
+                self.deletes_held.labels(cluster=name).set(n)
         if full:
             self._stale = set(report.read_failed)
         else:
@@ -122,11 +171,27 @@ class Metrics:
         for (cluster, state), n in counts.items():
             self.objects.labels(cluster=cluster, state=state).set(n)
 
+    def set_certificate_expiry(self, expiry: Mapping[str, datetime]) -> None:
+        """Replace the series: clusters that left the fleet (or sealed delivery) disappear."""
+        self.certificate_expiry.clear()
+        for cluster, at in expiry.items():
+            self.certificate_expiry.labels(cluster=cluster).set(at.timestamp())
+
+    def pushed(self, *, ok: bool, seconds: float) -> None:
+        """A cycle's write-back push landed (`ok`) or was given up."""
+        self.git_push.labels(result="ok" if ok else "failed").inc()
+        self.git_push_duration.observe(seconds)
+        if ok:
+            self.git_last_push.set_to_current_time()
+
     def source_read(self, source: str, *, ok: bool) -> None:
         self.source_reads.labels(source=source, outcome="ok" if ok else "error").inc()
 
     def webhook(self, outcome: str) -> None:
         self.webhooks.labels(outcome=outcome).inc()
+
+    def dropped(self, reason: str) -> None:
+        self.http_dropped.labels(reason=reason).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

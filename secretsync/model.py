@@ -167,6 +167,7 @@ class VaultTLS:
     ca_file: str | None = None
     client_cert_file: str | None = None
     client_key_file: str | None = None
+    insecure: bool = False  # plain http:// to a host that is not loopback (warned every run)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -187,10 +188,29 @@ class VaultSettings:
     limits: VaultLimits = field(default_factory=VaultLimits)
 
 
+SOPS_KEY_TYPES: tuple[str, ...] = ("age", "pgp", "hc_vault", "kms", "gcp_kms", "azure_kv")
+"""Key types a Fleet may allow in SOPS files, named as sops names them in its metadata."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VaultTransitKey:
+    """One Vault transit key SOPS files may name: the address exactly, and optionally the
+    engine path and key name (None: any)."""
+
+    address: str
+    engine_path: str | None = None
+    key_name: str | None = None
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SopsSettings:
     timeout_seconds: float = 30.0
     max_file_bytes: int = 5 * 1024 * 1024
+    key_types: frozenset[str] = frozenset({"age", "pgp"})
+    vault_transit: tuple[VaultTransitKey, ...] = ()
+    aws_kms: tuple[str, ...] = ()  # key (and role) ARNs, or prefixes ending in ":" or "/"
+    gcp_kms: tuple[str, ...] = ()  # resource ids, or prefixes ending in "/"
+    azure_key_vault: tuple[str, ...] = ()  # `<vault_url>/keys/<name>/<version>`, or prefixes
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -202,6 +222,27 @@ class Policies:
         "bootstrap.kubernetes.io/token",
     )
     allow_cluster_wide: bool = True
+    delete_limit: DeleteLimit = field(default_factory=lambda: DeleteLimit(percent=25))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeleteLimit:
+    """How many owned objects one run may delete on one cluster: a count, or a percentage of
+    the objects secretsync owns there. Deleting one object is always allowed."""
+
+    count: int | None = None
+    percent: int | None = None
+
+    def allows(self, deletes: int, *, owned: int) -> bool:
+        if deletes <= 1:
+            return True
+        if self.count is not None:
+            return deletes <= self.count
+        # a share of what is owned, rounded down: 25 % of 10 objects is 2
+        return deletes * 100 <= (self.percent or 0) * owned
+
+    def __str__(self) -> str:
+        return str(self.count) if self.count is not None else f"{self.percent}%"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -285,6 +326,8 @@ class FleetSecret:
     restarts: tuple[RestartRef, ...] = ()
     refresh_interval: str = "1h0m0s"
     adopt: bool = False
+    allow_no_clusters: bool = False  # an empty selection is deliberate, not a typo
+    selector_origin: Origin | None = None  # where `clusterSelector` is written
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

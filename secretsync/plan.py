@@ -38,13 +38,7 @@ def layered_data(secret: FleetSecret, cluster: Cluster) -> dict[str, DataEntry]:
     """The FleetSecret's data for one cluster: base, then each matching overlay in order."""
     data = dict(secret.data)
     for overlay in secret.overlays:
-        if overlay.clusters is not None:
-            hit = cluster.name in overlay.clusters
-        else:
-            hit = overlay.selector is not None and selectors.matches(
-                overlay.selector, cluster.labels
-            )
-        if hit:
+        if selectors.overlay_reaches(overlay, cluster):
             data.update(overlay.data)
     return data
 

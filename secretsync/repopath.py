@@ -1,4 +1,7 @@
-"""Where a fleet path may point: inside the fleet repo, after symlinks are resolved.
+"""Where a fleet path may point: inside the fleet repo, after symlinks are resolved, at a
+regular file or a folder (or at nothing yet) — never at a FIFO, a socket or a device, which
+are refused from their `lstat` without being opened (opening a FIFO blocks until a writer
+comes; opening a device can have effects of its own).
 
 Shared by the loader (literal paths) and the planner (templated paths, once filled in);
 free of I/O libraries, like the planner.
@@ -7,6 +10,7 @@ free of I/O libraries, like the planner.
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from secretsync import errors
@@ -40,4 +44,28 @@ def confine(root: Path, relative: str, *, file: str = "", line: int = 0, field: 
             line=line,
             field=field,
         )
+    try:
+        kind = special_kind(os.lstat(real).st_mode)
+    except OSError:  # missing (yet): the reader reports it when it matters
+        kind = None
+    if kind is not None:
+        raise errors.ConfigError(
+            f"{relative!r} is {kind}, not a regular file: not read",
+            file=file,
+            line=line,
+            field=field,
+        )
     return real
+
+
+def special_kind(mode: int) -> str | None:
+    """What a file of this `st_mode` is when it is neither a regular file nor a folder."""
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"

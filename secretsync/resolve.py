@@ -11,7 +11,7 @@ import json
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol
+from typing import ClassVar, Final, Protocol
 
 from secretsync import bounded, errors, logs
 from secretsync.model import Location, ValueRef
@@ -63,6 +63,8 @@ class Resolution:
 def lookup(document: Document, key: str, *, where: str) -> SecretValue:
     """Find `key` in a document: a top-level key first, then a dotted path.
 
+    In a dotted path a segment of digits picks that element of a list (`creds.0.password`,
+    `hosts.1`), as External Secrets Operator's `property` paths do; in a mapping it is a key.
     Scalars become text the way JSON writes them (true, 3, 1.5); strings are taken as UTF-8.
     A nested object or list is an error, never `str(dict)`; so is a leaf the source marked
     `Unencrypted`.
@@ -75,9 +77,9 @@ def lookup(document: Document, key: str, *, where: str) -> SecretValue:
         for part in key.split("."):
             if isinstance(node, Unencrypted):
                 break
-            if not isinstance(node, Mapping) or part not in node:
+            node = _step(node, part)
+            if node is _MISSING:
                 raise errors.RefNotFound(f"{where}: key {key!r} not found")
-            node = node[part]
     if isinstance(node, Unencrypted):
         raise errors.DecryptFailed(
             f"{where}: key {key!r} is not encrypted in the file (its sops settings leave it in "
@@ -90,7 +92,25 @@ def lookup(document: Document, key: str, *, where: str) -> SecretValue:
         return SecretValue(node)
     if isinstance(node, bool | int | float) or node is None:
         return SecretValue.of(json.dumps(node))
-    raise errors.RefNotFound(f"{where}: key {key!r} holds a nested object, not a value")
+    if isinstance(node, Mapping):
+        raise errors.RefNotFound(f"{where}: key {key!r} holds a nested object, not a value")
+    raise errors.RefNotFound(
+        f"{where}: key {key!r} holds a list, not a value; pick an element by its index ({key}.0)"
+    )
+
+
+_MISSING: Final = object()
+
+
+def _step(node: object, part: str) -> object:
+    """One segment of a dotted path: a key of a mapping, or (digits) an element of a list."""
+    if isinstance(node, Mapping):
+        return node.get(part, _MISSING)
+    if isinstance(node, list | tuple) and part.isascii() and part.isdigit():
+        index = int(part)
+        if index < len(node) and (part == "0" or not part.startswith("0")):
+            return node[index]
+    return _MISSING
 
 
 async def resolve(

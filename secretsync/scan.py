@@ -14,7 +14,15 @@ This module owns what counts as a leak in a Git working tree and reports each on
 - a value left in plaintext inside a SOPS file: a leaf that is not `ENC[…]` although the file's
   own sops settings (`unencrypted_suffix`, `encrypted_suffix`, `unencrypted_regex`,
   `encrypted_regex`) say it should be, and any plaintext leaf under a Secret's
-  `data` / `stringData`, whatever those settings say.
+  `data` / `stringData`, whatever those settings say;
+- a SOPS file naming a key the Fleet's `sources.sops` policy does not allow (see `sopskeys`):
+  the policy of the nearest `secretsync.yaml` as the caller finds it, else the default one.
+
+A file it must check but cannot is a finding too: a YAML or JSON file that may hold a Secret
+(or is declared encrypted) but does not parse — a broken file may still hold a plaintext
+Secret that other tools read; a file with `{{` in it is a Helm / Go template, which is YAML only
+once rendered, and is not reported — and a FIFO, socket or device where a candidate file would
+be, which is never opened (a FIFO would block the scan).
 
 It reads files and nothing else: no network, no sops binary, no keys. A finding names where and
 what, never a value (key names and Secret names are not values). Files are read only when their
@@ -29,13 +37,16 @@ import enum
 import json
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+import stat
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 import yaml
 from yaml.representer import SafeRepresenter
+
+from secretsync import model, repopath, sopskeys
 
 MAX_FILE_BYTES: Final = 8 * 1024 * 1024
 
@@ -61,7 +72,7 @@ CONFIG_NAMES: Final = (".sops.yaml", ".sops.yml")
 STRUCTURED_SUFFIXES: Final = (".yaml", ".yml", ".json")
 
 _NOT_SOPS_CONTENT: Final = re.compile(
-    r"^(?:readme(?:\..*)?|license(?:\..*)?|.*\.(?:md|rst|adoc)|\.git\w*|\.keep)$",
+    r"(?:readme(?:\..*)?|license(?:\..*)?|.*\.(?:md|rst|adoc)|\.git\w*|\.keep)",
     re.IGNORECASE,
 )
 """Names a broad `path_regex` may match that are documentation or Git plumbing, not values."""
@@ -90,6 +101,20 @@ class FindingKind(enum.StrEnum):
     """A file that a `.sops.yaml` rule or its `*.sops.*` name says is encrypted, but is not."""
     SOPS_VALUE_NOT_ENCRYPTED = "sops-value-not-encrypted"
     """A value inside a SOPS file that is in plaintext although it should be encrypted."""
+    UNPARSABLE = "unparsable-file"
+    """A YAML / JSON file that may hold a Secret (or must be encrypted) but does not parse."""
+    NOT_A_FILE = "not-a-regular-file"
+    """A FIFO, socket or device where a file to check would be: not opened."""
+    SOPS_KEY_NOT_ALLOWED = "sops-key-not-allowed"
+    """A SOPS file naming a key (type, Vault address, KMS key) the Fleet's policy refuses."""
+
+
+type PolicyFor = Callable[[Path], model.SopsSettings]
+"""The `sources.sops` policy that applies to the files of a folder."""
+
+
+def _default_policy(_folder: Path) -> model.SopsSettings:
+    return model.SopsSettings()
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -105,9 +130,15 @@ class Finding:
         return f"{self.file}:{self.line}: {self.kind}: {self.message}"
 
 
-def scan(path: Path, *, max_file_bytes: int = MAX_FILE_BYTES) -> list[Finding]:
-    """Every finding under `path` (a folder or one file), sorted by file and line."""
-    if path.is_file():
+def scan(
+    path: Path, *, max_file_bytes: int = MAX_FILE_BYTES, sops_policy: PolicyFor | None = None
+) -> list[Finding]:
+    """Every finding under `path` (a folder or one file), sorted by file and line.
+
+    `sops_policy` gives the key policy for a folder's SOPS files (default: age and pgp only).
+    """
+    policy_for = sops_policy or _default_policy
+    if not path.is_dir():
         base = path.parent.resolve()
         file = base / path.name
         found = _check_file(
@@ -116,13 +147,21 @@ def scan(path: Path, *, max_file_bytes: int = MAX_FILE_BYTES) -> list[Finding]:
             base=base,
             config=_config_above(base),
             max_file_bytes=max_file_bytes,
+            policy_for=policy_for,
         )
         return sorted(found)
     base = path.resolve()
     findings: list[Finding] = []
     for file, rel, config in _walk(base):
         findings.extend(
-            _check_file(file, rel=rel, base=base, config=config, max_file_bytes=max_file_bytes)
+            _check_file(
+                file,
+                rel=rel,
+                base=base,
+                config=config,
+                max_file_bytes=max_file_bytes,
+                policy_for=policy_for,
+            )
         )
     return sorted(findings)
 
@@ -257,7 +296,7 @@ def _config_above(folder: Path) -> _SopsConfig | None:
 
 
 def _walk(root: Path) -> Iterator[tuple[Path, str, _SopsConfig | None]]:
-    """(file, path relative to root, nearest .sops.yaml) for every regular file, no symlinks.
+    """(file, path relative to root, nearest .sops.yaml) for every entry but folders and links.
 
     `root` is resolved, so that paths compare with the config files' own resolved paths.
     """
@@ -278,7 +317,7 @@ def _walk(root: Path) -> Iterator[tuple[Path, str, _SopsConfig | None]]:
                 if entry.is_dir(follow_symlinks=False):
                     if entry.name not in SKIP_DIRS:
                         stack.append((Path(entry.path), f"{rel}/", config))
-                elif entry.is_file(follow_symlinks=False):
+                elif not entry.is_symlink():  # files, and FIFOs, sockets, devices to report
                     yield Path(entry.path), rel, config
             except OSError:
                 continue
@@ -300,7 +339,7 @@ def _declared(file: Path, name: str, config: _SopsConfig | None, base: Path) -> 
     if name in CONFIG_NAMES:
         return None
     rule = config.match(file) if config is not None else None
-    if config is not None and rule is not None and not _NOT_SOPS_CONTENT.match(name):
+    if config is not None and rule is not None and not _NOT_SOPS_CONTENT.fullmatch(name):
         where = os.path.relpath(config.file, base).replace(os.sep, "/")
         return _Why(
             reason=f"matches creation rule {rule.number} (path_regex '{rule.pattern}') of {where}",
@@ -314,7 +353,13 @@ def _declared(file: Path, name: str, config: _SopsConfig | None, base: Path) -> 
 
 
 def _check_file(
-    file: Path, *, rel: str, base: Path, config: _SopsConfig | None, max_file_bytes: int
+    file: Path,
+    *,
+    rel: str,
+    base: Path,
+    config: _SopsConfig | None,
+    max_file_bytes: int,
+    policy_for: PolicyFor,
 ) -> list[Finding]:
     name = file.name
     lowered = name.lower()
@@ -324,22 +369,66 @@ def _check_file(
     if not (structured or dotenv or why):
         return []
     try:
-        if file.stat().st_size > max_file_bytes:
-            return []
-        data = file.read_bytes()
+        info = file.stat()
     except OSError:
         return []
-    if not data.strip():
+    if (kind := repopath.special_kind(info.st_mode)) is not None:
+        return [Finding(rel, 1, FindingKind.NOT_A_FILE, f"is {kind}: not opened, not checked")]
+    if info.st_size > max_file_bytes:
         return []
+    data = _read_regular(file, max_bytes=max_file_bytes)
+    if data is None or not data.strip():
+        return []
+    if structured or dotenv:
+        keys = _key_findings(data, rel=rel, name=name, policy_for=lambda: policy_for(file.parent))
     if structured:
         if why is None and not _WORTH_PARSING.search(data):
-            return []
-        return _check_structured(data, rel=rel, why=why, is_json=lowered.endswith(".json"))
+            return keys
+        return keys + _check_structured(data, rel=rel, why=why, is_json=lowered.endswith(".json"))
     if dotenv:
-        return _check_dotenv(data, rel=rel, why=why)
+        return keys + _check_dotenv(data, rel=rel, why=why)
     if why is not None and not _other_has_metadata(data):
         return [Finding(rel, 1, FindingKind.SOPS_FILE_NOT_ENCRYPTED, f"{why.reason} but is not")]
     return []
+
+
+def _read_regular(file: Path, *, max_bytes: int) -> bytes | None:
+    """A regular file's bytes; None when it is not one (swapped since its stat) or too big."""
+    try:  # O_NONBLOCK: a FIFO put in its place since cannot block the open
+        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        try:
+            data = fh.read(max_bytes + 1)
+        except OSError:
+            return None
+    return data if len(data) <= max_bytes else None
+
+
+_MAYBE_SOPS: Final[Mapping[sopskeys.FileFormat, re.Pattern[bytes]]] = {
+    sopskeys.FileFormat.YAML: re.compile(rb"^[\"']?sops[\"']?[ \t]*:", re.M),
+    sopskeys.FileFormat.JSON: re.compile(rb"\"sops\"\s*:", re.I),  # Go's JSON ignores case
+    sopskeys.FileFormat.DOTENV: _DOTENV_SOPS,
+}
+
+
+def _key_findings(
+    data: bytes, *, rel: str, name: str, policy_for: Callable[[], model.SopsSettings]
+) -> list[Finding]:
+    """The keys a SOPS file names that its Fleet's policy refuses (one finding each)."""
+    fmt = sopskeys.format_for(name)
+    if fmt is None or not _MAYBE_SOPS[fmt].search(data):
+        return []
+    found = sopskeys.read(data, fmt)
+    if not found.marked:  # a `sops:` key that is not sops metadata (no mac, no version)
+        return []
+    return [
+        Finding(rel, r.line, FindingKind.SOPS_KEY_NOT_ALLOWED, f"{r.where}: {r.message}")
+        for r in sopskeys.refusals(found, policy_for())
+    ]
 
 
 def _other_has_metadata(data: bytes) -> bool:
@@ -350,8 +439,11 @@ def _other_has_metadata(data: bytes) -> bool:
 # --- YAML and JSON -------------------------------------------------------------------------
 
 
-def _documents(data: bytes, *, is_json: bool) -> Iterator[yaml.Node]:
-    """Composed documents (nodes keep their lines); stops quietly at a syntax error."""
+def _documents(
+    data: bytes, *, is_json: bool, stopped: list[int] | None = None
+) -> Iterator[yaml.Node]:
+    """Composed documents (nodes keep their lines). A syntax error ends them: the 1-based line
+    where it was found is appended to `stopped`."""
     composed = 0
     try:
         for node in yaml.compose_all(data, Loader=yaml.CSafeLoader):
@@ -359,12 +451,18 @@ def _documents(data: bytes, *, is_json: bool) -> Iterator[yaml.Node]:
                 composed += 1
                 yield node
         return
-    except (yaml.YAMLError, RecursionError):
+    except (yaml.YAMLError, RecursionError) as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 1
         if not is_json or composed:
+            if stopped is not None:
+                stopped.append(line)
             return
     try:  # JSON that YAML 1.1 does not read (e.g. "\/"): no line numbers then
         parsed = json.loads(data)
     except (ValueError, RecursionError):
+        if stopped is not None:
+            stopped.append(line)
         return
     yield SafeRepresenter().represent_data(parsed)
 
@@ -481,7 +579,8 @@ def _plaintext_secret(secret: yaml.Node, rel: str) -> Finding | None:
 def _check_structured(data: bytes, *, rel: str, why: _Why | None, is_json: bool) -> list[Finding]:
     findings: list[Finding] = []
     reported_file = False
-    for doc in _documents(data, is_json=is_json):
+    stopped: list[int] = []
+    for doc in _documents(data, is_json=is_json, stopped=stopped):
         metadata = _sops_metadata(doc)
         if metadata is not None:
             findings.extend(_check_sops_document(doc, metadata, rel=rel))
@@ -502,6 +601,20 @@ def _check_structured(data: bytes, *, rel: str, why: _Why | None, is_json: bool)
                     f"{why.reason} but has no sops metadata",
                 )
             )
+    if stopped and b"{{" in data:
+        return findings  # a Helm / Go template: YAML only once rendered, its values are not
+    last = max(1, len(data.splitlines()))  # the parser may stop at the end of the stream
+    for line in stopped:  # the parser's own message is not shown: it may quote the file
+        what = "JSON" if is_json else "YAML"
+        findings.append(
+            Finding(
+                rel,
+                min(line, last),
+                FindingKind.UNPARSABLE,
+                f"is not valid {what} from this line on: not checked, and a broken file may "
+                "still hold a plaintext Secret",
+            )
+        )
     return findings
 
 

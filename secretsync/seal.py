@@ -133,14 +133,14 @@ def public_key_fingerprint(public_key: RSAPublicKey) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
-_SHA256_PIN: Final = re.compile(r"^[0-9a-f]{64}$")
+_SHA256_PIN: Final = re.compile(r"[0-9a-f]{64}")
 
 
 def normalize_sha256(text: str) -> str | None:
     """A SHA-256 fingerprint as 64 lowercase hex digits, from hex with or without colons
     (`openssl x509 -fingerprint -sha256` prints `AB:CD:…`); None when it is not one."""
     digits = text.strip().replace(":", "").lower()
-    return digits if _SHA256_PIN.match(digits) else None
+    return digits if _SHA256_PIN.fullmatch(digits) else None
 
 
 def _first_certificate(pem: bytes, source: str) -> x509.Certificate:

@@ -10,18 +10,19 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from secretsync.model import Operator, Requirement, Selector
+from secretsync.model import Cluster, Operator, Overlay, Requirement, Selector
 
-_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+# Checked with `fullmatch`: `$` would also accept a trailing newline.
+_NAME = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
 def label_key_problem(key: str) -> str | None:
     """Why `key` is not a valid label key, or None."""
     prefix, slash, name = key.rpartition("/")
-    if slash and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix)):
+    if slash and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN.fullmatch(prefix)):
         return f"label key {key!r} has an invalid prefix (a DNS subdomain is required)"
-    if not name or len(name) > 63 or not _NAME.match(name):
+    if not name or len(name) > 63 or not _NAME.fullmatch(name):
         return (
             f"label key {key!r} is invalid (1-63 characters: alphanumerics, '-', '_', '.', "
             "starting and ending with an alphanumeric)"
@@ -31,7 +32,7 @@ def label_key_problem(key: str) -> str | None:
 
 def label_value_problem(value: str) -> str | None:
     """Why `value` is not a valid label value, or None."""
-    if len(value) > 63 or not _NAME.match(value):
+    if len(value) > 63 or not _NAME.fullmatch(value):
         return (
             f"label value {value!r} is invalid (at most 63 characters: alphanumerics, '-', '_', "
             "'.', starting and ending with an alphanumeric)"
@@ -54,6 +55,13 @@ def matches(selector: Selector, labels: Mapping[str, str]) -> bool:
         if not ok:
             return False
     return True
+
+
+def overlay_reaches(overlay: Overlay, cluster: Cluster) -> bool:
+    """Whether an overlay applies to `cluster`: it names it, or its selector matches it."""
+    if overlay.clusters is not None:
+        return cluster.name in overlay.clusters
+    return overlay.selector is not None and matches(overlay.selector, cluster.labels)
 
 
 _TOKEN = re.compile(

@@ -1,4 +1,4 @@
-"""Several `serve` replicas (DESIGN §6): clusters sharded by a stable hash, each shard and the
+"""Several `serve` replicas: clusters sharded by a stable hash, each shard and the
 Git writeback guarded by a Lease of the home cluster (see `leases`).
 
 - `shard_of(name, shards)`: sha256 of the cluster name, so every replica, Python version and
@@ -61,7 +61,7 @@ def derive_shard_index(
             raise ValueError(f"${SHARD_INDEX_ENV} must be a non-negative integer")
         return int(text)
     name = hostname if hostname is not None else env.get("HOSTNAME") or socket.gethostname()
-    match = re.search(r"-(\d+)$", name or "")
+    match = re.search(r"-([0-9]+)\Z", name or "")
     return int(match.group(1)) if match else None
 
 

@@ -10,7 +10,9 @@ States:
 - `synced`: the last cycle that looked at it found it delivered as desired (or delivered it);
 - `drifted`: the last cycle found it changed outside secretsync and repaired it;
 - `failed`: the last cycle could not deliver it; the reason says why, and what was delivered
-  before stays in place (its last sync time is kept).
+  before stays in place (its last sync time is kept);
+- `undelivered`: no sink of this process delivers to its cluster (e.g. `serve --no-git` for a
+  sealed cluster); the reason says which delivery and which sink is off.
 
 An object delivered by two sinks (Git and the Kubernetes API) shows the worst of the two.
 """
@@ -32,9 +34,16 @@ class State(enum.StrEnum):
     DRIFTED = "drifted"
     FAILED = "failed"
     PENDING = "pending"
+    UNDELIVERED = "undelivered"
 
 
-_SEVERITY = {State.SYNCED: 0, State.PENDING: 1, State.DRIFTED: 2, State.FAILED: 3}
+_SEVERITY = {
+    State.SYNCED: 0,
+    State.UNDELIVERED: 1,
+    State.PENDING: 1,
+    State.DRIFTED: 2,
+    State.FAILED: 3,
+}
 DRIFT_REASON = "repaired: changed outside secretsync"
 
 
@@ -54,9 +63,11 @@ class Entry:
     content_hash: str | None = None
     last_sync: datetime | None = None
     sinks: tuple[str, ...] = ()
+    committed: str | None = None  # the write-back commit that carries it (serve --git-push)
+    pushed: bool | None = None
 
     def document(self) -> dict[str, Any]:
-        return {
+        return self._push() | {
             "cluster": self.cluster,
             "fleetSecret": self.fleet_secret,
             "object": f"{self.namespace}/{self.name}",
@@ -69,6 +80,9 @@ class Entry:
             "contentHash": self.content_hash,
             "lastSync": _iso(self.last_sync),
         }
+
+    def _push(self) -> dict[str, Any]:
+        return {"committed": self.committed, "pushed": self.pushed} if self.committed else {}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -94,6 +108,21 @@ class CycleSummary:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class HeldDeletes:
+    """Deletes on one cluster kept back by the Fleet's delete limit (names, never values)."""
+
+    objects: tuple[str, ...]
+    reason: str
+
+    @property
+    def headline(self) -> str:
+        return f"{len(self.objects)} deletes held: over the delete limit"
+
+    def document(self) -> dict[str, Any]:
+        return {"count": len(self.objects), "objects": list(self.objects), "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ClusterInfo:
     name: str
     delivery: str
@@ -116,6 +145,9 @@ class StatusBoard:
         self.last_cycle: CycleSummary | None = None
         self.cycles = 0
         self.leadership: Callable[[], dict[str, Any]] | None = None  # set with election on
+        self.last_push: dict[str, Any] | None = None  # with serve --git-push
+        self.certificates: dict[str, dict[str, Any]] = {}  # sealed clusters' certificates
+        self.held: dict[str, HeldDeletes] = {}  # cluster -> deletes kept back by the limit
 
     # --- feeding -------------------------------------------------------------------------------
 
@@ -155,6 +187,17 @@ class StatusBoard:
             planned[key] = entry
         self.entries = planned
 
+    def undelivered(self, reasons: Mapping[str, str]) -> None:
+        """Clusters no sink of this process delivers to (name -> why): their objects show
+        `undelivered` with that reason rather than `pending` forever; a cluster that a sink
+        takes again goes back to `pending` until its next cycle."""
+        for entry in self.entries.values():
+            reason = reasons.get(entry.cluster)
+            if reason is not None:
+                entry.state, entry.reason = State.UNDELIVERED, reason
+            elif entry.state is State.UNDELIVERED:
+                entry.state, entry.reason = State.PENDING, ""
+
     def fleet_failed(self, message: str, *, at: datetime, commit: str | None = None) -> None:
         """A fleet repo that does not load (at `commit`, when known): the last good one keeps
         running."""
@@ -173,16 +216,27 @@ class StatusBoard:
         """Apply one cycle's outcome. Only objects the report names change (a narrowed cycle
         leaves the others as they were); a cluster that failed as a whole fails its objects."""
         by_entry: dict[tuple[str, str], list[ItemResult]] = {}
-        counts = {"create": 0, "update": 0, "delete": 0, "unchanged": 0, "failed": 0}
+        counts = {"create": 0, "update": 0, "delete": 0, "held": 0, "unchanged": 0, "failed": 0}
         for item in report.items:
             counts[item.action] = counts.get(item.action, 0) + 1
-            if item.fleet_secret is None or item.action == "delete":
+            if item.fleet_secret is None or item.action in ("delete", "held"):
                 continue
             by_entry.setdefault((item.cluster, item.fleet_secret), []).append(item)
         for key, items in by_entry.items():
             entry = self.entries.get(key)
             if entry is not None:
                 _apply(entry, items, at=started)
+        if report.pruned:  # a cycle that looked for deletes knows every held one
+            held: dict[str, list[ItemResult]] = {}
+            for item in report.held:
+                held.setdefault(item.cluster, []).append(item)
+            self.held = {
+                name: HeldDeletes(
+                    objects=tuple(sorted(f"{i.namespace}/{i.name}" for i in items)),
+                    reason=items[0].reason,
+                )
+                for name, items in sorted(held.items())
+            }
         for name, reason in report.failed_clusters.items():
             for entry in self.entries.values():
                 if entry.cluster == name:
@@ -213,6 +267,33 @@ class StatusBoard:
             error=message,
         )
         self.cycles += 1
+
+    def certificates_read(
+        self, expiry: Mapping[str, datetime], *, now: datetime, warn_days: int
+    ) -> None:
+        """When each sealing certificate expires; one within `warn_days` gets a warning."""
+        self.certificates = {}
+        for cluster, at in sorted(expiry.items()):
+            days = (at - now).total_seconds() / 86400
+            warning = ""
+            if days < 0:
+                warning = "expired: nothing new is sealed for this cluster"
+            elif days <= warn_days:
+                warning = (
+                    f"expires in {days:.1f} days: run `secretsync cluster refresh-cert {cluster}`"
+                )
+            self.certificates[cluster] = {"notAfter": _iso(at), "warning": warning}
+
+    def pushed(
+        self, outcome: dict[str, Any], *, carried: Iterable[tuple[str, str | None]], pushed: bool
+    ) -> None:
+        """A write-back commit (and its push, or why not): the objects it carries record it."""
+        self.last_push = outcome
+        sha = outcome.get("commit")
+        for cluster, fleet_secret in carried:
+            entry = self.entries.get((cluster, fleet_secret or ""))
+            if entry is not None and isinstance(sha, str):
+                entry.committed, entry.pushed = sha, pushed
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -252,7 +333,18 @@ class StatusBoard:
             "cycles": self.cycles,
             "lastCycle": self.last_cycle.document() if self.last_cycle else None,
             "objects": [e.document() for e in self.sorted_entries()],
-        } | ({"leadership": self.leadership()} if self.leadership is not None else {})
+            "deletesHeld": {name: h.document() for name, h in self.held.items()},
+        } | self._extras()
+
+    def _extras(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.leadership is not None:
+            out["leadership"] = self.leadership()
+        if self.last_push is not None:
+            out["lastPush"] = self.last_push
+        if self.certificates:
+            out["certificates"] = self.certificates
+        return out
 
 
 def _apply(entry: Entry, items: list[ItemResult], *, at: datetime) -> None:

@@ -10,6 +10,8 @@ import functools
 import re
 from collections.abc import Mapping
 
+from secretsync import selectors
+
 _EXPR = re.compile(r"\{\{(.*?)\}\}")
 _LABELS = "cluster.labels."
 
@@ -23,8 +25,9 @@ def _parse(expr: str) -> str | None:
     expr = expr.strip()
     if expr == "cluster.name":
         return ""
-    if expr.startswith(_LABELS) and len(expr) > len(_LABELS) and " " not in expr:
-        return expr[len(_LABELS) :]
+    key = expr.removeprefix(_LABELS)
+    if key != expr and selectors.label_key_problem(key) is None:
+        return key
     return None
 
 

@@ -16,7 +16,8 @@ from collections.abc import Mapping
 from typing import Final
 
 MIN_GUARDED_LEN: Final = 4
-"""Values shorter than this are too common to guard against (DESIGN §3)."""
+"""Values shorter than this are too common to guard against: a 1-3 byte value (`0`, `yes`)
+turns up in any manifest by chance, so the plaintext guard would refuse honest writes."""
 
 
 class SecretValue:

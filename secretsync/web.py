@@ -8,21 +8,25 @@ the rotation webhook. Handlers only read the status board and hand webhook paths
 - `GET /metrics`: Prometheus text. `GET /v1/status`: the JSON inventory.
 - `GET /`: the fleet page, server-rendered HTML with a little inline JavaScript for filters.
 - `POST /v1/webhooks/vault`: 503 without a webhook secret; 413 over the size cap (checked
-  before the body is read); 401 for a missing or bad signature or a stale timestamp; 400 for
-  a bad body; 200 for a replayed id (no work); 202 once queued.
+  before the body is read); 408 when the body has not arrived within the read timeout (the
+  connection is closed); 401 for a missing or bad signature or a stale timestamp; 400 for a
+  bad body; 200 for a replayed id (no work); 202 once queued. Refusals are logged at most once
+  a minute per source address, with the count since that address's previous line (`edge`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import html
 import logging
 import secrets
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from aiohttp import web
 
-from secretsync import webhook
+from secretsync import edge, webhook
 from secretsync.metrics import CONTENT_TYPE, Metrics
 from secretsync.status import State, StatusBoard
 
@@ -56,12 +60,22 @@ class Backend(Protocol):
 
 BACKEND = web.AppKey("backend", Backend)
 MAX_BODY = web.AppKey("max_body", int)
+READ_TIMEOUT = web.AppKey("read_timeout_s", float)
+REFUSALS = web.AppKey("refusals", edge.Throttle)
 
 
-def make_app(backend: Backend, *, max_body: int = webhook.MAX_BODY_BYTES) -> web.Application:
-    app = web.Application(client_max_size=max_body + 1)
+def make_app(
+    backend: Backend,
+    *,
+    max_body: int = webhook.MAX_BODY_BYTES,
+    read_timeout_s: float = edge.HEADER_TIMEOUT_S,
+    refusals: edge.Throttle | None = None,
+) -> web.Application:
+    app = web.Application(client_max_size=max_body + 1, middlewares=[edge.track_requests])
     app[BACKEND] = backend
     app[MAX_BODY] = max_body
+    app[READ_TIMEOUT] = read_timeout_s
+    app[REFUSALS] = refusals or edge.Throttle()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
@@ -119,15 +133,19 @@ async def vault_webhook(request: web.Request) -> web.Response:
         return _json({"error": "no webhook secret configured"}, status=503)
     cap = request.app[MAX_BODY]
     if request.content_length is not None and request.content_length > cap:
-        return _refused(backend, webhook.TooLarge(f"body over {cap} bytes"))
+        return _refused(request, webhook.TooLarge(f"body over {cap} bytes"))
+    seconds = request.app[READ_TIMEOUT]
     try:
-        body = await request.read()
+        async with asyncio.timeout(seconds):
+            body = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        return _refused(backend, webhook.TooLarge(f"body over {cap} bytes"))
+        return _refused(request, webhook.TooLarge(f"body over {cap} bytes"))
+    except TimeoutError:
+        return _refused(request, SlowBody(f"body not received within {seconds:g} s"))
     try:
         verified = verifier.verify(request.headers, body)
     except webhook.WebhookError as exc:
-        return _refused(backend, exc)
+        return _refused(request, exc)
     if verified.replay:
         backend.metrics.webhook("duplicate")
         log.info("webhook %s: replayed id, acknowledged without work", verified.msg_id)
@@ -140,13 +158,32 @@ async def vault_webhook(request: web.Request) -> web.Response:
     return _json({"status": "queued", "queued": queued, "ignored": ignored}, status=202)
 
 
-_OUTCOME = {401: "unauthorized", 400: "bad_request", 413: "too_large"}
+class SlowBody(webhook.WebhookError):
+    status = 408
 
 
-def _refused(backend: Backend, exc: webhook.WebhookError) -> web.Response:
-    backend.metrics.webhook(_OUTCOME.get(exc.status, "refused"))
-    log.info("webhook refused (%d): %s", exc.status, exc.message)
-    return _json({"error": exc.message}, status=exc.status)
+_OUTCOME = {401: "unauthorized", 400: "bad_request", 408: "timeout", 413: "too_large"}
+
+
+def _refused(request: web.Request, exc: webhook.WebhookError) -> web.Response:
+    """The refusal's answer; counted in metrics every time, logged at most once a minute per
+    source address (a flood of bad signatures costs one line a minute, with its count)."""
+    request.app[BACKEND].metrics.webhook(_OUTCOME.get(exc.status, "refused"))
+    address = request.remote or "unknown"
+    count = request.app[REFUSALS].hit(address)
+    if count is not None:
+        log.info(
+            "webhook refused (%d) from %s: %s [%d from this address since its last line]",
+            exc.status,
+            address,
+            exc.message,
+            count,
+            extra={"source": address, "count": count},
+        )
+    response = _json({"error": exc.message}, status=exc.status)
+    if isinstance(exc, SlowBody):
+        response.force_close()  # the rest of a slow body is not waited for
+    return response
 
 
 # --- the fleet page -----------------------------------------------------------------------------
@@ -166,10 +203,12 @@ td.cell{font-weight:600;min-width:5.5rem}
 .st-drifted{background:#fff8c5;color:#7d4e00}
 .st-failed{background:#ffebe9;color:#a40e26}
 .st-pending{background:#ddf4ff;color:#0a3069}
+.st-undelivered{background:#f6f8fa;color:#57606a}
 .none{color:#8c959f}
 .dim{opacity:.25}
 .hidden{display:none}
 .labels{color:#57606a;font-size:12px}
+time[title]{text-decoration:underline dotted #8c959f}
 code{font-size:12px}
 """
 
@@ -215,8 +254,31 @@ def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def render_page(board: StatusBoard, *, nonce: str) -> str:
+def _clock_text(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _age(at: datetime, now: datetime) -> str:
+    seconds = int((now - at).total_seconds())
+    if seconds < 0:
+        return "in the future (clock skew)"
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds // size} {unit} ago"
+    return f"{seconds} s ago"
+
+
+def _time(at: datetime, now: datetime) -> str:
+    """A time as people read it (`2026-12-06 17:14:15 UTC`), its age on hover."""
+    return (
+        f'<time datetime="{_e(at.isoformat(timespec="seconds"))}" title="{_e(_age(at, now))}">'
+        f"{_e(_clock_text(at))}</time>"
+    )
+
+
+def render_page(board: StatusBoard, *, nonce: str, now: datetime | None = None) -> str:
     """The fleet page: a cluster x FleetSecret grid. Every dynamic string is escaped."""
+    now = now or datetime.now(UTC)
     secrets_in_use = sorted({e.fleet_secret for e in board.entries.values()})
     label_pairs = sorted({f"{k}={v}" for c in board.clusters.values() for k, v in c.labels.items()})
     out: list[str] = [
@@ -229,14 +291,20 @@ def render_page(board: StatusBoard, *, nonce: str) -> str:
     if board.fleet_loaded_at:
         at_commit = f" at commit {_e(board.commit)}" if board.commit else ""
         out.append(
-            f"<p class=meta>Fleet repo loaded {_e(board.fleet_loaded_at.isoformat())}"
-            f"{at_commit}</p>"
+            f"<p class=meta>Fleet repo loaded {_time(board.fleet_loaded_at, now)}{at_commit}</p>"
         )
     if board.fleet_error:
         out.append(
             f"<div class=banner id=fleet-error><strong>The fleet repo does not load "
-            f"({_e(board.fleet_error_at.isoformat() if board.fleet_error_at else '')}); "
+            f"({_time(board.fleet_error_at, now) if board.fleet_error_at else ''}); "
             f"the last good one keeps running:</strong>\n{_e(board.fleet_error)}</div>"
+        )
+    for name, held in board.held.items():
+        out.append(
+            f"<div class=banner id=held-{_e(name)}><strong>{_e(len(held.objects))} deletes "
+            f"held on {_e(name)}: over the delete limit.</strong> Nothing is deleted there "
+            "until the fleet changes or an operator runs <code>sync --allow-deletes</code> / "
+            f"<code>render --allow-deletes</code>: {_e(', '.join(held.objects))}</div>"
         )
     totals = board.totals()
     out.append(
@@ -249,10 +317,25 @@ def render_page(board: StatusBoard, *, nonce: str) -> str:
         counts = ", ".join(f"{_e(n)} {_e(k)}" for k, n in cycle.counts.items() if n)
         out.append(
             f"<p class=meta id=last-cycle>Last cycle ({_e(cycle.trigger)}): started "
-            f"{_e(cycle.started.isoformat(timespec='seconds'))}, took {cycle.duration_s:.2f} s, "
+            f"{_time(cycle.started, now)}, took {cycle.duration_s:.2f} s, "
             f"outcome <strong>{_e(cycle.outcome)}</strong>"
             + (f"; {counts}" if counts else "")
             + (f"; error: {_e(cycle.error)}" if cycle.error else "")
+            + "</p>"
+        )
+    expiring = {c: v["warning"] for c, v in board.certificates.items() if v["warning"]}
+    if expiring:
+        out.append("<div class=banner id=certificates><strong>Sealing certificates:</strong><ul>")
+        out.extend(f"<li>{_e(c)}: {_e(w)}</li>" for c, w in expiring.items())
+        out.append("</ul></div>")
+    push = board.last_push
+    if push is not None:  # serve --git-push
+        out.append(
+            f"<p class=meta id=last-push>Last push: <strong>{_e(push['result'])}</strong> at "
+            f"{_e(push['at'])}"
+            + (f", commit {_e(push['commit'])}" if push.get("commit") else "")
+            + f", {_e(push['objects'])} object(s), {_e(push['tries'])} tr(ies)"
+            + (f"; {_e(push['reason'])}" if push.get("reason") else "")
             + "</p>"
         )
     out.append('<div class=filters><label>Cluster label <select id=f-label><option value="">any')
@@ -284,7 +367,8 @@ def render_page(board: StatusBoard, *, nonce: str) -> str:
             if entry.reason:
                 tip += f": {entry.reason}"
             if entry.last_sync:
-                tip += f" (last sync {entry.last_sync.isoformat(timespec='seconds')})"
+                at = entry.last_sync
+                tip += f" (last sync {_clock_text(at)}, {_age(at, now)})"
             out.append(
                 f'<td class="cell st-{entry.state.value}" data-secret="{_e(name)}" '
                 f'data-state="{entry.state.value}" title="{_e(tip)}">{entry.state.value}</td>'

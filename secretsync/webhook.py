@@ -2,7 +2,7 @@
 
 A request carries `webhook-id`, `webhook-timestamp` (Unix seconds) and `webhook-signature`:
 one or more space-separated `v1,<base64 HMAC-SHA256 of "<id>.<timestamp>.<raw body>">`. The
-key comes from `SECRETSYNC_WEBHOOK_SECRET`: `whsec_` + base64, or else the raw text.
+key comes from `SECRETSYNC_WEBHOOK_SECRET`: base64 with an optional `whsec_` prefix.
 
 `Verifier.verify` checks, in this order, and raises `WebhookError` (never anything else):
 headers present and well-formed (401), timestamp within the tolerance (401), one signature
@@ -56,15 +56,18 @@ class TooLarge(WebhookError):
 
 
 def parse_secret(text: str) -> bytes:
-    """The signing key: `whsec_<base64>` decoded, or the raw text as UTF-8. Raises ValueError
-    (naming no part of the secret) when a `whsec_` secret is not valid base64 or is empty."""
-    if text.startswith(SECRET_PREFIX):
-        try:
-            key = base64.b64decode(text[len(SECRET_PREFIX) :], validate=True)
-        except binascii.Error:
-            raise ValueError("SECRETSYNC_WEBHOOK_SECRET: whsec_ secret is not base64") from None
-    else:
-        key = text.encode("utf-8")
+    """The signing key, read as the Standard Webhooks libraries read it: base64, after an
+    optional `whsec_` prefix, padded or not. Raises ValueError (naming no part of the secret)
+    when it is not base64 or is empty. Unlike those libraries, characters outside the base64
+    alphabet are refused rather than skipped, so a mistyped secret stops `serve` at start."""
+    encoded = text.removeprefix(SECRET_PREFIX)
+    try:
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    except binascii.Error:
+        raise ValueError(
+            "SECRETSYNC_WEBHOOK_SECRET is not base64 (with or without the whsec_ prefix, "
+            "it is read as base64 like the Standard Webhooks libraries read it)"
+        ) from None
     if not key:
         raise ValueError("SECRETSYNC_WEBHOOK_SECRET is empty")
     return key

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import ssl
 import urllib.request
@@ -34,3 +35,25 @@ def requests(cluster: KubeCluster, *, resource: str = "secrets") -> dict[str, fl
 def writes(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     """Write requests between two `requests()` readings, by verb (every verb listed)."""
     return {verb: after.get(verb, 0.0) - before.get(verb, 0.0) for verb in WRITES}
+
+
+def audited(
+    cluster: KubeCluster, *, verb: str, namespace: str, resource: str = "secrets"
+) -> list[str]:
+    """Names of the objects a request with `verb` reached in `namespace`, from the apiserver's
+    audit log (completed requests, one line each, in order)."""
+    names: list[str] = []
+    if not cluster.audit_log.exists():
+        return names
+    for line in cluster.audit_log.read_text().splitlines():
+        event = json.loads(line)
+        ref = event.get("objectRef") or {}
+        if (
+            event.get("stage") == "ResponseComplete"
+            and event.get("verb") == verb
+            and ref.get("resource") == resource
+            and ref.get("namespace") == namespace
+            and not ref.get("subresource")
+        ):
+            names.append(str(ref.get("name", "")))
+    return names

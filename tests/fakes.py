@@ -88,7 +88,8 @@ class MemorySink:
         return None
 
     async def orphans(self, known: Set[str]) -> list[str]:
-        return []
+        """Clusters that still hold objects and are no longer in the fleet."""
+        return sorted(name for name, held in self.objects.items() if held and name not in known)
 
 
 def observed_of(item: Rendered) -> Observed:

@@ -1,4 +1,4 @@
-"""A small fleet written the DESIGN §2 way, for engine-level tests (keys from tests/keys.py)."""
+"""A small fleet in the README's fleet repo format, for engine-level tests (keys from tests/keys.py)."""
 
 from __future__ import annotations
 

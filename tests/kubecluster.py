@@ -288,6 +288,22 @@ def _tail(path: Path, lines: int = 15) -> str:
 # --- one cluster -----------------------------------------------------------------------------
 
 
+AUDIT_POLICY = """\
+# Writes to Secrets and workloads, at Metadata level (who, what, which object: never a body),
+# for tests that count what reached the server by verb and namespace.
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+  verbs: [create, update, patch, delete, deletecollection]
+  resources:
+  - {group: "", resources: [secrets]}
+  - {group: apps, resources: [deployments, statefulsets, daemonsets]}
+- level: None
+"""
+
+
 @dataclass
 class KubeCluster:
     """A running etcd + kube-apiserver (+ controller manager) on loopback."""
@@ -307,6 +323,11 @@ class KubeCluster:
     def pids(self) -> list[int]:
         """PIDs of the processes this cluster started (etcd, apiserver, controller manager)."""
         return [proc.pid for proc in self._processes]
+
+    @property
+    def audit_log(self) -> Path:
+        """The apiserver's audit log: writes to Secrets and workloads, metadata only."""
+        return self.workdir / "audit.log"
 
     @property
     def apiserver_pid(self) -> int:
@@ -435,6 +456,7 @@ class _Launch:
             ).encode(),
         )
         self.cm_token = cm_token
+        (self.dir / "audit-policy.yaml").write_text(AUDIT_POLICY)
         self.ca_data = (self.dir / "ca.crt").read_bytes()
         self.ssl = ssl.create_default_context(cadata=self.ca_data.decode())
         self._cluster: KubeCluster | None = None
@@ -506,6 +528,8 @@ class _Launch:
             "--authorization-mode=RBAC",
             "--enable-priority-and-fairness=false",
             "--profiling=false",
+            f"--audit-policy-file={self.dir / 'audit-policy.yaml'}",
+            f"--audit-log-path={self.dir / 'audit.log'}",
             "--v=0",
         ]
         if _minor_version(self.binaries.apiserver) < 24:

@@ -5,7 +5,7 @@
   (pinned in tests/js/package.json), run by `node tests/js/validate.mjs` in one batch.
 - `v1` Secret: the Kubernetes OpenAPI schema of `KUBERNETES_VERSION` shipped by
   `kubernetes-validate`, in strict mode (unknown fields are errors).
-- ExternalSecret: the rules ESO's admission webhook enforces beyond the schema (formats.md §2.4).
+- ExternalSecret: the rules ESO's admission webhook enforces beyond the schema.
 - Every object: the apiserver's own metadata rules (name, namespace, label and annotation syntax),
   which no schema carries.
 
@@ -37,8 +37,19 @@ SETUP_HINT: Final = (
 EXTERNAL_SECRET: Final = ("external-secrets.io/v1", "ExternalSecret")
 SEALED_SECRET: Final = ("bitnami.com/v1alpha1", "SealedSecret")
 SECRET: Final = ("v1", "Secret")
-NODE_KINDS: Final = frozenset({EXTERNAL_SECRET, SEALED_SECRET})
-NPM_PACKAGES: Final = ("@kubernetes-models/external-secrets", "@kubernetes-models/sealed-secrets")
+# the GitOps recipes of examples/gitops/ (Argo CD, Flux)
+APPLICATION_SET: Final = ("argoproj.io/v1alpha1", "ApplicationSet")
+FLUX_KUSTOMIZATION: Final = ("kustomize.toolkit.fluxcd.io/v1", "Kustomization")
+GIT_REPOSITORY: Final = ("source.toolkit.fluxcd.io/v1", "GitRepository")
+NODE_KINDS: Final = frozenset(
+    {EXTERNAL_SECRET, SEALED_SECRET, APPLICATION_SET, FLUX_KUSTOMIZATION, GIT_REPOSITORY}
+)
+NPM_PACKAGES: Final = (
+    "@kubernetes-models/external-secrets",
+    "@kubernetes-models/sealed-secrets",
+    "@kubernetes-models/argo-cd",
+    "@kubernetes-models/flux-cd",
+)
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import ipaddress
 import json
 import os
 import re
@@ -49,6 +50,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         },
         "vault": {
             "address": "https://vault.example:8200",
+            "addressOverride": "https://vault.internal:8200",
             "tokenSecret": {"name": "vault-token"},
             "authSecret": "vault-approle",
         },
@@ -59,6 +61,20 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
                 "url": "https://git.example/platform/fleet.git",
                 "branch": "release/1",
                 "credentialsSecret": "fleet-git-credentials",
+            },
+        },
+    },
+    "git-push": {
+        "fleet": {
+            "git": {
+                "url": "https://git.example/platform/fleet.git",
+                "credentialsSecret": "fleet-git-credentials",
+                "push": {
+                    "enabled": True,
+                    "branch": "rendered",
+                    "author": "Fleet Bot <fleet-bot@example.com>",
+                    "signingKeySecret": "fleet-signing-key",
+                },
             },
         },
     },
@@ -80,7 +96,20 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
         "networkPolicy": {
             "ingressFrom": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}],
-            "egress": [{"ports": [{"port": 8200, "protocol": "TCP"}]}],
+            "egress": {
+                "dns": {
+                    "to": [
+                        {
+                            "namespaceSelector": {},
+                            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+                        }
+                    ]
+                },
+                "kubernetesApi": {"cidrs": ["10.0.0.10/32", "fd00::10/128"], "ports": [6443]},
+                "vault": {"peers": [{"namespaceSelector": {"matchLabels": {"name": "vault"}}}]},
+                "git": {"cidrs": ["192.0.2.0/24"], "ports": [443]},
+                "extraRules": [{"ports": [{"port": 3128, "protocol": "TCP"}]}],
+            },
         },
         "settings": {"SECRETSYNC_EXTRA": "1"},
         "daemon": {"git": True, "extraArgs": ["--interval=60"]},
@@ -88,6 +117,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "nodeSelector": {"kubernetes.io/os": "linux"},
         "tolerations": [{"key": "infra", "operator": "Exists"}],
     },
+    "exec-plugins": {"kube": {"allowExecPlugins": ["aws", "gke-gcloud-auth-plugin", "kubelogin"]}},
     "minimal": {
         "networkPolicy": {"enabled": False},
         "serviceAccount": {"create": False, "name": "existing-sa"},
@@ -108,6 +138,10 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
     "bad-namespace": ({"rbac": {"targetNamespaces": ["Payments_NS"]}}, "targetNamespaces"),
     "secret-value-in-hmac-ref": ({"secrets": {"hmacKey": {"value": "c2VjcmV0"}}}, "value"),
     "fleet-subpath-escape": ({"fleet": {"subPath": "../etc"}}, "subPath"),
+    "vault-override-credentials": (
+        {"vault": {"addressOverride": "https://u:p@vault.internal"}},
+        "addressOverride",
+    ),
     "git-sync-without-repo": ({"fleet": {"gitSync": {"enabled": True}}}, "repo"),
     "git-url-and-git-sync": (
         {
@@ -127,8 +161,33 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
         "url",
     ),
     "git-secret-value": ({"fleet": {"git": {"password": "tok"}}}, "password"),
-    "shards-the-daemon-cannot-do": ({"sharding": {"enabled": True, "shards": 3}}, "shards"),
+    "git-push-without-url": ({"fleet": {"git": {"push": {"enabled": True}}}}, "url"),
+    "git-push-bad-author": (
+        {"fleet": {"git": {"url": "https://git.example/f.git", "push": {"author": "bot"}}}},
+        "author",
+    ),
+    "shards-beyond-the-one-the-chart-runs": (
+        {"sharding": {"enabled": True, "shards": 3}},
+        "shards",
+    ),
     "no-sink": ({"daemon": {"kube": False, "git": False}}, "daemon"),
+    "exec-plugin-as-a-path": (
+        {"kube": {"allowExecPlugins": ["/usr/local/bin/aws"]}},
+        "allowExecPlugins",
+    ),
+    "egress-cidr-without-prefix": (
+        {"networkPolicy": {"egress": {"vault": {"cidrs": ["10.0.0.5"]}}}},
+        "cidrs",
+    ),
+    "egress-port-out-of-range": (
+        {"networkPolicy": {"egress": {"git": {"ports": [70000]}}}},
+        "ports",
+    ),
+    "egress-as-a-list-of-rules": ({"networkPolicy": {"egress": []}}, "egress"),
+    "egress-unknown-target": (
+        {"networkPolicy": {"egress": {"smtp": {"ports": [25]}}}},
+        "smtp",
+    ),
 }
 
 
@@ -302,6 +361,31 @@ def render_workload(
     return spec
 
 
+def settings_configmap(
+    config: helm_sdkpy.Configuration, release: str, values: dict[str, Any]
+) -> dict[str, str]:
+    result = asyncio.run(
+        helm_sdkpy.Install(config).run(release, str(CHART), values=values, wait=False, timeout=60)
+    )
+    docs = [d for d in yaml.safe_load_all(result["manifest"]) if d]
+    (settings,) = [
+        d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-settings")
+    ]
+    data = settings["data"]
+    assert isinstance(data, dict)
+    return data
+
+
+def test_vault_address_override_is_set_only_when_given(
+    helm_config: helm_sdkpy.Configuration,
+) -> None:
+    values = {"vault": {"address": "https://a.example:8200", "addressOverride": "https://b:8200"}}
+    data = settings_configmap(helm_config, "vault-override", values)
+    assert data["VAULT_ADDR"] == "https://a.example:8200"  # the default, below the Fleet's
+    assert data["SECRETSYNC_VAULT_ADDRESS"] == "https://b:8200"  # wins over the Fleet's
+    assert "SECRETSYNC_VAULT_ADDRESS" not in settings_configmap(helm_config, "vault-none", {})
+
+
 def test_git_url_renders_flags_working_folder_and_credentials(
     helm_config: helm_sdkpy.Configuration,
 ) -> None:
@@ -341,6 +425,35 @@ def test_git_url_without_credentials_and_default_branch(
     assert "git-credentials" not in {v["name"] for v in spec["volumes"]}
 
 
+def test_git_push_renders_its_flags(helm_config: helm_sdkpy.Configuration) -> None:
+    spec = render_workload(helm_config, "git-push", VALUE_SETS["git-push"])
+    (daemon,) = spec["containers"]
+    args = daemon["args"]
+    assert "--git" in args  # the output folder is rendered, daemon.git or not
+    assert "--git-url=https://git.example/platform/fleet.git" in args
+    assert "--git-push" in args
+    assert "--git-push-branch=rendered" in args
+    assert "--git-author=Fleet Bot <fleet-bot@example.com>" in args
+    assert "--git-signing-key=/etc/secretsync/git-signing/ssh-privatekey" in args
+    assert "--cert-refresh-interval=86400" in args
+    mounts = {m["name"]: m for m in daemon["volumeMounts"]}
+    assert mounts["git-signing-key"]["mountPath"] == "/etc/secretsync/git-signing"
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["git-signing-key"]["secret"]["secretName"] == "fleet-signing-key"
+    off = render_workload(helm_config, "git-url-only", VALUE_SETS["git-url"])
+    assert not [a for a in off["containers"][0]["args"] if a.startswith("--git-push")]
+
+
+def test_allowed_exec_plugins_reach_the_daemon_environment(
+    helm_config: helm_sdkpy.Configuration,
+) -> None:
+    spec = render_workload(helm_config, "exec-plugins", VALUE_SETS["exec-plugins"])
+    env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+    assert env["SECRETSYNC_ALLOW_EXEC_PLUGINS"] == "aws,gke-gcloud-auth-plugin,kubelogin"
+    spec = render_workload(helm_config, "no-exec-plugins", {})
+    assert "SECRETSYNC_ALLOW_EXEC_PLUGINS" not in {e["name"] for e in spec["containers"][0]["env"]}
+
+
 def test_without_git_url_no_git_flags(helm_config: helm_sdkpy.Configuration) -> None:
     spec = render_workload(helm_config, "git-sync", VALUE_SETS["git-sync-and-secret-refs"])
     daemon = spec["containers"][0]
@@ -354,6 +467,7 @@ def test_without_git_url_no_git_flags(helm_config: helm_sdkpy.Configuration) -> 
     [
         ("git-url-and-git-sync", "two fleet sources"),
         ("git-url-with-subpath", "fleet.subPath is not supported with fleet.git.url"),
+        ("git-push-without-url", "fleet.git.push.enabled needs fleet.git.url"),
     ],
 )
 def test_template_refuses_git_url_conflicts_without_the_schema(
@@ -366,6 +480,143 @@ def test_template_refuses_git_url_conflicts_without_the_schema(
                 name, str(CHART), values=REFUSED[name][0], wait=False, skip_schema_validation=True
             )
         )
+
+
+# --- NetworkPolicy egress (rendered by Helm, accepted by a real apiserver) ---------------------
+
+
+def render_network_policy(
+    config: helm_sdkpy.Configuration, release: str, values: dict[str, Any]
+) -> dict[str, Any]:
+    result = asyncio.run(
+        helm_sdkpy.Install(config).run(release, str(CHART), values=values, wait=False, timeout=60)
+    )
+    docs = [d for d in yaml.safe_load_all(result["manifest"]) if d]
+    (policy,) = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    spec = policy["spec"]
+    assert isinstance(spec, dict)
+    return spec
+
+
+def egress_allows(spec: dict[str, Any], address: str, port: int, protocol: str = "TCP") -> bool:
+    """NetworkPolicy egress semantics for an address outside the cluster's pods: open unless
+    Egress is a policy type; then some rule must match the port (a rule without ports: every
+    port) and the address (a rule without `to`: every address; an ipBlock: its CIDR minus
+    `except`; pod and namespace selectors never match an outside address)."""
+    if "Egress" not in spec["policyTypes"]:
+        return True
+    ip = ipaddress.ip_address(address)
+    for rule in spec.get("egress") or []:
+        ports = rule.get("ports")
+        if ports and not any(
+            p.get("port") == port and p.get("protocol", "TCP") == protocol for p in ports
+        ):
+            continue
+        peers = rule.get("to")
+        if not peers:
+            return True
+        for peer in peers:
+            block = peer.get("ipBlock")
+            if block is None:
+                continue
+            network = ipaddress.ip_network(block["cidr"])
+            excluded = [ipaddress.ip_network(e) for e in block.get("except", [])]
+            inside = ip.version == network.version and ip in network
+            if inside and not any(ip.version == e.version and ip in e for e in excluded):
+                return True
+    return False
+
+
+def test_default_egress_is_dns_the_api_vault_and_git_ports_only(
+    helm_config: helm_sdkpy.Configuration,
+) -> None:
+    spec = render_network_policy(helm_config, "egress-default", {})
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    anywhere = "203.0.113.9"
+    for port, protocol in [
+        (53, "UDP"),
+        (53, "TCP"),
+        (443, "TCP"),
+        (6443, "TCP"),
+        (8200, "TCP"),
+        (22, "TCP"),
+    ]:
+        assert egress_allows(spec, anywhere, port, protocol), (port, protocol)
+    for port, protocol in [(80, "TCP"), (25, "TCP"), (8080, "TCP"), (443, "UDP"), (5432, "TCP")]:
+        assert not egress_allows(spec, anywhere, port, protocol), (port, protocol)
+    assert all(rule.get("ports") for rule in spec["egress"]), "no rule opens every port"
+
+
+def test_egress_cidrs_and_peers_narrow_each_target(helm_config: helm_sdkpy.Configuration) -> None:
+    kube_dns = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+        "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+    }
+    vault_ns = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "vault"}}}
+    values = {
+        "networkPolicy": {
+            "egress": {
+                "dns": {"to": [kube_dns]},
+                "kubernetesApi": {"cidrs": ["10.0.0.10/32", "198.51.100.0/28"], "ports": [6443]},
+                "vault": {"cidrs": ["10.1.0.0/16"], "peers": [vault_ns]},
+                "git": {"cidrs": ["192.0.2.0/24", "2001:db8::/32"]},
+            }
+        }
+    }
+    spec = render_network_policy(helm_config, "egress-narrow", values)
+    allowed = [
+        ("10.0.0.10", 6443), ("198.51.100.5", 6443), ("10.1.2.3", 8200),
+        ("192.0.2.7", 443), ("192.0.2.7", 22), ("2001:db8::7", 443),
+    ]  # fmt: skip
+    refused = [
+        ("10.0.0.11", 6443), ("10.0.0.10", 443), ("203.0.113.9", 8200), ("10.1.2.3", 443),
+        ("203.0.113.9", 443), ("2001:db9::7", 443), ("192.0.2.7", 8200),
+    ]  # fmt: skip
+    for address, port in allowed:
+        assert egress_allows(spec, address, port), (address, port)
+    for address, port in refused:
+        assert not egress_allows(spec, address, port), (address, port)
+    # DNS only to the cluster's resolver pods, never to an outside address
+    assert not egress_allows(spec, "8.8.8.8", 53, "UDP")
+    (dns,) = [r for r in spec["egress"] if {"port": 53, "protocol": "UDP"} in r["ports"]]
+    assert dns["to"] == [kube_dns]
+    (vault,) = [r for r in spec["egress"] if {"port": 8200, "protocol": "TCP"} in r["ports"]]
+    assert vault["to"] == [{"ipBlock": {"cidr": "10.1.0.0/16"}}, vault_ns]
+
+
+def test_egress_off_or_a_target_without_ports(helm_config: helm_sdkpy.Configuration) -> None:
+    off = render_network_policy(
+        helm_config, "egress-off", {"networkPolicy": {"egress": {"enabled": False}}}
+    )
+    assert off["policyTypes"] == ["Ingress"]
+    assert "egress" not in off
+    assert egress_allows(off, "203.0.113.9", 5432)
+    no_vault = render_network_policy(
+        helm_config,
+        "egress-no-vault",
+        {"networkPolicy": {"egress": {"vault": {"ports": []}, "dns": {"enabled": False}}}},
+    )
+    assert not egress_allows(no_vault, "203.0.113.9", 8200)
+    assert not egress_allows(no_vault, "203.0.113.9", 53, "UDP")
+    assert egress_allows(no_vault, "203.0.113.9", 6443)
+
+
+def test_egress_rule_check_can_fail() -> None:
+    """The evaluator above refuses what a rule does not cover and admits what it does."""
+    spec = {
+        "policyTypes": ["Ingress", "Egress"],
+        "egress": [
+            {
+                "ports": [{"port": 443}],
+                "to": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.9.0.0/16"]}}],
+            }
+        ],
+    }
+    assert egress_allows(spec, "10.1.1.1", 443)
+    assert not egress_allows(spec, "10.9.1.1", 443)
+    assert not egress_allows(spec, "11.1.1.1", 443)
+    assert not egress_allows(spec, "10.1.1.1", 80)
+    assert egress_allows({"policyTypes": ["Ingress"]}, "11.1.1.1", 80)
 
 
 # --- Dockerfile -------------------------------------------------------------------------------

@@ -297,6 +297,114 @@ def test_scan_finds_plaintext_secret(tmp_path: Path) -> None:
     assert clean.exit_code == 0, clean.output
 
 
+def test_scan_names_files_as_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pre-commit passes repo-relative paths: findings name them as given (and a folder's
+    files under the folder as given), so an editor or a terminal can open them."""
+    leak = tmp_path / "deploy" / "apps" / "leak.yaml"
+    leak.parent.mkdir(parents=True)
+    leak.write_text(
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: x}\n"
+        f"stringData:\n  password: {canary.new('scan-path')}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    for given, named in (
+        ("deploy/apps/leak.yaml", "deploy/apps/leak.yaml"),
+        ("deploy", "deploy/apps/leak.yaml"),
+        (str(leak), str(leak)),
+    ):
+        result = invoke("scan", given)
+        assert result.exit_code == 1
+        assert result.stdout.startswith(f"{named}:5: plaintext-secret: "), (given, result.stdout)
+
+
+def test_scan_names_a_bad_secretsync_yaml_it_needs_from_the_working_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SOPS file's policy comes from the nearest secretsync.yaml above it: one that does not
+    load is named as the user would open it, not as `secretsync.yaml` of some folder."""
+    fleet = tmp_path / "deploy" / "fleet"
+    (fleet / "sops").mkdir(parents=True)
+    (fleet / "secretsync.yaml").write_text(
+        "apiVersion: secretsync.dev/v1alpha1\nkind: Fleet\nmetadata: {name: f}\nspec:\n"
+        "  sources:\n    sops: {keyTypes: [age, hc_vault]}\n"
+    )
+    (fleet / "sops" / "a.yaml").write_text(
+        "a: ENC[AES256_GCM,data:x,iv:y,tag:z,type:str]\nsops:\n  version: 3.11.0\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    text = invoke("scan", "deploy/fleet/sops")
+    assert text.exit_code == 2
+    assert text.stderr.startswith(
+        "deploy/fleet/secretsync.yaml:6: spec.sources.sops.vaultTransit: keyTypes allows hc_vault"
+    ), text.stderr
+    as_json = invoke("scan", "-o", "json", str(fleet / "sops"))
+    assert as_json.exit_code == 2
+    assert [e["file"] for e in json.loads(as_json.stdout)["errors"]] == [
+        "deploy/fleet/secretsync.yaml"
+    ]
+
+
+def test_output_format_after_the_command(fleet: Path) -> None:
+    after = invoke("validate", str(fleet), "-o", "json")
+    assert after.exit_code == 0, after.output
+    assert json.loads(after.stdout)["valid"] is True
+    plan = invoke("plan", str(fleet), "--output", "json")
+    assert plan.exit_code == 0, plan.stderr
+    assert set(json.loads(plan.stdout)) >= {"clusters", "summary"}
+    wins = invoke("-o", "json", "validate", str(fleet), "-o", "yaml")
+    assert yaml.safe_load(wins.stdout)["valid"] is True
+    assert not wins.stdout.lstrip().startswith("{")
+
+
+def test_validation_errors_and_scan_findings_honour_json(fleet: Path, tmp_path: Path) -> None:
+    path = fleet / "secrets/payments/db.yaml"
+    path.write_text(
+        path.read_text().replace("refreshInterval: 15m", "refreshInterval: 15m\n  colour: red")
+    )
+    for args in (("-o", "json", "validate", str(fleet)), ("render", str(fleet), "-o", "json")):
+        result = invoke(*args)
+        assert result.exit_code == 2
+        doc = json.loads(result.stdout)
+        assert doc["valid"] is False
+        assert {"field": "spec.colour", "line": 11, "message": "unknown field"}.items() <= (
+            doc["errors"][0].items()
+        )
+        assert doc["errors"][0]["file"].endswith("secrets/payments/db.yaml")
+        assert "nothing was changed" in result.stderr
+    (tmp_path / "leak.yaml").write_text(
+        f"apiVersion: v1\nkind: Secret\nmetadata: {{name: x}}\ndata:\n  k: {canary.new('j')}\n"
+    )
+    found = invoke("scan", str(tmp_path / "leak.yaml"), "-o", "json")
+    assert found.exit_code == 1
+    (finding,) = json.loads(found.stdout)["findings"]
+    assert finding["file"] == str(tmp_path / "leak.yaml")
+    assert (finding["line"], finding["kind"]) == (5, "plaintext-secret")
+
+
+def test_unseal_names_each_documents_cluster_and_index(fleet: Path, tmp_path: Path) -> None:
+    value = canary.new("unseal-multi")
+    sealed = invoke(
+        "seal", "-f", str(fleet), "--selector", "env=prod", "--namespace", "payments",
+        "--name", "api", "--from-stdin", "token", input=value.encode(),
+    )  # fmt: skip
+    assert sealed.exit_code == 0, sealed.stderr
+    target = tmp_path / "sealed.yaml"
+    target.write_text(sealed.stdout)
+    key = str(DEMO_KEYS / "prod-use1.key")
+    result = invoke("-o", "json", "unseal", str(target), "--private-key", key)
+    assert result.exit_code == 1  # the prod-euw1 document opens only with that cluster's key
+    first, second = json.loads(result.stdout)
+    assert (first["index"], first["cluster"], first["object"]) == (0, "prod-euw1", "payments/api")
+    assert "error" in first and "keys" not in first
+    assert second == {
+        "index": 1,
+        "cluster": "prod-use1",
+        "object": "payments/api",
+        "keys": ["token"],
+    }
+    assert value not in result.output
+
+
 def test_subprocess_render_with_debug_logs_leaks_nothing(
     fleet: Path, demo_values: list[str]
 ) -> None:
@@ -317,3 +425,87 @@ def test_help_for_every_command() -> None:
     for command in ("validate", "render", "plan", "seal", "scan", "unseal"):
         result = invoke(command, "--help")
         assert result.exit_code == 0 and "Usage:" in result.output
+
+
+# --- safety rails: typos refused, deletes over the limit held, plan --exit-code -------------
+
+
+def files_of(root: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in (root / "rendered").rglob("*") if p.is_file()}
+
+
+def test_a_selector_typo_is_refused_and_nothing_is_written(fleet: Path) -> None:
+    assert invoke("render", str(fleet)).exit_code == 0
+    before = files_of(fleet)
+    web = fleet / "secrets/platform/web.yaml"
+    web.write_text(web.read_text().replace("{env: prod}", "{env: prd}"))
+    for command in ("validate", "plan", "render"):
+        result = invoke(command, str(fleet))
+        assert result.exit_code == 2, (command, result.output)
+        assert (
+            "secrets/platform/web.yaml:7: spec.clusterSelector: selects no cluster of the "
+            "fleet's 6" in result.stderr
+        )
+    assert files_of(fleet) == before
+
+
+def test_deletes_over_the_limit_are_held_until_allowed(fleet: Path) -> None:
+    assert invoke("render", str(fleet)).exit_code == 0
+    (fleet / "secrets/platform/monitoring.yaml").unlink()
+    (fleet / "secrets/platform/registry.yaml").unlink()
+    before = files_of(fleet)
+    held = invoke("-o", "json", "render", str(fleet))
+    assert held.exit_code == 1
+    summary = json.loads(held.stdout)["summary"]
+    assert summary["deleted"] == 0 and summary["deletesHeld"] == 8
+    assert summary["filesChanged"] == 0
+    assert "held: 2 deletes on prod-use1: over the delete limit (25%)" in held.stderr
+    assert files_of(fleet) == before  # every held file stays, and stays in its kustomization
+    kustomization = yaml.safe_load((fleet / "rendered/prod-use1/kustomization.yaml").read_text())
+    assert "web/registry-pull.yaml" in kustomization["resources"]
+
+    allowed = invoke("-o", "json", "render", str(fleet), "--allow-deletes")
+    assert allowed.exit_code == 0, allowed.stderr
+    assert json.loads(allowed.stdout)["summary"]["deleted"] == 8
+    assert not (fleet / "rendered/prod-use1/web/registry-pull.yaml").exists()
+    kustomization = yaml.safe_load((fleet / "rendered/prod-use1/kustomization.yaml").read_text())
+    assert "web/registry-pull.yaml" not in kustomization["resources"]
+
+
+def test_plan_exit_code_and_headline(fleet: Path) -> None:
+    fresh = invoke("plan", str(fleet), "--exit-code")
+    assert fresh.exit_code == 3, fresh.output  # everything would be created
+    first = fresh.stdout.splitlines()[0]
+    assert first == "# would create 15, update 0, delete 0 objects on 5 clusters; 0 deletes held"
+    assert invoke("render", str(fleet)).exit_code == 0
+    same = invoke("-o", "json", "plan", str(fleet), "--exit-code")
+    assert same.exit_code == 0, same.output
+    assert json.loads(same.stdout)["headline"] == (
+        "would create 0, update 0, delete 0 objects on 0 clusters; 0 deletes held"
+    )
+    assert invoke("plan", str(fleet)).exit_code == 0  # without the flag: 0 as before
+    (fleet / "secrets/platform/monitoring.yaml").unlink()
+    (fleet / "secrets/platform/registry.yaml").unlink()
+    held = invoke("plan", str(fleet), "--exit-code")
+    assert held.exit_code == 1  # held deletes: the run would not be done
+    assert held.stdout.startswith("# would create 0, update 0, delete 0 objects on 4 clusters; 8")
+
+
+@pytest.mark.parametrize("command", ["plan", "render", "sync"])
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (("--selector", "env=prd"), "--selector: no cluster of the fleet matches"),
+        (("--cluster", "prod-use2"), "--cluster: unknown cluster(s): prod-use2"),
+        (("--cluster", "prod-use1", "--selector", "env=dev"), "no cluster of the fleet matches"),
+    ],
+)
+def test_filters_that_match_nothing_are_usage_errors(
+    fleet: Path,
+    command: str,
+    flags: tuple[str, ...],
+    message: str,
+) -> None:
+    result = invoke(command, str(fleet), *flags)
+    assert result.exit_code == 2 and message in result.stderr
+    assert not (fleet / "rendered").exists()

@@ -4,6 +4,7 @@ refused webhooks, SIGTERM, and a canary scan of everything it served and logged.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -78,7 +79,8 @@ def served(fleet_repo: MakeRepo, tmp_path: Path) -> Iterator[ServeClient]:
             "certs/sealed-prod.pem": keys.cert_pem(keys.rsa_key(0)),
         }
     )
-    webhook_secret = canary.new("whsec")
+    webhook_key = canary.new("whsec-k")  # 47 bytes: its base64 ends in one `=`, dropped below
+    webhook_secret = "whsec_" + base64.b64encode(webhook_key.encode()).decode().rstrip("=")
     log = tmp_path / "serve.log"
     env = {
         "PATH": os.environ["PATH"],
@@ -108,7 +110,7 @@ def served(fleet_repo: MakeRepo, tmp_path: Path) -> Iterator[ServeClient]:
                 raise AssertionError(f"serve did not start:\n{log.read_text()}")
             else:
                 time.sleep(0.05)  # poll interval under the deadline above
-        yield ServeClient(proc, log, webhook_secret.encode(), base=f"http://127.0.0.1:{port}")
+        yield ServeClient(proc, log, webhook_key.encode(), base=f"http://127.0.0.1:{port}")
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)

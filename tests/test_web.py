@@ -4,11 +4,13 @@ engine of our own (FakeEngine) or the real engine with a fake source and the Git
 from __future__ import annotations
 
 import asyncio
+import html
 import json
+import re
 import time
 import uuid
 from collections.abc import Callable, Collection
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +18,13 @@ import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from secretsync import errors, plan, webhook
+from secretsync import errors, load, plan, webhook
 from secretsync.daemon import CountingSource, Daemon, DaemonSettings
 from secretsync.engine import CycleReport, Engine, ItemResult
 from secretsync.model import Fleet
 from secretsync.sinks.git import GitSink
-from secretsync.web import make_app
+from secretsync.status import StatusBoard
+from secretsync.web import make_app, render_page
 from tests import canary, fleets
 from tests.fakes import FakeSource
 
@@ -78,6 +81,9 @@ class FakeWiring:
 
     async def engine_for(self, fleet: Fleet) -> Any:
         return self.engine
+
+    def delivers(self, cluster: Any) -> bool:
+        return True
 
     async def aclose(self) -> None:
         self.closed = True
@@ -389,6 +395,79 @@ async def test_real_engine_serves_no_values(
     assert "synced" in served
     assert not canary.find_in_text(served)
     assert not canary.find_in_text(caplog.text)
+
+
+@pytest.mark.parametrize(
+    ("sinks", "undelivered"),
+    [
+        (
+            {"git": False, "kube": True},
+            {
+                "prod-use1": "sealed, Git sink off",
+                "prod-euw1": "sealed, Git sink off",
+                "staging-use1": "sealed, Git sink off",
+                "staging-euw1": "external, Git sink off",
+            },
+        ),
+        ({"git": True, "kube": False}, {"dev-use1": "direct, Kubernetes sink off"}),
+    ],
+)
+async def test_objects_no_sink_of_the_daemon_delivers_say_so(
+    repo: Path, aiohttp_client: AiohttpClient, sinks: dict[str, bool], undelivered: dict[str, str]
+) -> None:
+    values = {
+        "payments/prod/db": {"username": canary.new("nu"), "password": canary.new("np")},
+        "payments/staging/db": {"username": canary.new("nu2"), "password": canary.new("np2")},
+        "payments/eu/db": {"password": canary.new("npe")},
+        "web/prod": {"token": canary.new("nt")},
+        "web/staging": {"token": canary.new("nt2")},
+        "web/dev": {"token": canary.new("nt3")},
+    }
+    settings = DaemonSettings(
+        fleet_path=repo, hmac_key=HMAC, interval_s=3600, cluster_timeout_s=10, **sinks
+    )
+    daemon = Daemon(settings=settings, make_sources=lambda f, e: {"vault": FakeSource(values)})
+    client: TestClient[Any, Any] = await aiohttp_client(make_app(daemon))
+    try:
+        await daemon.cycle(trigger="start")
+        doc = await (await client.get("/v1/status")).json()
+        page = await (await client.get("/")).text()
+    finally:
+        await daemon._wiring.aclose()
+    seen = {(o["cluster"], o["state"], o["reason"]) for o in doc["objects"]}
+    for cluster, why in undelivered.items():
+        reason = f"not delivered by this daemon (delivery {why})"
+        assert (cluster, "undelivered", reason) in seen, cluster
+        assert reason in html.unescape(page)
+    assert {c for c, state, _ in seen if state == "undelivered"} == set(undelivered)
+    assert "pending" not in {state for _, state, _ in seen}
+    assert doc["totals"]["undelivered"] == sum(
+        1 for o in doc["objects"] if o["cluster"] in undelivered
+    )
+
+
+async def test_page_times_are_readable_with_their_age_on_hover(repo: Path) -> None:
+    loaded = datetime(2026, 12, 6, 17, 14, 15, tzinfo=UTC)
+    fleet = load.load_fleet(repo)
+    board = StatusBoard()
+    board.fleet_loaded(fleet, plan.plan(fleet), at=loaded)
+    report = await FakeEngine().run_cycle(fleet)
+    board.record(report, started=loaded + timedelta(seconds=30), duration_s=1.5, trigger="start")
+    page = render_page(board, nonce="n", now=loaded + timedelta(hours=2, minutes=1))
+
+    assert (
+        'loaded <time datetime="2026-12-06T17:14:15+00:00" title="2 h ago">'
+        "2026-12-06 17:14:15 UTC</time>"
+    ) in page
+    assert (
+        'started <time datetime="2026-12-06T17:14:45+00:00" title="2 h ago">'
+        "2026-12-06 17:14:45 UTC</time>"
+    ) in page
+    assert "(last sync 2026-12-06 17:14:45 UTC, 2 h ago)" in page
+    visible = re.sub(r"<[^>]*>", "", page)  # text outside tags and their attributes
+    assert "T17:14" not in visible and "+00:00" not in visible
+    later = render_page(board, nonce="n", now=loaded + timedelta(seconds=75))
+    assert 'title="1 min ago"' in later and 'title="45 s ago"' in later
 
 
 class GatedEngine(FakeEngine):

@@ -14,8 +14,9 @@
 - Deletes (prunes) only owned objects, with a uid precondition.
 - Retries 429 (honouring Retry-After) and 5xx/connection errors with back-off, within the
   cluster's timeout. Errors carry the HTTP status and reason, never a response body.
-- Restarts workloads named in `rollout.restart` with a pod-template annotation, only when the
-  object it delivered changed.
+- Restarts workloads named in `rollout.restart` with a pod-template annotation, only when an
+  object they read changed: once per workload and cycle, after the cluster's last batch, and
+  for a SealedSecret only once its controller has written the new Secret (`restarts.py`).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from secretsync.model import (
     Observed,
     is_owned,
 )
+from secretsync.sinks.restarts import Cause, Restarts, Workload, stamp
 from secretsync.values import SecretValue, content_hash
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,7 @@ SELECTOR: Final = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
 METADATA_LIST: Final = (
     "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1, application/json"
 )
+METADATA_ONLY: Final = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +198,8 @@ class KubeSink:
         requests_per_second: float = 100.0,
         observe_concurrency: int = 16,
         list_page: int = 500,
+        restart_wait_s: float = 10.0,
+        restart_poll_s: float = 0.5,
     ) -> None:
         self.clients = clients
         self.hmac_key = hmac_key
@@ -214,6 +219,11 @@ class KubeSink:
         # while the client is busy comparing one of them, every answer would wait in memory.
         self.observe_concurrency = observe_concurrency
         self.list_page = list_page  # objects per list request (`limit`, then `continue`)
+        self.restarts = Restarts()
+        # how long the cluster's last batch waits for a controller to write the Secrets that
+        # restarts wait on; past it the restart stays owed and the next cycle looks again
+        self.restart_wait_s = restart_wait_s
+        self.restart_poll_s = restart_poll_s
         self._observing: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
             weakref.WeakKeyDictionary()
         )
@@ -475,7 +485,24 @@ class KubeSink:
         engine does not call this)."""
 
     async def finish_cluster(self, cluster: Cluster) -> None:
-        """Nothing covers a whole cluster: each object was written on its own."""
+        """Make the restarts the cluster owes: each workload once, those waiting on a
+        controller's Secret once it carries the delivered content hash (else next cycle)."""
+        owed = self.restarts.take(cluster.name)
+        if not owed:
+            return
+        waiting = {w: c for w, c in owed.items() if any(x.via_controller for x in c.values())}
+        late = await self._unwritten(cluster, waiting) if waiting else set()
+        for workload, causes in sorted(owed.items()):
+            if workload in late:
+                self.restarts.keep(cluster.name, workload, causes)
+                log.warning(
+                    "cluster %s: restart of %s pending: Secret not updated yet",
+                    cluster.name,
+                    workload,
+                    extra={"cluster": cluster.name},
+                )
+                continue
+            await self._restart(cluster, workload, causes)
 
     def discard(self, cluster: Cluster) -> None:
         """Nothing is kept for a cluster between batches."""
@@ -497,7 +524,7 @@ class KubeSink:
                 result.failed[item.key] = str(exc)
                 return
             if item.restarts:
-                await self._restart(cluster, item)
+                self.restarts.add(cluster.name, item)
 
         work: list[tuple[Rendered | Observed, bool]] = [
             *((i, False) for i in changes.create),
@@ -657,35 +684,75 @@ class KubeSink:
             )
         self.writes += 1
 
-    async def _restart(self, cluster: Cluster, item: Rendered) -> None:
-        value = f"{item.key.name}@{item.content_hash[:16]}"
-        patch = {
-            "spec": {"template": {"metadata": {"annotations": {ANNOTATION_RESTARTED_FOR: value}}}}
+    async def _unwritten(
+        self, cluster: Cluster, waiting: Mapping[Workload, Mapping[str, Cause]]
+    ) -> set[Workload]:
+        """The workloads whose Secrets a controller has not yet written with the delivered
+        content hash, after waiting up to `restart_wait_s` (reading metadata only)."""
+        wanted = {
+            (w.namespace, c.secret): c.content_hash
+            for w, causes in waiting.items()
+            for c in causes.values()
+            if c.via_controller
         }
-        for ref in item.restarts:
-            path = WORKLOADS[ref.kind].format(ns=item.key.namespace, name=ref.name)
-            try:
-                status, _ = await self._call(
-                    cluster,
-                    "PATCH",
-                    path,
-                    body=patch,
-                    content_type="application/strategic-merge-patch+json",
-                    what=f"restart {ref.kind} {item.key.namespace}/{ref.name}",
-                )
-            except errors.DeliveryError as exc:
-                log.warning("cluster %s: %s", cluster.name, exc)
-                continue
-            if status == 404:
-                log.warning(
-                    "cluster %s: %s %s/%s to restart does not exist",
-                    cluster.name,
-                    ref.kind,
-                    item.key.namespace,
-                    ref.name,
-                )
-            else:
-                self.writes += 1
+        deadline = time.monotonic() + self.restart_wait_s
+        while True:
+            for (namespace, name), digest in list(wanted.items()):
+                if await self._secret_hash(cluster, namespace, name) == digest:
+                    del wanted[(namespace, name)]
+            if not wanted or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(self.restart_poll_s)
+        return {
+            w
+            for w, causes in waiting.items()
+            if any((w.namespace, c.secret) in wanted for c in causes.values())
+        }
+
+    async def _secret_hash(self, cluster: Cluster, namespace: str, name: str) -> str | None:
+        """The content-hash annotation of a Secret (metadata only: no value is fetched)."""
+        try:
+            status, doc = await self._call(
+                cluster,
+                "GET",
+                f"/api/v1/namespaces/{namespace}/secrets/{name}",
+                accept=METADATA_ONLY,
+                what=f"read Secret {namespace}/{name}",
+            )
+        except errors.DeliveryError as exc:
+            log.warning("cluster %s: %s", cluster.name, exc)
+            return None
+        if status != 200 or doc is None:
+            return None
+        annotations = (doc.get("metadata") or {}).get("annotations") or {}
+        value = annotations.get(ANNOTATION_CONTENT_HASH)
+        return value if isinstance(value, str) else None
+
+    async def _restart(
+        self, cluster: Cluster, workload: Workload, causes: Mapping[str, Cause]
+    ) -> None:
+        patch = {
+            "spec": {
+                "template": {"metadata": {"annotations": {ANNOTATION_RESTARTED_FOR: stamp(causes)}}}
+            }
+        }
+        path = WORKLOADS[workload.kind].format(ns=workload.namespace, name=workload.name)
+        try:
+            status, _ = await self._call(
+                cluster,
+                "PATCH",
+                path,
+                body=patch,
+                content_type="application/strategic-merge-patch+json",
+                what=f"restart {workload}",
+            )
+        except errors.DeliveryError as exc:
+            log.warning("cluster %s: %s", cluster.name, exc)
+            return
+        if status == 404:
+            log.warning("cluster %s: %s to restart does not exist", cluster.name, workload)
+        else:
+            self.writes += 1
 
 
 def _describe(status: int, doc: Mapping[str, Any] | None, *, what: str, cluster: str) -> str:

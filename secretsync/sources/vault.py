@@ -40,7 +40,7 @@ from typing import ClassVar, Final, Literal
 import aiohttp
 import yarl
 
-from secretsync import bounded, errors, model, resolve, values
+from secretsync import bounded, errors, model, resolve, values, vaultaddress
 
 log = logging.getLogger(__name__)
 
@@ -971,33 +971,44 @@ def build_vault_source(
     *,
     env: Mapping[str, str],
     root: Path,
+    address: str | None = None,
     retry: RetryPolicy | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> VaultSource:
     """A VaultSource from the Fleet's `sources.vault`, with the vault CLI's environment defaults.
 
-    Address: `address`, else VAULT_ADDR, else BAO_ADDR. Namespace: `namespace`, else
+    Address: the operator's `address` (`--vault-address`), else the Fleet's `address`, else
+    VAULT_ADDR, else BAO_ADDR (`vaultaddress`); plain http:// only to loopback unless
+    `tls.insecure`, and then with a warning each time. Namespace: `namespace`, else
     VAULT_NAMESPACE / BAO_NAMESPACE. Token method: `tokenFile`, else VAULT_TOKEN, else BAO_TOKEN.
     TLS: `tls.*`, else VAULT_CACERT / VAULT_CAPATH / VAULT_CLIENT_CERT / VAULT_CLIENT_KEY (or
     their BAO_ twins); certificates are always verified (VAULT_SKIP_VERIFY is ignored, with a
     warning). Credential files in the settings are absolute or relative to `root`; paths from
     the environment are taken as given, as the vault CLI does. Raises `errors.ConfigError`.
     """
-    address = (settings.address or _env(env, "ADDR") or "").strip().rstrip("/")
-    if not address:
+    chosen = vaultaddress.choose(override=address, fleet=settings.address, env=env)
+    if chosen is None:
         raise errors.ConfigError(
-            "no Vault address: set it here, or VAULT_ADDR / BAO_ADDR",
-            field="sources.vault.address",
+            f"no Vault address: set it here, or VAULT_ADDR / BAO_ADDR ({vaultaddress.OVERRIDE} "
+            "overrides it)",
+            field=vaultaddress.FLEET,
         )
+    insecure = settings.tls.insecure
+    if problem := vaultaddress.form_problem(chosen.url) or vaultaddress.plain_http_problem(
+        chosen.url, insecure=insecure
+    ):
+        raise errors.ConfigError(problem, field=chosen.origin)
+    if chosen.origin == vaultaddress.OVERRIDE and settings.address:
+        log.info("vault: %s from %s; the Fleet's address is not used", chosen.url, chosen.origin)
+    if vaultaddress.is_plain_http_remote(chosen.url):
+        log.warning(
+            "vault: plain HTTP to %s (%s), allowed by tls.insecure in the Fleet: the Vault "
+            "token and every value cross the network unencrypted",
+            chosen.url,
+            chosen.origin,
+        )
+    address = chosen.url
     parts = urllib.parse.urlsplit(address)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise errors.ConfigError(
-            "must be an http:// or https:// URL", field="sources.vault.address"
-        )
-    if parts.username or parts.password or parts.query or parts.fragment:
-        raise errors.ConfigError(
-            "must not carry credentials, a query or a fragment", field="sources.vault.address"
-        )
     namespace = (settings.namespace or _env(env, "NAMESPACE") or "").strip("/") or None
     if settings.kv_version not in (None, 1, 2):
         raise errors.ConfigError("must be 1 or 2", field="sources.vault.kvVersion")

@@ -4,8 +4,10 @@ sealed-secrets-like backend on a test host of our own; `cluster remove` tears do
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -203,3 +205,94 @@ spec:
 @pytest.fixture(autouse=True)
 def _needs_ip_tool() -> None:
     assert shutil.which("ip"), "iproute2 is required (installed by scripts/test)"
+
+
+def test_refresh_cert_takes_the_renewed_certificate_and_updates_the_pin(
+    fleet_repo: MakeRepo,
+    kube_cluster: KubeCluster,
+    kube_namespace: NamespaceFactory,
+    tmp_path: Path,
+) -> None:
+    namespace = kube_namespace(kube_cluster, prefix="renew")
+    old_pem, new_pem = keys.cert_pem(keys.rsa_key(7)), keys.cert_pem(keys.rsa_key(8))
+
+    def sha(pem: bytes) -> str:
+        cert = x509.load_pem_x509_certificate(pem)
+        return hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
+
+    kubeconfig = kube_cluster.kubeconfig(tmp_path / "kc.yaml")
+    colons = ":".join(sha(old_pem)[i : i + 2] for i in range(0, 64, 2)).upper()
+    cluster_yaml = (
+        "apiVersion: secretsync.dev/v1alpha1\nkind: Cluster\n"
+        "metadata: {name: renewing, labels: {env: prod}}\n"
+        "spec:\n  delivery: sealed\n  sealedSecrets:\n    certFile: certs/renewing.pem\n"
+        f'    certificateSha256: "{colons}"  # the pin, as openssl prints it\n'
+        f"    controller: {{namespace: {namespace}, name: sealed-secrets}}\n"
+        f"  kubeconfig: {{path: {kubeconfig}}}\n"
+    )
+    root = fleet_repo(
+        {
+            "secretsync.yaml": FLEET,
+            "clusters/renewing.yaml": cluster_yaml,
+            "certs/renewing.pem": old_pem,
+        }
+    )
+    served = tmp_path / "served"
+    (served / "v1").mkdir(parents=True)
+    (served / "v1" / "cert.pem").write_bytes(new_pem)
+    expired = keys.cert_pem(
+        keys.rsa_key(9),
+        not_before=datetime.now(UTC) - timedelta(days=60),
+        not_after=datetime.now(UTC) - timedelta(days=30),
+    )
+    with network_host() as host:
+        host.serve_directory(served, port=8080)
+        with kube_cluster.api_client() as api:
+            controller_service(api, namespace, "sealed-secrets", host.ip, 8080)
+        # an expired certificate from the controller is refused: nothing changes
+        (served / "v1" / "cert.pem").write_bytes(expired)
+        refused = invoke("cluster", "refresh-cert", "renewing", "-f", str(root))
+        assert refused.exit_code == 1, refused.output
+        assert "expired" in refused.stderr and "nothing was written" in refused.stderr
+        assert (root / "certs/renewing.pem").read_bytes() == old_pem
+        assert (root / "clusters/renewing.yaml").read_text() == cluster_yaml
+
+        (served / "v1" / "cert.pem").write_bytes(new_pem)
+        result = invoke("-o", "json", "cluster", "refresh-cert", "renewing", "-f", str(root))
+        assert result.exit_code == 0, result.output
+        again = invoke("-o", "json", "cluster", "refresh-cert", "renewing", "-f", str(root))
+        # a Cluster that names only its controller: the certificate comes from there
+        (root / "clusters/fresh.yaml").write_text(
+            "apiVersion: secretsync.dev/v1alpha1\nkind: Cluster\n"
+            "metadata: {name: fresh, labels: {env: fresh}}\n"
+            "spec:\n  delivery: sealed\n"
+            f"  sealedSecrets: {{controller: {{namespace: {namespace}, name: sealed-secrets}}}}\n"
+            f"  kubeconfig: {{path: {kubeconfig}}}\n"
+        )
+        (root / "secrets").mkdir()
+        (root / "secrets/s.yaml").write_text(
+            "apiVersion: secretsync.dev/v1alpha1\nkind: FleetSecret\nmetadata: {name: s}\n"
+            "spec:\n  clusterSelector: {matchLabels: {env: fresh}}\n"
+            "  target: {name: s, namespace: apps}\n  data: {k: {value: v}}\n"
+        )
+        valid = invoke("validate", str(root))
+        assert valid.exit_code == 0, valid.output
+        before = invoke("render", str(root))
+        assert before.exit_code == 1
+        assert "no sealing certificate at certs/fresh.pem yet" in before.stderr
+        assert "cluster refresh-cert fresh" in before.stderr
+        first = invoke("cluster", "refresh-cert", "fresh", "-f", str(root))
+        assert first.exit_code == 0, first.output
+        assert (root / "certs/fresh.pem").read_bytes() == new_pem
+        after = invoke("render", str(root))
+        assert after.exit_code == 0, after.output
+        assert (root / "rendered/fresh/apps/s.yaml").is_file()
+    summary = json.loads(result.stdout)
+    assert summary["old"]["certificateSha256"] == sha(old_pem)
+    assert summary["new"]["certificateSha256"] == sha(new_pem)
+    assert summary["changed"] is True and summary["pinUpdated"] is True
+    assert (root / "certs/renewing.pem").read_bytes() == new_pem
+    new_colons = ":".join(sha(new_pem)[i : i + 2] for i in range(0, 64, 2)).upper()
+    assert (root / "clusters/renewing.yaml").read_text() == cluster_yaml.replace(colons, new_colons)
+    assert load.load_fleet(root).clusters["renewing"].cert_sha256 == sha(new_pem)
+    assert again.exit_code == 0 and json.loads(again.stdout)["changed"] is False

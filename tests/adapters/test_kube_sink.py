@@ -1,4 +1,4 @@
-"""Delivery through the Kubernetes API, on three real kube-apiservers (DESIGN §5, issue T rows).
+"""Delivery through the Kubernetes API, on three real kube-apiservers (tests/MATRIX.md rows T1-T9).
 
 Each test builds its own fleet whose cluster names are unique to the test, so objects other
 tests left on the shared servers are never this fleet's to prune.
@@ -154,26 +154,46 @@ class Fleet:
                 (self.root / rel).write_text(str(text))
         return self.root
 
+    def sync_after(self, secrets_yaml: str) -> CycleReport:
+        """Write the fleet's FleetSecrets anew, then run one cycle."""
+        self.write(secrets_yaml)
+        return self.sync()
+
     def sync(
-        self, *, dry_run: bool = False, timeout_s: float = 60.0, request_timeout_s: float = 10.0
+        self,
+        *,
+        dry_run: bool = False,
+        timeout_s: float = 60.0,
+        request_timeout_s: float = 10.0,
+        keep_sink: bool = False,
+        batch_size: int = 100,
+        restart_wait_s: float = 10.0,
+        allow_deletes: bool = False,
     ) -> CycleReport:
+        """One cycle; `keep_sink` reuses the last cycle's sink (as the daemon does)."""
         assert self.root is not None
         fleet = load.load_fleet(self.root)
-        self.kube = KubeSink(
-            clients=ClientFactory(root=self.root),
-            hmac_key=KEY,
-            request_timeout_s=request_timeout_s,
-            max_attempts=2,
-            backoff_s=0.1,
-        )
+        if not keep_sink or self.kube is None:
+            self.kube = KubeSink(
+                clients=ClientFactory(root=self.root),
+                hmac_key=KEY,
+                request_timeout_s=request_timeout_s,
+                max_attempts=2,
+                backoff_s=0.1,
+                restart_wait_s=restart_wait_s,
+                restart_poll_s=0.1,
+            )
         engine = Engine(
             sources={"vault": FakeSource(self.values)},
             sinks=[self.kube],
             hmac_key=KEY,
             clock=lambda: datetime.now(UTC),
             cluster_timeout_s=timeout_s,
+            batch_size=batch_size,
         )
-        return asyncio.run(engine.run_cycle(fleet, dry_run=dry_run))  # pools close with the loop
+        return asyncio.run(
+            engine.run_cycle(fleet, dry_run=dry_run, allow_deletes=allow_deletes)
+        )  # pools close with the loop
 
 
 @pytest.fixture
@@ -511,35 +531,34 @@ def test_applied_sealed_and_external_objects(fleet: Fleet, crds: None) -> None:
     ]
 
 
+PAYMENTS_API: dict[str, Any] = {
+    "apiVersion": "apps/v1",
+    "kind": "Deployment",
+    "metadata": {"name": "payments-api"},
+    "spec": {
+        "selector": {"matchLabels": {"app": "p"}},
+        "template": {
+            "metadata": {"labels": {"app": "p"}},
+            "spec": {"containers": [{"name": "c", "image": "example.invalid/p:1"}]},
+        },
+    },
+}
+RESTART = "  rollout: {restart: [{kind: Deployment, name: payments-api}]}\n  data:\n"
+
+
+def restarted_for(cluster: KubeCluster, namespace: str) -> str | None:
+    d = k8s.AppsV1Api(cluster.api_client()).read_namespaced_deployment("payments-api", namespace)
+    return (d.spec.template.metadata.annotations or {}).get("secretsync.dev/restarted-for")
+
+
 def test_rollout_restart_only_when_content_changes(fleet: Fleet) -> None:
     fleet.values = {"db": {"password": canary.new("db")}}
     c = fleet.clusters[0]
     apps = k8s.AppsV1Api(c.api_client())
-    deployment = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "payments-api"},
-        "spec": {
-            "selector": {"matchLabels": {"app": "p"}},
-            "template": {
-                "metadata": {"labels": {"app": "p"}},
-                "spec": {"containers": [{"name": "c", "image": "example.invalid/p:1"}]},
-            },
-        },
-    }
-    apps.create_namespaced_deployment(fleet.namespace, deployment)
-    fleet.write(
-        DB.replace(
-            "  data:\n", "  rollout: {restart: [{kind: Deployment, name: payments-api}]}\n  data:\n"
-        )
-    )
+    apps.create_namespaced_deployment(fleet.namespace, PAYMENTS_API)
+    fleet.write(DB.replace("  data:\n", RESTART))
     assert fleet.sync().ok
-
-    def restarted_for() -> str | None:
-        d = apps.read_namespaced_deployment("payments-api", fleet.namespace)
-        return (d.spec.template.metadata.annotations or {}).get("secretsync.dev/restarted-for")
-
-    first = restarted_for()
+    first = restarted_for(c, fleet.namespace)
     assert first is not None and first.startswith("db@")
     version = apps.read_namespaced_deployment(
         "payments-api", fleet.namespace
@@ -551,7 +570,104 @@ def test_rollout_restart_only_when_content_changes(fleet: Fleet) -> None:
     )
     fleet.values["db"] = {"password": canary.new("db-rotated")}
     assert fleet.sync().ok
-    assert restarted_for() not in (None, first)
+    assert restarted_for(c, fleet.namespace) not in (None, first)
+
+
+def deployment_patches(clusters: list[KubeCluster]) -> list[float]:
+    return [
+        apiserver_metrics.requests(c, resource="deployments").get("PATCH", 0.0) for c in clusters
+    ]
+
+
+def test_two_changed_secrets_restart_their_deployment_once_per_cycle(fleet: Fleet) -> None:
+    """Both Secrets a Deployment reads change in one cycle, in separate batches: one PATCH of
+    the Deployment per cluster (the apiservers' own counters), none on a cycle that changes
+    nothing, one again when both rotate."""
+    fleet.values = {"db": {"password": canary.new("db")}, "api": {"token": canary.new("api")}}
+    for c in fleet.clusters:
+        k8s.AppsV1Api(c.api_client()).create_namespaced_deployment(fleet.namespace, PAYMENTS_API)
+    fleet.write(DB.replace("  data:\n", RESTART) + "---\n" + API.replace("  data:\n", RESTART))
+    before = deployment_patches(fleet.clusters)
+    assert fleet.sync(batch_size=1).ok  # one object a batch: the restart waits for the last
+    assert [a - b for a, b in zip(before, deployment_patches(fleet.clusters), strict=True)] == [
+        -1.0
+    ] * len(fleet.clusters)
+    first = restarted_for(fleet.clusters[0], fleet.namespace)
+    assert first is not None and first.startswith("2 secrets@")
+    before = deployment_patches(fleet.clusters)
+    assert fleet.sync(batch_size=1).ok
+    assert deployment_patches(fleet.clusters) == before  # nothing changed: no restart
+    fleet.values = {"db": {"password": canary.new("db2")}, "api": {"token": canary.new("api2")}}
+    assert fleet.sync(batch_size=1).ok
+    after = deployment_patches(fleet.clusters)
+    assert [a - b for a, b in zip(after, before, strict=True)] == [1.0] * len(fleet.clusters)
+    assert restarted_for(fleet.clusters[0], fleet.namespace) not in (None, first)
+
+
+def test_a_sealed_secret_restart_waits_for_the_controllers_secret(fleet: Fleet, crds: None) -> None:
+    """With `apply: true` the sealed-secrets controller writes the Secret: the Deployment is
+    restarted only once that Secret carries the delivered content hash. Until then the restart
+    is pending (named in the sink's report) and the next cycle looks again."""
+    from tests import keys
+
+    fleet.values = {"db": {"password": canary.new("db")}}
+    fleet.write(DB)
+    assert fleet.root is not None
+    (fleet.root / "certs").mkdir(exist_ok=True)
+    (fleet.root / "certs/c.pem").write_bytes(keys.cert_pem(keys.rsa_key(0)))
+    fleet.write(
+        DB.replace("  data:\n", RESTART),
+        cluster_extra="  delivery: sealed\n  apply: true\n  sealedSecrets: {certFile: certs/c.pem}\n",
+    )
+    for c in fleet.clusters:
+        k8s.AppsV1Api(c.api_client()).create_namespaced_deployment(fleet.namespace, PAYMENTS_API)
+    before = deployment_patches(fleet.clusters)
+    assert fleet.sync(restart_wait_s=0.5).ok
+    assert deployment_patches(fleet.clusters) == before  # no controller yet: no restart
+    assert fleet.kube is not None
+    assert fleet.kube.restarts.pending() == {
+        fleet.name(c): [f"Deployment {fleet.namespace}/payments-api"] for c in fleet.clusters
+    }
+    assert restarted_for(fleet.clusters[0], fleet.namespace) is None
+    # play the controller: the Secret it writes carries the template's annotations
+    for c in fleet.clusters:
+        sealed = k8s.CustomObjectsApi(c.api_client()).get_namespaced_custom_object(
+            "bitnami.com", "v1alpha1", fleet.namespace, "sealedsecrets", "db"
+        )
+        annotations = sealed["spec"]["template"]["metadata"]["annotations"]
+        core(c).create_namespaced_secret(
+            fleet.namespace,
+            {"metadata": {"name": "db", "annotations": annotations}, "data": {}},
+        )
+    assert fleet.sync(keep_sink=True, restart_wait_s=0.5).ok
+    after = deployment_patches(fleet.clusters)
+    assert [a - b for a, b in zip(after, before, strict=True)] == [1.0] * len(fleet.clusters)
+    assert fleet.kube.restarts.pending() == {}
+    assert (restarted_for(fleet.clusters[0], fleet.namespace) or "").startswith("db@")
+
+
+def many(names: list[str]) -> str:
+    return "---\n".join(API.replace("name: api", f"name: {n}") for n in names)
+
+
+def test_deletes_over_the_limit_reach_no_apiserver(fleet: Fleet) -> None:
+    """Three of eight Secrets leave the fleet (25 % allows two): no DELETE reaches any
+    apiserver (its audit log), every Secret stays, each is reported held; lifted, the three go."""
+    names = [f"s{i}" for i in range(8)]
+    fleet.values = {"api": {"token": canary.new("api")}}
+    fleet.write(many(names))
+    assert fleet.sync().ok
+    held = fleet.sync_after(many(names[3:]))
+    assert len(held.held) == 3 * len(fleet.clusters) and held.deletes == 0
+    for c in fleet.clusters:
+        assert apiserver_metrics.audited(c, verb="delete", namespace=fleet.namespace) == []
+        for n in names:
+            assert secret(c, fleet.namespace, n) is not None
+    lifted = fleet.sync(allow_deletes=True)
+    assert lifted.ok and lifted.deletes == 3 * len(fleet.clusters)
+    for c in fleet.clusters:
+        deleted = apiserver_metrics.audited(c, verb="delete", namespace=fleet.namespace)
+        assert sorted(deleted) == ["s0", "s1", "s2"]
 
 
 def test_kubeconfig_from_a_secret_in_the_home_cluster(

@@ -1,4 +1,4 @@
-"""Leader election and sharding on a real kube-apiserver (DESIGN §6, perf-reliability row P5).
+"""Leader election and sharding on a real kube-apiserver (tests/MATRIX.md row P5).
 
 Leases live in a fresh namespace of the first test cluster (`coordination.k8s.io/v1`, served
 by 1.20). Durations are short (2-4 s leases); every wait is a poll of a condition with a

@@ -24,6 +24,7 @@ from pathlib import Path
 from kubernetes import client as k8s
 from prometheus_client.parser import text_string_to_metric_families
 
+from secretsync import webhook
 from tests import canary, served
 from tests.adapters.conftest_kube import NamespaceFactory
 from tests.kubecluster import KubeCluster
@@ -52,7 +53,7 @@ def serve(
     """Start `serve` on 127.0.0.1 (port chosen by the kernel, read from the log: no race for a
     free port); always stopped by PID on the way out. `keys`: the HMAC and webhook keys, the
     same across restarts as in a real deployment."""
-    webhook_secret = keys["SECRETSYNC_WEBHOOK_SECRET"]
+    webhook_key = webhook.parse_secret(keys["SECRETSYNC_WEBHOOK_SECRET"])
     env = {
         "PATH": os.environ["PATH"],
         "HOME": str(home),
@@ -71,7 +72,7 @@ def serve(
             stdout=sink,
             stderr=subprocess.STDOUT,
         )  # fmt: skip
-    daemon = Daemon(proc, log, webhook_secret.encode(), poll_s=POLL_S)
+    daemon = Daemon(proc, log, webhook_key, poll_s=POLL_S)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -139,7 +140,8 @@ def test_serve_delivers_refuses_rotates_and_restarts_quietly(
     )
     keys = {
         "SECRETSYNC_HMAC_KEY": canary.new("hmac"),
-        "SECRETSYNC_WEBHOOK_SECRET": canary.new("whsec"),
+        "SECRETSYNC_WEBHOOK_SECRET": "whsec_"
+        + base64.b64encode(canary.new("whsec").encode()).decode(),
     }
     apis = {c.name: k8s.CoreV1Api(c.api_client()) for c in kube_clusters}
 

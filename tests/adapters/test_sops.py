@@ -15,6 +15,7 @@ import runpy
 import select
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -196,6 +197,58 @@ async def test_json_file_decrypts(fleet: Fleet, make_source: MakeSource) -> None
     fetched = await make_source().fetch(location)
     assert fetched.document["dockerconfigjson"] == config
     assert resolve.lookup(fetched.document, "n.m", where="x").reveal() == b"1"
+
+
+def _example_with_lists() -> tuple[dict[str, object], dict[str, str]]:
+    """A document shaped like sops' own examples: nested maps, a list of maps, a list of
+    scalars (and a list of lists), each value a canary; with the expected value per key path."""
+    c = {n: canary.new(n) for n in ("top", "user0", "pw0", "user1", "pw1", "a0", "a1", "m10")}
+    document: dict[str, object] = {
+        "myapp1": c["top"],
+        "app2": {"db": {"user": "bob", "port": 5432}},
+        "creds": [
+            {"user": c["user0"], "password": c["pw0"]},
+            {"user": c["user1"], "password": c["pw1"]},
+        ],
+        "an_array": [c["a0"], c["a1"]],
+        "matrix": [["x"], ["y", c["m10"]]],
+    }
+    expected = {
+        "myapp1": c["top"],
+        "app2.db.port": "5432",
+        "creds.0.password": c["pw0"],
+        "creds.1.user": c["user1"],
+        "creds.1.password": c["pw1"],
+        "an_array.0": c["a0"],
+        "an_array.1": c["a1"],
+        "matrix.1.1": c["m10"],
+    }
+    return document, expected
+
+
+@pytest.mark.parametrize("name", ["sops/example.yaml", "sops/example.json"])
+async def test_list_elements_resolve_by_index(
+    fleet: Fleet, make_source: MakeSource, name: str
+) -> None:
+    document, expected = _example_with_lists()
+    text = json.dumps(document) if name.endswith(".json") else yaml.safe_dump(document)
+    location = fleet.encrypted(name, text)
+    refs = {k: ValueRef(location, k) for k in (*expected, "an_array", "creds.0", "creds.2")}
+    refs |= {k: ValueRef(location, k) for k in ("an_array.01", "an_array.-1", "myapp1.0")}
+    result = await resolve.resolve(refs.values(), {"sops": make_source()})
+
+    assert {k: result.values[refs[k]].reveal().decode() for k in expected} == expected
+    listed = result.failures[refs["an_array"]]
+    assert isinstance(listed, errors.RefNotFound)
+    assert str(listed) == (
+        f"{location}: key 'an_array' holds a list, not a value; pick an element by its index "
+        "(an_array.0)"
+    )
+    assert "nested object" in str(result.failures[refs["creds.0"]])
+    for key in ("creds.2", "an_array.01", "an_array.-1", "myapp1.0"):
+        assert str(result.failures[refs[key]]) == f"{location}: key {key!r} not found"
+    for failure in result.failures.values():
+        assert_clean_error(failure)
 
 
 async def test_dotenv_file_decrypts(fleet: Fleet, make_source: MakeSource) -> None:
@@ -510,6 +563,46 @@ async def test_file_without_sops_metadata_is_refused_without_spawning(
     assert_clean_error(info.value)
 
 
+@pytest.mark.parametrize("name", ["sops/no_mac.yaml", "sops/no_mac.json", "sops/no_mac.env"])
+async def test_sops_metadata_without_a_mac_says_no_mac(
+    fleet: Fleet, make_source: MakeSource, name: str
+) -> None:
+    """Like sops' own `no_mac.yaml`: a file sops wrote, whose metadata lost its `mac`."""
+    plain = (
+        f"PASSWORD={canary.new('nomac')}\n"
+        if name.endswith(".env")
+        else json.dumps({"password": canary.new("nomac")})
+    )
+    encrypted = sops_encrypt(plain.encode(), name=name, recipient=fleet.key.recipient)
+    if name.endswith(".yaml"):
+        stripped = b"".join(
+            line
+            for line in encrypted.splitlines(keepends=True)
+            if not line.strip().startswith(b"mac:")
+        )
+    elif name.endswith(".json"):
+        doc = json.loads(encrypted)
+        del doc["sops"]["mac"]
+        stripped = json.dumps(doc, indent=4).encode()
+    else:
+        stripped = b"".join(
+            line
+            for line in encrypted.splitlines(keepends=True)
+            if not line.startswith(b"sops_mac=")
+        )
+    assert stripped != encrypted
+    location = fleet.put(name, stripped)
+    source = make_source()
+    with pytest.raises(errors.DecryptFailed) as info:
+        await source.fetch(location)
+    assert str(info.value) == (
+        f"{location}: the file has sops metadata but no MAC (removed, or never written); "
+        "refusing it — re-encrypt it with sops"
+    )
+    assert source.spawns == 0
+    assert_clean_error(info.value)
+
+
 async def test_multi_document_yaml_is_refused(fleet: Fleet, make_source: MakeSource) -> None:
     encrypted = sops_encrypt(
         f"a: {canary.new('doc1')}\n---\nb: {canary.new('doc2')}\n".encode(),
@@ -718,14 +811,8 @@ printf '{{"ok": "yes"}}'
 """
 
 
-async def test_child_gets_explicit_argv_allow_listed_env_and_the_hashed_bytes_on_stdin(
-    fleet: Fleet, make_source: MakeSource, tmp_path: Path
-) -> None:
-    out = tmp_path / "out"
-    out.mkdir()
-    binary = script(tmp_path, "sops", ENV_DUMP.format(out=out))
-    location = fleet.put("sops/dev/a.env", b"A=ENC[AES256_GCM,data:x]\nsops_mac=ENC[x]\n")
-    env = fleet.env(
+def _whole_env(fleet: Fleet) -> dict[str, str]:
+    return fleet.env(
         SOPS_AGE_KEY="AGE-SECRET-KEY-NOT-REAL",
         SOPS_DISABLE_VERSION_CHECK="0",
         AWS_PROFILE="p",
@@ -741,27 +828,78 @@ async def test_child_gets_explicit_argv_allow_listed_env_and_the_hashed_bytes_on
         PYTHONPATH="/x",
     )
 
+
+async def test_child_gets_explicit_argv_allow_listed_env_and_the_hashed_bytes_on_stdin(
+    fleet: Fleet, make_source: MakeSource, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    binary = script(tmp_path, "sops", ENV_DUMP.format(out=out))
+    location = fleet.put(
+        "sops/dev/a.env",
+        b"A=ENC[AES256_GCM,data:x]\nsops_age__list_0__map_recipient=age1x\nsops_mac=ENC[x]\n",
+    )
+    env = _whole_env(fleet)
+
     fetched = await make_source(env=env, binary=binary).fetch(location)
 
     assert fetched.document == {"ok": "yes"}
     forwarded = dict(line.split("=", 1) for line in (out / "env").read_text().splitlines())
+    home = forwarded.pop("HOME")
+    assert forwarded == {  # an age file: nothing for Vault, PGP or the clouds
+        "PATH": env["PATH"],
+        "SOPS_AGE_KEY_FILE": env["SOPS_AGE_KEY_FILE"],
+        "SOPS_AGE_KEY": "AGE-SECRET-KEY-NOT-REAL",
+        "SOPS_DISABLE_VERSION_CHECK": "1",
+        "XDG_CONFIG_HOME": f"{env['HOME']}/.config",  # sops' default age key file stays found
+    }
+    assert home != env["HOME"]
+    assert Path(home).stat().st_mode & 0o777 == 0o700
+    assert list(Path(home).iterdir()) == []
+    argv = (out / "argv").read_text().splitlines()
+    assert argv == [
+        "--config",
+        os.devnull,
+        "decrypt",
+        "--input-type",
+        "dotenv",
+        "--output-type",
+        "json",
+    ]
+    assert Path((out / "cwd").read_text().strip()) == fleet.root.resolve()
+    assert (out / "stdin").read_bytes() == (fleet.root / location.path).read_bytes()
+
+
+async def test_child_env_carries_what_the_files_allowed_key_types_need(
+    fleet: Fleet, make_source: MakeSource, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    binary = script(tmp_path, "sops", ENV_DUMP.format(out=out))
+    arn = "arn:aws:kms:us-east-1:111122223333:key/k1"
+    location = fleet.put(
+        "sops/dev/a.env",
+        b"A=ENC[AES256_GCM,data:x]\n"
+        b"sops_kms__list_0__map_arn=" + arn.encode() + b"\n"
+        b"sops_pgp__list_0__map_fp=ABCD\nsops_mac=ENC[x]\n",
+    )
+    env = _whole_env(fleet)
+    settings = SopsSettings(
+        key_types=frozenset({"pgp", "kms"}), aws_kms=("arn:aws:kms:us-east-1:111122223333:",)
+    )
+
+    await make_source(env=env, binary=binary, settings=settings).fetch(location)
+
+    forwarded = dict(line.split("=", 1) for line in (out / "env").read_text().splitlines())
     assert forwarded == {
         "PATH": env["PATH"],
-        "HOME": env["HOME"],
+        "HOME": env["HOME"],  # AWS keeps its credentials under HOME
         "SOPS_AGE_KEY_FILE": env["SOPS_AGE_KEY_FILE"],
         "SOPS_AGE_KEY": "AGE-SECRET-KEY-NOT-REAL",
         "SOPS_DISABLE_VERSION_CHECK": "1",
         "AWS_PROFILE": "p",
-        "AZURE_TENANT_ID": "t",
-        "GOOGLE_APPLICATION_CREDENTIALS": "/g.json",
         "GNUPGHOME": "/gnupg",
-        "VAULT_ADDR": "https://vault.example",
-        "VAULT_TOKEN": "vault-token",
     }
-    argv = (out / "argv").read_text().splitlines()
-    assert argv == ["decrypt", "--input-type", "dotenv", "--output-type", "json"]
-    assert Path((out / "cwd").read_text().strip()) == fleet.root.resolve()
-    assert (out / "stdin").read_bytes() == (fleet.root / location.path).read_bytes()
 
 
 def test_default_binary_is_the_real_sops_not_its_wrapper(fleet: Fleet) -> None:
@@ -914,3 +1052,73 @@ def test_scan_finds_nothing_in_what_sops_wrote_and_finds_a_hand_edit(
         (name, line, scan.FindingKind.SOPS_VALUE_NOT_ENCRYPTED)
     ]
     no_canary(*(str(f) for f in findings))
+
+
+@pytest.fixture
+def gnupg_home(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A HOME whose ~/.gnupg holds a fresh PGP key (Debian's gpg); its agent stopped after."""
+    home = tmp_path / "pgp-home"
+    gnupg = home / ".gnupg"
+    gnupg.mkdir(parents=True, mode=0o700)
+    env = {"PATH": os.environ["PATH"], "GNUPGHOME": str(gnupg)}
+
+    def gpg(*args: str) -> str:
+        done = subprocess.run(
+            ["gpg", "--batch", "--quiet", "--passphrase", "", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return done.stdout
+
+    try:
+        gpg("--quick-gen-key", "secretsync test <test@example.invalid>", "ed25519", "cert", "never")
+        fingerprint = next(
+            line.split(":")[9]
+            for line in gpg("--list-keys", "--with-colons").splitlines()
+            if line.startswith("fpr:")
+        )
+        gpg("--quick-add-key", fingerprint, "cv25519", "encr", "never")
+        yield home, fingerprint
+    finally:
+        subprocess.run(["gpgconf", "--kill", "gpg-agent"], env=env, timeout=30, check=False)
+
+
+async def test_pgp_files_decrypt_with_a_private_home_through_the_real_gnupg_home(
+    fleet: Fleet, make_source: MakeSource, gnupg_home: tuple[Path, str]
+) -> None:
+    home, fingerprint = gnupg_home
+    value = canary.new("pgp")
+    done = subprocess.run(
+        [SOPS, "encrypt", "--pgp", fingerprint, "--filename-override", "a.yaml"],
+        input=f"a: {value}\n".encode(),
+        env={
+            "PATH": os.environ["PATH"],
+            "GNUPGHOME": str(home / ".gnupg"),
+            "SOPS_DISABLE_VERSION_CHECK": "1",
+        },
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.returncode
+    location = fleet.put("sops/pgp.yaml", done.stdout)
+    # no GNUPGHOME: sops finds ~/.gnupg of the real HOME although its own HOME is private
+    source = make_source(env={"PATH": os.environ["PATH"], "HOME": str(home)})
+    fetched = await source.fetch(location)
+    assert fetched.document == {"a": value}
+
+
+async def test_age_key_in_the_default_place_is_found_with_a_private_home(
+    fleet: Fleet, make_source: MakeSource
+) -> None:
+    value = canary.new("age-default")
+    location = fleet.encrypted("sops/a.yaml", f"a: {value}\n")
+    default = fleet.home / ".config" / "sops" / "age" / "keys.txt"
+    default.parent.mkdir(parents=True)
+    shutil.copy(fleet.key.file, default)
+    source = make_source(env={"PATH": os.environ["PATH"], "HOME": str(fleet.home)})
+    fetched = await source.fetch(location)
+    assert fetched.document == {"a": value}

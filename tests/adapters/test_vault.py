@@ -182,7 +182,7 @@ async def test_nested_object_or_list_without_a_sub_key_is_an_error_never_its_tex
     openbao: OpenBao, unique: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """V11: picking a mapping or a list is an error naming the ref, never `str(dict)`; a
-    sub-key reaches into a mapping; values that are not text are read as the JSON text Vault
+    sub-key reaches into a mapping, an index into a list; values that are not text are read as the JSON text Vault
     stores (a binary value is stored as base64 text and delivered as that text)."""
     mount = kv2_mount(openbao, unique)
     inner, item, encoded = canary(), canary(), canary()
@@ -197,19 +197,19 @@ async def test_nested_object_or_list_without_a_sub_key_is_an_error_never_its_tex
         },
     )
     source = make_source(openbao.address, env={"VAULT_TOKEN": openbao.root_token})
-    refs = {k: ref(mount, "app", k) for k in ("db", "hosts", "db.password", "cert.b64", "none")}
+    keys = ("db", "hosts", "db.password", "hosts.0", "cert.b64", "none")
+    refs = {k: ref(mount, "app", k) for k in keys}
     try:
         result = await resolve.resolve(refs.values(), {"vault": source})
     finally:
         await source.aclose()
     assert result.reads == 1
-    for key in ("db", "hosts"):
+    for key, what in (("db", "a nested object"), ("hosts", "a list")):
         failure = result.failures[refs[key]]
         assert isinstance(failure, errors.RefNotFound)
-        assert str(failure) == (
-            f"vault:{mount}/app: key {key!r} holds a nested object, not a value"
-        )
+        assert str(failure).startswith(f"vault:{mount}/app: key {key!r} holds {what}, not a value")
     assert result.values[refs["db.password"]].reveal() == inner.encode()
+    assert result.values[refs["hosts.0"]].reveal() == item.encode()  # as ESO's property paths
     assert result.values[refs["cert.b64"]].reveal() == base64.b64encode(encoded.encode())
     assert result.values[refs["none"]].reveal() == b"null"
     texts = [str(f) for f in result.failures.values()]
@@ -996,16 +996,16 @@ def test_address_and_token_come_from_the_environment_as_the_vault_cli_reads_them
     settings = model.VaultSettings()
     source = vault.build_vault_source(
         settings,
-        env={"BAO_ADDR": "http://b:1", "VAULT_ADDR": "http://v:2/", "BAO_TOKEN": "x"},
+        env={"BAO_ADDR": "https://b:1", "VAULT_ADDR": "https://v:2/", "BAO_TOKEN": "x"},
         root=Path("/"),
     )
-    assert source.address == "http://v:2"
+    assert source.address == "https://v:2"
     source = vault.build_vault_source(
-        model.VaultSettings(address="http://s:3"),
-        env={"VAULT_ADDR": "http://v:2", "VAULT_TOKEN": "x"},
+        model.VaultSettings(address="https://s:3"),
+        env={"VAULT_ADDR": "https://v:2", "VAULT_TOKEN": "x"},
         root=Path("/"),
     )
-    assert source.address == "http://s:3"
+    assert source.address == "https://s:3"
 
 
 @pytest.mark.parametrize(
@@ -1024,22 +1024,27 @@ def test_address_and_token_come_from_the_environment_as_the_vault_cli_reads_them
             "sources.vault.address",
             "credentials",
         ),
-        (model.VaultSettings(address="http://x"), {}, "sources.vault.auth.method", "no token"),
         (
-            model.VaultSettings(address="http://x", kv_version=3),
+            model.VaultSettings(address="http://localhost"),
+            {},
+            "sources.vault.auth.method",
+            "no token",
+        ),
+        (
+            model.VaultSettings(address="http://localhost", kv_version=3),
             {"VAULT_TOKEN": "t"},
             "sources.vault.kvVersion",
             "1 or 2",
         ),
         (
-            model.VaultSettings(address="http://x", auth=model.VaultAuth(method="ldap")),
+            model.VaultSettings(address="http://localhost", auth=model.VaultAuth(method="ldap")),
             {},
             "sources.vault.auth.method",
             "unknown method 'ldap'",
         ),
         (
             model.VaultSettings(
-                address="http://x",
+                address="http://localhost",
                 auth=model.VaultAuth(method="approle", role_id="r", role_id_file="f"),
             ),
             {},
@@ -1048,7 +1053,7 @@ def test_address_and_token_come_from_the_environment_as_the_vault_cli_reads_them
         ),
         (
             model.VaultSettings(
-                address="http://x",
+                address="http://localhost",
                 auth=model.VaultAuth(method="approle", role_id="r", secret_id_env="NOPE"),
             ),
             {},
@@ -1056,13 +1061,15 @@ def test_address_and_token_come_from_the_environment_as_the_vault_cli_reads_them
             "NOPE is not set",
         ),
         (
-            model.VaultSettings(address="http://x", auth=model.VaultAuth(method="kubernetes")),
+            model.VaultSettings(
+                address="http://localhost", auth=model.VaultAuth(method="kubernetes")
+            ),
             {},
             "sources.vault.auth.role",
             "needs a role",
         ),
         (
-            model.VaultSettings(address="http://x", tls=model.VaultTLS(ca_file="ca.pem")),
+            model.VaultSettings(address="http://localhost", tls=model.VaultTLS(ca_file="ca.pem")),
             {"VAULT_TOKEN": "t"},
             "sources.vault.tls",
             "http:// address",
@@ -1074,7 +1081,9 @@ def test_address_and_token_come_from_the_environment_as_the_vault_cli_reads_them
             "cannot load the CA",
         ),
         (
-            model.VaultSettings(address="http://x", limits=model.VaultLimits(concurrency=0)),
+            model.VaultSettings(
+                address="http://localhost", limits=model.VaultLimits(concurrency=0)
+            ),
             {"VAULT_TOKEN": "t"},
             "sources.vault.limits.concurrency",
             "at least 1",
@@ -1093,9 +1102,9 @@ def test_bad_settings_are_config_errors_naming_the_field(
 def test_secrets_from_the_environment_stay_out_of_the_source_repr() -> None:
     token, secret_id = canary(), canary()
     for settings in (
-        model.VaultSettings(address="http://x"),
+        model.VaultSettings(address="http://localhost"),
         model.VaultSettings(
-            address="http://x",
+            address="http://localhost",
             auth=model.VaultAuth(method="approle", role_id="r", secret_id_env="SID"),
         ),
     ):

@@ -10,9 +10,15 @@
 import { readFileSync } from "node:fs";
 import { ExternalSecret } from "@kubernetes-models/external-secrets/external-secrets.io/v1/ExternalSecret";
 import { SealedSecret } from "@kubernetes-models/sealed-secrets/bitnami.com/v1alpha1/SealedSecret";
+import { ApplicationSet } from "@kubernetes-models/argo-cd/argoproj.io/v1alpha1/ApplicationSet";
+import { Kustomization } from "@kubernetes-models/flux-cd/kustomize.toolkit.fluxcd.io/v1/Kustomization";
+import { GitRepository } from "@kubernetes-models/flux-cd/source.toolkit.fluxcd.io/v1/GitRepository";
 
 const VALIDATORS = new Map(
-  [ExternalSecret, SealedSecret].map((model) => [`${model.apiVersion} ${model.kind}`, model]),
+  [ExternalSecret, SealedSecret, ApplicationSet, Kustomization, GitRepository].map((model) => [
+    `${model.apiVersion} ${model.kind}`,
+    model,
+  ]),
 );
 
 function describe(err) {

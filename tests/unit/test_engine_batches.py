@@ -39,7 +39,7 @@ def fleet_files() -> dict[str, str | bytes]:
     )
     cluster = (
         "apiVersion: secretsync.dev/v1alpha1\nkind: Cluster\n"
-        f"metadata: {{name: {CLUSTER}}}\nspec: {{kubeconfig: {{path: kube.yaml}}}}\n"
+        f"metadata: {{name: {CLUSTER}}}\nspec: {{kubeconfig: {{path: /etc/secretsync/kube.yaml}}}}\n"
     )
     return {"secretsync.yaml": FLEET, "clusters/c.yaml": cluster, "secrets/all.yaml": secrets}
 

@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 from secretsync import errors, load, seal
-from secretsync.model import Delivery, Operator, Scope, SopsSpec, VaultSpec
+from secretsync.model import (
+    DeleteLimit,
+    Delivery,
+    Operator,
+    Scope,
+    SopsSpec,
+    VaultSpec,
+    VaultTransitKey,
+)
 
 FLEET = """\
 apiVersion: secretsync.dev/v1alpha1
@@ -451,6 +459,170 @@ def test_sops_ref_shape(fleet_repo: MakeRepo) -> None:
         '{vault: {path: "db/{{ cluster.labels.env }}", key: password}}',
         '{sops: {file: "sops/{{ cluster.labels.env }}.yaml", key: db.password}}',
     )
+    secret += "  allowNoClusters: true\n"
     root = fleet_repo({"secretsync.yaml": FLEET, "secrets/s.yaml": secret})
     spec = load.load_fleet(root).secrets["db"].data["password"].spec
     assert spec == SopsSpec("sops/{{ cluster.labels.env }}.yaml", "db.password")
+
+
+# --- safety rails: a selection that picks nothing is refused ---------------------------------
+
+
+def test_a_selector_that_selects_no_cluster_is_an_error(fleet_repo: MakeRepo) -> None:
+    """`env: prd` for `env: prod`: loading would otherwise plan the secret nowhere, and a
+    render would prune it from every production cluster."""
+    typo = SECRET.replace("{env: prod}", "{env: prd}")
+    assert load_errors(fleet_repo, {"clusters/c.yaml": CLUSTER, "secrets/s.yaml": typo}) == [
+        "secrets/s.yaml:5: spec.clusterSelector: selects no cluster of the fleet's 1 "
+        "(set allowNoClusters: true if that is deliberate)"
+    ]
+
+
+def test_allow_no_clusters_makes_an_empty_selection_deliberate(fleet_repo: MakeRepo) -> None:
+    typo = SECRET.replace("{env: prod}", "{env: prd}") + "  allowNoClusters: true\n"
+    root = fleet_repo(
+        {"secretsync.yaml": FLEET, "clusters/c.yaml": CLUSTER, "secrets/s.yaml": typo}
+    )
+    assert load.load_fleet(root).secrets["db"].allow_no_clusters
+
+
+def test_an_overlay_that_reaches_none_of_its_clusters_is_an_error(fleet_repo: MakeRepo) -> None:
+    other = CLUSTER.replace("prod-use1", "dev-use1").replace("env: prod", "env: dev")
+    overlays = (
+        "  overlays:\n"
+        "    - clusterSelector: {matchLabels: {region: us-east-l}}\n"  # l for 1
+        "      data: {a: {value: x}}\n"
+        "    - clusters: [dev-use1]\n"  # a cluster of the fleet, not of this FleetSecret
+        "      data: {b: {value: y}}\n"
+        "    - clusters: [prod-use1]\n"
+        "      data: {c: {value: z}}\n"
+    )
+    clusters = CLUSTER + "---\n" + other
+    assert load_errors(
+        fleet_repo, {"clusters/c.yaml": clusters, "secrets/s.yaml": SECRET + overlays}
+    ) == [
+        "secrets/s.yaml:11: spec.overlays.clusterSelector: the overlay selects none of the 1 "
+        "cluster(s) this FleetSecret selects",
+        "secrets/s.yaml:13: spec.overlays.clusters: the overlay selects none of the 1 "
+        "cluster(s) this FleetSecret selects",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("3", DeleteLimit(count=3)), ("0", DeleteLimit(count=0)), ('"40%"', DeleteLimit(percent=40))],
+)
+def test_delete_limit_is_a_count_or_a_percentage(
+    fleet_repo: MakeRepo, text: str, expected: DeleteLimit
+) -> None:
+    fleet = FLEET + f"  policies: {{deleteLimit: {text}}}\n"
+    root = fleet_repo({"secretsync.yaml": fleet})
+    assert load.load_fleet(root).policies.delete_limit == expected
+
+
+def test_delete_limit_defaults_to_a_quarter(fleet_repo: MakeRepo) -> None:
+    assert load.load_fleet(fleet_repo({"secretsync.yaml": FLEET})).policies.delete_limit == (
+        DeleteLimit(percent=25)
+    )
+
+
+@pytest.mark.parametrize("text", ["-1", '"25"', '"101%"', '"25%\\n"', "1.5", "[1]"])
+def test_a_bad_delete_limit_is_an_error(fleet_repo: MakeRepo, text: str) -> None:
+    fleet = FLEET + f"  policies: {{deleteLimit: {text}}}\n"
+    assert load_errors(fleet_repo, {"secretsync.yaml": fleet}) == [
+        "secretsync.yaml:6: spec.policies.deleteLimit: must be a count of objects (0 or more) "
+        'or a percentage such as "25%"'
+    ]
+
+
+@pytest.mark.parametrize(
+    ("limit", "owned", "deletes", "allowed"),
+    [
+        (DeleteLimit(percent=25), 10, 2, True),
+        (DeleteLimit(percent=25), 10, 3, False),
+        (DeleteLimit(percent=25), 1, 1, True),  # one delete is always allowed
+        (DeleteLimit(percent=0), 100, 1, True),
+        (DeleteLimit(percent=0), 100, 2, False),
+        (DeleteLimit(count=5), 6, 5, True),
+        (DeleteLimit(count=5), 600, 6, False),
+        (DeleteLimit(percent=100), 7, 7, True),
+    ],
+)
+def test_delete_limit_allows(limit: DeleteLimit, owned: int, deletes: int, allowed: bool) -> None:
+    assert limit.allows(deletes, owned=owned) is allowed
+
+
+def fleet_with_sops(sops: str) -> str:
+    return (
+        FLEET + "  sources:\n    sops:\n" + "".join(f"      {line}\n" for line in sops.splitlines())
+    )
+
+
+def test_sops_key_policy_loads(fleet_repo: MakeRepo) -> None:
+    root = fleet_repo(
+        {
+            "secretsync.yaml": fleet_with_sops(
+                "keyTypes: [age, hc_vault, kms]\n"
+                "vaultTransit:\n"
+                "  - {address: 'https://vault.example:8200', enginePath: transit, keyName: sops}\n"
+                "  - {address: 'http://127.0.0.1:8200'}\n"
+                "awsKms: ['arn:aws:kms:us-east-1:111122223333:']"
+            )
+        }
+    )
+    sops = load.load_fleet(root).sops
+    assert sops.key_types == {"age", "hc_vault", "kms"}
+    assert sops.vault_transit == (
+        VaultTransitKey(
+            address="https://vault.example:8200", engine_path="transit", key_name="sops"
+        ),
+        VaultTransitKey(address="http://127.0.0.1:8200"),
+    )
+    assert sops.aws_kms == ("arn:aws:kms:us-east-1:111122223333:",)
+    assert load.load_fleet(fleet_repo({"secretsync.yaml": FLEET})).sops.key_types == {"age", "pgp"}
+    assert load.load_fleet_settings(root).sops == sops
+
+
+@pytest.mark.parametrize(
+    ("sops", "expected"),
+    [
+        (
+            "keyTypes: [age, hckms]",
+            "secretsync.yaml:8: spec.sources.sops.keyTypes: must be one of: age, pgp, hc_vault, kms, gcp_kms, azure_kv",
+        ),
+        (
+            "keyTypes: [age, age]",
+            "secretsync.yaml:8: spec.sources.sops.keyTypes: 'age' is listed twice",
+        ),
+        (
+            "keyTypes: [hc_vault]",
+            "secretsync.yaml:8: spec.sources.sops.vaultTransit: keyTypes allows hc_vault: list in vaultTransit every key SOPS files may name",
+        ),
+        (
+            "vaultTransit: [{address: 'http://v:8200'}]",
+            "secretsync.yaml:8: spec.sources.sops.vaultTransit: vaultTransit is given but keyTypes does not allow hc_vault",
+        ),
+        (
+            "keyTypes: [gcp_kms]\ngcpKms: []",
+            "secretsync.yaml:8: spec.sources.sops.gcpKms: keyTypes allows gcp_kms",
+        ),
+        (
+            "keyTypes: [hc_vault]\nvaultTransit: [{address: 'http://me:pw@v:8200'}]",
+            "secretsync.yaml:9: spec.sources.sops.vaultTransit[0].address: must be an http(s) URL",
+        ),
+        (
+            "keyTypes: [hc_vault]\nvaultTransit: [{address: 'http://v:8200', token: x}]",
+            "secretsync.yaml:9: spec.sources.sops.vaultTransit[0].token: unknown field",
+        ),
+        (
+            "keyTypes: [azure_kv]\nazureKeyVault: ['https://a b/']",
+            "secretsync.yaml:9: spec.sources.sops.azureKeyVault: must be an Azure Key Vault key URL",
+        ),
+    ],
+)
+def test_sops_key_policy_errors(fleet_repo: MakeRepo, sops: str, expected: str) -> None:
+    root = fleet_repo({"secretsync.yaml": fleet_with_sops(sops)})
+    with pytest.raises(errors.ConfigErrors) as info:
+        load.load_fleet(root)
+    rendered = [e.render() for e in info.value.errors]
+    assert any(r.startswith(expected) for r in rendered), rendered

@@ -1,4 +1,4 @@
-"""Hypothesis fuzzing of the fleet loader (S5, issue 8 §3).
+"""Hypothesis fuzzing of the fleet loader (tests/MATRIX.md row S5).
 
 Random documents built from the schema's own field names and odd YAML (anchors, aliases,
 tags, flow and block styles, bad bytes), dropped into any of the files the loader reads, must

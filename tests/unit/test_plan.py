@@ -155,7 +155,7 @@ spec:
   delivery: external
 """
     secret = SECRET.replace("level: {value: base}", "extra: {sops: {file: s.yaml, key: k}}")
-    ext += "---\n" + cluster("prod-euw1", "env: staging, region: r2")
+    ext += "---\n" + cluster("prod-euw1", "env: dev, region: r2")
     text = plan_errors(fleet_repo, {"clusters/c.yaml": ext, "secrets/app.yaml": secret})
     assert "secrets/app.yaml:11: data.extra.sops: cluster 'ext' uses external delivery" in text
     assert "data.password.vault.mount: cluster 'ext' uses external delivery" not in text

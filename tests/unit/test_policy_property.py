@@ -130,6 +130,8 @@ def write(root: Path, cs: list[C], ss: list[S], policy: Policy) -> None:
         f"spec:\n  clusterSelector: {{matchLabels: {flow(s.match)}}}\n"
         f"  target: {{name: {s.name}, namespace: {s.namespace}, type: {s.type}, scope: {s.scope}}}\n"
         "  data: {k: {value: fixed}}\n"
+        # a selection of nothing is refused when the fleet loads; this test is about policies
+        + ("" if any(matches(s, c) for c in cs) else "  allowNoClusters: true\n")
         for s in ss
     ]
     (root / "secrets").mkdir()

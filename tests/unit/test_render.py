@@ -1,4 +1,4 @@
-"""Offline render through the engine and the Git sink, with a fake source (DESIGN §5)."""
+"""Offline render through the engine and the Git sink, with a fake source."""
 
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from secretsync.model import SopsSettings, VaultTransitKey
 from secretsync.scan import Finding, FindingKind, scan
 from tests import canary
 
@@ -151,7 +152,7 @@ def test_other_kinds_and_api_groups_are_not_secrets(tmp_path: Path) -> None:
             "broken.yaml": "kind: Secret\ndata: {a: [\n",
         },
     )
-    assert scan(tmp_path) == []
+    assert [(f.file, f.kind) for f in scan(tmp_path)] == [("broken.yaml", "unparsable-file")]
 
 
 # --- files that must be SOPS-encrypted -----------------------------------------------------
@@ -420,3 +421,42 @@ def test_findings_sort_and_render() -> None:
     assert sorted([a, b]) == [b, a]
     assert str(b) == "a.yaml:9: sops-file-not-encrypted: m"
     assert os.fspath(Path(b.file)) == "a.yaml"
+
+
+# --- keys the Fleet does not allow ---------------------------------------------------------
+
+
+def test_sops_files_naming_keys_their_fleet_refuses_are_findings(tmp_path: Path) -> None:
+    vault = (
+        "    hc_vault:\n        - vault_address: http://127.0.0.1:8200\n"
+        "          engine_path: transit\n          key_name: sops\n"
+    )
+    stanza = sops_stanza().replace("sops:\n", "sops:\n" + vault, 1)
+    root = write(
+        tmp_path,
+        {
+            "a/app.yaml": f"db: {enc(1)}\n" + stanza,
+            "b/app.yaml": f"db: {enc(2)}\n" + stanza,
+            "b/app.env": f"DB={enc(3)}\nsops_hc_vault__list_0__map_vault_address=http://x\n"
+            "sops_mac=ENC[x]\nsops_version=3.11.0\n",
+            "c/values.yaml": "sops:\n  enabled: true\n",  # a `sops:` key that is not sops metadata
+        },
+    )
+    transit = SopsSettings(
+        key_types=frozenset({"age", "hc_vault"}),
+        vault_transit=(VaultTransitKey(address="http://127.0.0.1:8200"),),
+    )
+
+    def policy(folder: Path) -> SopsSettings:
+        return transit if folder.name == "b" else SopsSettings()
+
+    findings = scan(root, sops_policy=policy)
+    assert kinds(findings) == [
+        ("a/app.yaml", 4, FindingKind.SOPS_KEY_NOT_ALLOWED),
+        ("b/app.env", 2, FindingKind.SOPS_KEY_NOT_ALLOWED),
+    ]
+    assert "hc_vault[0]: key type hc_vault is not allowed" in str(findings[0])
+    assert "'http://x'" in str(findings[1])
+    assert kinds(scan(root / "a" / "app.yaml")) == [
+        ("app.yaml", 4, FindingKind.SOPS_KEY_NOT_ALLOWED)
+    ]

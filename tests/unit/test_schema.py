@@ -398,7 +398,7 @@ def test_unknown_kinds_fail_closed() -> None:
     assert problems[2] == "[2] str: / must be an object"
 
 
-# --- ESO admission rules (formats.md §2.4), which the schema does not carry ---------------------
+# --- ESO admission rules, which its webhook enforces and the schema does not carry ----------
 
 
 ADMISSION_BREAKS = [

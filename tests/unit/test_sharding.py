@@ -1,5 +1,5 @@
 """Shard assignment (stable sha256 hash, balance), shard index derivation, the `serve` election
-options, and the sink gate that refuses writes once leadership is gone (DESIGN §6)."""
+options, and the sink gate that refuses writes once leadership is gone."""
 
 from __future__ import annotations
 

@@ -185,3 +185,54 @@ def test_objects_leaving_the_fleet_leave_the_board(fleet_repo: MakeRepo) -> None
     fleet = load.load_fleet(root)
     board.fleet_loaded(fleet, plan.plan(fleet), at=T0)
     assert {fs for _, fs in board.entries} == {"payments-db"}
+
+
+def held_report(*, pruned: bool = True) -> CycleReport:
+    reason = "delete held: 3 deletes of 8 owned objects are over the delete limit (25%)"
+    return CycleReport(
+        pruned=pruned,
+        items=[
+            ItemResult(
+                cluster="prod-use1",
+                namespace="apps",
+                name=f"s{i}",
+                fleet_secret=f"s{i}",
+                sink="git",
+                action="held",
+                reason=reason,
+            )
+            for i in range(3)
+        ],
+    )
+
+
+def test_held_deletes_show_on_the_board_the_page_and_the_metric() -> None:
+    from secretsync.metrics import Metrics
+    from secretsync.web import render_page
+
+    board, metrics = StatusBoard(), Metrics()
+    report = held_report()
+    summary = board.record(report, started=T0, duration_s=1.0, trigger="interval")
+    metrics.cycle(report, outcome=summary.outcome, trigger="interval", seconds=1.0)
+    assert summary.outcome == "failed" and summary.counts["held"] == 3
+    assert board.document()["deletesHeld"] == {
+        "prod-use1": {
+            "count": 3,
+            "objects": ["apps/s0", "apps/s1", "apps/s2"],
+            "reason": report.items[0].reason,
+        }
+    }
+    assert "3 deletes held on prod-use1: over the delete limit." in render_page(board, nonce="n")
+    assert b'secretsync_deletes_held{cluster="prod-use1"} 3.0' in metrics.render()
+    # a narrowed cycle (a webhook) looks for no deletes: what is held stays held
+    narrowed = CycleReport(pruned=False)
+    board.record(narrowed, started=T0, duration_s=1.0, trigger="webhook")
+    metrics.cycle(narrowed, outcome="ok", trigger="webhook", seconds=1.0, full=False)
+    assert board.document()["deletesHeld"]["prod-use1"]["count"] == 3
+    assert b'secretsync_deletes_held{cluster="prod-use1"} 3.0' in metrics.render()
+    # the next full cycle without held deletes clears them
+    board.record(CycleReport(pruned=True), started=T0, duration_s=1.0, trigger="interval")
+    metrics.cycle(CycleReport(pruned=True), outcome="ok", trigger="interval", seconds=1.0)
+    assert board.document()["deletesHeld"] == {}
+    assert b"secretsync_deletes_held{" not in metrics.render()
+    assert "deletes held" not in render_page(board, nonce="n")

@@ -1,12 +1,15 @@
-"""Standard Webhooks verification and strict body parsing (DESIGN §8; rows W1-W3, W5)."""
+"""Standard Webhooks verification and strict body parsing (tests/MATRIX.md rows W1-W3, W5)."""
 
 from __future__ import annotations
 
 import base64
 import contextlib
 import json
+import time
+from datetime import UTC, datetime
 
 import pytest
+import standardwebhooks
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -33,14 +36,57 @@ def headers(
 BODY = json.dumps({"paths": ["secret/payments/prod/db", "secret/data/web/prod"]}).encode()
 
 
-def test_parse_secret_whsec_and_raw() -> None:
-    raw = b"\x00\x01binary-key"
-    assert webhook.parse_secret("whsec_" + base64.b64encode(raw).decode()) == raw
-    assert webhook.parse_secret("plain text key") == b"plain text key"
-    with pytest.raises(ValueError, match="not base64"):
-        webhook.parse_secret("whsec_%%%")
-    with pytest.raises(ValueError, match="empty"):
-        webhook.parse_secret("whsec_")
+@pytest.mark.parametrize("length", [1, 2, 3, 24, 32])
+def test_parse_secret_is_base64_padded_or_not_with_or_without_the_prefix(length: int) -> None:
+    raw = bytes(range(256 - length, 256))
+    padded = base64.b64encode(raw).decode()
+    unpadded = padded.rstrip("=")
+    for text in (padded, unpadded, "whsec_" + padded, "whsec_" + unpadded):
+        assert webhook.parse_secret(text) == raw, text
+
+
+@pytest.mark.parametrize(
+    "text", ["whsec_%%%", "plain text key", "whsec_abcde", "whsec_ab=c", "whsec_===="]
+)
+def test_parse_secret_refuses_what_is_not_base64(text: str) -> None:
+    with pytest.raises(ValueError, match="not base64") as info:
+        webhook.parse_secret(text)
+    assert text.removeprefix("whsec_") not in str(info.value)
+
+
+@pytest.mark.parametrize("text", ["", "whsec_"])
+def test_parse_secret_refuses_an_empty_key(text: str) -> None:
+    with pytest.raises(ValueError, match="is empty"):
+        webhook.parse_secret(text)
+
+
+# The reference library's own secrets: `whsec_` + base64 of 24 or 32 random bytes, as
+# Standard Webhooks senders hand them out; some drop the base64 padding.
+REFERENCE_SECRETS = [
+    "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    "whsec_" + base64.b64encode(bytes(range(32))).decode(),
+    "whsec_" + base64.b64encode(bytes(range(32))).decode().rstrip("="),
+    base64.b64encode(bytes(range(100, 132))).decode().rstrip("="),
+]
+
+
+@pytest.mark.parametrize("secret", REFERENCE_SECRETS)
+def test_signatures_of_the_reference_library_verify(secret: str) -> None:
+    reference = standardwebhooks.Webhook(secret)
+    stamp = datetime.fromtimestamp(NOW, tz=UTC)
+    signature = reference.sign("msg_ref", stamp, BODY.decode())
+    got = webhook.Verifier(key=webhook.parse_secret(secret), clock=lambda: float(NOW)).verify(
+        {"webhook-id": "msg_ref", "webhook-timestamp": str(NOW), "webhook-signature": signature},
+        BODY,
+    )
+    assert got.paths == ("secret/payments/prod/db", "secret/data/web/prod")
+
+
+@pytest.mark.parametrize("secret", REFERENCE_SECRETS)
+def test_our_signatures_verify_with_the_reference_library(secret: str) -> None:
+    now = int(time.time())
+    h = headers(BODY, msg_id="msg_ours", ts=now, key=webhook.parse_secret(secret))
+    assert standardwebhooks.Webhook(secret).verify(BODY, h) == json.loads(BODY)
 
 
 def test_good_signature_gives_normalised_paths() -> None:
