@@ -243,7 +243,7 @@ def cycle_main(spec_file: str, out_file: str) -> None:
     else:
         from secretsync.sinks.git import GitSink
 
-        sinks.append(GitSink(out_dir=root / fleet.output_dir))
+        sinks.append(GitSink(out_dir=root / fleet.output_dir, repo=root))
     knobs = (
         {"cluster_concurrency": spec["cluster_concurrency"]} if spec["cluster_concurrency"] else {}
     )

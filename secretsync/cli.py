@@ -430,7 +430,10 @@ def _run(
     sinks: list[Any] = []
     git_sink = kube_sink = None
     if git:
-        git_sink = GitSink(out_dir=Path(out) if out else fleet.root / fleet.output_dir)
+        if out:  # the operator's own path
+            git_sink = GitSink(out_dir=Path(out))
+        else:
+            git_sink = GitSink(out_dir=fleet.root / fleet.output_dir, repo=fleet.root)
         sinks.append(git_sink)
     if kube:
         from secretsync.clusters import ClientFactory
@@ -1449,7 +1452,7 @@ def cluster_remove(
     cluster = fleet.clusters.get(name)
     if cluster is None:
         raise UsageError(f"unknown cluster {name!r}")
-    git = GitSink(out_dir=fleet.root / fleet.output_dir)
+    git = GitSink(out_dir=fleet.root / fleet.output_dir, repo=fleet.root)
     kube = None
     if cluster.kubeconfig is not None:
         plugins = _plugin_policy(settings, exec_plugins)

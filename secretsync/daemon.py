@@ -186,7 +186,7 @@ class EngineWiring:
         }
         sinks: list[Any] = []
         if s.git:
-            sinks.append(GitSink(out_dir=fleet.root / fleet.output_dir))
+            sinks.append(GitSink(out_dir=fleet.root / fleet.output_dir, repo=fleet.root))
         if s.kube:
             # the kubernetes client is heavy: imported only when the Kubernetes sink is on
             from secretsync import clusters  # noqa: PLC0415

@@ -148,6 +148,35 @@ def _yaml_files(root: Path, folder: str) -> Iterator[str]:
     yield from sorted(found)
 
 
+def _output_folder(root: Path, relative: str, layout: Layout) -> None:
+    """Refuse an output folder that leaves the repo, has a symlink on its path (the Git sink
+    opens every folder down to it without following one, and would fail every cluster), or
+    overlaps what the fleet is read from: rendering there would prune or shadow fleet files."""
+    real = confine(root, relative)
+    real_root = root.resolve()
+    where = root
+    for part in Path(relative).parts:
+        where = where / part
+        if where.is_symlink():
+            raise errors.ConfigError(
+                f"{os.path.relpath(where, root)!r} is a symlink: no symlink on the output "
+                "folder's path is followed"
+            )
+        if not where.exists():
+            break
+    inputs = (FLEET_FILE, layout.clusters, layout.secrets, "sops", "certs", ".git")
+    for name in inputs:
+        try:
+            other = (real_root / name).resolve()
+        except (OSError, RuntimeError):  # a symlink loop: the loader reports it there
+            continue
+        if real == other or real in other.parents or other in real.parents:
+            raise errors.ConfigError(
+                f"{relative!r} overlaps {name!r}, which the fleet is read from: the output "
+                "folder must be a folder of its own"
+            )
+
+
 # --- YAML with line numbers ------------------------------------------------------------------
 
 
@@ -563,23 +592,24 @@ def _fleet(ctx: _Ctx, header: _Header, root: Path) -> Fleet:
                 default=Delivery.SEALED,
             )
             defaults.done()
+        inputs = Layout()
+        layout = spec.map("layout")
+        if layout is not None:
+            inputs = kwargs["layout"] = Layout(
+                clusters=layout.text("clusters") or "clusters",
+                secrets=layout.text("secrets") or "secrets",
+            )
+            layout.done()
         output = spec.map("output")
         if output is not None:
             out_dir = output.text("dir")
             if out_dir is not None:
                 try:
-                    confine(root, out_dir)
+                    _output_folder(root, out_dir, inputs)
                     kwargs["output_dir"] = out_dir.rstrip("/")
                 except errors.ConfigError as exc:
                     ctx.error(output.key_node("dir"), output.field("dir"), exc.message)
             output.done()
-        layout = spec.map("layout")
-        if layout is not None:
-            kwargs["layout"] = Layout(
-                clusters=layout.text("clusters") or "clusters",
-                secrets=layout.text("secrets") or "secrets",
-            )
-            layout.done()
         sources = spec.map("sources")
         if sources is not None:
             vault = sources.map("vault")

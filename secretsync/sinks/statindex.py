@@ -63,15 +63,17 @@ def default_cache_dir() -> Path | None:
     return Path(home) / ".cache" / "secretsync" if home != "~" else None
 
 
-def probe_clock(folder: str) -> int | None:
-    """The file system's clock in `folder`: the ctime of a probe file created there (and
-    removed at once), or None when none can be created (a read-only output)."""
-    path = os.path.join(folder, f"{PROBE_PREFIX}{os.getpid()}.tmp")
+def probe_clock(folder: int) -> int | None:
+    """The file system's clock in the folder open as `folder`: the ctime of a probe file
+    created there (and removed at once), or None when none can be created (a read-only
+    output)."""
+    name = f"{PROBE_PREFIX}{os.getpid()}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        fd = os.open(name, flags, 0o600, dir_fd=folder)
     except FileExistsError:
         with contextlib.suppress(OSError):
-            os.unlink(path)  # left by a process with our pid that died
+            os.unlink(name, dir_fd=folder)  # left by a process with our pid that died
         return None
     except OSError:
         return None
@@ -80,7 +82,7 @@ def probe_clock(folder: str) -> int | None:
     finally:
         os.close(fd)
         with contextlib.suppress(OSError):
-            os.unlink(path)
+            os.unlink(name, dir_fd=folder)
 
 
 def _encode(observed: Observed | None) -> list[object] | None:

@@ -64,9 +64,10 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     seen: list[str] = []
     real = git._read
 
-    def counting(path: str) -> tuple[os.stat_result, bytes | None]:
-        seen.append(path)
-        return real(path)
+    def counting(name: str, *, dir_fd: int) -> tuple[os.stat_result, bytes | None]:
+        if name != git.KUSTOMIZATION:  # read on every apply, to keep its foreign entries
+            seen.append(os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), name))
+        return real(name, dir_fd=dir_fd)
 
     monkeypatch.setattr(git, "_read", counting)
     return seen
@@ -246,10 +247,14 @@ def test_default_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
 def test_read_caps_the_size_and_reads_a_file_that_grew(tmp_path: Path) -> None:
     big = tmp_path / "big.yaml"
     big.write_bytes(b"x" * (git.MAX_MANIFEST_BYTES + 1))
-    assert git._read(str(big))[1] is None
     small = tmp_path / "small.yaml"
     small.write_bytes(b"y" * 200_000)  # more than one chunk
-    assert git._read(str(small))[1] == b"y" * 200_000
+    folder = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert git._read("big.yaml", dir_fd=folder)[1] is None
+        assert git._read("small.yaml", dir_fd=folder)[1] == b"y" * 200_000
+    finally:
+        os.close(folder)
 
 
 def _rendered(name: str, text: str) -> Rendered:

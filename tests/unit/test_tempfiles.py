@@ -51,7 +51,11 @@ def observed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[list[t
 
     def replace(src: Any, dst: Any, **kwargs: Any) -> None:
         if not os.fspath(dst).endswith("sealed.yaml"):  # --merge-into: see the test
-            made.append((os.fspath(src), stat.S_IMODE(os.lstat(src).st_mode)))
+            folder = kwargs.get("src_dir_fd")  # the Git sink renames within a folder it holds open
+            mode = stat.S_IMODE(os.lstat(src, dir_fd=folder).st_mode)
+            if folder is not None:
+                src = os.path.join(os.readlink(f"/proc/self/fd/{folder}"), src)
+            made.append((os.fspath(src), mode))
         real_replace(src, dst, **kwargs)
 
     monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
