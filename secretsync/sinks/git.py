@@ -459,6 +459,15 @@ class GitSink:
         if fd is not None:
             os.close(fd)
 
+    def _remove_if_empty(self, cluster: str) -> None:
+        self._close(cluster)
+        with contextlib.suppress(OSError, _Refused):
+            root = self._open_root(create=False)
+            try:
+                os.rmdir(cluster, dir_fd=root)  # only when empty
+            finally:
+                os.close(root)
+
     def _where(self, cluster: str) -> str:
         return os.path.join(self._root, cluster)
 
@@ -522,6 +531,10 @@ class GitSink:
                             files.append((e.name, e))
                         elif e.name.startswith(".") and e.name.endswith(".tmp"):
                             _drop_stale_temp(e, dir_fd=space)
+                if not files:  # emptied by a run killed before its rmdir: Git ignores it, we too
+                    with contextlib.suppress(OSError):
+                        os.rmdir(namespace, dir_fd=folder)  # only when empty
+                    continue
                 files.sort()
                 for name, entry in files:
                     if index is not None:
@@ -557,6 +570,8 @@ class GitSink:
                     continue
                 found[observed.key] = observed
                 paths[observed.key] = rel
+        if not listing:  # a folder emptied by a killed run: removed like a pruned one
+            self._remove_if_empty(cluster)
         if index is not None and self._index is not None:
             self._index.save(index)
         return found
@@ -762,13 +777,7 @@ class GitSink:
                 self._index_written(cluster, folder, spaces, index, written)
                 self._index.save(index)
         if not listed:
-            with contextlib.suppress(OSError):
-                root = self._open_root(create=False)
-                try:
-                    self._close(cluster)
-                    os.rmdir(cluster, dir_fd=root)  # only when empty
-                finally:
-                    os.close(root)
+            self._remove_if_empty(cluster)
 
     @staticmethod
     def _index_written(
