@@ -881,7 +881,7 @@ class GitSink:
             if not stat.S_ISREG(st.st_mode):
                 return True  # a folder (or another entry): listed as it is, never read
             _, data = _read(parts[-1], dir_fd=fd)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a NUL byte in the entry
             return False
         finally:
             if fd != folder:

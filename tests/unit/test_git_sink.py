@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from secretsync import load
+from secretsync import errors, load
 from secretsync.deliver import ChangeSet
 from secretsync.engine import CycleReport, Engine
 from secretsync.materialize import Rendered
@@ -367,3 +367,36 @@ def test_a_gated_git_sink_keeps_every_file_in_its_kustomization(fleet_repo: Make
         assert listed == sorted(f"ns{i % 3}/s{i:03d}.yaml" for i in range(150))
     assert changed == [151, 0, 0]
     assert not inner._paths and not inner._early, "nothing is kept once the cycle is done"
+
+
+def test_output_folder_swapped_for_a_symlink_after_loading_is_never_written_through(
+    tmp_path: Path,
+) -> None:
+    """The loader refuses a symlinked `output.dir`; one swapped in later (a checkout, another
+    process) is refused by the sink itself, which opens every folder from the repo down
+    without following a link: each cluster fails naming the path, nothing outside changes."""
+    repo, outside = tmp_path / "repo", tmp_path / "outside"
+    (repo / "rendered").mkdir(parents=True)
+    outside.mkdir()
+    sink = GitSink(out_dir=repo / "rendered", repo=repo, index=False)
+    cluster = Cluster(name="c1", labels={}, delivery=Delivery.SEALED, origin=Origin("c.yaml", 1))
+    assert asyncio.run(sink.observe(cluster)) == {}
+    (repo / "rendered").rmdir()
+    (repo / "rendered").symlink_to(outside)
+    refused = f"{repo / 'rendered'}: output path is a symlink"
+    with pytest.raises(errors.DeliveryError, match=refused):
+        asyncio.run(sink.observe(cluster))
+    with pytest.raises(errors.DeliveryError, match=refused):
+        sink.stage(cluster, _rendered("a", "one"))
+    with pytest.raises(errors.DeliveryError, match=refused):
+        asyncio.run(sink.apply(cluster, ChangeSet(create=[_rendered("b", "two")])))
+    assert asyncio.run(sink.orphans(set())) == []
+    assert list(outside.iterdir()) == []
+    (repo / "rendered").unlink()
+    (repo / "rendered").mkdir()
+    (repo / "rendered/c1").symlink_to(outside)  # and a cluster folder swapped in after observe
+    with pytest.raises(errors.DeliveryError, match="rendered/c1: output path is a symlink"):
+        sink.stage(cluster, _rendered("a", "one"))
+    with pytest.raises(errors.DeliveryError, match="rendered/c1: output path is a symlink"):
+        asyncio.run(sink.apply(cluster, ChangeSet(create=[_rendered("b", "two")])))
+    assert list(outside.iterdir()) == []
