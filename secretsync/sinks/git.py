@@ -449,7 +449,7 @@ class GitSink:
                 )
             finally:
                 os.close(root)
-            while len(self._folders) >= _MAX_OPEN_FOLDERS:  # observed, never applied
+            while len(self._folders) >= _MAX_OPEN_FOLDERS:  # observed, not yet discarded
                 os.close(self._folders.pop(next(iter(self._folders))))
         self._folders[cluster] = fd
         return fd
@@ -754,12 +754,16 @@ class GitSink:
             folder = self._folder(cluster, create=False)
         except FileNotFoundError:  # no folder: nothing to list, nothing to unlink
             return
+        paths = self._paths.get(cluster, {})
         with _Namespaces(folder, self._where(cluster)) as spaces:
-            listed = self._write_kustomization(
-                cluster, folder, self._paths.get(cluster, {}), durable=bool(doomed)
-            )
+            listed = self._write_kustomization(cluster, folder, paths, durable=bool(doomed))
+            # a doomed file an object was written at afterwards (in the same batch or a later
+            # one: its own name, which another object moved away from) is that object's now
+            live = set(paths.values()) if doomed else set()
             emptied: set[str] = set()
             for rel in doomed:
+                if rel in live:
+                    continue
                 namespace, name = _split(rel)
                 try:
                     gone = _unlink(name, dir_fd=spaces.fd(namespace))

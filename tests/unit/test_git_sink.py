@@ -20,7 +20,16 @@ from secretsync import errors, load
 from secretsync.deliver import ChangeSet
 from secretsync.engine import CycleReport, Engine
 from secretsync.materialize import Rendered
-from secretsync.model import Cluster, Delivery, ObjectKey, Observed, Origin
+from secretsync.model import (
+    ANNOTATION_CLUSTER,
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
+    Cluster,
+    Delivery,
+    ObjectKey,
+    Observed,
+    Origin,
+)
 from secretsync.sinks import git, statindex
 from secretsync.sinks.git import GitSink
 from tests import canary, fleets
@@ -400,3 +409,66 @@ def test_output_folder_swapped_for_a_symlink_after_loading_is_never_written_thro
     with pytest.raises(errors.DeliveryError, match="rendered/c1: output path is a symlink"):
         asyncio.run(sink.apply(cluster, ChangeSet(create=[_rendered("b", "two")])))
     assert list(outside.iterdir()) == []
+
+
+def _owned(name: str, text: str) -> Rendered:
+    """A manifest of `name` in namespace `ns` that secretsync owns on cluster c1."""
+    return Rendered(
+        key=ObjectKey("c1", "ns", name),
+        fleet_secret=name,
+        delivery=Delivery.SEALED,
+        kind="SealedSecret",
+        content_hash=f"hash-{text}",
+        key_hashes={},
+        manifest={
+            "apiVersion": "bitnami.com/v1alpha1",
+            "kind": "SealedSecret",
+            "metadata": {
+                "name": name,
+                "namespace": "ns",
+                "labels": {LABEL_MANAGED_BY: MANAGED_BY},
+                "annotations": {ANNOTATION_CLUSTER: "c1"},
+            },
+            "spec": {"encryptedData": {"k": text}},
+        },
+    )
+
+
+@pytest.mark.parametrize("batches", [1, 2])
+def test_a_file_moved_back_to_its_own_name_leaves_the_file_written_at_its_old_name(
+    tmp_path: Path, batches: int
+) -> None:
+    """An owned file renamed by hand (`ns/y.yaml` to `ns/x.yaml`) is written back under its
+    own name, and its old file is unlinked when the cluster is finished, after the
+    kustomization's rewrite. When object `x` is written at that old name in the same cycle
+    (the same batch or a later one), the file is x's and stays (before: unlinked, with the
+    kustomization naming it)."""
+    out = tmp_path / "out"
+    sink = GitSink(out_dir=out, index=False)
+    cluster = Cluster(name="c1", labels={}, delivery=Delivery.SEALED, origin=Origin("c.yaml", 1))
+
+    def cycle(*changes: ChangeSet) -> dict[ObjectKey, Observed]:
+        observed = dict(asyncio.run(sink.observe(cluster)))
+        try:
+            for change in changes:
+                asyncio.run(sink.apply(cluster, change))
+            asyncio.run(sink.finish_cluster(cluster))
+        finally:
+            sink.discard(cluster)
+        return observed
+
+    cycle(ChangeSet(create=[_owned("y", "one")]))
+    folder = out / "c1/ns"
+    (folder / "y.yaml").rename(folder / "x.yaml")
+    y, x = _owned("y", "two"), _owned("x", "three")
+    if batches == 1:
+        found = cycle(ChangeSet(create=[x], update=[y]))
+    else:
+        found = cycle(ChangeSet(update=[y]), ChangeSet(create=[x]))
+    assert list(found) == [y.key], "y was found at x.yaml"
+    assert "three" in (folder / "x.yaml").read_text()
+    assert "two" in (folder / "y.yaml").read_text()
+    listed = yaml.safe_load((out / "c1/kustomization.yaml").read_text())["resources"]
+    assert listed == ["ns/x.yaml", "ns/y.yaml"]
+    assert set(cycle()) == {x.key, y.key}
+    assert not sink._folders, "every folder opened is closed once its cluster is discarded"
