@@ -121,6 +121,7 @@ def run(
             "-o",
             "json",
             "render",
+            "--allow-deletes",  # it prunes a third of each cluster: over the default limit
             str(fleet),
         ],
         check=False,
