@@ -105,8 +105,11 @@ class Sink(Protocol):
     async def apply(self, cluster: Cluster, changes: ChangeSet) -> ApplyResult: ...
 
     async def finish_cluster(self, cluster: Cluster) -> None:
-        """After the last batch of `cluster` (never in a dry run): write what covers the whole
-        cluster rather than one object (the Git sink: the folder's kustomization.yaml)."""
+        """After the last batch of `cluster` (never in a dry run): what covers the whole
+        cluster rather than one object. The Git sink writes the folder's kustomization.yaml,
+        then unlinks the files it no longer lists (that order keeps a killed run from leaving a
+        kustomization that names a missing file); the Kubernetes sink makes the cycle's
+        workload restarts, once per workload."""
         ...
 
     def discard(self, cluster: Cluster) -> None:
