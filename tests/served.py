@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 import urllib.error
@@ -15,6 +16,8 @@ from typing import Any
 
 from secretsync import webhook
 from tests import canary
+
+_LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
 
 
 class ServeClient:
@@ -32,6 +35,19 @@ class ServeClient:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def wait_listening(self, *, timeout: float, since: int = 0) -> None:
+        """Wait for the process to log its address (after `since` characters of its log) and
+        aim every request there; fail the test at the deadline or if the process exits."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = _LISTENING.search(self.log_text()[since:])
+            if found:
+                self.base = f"http://127.0.0.1:{found.group(1)}"
+                return
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise AssertionError(f"serve did not start:\n{self.log_text()[-3000:]}")
+            time.sleep(self.poll_s)  # poll interval under the deadline above
 
     def request(
         self, path: str, *, body: bytes | None = None, headers: dict[str, str] | None = None

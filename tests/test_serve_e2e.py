@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -100,17 +99,9 @@ def served(fleet_repo: MakeRepo, tmp_path: Path) -> Iterator[ServeClient]:
             stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
-        deadline = time.monotonic() + 30
-        port = None
-        while port is None:
-            found = re.search(r"listening on http://127\.0\.0\.1:(\d+)", log.read_text())
-            if found:
-                port = int(found.group(1))
-            elif time.monotonic() > deadline or proc.poll() is not None:
-                raise AssertionError(f"serve did not start:\n{log.read_text()}")
-            else:
-                time.sleep(0.05)  # poll interval under the deadline above
-        yield ServeClient(proc, log, webhook_key.encode(), base=f"http://127.0.0.1:{port}")
+        client = ServeClient(proc, log, webhook_key.encode())
+        client.wait_listening(timeout=30)
+        yield client
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)

@@ -21,7 +21,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -259,17 +258,8 @@ def test_serve_refuses_the_fleet_and_sends_no_token(
             stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
-        deadline = time.monotonic() + 30
-        port = None
-        while port is None:
-            found = re.search(r"listening on http://127\.0\.0\.1:(\d+)", log.read_text())
-            if found:
-                port = int(found.group(1))
-            elif time.monotonic() > deadline or proc.poll() is not None:
-                raise AssertionError(f"serve did not start:\n{log.read_text()[-3000:]}")
-            else:
-                time.sleep(0.05)  # poll interval under the deadline above
-        served = ServeClient(proc, log, b"", base=f"http://127.0.0.1:{port}")
+        served = ServeClient(proc, log, b"")
+        served.wait_listening(timeout=30)
 
         def refused() -> bool:
             error = served.status()["fleet"].get("error") or ""

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -74,15 +73,7 @@ def serve(
         )  # fmt: skip
     daemon = Daemon(proc, log, webhook_key, poll_s=POLL_S)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            found = re.search(r"listening on http://127\.0\.0\.1:(\d+)", daemon.log_text())
-            if found:
-                daemon.base = f"http://127.0.0.1:{found.group(1)}"
-                break
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise AssertionError(f"serve did not start:\n{daemon.log_text()}")
-            time.sleep(POLL_S)
+        daemon.wait_listening(timeout=60)
         yield daemon
     finally:
         if proc.poll() is None:

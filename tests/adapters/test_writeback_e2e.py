@@ -11,7 +11,6 @@ import base64
 import functools
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -52,16 +51,7 @@ def serve(
     key = webhook.parse_secret(env["SECRETSYNC_WEBHOOK_SECRET"])
     client = served.ServeClient(proc, log, key, poll_s=POLL_S)
     try:
-        start = len(log.read_text(errors="replace"))
-        deadline = time.monotonic() + 60
-        while True:
-            found = re.search(r"listening on http://127\.0\.0\.1:(\d+)", client.log_text()[start:])
-            if found:
-                client.base = f"http://127.0.0.1:{found.group(1)}"
-                break
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise AssertionError(f"serve did not start:\n{client.log_text()}")
-            time.sleep(POLL_S)
+        client.wait_listening(timeout=60, since=len(log.read_text(errors="replace")))
         yield client
     finally:
         if proc.poll() is None:
