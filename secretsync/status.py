@@ -148,6 +148,8 @@ class StatusBoard:
         self.last_push: dict[str, Any] | None = None  # with serve --git-push
         self.certificates: dict[str, dict[str, Any]] = {}  # sealed clusters' certificates
         self.held: dict[str, HeldDeletes] = {}  # cluster -> deletes kept back by the limit
+        self.generation = 0  # bumped when a load adds or removes objects (paging tokens)
+        self._order: tuple[dict[tuple[str, str], Entry], list[tuple[str, str]]] | None = None
 
     # --- feeding -------------------------------------------------------------------------------
 
@@ -185,6 +187,8 @@ class StatusBoard:
             entry.delivery = d.delivery.value
             entry.refs = tuple(sorted({str(r) for r in d.refs()}))
             planned[key] = entry
+        if planned.keys() != self.entries.keys():
+            self.generation += 1
         self.entries = planned
 
     def undelivered(self, reasons: Mapping[str, str]) -> None:
@@ -312,19 +316,31 @@ class StatusBoard:
         return out
 
     def sorted_entries(self) -> list[Entry]:
-        return [self.entries[k] for k in sorted(self.entries)]
+        return [self.entries[k] for k in self.sorted_keys()]
 
-    def document(self) -> dict[str, Any]:
-        """The JSON inventory of `/v1/status`."""
+    def sorted_keys(self) -> list[tuple[str, str]]:
+        """The entries' keys in order, sorted once per load (the dict is replaced on each)."""
+        order = self._order
+        if order is None or order[0] is not self.entries or len(order[1]) != len(self.entries):
+            order = self._order = (self.entries, sorted(self.entries))
+        return order[1]
+
+    def fleet_document(self) -> dict[str, Any]:
         return {
-            "fleet": {
-                "name": self.fleet_name,
-                "loadedAt": _iso(self.fleet_loaded_at),
-                "error": self.fleet_error,
-                "errorAt": _iso(self.fleet_error_at),
-                "commit": self.commit,
-                "refusedCommit": self.refused_commit,
-            },
+            "name": self.fleet_name,
+            "loadedAt": _iso(self.fleet_loaded_at),
+            "error": self.fleet_error,
+            "errorAt": _iso(self.fleet_error_at),
+            "commit": self.commit,
+            "refusedCommit": self.refused_commit,
+        }
+
+    def document(self, *, objects: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The JSON inventory of `/v1/status`: every object, or the `objects` given (a page)."""
+        if objects is None:
+            objects = [e.document() for e in self.sorted_entries()]
+        return {
+            "fleet": self.fleet_document(),
             "clusters": [
                 {"name": c.name, "delivery": c.delivery, "labels": dict(c.labels)}
                 for c in self.clusters.values()
@@ -332,7 +348,7 @@ class StatusBoard:
             "totals": self.totals(),
             "cycles": self.cycles,
             "lastCycle": self.last_cycle.document() if self.last_cycle else None,
-            "objects": [e.document() for e in self.sorted_entries()],
+            "objects": objects,
             "deletesHeld": {name: h.document() for name, h in self.held.items()},
         } | self._extras()
 

@@ -5,7 +5,8 @@ the rotation webhook. Handlers only read the status board and hand webhook paths
 - `GET /healthz`: 200 while the process serves.
 - `GET /readyz`: 200 when the fleet repo is loaded and no source is unreachable, else 503;
   the body says which check failed.
-- `GET /metrics`: Prometheus text. `GET /v1/status`: the JSON inventory.
+- `GET /metrics`: Prometheus text. `GET /v1/status`: the JSON inventory, filtered and paged
+  with a query (`statusquery`); `GET /v1/status/summary`: counts for dashboards.
 - `GET /`: the fleet page, server-rendered HTML with a little inline JavaScript for filters.
 - `POST /v1/webhooks/vault`: 503 without a webhook secret; 413 over the size cap (checked
   before the body is read); 408 when the body has not arrived within the read timeout (the
@@ -26,7 +27,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from secretsync import edge, webhook
+from secretsync import edge, statusquery, webhook
 from secretsync.metrics import CONTENT_TYPE, Metrics
 from secretsync.status import State, StatusBoard
 
@@ -80,6 +81,7 @@ def make_app(
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/status", status)
+    app.router.add_get("/v1/status/summary", status_summary)
     app.router.add_get("/", page)
     app.router.add_post("/v1/webhooks/vault", vault_webhook)
     return app
@@ -105,7 +107,18 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
-    return _json(request.app[BACKEND].board.document())
+    board = request.app[BACKEND].board
+    if not request.query:  # the whole inventory, as before paging (see statusquery)
+        return _json(board.document())
+    params = {name: request.query.getall(name) for name in request.query}
+    try:
+        return _json(statusquery.page(board, statusquery.parse(params)))
+    except statusquery.QueryError as exc:
+        return _json({"error": exc.message}, status=exc.status)
+
+
+async def status_summary(request: web.Request) -> web.Response:
+    return _json(statusquery.summary(request.app[BACKEND].board))
 
 
 async def page(request: web.Request) -> web.Response:
