@@ -1030,6 +1030,20 @@ def _listen(text: str) -> tuple[str, int]:
 @_author_option
 @_signing_option
 @_vault_address_option
+@click.option(
+    "--api-token-file",
+    type=click.Path(dir_okay=False),
+    help="Require a bearer token from this file (one a line) on /v1/status, / and /metrics; "
+    "the file is read again when it changes.",
+)
+@click.option(
+    "--api-auth",
+    type=click.Choice(["none", "kubernetes"]),
+    default="none",
+    show_default=True,
+    help="kubernetes: require a bearer token that a TokenReview on the home cluster accepts and "
+    "whose user may `get` the path (SubjectAccessReview, nonResourceURLs).",
+)
 @pass_settings
 def serve(
     settings: Settings,
@@ -1059,6 +1073,8 @@ def serve(
     git_author: str,
     git_signing_key: str | None,
     vault_address: str | None,
+    api_token_file: str | None,
+    api_auth: str,
 ) -> None:
     """Run the daemon: reconcile at start and every --interval, serve /healthz, /readyz,
     /metrics, /v1/status, the fleet page at / and the signed rotation webhook
@@ -1071,6 +1087,13 @@ def serve(
     if not git and not kube:
         raise UsageError("--no-git and --no-kube leave nothing to deliver to")
     host, port = _listen(listen)
+    if api_token_file:
+        from secretsync import apiauth
+
+        try:
+            apiauth.TokenFile(Path(api_token_file))  # refused now rather than at first request
+        except apiauth.ApiError as exc:
+            raise UsageError(f"--api-token-file: {exc}") from None
     secret = settings.env.get("SECRETSYNC_WEBHOOK_SECRET")
     try:
         webhook_key = webhook.parse_secret(secret) if secret else None
@@ -1092,6 +1115,8 @@ def serve(
         cluster_timeout_s=cluster_timeout,
         home_kubeconfig=home_kubeconfig,
         plugins=_plugin_policy(settings, exec_plugins),
+        api_token_file=Path(api_token_file) if api_token_file else None,
+        api_auth_kubernetes=api_auth == "kubernetes",
         election=_election(
             settings,
             shards=shards,

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from secretsync import (
+    apiauth,
     certs,
     edge,
     errors,
@@ -92,6 +93,8 @@ class DaemonSettings:
     git_credentials_file: Path | None = None
     git_timeout_s: float = gitsource.DEFAULT_TIMEOUT_S
     push: PushSettings | None = None  # commit and push the output (`writeback`)
+    api_token_file: Path | None = None  # bearer tokens for the status API (`apiauth`)
+    api_auth_kubernetes: bool = False  # TokenReview + SubjectAccessReview on the home cluster
 
 
 class Runner(Protocol):
@@ -536,7 +539,9 @@ class Daemon:
     async def serve(self) -> None:
         """Web server and cycle loop until SIGTERM / SIGINT (or `stop()`)."""
         s = self.settings
-        app = web.make_app(self, max_body=s.max_body, read_timeout_s=s.header_timeout_s)
+        app = web.make_app(
+            self, max_body=s.max_body, read_timeout_s=s.header_timeout_s, guard=_guard(s)
+        )
         limits = edge.Limits(header_timeout_s=s.header_timeout_s, idle_timeout_s=s.idle_timeout_s)
         loop = asyncio.get_running_loop()
         if self.coordinator is not None:
@@ -626,6 +631,17 @@ def run(settings: DaemonSettings, *, make_sources: SourceFactory) -> int:
     )
     asyncio.run(daemon.serve())
     return 0
+
+
+def _guard(settings: DaemonSettings) -> apiauth.Guard | None:
+    """The status API's token checks; None when it is open."""
+    checks: list[apiauth.Check] = []
+    if settings.api_token_file is not None:
+        checks.append(apiauth.TokenFile(settings.api_token_file))
+    if settings.api_auth_kubernetes:
+        api = apiauth.home_api(settings.home_kubeconfig, settings.plugins)
+        checks.append(apiauth.KubernetesReview(api))
+    return apiauth.Guard(checks) if checks else None
 
 
 def _coordinator(settings: DaemonSettings) -> Coordinator | None:

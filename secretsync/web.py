@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from secretsync import edge, statusquery, webhook
+from secretsync import apiauth, edge, statusquery, webhook
 from secretsync.metrics import CONTENT_TYPE, Metrics
 from secretsync.status import State, StatusBoard
 
@@ -71,8 +71,10 @@ def make_app(
     max_body: int = webhook.MAX_BODY_BYTES,
     read_timeout_s: float = edge.HEADER_TIMEOUT_S,
     refusals: edge.Throttle | None = None,
+    guard: apiauth.Guard | None = None,
 ) -> web.Application:
-    app = web.Application(client_max_size=max_body + 1, middlewares=[edge.track_requests])
+    middlewares = [edge.track_requests] + ([guard.middleware] if guard else [])
+    app = web.Application(client_max_size=max_body + 1, middlewares=middlewares)
     app[BACKEND] = backend
     app[MAX_BODY] = max_body
     app[READ_TIMEOUT] = read_timeout_s
