@@ -118,6 +118,15 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "tolerations": [{"key": "infra", "operator": "Exists"}],
     },
     "exec-plugins": {"kube": {"allowExecPlugins": ["aws", "gke-gcloud-auth-plugin", "kubelogin"]}},
+    "api-auth-readers": {
+        "apiAuth": {
+            "readers": [
+                {"kind": "ServiceAccount", "name": "prometheus", "namespace": "monitoring"},
+                {"kind": "Group", "name": "platform-oncall"},
+            ]
+        }
+    },
+    "api-auth-off": {"apiAuth": {"enabled": False}},
     "minimal": {
         "networkPolicy": {"enabled": False},
         "serviceAccount": {"create": False, "name": "existing-sa"},
@@ -411,6 +420,45 @@ def test_git_url_renders_flags_working_folder_and_credentials(
         "items": [{"key": ".git-credentials", "path": ".git-credentials"}],
     }
     assert daemon["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_api_auth_on_by_default_with_review_rules_and_reader_role(
+    helm_config: helm_sdkpy.Configuration,
+) -> None:
+    readers = [{"kind": "ServiceAccount", "name": "prometheus", "namespace": "monitoring"}]
+    values = {"apiAuth": {"readers": readers}, "serviceMonitor": {"enabled": True}}
+    result = asyncio.run(
+        helm_sdkpy.Install(helm_config).run(
+            "api-auth", str(CHART), values=values, wait=False, timeout=60
+        )
+    )
+    docs = [d for d in yaml.safe_load_all(result["manifest"]) if d]
+    by_name = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    (workload,) = [d for d in docs if d["kind"] in ("Deployment", "StatefulSet")]
+    assert "--api-auth=kubernetes" in workload["spec"]["template"]["spec"]["containers"][0]["args"]
+    reviews = by_name[("ClusterRole", "api-auth-secretsync-default-reviews")]
+    assert reviews["rules"] == [
+        {
+            "apiGroups": ["authentication.k8s.io"],
+            "resources": ["tokenreviews"],
+            "verbs": ["create"],
+        },
+        {
+            "apiGroups": ["authorization.k8s.io"],
+            "resources": ["subjectaccessreviews"],
+            "verbs": ["create"],
+        },
+    ]
+    reader = by_name[("ClusterRole", "api-auth-secretsync-default-status-reader")]
+    assert reader["rules"] == [
+        {"nonResourceURLs": ["/v1/status", "/v1/status/*", "/", "/metrics"], "verbs": ["get"]}
+    ]
+    binding = by_name[("ClusterRoleBinding", "api-auth-secretsync-default-status-reader")]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "prometheus", "namespace": "monitoring"}
+    ]
+    off = render_workload(helm_config, "api-auth-off", {"apiAuth": {"enabled": False}})
+    assert not any(a.startswith("--api-auth") for a in off["containers"][0]["args"])
 
 
 def test_git_url_without_credentials_and_default_branch(

@@ -132,6 +132,8 @@ def test_default_install(
         "NetworkPolicy",
         "Role",
         "RoleBinding",
+        "ClusterRole",  # apiAuth (on by default): token reviews, and the status reader role
+        "ClusterRoleBinding",
     }
     no_secret_material(result, [])
 
@@ -188,6 +190,18 @@ def test_default_install(
             if r.metadata.name.endswith(ns)
         ]
         assert mine == []
+        # apiAuth: the daemon may ask who a token is and what it may get, nothing more
+        reviews = rbac.read_cluster_role(f"{RELEASE}-{ns}-reviews")
+        assert_no_wildcards(reviews.rules)
+        assert {(tuple(r.resources), tuple(r.verbs)) for r in reviews.rules} == {
+            (("tokenreviews",), ("create",)),
+            (("subjectaccessreviews",), ("create",)),
+        }
+        reader = rbac.read_cluster_role(f"{RELEASE}-{ns}-status-reader")
+        assert [(r.non_resource_urls, r.verbs) for r in reader.rules] == [
+            (["/v1/status", "/v1/status/*", "/", "/metrics"], ["get"])
+        ]
+        assert "--api-auth=kubernetes" in daemon.args
 
 
 def test_schema_refuses_wrong_type_on_install(
