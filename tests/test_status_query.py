@@ -128,3 +128,27 @@ async def test_summary_counts_without_objects(repo: Path, aiohttp_client: Aiohtt
     assert doc["clusters"]["prod-use1"]["failed"] == 2
     assert doc["cycles"] == 2 and doc["lastCycle"]["outcome"] == "failed"
     assert doc["deletesHeld"] == {} and doc["lastPush"] is None
+
+
+def test_cluster_ranges_do_not_bleed_into_names_that_share_a_prefix() -> None:
+    from secretsync import statusquery
+    from secretsync.status import ClusterInfo, Entry, StatusBoard
+
+    board = StatusBoard()
+    for cluster in ("pro", "prod", "prod-a", "prodz", "q"):
+        board.clusters[cluster] = ClusterInfo(name=cluster, delivery="direct", labels={})
+        for fs in ("a", "b", "c"):
+            board.entries[(cluster, fs)] = Entry(
+                cluster=cluster, fleet_secret=fs, namespace="ns", name=fs, delivery="direct"
+            )
+    query = statusquery.parse({"cluster": ["prod", "q"], "limit": ["2"]})
+    seen: list[tuple[str, str]] = []
+    while True:
+        doc = statusquery.page(board, query)
+        seen += _keys(doc)
+        if doc["continue"] is None:
+            break
+        query = statusquery.parse(
+            {"cluster": ["prod", "q"], "limit": ["2"], "continue": [doc["continue"]]}
+        )
+    assert seen == [(c, fs) for c in ("prod", "q") for fs in ("a", "b", "c")]
