@@ -530,6 +530,19 @@ def test_template_refuses_git_url_conflicts_without_the_schema(
         )
 
 
+def test_template_refuses_shards_without_their_leases(
+    helm_config: helm_sdkpy.Configuration,
+) -> None:
+    values = merged(VALUE_SETS["three-shards"], {"leaderElection": {"enabled": False}})
+    with pytest.raises(helm_sdkpy.InstallError, match=re.escape("needs leaderElection.enabled")):
+        asyncio.run(
+            helm_sdkpy.Install(helm_config).run("no-leases", str(CHART), values=values, wait=False)
+        )
+    # one shard without Leases stays possible (with --no-leader-elect, as the NOTES say)
+    one = {"sharding": {"enabled": True}, "leaderElection": {"enabled": False}}
+    assert render_workload(helm_config, "one-no-leases", one)["containers"]
+
+
 # --- NetworkPolicy egress (rendered by Helm, accepted by a real apiserver) ---------------------
 
 
