@@ -118,6 +118,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "tolerations": [{"key": "infra", "operator": "Exists"}],
     },
     "exec-plugins": {"kube": {"allowExecPlugins": ["aws", "gke-gcloud-auth-plugin", "kubelogin"]}},
+    "three-shards": {"sharding": {"enabled": True, "shards": 3}},
     "api-auth-readers": {
         "apiAuth": {
             "readers": [
@@ -175,10 +176,11 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
         {"fleet": {"git": {"url": "https://git.example/f.git", "push": {"author": "bot"}}}},
         "author",
     ),
-    "shards-beyond-the-one-the-chart-runs": (
-        {"sharding": {"enabled": True, "shards": 3}},
-        "shards",
-    ),
+    "no-shard": ({"sharding": {"enabled": True, "shards": 0}}, "shards"),
+    "shards-without-a-statefulset": ({"sharding": {"shards": 3}}, "enabled"),
+    "shards-as-text": ({"sharding": {"enabled": True, "shards": "3"}}, "shards"),
+    "shards-beyond-64": ({"sharding": {"enabled": True, "shards": 65}}, "shards"),
+    "poll-below-a-second": ({"daemon": {"pollInterval": 0.5}}, "pollInterval"),
     "no-sink": ({"daemon": {"kube": False, "git": False}}, "daemon"),
     "exec-plugin-as-a-path": (
         {"kube": {"allowExecPlugins": ["/usr/local/bin/aws"]}},
@@ -511,11 +513,57 @@ def test_without_git_url_no_git_flags(helm_config: helm_sdkpy.Configuration) -> 
 
 
 @pytest.mark.parametrize(
+    ("release", "values", "shards", "poll"),
+    [
+        ("deployment", {}, None, None),
+        ("one-shard", {"sharding": {"enabled": True}}, "1", None),
+        ("three-shards", VALUE_SETS["three-shards"], "3", "60"),
+        (
+            "three-no-poll",
+            merged(VALUE_SETS["three-shards"], {"daemon": {"pollInterval": 0}}),
+            "3",
+            None,
+        ),
+        (
+            "three-poll-15",
+            merged(VALUE_SETS["three-shards"], {"daemon": {"pollInterval": 15}}),
+            "3",
+            "15",
+        ),
+        ("one-poll-30", {"daemon": {"pollInterval": 30}}, None, "30"),
+    ],
+)
+def test_shards_and_poll_reach_the_daemon(
+    helm_config: helm_sdkpy.Configuration,
+    release: str,
+    values: dict[str, Any],
+    shards: str | None,
+    poll: str | None,
+) -> None:
+    """`--shards N` with the StatefulSet; with more than one shard a webhook reaches one replica,
+    so the KV v2 poll is on unless turned off."""
+    spec = render_workload(helm_config, release, values)
+    daemon = spec["containers"][0]
+
+    def flag(name: str) -> list[str]:
+        return [a.removeprefix(f"--{name}=") for a in daemon["args"] if a.startswith(f"--{name}=")]
+
+    assert flag("shards") == ([shards] if shards else [])
+    assert flag("poll-interval") == ([poll] if poll else [])
+    # the shard index is the ordinal at the end of the pod's name (HOSTNAME in a StatefulSet
+    # pod, POD_NAME from the downward API names the Lease holder)
+    env = {e["name"]: e for e in daemon["env"]}
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert "SECRETSYNC_SHARD_INDEX" not in env
+
+
+@pytest.mark.parametrize(
     ("name", "message"),
     [
         ("git-url-and-git-sync", "two fleet sources"),
         ("git-url-with-subpath", "fleet.subPath is not supported with fleet.git.url"),
         ("git-push-without-url", "fleet.git.push.enabled needs fleet.git.url"),
+        ("shards-without-a-statefulset", "sharding.shards > 1 needs sharding.enabled"),
     ],
 )
 def test_template_refuses_git_url_conflicts_without_the_schema(
@@ -528,6 +576,19 @@ def test_template_refuses_git_url_conflicts_without_the_schema(
                 name, str(CHART), values=REFUSED[name][0], wait=False, skip_schema_validation=True
             )
         )
+
+
+def test_template_refuses_shards_without_their_leases(
+    helm_config: helm_sdkpy.Configuration,
+) -> None:
+    values = merged(VALUE_SETS["three-shards"], {"leaderElection": {"enabled": False}})
+    with pytest.raises(helm_sdkpy.InstallError, match=re.escape("needs leaderElection.enabled")):
+        asyncio.run(
+            helm_sdkpy.Install(helm_config).run("no-leases", str(CHART), values=values, wait=False)
+        )
+    # one shard without Leases stays possible (with --no-leader-elect, as the NOTES say)
+    one = {"sharding": {"enabled": True}, "leaderElection": {"enabled": False}}
+    assert render_workload(helm_config, "one-no-leases", one)["containers"]
 
 
 # --- NetworkPolicy egress (rendered by Helm, accepted by a real apiserver) ---------------------

@@ -83,7 +83,9 @@ def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
 
 @pytest.fixture
 async def page_url(fleet_repo: MakeRepo) -> AsyncIterator[tuple[str, Any]]:
-    """The fleet page after two cycles: most objects synced, staging's web-api failed."""
+    """The fleet page after a cycle: most objects synced; prod-euw1's payments-db and
+    staging-use1's web-api failed (their Vault paths are sealed). staging-euw1 reads the same
+    staging path, but its ExternalSecret needs no value: it is synced."""
     repo = fleets.write_fleet(fleet_repo)
     values = {
         "payments/prod/db": {"username": canary.new("bu"), "password": canary.new("bp")},
@@ -95,6 +97,9 @@ async def page_url(fleet_repo: MakeRepo) -> AsyncIterator[tuple[str, Any]]:
     source = FakeSource(values)
     source.failing["web/staging"] = errors.SourceUnavailable(
         "vault:secret/web/staging: the server is sealed (HTTP 503)"
+    )
+    source.failing["payments/eu/db"] = errors.SourceUnavailable(
+        "vault:secret/payments/eu/db: the server is sealed (HTTP 503)"
     )
     engine = Engine(
         sources={"vault": source},
@@ -177,11 +182,11 @@ async def test_fleet_page_in_chromium_filters_and_shows_no_values(
     assert states == {
         ("prod-use1", "payments-db"): "synced",
         ("prod-use1", "web-api"): "synced",
-        ("prod-euw1", "payments-db"): "synced",
+        ("prod-euw1", "payments-db"): "failed",
         ("prod-euw1", "web-api"): "synced",
         ("staging-use1", "web-api"): "failed",
         ("staging-euw1", "payments-db"): "synced",
-        ("staging-euw1", "web-api"): "failed",
+        ("staging-euw1", "web-api"): "synced",
         ("dev-use1", "web-api"): "pending",  # direct delivery: no Kubernetes sink here
     }
 
@@ -189,9 +194,9 @@ async def test_fleet_page_in_chromium_filters_and_shows_no_values(
     assert seen["all"] == ["dev-use1", "prod-euw1", "prod-use1", "staging-euw1", "staging-use1"]
     assert seen["all_shown"] == "8 object(s) shown"
 
-    assert seen["failed"] == ["staging-euw1", "staging-use1"]
+    assert seen["failed"] == ["prod-euw1", "staging-use1"]
     assert seen["failed_cells"] == {
-        "staging-euw1": {"web-api": "failed"},
+        "prod-euw1": {"payments-db": "failed"},
         "staging-use1": {"web-api": "failed"},
     }
     assert seen["failed_shown"] == "2 object(s) shown"

@@ -30,7 +30,7 @@ from kubernetes.client.exceptions import ApiException
 from tests import canary
 from tests.adapters.conftest_kube import NamespaceFactory
 from tests.kubecluster import KubeCluster
-from tests.test_chart import CHART
+from tests.test_chart import CHART, merged
 
 RELEASE = "secretsync"
 
@@ -392,6 +392,136 @@ def test_cluster_wide_rbac_and_kept_objects(
             with pytest.raises(ApiException) as removed:
                 read(name)
             assert removed.value.status == 404
+
+
+# --- sharded replicas: helm upgrade 1 -> 3 -> 1 shards ---------------------------------------
+
+
+def upgrade(
+    cluster: KubeCluster, namespace: str, tmp: Path, values: dict[str, Any]
+) -> dict[str, Any]:
+    config = helm_config(cluster, namespace, tmp)
+    result = asyncio.run(
+        helm_sdkpy.Upgrade(config).run(RELEASE, str(CHART), values=values, wait=False, timeout=60)
+    )
+    assert isinstance(result, dict)
+    assert result["info"]["status"] == "deployed"
+    return result
+
+
+def start_replicas(core: k8s.CoreV1Api, namespace: str, count: int) -> None:
+    """Pods as the StatefulSet controller names and labels them (no controller or kubelet runs
+    here: they stay Pending, which is all the chart's upgrade check looks at)."""
+    for ordinal in range(count):
+        core.create_namespaced_pod(
+            namespace,
+            {
+                "metadata": {
+                    "name": f"{RELEASE}-{ordinal}",
+                    "labels": {
+                        "app.kubernetes.io/name": "secretsync",
+                        "app.kubernetes.io/instance": RELEASE,
+                    },
+                },
+                "spec": {
+                    "serviceAccountName": RELEASE,
+                    "automountServiceAccountToken": False,
+                    "containers": [{"name": "secretsync", "image": "secretsync:test"}],
+                },
+            },
+        )
+
+
+def stop_replicas(core: k8s.CoreV1Api, namespace: str) -> None:
+    selector = f"app.kubernetes.io/instance={RELEASE}"
+    core.delete_collection_namespaced_pod(
+        namespace, label_selector=selector, grace_period_seconds=0
+    )
+    deadline = time.monotonic() + 30
+    while core.list_namespaced_pod(namespace, label_selector=selector).items:
+        assert time.monotonic() < deadline, "pods not gone"
+        time.sleep(0.1)  # poll interval under the deadline above
+
+
+def assert_shards(api: k8s.ApiClient, namespace: str, shards: int) -> None:
+    """The installed objects of a release running `shards` shards."""
+    apps, core = k8s.AppsV1Api(api), k8s.CoreV1Api(api)
+    workload = apps.read_namespaced_stateful_set(RELEASE, namespace)
+    assert workload.spec.replicas == shards
+    assert workload.spec.pod_management_policy == "Parallel"
+    assert workload.spec.update_strategy.type == "RollingUpdate"
+    assert workload.spec.service_name == f"{RELEASE}-peers"
+    args = workload.spec.template.spec.containers[0].args
+    assert [a for a in args if a.startswith("--shards=")] == [f"--shards={shards}"]
+    polls = [a for a in args if a.startswith("--poll-interval=")]
+    assert polls == (["--poll-interval=60"] if shards > 1 else [])
+
+    peers = core.read_namespaced_service(f"{RELEASE}-peers", namespace)
+    assert peers.spec.cluster_ip == "None"
+    assert peers.spec.publish_not_ready_addresses is True
+    assert peers.spec.selector == workload.spec.selector.match_labels
+    assert core.read_namespaced_service(RELEASE, namespace).spec.type == "ClusterIP"
+
+    role = k8s.RbacAuthorizationV1Api(api).read_namespaced_role(f"{RELEASE}-self", namespace)
+    assert_no_wildcards(role.rules)
+    (named,) = [r for r in role.rules if r.resource_names]
+    assert named.resources == ["leases"] and named.verbs == ["get", "update"]
+    assert named.resource_names == ["secretsync-git"] + [
+        f"secretsync-shard-{i}" for i in range(shards)
+    ]
+
+    pdbs = k8s.CustomObjectsApi(api).list_namespaced_custom_object(
+        "policy", "v1beta1", namespace, "poddisruptionbudgets"
+    )["items"]
+    if shards > 1:
+        (pdb,) = pdbs
+        assert pdb["spec"]["maxUnavailable"] == 1
+        assert pdb["spec"]["selector"]["matchLabels"] == workload.spec.selector.match_labels
+    else:
+        assert pdbs == []
+
+
+def test_upgrade_from_one_shard_to_three_and_back(
+    kube_cluster: KubeCluster, kube_namespace: NamespaceFactory, tmp_path: Path
+) -> None:
+    """`helm upgrade` 1 -> 3 -> 1 shards. A replica writes a cluster only while it holds the
+    Lease of the cluster's shard (tests/adapters/test_leases.py runs the replicas); a new count
+    re-splits the clusters, so the chart refuses it while replicas of the old count exist."""
+    ns = kube_namespace(kube_cluster, prefix="chart")
+    one = {"sharding": {"enabled": True, "shards": 1}}
+    three = {"sharding": {"enabled": True, "shards": 3}}
+    result = install(kube_cluster, ns, tmp_path, one)
+    assert "Shards: 1." in result["info"]["notes"]
+    with kube_cluster.api_client() as api:
+        core = k8s.CoreV1Api(api)
+        assert_shards(api, ns, 1)
+
+        start_replicas(core, ns, 1)
+        with pytest.raises(helm_sdkpy.UpgradeError, match=re.escape("1 shard(s) running, 3 asked")):
+            upgrade(kube_cluster, ns, tmp_path, three)
+        assert_shards(api, ns, 1)  # nothing changed
+
+        stop_replicas(core, ns)
+        result = upgrade(kube_cluster, ns, tmp_path, three)
+        assert_shards(api, ns, 3)
+        notes = result["info"]["notes"]
+        assert "Shards: 3." in notes
+        assert "other shards pick the rotation up on their next poll (60 s)" in notes
+
+        # the same count upgrades with its replicas running
+        start_replicas(core, ns, 3)
+        upgrade(kube_cluster, ns, tmp_path, merged(three, {"daemon": {"interval": 120}}))
+        assert_shards(api, ns, 3)
+        with pytest.raises(helm_sdkpy.UpgradeError, match=re.escape("3 shard(s) running, 1 asked")):
+            upgrade(kube_cluster, ns, tmp_path, one)
+        # turning sharding off is a new count too (a Deployment runs one shard)
+        with pytest.raises(helm_sdkpy.UpgradeError, match=re.escape("3 shard(s) running, 1 asked")):
+            upgrade(kube_cluster, ns, tmp_path, {"sharding": {"enabled": False}})
+        assert_shards(api, ns, 3)
+
+        stop_replicas(core, ns)
+        upgrade(kube_cluster, ns, tmp_path, one)
+        assert_shards(api, ns, 1)
 
 
 # --- the chart's ServiceAccount at work ----------------------------------------------------
