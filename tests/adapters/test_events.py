@@ -10,6 +10,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -80,11 +85,13 @@ def recorder_for(api: Endpoint, namespace: str, **kw: Any) -> events.EventRecord
     )
 
 
-def listed(cluster: KubeCluster, namespace: str) -> list[dict[str, Any]]:
+def listed(
+    cluster: KubeCluster, namespace: str, *, name: str = "secretsync-0"
+) -> list[dict[str, Any]]:
     """The Events about the daemon, as `kubectl get events --field-selector` lists them."""
     with cluster.api_client() as api:
         found = k8s.CoreV1Api(api).list_namespaced_event(
-            namespace, field_selector="involvedObject.name=secretsync-0"
+            namespace, field_selector=f"involvedObject.name={name}"
         )
         docs: list[dict[str, Any]] = api.sanitize_for_serialization(found)["items"]
     text = canary.keep("kubernetes Events", json.dumps(docs))
@@ -219,3 +226,74 @@ async def test_a_refusing_or_paused_apiserver_never_slows_a_cycle(
     print(
         f"cycle {baseline * 1000:.0f} ms; paused apiserver: {[round(p * 1000) for p in paused]} ms"
     )
+
+
+def test_serve_posts_events_about_its_pod(
+    kube_cluster: KubeCluster, kube_namespace: NamespaceFactory, tmp_path: Path
+) -> None:
+    """`secretsync serve --home-kubeconfig` as a user runs it (Events on by default): an
+    object that cannot be delivered is one Event on the Pod the downward API names, its count
+    growing with every cycle."""
+    ns = kube_namespace(kube_cluster, prefix="ev")
+    pod = f"secretsync-{secrets.token_hex(3)}"
+    value = canary.new("ev-serve")
+    # an inline value lives in the repo by design: this repo stays out of the leak scan of
+    # fleet repos (as the chart's), while logs and Events are scanned for it
+    root = tmp_path / "fleet"
+    files = {
+        "secretsync.yaml": "apiVersion: secretsync.dev/v1alpha1\nkind: Fleet\n"
+        "metadata: {name: ev}\nspec: {defaults: {delivery: direct}}\n",
+        "clusters/c.yaml": "apiVersion: secretsync.dev/v1alpha1\nkind: Cluster\n"
+        "metadata: {name: home}\n"
+        f"spec: {{kubeconfig: {{path: {kube_cluster.kubeconfig(tmp_path / 'c.yaml')}}}}}\n",
+        "secrets/s.yaml": "apiVersion: secretsync.dev/v1alpha1\nkind: FleetSecret\n"
+        "metadata: {name: app}\nspec:\n  clusterSelector: {}\n"
+        "  target: {name: app, namespace: no-such-namespace}\n"
+        f"  data: {{password: {{value: {value}}}}}\n",
+    }
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    home = kube_cluster.kubeconfig(tmp_path / "home.yaml")
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "SECRETSYNC_HMAC_KEY": canary.new("hmac"),
+        "POD_NAME": pod,
+        "POD_NAMESPACE": ns,
+    }
+    log = tmp_path / "serve.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "secretsync", "serve", str(root),
+                "--listen", "127.0.0.1:0", "--interval", "1", "--no-git",
+                "--no-leader-elect", "--home-kubeconfig", str(home),
+            ],
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        found: list[dict[str, Any]] = []
+        while not (found and found[0]["count"] >= 3):
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, (found, log.read_text()[-3000:])
+            time.sleep(0.2)  # poll interval under the deadline above
+            found = listed(kube_cluster, ns, name=pod)
+        (event,) = found
+        assert event["reason"] == "SecretSyncFailed"
+        assert event["message"].startswith("cluster home: no-such-namespace/app: ")
+        assert event["involvedObject"]["kind"] == "Pod"
+        assert event["involvedObject"]["namespace"] == ns
+        assert event["source"]["component"] == "secretsync"
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    text = log.read_text()
+    assert "Events on: about Pod" in text and value not in text
+    canary.keep("serve log", text)
