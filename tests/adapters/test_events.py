@@ -141,6 +141,32 @@ async def test_a_failing_object_makes_one_event_that_counts(
         await api.aclose()
 
 
+async def test_held_deletes_make_an_event(
+    kube_cluster: KubeCluster, kube_namespace: NamespaceFactory, fleet_repo: MakeRepo
+) -> None:
+    ns = kube_namespace(kube_cluster, prefix="ev")
+    values = {f"apps/p{i}": {"v": canary.new(f"ev-held{i}")} for i in range(4)}
+    root = fleet(fleet_repo, "---\n".join(secret(f"s{i}", f"apps/p{i}") for i in range(4)))
+    api = kube_cluster.endpoint()
+    recorder = recorder_for(api, ns)
+    daemon = make_daemon(root, recorder, values)
+    try:
+        await daemon.cycle(trigger="start")
+        assert daemon.board.document()["lastCycle"]["counts"]["create"] == 4
+        (root / "secrets/s.yaml").write_text(secret("s0", "apps/p0"))  # 3 of 4 gone: over 25%
+        await daemon.cycle(trigger="interval")
+        await daemon.cycle(trigger="interval")
+        assert await recorder.drain(10)
+        (event,) = listed(kube_cluster, ns)
+        assert event["reason"] == "DeletesHeld"
+        assert event["message"].startswith("cluster edge: 3 deletes held: over the delete limit")
+        assert event["count"] == 2
+    finally:
+        await daemon._wiring.aclose()
+        await recorder.aclose()
+        await api.aclose()
+
+
 async def test_a_flood_is_rate_limited(
     kube_cluster: KubeCluster, kube_namespace: NamespaceFactory, fleet_repo: MakeRepo
 ) -> None:
