@@ -321,6 +321,7 @@ class EventRecorder(Events):
             worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await worker
+        await self.api.aclose()  # the recorder's own connection pool
 
     async def _work(self) -> None:
         while True:
