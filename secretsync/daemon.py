@@ -253,6 +253,7 @@ class Daemon:
         self.coordinator = coordinator
         self.board = StatusBoard()
         self.metrics = Metrics()
+        self.events.counted_by(self.metrics.event)
         self.verifier = webhook.Verifier(key=settings.webhook_key) if settings.webhook_key else None
         self.fleet: Fleet | None = None
         self.source_errors: dict[str, str | None] = {}

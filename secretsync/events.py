@@ -227,6 +227,9 @@ class Events:
     def emit(self, reason: str, message: str) -> None:
         """Record one occurrence; never blocks, never raises."""
 
+    def counted_by(self, count: Callable[[str], None]) -> None:
+        """Report each outcome (created, patched, failed, dropped, limited) to `count`."""
+
     async def aclose(self) -> None:
         """Post what is queued (briefly) and stop."""
 
@@ -285,20 +288,29 @@ class EventRecorder(Events):
         self._queue: asyncio.Queue[Post] = asyncio.Queue(maxsize=queue_size)
         self._worker: asyncio.Task[None] | None = None
         self._failing = False
-        self.outcomes: dict[str, int] = {"created": 0, "patched": 0, "failed": 0, "dropped": 0}
+        self.outcomes = dict.fromkeys(("created", "patched", "failed", "dropped", "limited"), 0)
+        self._count: Callable[[str], None] = lambda outcome: None
 
     @property
     def limited(self) -> int:
         return self.correlator.limited
 
+    def counted_by(self, count: Callable[[str], None]) -> None:
+        self._count = count
+
+    def _counted(self, outcome: str) -> None:
+        self.outcomes[outcome] += 1
+        self._count(outcome)
+
     def emit(self, reason: str, message: str) -> None:
         post = self.correlator.correlate(reason, message)
         if post is None:
+            self._counted("limited")
             return
         try:
             self._queue.put_nowait(post)
         except asyncio.QueueFull:
-            self.outcomes["dropped"] += 1
+            self._counted("dropped")
             return
         if self._worker is None or self._worker.done():
             self._worker = asyncio.get_running_loop().create_task(
@@ -337,7 +349,7 @@ class EventRecorder(Events):
 
     def _outcome(self, ok: bool) -> None:
         if not ok:
-            self.outcomes["failed"] += 1
+            self._counted("failed")
             if not self._failing:
                 self._failing = True
                 log.warning(
@@ -366,7 +378,7 @@ class EventRecorder(Events):
                 timeout_s=self.timeout_s,
             )
             if status == 200:
-                self.outcomes["patched"] += 1
+                self._counted("patched")
                 return True
             if status != 404:  # 404: the Event expired (or was never posted): create it anew
                 return False
@@ -374,6 +386,6 @@ class EventRecorder(Events):
             "POST", self._path(), body=post.body, timeout_s=self.timeout_s
         )
         if status in (200, 201):
-            self.outcomes["created"] += 1
+            self._counted("created")
             return True
         return False

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client as k8s
+from prometheus_client.parser import text_string_to_metric_families
 
 from secretsync import events, resolve
 from secretsync.clusters import Endpoint
@@ -125,7 +126,13 @@ async def test_a_failing_object_makes_one_event_that_counts(
             assert event["message"].startswith("cluster edge: apps/bad: ")
             assert "not found" in event["message"]
             assert event["involvedObject"]["kind"] == "Pod"
-        assert recorder.outcomes == {"created": 2, "patched": 4, "failed": 0, "dropped": 0}
+        assert recorder.outcomes == {
+            "created": 2,
+            "patched": 4,
+            "failed": 0,
+            "dropped": 0,
+            "limited": 0,
+        }
 
         # a refused fleet commit is an Event of its own, naming the file
         (root / "secrets/broken.yaml").write_text("kind: FleetSecret\nspec: [\n")
@@ -183,7 +190,14 @@ async def test_a_flood_is_rate_limited(
         assert daemon.board.document()["lastCycle"]["counts"]["failed"] == 80
         assert len(found) == events.BURST == 25
         assert all(e["count"] == 1 for e in found)
-        assert recorder.limited == 2 * 80 - 25
+        assert recorder.limited == recorder.outcomes["limited"] == 2 * 80 - 25
+        measured = {
+            s.labels["outcome"]: s.value
+            for family in text_string_to_metric_families(daemon.metrics.render().decode())
+            for s in family.samples
+            if s.name == "secretsync_events_total"
+        }
+        assert measured == {"created": 25, "limited": 135}
     finally:
         await daemon._wiring.aclose()
         await recorder.aclose()
