@@ -1025,6 +1025,12 @@ def _listen(text: str) -> tuple[str, int]:
     show_default=True,
     help="Seconds a Lease lasts without renewal (renewed every 2/15 of it).",
 )
+@click.option(
+    "--events/--no-events",
+    default=None,
+    help="Post Kubernetes Events (failures, held deletes, expiring certificates, refused "
+    "commits) to the home cluster (default: on with --home-kubeconfig or in a pod).",
+)
 @_pull_and_poll_options
 @_push_options
 @_author_option
@@ -1063,6 +1069,7 @@ def serve(
     leader_elect: bool | None,
     lease_namespace: str | None,
     lease_duration: float,
+    events: bool | None,
     poll_interval: float | None,
     git_url: str | None,
     git_branch: str | None,
@@ -1126,6 +1133,7 @@ def serve(
             namespace=lease_namespace,
             lease_duration=lease_duration,
         ),
+        events=_events_on(settings, events=events, home_kubeconfig=home_kubeconfig),
     )
     options = _with_pull_and_poll(
         options,
@@ -1152,6 +1160,14 @@ def serve(
         click.echo(f"serve: cannot listen on {listen}: {exc.strerror}", err=True)
         sys.exit(EXIT_FAILED)
     sys.exit(code)
+
+
+def _events_on(settings: Settings, *, events: bool | None, home_kubeconfig: str | None) -> bool:
+    """`--events`, defaulting to on when there is a home cluster to post them to."""
+    home = bool(home_kubeconfig or settings.env.get("KUBERNETES_SERVICE_HOST"))
+    if events and not home:
+        raise UsageError("--events needs the home cluster: give --home-kubeconfig or run in a pod")
+    return home if events is None else events
 
 
 # --- seal ------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from secretsync import (
     certs,
     edge,
     errors,
+    events,
     gitsource,
     kubeplugins,
     load,
@@ -58,6 +59,7 @@ from secretsync.status import StatusBoard
 from secretsync.writeback import PushSettings, WriteBack
 
 if TYPE_CHECKING:  # the election needs the kubernetes client: imported only when it is on
+    from secretsync.clusters import Endpoint
     from secretsync.sharding import Coordinator, ElectionSettings
 
 log = logging.getLogger(__name__)
@@ -93,6 +95,7 @@ class DaemonSettings:
     git_credentials_file: Path | None = None
     git_timeout_s: float = gitsource.DEFAULT_TIMEOUT_S
     push: PushSettings | None = None  # commit and push the output (`writeback`)
+    events: bool = False  # Kubernetes Events on the home cluster (`events`)
     api_token_file: Path | None = None  # bearer tokens for the status API (`apiauth`)
     api_auth_kubernetes: bool = False  # TokenReview + SubjectAccessReview on the home cluster
 
@@ -246,11 +249,14 @@ class Daemon:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         rng: random.Random | None = None,
         coordinator: Coordinator | None = None,
+        recorder: events.Events | None = None,
     ) -> None:
         self.settings = settings
+        self.events = recorder or events.Events()  # off unless given
         self.coordinator = coordinator
         self.board = StatusBoard()
         self.metrics = Metrics()
+        self.events.counted_by(self.metrics.event)
         self.verifier = webhook.Verifier(key=settings.webhook_key) if settings.webhook_key else None
         self.fleet: Fleet | None = None
         self.source_errors: dict[str, str | None] = {}
@@ -459,10 +465,13 @@ class Daemon:
                 item.reason,
                 extra={"cluster": item.cluster, "fleet_secret": item.fleet_secret},
             )
+            self.events.object_failed(item.cluster, item.namespace, item.name, item.reason)
         for name, reason in report.failed_clusters.items():
             log.warning("failed: cluster %s: %s", name, reason, extra={"cluster": name})
+            self.events.cluster_failed(name, reason)
         for name, held in self.board.held.items() if report.pruned else ():
             log.warning("%s on %s", held.headline, name, extra={"cluster": name})
+            self.events.deletes_held(name, len(held.objects))
 
     def _undelivered(self, fleet: Fleet) -> dict[str, str]:
         """Why each cluster no sink of this process delivers to is left out."""
@@ -486,6 +495,7 @@ class Daemon:
         expiry = certs.expiry(fleet)
         self.metrics.set_certificate_expiry(expiry)
         self.board.certificates_read(expiry, now=self._clock(), warn_days=certs.WARNING_DAYS)
+        self.events.certificates(expiry, now=self._clock(), warn_days=certs.WARNING_DAYS)
         if self.writeback is not None:
             fleet = await self.writeback.renew_certificates(fleet)
             await self.writeback.prepare(fleet.root / fleet.output_dir)
@@ -513,6 +523,7 @@ class Daemon:
                 await self.checkout.restore(commit)
             if message != self.board.fleet_error:
                 log.error("fleet repo %s refused, the last good one stays: %s", path, message)
+            self.events.fleet_refused(commit, message)
             self.metrics.fleet_load_errors.inc()
             self.board.fleet_failed(message, at=now, commit=commit)
             return self.fleet
@@ -581,6 +592,7 @@ class Daemon:
             if self.coordinator is not None:
                 await self.coordinator.stop()  # after the last write: followers take over now
             await self._wiring.aclose()
+            await self.events.aclose()
             log.info("stopped")
 
 
@@ -627,7 +639,10 @@ def run(settings: DaemonSettings, *, make_sources: SourceFactory) -> int:
         settings.max_body,
     )
     daemon = Daemon(
-        settings=settings, make_sources=make_sources, coordinator=_coordinator(settings)
+        settings=settings,
+        make_sources=make_sources,
+        coordinator=_coordinator(settings),
+        recorder=_recorder(settings),
     )
     asyncio.run(daemon.serve())
     return 0
@@ -648,14 +663,9 @@ def _coordinator(settings: DaemonSettings) -> Coordinator | None:
     """The Leases of this replica, on the home cluster; None with election off."""
     if settings.election is None:
         return None
-    from secretsync import clusters, sharding  # noqa: PLC0415 - kubernetes only when needed
+    from secretsync import sharding  # noqa: PLC0415 - kubernetes only when needed
 
-    home = settings.home_kubeconfig
-    api = (
-        clusters.endpoint_from_file(Path(home), plugins=settings.plugins)
-        if home
-        else clusters.in_cluster_endpoint()
-    )
+    api = _home_endpoint(settings)
     e = settings.election
     log.info(
         "leader election on: identity %s, namespace %s, shard %d of %d",
@@ -665,3 +675,33 @@ def _coordinator(settings: DaemonSettings) -> Coordinator | None:
         e.shards,
     )
     return sharding.Coordinator(api=api, settings=e)
+
+
+def _home_endpoint(settings: DaemonSettings) -> Endpoint:
+    """The home cluster's API: `--home-kubeconfig`, else this pod's service account."""
+    from secretsync import clusters  # noqa: PLC0415 - kubernetes only when needed
+
+    home = settings.home_kubeconfig
+    return (
+        clusters.endpoint_from_file(Path(home), plugins=settings.plugins)
+        if home
+        else clusters.in_cluster_endpoint()
+    )
+
+
+def _recorder(settings: DaemonSettings) -> events.Events | None:
+    """Events on the home cluster, about this pod (else this replica's shard Lease)."""
+    if not settings.events:
+        return None
+    from secretsync import leases  # noqa: PLC0415 - kubernetes only when needed
+
+    e = settings.election
+    namespace = e.namespace if e is not None else leases.home_namespace()
+    involved = events.involved_object(
+        settings.env, namespace=namespace, shard_index=e.shard_index if e is not None else 0
+    )
+    log.info("Events on: about %s %s/%s", involved.kind, involved.namespace, involved.name)
+    host = settings.env.get("NODE_NAME", "")
+    return events.EventRecorder(
+        api=_home_endpoint(settings), correlator=events.Correlator(involved=involved, host=host)
+    )

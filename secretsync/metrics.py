@@ -20,6 +20,7 @@ Labels are cluster names, sources, outcomes and states: never a value, never a p
 | `secretsync_git_push_duration_seconds` | histogram | — (commit to pushed, retries included) |
 | `secretsync_git_last_push_timestamp_seconds` | gauge | — (Unix time of the last push) |
 | `secretsync_certificate_expiry_timestamp_seconds` | gauge | `cluster` (sealing certificates) |
+| `secretsync_events_total` | counter | `outcome` (created, patched, failed, dropped, limited) |
 """
 
 from __future__ import annotations
@@ -121,6 +122,13 @@ class Metrics:
             "Unix time of the last write-back push that landed.",
             registry=r,
         )
+        self.events = Counter(
+            "secretsync_events",
+            "Kubernetes Events: created, patched (a repeat counted), failed (the API server "
+            "refused or did not answer), dropped (queue full), limited (rate limit).",
+            ["outcome"],
+            registry=r,
+        )
         self._stale: set[Location] = set()
 
     def cycle(
@@ -192,6 +200,9 @@ class Metrics:
 
     def dropped(self, reason: str) -> None:
         self.http_dropped.labels(reason=reason).inc()
+
+    def event(self, outcome: str) -> None:
+        self.events.labels(outcome=outcome).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -504,6 +504,45 @@ def test_allowed_exec_plugins_reach_the_daemon_environment(
     assert "SECRETSYNC_ALLOW_EXEC_PLUGINS" not in {e["name"] for e in spec["containers"][0]["env"]}
 
 
+def test_events_flag_pod_reference_and_role(helm_config: helm_sdkpy.Configuration) -> None:
+    """Events are on by default: the flag, the downward API names of the Pod they are about,
+    and create/patch on `events` in the release namespace only; off, neither flag nor rule."""
+
+    def render(release: str, values: dict[str, Any]) -> list[dict[str, Any]]:
+        result = asyncio.run(
+            helm_sdkpy.Install(helm_config).run(
+                release, str(CHART), values=values, wait=False, timeout=60
+            )
+        )
+        return [d for d in yaml.safe_load_all(result["manifest"]) if d]
+
+    def parts(docs: list[dict[str, Any]]) -> tuple[list[str], dict[str, str], list[Any]]:
+        (workload,) = [d for d in docs if d["kind"] in ("Deployment", "StatefulSet")]
+        daemon = workload["spec"]["template"]["spec"]["containers"][0]
+        fields = {
+            e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"]
+            for e in daemon["env"]
+            if "fieldRef" in e.get("valueFrom", {})
+        }
+        rules = [r for d in docs if d["kind"] == "Role" for r in d["rules"]]
+        return daemon["args"], fields, rules
+
+    args, fields, rules = parts(render("events-on", {}))
+    assert "--events" in args
+    assert fields == {
+        "POD_NAME": "metadata.name",
+        "POD_NAMESPACE": "metadata.namespace",
+        "POD_UID": "metadata.uid",
+        "NODE_NAME": "spec.nodeName",
+    }
+    assert {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]} in rules
+    args, _, rules = parts(
+        render("events-off", {"events": {"enabled": False}, "leaderElection": {"enabled": False}})
+    )
+    assert "--no-events" in args and "--events" not in args
+    assert not [r for r in rules if "events" in r["resources"]]
+
+
 def test_without_git_url_no_git_flags(helm_config: helm_sdkpy.Configuration) -> None:
     spec = render_workload(helm_config, "git-sync", VALUE_SETS["git-sync-and-secret-refs"])
     daemon = spec["containers"][0]

@@ -509,3 +509,9 @@ def test_filters_that_match_nothing_are_usage_errors(
     result = invoke(command, str(fleet), *flags)
     assert result.exit_code == 2 and message in result.stderr
     assert not (fleet / "rendered").exists()
+
+
+def test_serve_events_need_a_home_cluster(fleet: Path) -> None:
+    result = invoke("serve", str(fleet), "--events", "--listen", "127.0.0.1:0")
+    assert result.exit_code == 2, result.output
+    assert "--events needs the home cluster" in result.stderr

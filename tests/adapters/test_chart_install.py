@@ -170,7 +170,7 @@ def test_default_install(
         policy = k8s.NetworkingV1Api(api).read_namespaced_network_policy(RELEASE, ns)
         assert policy.spec.pod_selector.match_labels == deployment.spec.selector.match_labels
 
-        # least privilege: with nothing to deliver into, only its election Leases
+        # least privilege: with nothing to deliver into, only its election Leases and Events
         rbac = k8s.RbacAuthorizationV1Api(api)
         selector = f"app.kubernetes.io/instance={RELEASE}"
         roles = rbac.list_namespaced_role(ns, label_selector=selector).items
@@ -179,6 +179,7 @@ def test_default_install(
         assert {(tuple(r.resources), tuple(r.verbs)) for r in roles[0].rules} == {
             (("leases",), ("create",)),
             (("leases",), ("get", "update")),
+            (("events",), ("create", "patch")),
         }
         named = next(r for r in roles[0].rules if r.resource_names)
         assert named.resource_names == ["secretsync-git", "secretsync-shard-0"]
