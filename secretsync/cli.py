@@ -1050,6 +1050,15 @@ def _listen(text: str) -> tuple[str, int]:
     help="kubernetes: require a bearer token that a TokenReview on the home cluster accepts and "
     "whose user may `get` the path (SubjectAccessReview, nonResourceURLs).",
 )
+@click.option(
+    "--peer",
+    "peer_urls",
+    multiple=True,
+    metavar="URL",
+    help="Another replica's base URL (repeatable; also $SECRETSYNC_PEERS, comma-separated): "
+    "each verified webhook is forwarded to it, signed with the same secret. A URL naming this "
+    "host ($HOSTNAME, or HOSTNAME.<domain>) is skipped, so every replica can get one list.",
+)
 @pass_settings
 def serve(
     settings: Settings,
@@ -1082,6 +1091,7 @@ def serve(
     vault_address: str | None,
     api_token_file: str | None,
     api_auth: str,
+    peer_urls: tuple[str, ...],
 ) -> None:
     """Run the daemon: reconcile at start and every --interval, serve /healthz, /readyz,
     /metrics, /v1/status, the fleet page at / and the signed rotation webhook
@@ -1124,6 +1134,7 @@ def serve(
         plugins=_plugin_policy(settings, exec_plugins),
         api_token_file=Path(api_token_file) if api_token_file else None,
         api_auth_kubernetes=api_auth == "kubernetes",
+        peers=_peers(settings, peer_urls, webhook_key=webhook_key),
         election=_election(
             settings,
             shards=shards,
@@ -1160,6 +1171,24 @@ def serve(
         click.echo(f"serve: cannot listen on {listen}: {exc.strerror}", err=True)
         sys.exit(EXIT_FAILED)
     sys.exit(code)
+
+
+def _peers(
+    settings: Settings, urls: tuple[str, ...], *, webhook_key: bytes | None
+) -> tuple[str, ...]:
+    """`--peer` (else `$SECRETSYNC_PEERS`), checked, without this host's own URL."""
+    from secretsync import peers
+
+    given = list(urls) or [
+        u for u in settings.env.get("SECRETSYNC_PEERS", "").split(",") if u.strip()
+    ]
+    try:
+        checked = [peers.check_peer(u) for u in given]
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if checked and webhook_key is None:
+        raise UsageError("--peer needs SECRETSYNC_WEBHOOK_SECRET: forwarded webhooks are signed")
+    return peers.others(checked, hostname=settings.env.get("HOSTNAME", ""))
 
 
 def _events_on(settings: Settings, *, events: bool | None, home_kubeconfig: str | None) -> bool:

@@ -42,6 +42,7 @@ from secretsync import (
     kubeplugins,
     load,
     logs,
+    peers,
     plan,
     poll,
     resolve,
@@ -98,6 +99,7 @@ class DaemonSettings:
     events: bool = False  # Kubernetes Events on the home cluster (`events`)
     api_token_file: Path | None = None  # bearer tokens for the status API (`apiauth`)
     api_auth_kubernetes: bool = False  # TokenReview + SubjectAccessReview on the home cluster
+    peers: tuple[str, ...] = ()  # other replicas' base URLs: verified webhooks go on (`peers`)
 
 
 class Runner(Protocol):
@@ -550,8 +552,17 @@ class Daemon:
     async def serve(self) -> None:
         """Web server and cycle loop until SIGTERM / SIGINT (or `stop()`)."""
         s = self.settings
+        forwarder = (
+            peers.Forwarder(peers=s.peers, key=s.webhook_key, count=self.metrics.forward)
+            if s.peers and s.webhook_key
+            else None
+        )
         app = web.make_app(
-            self, max_body=s.max_body, read_timeout_s=s.header_timeout_s, guard=_guard(s)
+            self,
+            max_body=s.max_body,
+            read_timeout_s=s.header_timeout_s,
+            guard=_guard(s),
+            forwarder=forwarder,
         )
         limits = edge.Limits(header_timeout_s=s.header_timeout_s, idle_timeout_s=s.idle_timeout_s)
         loop = asyncio.get_running_loop()
@@ -593,6 +604,8 @@ class Daemon:
                 await self.coordinator.stop()  # after the last write: followers take over now
             await self._wiring.aclose()
             await self.events.aclose()
+            if forwarder is not None:
+                await forwarder.aclose()
             log.info("stopped")
 
 
@@ -638,6 +651,10 @@ def run(settings: DaemonSettings, *, make_sources: SourceFactory) -> int:
         "configured" if settings.webhook_key else "off (no SECRETSYNC_WEBHOOK_SECRET)",
         settings.max_body,
     )
+    if settings.peers:
+        log.info(
+            "webhooks forwarded to %d peer(s): %s", len(settings.peers), " ".join(settings.peers)
+        )
     daemon = Daemon(
         settings=settings,
         make_sources=make_sources,

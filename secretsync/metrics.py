@@ -11,6 +11,7 @@ Labels are cluster names, sources, outcomes and states: never a value, never a p
 | `secretsync_failures_total` | counter | `cluster` |
 | `secretsync_writes_total` | counter | — |
 | `secretsync_webhooks_total` | counter | `outcome` |
+| `secretsync_webhook_forwards_total` | counter | `outcome` |
 | `secretsync_http_dropped_total` | counter | `reason` (header, idle: a slow or silent client) |
 | `secretsync_fleet_load_errors_total` | counter | — |
 | `secretsync_leader` | gauge | `lease` (1 while this replica holds it; only with election) |
@@ -72,6 +73,12 @@ class Metrics:
         )
         self.webhooks = Counter(
             "secretsync_webhooks", "Rotation webhook requests.", ["outcome"], registry=r
+        )
+        self.webhook_forwards = Counter(
+            "secretsync_webhook_forwards",
+            "Verified webhooks forwarded to a peer replica, by outcome (sent, failed).",
+            ["outcome"],
+            registry=r,
         )
         self.http_dropped = Counter(
             "secretsync_http_dropped",
@@ -197,6 +204,9 @@ class Metrics:
 
     def webhook(self, outcome: str) -> None:
         self.webhooks.labels(outcome=outcome).inc()
+
+    def forward(self, outcome: str) -> None:
+        self.webhook_forwards.labels(outcome=outcome).inc()
 
     def dropped(self, reason: str) -> None:
         self.http_dropped.labels(reason=reason).inc()

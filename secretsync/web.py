@@ -11,7 +11,8 @@ the rotation webhook. Handlers only read the status board and hand webhook paths
 - `POST /v1/webhooks/vault`: 503 without a webhook secret; 413 over the size cap (checked
   before the body is read); 408 when the body has not arrived within the read timeout (the
   connection is closed); 401 for a missing or bad signature or a stale timestamp; 400 for a
-  bad body; 200 for a replayed id (no work); 202 once queued. Refusals are logged at most once
+  bad body; 200 for a replayed id (no work); 202 once queued (and, with peers, forwarded to
+  them in the background unless it came from one: `peers`). Refusals are logged at most once
   a minute per source address, with the count since that address's previous line (`edge`).
 """
 
@@ -27,7 +28,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from secretsync import apiauth, edge, statusquery, webhook
+from secretsync import apiauth, edge, peers, statusquery, webhook
 from secretsync.metrics import CONTENT_TYPE, Metrics
 from secretsync.status import State, StatusBoard
 
@@ -63,6 +64,7 @@ BACKEND = web.AppKey("backend", Backend)
 MAX_BODY = web.AppKey("max_body", int)
 READ_TIMEOUT = web.AppKey("read_timeout_s", float)
 REFUSALS = web.AppKey("refusals", edge.Throttle)
+FORWARDER = web.AppKey("forwarder", peers.Forwarder)
 
 
 def make_app(
@@ -72,6 +74,7 @@ def make_app(
     read_timeout_s: float = edge.HEADER_TIMEOUT_S,
     refusals: edge.Throttle | None = None,
     guard: apiauth.Guard | None = None,
+    forwarder: peers.Forwarder | None = None,
 ) -> web.Application:
     middlewares = [edge.track_requests] + ([guard.middleware] if guard else [])
     app = web.Application(client_max_size=max_body + 1, middlewares=middlewares)
@@ -79,6 +82,8 @@ def make_app(
     app[MAX_BODY] = max_body
     app[READ_TIMEOUT] = read_timeout_s
     app[REFUSALS] = refusals or edge.Throttle()
+    if forwarder is not None:
+        app[FORWARDER] = forwarder
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
@@ -167,9 +172,17 @@ async def vault_webhook(request: web.Request) -> web.Response:
         return _json({"status": "duplicate"})
     queued, ignored = backend.submit(verified.paths)
     backend.metrics.webhook("accepted")
+    forwarded = request.headers.get(peers.FORWARDED_HEADER) == "1"
     log.info(
-        "webhook %s: %d path(s) queued, %d not used by the fleet", verified.msg_id, queued, ignored
+        "webhook %s%s: %d path(s) queued, %d not used by the fleet",
+        verified.msg_id,
+        " (forwarded by a peer)" if forwarded else "",
+        queued,
+        ignored,
     )
+    forwarder = request.app.get(FORWARDER)
+    if forwarder is not None and not forwarded:  # a forwarded one is never sent on: no loops
+        forwarder.forward(verified.msg_id, verified.paths)
     return _json({"status": "queued", "queued": queued, "ignored": ignored}, status=202)
 
 
