@@ -596,6 +596,38 @@ def test_shards_and_poll_reach_the_daemon(
     assert "SECRETSYNC_SHARD_INDEX" not in env
 
 
+def test_sharded_replicas_name_each_other_as_webhook_peers(
+    helm_config: helm_sdkpy.Configuration,
+) -> None:
+    """With more than one shard and a webhook secret, every replica gets the pod DNS name of
+    every ordinal under the headless Service (the daemon skips its own by HOSTNAME), and the
+    egress policy lets it reach them on the daemon's port."""
+    hooked = {"secrets": {"webhookSecret": {"existingSecret": "hook"}}}
+    sharded = merged(VALUE_SETS["three-shards"], hooked)
+
+    def peers(release: str, values: dict[str, Any]) -> list[str]:
+        args = render_workload(helm_config, release, values)["containers"][0]["args"]
+        return [a.removeprefix("--peer=") for a in args if a.startswith("--peer")]
+
+    assert peers("pe", sharded) == [
+        f"http://pe-secretsync-{n}.pe-secretsync-peers.default.svc:8080" for n in range(3)
+    ]
+    assert peers("pe-nohook", VALUE_SETS["three-shards"]) == []  # nothing to sign them with
+    assert peers("pe-one", merged({"sharding": {"enabled": True}}, hooked)) == []
+    assert peers("pe-deploy", hooked) == []
+
+    egress = merged(sharded, {"networkPolicy": {"enabled": True, "egress": {"enabled": True}}})
+    spec = render_network_policy(helm_config, "pe-np", egress)
+    to_replicas = [
+        rule
+        for rule in spec["egress"]
+        for peer in rule.get("to", [])
+        if peer.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/instance")
+        == "pe-np"
+    ]
+    assert [r["ports"] for r in to_replicas] == [[{"port": 8080, "protocol": "TCP"}]]
+
+
 @pytest.mark.parametrize(
     ("name", "message"),
     [
