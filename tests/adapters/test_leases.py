@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import secrets
+import socket
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -18,12 +20,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
+import aiohttp
 import pytest
 import yaml
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from secretsync import resolve
+from secretsync import resolve, webhook
 from secretsync.clusters import Endpoint
 from secretsync.daemon import Daemon, DaemonSettings, EngineWiring
 from secretsync.deliver import ApplyResult, ChangeSet, Sink
@@ -49,6 +52,7 @@ FAST = LeaseTiming(lease_duration_s=2.0, renew_deadline_s=1.4, retry_period_s=0.
 DAEMON = LeaseTiming(lease_duration_s=3.0, renew_deadline_s=2.0, retry_period_s=0.25)
 SLOW_EXPIRY = LeaseTiming(lease_duration_s=4.0, renew_deadline_s=2.8, retry_period_s=0.2)
 KEY = b"lease-test-hmac-key"
+WEBHOOK_KEY = b"lease-test-webhook-key"
 
 
 async def wait_for(cond: Callable[[], bool], *, timeout: float, what: str) -> float:
@@ -339,12 +343,16 @@ class Replica:
         election: ElectionSettings,
         values: dict[str, dict[str, object]],
         log: list[Write],
+        port: int = 0,
+        peers: tuple[str, ...] = (),
     ) -> None:
         self.who = who
         settings = DaemonSettings(
             fleet_path=root,
             hmac_key=KEY,
-            port=0,
+            port=port,
+            webhook_key=WEBHOOK_KEY,
+            peers=peers,
             interval_s=3600,
             git=False,
             kube=True,
@@ -577,6 +585,99 @@ async def test_two_shards_split_the_clusters(
         assert sum(r.coordinator.git.is_leader for r in replicas) == 1
         for c in kube_clusters:
             assert secret_value(c, ns, "api", "token") == str(values["api"]["token"]).encode()
+        assert_no_overlap(log)
+    finally:
+        for r in replicas:
+            with contextlib.suppress(Exception):
+                await r.stop()
+        for home in homes:
+            await home.aclose()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_a_webhook_to_one_shard_reaches_the_clusters_of_both(
+    fleet_repo: Callable[[dict[str, str | bytes]], Path],
+    kube_clusters: list[KubeCluster],
+    kube_cluster: KubeCluster,
+    kube_namespace: NamespaceFactory,
+    tmp_path: Path,
+) -> None:
+    """Two shards naming each other with `--peer`: a rotation webhook sent to shard 0 only is
+    forwarded, and every cluster of both shards holds the new value within 5 s, each written by
+    its own shard's replica."""
+    ns = kube_namespace()
+    lease_ns = kube_namespace(kube_cluster, prefix="lease")
+    while True:  # names that fall into both shards
+        suffix = secrets.token_hex(3)
+        names = [f"{c.name}-{suffix}" for c in kube_clusters]
+        if {shard_of(n, 2) for n in names} == {0, 1}:
+            break
+    root = fleet_repo(fleet_files(kube_clusters, names, ns, tmp_path))
+    values: dict[str, dict[str, object]] = {
+        "db": {"password": canary.new("db")},
+        "api": {"token": canary.new("api")},
+    }
+    log: list[Write] = []
+    ports = [_free_port(), _free_port()]
+    homes = [kube_cluster.endpoint(), kube_cluster.endpoint()]
+    replicas = [
+        Replica(
+            f"s{i}",
+            root=root,
+            home=homes[i],
+            election=ElectionSettings(
+                shards=2, shard_index=i, namespace=lease_ns, identity=f"s{i}", timing=DAEMON
+            ),
+            values=values,
+            log=log,
+            port=ports[i],
+            peers=(f"http://127.0.0.1:{ports[1 - i]}",),
+        )
+        for i in range(2)
+    ]
+    try:
+        for r in replicas:
+            r.start()
+        await wait_for(lambda: len(log) == 3, timeout=20, what="the start cycles' 3 writes")
+        values["api"]["token"] = rotated = canary.new("api-rotated")
+        body = json.dumps({"paths": ["secret/api"]}).encode()
+        stamp = int(time.time())
+        headers = {
+            "webhook-id": "msg_rotation",
+            "webhook-timestamp": str(stamp),
+            "webhook-signature": webhook.sign(WEBHOOK_KEY, "msg_rotation", stamp, body),
+        }
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"http://127.0.0.1:{ports[0]}/v1/webhooks/vault", data=body, headers=headers
+            ) as answer,
+        ):
+            assert answer.status == 202, await answer.text()
+            assert (await answer.json())["queued"] == 1
+        await wait_for(
+            lambda: {w.cluster for w in log[3:]} == set(names),
+            timeout=5,
+            what="the rotation written to every cluster of both shards",
+        )
+        for w in log[3:]:
+            assert w.replica == f"s{shard_of(w.cluster, 2)}" and w.objects == 1, w
+        for r in replicas:
+            assert r.daemon.board.document()["lastCycle"]["trigger"] == "webhook"
+        forwards = [
+            r.daemon.metrics.registry.get_sample_value(
+                "secretsync_webhook_forwards_total", {"outcome": "sent"}
+            )
+            for r in replicas
+        ]
+        assert forwards == [1.0, None]  # shard 1 sends nothing back
+        for c in kube_clusters:
+            assert secret_value(c, ns, "api", "token") == rotated.encode()
         assert_no_overlap(log)
     finally:
         for r in replicas:
