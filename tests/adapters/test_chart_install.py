@@ -507,7 +507,7 @@ def test_upgrade_from_one_shard_to_three_and_back(
         assert_shards(api, ns, 3)
         notes = result["info"]["notes"]
         assert "Shards: 3." in notes
-        assert "other shards pick the rotation up on their next poll (60 s)" in notes
+        assert "picks it up on its next poll (60 s)" in notes
 
         # the same count upgrades with its replicas running
         start_replicas(core, ns, 3)
