@@ -525,6 +525,42 @@ async def test_two_replicas_one_writer_and_takeover(
             await home.aclose()
 
 
+def names_in_both_shards(clusters: list[KubeCluster]) -> list[str]:
+    """Cluster names (one per apiserver, a fresh suffix) that fall into both of two shards."""
+    while True:
+        suffix = secrets.token_hex(3)
+        names = [f"{c.name}-{suffix}" for c in clusters]
+        if {shard_of(n, 2) for n in names} == {0, 1}:
+            return names
+
+
+def two_shards(
+    *,
+    root: Path,
+    homes: list[Endpoint],
+    lease_ns: str,
+    values: dict[str, dict[str, object]],
+    log: list[Write],
+    ports: list[int] | None = None,
+) -> list[Replica]:
+    """Replicas s0 and s1 of two shards; with `ports`, each names the other as its peer."""
+    return [
+        Replica(
+            f"s{i}",
+            root=root,
+            home=homes[i],
+            election=ElectionSettings(
+                shards=2, shard_index=i, namespace=lease_ns, identity=f"s{i}", timing=DAEMON
+            ),
+            values=values,
+            log=log,
+            port=ports[i] if ports else 0,
+            peers=(f"http://127.0.0.1:{ports[1 - i]}",) if ports else (),
+        )
+        for i in range(2)
+    ]
+
+
 async def test_two_shards_split_the_clusters(
     fleet_repo: Callable[[dict[str, str | bytes]], Path],
     kube_clusters: list[KubeCluster],
@@ -535,11 +571,7 @@ async def test_two_shards_split_the_clusters(
     """P5 with two shards: each replica writes only its own shard's clusters; together all."""
     ns = kube_namespace()
     lease_ns = kube_namespace(kube_cluster, prefix="lease")
-    while True:  # names that fall into both shards
-        suffix = secrets.token_hex(3)
-        names = [f"{c.name}-{suffix}" for c in kube_clusters]
-        if {shard_of(n, 2) for n in names} == {0, 1}:
-            break
+    names = names_in_both_shards(kube_clusters)
     root = fleet_repo(fleet_files(kube_clusters, names, ns, tmp_path))
     values: dict[str, dict[str, object]] = {
         "db": {"password": canary.new("db")},
@@ -547,19 +579,7 @@ async def test_two_shards_split_the_clusters(
     }
     log: list[Write] = []
     homes = [kube_cluster.endpoint(), kube_cluster.endpoint()]
-    replicas = [
-        Replica(
-            f"s{i}",
-            root=root,
-            home=homes[i],
-            election=ElectionSettings(
-                shards=2, shard_index=i, namespace=lease_ns, identity=f"s{i}", timing=DAEMON
-            ),
-            values=values,
-            log=log,
-        )
-        for i in range(2)
-    ]
+    replicas = two_shards(root=root, homes=homes, lease_ns=lease_ns, values=values, log=log)
     try:
         for r in replicas:
             r.start()
@@ -612,11 +632,7 @@ async def test_a_webhook_to_one_shard_reaches_the_clusters_of_both(
     its own shard's replica."""
     ns = kube_namespace()
     lease_ns = kube_namespace(kube_cluster, prefix="lease")
-    while True:  # names that fall into both shards
-        suffix = secrets.token_hex(3)
-        names = [f"{c.name}-{suffix}" for c in kube_clusters]
-        if {shard_of(n, 2) for n in names} == {0, 1}:
-            break
+    names = names_in_both_shards(kube_clusters)
     root = fleet_repo(fleet_files(kube_clusters, names, ns, tmp_path))
     values: dict[str, dict[str, object]] = {
         "db": {"password": canary.new("db")},
@@ -625,21 +641,9 @@ async def test_a_webhook_to_one_shard_reaches_the_clusters_of_both(
     log: list[Write] = []
     ports = [_free_port(), _free_port()]
     homes = [kube_cluster.endpoint(), kube_cluster.endpoint()]
-    replicas = [
-        Replica(
-            f"s{i}",
-            root=root,
-            home=homes[i],
-            election=ElectionSettings(
-                shards=2, shard_index=i, namespace=lease_ns, identity=f"s{i}", timing=DAEMON
-            ),
-            values=values,
-            log=log,
-            port=ports[i],
-            peers=(f"http://127.0.0.1:{ports[1 - i]}",),
-        )
-        for i in range(2)
-    ]
+    replicas = two_shards(
+        root=root, homes=homes, lease_ns=lease_ns, values=values, log=log, ports=ports
+    )
     try:
         for r in replicas:
             r.start()
