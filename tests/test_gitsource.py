@@ -16,7 +16,8 @@ import yaml
 
 from secretsync import cli, errors, gitsource, seal
 from secretsync.daemon import Daemon, DaemonSettings
-from tests import canary, keys
+from tests import canary, gitremote, keys
+from tests.gitremote import GIT_ENV, BareRemote
 
 FLEET = """\
 apiVersion: secretsync.dev/v1alpha1
@@ -44,54 +45,9 @@ spec:
     mode: {{value: "{mode}"}}
 """
 
-GIT_ENV = {
-    "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-    "GIT_CONFIG_GLOBAL": os.devnull,
-    "GIT_CONFIG_NOSYSTEM": "1",
-    "GIT_AUTHOR_NAME": "test",
-    "GIT_AUTHOR_EMAIL": "test@example.invalid",
-    "GIT_COMMITTER_NAME": "test",
-    "GIT_COMMITTER_EMAIL": "test@example.invalid",
-    "GIT_TERMINAL_PROMPT": "0",
-}
-
 
 def git(*args: str, cwd: Path) -> str:
-    done = subprocess.run(
-        ["git", *args], cwd=cwd, env=GIT_ENV, capture_output=True, timeout=60, check=True
-    )
-    return done.stdout.decode().strip()
-
-
-class Remote:
-    """A bare repository and an author's clone that commits and pushes to it."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.bare = tmp / "remote.git"
-        self.author = tmp / "author"
-        git("init", "--quiet", "--bare", "--initial-branch=main", str(self.bare), cwd=tmp)
-        git("init", "--quiet", "--initial-branch=main", str(self.author), cwd=tmp)
-        git("remote", "add", "origin", str(self.bare), cwd=self.author)
-
-    @property
-    def url(self) -> str:
-        return self.bare.as_uri()
-
-    def commit(self, files: dict[str, str | bytes | None], message: str) -> str:
-        for rel, content in files.items():
-            path = self.author / rel
-            if content is None:
-                path.unlink()
-                continue
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if isinstance(content, bytes):
-                path.write_bytes(content)
-            else:
-                path.write_text(content)
-        git("add", "--all", cwd=self.author)
-        git("commit", "--quiet", "-m", message, cwd=self.author)
-        git("push", "--quiet", "origin", "HEAD:refs/heads/main", cwd=self.author)
-        return git("rev-parse", "HEAD", cwd=self.author)
+    return gitremote.git(cwd, *args).strip()
 
 
 def mode_in(checkout: Path) -> bytes | None:
@@ -116,7 +72,7 @@ def make_daemon(checkout: Path, url: str) -> Daemon:
 
 
 async def test_good_commit_runs_bad_commit_is_refused_fixed_commit_runs(tmp_path: Path) -> None:
-    remote = Remote(tmp_path)
+    remote = BareRemote(tmp_path)
     good = remote.commit(
         {
             "secretsync.yaml": FLEET,
@@ -179,7 +135,7 @@ async def test_good_commit_runs_bad_commit_is_refused_fixed_commit_runs(tmp_path
 
 
 async def test_a_missing_branch_fails_before_any_fleet_loads(tmp_path: Path) -> None:
-    remote = Remote(tmp_path)
+    remote = BareRemote(tmp_path)
     remote.commit({"secretsync.yaml": FLEET}, "first")
     checkout = tmp_path / "checkout"
     box = gitsource.GitCheckout(

@@ -5,7 +5,6 @@ guard on every staged blob (a refused blob fails its object and is not committed
 
 from __future__ import annotations
 
-import os
 import subprocess
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -22,18 +21,10 @@ from secretsync.sinks.git import GitSink
 from secretsync.values import SecretValue
 from tests import canary, keys
 from tests.fakes import FakeSource
+from tests.gitremote import GIT_ENV, git
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
 
-GIT_ENV = {
-    "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-    "GIT_CONFIG_GLOBAL": os.devnull,
-    "GIT_CONFIG_NOSYSTEM": "1",
-    "GIT_AUTHOR_NAME": "author",
-    "GIT_AUTHOR_EMAIL": "author@example.invalid",
-    "GIT_COMMITTER_NAME": "author",
-    "GIT_COMMITTER_EMAIL": "author@example.invalid",
-}
 
 FLEET = """\
 apiVersion: secretsync.dev/v1alpha1
@@ -61,13 +52,6 @@ spec:
   target: {{name: app, namespace: apps}}
   data: {{mode: {{value: "{mode}"}}}}
 """
-
-
-def git(root: Path, *args: str) -> str:
-    done = subprocess.run(
-        ["git", *args], cwd=root, env=GIT_ENV, capture_output=True, timeout=60, check=True
-    )
-    return done.stdout.decode()
 
 
 def repo(fleet_repo: MakeRepo, *, mode: str = "blue") -> Path:
