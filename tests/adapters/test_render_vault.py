@@ -162,22 +162,30 @@ async def test_render_from_openbao_reads_once_and_keeps_last_known_good(
     assert canary.find_in_text(done.stdout.decode() + done.stderr.decode()) == []
 
 
+def with_external_cluster(files: dict[str, str | bytes], unique: str) -> dict[str, str | bytes]:
+    """`files` plus an `external` cluster `ext` (env: prod), the db secret for prod clusters
+    only and without its KV v1 key (an external store reads only the kvMount)."""
+    files["clusters/all.yaml"] = str(files["clusters/all.yaml"]) + (
+        "---\napiVersion: secretsync.dev/v1alpha1\nkind: Cluster\n"
+        "metadata: {name: ext, labels: {env: prod}}\nspec: {delivery: external}\n"
+    )
+    files["secrets/db.yaml"] = (
+        str(files["secrets/db.yaml"])
+        .replace("  clusterSelector: {}", "  clusterSelector: {matchLabels: {env: prod}}")
+        .replace(
+            f"    license: {{vault: {{path: app/license, key: key, mount: {unique}-v1}}}}\n", ""
+        )
+    )
+    return files
+
+
 async def test_check_refs_reads_external_refs_and_plan_names_source_versions(
     fleet_repo: MakeRepo, openbao: OpenBao, unique: str, tmp_path: Path
 ) -> None:
     role_id, secret_file, values = setup_vault(openbao, unique, tmp_path)
     async with CountingProxy(openbao.address) as proxy:
-        files = fleet_files(proxy.address, unique, role_id, secret_file)
-        files["clusters/all.yaml"] = str(files["clusters/all.yaml"]) + (
-            "---\napiVersion: secretsync.dev/v1alpha1\nkind: Cluster\n"
-            "metadata: {name: ext, labels: {env: prod}}\nspec: {delivery: external}\n"
-        )
-        files["secrets/db.yaml"] = (
-            str(files["secrets/db.yaml"])
-            .replace("  clusterSelector: {}", "  clusterSelector: {matchLabels: {env: prod}}")
-            .replace(
-                f"    license: {{vault: {{path: app/license, key: key, mount: {unique}-v1}}}}\n", ""
-            )
+        files = with_external_cluster(
+            fleet_files(proxy.address, unique, role_id, secret_file), unique
         )
         root = fleet_repo(files)
 
@@ -260,17 +268,8 @@ async def test_an_external_object_does_not_fail_on_a_read_made_for_another_clust
     reads nothing, is planned as when its cluster is planned alone."""
     role_id, secret_file, _ = setup_vault(openbao, unique, tmp_path)
     async with CountingProxy(openbao.address) as proxy:
-        files = fleet_files(proxy.address, unique, role_id, secret_file)
-        files["clusters/all.yaml"] = str(files["clusters/all.yaml"]) + (
-            "---\napiVersion: secretsync.dev/v1alpha1\nkind: Cluster\n"
-            "metadata: {name: ext, labels: {env: prod}}\nspec: {delivery: external}\n"
-        )
-        files["secrets/db.yaml"] = (
-            str(files["secrets/db.yaml"])
-            .replace("  clusterSelector: {}", "  clusterSelector: {matchLabels: {env: prod}}")
-            .replace(
-                f"    license: {{vault: {{path: app/license, key: key, mount: {unique}-v1}}}}\n", ""
-            )
+        files = with_external_cluster(
+            fleet_files(proxy.address, unique, role_id, secret_file), unique
         )
         root = fleet_repo(files)
         openbao.client().secrets.kv.v2.delete_latest_version_of_secret(
