@@ -266,7 +266,13 @@ def test_read_caps_the_size_and_reads_a_file_that_grew(tmp_path: Path) -> None:
         os.close(folder)
 
 
-def _rendered(name: str, text: str) -> Rendered:
+def _rendered(name: str, text: str, *, owned: bool = False) -> Rendered:
+    """A SealedSecret `name` in namespace `ns` of cluster c1; `owned`: with the label and
+    annotation by which secretsync finds what it owns."""
+    metadata: dict[str, object] = {"name": name, "namespace": "ns"}
+    if owned:
+        metadata["labels"] = {LABEL_MANAGED_BY: MANAGED_BY}
+        metadata["annotations"] = {ANNOTATION_CLUSTER: "c1"}
     return Rendered(
         key=ObjectKey("c1", "ns", name),
         fleet_secret=name,
@@ -277,7 +283,7 @@ def _rendered(name: str, text: str) -> Rendered:
         manifest={
             "apiVersion": "bitnami.com/v1alpha1",
             "kind": "SealedSecret",
-            "metadata": {"name": name, "namespace": "ns"},
+            "metadata": metadata,
             "spec": {"encryptedData": {"k": text}},
         },
         needles=(b"plaintext-value",),
@@ -411,29 +417,6 @@ def test_output_folder_swapped_for_a_symlink_after_loading_is_never_written_thro
     assert list(outside.iterdir()) == []
 
 
-def _owned(name: str, text: str) -> Rendered:
-    """A manifest of `name` in namespace `ns` that secretsync owns on cluster c1."""
-    return Rendered(
-        key=ObjectKey("c1", "ns", name),
-        fleet_secret=name,
-        delivery=Delivery.SEALED,
-        kind="SealedSecret",
-        content_hash=f"hash-{text}",
-        key_hashes={},
-        manifest={
-            "apiVersion": "bitnami.com/v1alpha1",
-            "kind": "SealedSecret",
-            "metadata": {
-                "name": name,
-                "namespace": "ns",
-                "labels": {LABEL_MANAGED_BY: MANAGED_BY},
-                "annotations": {ANNOTATION_CLUSTER: "c1"},
-            },
-            "spec": {"encryptedData": {"k": text}},
-        },
-    )
-
-
 @pytest.mark.parametrize("batches", [1, 2])
 def test_a_file_moved_back_to_its_own_name_leaves_the_file_written_at_its_old_name(
     tmp_path: Path, batches: int
@@ -457,10 +440,10 @@ def test_a_file_moved_back_to_its_own_name_leaves_the_file_written_at_its_old_na
             sink.discard(cluster)
         return observed
 
-    cycle(ChangeSet(create=[_owned("y", "one")]))
+    cycle(ChangeSet(create=[_rendered("y", "one", owned=True)]))
     folder = out / "c1/ns"
     (folder / "y.yaml").rename(folder / "x.yaml")
-    y, x = _owned("y", "two"), _owned("x", "three")
+    y, x = _rendered("y", "two", owned=True), _rendered("x", "three", owned=True)
     if batches == 1:
         found = cycle(ChangeSet(create=[x], update=[y]))
     else:
