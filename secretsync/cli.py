@@ -503,12 +503,9 @@ def _run(
         click.echo(f"failed: {item.cluster} {item.namespace}/{item.name}: {item.reason}", err=True)
     for name, reason in report.failed_clusters.items():
         click.echo(f"failed: cluster {name}: {reason}", err=True)
-    held: dict[str, int] = {}
-    for item in report.held:
-        held[item.cluster] = held.get(item.cluster, 0) + 1
-    for name, count in held.items():
+    for name, items in report.held_by_cluster().items():
         click.echo(
-            f"held: {count} deletes on {name}: over the delete limit "
+            f"held: {len(items)} deletes on {name}: over the delete limit "
             f"({fleet.policies.delete_limit}); nothing was deleted there "
             "(--allow-deletes lifts the limit for one run)",
             err=True,

@@ -108,6 +108,13 @@ class CycleReport:
         """Deletes kept back by the Fleet's delete limit."""
         return [i for i in self.items if i.action == "held"]
 
+    def held_by_cluster(self) -> dict[str, list[ItemResult]]:
+        """The held deletes of each cluster that has some, by cluster name (sorted)."""
+        out: dict[str, list[ItemResult]] = {}
+        for item in self.held:
+            out.setdefault(item.cluster, []).append(item)
+        return dict(sorted(out.items()))
+
     @property
     def ok(self) -> bool:
         return not self.failures and not self.failed_clusters and not self.held

@@ -163,12 +163,9 @@ class Metrics:
         if report.writes or report.deletes:
             self.writes.inc(report.writes + report.deletes)
         if report.pruned:
-            held: dict[str, int] = {}
-            for item in report.held:
-                held[item.cluster] = held.get(item.cluster, 0) + 1
             self.deletes_held.clear()
-            for name, n in held.items():
-                self.deletes_held.labels(cluster=name).set(n)
+            for name, items in report.held_by_cluster().items():
+                self.deletes_held.labels(cluster=name).set(len(items))
         if full:
             self._stale = set(report.read_failed)
         else:

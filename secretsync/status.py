@@ -231,15 +231,12 @@ class StatusBoard:
             if entry is not None:
                 _apply(entry, items, at=started)
         if report.pruned:  # a cycle that looked for deletes knows every held one
-            held: dict[str, list[ItemResult]] = {}
-            for item in report.held:
-                held.setdefault(item.cluster, []).append(item)
             self.held = {
                 name: HeldDeletes(
                     objects=tuple(sorted(f"{i.namespace}/{i.name}" for i in items)),
                     reason=items[0].reason,
                 )
-                for name, items in sorted(held.items())
+                for name, items in report.held_by_cluster().items()
             }
         for name, reason in report.failed_clusters.items():
             for entry in self.entries.values():
