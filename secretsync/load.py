@@ -875,6 +875,14 @@ def _cluster(ctx: _Ctx, header: _Header, fleet: Fleet) -> Cluster | None:
             # the controller is where the certificate comes from: `cluster refresh-cert` and
             # `serve --git-push` fetch it into the file of the usual name
             cert_file = f"certs/{header.name}.pem"
+            try:  # fetched and written there later: it must not lead out of the repo either
+                confine(fleet.root, cert_file)
+            except errors.ConfigError as exc:
+                ctx.error(
+                    sealed.key_node("controller") if sealed else None,
+                    spec.field("sealedSecrets.controller"),
+                    exc.message,
+                )
         else:
             ctx.error(
                 spec.key_node("sealedSecrets") or spec.node,

@@ -626,3 +626,28 @@ def test_sops_key_policy_errors(fleet_repo: MakeRepo, sops: str, expected: str) 
         load.load_fleet(root)
     rendered = [e.render() for e in info.value.errors]
     assert any(r.startswith(expected) for r in rendered), rendered
+
+
+def test_a_controller_only_cluster_gets_its_certificate_file_inside_the_repo(
+    fleet_repo: MakeRepo, tmp_path: Path
+) -> None:
+    """With only `sealedSecrets.controller`, the certificate lives in certs/<name>.pem, where
+    `cluster refresh-cert` writes it: a `certs` symlink out of the repo is refused."""
+    cluster = CLUSTER.replace(
+        "  sealedSecrets: {certFile: certs/prod-use1.pem}\n",
+        "  sealedSecrets: {controller: {namespace: kube-system}}\n",
+    )
+    root = fleet_repo({"secretsync.yaml": FLEET, "clusters/a.yaml": cluster})
+    assert load.load_fleet(root).clusters["prod-use1"].cert_file == "certs/prod-use1.pem"
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (root / "certs").symlink_to(outside)
+    errors_seen = [e.render() for e in _errors_of(root)]
+    assert len(errors_seen) == 1 and "spec.sealedSecrets.controller" in errors_seen[0]
+    assert "resolves outside the fleet repo" in errors_seen[0]
+
+
+def _errors_of(root: Path) -> list[errors.ConfigError]:
+    with pytest.raises(errors.ConfigErrors) as info:
+        load.load_fleet(root)
+    return info.value.errors
