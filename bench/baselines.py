@@ -82,7 +82,7 @@ def sealed_baseline_name() -> str:
     except ImportError:
         return (
             "script: hvac read per cluster per key, one hybrid seal per value "
-            "(secretsync.seal.seal_value), pure-Python yaml.dump"
+            "(secretsync.delivery.seal.seal_value), pure-Python yaml.dump"
         )
     return (
         "script: hvac read per cluster per key, kubesealpy Sealer.seal per cluster "
@@ -125,7 +125,7 @@ def _scripted_sealed_plain(
 ) -> int:
     from datetime import UTC, datetime
 
-    from secretsync import seal
+    from secretsync.delivery import seal
 
     keys: dict[str, Any] = {}
     seals = 0

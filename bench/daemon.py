@@ -11,7 +11,7 @@ Two scenarios, each against a real `python -m secretsync serve` subprocess on 12
 latency: a real OpenBao (tests/openbao.py) and N real kube-apiservers (tests/kubecluster.py),
 or, with `--simulated N`, N SIMULATED API servers from bench/simulated.py (results say
 `"simulated": true`). One FleetSecret reads one Vault path and goes to every cluster. For each
-rotation: write a new value to OpenBao, POST a signed webhook (secretsync.webhook.sign), and
+rotation: write a new value to OpenBao, POST a signed webhook (secretsync.daemon.webhook.sign), and
 measure from the 202 until every cluster holds the new value (polled every 20 ms, 30 s
 deadline); the next rotation starts once the webhook cycle is recorded in /v1/status.
 
@@ -51,7 +51,7 @@ import harness  # noqa: E402  (bench/harness.py)
 import simulated as sim_mod  # noqa: E402  (bench/simulated.py)
 from kubernetes import client as k8s  # noqa: E402
 
-from secretsync import webhook  # noqa: E402
+from secretsync.daemon import webhook  # noqa: E402
 
 SECRET: Final = "rotated"
 NAMESPACE: Final = sim_mod.NAMESPACE  # "bench"

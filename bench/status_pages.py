@@ -23,9 +23,9 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from secretsync import web
-from secretsync.metrics import Metrics
-from secretsync.status import ClusterInfo, Entry, State, StatusBoard
+from secretsync.daemon import web
+from secretsync.daemon.metrics import Metrics
+from secretsync.daemon.status import ClusterInfo, Entry, State, StatusBoard
 
 
 class Backend:

@@ -26,9 +26,10 @@ from kubernetes import client as k8s
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from secretsync import load, runtime
-from secretsync.clusters import ClientFactory
-from secretsync.engine import Engine
+from secretsync.app import runtime
+from secretsync.engine.cycle import Engine
+from secretsync.fleet import load
+from secretsync.kube.clusters import ClientFactory
 from secretsync.sinks.kube import KubeSink
 from tests.kubecluster import KubeCluster, running_clusters
 

@@ -44,8 +44,8 @@ import hvac
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from secretsync import model, resolve
-from secretsync.sources import vault
+from secretsync.core import model
+from secretsync.sources import resolve, vault
 from tests.openbao import OpenBao, start_openbao
 
 MOUNT = "fleet"

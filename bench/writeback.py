@@ -38,7 +38,8 @@ sys.path.insert(0, str(REPO / "bench"))
 import yaml  # noqa: E402
 from daemon import Daemon, pct  # noqa: E402  (bench/daemon.py)
 
-from secretsync import seal, webhook  # noqa: E402
+from secretsync.daemon import webhook  # noqa: E402
+from secretsync.delivery import seal  # noqa: E402
 from tests import keys  # noqa: E402
 from tests.gitremote import BareRemote, git  # noqa: E402
 from tests.openbao import start_openbao  # noqa: E402

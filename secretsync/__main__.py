@@ -1,5 +1,5 @@
 """`python -m secretsync` runs the command line."""
 
-from secretsync.cli import main
+from secretsync.cli.main import main
 
 main()

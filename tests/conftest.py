@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import generate_latest
 
-from secretsync.metrics import Metrics
+from secretsync.daemon.metrics import Metrics
 from tests import canary
 
 pytest_plugins = (

@@ -6,11 +6,11 @@ import asyncio
 from collections.abc import Mapping, Set
 from typing import ClassVar
 
-from secretsync import errors
-from secretsync.deliver import ApplyResult, ChangeSet
-from secretsync.materialize import Rendered
-from secretsync.model import Cluster, Location, ObjectKey, Observed
-from secretsync.resolve import Document, Fetched
+from secretsync.core import errors
+from secretsync.core.model import Cluster, Location, ObjectKey, Observed
+from secretsync.delivery.materialize import Rendered
+from secretsync.sinks.deliver import ApplyResult, ChangeSet
+from secretsync.sources.resolve import Document, Fetched
 
 
 class FakeSource:

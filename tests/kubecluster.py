@@ -61,7 +61,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from kubernetes import client as k8s
 
-from secretsync.clusters import Endpoint
+from secretsync.kube.clusters import Endpoint
 
 KUBE_VERSION = "v1.20.2"
 """The version `scripts/build-kube.sh` builds and caches."""
@@ -346,7 +346,7 @@ class KubeCluster:
         return config
 
     def endpoint(self, *, user: User = "admin") -> Endpoint:
-        """secretsync's own client of this cluster (`secretsync.clusters.Endpoint`)."""
+        """secretsync's own client of this cluster (`secretsync.kube.clusters.Endpoint`)."""
         return Endpoint(self.configuration(user=user))
 
     def api_client(self, *, user: User = "admin") -> k8s.ApiClient:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from secretsync import webhook
+from secretsync.daemon import webhook
 from tests import canary
 
 _LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")

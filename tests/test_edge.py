@@ -1,4 +1,4 @@
-"""The daemon's HTTP edge (`secretsync.edge`) on a real socket on 127.0.0.1, with the daemon's
+"""The daemon's HTTP edge (`secretsync.daemon.edge`) on a real socket on 127.0.0.1, with the daemon's
 app: slow clients dropped within the header and idle timeouts while other clients are served,
 a slow webhook body answered 408, refused webhooks and malformed requests logged at most once
 a minute per source address with a count (the throttle's clock is injected), and no parser
@@ -25,9 +25,9 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from secretsync import edge
-from secretsync.daemon import Daemon
-from secretsync.web import make_app
+from secretsync.daemon import edge
+from secretsync.daemon.service import Daemon
+from secretsync.daemon.web import make_app
 from tests import canary, fleets
 from tests.test_web import FakeEngine, make_daemon, signed
 
@@ -369,7 +369,7 @@ def test_handler_errors_still_carry_their_traceback() -> None:
         raise RuntimeError("handler bug")
     except RuntimeError as exc:
         record = logging.LogRecord(
-            "secretsync.edge.server", logging.ERROR, __file__, 1, "Error handling request",
+            "secretsync.daemon.edge.server", logging.ERROR, __file__, 1, "Error handling request",
             None, (type(exc), exc, exc.__traceback__),
         )  # fmt: skip
     assert quiet.filter(record) is True

@@ -25,10 +25,10 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from secretsync import errors
-from secretsync.engine import Engine
+from secretsync.core import errors
+from secretsync.daemon.web import make_app
+from secretsync.engine.cycle import Engine
 from secretsync.sinks.git import GitSink
-from secretsync.web import make_app
 from tests import canary, fleets
 from tests.fakes import FakeSource
 from tests.test_web import HMAC, make_daemon

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from secretsync import load
+from secretsync.fleet import load
 from tests import schema
 
 ROOT = Path(__file__).resolve().parents[1]

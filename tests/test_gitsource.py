@@ -14,8 +14,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from secretsync import cli, errors, gitsource, seal
-from secretsync.daemon import Daemon, DaemonSettings
+from secretsync.cli import main
+from secretsync.core import errors
+from secretsync.daemon.service import Daemon, DaemonSettings
+from secretsync.delivery import seal
+from secretsync.fleet import gitsource
 from tests import canary, gitremote, keys
 from tests.gitremote import GIT_ENV, BareRemote
 
@@ -68,7 +71,7 @@ def make_daemon(checkout: Path, url: str) -> Daemon:
         git_branch="main",
         git_timeout_s=30,
     )
-    return Daemon(settings=settings, make_sources=cli.build_sources)
+    return Daemon(settings=settings, make_sources=main.build_sources)
 
 
 async def test_good_commit_runs_bad_commit_is_refused_fixed_commit_runs(tmp_path: Path) -> None:
@@ -214,7 +217,7 @@ def test_serve_refuses_git_options_it_cannot_use(tmp_path: Path) -> None:
     ]
     for extra, expected in cases:
         done = runner.invoke(
-            cli.main_group,
+            main.main_group,
             ["serve", str(tmp_path / "checkout"), "--no-kube", *extra],
             env={"SECRETSYNC_HMAC_KEY": "k"},
             catch_exceptions=False,

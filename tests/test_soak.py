@@ -18,9 +18,10 @@ import tracemalloc
 from datetime import UTC, datetime
 from pathlib import Path
 
-from secretsync import errors, load
-from secretsync.engine import Engine
-from secretsync.model import Observed
+from secretsync.core import errors
+from secretsync.core.model import Observed
+from secretsync.engine.cycle import Engine
+from secretsync.fleet import load
 from tests import canary, keys
 from tests.fakes import FakeSource, MemorySink
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from secretsync.web import make_app
+from secretsync.daemon.web import make_app
 from tests import fleets
 from tests.test_web import AiohttpClient, FakeEngine, MakeRepo, make_daemon
 
@@ -131,8 +131,8 @@ async def test_summary_counts_without_objects(repo: Path, aiohttp_client: Aiohtt
 
 
 def test_cluster_ranges_do_not_bleed_into_names_that_share_a_prefix() -> None:
-    from secretsync import statusquery
-    from secretsync.status import ClusterInfo, Entry, StatusBoard
+    from secretsync.daemon import statusquery
+    from secretsync.daemon.status import ClusterInfo, Entry, StatusBoard
 
     board = StatusBoard()
     for cluster in ("pro", "prod", "prod-a", "prodz", "q"):

@@ -18,13 +18,15 @@ import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from secretsync import errors, load, plan, webhook
-from secretsync.daemon import CountingSource, Daemon, DaemonSettings
-from secretsync.engine import CycleReport, Engine, ItemResult
-from secretsync.model import Fleet
+from secretsync.core import errors
+from secretsync.core.model import Fleet
+from secretsync.daemon import webhook
+from secretsync.daemon.service import CountingSource, Daemon, DaemonSettings
+from secretsync.daemon.status import StatusBoard
+from secretsync.daemon.web import make_app, render_page
+from secretsync.engine.cycle import CycleReport, Engine, ItemResult
+from secretsync.fleet import load, plan
 from secretsync.sinks.git import GitSink
-from secretsync.status import StatusBoard
-from secretsync.web import make_app, render_page
 from tests import canary, fleets
 from tests.fakes import FakeSource
 
@@ -151,7 +153,7 @@ async def test_unreachable_source_makes_readiness_say_which(
 
 
 def _loc(path: str) -> Any:
-    from secretsync.model import Location
+    from secretsync.core.model import Location
 
     return Location("vault", path, mount="secret")
 

@@ -13,12 +13,15 @@ from pathlib import Path
 import yaml
 from click.testing import CliRunner
 
-from secretsync import cli, load, seal, writeback
-from secretsync.deliver import KeyDiff
-from secretsync.engine import CycleReport, Engine, ItemResult
-from secretsync.model import Location, ValueRef
+from secretsync.cli import main
+from secretsync.core.model import Location, ValueRef
+from secretsync.core.values import SecretValue
+from secretsync.delivery import seal
+from secretsync.engine.cycle import CycleReport, Engine, ItemResult
+from secretsync.fleet import load
+from secretsync.sinks import writeback
+from secretsync.sinks.deliver import KeyDiff
 from secretsync.sinks.git import GitSink
-from secretsync.values import SecretValue
 from tests import canary, keys
 from tests.fakes import FakeSource
 from tests.gitremote import GIT_ENV, git
@@ -72,7 +75,7 @@ def repo(fleet_repo: MakeRepo, *, mode: str = "blue") -> Path:
 
 def render(root: Path, *extra: str) -> tuple[int, str]:
     result = CliRunner().invoke(
-        cli.main_group,
+        main.main_group,
         ["-o", "json", "render", str(root), "--commit", *extra],
         env={"SECRETSYNC_HMAC_KEY": "commit-test-hmac", "HOME": str(root.parent)},
         catch_exceptions=False,
@@ -287,6 +290,8 @@ def test_render_commit_signs_with_an_ssh_key(fleet_repo: MakeRepo, tmp_path: Pat
     assert verified.returncode == 0, verified.stderr.decode()
     assert b'Good "git" signature for ci@example.invalid' in verified.stderr
     result = CliRunner().invoke(
-        cli.main_group, ["render", str(root), "--git-signing-key", str(key)], catch_exceptions=False
+        main.main_group,
+        ["render", str(root), "--git-signing-key", str(key)],
+        catch_exceptions=False,
     )
     assert result.exit_code == 2 and "give --commit too" in result.output

@@ -16,8 +16,11 @@ from pathlib import Path
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from secretsync import cli, gitsource, seal, writeback
-from secretsync.daemon import Daemon, DaemonSettings
+from secretsync.cli import main
+from secretsync.daemon.service import Daemon, DaemonSettings
+from secretsync.delivery import seal
+from secretsync.fleet import gitsource
+from secretsync.sinks import writeback
 from tests import canary, keys
 from tests.gitremote import GIT_ENV, BareRemote, git, http_url, smart_http
 
@@ -80,7 +83,7 @@ def make_daemon(
         ),
     )
     canary.FLEET_REPOS.append(checkout)
-    return Daemon(settings=settings, make_sources=cli.build_sources)
+    return Daemon(settings=settings, make_sources=main.build_sources)
 
 
 def mode_at(remote: BareRemote, rev: str) -> bytes:
@@ -274,7 +277,7 @@ async def test_a_render_left_uncommitted_lands_as_one_commit(tmp_path: Path) -> 
     remote.commit({"secrets/app.yaml": SECRET.format(mode="green")}, "green")
     fleet = remote.head()
     crashed = Daemon(
-        settings=dataclasses.replace(daemon.settings, push=None), make_sources=cli.build_sources
+        settings=dataclasses.replace(daemon.settings, push=None), make_sources=main.build_sources
     )
     try:
         await crashed.cycle(trigger="start")  # renders green, commits nothing

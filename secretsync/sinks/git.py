@@ -44,10 +44,8 @@ from typing import Any, ClassVar
 
 import yaml
 
-from secretsync import emit, errors, materialize
-from secretsync.deliver import ApplyResult, ChangeSet
-from secretsync.materialize import Rendered, dump_yaml
-from secretsync.model import (
+from secretsync.core import errors
+from secretsync.core.model import (
     ANNOTATION_CONTENT_HASH,
     ANNOTATION_KEY_HASHES,
     ANNOTATION_SOURCE_VERSIONS,
@@ -58,7 +56,10 @@ from secretsync.model import (
     Observed,
     is_owned,
 )
+from secretsync.delivery import emit, materialize
+from secretsync.delivery.materialize import Rendered, dump_yaml
 from secretsync.sinks import statindex
+from secretsync.sinks.deliver import ApplyResult, ChangeSet
 from secretsync.sinks.statindex import ClusterIndex, StatIndex
 
 log = logging.getLogger(__name__)

@@ -32,11 +32,8 @@ from collections.abc import AsyncIterator, Mapping, Set
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
-from secretsync import bounded, errors, materialize
-from secretsync.clusters import ClientFactory
-from secretsync.deliver import ApplyResult, ChangeSet, progressed
-from secretsync.materialize import Manifest, Rendered
-from secretsync.model import (
+from secretsync.core import bounded, errors
+from secretsync.core.model import (
     ANNOTATION_CONTENT_HASH,
     ANNOTATION_KEY_HASHES,
     ANNOTATION_SOURCE_VERSIONS,
@@ -50,8 +47,12 @@ from secretsync.model import (
     Observed,
     is_owned,
 )
+from secretsync.core.values import SecretValue, content_hash
+from secretsync.delivery import materialize
+from secretsync.delivery.materialize import Manifest, Rendered
+from secretsync.kube.clusters import ClientFactory
+from secretsync.sinks.deliver import ApplyResult, ChangeSet, progressed
 from secretsync.sinks.restarts import Cause, Restarts, Workload, stamp
-from secretsync.values import SecretValue, content_hash
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
-from secretsync.model import ObjectKey, Observed
+from secretsync.core.model import ObjectKey, Observed
 
 log = logging.getLogger(__name__)
 

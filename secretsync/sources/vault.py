@@ -40,7 +40,8 @@ from typing import ClassVar, Final, Literal
 import aiohttp
 import yarl
 
-from secretsync import bounded, errors, model, resolve, values, vaultaddress
+from secretsync.core import bounded, errors, model, values
+from secretsync.sources import resolve, vaultaddress
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from kubernetes import client as k8s
 
-from secretsync import cli, load
+from secretsync.cli import main
+from secretsync.fleet import load
 from tests import keys
 from tests.adapters.conftest_kube import NamespaceFactory
 from tests.kubecluster import KubeCluster
@@ -36,7 +37,7 @@ spec:
 
 def invoke(*args: str) -> Any:
     return CliRunner().invoke(
-        cli.main_group, list(args), env={"SECRETSYNC_HMAC_KEY": "reg-key"}, catch_exceptions=False
+        main.main_group, list(args), env={"SECRETSYNC_HMAC_KEY": "reg-key"}, catch_exceptions=False
     )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from secretsync.clusters import Endpoint
+from secretsync.kube.clusters import Endpoint
 from tests import keys
 from tests.kubecluster import KubeCluster
 

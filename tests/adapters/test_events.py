@@ -25,10 +25,11 @@ import pytest
 from kubernetes import client as k8s
 from prometheus_client.parser import text_string_to_metric_families
 
-from secretsync import events, resolve
-from secretsync.clusters import Endpoint
-from secretsync.daemon import Daemon, DaemonSettings
-from secretsync.model import Fleet
+from secretsync.core.model import Fleet
+from secretsync.daemon.service import Daemon, DaemonSettings
+from secretsync.kube import events
+from secretsync.kube.clusters import Endpoint
+from secretsync.sources import resolve
 from tests import canary, keys
 from tests.adapters.conftest_kube import NamespaceFactory
 from tests.fakes import FakeSource
@@ -223,12 +224,12 @@ async def test_a_refusing_or_paused_apiserver_never_slows_a_cycle(
     refused = recorder_for(refused_api, ns, timeout_s=0.5)
     daemon = make_daemon(root, refused, {})
     try:
-        with caplog.at_level(logging.WARNING, logger="secretsync.events"):
+        with caplog.at_level(logging.WARNING, logger="secretsync.kube.events"):
             await timed(daemon)
             await timed(daemon)
             assert await refused.drain(10)
         assert refused.outcomes["failed"] == 10 and refused.outcomes["created"] == 0
-        warned = [r for r in caplog.records if r.name == "secretsync.events"]
+        warned = [r for r in caplog.records if r.name == "secretsync.kube.events"]
         assert len(warned) == 1 and "cannot post Events" in warned[0].getMessage()
     finally:
         await daemon._wiring.aclose()

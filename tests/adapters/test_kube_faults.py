@@ -21,11 +21,11 @@ import pytest
 import yaml
 from kubernetes import client as k8s
 
-from secretsync import load
-from secretsync.clusters import ClientFactory
-from secretsync.deliver import ApplyResult, ChangeSet
-from secretsync.engine import CycleReport, Engine
-from secretsync.model import Cluster
+from secretsync.core.model import Cluster
+from secretsync.engine.cycle import CycleReport, Engine
+from secretsync.fleet import load
+from secretsync.kube.clusters import ClientFactory
+from secretsync.sinks.deliver import ApplyResult, ChangeSet
 from secretsync.sinks.kube import KubeSink
 from tests import canary
 from tests.adapters.conftest_kube import NamespaceFactory

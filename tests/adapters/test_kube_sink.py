@@ -20,10 +20,10 @@ import pytest
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from secretsync import load
-from secretsync.clusters import ClientFactory
-from secretsync.engine import CycleReport, Engine
-from secretsync.model import FIELD_MANAGER
+from secretsync.core.model import FIELD_MANAGER
+from secretsync.engine.cycle import CycleReport, Engine
+from secretsync.fleet import load
+from secretsync.kube.clusters import ClientFactory
 from secretsync.sinks.kube import KubeSink
 from tests import apiserver_metrics, canary
 from tests.adapters.conftest_kube import NamespaceFactory
@@ -513,7 +513,7 @@ def test_applied_sealed_and_external_objects(fleet: Fleet, crds: None) -> None:
         "bitnami.com", "v1alpha1", fleet.namespace, "sealedsecrets", "db"
     )
     assert set(obj["spec"]["encryptedData"]) == {"password", "host"}
-    from secretsync import seal
+    from secretsync.delivery import seal
 
     assert (
         seal.unseal_manifest(obj, [keys.rsa_key(0)])["password"]

@@ -27,9 +27,9 @@ import yaml
 from aiohttp import web
 from kubernetes import client as k8s
 
-from secretsync import load
-from secretsync.clusters import ClientFactory
-from secretsync.engine import Engine
+from secretsync.engine.cycle import Engine
+from secretsync.fleet import load
+from secretsync.kube.clusters import ClientFactory
 from secretsync.sinks.kube import KubeSink
 from tests import canary
 from tests.adapters.conftest_kube import NamespaceFactory

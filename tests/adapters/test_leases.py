@@ -26,23 +26,24 @@ import yaml
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from secretsync import resolve, webhook
-from secretsync.clusters import Endpoint
-from secretsync.daemon import Daemon, DaemonSettings, EngineWiring
-from secretsync.deliver import ApplyResult, ChangeSet, Sink
-from secretsync.engine import Engine
-from secretsync.leases import LeaseElector, LeaseTiming
-from secretsync.load import load_fleet
-from secretsync.materialize import Rendered
-from secretsync.model import Cluster, Fleet, ObjectKey, Observed
-from secretsync.sharding import (
+from secretsync.core.model import Cluster, Fleet, ObjectKey, Observed
+from secretsync.daemon import webhook
+from secretsync.daemon.service import Daemon, DaemonSettings, EngineWiring
+from secretsync.daemon.sharding import (
     Coordinator,
     ElectionSettings,
     GatedSink,
     shard_lease,
     shard_of,
 )
+from secretsync.delivery.materialize import Rendered
+from secretsync.engine.cycle import Engine
+from secretsync.fleet.load import load_fleet
+from secretsync.kube.clusters import Endpoint
+from secretsync.kube.leases import LeaseElector, LeaseTiming
+from secretsync.sinks.deliver import ApplyResult, ChangeSet, Sink
 from secretsync.sinks.git import GitSink
+from secretsync.sources import resolve
 from tests import canary
 from tests.adapters.conftest_kube import NamespaceFactory
 from tests.fakes import FakeSource

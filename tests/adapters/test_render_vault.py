@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from secretsync import seal
+from secretsync.delivery import seal
 from tests import canary, keys
 from tests.openbao import CountingProxy, OpenBao
 

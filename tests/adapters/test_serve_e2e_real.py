@@ -23,7 +23,7 @@ from pathlib import Path
 from kubernetes import client as k8s
 from prometheus_client.parser import text_string_to_metric_families
 
-from secretsync import webhook
+from secretsync.daemon import webhook
 from tests import canary, served
 from tests.adapters.conftest_kube import NamespaceFactory
 from tests.kubecluster import KubeCluster

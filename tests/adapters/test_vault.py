@@ -23,9 +23,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from secretsync import errors, model, resolve
-from secretsync.sources import vault
-from secretsync.values import SecretValue
+from secretsync.core import errors, model
+from secretsync.core.values import SecretValue
+from secretsync.sources import resolve, vault
 from tests import canary as canaries
 from tests.openbao import CountingProxy, OpenBao, start_openbao
 

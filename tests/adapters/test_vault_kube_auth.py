@@ -29,8 +29,8 @@ from kubernetes import client as k8s
 from kubernetes import watch
 from kubernetes.client.exceptions import ApiException
 
-from secretsync import errors, model, resolve
-from secretsync.sources import vault
+from secretsync.core import errors, model
+from secretsync.sources import resolve, vault
 from tests import canary as canaries
 from tests.adapters.conftest_kube import NamespaceFactory
 from tests.kubecluster import KubeCluster

@@ -15,11 +15,11 @@ from pathlib import Path
 
 from kubernetes import client as k8s
 
-from secretsync import load
-from secretsync.clusters import ClientFactory
-from secretsync.engine import CycleReport, Engine
-from secretsync.metrics import Metrics
-from secretsync.model import VaultAuth, VaultSettings
+from secretsync.core.model import VaultAuth, VaultSettings
+from secretsync.daemon.metrics import Metrics
+from secretsync.engine.cycle import CycleReport, Engine
+from secretsync.fleet import load
+from secretsync.kube.clusters import ClientFactory
 from secretsync.sinks.kube import KubeSink
 from secretsync.sources import vault
 from tests import apiserver_metrics, canary

@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from secretsync import cli, errors, seal
-from secretsync.daemon import Daemon, DaemonSettings
+from secretsync.cli import main
+from secretsync.core import errors
+from secretsync.daemon.service import Daemon, DaemonSettings
+from secretsync.delivery import seal
 from tests import canary, keys
 from tests.adapters.test_vault import FAST, loc, make_source
 from tests.openbao import CountingProxy, OpenBao
@@ -169,7 +171,7 @@ async def test_serve_poll_delivers_a_new_version_of_a_used_path(
         kube=False,
         poll_interval_s=1.0,
     )
-    daemon = Daemon(settings=settings, make_sources=cli.build_sources)
+    daemon = Daemon(settings=settings, make_sources=main.build_sources)
     assert daemon.poller is not None
     poller = daemon.poller
     served = asyncio.create_task(daemon.serve())

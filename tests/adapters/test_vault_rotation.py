@@ -13,9 +13,10 @@ from pathlib import Path
 
 import yaml
 
-from secretsync import load, seal
-from secretsync.engine import Engine
-from secretsync.model import VaultAuth, VaultSettings
+from secretsync.core.model import VaultAuth, VaultSettings
+from secretsync.delivery import seal
+from secretsync.engine.cycle import Engine
+from secretsync.fleet import load
 from secretsync.sinks.git import GitSink
 from secretsync.sources.vault import build_vault_source
 from tests import canary, keys

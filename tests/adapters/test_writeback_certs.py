@@ -12,8 +12,10 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from secretsync import cli, seal, writeback
-from secretsync.daemon import Daemon, DaemonSettings
+from secretsync.cli import main
+from secretsync.daemon.service import Daemon, DaemonSettings
+from secretsync.delivery import seal
+from secretsync.sinks import writeback
 from tests import canary, keys
 from tests.adapters.conftest_kube import NamespaceFactory
 from tests.adapters.test_cluster_registry import controller_service
@@ -74,7 +76,7 @@ async def test_a_renewed_certificate_is_committed_with_the_objects_sealed_for_it
             git_timeout_s=30,
             push=writeback.PushSettings(cert_refresh_s=3600, backoff_s=0.01),
         ),
-        make_sources=cli.build_sources,
+        make_sources=main.build_sources,
     )
     assert daemon.writeback is not None
     served = tmp_path / "served-cert"

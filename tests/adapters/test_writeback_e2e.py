@@ -21,7 +21,8 @@ from pathlib import Path
 
 import yaml
 
-from secretsync import seal, webhook
+from secretsync.daemon import webhook
+from secretsync.delivery import seal
 from tests import canary, keys, served
 from tests.gitremote import BareRemote
 from tests.openbao import OpenBao

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from secretsync import apiauth
+from secretsync.daemon import apiauth
 from tests import canary
 
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from secretsync import bounded
+from secretsync.core import bounded
 
 
 async def test_results_keep_the_order_of_the_items_and_the_limit_holds() -> None:

@@ -16,8 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from secretsync import errors, load
-from secretsync.engine import CycleReport, Engine
+from secretsync.core import errors
+from secretsync.engine.cycle import CycleReport, Engine
+from secretsync.fleet import load
 from tests.fakes import FakeSource, MemorySink
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]

@@ -9,7 +9,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from secretsync import emit
+from secretsync.delivery import emit
 
 KEYS = st.one_of(
     st.from_regex(r"[A-Za-z_.][A-Za-z0-9_./-]{0,20}", fullmatch=True),

@@ -9,9 +9,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from secretsync import load
-from secretsync.engine import CycleReport, Engine
-from secretsync.model import ObjectKey, Observed
+from secretsync.core.model import ObjectKey, Observed
+from secretsync.engine.cycle import CycleReport, Engine
+from secretsync.fleet import load
 from tests import canary
 from tests.fakes import FakeSource, MemorySink
 

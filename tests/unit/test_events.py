@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from secretsync import events
-from secretsync.events import Correlator, ObjectRef, TokenBucket
+from secretsync.kube import events
+from secretsync.kube.events import Correlator, ObjectRef, TokenBucket
 
 POD = ObjectRef(kind="Pod", api_version="v1", namespace="ops", name="secretsync-0", uid="u-1")
 

@@ -16,11 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from secretsync import errors, load
-from secretsync.deliver import ChangeSet
-from secretsync.engine import CycleReport, Engine
-from secretsync.materialize import Rendered
-from secretsync.model import (
+from secretsync.core import errors
+from secretsync.core.model import (
     ANNOTATION_CLUSTER,
     LABEL_MANAGED_BY,
     MANAGED_BY,
@@ -30,7 +27,11 @@ from secretsync.model import (
     Observed,
     Origin,
 )
+from secretsync.delivery.materialize import Rendered
+from secretsync.engine.cycle import CycleReport, Engine
+from secretsync.fleet import load
 from secretsync.sinks import git, statindex
+from secretsync.sinks.deliver import ChangeSet
 from secretsync.sinks.git import GitSink
 from tests import canary, fleets
 from tests.fakes import FakeSource
@@ -359,7 +360,7 @@ def test_a_gated_git_sink_keeps_every_file_in_its_kustomization(fleet_repo: Make
     """Behind the Lease gate the Git sink still gets a cluster's objects as one batch and
     writes its kustomization once, listing all of them; later cycles change nothing (before:
     batches of 100, the first cycle listed 50, every later one deleted the kustomization)."""
-    from secretsync.sharding import GatedSink
+    from secretsync.daemon.sharding import GatedSink
 
     root = _many_objects(fleet_repo, 150)
     fleet = load.load_fleet(root)

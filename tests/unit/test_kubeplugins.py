@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from secretsync import errors, kubeplugins
+from secretsync.core import errors
+from secretsync.kube import kubeplugins
 from tests import canary
 
 WHERE = "kubeconfig /etc/k.yaml"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from secretsync import errors, load, seal
-from secretsync.model import (
+from secretsync.core import errors
+from secretsync.core.model import (
     DeleteLimit,
     Delivery,
     Operator,
@@ -18,6 +18,8 @@ from secretsync.model import (
     VaultSpec,
     VaultTransitKey,
 )
+from secretsync.delivery import seal
+from secretsync.fleet import load
 
 FLEET = """\
 apiVersion: secretsync.dev/v1alpha1

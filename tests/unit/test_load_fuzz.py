@@ -16,8 +16,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from secretsync import errors, load
-from secretsync.model import Fleet
+from secretsync.core import errors
+from secretsync.core.model import Fleet
+from secretsync.fleet import load
 
 API = "secretsync.dev/v1alpha1"
 FIELDS = [

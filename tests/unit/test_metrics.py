@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-from secretsync.engine import CycleReport
-from secretsync.metrics import Metrics
-from secretsync.model import Location
+from secretsync.core.model import Location
+from secretsync.daemon.metrics import Metrics
+from secretsync.engine.cycle import CycleReport
 
 A, B, C = (Location("vault", p, "secret") for p in ("a", "b", "c"))
 S = Location("sops", "secrets/prod.yaml")

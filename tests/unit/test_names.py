@@ -15,7 +15,10 @@ from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
-from secretsync import cli, errors, load, selectors, sharding, templating
+from secretsync.cli import main
+from secretsync.core import errors, selectors, templating
+from secretsync.daemon import sharding
+from secretsync.fleet import load
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "fleet"
 dns_labels = st.from_regex(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", fullmatch=True)
@@ -176,7 +179,7 @@ def test_every_name_in_a_fleet_is_checked_as_a_whole_string(
 )
 def test_seal_refuses_names_with_a_trailing_newline(args: list[str], named: str) -> None:
     result = CliRunner().invoke(
-        cli.main_group,
+        main.main_group,
         ["seal", "-f", str(EXAMPLE), "--cluster", "prod-use1", *args],
         input="not-a-secret-value",
     )

@@ -1,10 +1,10 @@
-"""Peer URLs of `serve --peer` and the ids of forwarded webhooks (`secretsync.peers`)."""
+"""Peer URLs of `serve --peer` and the ids of forwarded webhooks (`secretsync.daemon.peers`)."""
 
 from __future__ import annotations
 
 import pytest
 
-from secretsync import peers, webhook
+from secretsync.daemon import peers, webhook
 
 
 def test_a_chart_list_skips_this_pod() -> None:

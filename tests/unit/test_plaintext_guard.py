@@ -22,11 +22,12 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from secretsync import load, materialize, plan, seal
-from secretsync.engine import Engine
-from secretsync.materialize import RenderContext, Rendered, dump_yaml
+from secretsync.core.values import MIN_GUARDED_LEN, SecretValue
+from secretsync.delivery import materialize, seal
+from secretsync.delivery.materialize import RenderContext, Rendered, dump_yaml
+from secretsync.engine.cycle import Engine
+from secretsync.fleet import load, plan
 from secretsync.sinks.git import GitSink
-from secretsync.values import MIN_GUARDED_LEN, SecretValue
 from tests import keys
 from tests.fakes import FakeSource
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from secretsync import errors, load, plan
-from secretsync.model import Literal, Location, ValueRef
+from secretsync.core import errors
+from secretsync.core.model import Literal, Location, ValueRef
+from secretsync.fleet import load, plan
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
 

@@ -17,7 +17,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from secretsync import errors, load, plan
+from secretsync.core import errors
+from secretsync.fleet import load, plan
 
 NAMESPACES = ["apps", "payments", "web", "kube-system"]
 TYPES = [

@@ -23,10 +23,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from secretsync import logs
-from secretsync.daemon import Daemon, DaemonSettings
-from secretsync.model import Location, ValueRef
-from secretsync.values import SecretValue
+from secretsync.app import logs
+from secretsync.core.model import Location, ValueRef
+from secretsync.core.values import SecretValue
+from secretsync.daemon.service import Daemon, DaemonSettings
 from tests import canary, fleets
 from tests.fakes import FakeSource
 
@@ -37,8 +37,9 @@ CHILD = textwrap.dedent(
     """
     import asyncio, base64, json, logging, sys
     sys.path.insert(0, sys.argv[1])
-    from secretsync import logs, resolve
-    from secretsync.model import Location, ValueRef
+    from secretsync.app import logs
+    from secretsync.sources import resolve
+    from secretsync.core.model import Location, ValueRef
     from tests.fakes import FakeSource
 
     logs.setup(level="info")  # what every command does first
@@ -56,7 +57,7 @@ CHILD = textwrap.dedent(
         raise RuntimeError("failed near " + value)
     except RuntimeError:
         logging.getLogger("kubernetes.client.rest").exception("request failed")
-    logging.getLogger("secretsync.engine").error("%s / %s", value, other)
+    logging.getLogger("secretsync.engine.cycle").error("%s / %s", value, other)
     """
 )
 
@@ -83,7 +84,7 @@ def test_a_resolved_value_is_redacted_from_every_logger(tmp_path: Path) -> None:
     assert "WARNING hvac.adapters: body <redacted>" in lines
     assert 'WARNING aiohttp.client: json {"v": "<redacted>"}' in lines
     assert "RuntimeError: failed near <redacted>" in lines
-    assert f"ERROR secretsync.engine: <redacted> / {other}" in lines
+    assert f"ERROR secretsync.engine.cycle: <redacted> / {other}" in lines
     for form in (value, base64.b64encode(value.encode()).decode()):
         assert form not in err
 

@@ -14,10 +14,13 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from secretsync import errors, load, materialize, plan, resolve, seal
-from secretsync.engine import CycleReport, Engine
-from secretsync.model import Delivery, ObjectKey
+from secretsync.core import errors
+from secretsync.core.model import Delivery, ObjectKey
+from secretsync.delivery import materialize, seal
+from secretsync.engine.cycle import CycleReport, Engine
+from secretsync.fleet import load, plan
 from secretsync.sinks.git import GitSink
+from secretsync.sources import resolve
 from tests import canary, fleets
 from tests.fakes import FakeSource
 
@@ -267,7 +270,7 @@ def test_plaintext_guard_refuses_a_leaking_object(fleet_repo: MakeRepo) -> None:
             manifest={"metadata": {"annotations": {"oops": form}}},
             needles=tuple(materialize.SecretValue.of(value).needles()),
         )
-        from secretsync.deliver import ChangeSet
+        from secretsync.sinks.deliver import ChangeSet
 
         result = asyncio.run(sink.apply(cluster, ChangeSet(create=[leaking])))
         assert "refused to write a resolved secret value" in result.failed[leaking.key]

@@ -1,4 +1,4 @@
-"""secretsync.scan: plaintext Secrets and unencrypted SOPS files, by file and line, never values."""
+"""secretsync.fleet.scan: plaintext Secrets and unencrypted SOPS files, by file and line, never values."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from secretsync.model import SopsSettings, VaultTransitKey
-from secretsync.scan import Finding, FindingKind, scan
+from secretsync.core.model import SopsSettings, VaultTransitKey
+from secretsync.fleet.scan import Finding, FindingKind, scan
 from tests import canary
 
 REPO = Path(__file__).resolve().parents[2]

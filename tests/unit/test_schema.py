@@ -21,11 +21,12 @@ from typing import Any
 import pytest
 import yaml
 
-from secretsync import load, materialize, plan
-from secretsync.engine import Engine
-from secretsync.model import DesiredSecret, ValueRef
+from secretsync.core.model import DesiredSecret, ValueRef
+from secretsync.core.values import SecretValue
+from secretsync.delivery import materialize
+from secretsync.engine.cycle import Engine
+from secretsync.fleet import load, plan
 from secretsync.sinks.git import GitSink
-from secretsync.values import SecretValue
 from tests import canary, fleets, schema
 from tests.fakes import FakeSource
 

@@ -1,4 +1,4 @@
-"""Tests for secretsync.seal: upstream vectors, a second implementation, properties, certs."""
+"""Tests for secretsync.delivery.seal: upstream vectors, a second implementation, properties, certs."""
 
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from secretsync.errors import SealError
-from secretsync.model import Scope
-from secretsync.seal import (
+from secretsync.core.errors import SealError
+from secretsync.core.model import Scope
+from secretsync.delivery.seal import (
     ANNOTATION_CLUSTER_WIDE,
     ANNOTATION_NAMESPACE_WIDE,
     Certificate,

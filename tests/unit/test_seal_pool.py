@@ -17,8 +17,10 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
-from secretsync import errors, load, seal, sealpool
-from secretsync.engine import CycleReport, Engine
+from secretsync.core import errors
+from secretsync.delivery import seal, sealpool
+from secretsync.engine.cycle import CycleReport, Engine
+from secretsync.fleet import load
 from secretsync.sinks.git import GitSink
 from tests import canary, fleets, keys
 from tests.fakes import FakeSource
@@ -121,7 +123,7 @@ def test_a_worker_that_dies_leaves_the_sealing_to_this_process(
         list(pool.seal(key.public_key(), jobs[:1]))  # the workers run
         pool._procs[0].proc.kill()
         pool._procs[0].proc.wait()
-        with caplog.at_level(logging.WARNING, logger="secretsync.sealpool"):
+        with caplog.at_level(logging.WARNING, logger="secretsync.delivery.sealpool"):
             sealed = [s for chunk in pool.seal(key.public_key(), jobs) for s in chunk]
     finally:
         pool.close()
@@ -158,10 +160,10 @@ def test_workers_do_not_run_the_callers_main_module(tmp_path: Path) -> None:
     script = tmp_path / "unguarded.py"
     script.write_text(
         "import sys\n"
-        f"sys.path.insert(0, {str(Path(sealpool.__file__).parents[1])!r})\n"
+        f"sys.path.insert(0, {str(Path(sealpool.__file__).parents[2])!r})\n"
         f"open({str(marker)!r}, 'a').write('run\\n')\n"
         "from cryptography.hazmat.primitives.asymmetric import rsa\n"
-        "from secretsync import sealpool\n"
+        "from secretsync.delivery import sealpool\n"
         "key = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()\n"
         "pool = sealpool.SealPool(2, threshold=1)\n"
         "out = [s for c in pool.seal(key, [(b'l', b'v')] * 200) for s in c]\n"

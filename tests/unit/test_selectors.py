@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from secretsync import selectors
-from secretsync.model import Operator, Requirement, Selector
+from secretsync.core import selectors
+from secretsync.core.model import Operator, Requirement, Selector
 
 LABELS = {"env": "prod", "region": "us-east-1", "tier": "restricted"}
 

@@ -12,12 +12,13 @@ from typing import ClassVar
 
 import pytest
 
-from secretsync import cli, errors
-from secretsync.deliver import ApplyResult, ChangeSet
-from secretsync.leases import LeaseTiming, process_identity
-from secretsync.materialize import Rendered
-from secretsync.model import Cluster, Delivery, ObjectKey, Observed
-from secretsync.sharding import ElectionSettings, GatedSink, derive_shard_index, shard_of
+from secretsync.cli import main
+from secretsync.core import errors
+from secretsync.core.model import Cluster, Delivery, ObjectKey, Observed
+from secretsync.daemon.sharding import ElectionSettings, GatedSink, derive_shard_index, shard_of
+from secretsync.delivery.materialize import Rendered
+from secretsync.kube.leases import LeaseTiming, process_identity
+from secretsync.sinks.deliver import ApplyResult, ChangeSet
 
 
 def test_shards_are_balanced() -> None:
@@ -45,7 +46,7 @@ def test_shard_of_is_a_fixed_function_of_the_name() -> None:
 def test_shard_of_agrees_across_processes_with_other_hash_seeds() -> None:
     names = [f"c{i}" for i in range(50)]
     here = [shard_of(n, 5) for n in names]
-    code = f"from secretsync.sharding import shard_of; print([shard_of(n, 5) for n in {names!r}])"
+    code = f"from secretsync.daemon.sharding import shard_of; print([shard_of(n, 5) for n in {names!r}])"
     for seed in ("1", "12345"):
         out = subprocess.run(
             [sys.executable, "-c", code],
@@ -77,8 +78,8 @@ def test_lease_timing_and_election_settings_are_checked() -> None:
     )
 
 
-def _settings(env: Mapping[str, str]) -> cli.Settings:
-    return cli.Settings(output="text", hmac_key=None, env=env)
+def _settings(env: Mapping[str, str]) -> main.Settings:
+    return main.Settings(output="text", hmac_key=None, env=env)
 
 
 def _election(env: Mapping[str, str] | None = None, **kw: object) -> ElectionSettings | None:
@@ -91,7 +92,7 @@ def _election(env: Mapping[str, str] | None = None, **kw: object) -> ElectionSet
         "lease_duration": 15.0,
     }
     args.update(kw)
-    return cli._election(_settings(env or {}), **args)  # type: ignore[arg-type]
+    return main._election(_settings(env or {}), **args)  # type: ignore[arg-type]
 
 
 def test_serve_election_options() -> None:
@@ -104,13 +105,13 @@ def test_serve_election_options() -> None:
     assert on.timing.renew_deadline_s == 10.0 and on.timing.retry_period_s == 2.0
     sharded = _election({"HOSTNAME": "secretsync-2"}, shards=3, home_kubeconfig="home.yaml")
     assert sharded is not None and sharded.shard_index == 2
-    with pytest.raises(cli.UsageError, match="home cluster"):
+    with pytest.raises(main.UsageError, match="home cluster"):
         _election({"HOSTNAME": "secretsync-2"}, shards=3)
-    with pytest.raises(cli.UsageError, match="shard-index"):
+    with pytest.raises(main.UsageError, match="shard-index"):
         _election({"HOSTNAME": "laptop"}, shards=3)
-    with pytest.raises(cli.UsageError, match="not below"):
+    with pytest.raises(main.UsageError, match="not below"):
         _election({}, shards=3, shard_index=3)
-    with pytest.raises(cli.UsageError, match="leader election"):
+    with pytest.raises(main.UsageError, match="leader election"):
         _election({}, shards=2, shard_index=0, leader_elect=False)
 
 

@@ -16,9 +16,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from secretsync import load, repopath, sopskeys
-from secretsync.model import SopsSettings, VaultTransitKey
-from secretsync.sopskeys import FileFormat
+from secretsync.core.model import SopsSettings, VaultTransitKey
+from secretsync.fleet import load, repopath
+from secretsync.sources import sopskeys
+from secretsync.sources.sopskeys import FileFormat
 from tests.sopstool import AgeKey, make_age_key, sops_encrypt
 
 VAULT = "http://127.0.0.1:8200"
@@ -285,7 +286,7 @@ def test_a_sops_key_that_is_not_sops_metadata_is_not_marked() -> None:
 
 
 def test_check_files_names_the_file_line_key_group_and_reader(key: AgeKey, tmp_path: Path) -> None:
-    from secretsync.model import Fleet, Origin
+    from secretsync.core.model import Fleet, Origin
 
     (tmp_path / "sops").mkdir()
     (tmp_path / "sops" / "a.yaml").write_bytes(with_vault_yaml(encrypted(key, FileFormat.YAML)))
@@ -321,7 +322,7 @@ def test_any_bytes_give_key_groups_or_refusals_never_an_exception(
 def test_check_files_shows_ten_refusals_a_file_and_counts_the_rest(
     key: AgeKey, tmp_path: Path
 ) -> None:
-    from secretsync.model import Fleet, Origin
+    from secretsync.core.model import Fleet, Origin
 
     forged = encrypted(key, FileFormat.DOTENV) + b"".join(
         b"sops_hc_vault__list_%d__map_vault_address=http://e\n" % i for i in range(12)
@@ -338,7 +339,7 @@ def test_check_files_does_not_open_a_fifo_swapped_in_after_the_path_check(
 ) -> None:
     """The path check refuses a FIFO from its lstat; one put in place between that check and
     the open must not block the open (which would hang validate and every cycle)."""
-    from secretsync.model import Fleet, Origin
+    from secretsync.core.model import Fleet, Origin
 
     (tmp_path / "a.yaml").write_bytes(with_vault_yaml(encrypted(key, FileFormat.YAML)))
     checked = repopath.confine

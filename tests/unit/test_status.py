@@ -10,11 +10,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from secretsync import errors, load, plan
-from secretsync.engine import CycleReport, Engine, ItemResult
-from secretsync.model import Location
+from secretsync.core import errors
+from secretsync.core.model import Location
+from secretsync.daemon.status import DRIFT_REASON, State, StatusBoard
+from secretsync.engine.cycle import CycleReport, Engine, ItemResult
+from secretsync.fleet import load, plan
 from secretsync.sinks.git import GitSink
-from secretsync.status import DRIFT_REASON, State, StatusBoard
 from tests import canary, fleets
 from tests.fakes import FakeSource
 
@@ -207,8 +208,8 @@ def held_report(*, pruned: bool = True) -> CycleReport:
 
 
 def test_held_deletes_show_on_the_board_the_page_and_the_metric() -> None:
-    from secretsync.metrics import Metrics
-    from secretsync.web import render_page
+    from secretsync.daemon.metrics import Metrics
+    from secretsync.daemon.web import render_page
 
     board, metrics = StatusBoard(), Metrics()
     report = held_report()

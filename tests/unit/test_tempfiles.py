@@ -20,11 +20,12 @@ from typing import Any
 import pytest
 import yaml
 
-from secretsync import fleetseal, load, seal
-from secretsync.engine import Engine
-from secretsync.model import Scope
+from secretsync.core.model import Scope
+from secretsync.core.values import SecretValue
+from secretsync.delivery import fleetseal, seal
+from secretsync.engine.cycle import Engine
+from secretsync.fleet import load
 from secretsync.sinks.git import GitSink
-from secretsync.values import SecretValue
 from tests import canary, fleets
 from tests.fakes import FakeSource
 

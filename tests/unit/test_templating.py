@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from secretsync import templating
+from secretsync.core import templating
 
 LABELS = {"env": "prod", "topology.kubernetes.io/region": "eu-west-1"}
 

@@ -13,8 +13,7 @@ from types import MappingProxyType
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from secretsync import materialize
-from secretsync.model import (
+from secretsync.core.model import (
     Cluster,
     Delivery,
     DesiredSecret,
@@ -26,7 +25,8 @@ from secretsync.model import (
     Target,
     ValueRef,
 )
-from secretsync.values import KeyHasher, SecretValue, content_hash, keyed_digest
+from secretsync.core.values import KeyHasher, SecretValue, content_hash, keyed_digest
+from secretsync.delivery import materialize
 
 
 def reference_content_hash(key: bytes, parts: Mapping[str, object]) -> str:

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from secretsync import errors, load, model, vaultaddress
-from secretsync.sources import vault
+from secretsync.core import errors, model
+from secretsync.fleet import load
+from secretsync.sources import vault, vaultaddress
 
 
 @pytest.mark.parametrize(

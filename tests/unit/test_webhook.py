@@ -13,7 +13,7 @@ import standardwebhooks
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from secretsync import webhook
+from secretsync.daemon import webhook
 
 KEY = b"unit-test-webhook-key-0123456789"
 NOW = 1_750_000_000

@@ -1,0 +1,1 @@
+"""The `secretsync` command line."""

@@ -1,0 +1,712 @@
+"""The `serve` daemon: the cycle loop, fleet reloads, webhook coalescing, the web server's
+lifetime and a graceful stop. Cycles are the engine's, the same as the CLI's.
+
+- At start and every `interval` seconds (with ±10% jitter) a full cycle: reload the fleet
+  repo, then reconcile every cluster (Git folder and/or Kubernetes API sinks).
+- A verified webhook names Vault paths; those the fleet uses are queued (coalesced in a set)
+  and trigger a narrowed cycle for the objects built from them. The webhook is a hint: values
+  are always re-read from the source.
+- The fleet repo is reloaded (and planned) before every cycle; one that does not load or plan
+  is refused, the last good one keeps running and the error is on the status board. With a
+  Git URL the daemon first pulls the branch into `fleet_path` (`gitsource`); a refused commit
+  is undone in the working folder, so it always holds the commit that runs.
+- With a poll interval, KV v2 metadata versions of the paths in use are polled (`poll`); a
+  new version queues a narrowed cycle exactly as a webhook does.
+- A cycle that raises is logged and counted; the loop goes on.
+- SIGTERM / SIGINT: the cycle in flight may finish (within the grace period), then the web
+  server stops, sources and sinks are closed, and `run` returns 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import random
+import signal
+import time
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+from secretsync.app import logs, runtime
+from secretsync.core import errors
+from secretsync.core.model import Cluster, DesiredSecret, Fleet, Location
+from secretsync.daemon import apiauth, edge, peers, web, webhook
+from secretsync.daemon.metrics import Metrics
+from secretsync.daemon.status import StatusBoard
+from secretsync.delivery import certs
+from secretsync.engine.cycle import CycleReport, Engine, path_names
+from secretsync.fleet import gitsource, load, plan
+from secretsync.kube import events, kubeplugins
+from secretsync.sinks.deliver import Sink
+from secretsync.sinks.git import GitSink
+from secretsync.sinks.writeback import PushSettings, WriteBack
+from secretsync.sources import poll, resolve, sopskeys
+
+if TYPE_CHECKING:  # the election needs the kubernetes client: imported only when it is on
+    from secretsync.daemon.sharding import Coordinator, ElectionSettings
+    from secretsync.kube.clusters import Endpoint
+
+log = logging.getLogger(__name__)
+
+MIN_RETRY_S = 10.0  # how soon to retry when no fleet has ever loaded
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DaemonSettings:
+    """Process settings of `serve`, built by the command line. Holds keys: never log it."""
+
+    fleet_path: Path
+    hmac_key: bytes = field(repr=False)
+    env: Mapping[str, str] = field(repr=False, default_factory=dict)
+    host: str = "127.0.0.1"
+    port: int = 8080
+    interval_s: float = 300.0
+    jitter: float = 0.1
+    git: bool = True
+    kube: bool = True
+    webhook_key: bytes | None = field(repr=False, default=None)
+    max_body: int = webhook.MAX_BODY_BYTES
+    header_timeout_s: float = edge.HEADER_TIMEOUT_S  # request line + headers (and a webhook body)
+    idle_timeout_s: float = edge.IDLE_TIMEOUT_S  # silence allowed between requests
+    cluster_timeout_s: float = 60.0
+    home_kubeconfig: str | None = None
+    plugins: kubeplugins.PluginPolicy = field(repr=False, default=kubeplugins.NO_PLUGINS)
+    grace_s: float = 25.0
+    election: ElectionSettings | None = None  # None: one replica, no Lease (see `sharding`)
+    poll_interval_s: float | None = None  # KV v2 metadata poll (see `poll`); None: off
+    git_url: str | None = None  # pull the fleet repo into `fleet_path` (see `gitsource`)
+    git_branch: str = "main"
+    git_credentials_file: Path | None = None
+    git_timeout_s: float = gitsource.DEFAULT_TIMEOUT_S
+    push: PushSettings | None = None  # commit and push the output (`writeback`)
+    events: bool = False  # Kubernetes Events on the home cluster (`events`)
+    api_token_file: Path | None = None  # bearer tokens for the status API (`apiauth`)
+    api_auth_kubernetes: bool = False  # TokenReview + SubjectAccessReview on the home cluster
+    peers: tuple[str, ...] = ()  # other replicas' base URLs: verified webhooks go on (`peers`)
+
+
+class Runner(Protocol):
+    """The part of `Engine` the daemon drives (tests give their own)."""
+
+    async def run_cycle(
+        self,
+        fleet: Fleet,
+        *,
+        clusters: Collection[str] = (),
+        only_paths: Collection[str] | None = None,
+    ) -> CycleReport: ...
+
+
+class Wiring(Protocol):
+    """Builds (and closes) the engine for a fleet: sources and sinks depend on its config."""
+
+    async def engine_for(self, fleet: Fleet) -> Runner: ...
+
+    def delivers(self, cluster: Cluster) -> bool:
+        """Whether a sink of the engine last built delivers anything to `cluster` (whichever
+        replica leads it)."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+type SourceFactory = Callable[[Fleet, Mapping[str, str]], Mapping[str, resolve.Source]]
+type ReadReport = Callable[[str, errors.ResolveError | None], None]
+
+
+class CountingSource:
+    """A source wrapper that reports each read's outcome (metrics, readiness)."""
+
+    kind: ClassVar[str] = "counted"
+
+    def __init__(self, inner: resolve.Source, *, name: str, report: ReadReport) -> None:
+        self.inner = inner
+        self.name = name
+        self._report = report
+
+    async def fetch(self, location: Location) -> resolve.Fetched:
+        try:
+            fetched = await self.inner.fetch(location)
+        except errors.ResolveError as exc:
+            self._report(self.name, exc)
+            raise
+        self._report(self.name, None)
+        return fetched
+
+    async def current_versions(
+        self, locations: Iterable[Location]
+    ) -> Mapping[Location, int | None]:
+        if not isinstance(self.inner, poll.VersionSource):
+            return {}
+        return await self.inner.current_versions(locations)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class EngineWiring:
+    """The real engine: sources from the fleet's config, Git and/or Kubernetes sinks. Rebuilt
+    only when the fleet's source or output settings change (a Vault token survives reloads)."""
+
+    def __init__(
+        self,
+        *,
+        settings: DaemonSettings,
+        make_sources: SourceFactory,
+        report: ReadReport,
+        gate: Coordinator | None = None,
+    ) -> None:
+        self._settings = settings
+        self._gate = gate  # with election on, sinks write only what this replica leads
+        self._make_sources = make_sources
+        self._report = report
+        self._key: tuple[Any, ...] | None = None
+        self._engine: Engine | None = None
+        self._sinks: list[Sink] = []  # as built, before the leadership gate
+        self._closers: list[Callable[[], Awaitable[None]]] = []
+
+    async def engine_for(self, fleet: Fleet) -> Engine:
+        key = (fleet.root, fleet.output_dir, fleet.vault, fleet.sops)
+        if self._engine is not None and key == self._key:
+            return self._engine
+        await self.aclose()
+        s = self._settings
+        sources = {
+            name: CountingSource(src, name=name, report=self._report)
+            for name, src in self._make_sources(fleet, s.env).items()
+        }
+        sinks: list[Any] = []
+        if s.git:
+            sinks.append(GitSink(out_dir=fleet.root / fleet.output_dir, repo=fleet.root))
+        if s.kube:
+            # the kubernetes client is heavy: imported only when the Kubernetes sink is on
+            from secretsync.kube import clusters  # noqa: PLC0415
+            from secretsync.sinks.kube import KubeSink  # noqa: PLC0415
+
+            plugins = dataclasses.replace(s.plugins, repo=fleet.root)
+            home = (
+                clusters.endpoint_from_file(Path(s.home_kubeconfig), plugins=plugins)
+                if s.home_kubeconfig
+                else None
+            )
+            kube = KubeSink(
+                clients=clusters.ClientFactory(root=fleet.root, home=home, plugins=plugins),
+                hmac_key=s.hmac_key,
+            )
+            sinks.append(kube)
+            self._closers.append(kube.aclose)
+        self._sinks = list(sinks)
+        if self._gate is not None:
+            sinks = [self._gate.gate(sink) for sink in sinks]
+        self._engine = Engine(
+            sources=sources,
+            sinks=sinks,
+            hmac_key=s.hmac_key,
+            clock=lambda: datetime.now(UTC),
+            cluster_timeout_s=s.cluster_timeout_s,
+        )
+        self._key = key
+        return self._engine
+
+    def delivers(self, cluster: Cluster) -> bool:
+        return any(sink.accepts(cluster) for sink in self._sinks)
+
+    async def aclose(self) -> None:
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            for source in engine.sources.values():
+                await source.aclose()
+        for close in self._closers:
+            await close()
+        self._closers.clear()
+
+
+class Daemon:
+    """State of one `serve` process; the web layer's `Backend`."""
+
+    def __init__(
+        self,
+        *,
+        settings: DaemonSettings,
+        wiring: Wiring | None = None,
+        make_sources: SourceFactory | None = None,
+        loader: Callable[[Path], Fleet] = load.load_fleet,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        rng: random.Random | None = None,
+        coordinator: Coordinator | None = None,
+        recorder: events.Events | None = None,
+    ) -> None:
+        self.settings = settings
+        self.events = recorder or events.Events()  # off unless given
+        self.coordinator = coordinator
+        self.board = StatusBoard()
+        self.metrics = Metrics()
+        self.events.counted_by(self.metrics.event)
+        self.verifier = webhook.Verifier(key=settings.webhook_key) if settings.webhook_key else None
+        self.fleet: Fleet | None = None
+        self.source_errors: dict[str, str | None] = {}
+        if wiring is None:
+            if make_sources is None:
+                raise ValueError("give wiring or make_sources")
+            wiring = EngineWiring(
+                settings=settings, make_sources=make_sources, report=self._read, gate=coordinator
+            )
+        self._wiring = wiring
+        self._loader = loader
+        self._clock = clock
+        self._rng = rng or random.Random()  # noqa: S311 - schedule jitter, not security
+        # every name a webhook may use for a Vault path in use -> that path's `<mount>/<path>`
+        # (the KV v2 API form `<mount>/data/<path>` names the same path; a KV v1 path that
+        # itself starts with `data/` makes one name stand for two)
+        self._paths_in_use: dict[str, tuple[str, ...]] = {}
+        self._pending: set[str] = set()
+        self._pending_by: set[str] = set()  # "webhook", "poll": the narrowed cycle's trigger
+        self._polled: frozenset[Location] = frozenset()
+        self.poller = (
+            poll.VersionPoller(
+                interval_s=settings.poll_interval_s,
+                locations=lambda: self._polled,
+                source=self._version_source,
+                submit=lambda paths: self.submit(paths, by="poll"),
+            )
+            if settings.poll_interval_s
+            else None
+        )
+        self.checkout = (
+            gitsource.GitCheckout(
+                url=settings.git_url,
+                branch=settings.git_branch,
+                folder=settings.fleet_path,
+                credentials_file=settings.git_credentials_file,
+                timeout_s=settings.git_timeout_s,
+                env=settings.env,
+            )
+            if settings.git_url
+            else None
+        )
+        self.writeback = (
+            WriteBack(
+                checkout=self.checkout,
+                settings=settings.push,
+                may_write=coordinator.writes_git if coordinator is not None else lambda: True,
+                board=self.board,
+                metrics=self.metrics,
+                clock=clock,
+            )
+            if settings.push is not None and self.checkout is not None
+            else None
+        )
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._full_now = False  # a Lease was acquired: reconcile what it guards at once
+        if coordinator is not None:
+            coordinator.on_change = self._leadership_changed
+            for lease in coordinator.leases():
+                self.metrics.leader.labels(lease=lease).set(0)
+            self.board.leadership = lambda: coordinator.document(
+                self.fleet.clusters if self.fleet else ()
+            )
+
+    # --- Backend (web) ---------------------------------------------------------------------------
+
+    def readiness(self) -> web.Readiness:
+        checks: dict[str, str] = {}
+        ready = True
+        if self.fleet is None:
+            ready = False
+            checks["fleet"] = "not loaded" + (
+                f": {self.board.fleet_error}" if self.board.fleet_error else ""
+            )
+        else:
+            checks["fleet"] = "loaded" + (
+                " (the newest commit was refused)" if self.board.fleet_error else ""
+            )
+        for name, error in sorted(self.source_errors.items()):
+            if error is None:
+                checks[f"source:{name}"] = "reachable"
+            else:
+                ready = False
+                checks[f"source:{name}"] = f"unreachable: {error}"
+        return web.Readiness(ready=ready, checks=checks)
+
+    def submit(self, paths: tuple[str, ...], *, by: str = "webhook") -> tuple[int, int]:
+        """Queue the Vault paths in use among `paths`, each by its `<mount>/<path>` name (so
+        `secret/apps/db` and `secret/data/apps/db` are one item): (paths queued, names ignored)."""
+        used: set[str] = set()
+        ignored = 0
+        for name in paths:
+            canonical = self._paths_in_use.get(name)
+            if canonical is None:
+                ignored += 1
+            else:
+                used.update(canonical)
+        if used:
+            self._pending.update(used)
+            self._pending_by.add(by)
+            self._wake.set()
+        return len(used), ignored
+
+    def _read(self, source: str, error: errors.ResolveError | None) -> None:
+        self.metrics.source_read(source, ok=error is None)
+        if error is None or not isinstance(error, errors.SourceUnavailable):
+            self.source_errors[source] = None
+        else:
+            self.source_errors[source] = str(error)
+
+    def _leadership_changed(self, lease: str, leading: bool) -> None:
+        self.metrics.leader.labels(lease=lease).set(1 if leading else 0)
+        if leading:
+            self._full_now = True
+            self._wake.set()
+
+    # --- the loop --------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    def _next_interval(self) -> float:
+        interval = self.settings.interval_s
+        if self.fleet is None:
+            interval = min(interval, MIN_RETRY_S)
+        return interval * (1 + self._rng.uniform(-self.settings.jitter, self.settings.jitter))
+
+    async def run_loop(self) -> None:
+        """Cycles until `stop()`: full ones at start and on schedule, narrowed ones on webhooks."""
+        loop = asyncio.get_running_loop()
+        if self.coordinator is not None:
+            await self.coordinator.first_round()  # else the start cycle may own nothing yet
+        next_full = loop.time()
+        trigger = "start"
+        while not self._stopping:
+            if not self._pending:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.0, next_full - loop.time())):
+                        await self._wake.wait()
+            self._wake.clear()
+            if self._stopping:
+                break
+            if loop.time() >= next_full or self._full_now:
+                self._full_now = False
+                self._pending.clear()  # a full cycle re-reads everything
+                await self.cycle(trigger=trigger)
+                trigger = "interval"
+                next_full = loop.time() + self._next_interval()
+                runtime.release_memory()
+            elif self._pending:
+                paths = frozenset(self._pending)
+                by = "+".join(sorted(self._pending_by)) or "webhook"
+                self._pending.clear()
+                self._pending_by.clear()
+                await self.cycle(trigger=by, only_paths=paths)
+
+    async def cycle(self, *, trigger: str, only_paths: Collection[str] | None = None) -> None:
+        """One cycle; never raises (except cancellation)."""
+        started = self._clock()
+        t0 = time.monotonic()
+        try:
+            report = await self._reconcile(trigger, only_paths)
+            if report is None:
+                return
+            if self.writeback is not None:
+                report = await self.writeback.publish(
+                    report,
+                    out_dir=lambda: self.fleet.root / self.fleet.output_dir if self.fleet else None,
+                    rerun=lambda: self._reconcile(trigger, only_paths),
+                    trigger=trigger,
+                )
+                self._full_now = self._full_now or self.writeback.failed  # re-render it all
+        except Exception as exc:  # one failed cycle must not stop the daemon
+            message = _reason(exc)
+            seconds = time.monotonic() - t0
+            log.error("cycle (%s) failed: %s", trigger, message)
+            self.board.cycle_error(message, started=started, duration_s=seconds, trigger=trigger)
+            self.metrics.cycle(None, outcome="error", trigger=trigger, seconds=seconds)
+            return
+        seconds = time.monotonic() - t0
+        summary = self.board.record(report, started=started, duration_s=seconds, trigger=trigger)
+        self.metrics.cycle(
+            report,
+            outcome=summary.outcome,
+            trigger=trigger,
+            seconds=seconds,
+            full=only_paths is None,
+        )
+        self.metrics.set_objects(self.board.counts())
+        changed = {k: v for k, v in summary.counts.items() if v}
+        log.info(
+            "cycle (%s) %s in %.2f s: %s",
+            trigger,
+            summary.outcome,
+            seconds,
+            ", ".join(f"{n} {k}" for k, n in changed.items()) or "nothing to do",
+        )
+        for item in report.failures:
+            log.warning(
+                "failed: %s %s/%s: %s",
+                item.cluster,
+                item.namespace,
+                item.name,
+                item.reason,
+                extra={"cluster": item.cluster, "fleet_secret": item.fleet_secret},
+            )
+            self.events.object_failed(item.cluster, item.namespace, item.name, item.reason)
+        for name, reason in report.failed_clusters.items():
+            log.warning("failed: cluster %s: %s", name, reason, extra={"cluster": name})
+            self.events.cluster_failed(name, reason)
+        for name, held in self.board.held.items() if report.pruned else ():
+            log.warning("%s on %s", held.headline, name, extra={"cluster": name})
+            self.events.deletes_held(name, len(held.objects))
+
+    def _undelivered(self, fleet: Fleet) -> dict[str, str]:
+        """Why each cluster no sink of this process delivers to is left out."""
+        sinks = (("Git", self.settings.git), ("Kubernetes", self.settings.kube))
+        off = ", ".join(f"{name} sink off" for name, on in sinks if not on) or "no sink takes it"
+        return {
+            name: f"not delivered by this daemon (delivery {c.delivery.value}, {off})"
+            for name, c in fleet.clusters.items()
+            if not self._wiring.delivers(c)
+        }
+
+    async def _reconcile(
+        self, trigger: str, only_paths: Collection[str] | None
+    ) -> CycleReport | None:
+        """Pull, reload and run the engine; None when this replica holds no Lease."""
+        fleet = await self._reload()
+        if fleet is None:
+            raise errors.ConfigError("no fleet repo has loaded yet")
+        engine = await self._wiring.engine_for(fleet)
+        self.board.undelivered(self._undelivered(fleet))
+        expiry = certs.expiry(fleet)
+        self.metrics.set_certificate_expiry(expiry)
+        self.board.certificates_read(expiry, now=self._clock(), warn_days=certs.WARNING_DAYS)
+        self.events.certificates(expiry, now=self._clock(), warn_days=certs.WARNING_DAYS)
+        if self.writeback is not None:
+            fleet = await self.writeback.renew_certificates(fleet)
+            await self.writeback.prepare(fleet.root / fleet.output_dir)
+        if self.coordinator is None:
+            return await engine.run_cycle(fleet, only_paths=only_paths)
+        scope = self.coordinator.scope(fleet.clusters)
+        if scope is None:
+            log.debug("cycle (%s) skipped: this replica holds no Lease", trigger)
+            return None
+        return await engine.run_cycle(fleet, clusters=scope.clusters, only_paths=only_paths)
+
+    async def _reload(self) -> Fleet | None:
+        """Load and plan the fleet repo; a refused one leaves the last good fleet in place."""
+        path = self.settings.fleet_path
+        now = self._clock()
+        commit: str | None = None
+        try:
+            if self.checkout is not None:  # pull; a refused commit is undone below
+                commit = await self.checkout.pull()
+            fleet, desired = await asyncio.to_thread(_load_and_plan, self._loader, path)
+        except (errors.ConfigError, gitsource.GitError) as exc:
+            message = exc.render() if isinstance(exc, errors.ConfigError) else str(exc)
+            if commit is not None and self.checkout is not None:
+                message = f"commit {commit} refused: {message}"
+                await self.checkout.restore(commit)
+            if message != self.board.fleet_error:
+                log.error("fleet repo %s refused, the last good one stays: %s", path, message)
+            self.events.fleet_refused(commit, message)
+            self.metrics.fleet_load_errors.inc()
+            self.board.fleet_failed(message, at=now, commit=commit)
+            return self.fleet
+        if commit is not None and self.checkout is not None:
+            await self.checkout.accept(commit)
+        self.fleet = fleet
+        self._paths_in_use = _webhook_names(desired)
+        # the redaction filter forgets the values of refs that left the fleet
+        logs.retain({ref for d in desired for ref in d.refs()})
+        self._polled = poll.polled_locations(desired)
+        self.board.fleet_loaded(fleet, desired, at=now, commit=commit)
+        return fleet
+
+    async def _version_source(self) -> poll.VersionSource | None:
+        """The Vault source of the engine in use (for the poller), if there is one."""
+        if self.fleet is None:
+            return None
+        engine = await self._wiring.engine_for(self.fleet)
+        source = engine.sources.get("vault") if isinstance(engine, Engine) else None
+        return source if isinstance(source, poll.VersionSource) else None
+
+    # --- the process -----------------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        """Web server and cycle loop until SIGTERM / SIGINT (or `stop()`)."""
+        s = self.settings
+        forwarder = (
+            peers.Forwarder(peers=s.peers, key=s.webhook_key, count=self.metrics.forward)
+            if s.peers and s.webhook_key
+            else None
+        )
+        app = web.make_app(
+            self,
+            max_body=s.max_body,
+            read_timeout_s=s.header_timeout_s,
+            guard=_guard(s),
+            forwarder=forwarder,
+        )
+        limits = edge.Limits(header_timeout_s=s.header_timeout_s, idle_timeout_s=s.idle_timeout_s)
+        loop = asyncio.get_running_loop()
+        if self.coordinator is not None:
+            self.coordinator.start()
+        cycles = asyncio.create_task(self.run_loop(), name="secretsync-cycles")
+        poller = (
+            asyncio.create_task(self.poller.run(), name="secretsync-poll") if self.poller else None
+        )
+
+        def on_signal() -> None:
+            log.info("stopping: the cycle in flight may finish within %.0f s", s.grace_s)
+            self.stop()
+            loop.call_later(s.grace_s, cycles.cancel)
+
+        try:
+            async with edge.serve(
+                app, host=s.host, port=s.port, limits=limits, on_drop=self.metrics.dropped
+            ) as addresses:
+                for host, port in addresses:
+                    shown = f"[{host}]" if ":" in host else host
+                    log.info("listening on http://%s:%d", shown, port)
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.add_signal_handler(sig, on_signal)
+                with contextlib.suppress(asyncio.CancelledError):
+                    await cycles
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            if not cycles.done():
+                cycles.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await cycles
+            if poller is not None:
+                poller.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await poller
+            if self.coordinator is not None:
+                await self.coordinator.stop()  # after the last write: followers take over now
+            await self._wiring.aclose()
+            await self.events.aclose()
+            if forwarder is not None:
+                await forwarder.aclose()
+            log.info("stopped")
+
+
+def _load_and_plan(loader: Callable[[Path], Fleet], path: Path) -> tuple[Fleet, list[Any]]:
+    """Load and plan; a SOPS file whose key groups the Fleet refuses refuses the fleet too."""
+    fleet = loader(path)
+    desired = plan.plan(fleet)
+    refused = sopskeys.check_files(fleet, sopskeys.readers_of(desired))
+    if refused:
+        raise errors.ConfigErrors(refused)
+    return fleet, desired
+
+
+def _webhook_names(desired: Iterable[DesiredSecret]) -> dict[str, tuple[str, ...]]:
+    """Each name a webhook may use for a Vault path of `desired` -> the `<mount>/<path>` names
+    it stands for (what `Engine.run_cycle(only_paths=...)` narrows by)."""
+    names: dict[str, tuple[str, ...]] = {}
+    for d in desired:
+        for ref in d.refs():
+            forms = path_names(ref.location)
+            for name in forms:
+                held = names.get(name, ())
+                if forms[0] not in held:
+                    names[name] = (*held, forms[0])
+    return names
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, errors.ConfigError):
+        return exc.render()
+    if isinstance(exc, errors.SecretSyncError):
+        return str(exc)
+    return f"internal error ({type(exc).__name__})"
+
+
+def run(settings: DaemonSettings, *, make_sources: SourceFactory) -> int:
+    """Run the daemon until it is told to stop; the exit code."""
+    log.info(
+        "serving fleet %s: interval %.0f s, sinks %s, webhook %s, body cap %d bytes",
+        settings.fleet_path,
+        settings.interval_s,
+        "+".join(n for n, on in (("git", settings.git), ("kube", settings.kube)) if on),
+        "configured" if settings.webhook_key else "off (no SECRETSYNC_WEBHOOK_SECRET)",
+        settings.max_body,
+    )
+    if settings.peers:
+        log.info(
+            "webhooks forwarded to %d peer(s): %s", len(settings.peers), " ".join(settings.peers)
+        )
+    daemon = Daemon(
+        settings=settings,
+        make_sources=make_sources,
+        coordinator=_coordinator(settings),
+        recorder=_recorder(settings),
+    )
+    asyncio.run(daemon.serve())
+    return 0
+
+
+def _guard(settings: DaemonSettings) -> apiauth.Guard | None:
+    """The status API's token checks; None when it is open."""
+    checks: list[apiauth.Check] = []
+    if settings.api_token_file is not None:
+        checks.append(apiauth.TokenFile(settings.api_token_file))
+    if settings.api_auth_kubernetes:
+        api = apiauth.home_api(settings.home_kubeconfig, settings.plugins)
+        checks.append(apiauth.KubernetesReview(api))
+    return apiauth.Guard(checks) if checks else None
+
+
+def _coordinator(settings: DaemonSettings) -> Coordinator | None:
+    """The Leases of this replica, on the home cluster; None with election off."""
+    if settings.election is None:
+        return None
+    from secretsync.daemon import sharding  # noqa: PLC0415 - kubernetes only when needed
+
+    api = _home_endpoint(settings)
+    e = settings.election
+    log.info(
+        "leader election on: identity %s, namespace %s, shard %d of %d",
+        e.identity,
+        e.namespace,
+        e.shard_index,
+        e.shards,
+    )
+    return sharding.Coordinator(api=api, settings=e)
+
+
+def _home_endpoint(settings: DaemonSettings) -> Endpoint:
+    """The home cluster's API: `--home-kubeconfig`, else this pod's service account."""
+    from secretsync.kube import clusters  # noqa: PLC0415 - kubernetes only when needed
+
+    home = settings.home_kubeconfig
+    return (
+        clusters.endpoint_from_file(Path(home), plugins=settings.plugins)
+        if home
+        else clusters.in_cluster_endpoint()
+    )
+
+
+def _recorder(settings: DaemonSettings) -> events.Events | None:
+    """Events on the home cluster, about this pod (else this replica's shard Lease)."""
+    if not settings.events:
+        return None
+    from secretsync.kube import leases  # noqa: PLC0415 - kubernetes only when needed
+
+    e = settings.election
+    namespace = e.namespace if e is not None else leases.home_namespace()
+    involved = events.involved_object(
+        settings.env, namespace=namespace, shard_index=e.shard_index if e is not None else 0
+    )
+    log.info("Events on: about %s %s/%s", involved.kind, involved.namespace, involved.name)
+    host = settings.env.get("NODE_NAME", "")
+    return events.EventRecorder(
+        api=_home_endpoint(settings), correlator=events.Correlator(involved=involved, host=host)
+    )

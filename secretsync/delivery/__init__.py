@@ -1,0 +1,1 @@
+"""Delivery: what each cluster receives (SealedSecret, ExternalSecret, Secret), sealing included."""

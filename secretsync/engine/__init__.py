@@ -1,0 +1,1 @@
+"""The reconcile cycle shared by the command line and the daemon."""

@@ -1,0 +1,332 @@
+"""Fleet → one `DesiredSecret` per (cluster, FleetSecret): selectors, overlays, templates, policy.
+
+Every problem — a template naming a label a cluster lacks, a ref a delivery cannot carry, a
+namespace a cluster does not allow, a forbidden type, two FleetSecrets on one target, a filled-in
+SOPS path that leaves the repo through a symlink — is a `ConfigError` pointing at the line that
+caused it; all of them are raised together, so a bad fleet changes nothing. Pure but for that
+one check: each distinct filled-in SOPS path is resolved against the repo once per plan.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Collection, Mapping
+
+from secretsync.core import errors, selectors, templating
+from secretsync.core.model import (
+    Cluster,
+    DataEntry,
+    Delivery,
+    DesiredSecret,
+    Fleet,
+    FleetSecret,
+    Literal,
+    LiteralSpec,
+    Location,
+    ObjectKey,
+    Planned,
+    Scope,
+    Selector,
+    SopsSpec,
+    ValueRef,
+    VaultSpec,
+)
+from secretsync.fleet.repopath import confine
+
+
+def layered_data(secret: FleetSecret, cluster: Cluster) -> dict[str, DataEntry]:
+    """The FleetSecret's data for one cluster: base, then each matching overlay in order."""
+    data = dict(secret.data)
+    for overlay in secret.overlays:
+        if selectors.overlay_reaches(overlay, cluster):
+            data.update(overlay.data)
+    return data
+
+
+def _planned(
+    entry: DataEntry,
+    *,
+    key: str,
+    cluster: Cluster,
+    fleet: Fleet,
+    confined: dict[str, str | None] | None = None,
+) -> tuple[Planned | None, list[errors.ConfigError]]:
+    """One data entry for one cluster. `confined` remembers, per templated SOPS path, why it
+    leaves the repo (None: it does not), so each distinct path is resolved once per plan."""
+    problems: list[errors.ConfigError] = []
+
+    def fill(text: str, field: str) -> str:
+        try:
+            return templating.render(text, cluster_name=cluster.name, labels=cluster.labels)
+        except templating.TemplateError as exc:
+            problems.append(
+                errors.ConfigError(
+                    str(exc),
+                    file=entry.origin.file,
+                    line=entry.origin.line,
+                    field=f"data.{key}.{field}",
+                )
+            )
+            return ""
+
+    spec = entry.spec
+    planned: Planned | None = None
+    if isinstance(spec, LiteralSpec):
+        planned = Literal(fill(spec.value, "value"))
+    elif isinstance(spec, VaultSpec):
+        path = fill(spec.path, "vault.path").strip("/")
+        ref_key = fill(spec.key, "vault.key")
+        mount = spec.mount or fleet.kv_mount
+        if cluster.delivery is Delivery.EXTERNAL and mount != fleet.kv_mount:
+            problems.append(
+                errors.ConfigError(
+                    f"cluster {cluster.name!r} uses external delivery, whose store reads only "
+                    f"the kvMount {fleet.kv_mount!r}; this ref reads mount {mount!r}",
+                    file=entry.origin.file,
+                    line=entry.origin.line,
+                    field=f"data.{key}.vault.mount",
+                )
+            )
+        planned = ValueRef(Location("vault", path, mount, spec.version), ref_key)
+    elif isinstance(spec, SopsSpec):
+        file = fill(spec.file, "sops.file")
+        ref_key = fill(spec.key, "sops.key")
+        norm = posixpath.normpath(file) if file else file
+        if file and (norm.startswith(("/", "../")) or norm == ".."):
+            problems.append(
+                errors.ConfigError(
+                    f"sops file {file!r} leaves the fleet repo",
+                    file=entry.origin.file,
+                    line=entry.origin.line,
+                    field=f"data.{key}.sops.file",
+                )
+            )
+        elif file and templating.has_template(spec.file):
+            # The loader confined the literal paths; a filled-in one may reach a symlink.
+            cache = confined if confined is not None else {}
+            if norm not in cache:
+                try:
+                    confine(fleet.root, norm)
+                    cache[norm] = None
+                except errors.ConfigError as exc:
+                    cache[norm] = exc.message
+            if (why := cache[norm]) is not None:
+                problems.append(
+                    errors.ConfigError(
+                        f"cluster {cluster.name!r}: sops file {why}",
+                        file=entry.origin.file,
+                        line=entry.origin.line,
+                        field=f"data.{key}.sops.file",
+                    )
+                )
+        if cluster.delivery is Delivery.EXTERNAL:
+            problems.append(
+                errors.ConfigError(
+                    f"cluster {cluster.name!r} uses external delivery, which cannot carry a "
+                    "SOPS-sourced key (External Secrets Operator reads only from its store)",
+                    file=entry.origin.file,
+                    line=entry.origin.line,
+                    field=f"data.{key}.sops",
+                )
+            )
+        planned = ValueRef(Location("sops", norm), ref_key)
+    return (None if problems else planned), problems
+
+
+def _reads(entry: DataEntry) -> tuple[str, ...] | None:
+    """What of a cluster an entry's templates read (see `templating.inputs`), all fields."""
+    spec = entry.spec
+    if isinstance(spec, LiteralSpec):
+        texts: tuple[str, ...] = (spec.value,)
+    elif isinstance(spec, VaultSpec):
+        texts = (spec.path, spec.key)
+    elif isinstance(spec, SopsSpec):
+        texts = (spec.file, spec.key)
+    else:
+        return None
+    out: dict[str, None] = {}
+    for text in texts:
+        found = templating.inputs(text)
+        if found is None:
+            return None
+        out.update(dict.fromkeys(found))
+    return tuple(out)
+
+
+_UNSEEN: tuple[str, ...] = ("\0unseen",)  # a sentinel, compared by identity
+
+
+class _Memo:
+    """Planned entries by what they were planned from: the entry, whether the cluster is
+    external, and the cluster's values for what the entry's templates read. A fleet of 100
+    clusters in 10 label groups plans each templated entry 10 times, not 100. Only clean
+    results are kept (a problem's message names its cluster)."""
+
+    __slots__ = ("_done", "_reads")
+
+    def __init__(self) -> None:
+        self._reads: dict[int, tuple[str, ...] | None] = {}
+        self._done: dict[tuple[object, ...], Planned] = {}
+
+    def key(self, entry: DataEntry, data_key: str, cluster: Cluster) -> tuple[object, ...] | None:
+        ident = id(entry)
+        reads = self._reads.get(ident, _UNSEEN)
+        if reads is _UNSEEN:
+            reads = self._reads[ident] = _reads(entry)
+        if reads is None:
+            return None
+        external = cluster.delivery is Delivery.EXTERNAL
+        if not reads:
+            return (ident, data_key, external)
+        labels = cluster.labels
+        return (
+            ident,
+            data_key,
+            external,
+            *[cluster.name if r == "" else labels.get(r) for r in reads],
+        )
+
+    def get(self, key: tuple[object, ...] | None) -> Planned | None:
+        return None if key is None else self._done.get(key)
+
+    def put(self, key: tuple[object, ...] | None, planned: Planned) -> None:
+        if key is not None:
+            self._done[key] = planned
+
+
+def _policy(secret: FleetSecret, cluster: Cluster, fleet: Fleet) -> list[errors.ConfigError]:
+    out = []
+    target = secret.target
+    where = {"file": secret.target_origin.file, "line": secret.target_origin.line}
+    allowed = cluster.allowed_namespaces
+    if allowed is not None and target.namespace not in allowed:
+        out.append(
+            errors.ConfigError(
+                f"namespace {target.namespace!r} is not in allowedNamespaces of cluster "
+                f"{cluster.name!r} ({cluster.origin})",
+                field="spec.target.namespace",
+                **where,  # type: ignore[arg-type]
+            )
+        )
+    if target.type in fleet.policies.forbidden_types:
+        out.append(
+            errors.ConfigError(
+                f"Secret type {target.type!r} is forbidden by the Fleet's policies",
+                field="spec.target.type",
+                **where,  # type: ignore[arg-type]
+            )
+        )
+    if (
+        target.scope is Scope.CLUSTER_WIDE
+        and cluster.delivery is Delivery.SEALED
+        and not fleet.policies.allow_cluster_wide
+    ):
+        out.append(
+            errors.ConfigError(
+                "cluster-wide sealing scope is not allowed by the Fleet's policies "
+                "(set spec.policies.allowClusterWide: true)",
+                field="spec.target.scope",
+                **where,  # type: ignore[arg-type]
+            )
+        )
+    return out
+
+
+def plan(
+    fleet: Fleet,
+    *,
+    clusters: Collection[str] = (),
+    selector: Selector | None = None,
+) -> list[DesiredSecret]:
+    """Every DesiredSecret of the fleet (optionally only some clusters), in a stable order.
+
+    The whole fleet is always checked, so a filter never hides an error.
+    """
+    problems: list[errors.ConfigError] = []
+    for name in clusters:
+        if name not in fleet.clusters:
+            problems.append(errors.ConfigError(f"unknown cluster {name!r}", field="--cluster"))
+    owners: dict[ObjectKey, FleetSecret] = {}
+    desired: list[DesiredSecret] = []
+    shared: dict[Planned, Planned] = {}  # one instance per distinct ref, however many clusters
+    confined: dict[str, str | None] = {}
+    memo = _Memo()
+    for cluster in fleet.clusters.values():
+        for secret in fleet.secrets.values():
+            if not selectors.matches(secret.selector, cluster.labels):
+                continue
+            key = ObjectKey(cluster.name, secret.target.namespace, secret.target.name)
+            if (other := owners.get(key)) is not None:
+                problems.append(
+                    errors.ConfigError(
+                        f"FleetSecrets {other.name!r} ({other.origin}) and {secret.name!r} both "
+                        f"target {secret.target.namespace}/{secret.target.name} on cluster "
+                        f"{cluster.name!r}",
+                        file=secret.target_origin.file,
+                        line=secret.target_origin.line,
+                        field="spec.target",
+                    )
+                )
+                continue
+            owners[key] = secret
+            item_problems = _policy(secret, cluster, fleet)
+            data: dict[str, Planned] = {}
+            for data_key, entry in sorted(layered_data(secret, cluster).items()):
+                memo_key = memo.key(entry, data_key, cluster)
+                if (hit := memo.get(memo_key)) is not None:
+                    data[data_key] = hit
+                    continue
+                planned, entry_problems = _planned(
+                    entry, key=data_key, cluster=cluster, fleet=fleet, confined=confined
+                )
+                item_problems.extend(entry_problems)
+                if planned is not None:
+                    data[data_key] = shared.setdefault(planned, planned)
+                    memo.put(memo_key, data[data_key])
+            if cluster.delivery is Delivery.EXTERNAL and not any(
+                isinstance(v, ValueRef) for v in data.values()
+            ):
+                item_problems.append(
+                    errors.ConfigError(
+                        f"cluster {cluster.name!r} uses external delivery, which needs at least "
+                        "one vault: key (an ExternalSecret of literals only is refused by ESO)",
+                        file=secret.origin.file,
+                        line=secret.origin.line,
+                        field="spec.data",
+                    )
+                )
+            problems.extend(item_problems)
+            if item_problems:
+                continue
+            desired.append(
+                DesiredSecret(
+                    fleet_secret=secret.name,
+                    cluster=cluster,
+                    target=secret.target,
+                    data=data,
+                    origin=secret.origin,
+                    refresh_interval=secret.refresh_interval,
+                    restarts=secret.restarts,
+                    adopt=secret.adopt,
+                )
+            )
+    if problems:
+        raise errors.ConfigErrors(_unique(problems))
+    wanted = set(clusters)
+    return [
+        d
+        for d in desired
+        if (not wanted or d.cluster.name in wanted)
+        and (selector is None or selectors.matches(selector, d.cluster.labels))
+    ]
+
+
+def _unique(problems: list[errors.ConfigError]) -> list[errors.ConfigError]:
+    seen: dict[str, errors.ConfigError] = {}
+    for p in problems:
+        seen.setdefault(p.render(), p)
+    return list(seen.values())
+
+
+def clusters_of(desired: Collection[DesiredSecret]) -> Mapping[str, Cluster]:
+    return {d.cluster.name: d.cluster for d in desired}
