@@ -915,7 +915,7 @@ def test_image_install_steps_work_in_a_clean_venv(tmp_path: Path) -> None:
                 text=True,
             )
             assert done.returncode == 0, done.stderr[-3000:]
-    assert (src / "secretsync" / "cli.py").is_file()
+    assert (src / "secretsync" / "cli" / "main.py").is_file()
     clean = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "SOPS_DISABLE_VERSION_CHECK": "1"}
     version = subprocess.run(
         [str(venv / "bin" / "secretsync"), "--version"],
