@@ -8,14 +8,14 @@ Two scenarios, each against a real `python -m secretsync serve` subprocess on 12
     python bench/daemon.py --scenario idle [--clusters 100] [--secrets 1000] [--idle-s 60]
         [--json FILE]
 
-latency: a real OpenBao (tests/openbao.py) and N real kube-apiservers (tests/kubecluster.py),
-or, with `--simulated N`, N SIMULATED API servers from bench/simulated.py (results say
+latency: a real OpenBao (tests/support/openbao.py) and N real kube-apiservers (tests/support/kubecluster.py),
+or, with `--simulated N`, N SIMULATED API servers from tests/support/simulated.py (results say
 `"simulated": true`). One FleetSecret reads one Vault path and goes to every cluster. For each
 rotation: write a new value to OpenBao, POST a signed webhook (secretsync.daemon.webhook.sign), and
 measure from the 202 until every cluster holds the new value (polled every 20 ms, 30 s
 deadline); the next rotation starts once the webhook cycle is recorded in /v1/status.
 
-idle: N SIMULATED API servers (bench/simulated.py, rate limit off by default so the cold start
+idle: N SIMULATED API servers (tests/support/simulated.py, rate limit off by default so the cold start
 cycle is short) and a literal-only fleet of M FleetSecrets on every cluster (no OpenBao). Once
 the start cycle has finished, the daemon is left alone for `--idle-s` seconds while its
 /proc/<pid>/stat utime+stime and /proc/<pid>/status VmRSS are sampled every second. The
@@ -52,6 +52,7 @@ import simulated as sim_mod  # noqa: E402  (bench/simulated.py)
 from kubernetes import client as k8s  # noqa: E402
 
 from secretsync.daemon import webhook  # noqa: E402
+from tests.support.simulated import SECRETS, SimFleet, write_kubeconfig  # noqa: E402
 
 SECRET: Final = "rotated"
 NAMESPACE: Final = sim_mod.NAMESPACE  # "bench"
@@ -238,13 +239,13 @@ def real_reader(clusters: list[Any]) -> Callable[[], dict[str, str | None]]:
     return read
 
 
-def sim_reader(sim: sim_mod.SimFleet) -> Callable[[], dict[str, str | None]]:
+def sim_reader(sim: SimFleet) -> Callable[[], dict[str, str | None]]:
     import base64
 
     def collect() -> dict[str, str | None]:
         out: dict[str, str | None] = {}
         for c in sim.clusters:
-            stored = c.objects[sim_mod.SECRETS.plural].get((NAMESPACE, SECRET))
+            stored = c.objects[SECRETS.plural].get((NAMESPACE, SECRET))
             if stored is None:
                 out[c.name] = None
                 continue
@@ -337,7 +338,7 @@ def run_rotations(
 
 
 def scenario_latency(args: argparse.Namespace, work: Path) -> JSONDoc:
-    from tests.openbao import start_openbao
+    from tests.support.openbao import start_openbao
 
     bao = start_openbao()
     try:
@@ -346,7 +347,7 @@ def scenario_latency(args: argparse.Namespace, work: Path) -> JSONDoc:
         env = {"VAULT_TOKEN": bao.root_token}
         root = work / "fleet"
         if args.simulated:
-            sim = sim_mod.SimFleet(
+            sim = SimFleet(
                 args.simulated,
                 latency_s=args.latency_ms / 1000,
                 rate=args.sim_rate,
@@ -355,7 +356,7 @@ def scenario_latency(args: argparse.Namespace, work: Path) -> JSONDoc:
             try:
                 sim.start()
                 kubeconfigs = {
-                    c.name: sim_mod.write_kubeconfig(work / "kubeconfigs" / f"{c.name}.yaml", c)
+                    c.name: write_kubeconfig(work / "kubeconfigs" / f"{c.name}.yaml", c)
                     for c in sim.clusters
                 }
                 sim_mod.create_namespaces(list(kubeconfigs.values()))
@@ -373,13 +374,13 @@ def scenario_latency(args: argparse.Namespace, work: Path) -> JSONDoc:
                     "latency_ms": args.latency_ms,
                     "rate_per_s": args.sim_rate,
                     "burst": args.sim_burst,
-                    "servers": "bench/simulated.py: aiohttp, one app per cluster, one loop, "
+                    "servers": "tests/support/simulated.py: aiohttp, one app per cluster, one loop, "
                     "in the benchmark process (not the daemon's)",
                 },
             }
             return doc
 
-        from tests.kubecluster import running_clusters
+        from tests.support.kubecluster import running_clusters
 
         names = [f"bench-d{i}" for i in range(args.clusters)]
         with running_clusters(names, workdir=work / "kube") as clusters:
@@ -405,13 +406,13 @@ def scenario_latency(args: argparse.Namespace, work: Path) -> JSONDoc:
 
 
 def scenario_idle(args: argparse.Namespace, work: Path) -> JSONDoc:
-    sim = sim_mod.SimFleet(
+    sim = SimFleet(
         args.clusters, latency_s=args.latency_ms / 1000, rate=args.sim_rate, burst=args.sim_burst
     )
     try:
         sim.start()
         kubeconfigs = {
-            c.name: sim_mod.write_kubeconfig(work / "kubeconfigs" / f"{c.name}.yaml", c)
+            c.name: write_kubeconfig(work / "kubeconfigs" / f"{c.name}.yaml", c)
             for c in sim.clusters
         }
         sim_mod.create_namespaces(list(kubeconfigs.values()))
@@ -495,7 +496,7 @@ def scenario_idle(args: argparse.Namespace, work: Path) -> JSONDoc:
             "latency_ms": args.latency_ms,
             "rate_per_s": args.sim_rate,
             "burst": args.sim_burst,
-            "servers": "bench/simulated.py: aiohttp, one app per cluster, one loop, in the "
+            "servers": "tests/support/simulated.py: aiohttp, one app per cluster, one loop, in the "
             "benchmark process (not the daemon's: its CPU and RSS are not counted)",
         },
     }
@@ -534,7 +535,7 @@ def main() -> None:
         "machine": harness.machine(
             load_avg_at_end=[round(x, 2) for x in harness.load_average()],
             apiserver=(
-                "SIMULATED: in-process aiohttp stand-ins (bench/simulated.py)"
+                "SIMULATED: in-process aiohttp stand-ins (tests/support/simulated.py)"
                 if simulated
                 else "kube-apiserver v1.20.2 (Debian source build), loopback, own etcd each"
             ),

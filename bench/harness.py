@@ -188,7 +188,7 @@ def python_argv(script: Path, *args: str) -> list[str]:
 
 def sealing_keys(count: int, *, bits: int = 4096) -> list[tuple[rsa.RSAPrivateKey, bytes]]:
     """`count` RSA key pairs with their certificates (sealed-secrets uses RSA-4096)."""
-    from tests.keys import cert_pem  # the repo root is on the path of every bench script
+    from tests.support.keys import cert_pem  # the repo root is on the path of every bench script
 
     keys = [rsa.generate_private_key(public_exponent=65537, key_size=bits) for _ in range(count)]
     return [(k, cert_pem(k)) for k in keys]  # self-signed, as the controller's are

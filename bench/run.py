@@ -8,14 +8,14 @@
     --clusters N --secrets N        another size for smoke or fleet
     --curve-clusters 10,30,100,300  --curve-secrets 100,1000,10000   the curve's two axes
     --baseline-sample N             objects the baseline runs on before it is extrapolated
-    --real-clusters N               also `direct` on N real kube-apiservers (tests/kubecluster.py)
+    --real-clusters N               also `direct` on N real kube-apiservers (tests/support/kubecluster.py)
     --cluster-concurrency N         Engine.cluster_concurrency (default: the Engine's own)
     --profile DIR                   run each secretsync pass under `py-spy record` (collapsed
                                     stacks per pass, for flamegraph.pl or speedscope)
 
-What it starts: a real OpenBao dev server (tests/openbao.py) with KV v2 at `secret/`, reached
-through tests/openbao.py's CountingProxy so Vault reads are counted on the wire; for `direct`,
-one SIMULATED Kubernetes API server per cluster (bench/simulated.py: 10 ms per answer, 50
+What it starts: a real OpenBao dev server (tests/support/openbao.py) with KV v2 at `secret/`, reached
+through tests/support/openbao.py's CountingProxy so Vault reads are counted on the wire; for `direct`,
+one SIMULATED Kubernetes API server per cluster (tests/support/simulated.py: 10 ms per answer, 50
 requests/s with a burst of 100 per cluster, 429 + Retry-After beyond), all served by a process
 of their own so they do not share the measured client's GIL. Results against them say
 `"simulated": true`.
@@ -71,9 +71,9 @@ import harness
 
 if TYPE_CHECKING:
     import baselines
-    import simulated
 
-    from tests.openbao import OpenBao
+    from tests.support.openbao import OpenBao
+    from tests.support.simulated import SimFleetProcess
 
 REPO: Final = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -296,12 +296,12 @@ def cycle_main(spec_file: str, out_file: str) -> None:
 
 
 class WireCounter:
-    """tests/openbao.py's CountingProxy in front of OpenBao, served by a thread of this process
+    """tests/support/openbao.py's CountingProxy in front of OpenBao, served by a thread of this process
     (its CPU is reported apart); every Vault request of secretsync and of the baseline passes
     through it."""
 
     def __init__(self, upstream: str) -> None:
-        from tests.openbao import CountingProxy
+        from tests.support.openbao import CountingProxy
 
         self.proxy = CountingProxy(upstream)
         self._loop = asyncio.new_event_loop()
@@ -484,7 +484,7 @@ class Run:
         *,
         delivery: str,
         phase: str,
-        sim: simulated.SimFleetProcess | None = None,
+        sim: SimFleetProcess | None = None,
     ) -> tuple[JSONDoc, JSONDoc]:
         """(what the child reported, what was seen from outside: wire, CPU of the others)."""
         spec = root.parent / f"{phase}.spec.json"
@@ -588,7 +588,7 @@ class Run:
     @contextmanager
     def _targets(
         self, point: Point, delivery: str, base: Path, real: int
-    ) -> Iterator[tuple[list[str], dict[str, Path], simulated.SimFleetProcess | None]]:
+    ) -> Iterator[tuple[list[str], dict[str, Path], SimFleetProcess | None]]:
         """Cluster names, kubeconfigs and the simulated servers (direct only)."""
         if delivery != "direct":
             yield [f"c{i:03d}" for i in range(point.clusters)], {}, None
@@ -597,9 +597,9 @@ class Run:
             with self._real_clusters(point, base) as (names, kubeconfigs):
                 yield names, kubeconfigs, None
             return
-        import simulated
+        from tests.support.simulated import SimFleetProcess, write_kubeconfig
 
-        sim = simulated.SimFleetProcess(
+        sim = SimFleetProcess(
             point.clusters,
             latency_s=self.args.latency_ms / 1000,
             rate=self.args.rate,
@@ -609,7 +609,7 @@ class Run:
             sim.start()
             sim.ensure_namespaces([*(f"ns{i}" for i in range(NAMESPACES)), NAIVE_NAMESPACE])
             kubeconfigs = {
-                e.name: simulated.write_kubeconfig(base / "kubeconfigs" / f"{e.name}.yaml", e)
+                e.name: write_kubeconfig(base / "kubeconfigs" / f"{e.name}.yaml", e)
                 for e in sim.endpoints
             }
             yield [e.name for e in sim.endpoints], kubeconfigs, sim
@@ -623,7 +623,7 @@ class Run:
         import baselines
         from kubernetes import client as k8s
 
-        from tests.kubecluster import running_clusters
+        from tests.support.kubecluster import running_clusters
 
         names = [f"real-{i}" for i in range(point.clusters)]
         with running_clusters(names, workdir=base / "kube") as clusters:
@@ -649,7 +649,7 @@ class Run:
         names: Sequence[str],
         kubeconfigs: Mapping[str, Path],
         base: Path,
-        sim: simulated.SimFleetProcess | None,
+        sim: SimFleetProcess | None,
     ) -> JSONDoc:
         import baselines
 
@@ -767,13 +767,13 @@ class Run:
             "warm": _pass_doc(warm, warm_seen) | {"changed_files_on_disk": changed_on_disk},
         }
         if delivery == "direct" and not simulated:
-            result["api_servers"] = "real kube-apiservers (tests/kubecluster.py), loopback"
+            result["api_servers"] = "real kube-apiservers (tests/support/kubecluster.py), loopback"
         if simulated:
             result["simulation"] = {
                 "latency_ms": self.args.latency_ms,
                 "rate_per_s": self.args.rate,
                 "burst": self.args.burst,
-                "servers": "bench/simulated.py, one aiohttp app per cluster, own process",
+                "servers": "tests/support/simulated.py, one aiohttp app per cluster, own process",
             }
         checks = {
             "vault_reads_within_unique_paths": cold_seen["vault_reads"] <= point.unique_paths
@@ -1067,7 +1067,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--count-reads",
         choices=("wire", "source"),
         default="wire",
-        help="wire: through tests/openbao.py's CountingProxy; source: VaultSource's counter",
+        help="wire: through tests/support/openbao.py's CountingProxy; source: VaultSource's counter",
     )
     parser.add_argument("--real-clusters", type=int, default=0, help="direct on real apiservers")
     parser.add_argument("--profile", type=Path, help="py-spy stacks of every secretsync pass")
@@ -1085,7 +1085,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    from tests.openbao import start_openbao
+    from tests.support.openbao import start_openbao
 
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="secretsync-bench-run-"))

@@ -31,7 +31,7 @@ from secretsync.engine.cycle import Engine
 from secretsync.fleet import load
 from secretsync.kube.clusters import ClientFactory
 from secretsync.sinks.kube import KubeSink
-from tests.kubecluster import KubeCluster, running_clusters
+from tests.support.kubecluster import KubeCluster, running_clusters
 
 KEY = b"bench-sync-hmac-key"
 

@@ -2,7 +2,7 @@
 
     python bench/vault_reads.py [--paths 2000] [--keys 10] [--clusters 20] [--naive-sample 2000]
 
-Starts its own OpenBao dev server (tests/openbao.py) on loopback, writes `--paths` KV v2
+Starts its own OpenBao dev server (tests/support/openbao.py) on loopback, writes `--paths` KV v2
 secrets of `--keys` keys each, and builds a fleet in which each of `--clusters` clusters uses
 every key of every path (paths x keys x clusters materializations). Then, in the same run:
 
@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from secretsync.core import model
 from secretsync.sources import resolve, vault
-from tests.openbao import OpenBao, start_openbao
+from tests.support.openbao import OpenBao, start_openbao
 
 MOUNT = "fleet"
 ROLE = "secretsync-bench"

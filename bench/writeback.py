@@ -4,8 +4,8 @@
         [--push-branch rendered] [--json FILE]
 
 Against a real `python -m secretsync serve` subprocess on 127.0.0.1 (`--interval 600 --no-kube
---no-leader-elect --git-url file://… --git-push`), a real OpenBao (tests/openbao.py) and a real
-bare Git repository (tests/gitremote.py). The fleet: N sealed clusters (4 RSA-2048 keys round
+--no-leader-elect --git-url file://… --git-push`), a real OpenBao (tests/support/openbao.py) and a real
+bare Git repository (tests/support/gitremote.py). The fleet: N sealed clusters (4 RSA-2048 keys round
 robin) and M FleetSecrets on every cluster, each reading its own Vault path; secret 0 is the
 one rotated. For each rotation: write a new value to OpenBao, POST a signed webhook, and
 measure from the 202 until the remote branch has a new head whose SealedSecret for cluster 0
@@ -40,9 +40,9 @@ from daemon import Daemon, pct  # noqa: E402  (bench/daemon.py)
 
 from secretsync.daemon import webhook  # noqa: E402
 from secretsync.delivery import seal  # noqa: E402
-from tests import keys  # noqa: E402
-from tests.gitremote import BareRemote, git  # noqa: E402
-from tests.openbao import start_openbao  # noqa: E402
+from tests.support import keys  # noqa: E402
+from tests.support.gitremote import BareRemote, git  # noqa: E402
+from tests.support.openbao import start_openbao  # noqa: E402
 
 POLL_S: Final = 0.02
 

@@ -25,7 +25,7 @@
 #                                       (default: ${TMPDIR:-/var/tmp})
 #   SECRETSYNC_KEEP_BUILD=1             keep the build tree (for debugging)
 #
-# Binary lookup (tests/kubecluster.py follows the same rules), for each binary:
+# Binary lookup (tests/support/kubecluster.py follows the same rules), for each binary:
 #   explicit variable  >  $SECRETSYNC_KUBE_ASSETS/<name>  >  cache (kube) or /usr/bin/etcd.
 # When the apiserver is supplied by the user, the controller manager is never built: it is
 # taken from the user's variables or is absent (clusters then run without it).

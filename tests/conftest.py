@@ -2,7 +2,7 @@
 
 Every log record of the session (all levels, all loggers) is kept in memory; at the end, the
 scan fails the run if any canary value appears in a record, in any file under a fleet repo
-that a test built with `fleet_repo`, in any answer of a `serve` process (`tests/served.py`) or
+that a test built with `fleet_repo`, in any answer of a `serve` process (`tests/support/served.py`) or
 in the metrics text of any `Metrics` made in the test process.
 """
 
@@ -17,7 +17,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from secretsync.daemon.metrics import Metrics
-from tests import canary
+from tests.support import canary
 
 pytest_plugins = (
     ["tests.adapters.conftest_kube"]

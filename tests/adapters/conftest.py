@@ -1,4 +1,4 @@
-"""Fixtures for adapter tests against real servers (see tests/openbao.py for OpenBao).
+"""Fixtures for adapter tests against real servers (see tests/support/openbao.py for OpenBao).
 
 `openbao` is one dev server for the whole session; tests isolate themselves with unique
 mounts and paths (`unique`). Tests that seal, pause or kill the server use `own_openbao`,
@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from tests.openbao import CountingProxy, OpenBao, start_openbao
+from tests.support.openbao import CountingProxy, OpenBao, start_openbao
 
 
 @pytest.fixture(scope="session")

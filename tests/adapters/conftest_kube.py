@@ -4,7 +4,7 @@
 
 Fixtures:
 
-- `kube_binaries` (session): the binaries found by `tests.kubecluster.find_binaries()`; a
+- `kube_binaries` (session): the binaries found by `tests.support.kubecluster.find_binaries()`; a
   missing build is an error naming `scripts/build-kube.sh`, never a skip.
 - `kube_clusters` (session): three independent clusters `kube-a`, `kube-b`, `kube-c`, each
   with its own etcd, kube-apiserver and kube-controller-manager, started side by side (no
@@ -31,7 +31,7 @@ import urllib3
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from tests.kubecluster import KubeBinaries, KubeCluster, find_binaries, running_clusters
+from tests.support.kubecluster import KubeBinaries, KubeCluster, find_binaries, running_clusters
 
 CLUSTER_NAMES = ("kube-a", "kube-b", "kube-c")
 

@@ -27,10 +27,10 @@ import yaml
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from tests import canary
 from tests.adapters.conftest_kube import NamespaceFactory
-from tests.kubecluster import KubeCluster
-from tests.test_chart import CHART, merged
+from tests.adapters.test_chart import CHART, merged
+from tests.support import canary
+from tests.support.kubecluster import KubeCluster
 
 RELEASE = "secretsync"
 

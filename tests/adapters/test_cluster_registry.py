@@ -20,10 +20,10 @@ from kubernetes import client as k8s
 
 from secretsync.cli import main
 from secretsync.fleet import load
-from tests import keys
 from tests.adapters.conftest_kube import NamespaceFactory
-from tests.kubecluster import KubeCluster
-from tests.netns import network_host
+from tests.support import keys
+from tests.support.kubecluster import KubeCluster
+from tests.support.netns import network_host
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
 FLEET = """\

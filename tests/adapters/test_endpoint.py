@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 from secretsync.kube.clusters import Endpoint
-from tests import keys
-from tests.kubecluster import KubeCluster
+from tests.support import keys
+from tests.support.kubecluster import KubeCluster
 
 
 async def test_request_reaches_the_apiserver_over_tls(kube_cluster: KubeCluster) -> None:

@@ -30,10 +30,10 @@ from secretsync.daemon.service import Daemon, DaemonSettings
 from secretsync.kube import events
 from secretsync.kube.clusters import Endpoint
 from secretsync.sources import resolve
-from tests import canary, keys
 from tests.adapters.conftest_kube import NamespaceFactory
-from tests.fakes import FakeSource
-from tests.kubecluster import KubeCluster
+from tests.support import canary, keys
+from tests.support.fakes import FakeSource
+from tests.support.kubecluster import KubeCluster
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
 

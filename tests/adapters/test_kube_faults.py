@@ -1,4 +1,4 @@
-"""Network faults between secretsync and real kube-apiservers, through tests/faultproxy.py.
+"""Network faults between secretsync and real kube-apiservers, through tests/support/faultproxy.py.
 
 T2: a cluster behind a slow link (2 s added to every reply) does not hold up the others.
 T8: the connection is reset after an apply reached the apiserver but before its reply came
@@ -27,11 +27,11 @@ from secretsync.fleet import load
 from secretsync.kube.clusters import ClientFactory
 from secretsync.sinks.deliver import ApplyResult, ChangeSet
 from secretsync.sinks.kube import KubeSink
-from tests import canary
 from tests.adapters.conftest_kube import NamespaceFactory
-from tests.fakes import FakeSource
-from tests.faultproxy import FaultProxy
-from tests.kubecluster import KubeCluster
+from tests.support import canary
+from tests.support.fakes import FakeSource
+from tests.support.faultproxy import FaultProxy
+from tests.support.kubecluster import KubeCluster
 
 KEY = b"kube-fault-hmac-key"
 MakeRepo = Callable[[dict[str, str | bytes]], Path]

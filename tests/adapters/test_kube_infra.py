@@ -26,7 +26,7 @@ from kubernetes import watch
 from kubernetes.client.exceptions import ApiException
 
 from tests.adapters.conftest_kube import NamespaceFactory
-from tests.kubecluster import KUBE_VERSION, KubeBinaries, KubeCluster, start_cluster
+from tests.support.kubecluster import KUBE_VERSION, KubeBinaries, KubeCluster, start_cluster
 
 APPLY = "application/apply-patch+yaml"
 WAIT_S = 60.0

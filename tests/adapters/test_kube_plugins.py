@@ -27,9 +27,9 @@ import yaml
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from tests import canary
 from tests.adapters.conftest_kube import NamespaceFactory
-from tests.kubecluster import KubeCluster
+from tests.support import canary
+from tests.support.kubecluster import KubeCluster
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
 PLUGIN = "cred-plugin"

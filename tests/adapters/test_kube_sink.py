@@ -25,10 +25,10 @@ from secretsync.engine.cycle import CycleReport, Engine
 from secretsync.fleet import load
 from secretsync.kube.clusters import ClientFactory
 from secretsync.sinks.kube import KubeSink
-from tests import apiserver_metrics, canary
 from tests.adapters.conftest_kube import NamespaceFactory
-from tests.fakes import FakeSource
-from tests.kubecluster import KubeCluster
+from tests.support import apiserver_metrics, canary
+from tests.support.fakes import FakeSource
+from tests.support.kubecluster import KubeCluster
 
 KEY = b"kube-test-hmac-key"
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
@@ -495,7 +495,7 @@ def test_stopped_cluster_does_not_hold_up_the_others(fleet: Fleet) -> None:
 
 
 def test_applied_sealed_and_external_objects(fleet: Fleet, crds: None) -> None:
-    from tests import keys
+    from tests.support import keys
 
     fleet.values = {"db": {"password": canary.new("db")}}
     assert fleet.write(DB)  # creates root
@@ -608,7 +608,7 @@ def test_a_sealed_secret_restart_waits_for_the_controllers_secret(fleet: Fleet, 
     """With `apply: true` the sealed-secrets controller writes the Secret: the Deployment is
     restarted only once that Secret carries the delivered content hash. Until then the restart
     is pending (named in the sink's report) and the next cycle looks again."""
-    from tests import keys
+    from tests.support import keys
 
     fleet.values = {"db": {"password": canary.new("db")}}
     fleet.write(DB)

@@ -31,10 +31,10 @@ from secretsync.engine.cycle import Engine
 from secretsync.fleet import load
 from secretsync.kube.clusters import ClientFactory
 from secretsync.sinks.kube import KubeSink
-from tests import canary
 from tests.adapters.conftest_kube import NamespaceFactory
-from tests.fakes import FakeSource
-from tests.kubecluster import KubeCluster
+from tests.support import canary
+from tests.support.fakes import FakeSource
+from tests.support.kubecluster import KubeCluster
 
 KEY = b"kube-throttle-hmac-key"
 RETRY_AFTER_S = 2

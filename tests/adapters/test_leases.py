@@ -44,10 +44,10 @@ from secretsync.kube.leases import LeaseElector, LeaseTiming
 from secretsync.sinks.deliver import ApplyResult, ChangeSet, Sink
 from secretsync.sinks.git import GitSink
 from secretsync.sources import resolve
-from tests import canary
 from tests.adapters.conftest_kube import NamespaceFactory
-from tests.fakes import FakeSource
-from tests.kubecluster import KubeCluster
+from tests.support import canary
+from tests.support.fakes import FakeSource
+from tests.support.kubecluster import KubeCluster
 
 FAST = LeaseTiming(lease_duration_s=2.0, renew_deadline_s=1.4, retry_period_s=0.2)
 DAEMON = LeaseTiming(lease_duration_s=3.0, renew_deadline_s=2.0, retry_period_s=0.25)

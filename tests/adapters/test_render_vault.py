@@ -16,8 +16,8 @@ from typing import Any
 import yaml
 
 from secretsync.delivery import seal
-from tests import canary, keys
-from tests.openbao import CountingProxy, OpenBao
+from tests.support import canary, keys
+from tests.support.openbao import CountingProxy, OpenBao
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
 CLUSTERS = {"prod-use1": "prod", "prod-euw1": "prod", "staging-use1": "staging", "dev-use1": "dev"}

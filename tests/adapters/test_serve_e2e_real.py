@@ -24,10 +24,10 @@ from kubernetes import client as k8s
 from prometheus_client.parser import text_string_to_metric_families
 
 from secretsync.daemon import webhook
-from tests import canary, served
 from tests.adapters.conftest_kube import NamespaceFactory
-from tests.kubecluster import KubeCluster
-from tests.openbao import OpenBao
+from tests.support import canary, served
+from tests.support.kubecluster import KubeCluster
+from tests.support.openbao import OpenBao
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
 SECRET = "rotated"

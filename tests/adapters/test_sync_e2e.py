@@ -19,10 +19,10 @@ from pathlib import Path
 
 from kubernetes import client as k8s
 
-from tests import apiserver_metrics, canary
 from tests.adapters.conftest_kube import NamespaceFactory
-from tests.kubecluster import KubeCluster
-from tests.openbao import OpenBao
+from tests.support import apiserver_metrics, canary
+from tests.support.kubecluster import KubeCluster
+from tests.support.openbao import OpenBao
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
 SECRETS = 150

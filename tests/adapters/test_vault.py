@@ -26,8 +26,8 @@ from cryptography.x509.oid import NameOID
 from secretsync.core import errors, model
 from secretsync.core.values import SecretValue
 from secretsync.sources import resolve, vault
-from tests import canary as canaries
-from tests.openbao import CountingProxy, OpenBao, start_openbao
+from tests.support import canary as canaries
+from tests.support.openbao import CountingProxy, OpenBao, start_openbao
 
 FAST = vault.RetryPolicy(
     attempts=4,
@@ -41,7 +41,7 @@ FAST = vault.RetryPolicy(
 
 
 def canary() -> str:
-    """A unique secret value, also watched by the session-wide leak scan (tests/canary.py)."""
+    """A unique secret value, also watched by the session-wide leak scan (tests/support/canary.py)."""
     return canaries.new("vault")
 
 

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import pytest
 
-from tests import canary, keys, netns
-from tests.openbao import CountingProxy, OpenBao
+from tests.support import canary, keys, netns
+from tests.support.openbao import CountingProxy, OpenBao
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
 DEADLINE_S = 60.0

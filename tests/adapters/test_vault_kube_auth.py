@@ -31,10 +31,10 @@ from kubernetes.client.exceptions import ApiException
 
 from secretsync.core import errors, model
 from secretsync.sources import resolve, vault
-from tests import canary as canaries
 from tests.adapters.conftest_kube import NamespaceFactory
-from tests.kubecluster import KubeCluster
-from tests.openbao import CountingProxy, OpenBao
+from tests.support import canary as canaries
+from tests.support.kubecluster import KubeCluster
+from tests.support.openbao import CountingProxy, OpenBao
 
 WAIT_S = 60.0
 LEGACY_ISSUER = "kubernetes/serviceaccount"

@@ -22,10 +22,10 @@ from secretsync.fleet import load
 from secretsync.kube.clusters import ClientFactory
 from secretsync.sinks.kube import KubeSink
 from secretsync.sources import vault
-from tests import apiserver_metrics, canary
 from tests.adapters.conftest_kube import NamespaceFactory
-from tests.kubecluster import KubeCluster
-from tests.openbao import OpenBao
+from tests.support import apiserver_metrics, canary
+from tests.support.kubecluster import KubeCluster
+from tests.support.openbao import OpenBao
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
 KEY = b"vault-outage-hmac-key"

@@ -20,9 +20,9 @@ from secretsync.cli import main
 from secretsync.core import errors
 from secretsync.daemon.service import Daemon, DaemonSettings
 from secretsync.delivery import seal
-from tests import canary, keys
 from tests.adapters.test_vault import FAST, loc, make_source
-from tests.openbao import CountingProxy, OpenBao
+from tests.support import canary, keys
+from tests.support.openbao import CountingProxy, OpenBao
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
 

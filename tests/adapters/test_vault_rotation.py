@@ -19,8 +19,8 @@ from secretsync.engine.cycle import Engine
 from secretsync.fleet import load
 from secretsync.sinks.git import GitSink
 from secretsync.sources.vault import build_vault_source
-from tests import canary, keys
-from tests.openbao import OpenBao
+from tests.support import canary, keys
+from tests.support.openbao import OpenBao
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
 

@@ -16,12 +16,12 @@ from secretsync.cli import main
 from secretsync.daemon.service import Daemon, DaemonSettings
 from secretsync.delivery import seal
 from secretsync.sinks import writeback
-from tests import canary, keys
 from tests.adapters.conftest_kube import NamespaceFactory
 from tests.adapters.test_cluster_registry import controller_service
-from tests.gitremote import BareRemote
-from tests.kubecluster import KubeCluster
-from tests.netns import network_host
+from tests.support import canary, keys
+from tests.support.gitremote import BareRemote
+from tests.support.kubecluster import KubeCluster
+from tests.support.netns import network_host
 
 RENDERED = "rendered/renewing/apps/app.yaml"
 

@@ -23,9 +23,9 @@ import yaml
 
 from secretsync.daemon import webhook
 from secretsync.delivery import seal
-from tests import canary, keys, served
-from tests.gitremote import BareRemote
-from tests.openbao import OpenBao
+from tests.support import canary, keys, served
+from tests.support.gitremote import BareRemote
+from tests.support.openbao import OpenBao
 
 POLL_S = 0.02  # poll interval inside every deadline loop below
 RENDERED = "rendered/one/apps/db.yaml"

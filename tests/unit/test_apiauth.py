@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from secretsync.daemon import apiauth
-from tests import canary
+from tests.support import canary
 
 
 class ReviewApi:

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from secretsync.core import errors
 from secretsync.engine.cycle import CycleReport, Engine
 from secretsync.fleet import load
-from tests.fakes import FakeSource, MemorySink
+from tests.support.fakes import FakeSource, MemorySink
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
 KEY = b"delete-limit-hmac-key"

@@ -12,8 +12,8 @@ from pathlib import Path
 from secretsync.core.model import ObjectKey, Observed
 from secretsync.engine.cycle import CycleReport, Engine
 from secretsync.fleet import load
-from tests import canary
-from tests.fakes import FakeSource, MemorySink
+from tests.support import canary
+from tests.support.fakes import FakeSource, MemorySink
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
 KEY = b"batch-hmac-key"

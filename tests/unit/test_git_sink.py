@@ -33,8 +33,8 @@ from secretsync.fleet import load
 from secretsync.sinks import git, statindex
 from secretsync.sinks.deliver import ChangeSet
 from secretsync.sinks.git import GitSink
-from tests import canary, fleets
-from tests.fakes import FakeSource
+from tests.support import canary, fleets
+from tests.support.fakes import FakeSource
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
 KEY = b"test-hmac-key-0123456789abcdef"

@@ -15,7 +15,7 @@ import pytest
 
 from secretsync.core import errors
 from secretsync.kube import kubeplugins
-from tests import canary
+from tests.support import canary
 
 WHERE = "kubeconfig /etc/k.yaml"
 

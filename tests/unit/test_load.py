@@ -400,7 +400,7 @@ def test_file_count_cap_bounds_the_walk(
     fleet_repo: MakeRepo, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every file and folder walked counts, YAML or not (the real cap of 20,000 is exercised
-    through the CLI in tests/test_hostile_cli.py)."""
+    through the CLI in tests/e2e/test_hostile_cli.py)."""
     monkeypatch.setattr(load, "MAX_FILES", 30)
     files: dict[str, str | bytes] = {"secretsync.yaml": FLEET, "clusters/a.yaml": CLUSTER}
     files.update({f"secrets/notes/{i}.txt": "x" for i in range(29)})
@@ -411,7 +411,7 @@ def test_file_count_cap_bounds_the_walk(
 
 
 def test_certificate_pin_is_checked_when_the_fleet_loads(fleet_repo: MakeRepo) -> None:
-    from tests import keys
+    from tests.support import keys
 
     pem = keys.cert_pem(keys.rsa_key(0))
     actual = seal.certificate_sha256(pem, source="x")

@@ -28,8 +28,8 @@ from secretsync.delivery.materialize import RenderContext, Rendered, dump_yaml
 from secretsync.engine.cycle import Engine
 from secretsync.fleet import load, plan
 from secretsync.sinks.git import GitSink
-from tests import keys
-from tests.fakes import FakeSource
+from tests.support import keys
+from tests.support.fakes import FakeSource
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
 KEY = b"guard-test-hmac-key"

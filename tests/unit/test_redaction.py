@@ -27,8 +27,8 @@ from secretsync.app import logs
 from secretsync.core.model import Location, ValueRef
 from secretsync.core.values import SecretValue
 from secretsync.daemon.service import Daemon, DaemonSettings
-from tests import canary, fleets
-from tests.fakes import FakeSource
+from tests.support import canary, fleets
+from tests.support.fakes import FakeSource
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,7 +40,7 @@ CHILD = textwrap.dedent(
     from secretsync.app import logs
     from secretsync.sources import resolve
     from secretsync.core.model import Location, ValueRef
-    from tests.fakes import FakeSource
+    from tests.support.fakes import FakeSource
 
     logs.setup(level="info")  # what every command does first
     value, other = sys.stdin.read().split("\\n")

@@ -21,8 +21,8 @@ from secretsync.engine.cycle import CycleReport, Engine
 from secretsync.fleet import load, plan
 from secretsync.sinks.git import GitSink
 from secretsync.sources import resolve
-from tests import canary, fleets
-from tests.fakes import FakeSource
+from tests.support import canary, fleets
+from tests.support.fakes import FakeSource
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
 KEY = b"test-hmac-key-0123456789abcdef"
@@ -281,7 +281,7 @@ def test_plaintext_guard_refuses_a_leaking_object(fleet_repo: MakeRepo) -> None:
 def test_expired_certificate_fails_its_cluster_and_keeps_files(fleet_repo: MakeRepo) -> None:
     from datetime import timedelta
 
-    from tests import keys
+    from tests.support import keys
 
     root = fleets.write_fleet(fleet_repo)
     docs = fleets.vault_docs()
@@ -301,7 +301,7 @@ def test_expired_certificate_fails_its_cluster_and_keeps_files(fleet_repo: MakeR
 def test_pinned_certificate_swapped_after_the_fleet_loaded_fails_its_cluster(
     fleet_repo: MakeRepo,
 ) -> None:
-    from tests import keys
+    from tests.support import keys
 
     root = fleets.write_fleet(fleet_repo)
     pin = seal.certificate_sha256((root / "certs/prod-use1.pem").read_bytes(), source="x")

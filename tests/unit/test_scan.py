@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from secretsync.core.model import SopsSettings, VaultTransitKey
 from secretsync.fleet.scan import Finding, FindingKind, scan
-from tests import canary
+from tests.support import canary
 
 REPO = Path(__file__).resolve().parents[2]
 

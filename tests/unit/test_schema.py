@@ -1,6 +1,6 @@
 """Rendered manifests against the upstream schemas, ESO's admission rules and ObjectMeta rules.
 
-The fleet of tests/fleets.py (plus one FleetSecret that uses every optional target field) is
+The fleet of tests/support/fleets.py (plus one FleetSecret that uses every optional target field) is
 rendered through the Engine and the Git sink; every file it writes is checked, and so is every
 DesiredSecret rendered as a direct Secret. The negative controls show each validator refusing a
 broken object, so a validator that accepts everything fails this module.
@@ -27,8 +27,8 @@ from secretsync.delivery import materialize
 from secretsync.engine.cycle import Engine
 from secretsync.fleet import load, plan
 from secretsync.sinks.git import GitSink
-from tests import canary, fleets, schema
-from tests.fakes import FakeSource
+from tests.support import canary, fleets, schema
+from tests.support.fakes import FakeSource
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
 KEY = b"test-hmac-key-schema-0123456789"

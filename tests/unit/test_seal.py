@@ -40,7 +40,7 @@ from secretsync.delivery.seal import (
     unseal_manifest,
     unseal_value,
 )
-from tests.sealing_reference import (
+from tests.support.sealing_reference import (
     ReferenceUnsealError,
     reference_label,
     reference_seal,

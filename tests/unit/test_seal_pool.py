@@ -22,8 +22,8 @@ from secretsync.delivery import seal, sealpool
 from secretsync.engine.cycle import CycleReport, Engine
 from secretsync.fleet import load
 from secretsync.sinks.git import GitSink
-from tests import canary, fleets, keys
-from tests.fakes import FakeSource
+from tests.support import canary, fleets, keys
+from tests.support.fakes import FakeSource
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
 KEY = b"test-hmac-key-0123456789abcdef"

@@ -20,7 +20,7 @@ from secretsync.core.model import SopsSettings, VaultTransitKey
 from secretsync.fleet import load, repopath
 from secretsync.sources import sopskeys
 from secretsync.sources.sopskeys import FileFormat
-from tests.sopstool import AgeKey, make_age_key, sops_encrypt
+from tests.support.sopstool import AgeKey, make_age_key, sops_encrypt
 
 VAULT = "http://127.0.0.1:8200"
 TRANSIT = SopsSettings(

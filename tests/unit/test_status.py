@@ -16,8 +16,8 @@ from secretsync.daemon.status import DRIFT_REASON, State, StatusBoard
 from secretsync.engine.cycle import CycleReport, Engine, ItemResult
 from secretsync.fleet import load, plan
 from secretsync.sinks.git import GitSink
-from tests import canary, fleets
-from tests.fakes import FakeSource
+from tests.support import canary, fleets
+from tests.support.fakes import FakeSource
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
 KEY = b"status-test-hmac-key-0123456789"

@@ -26,8 +26,8 @@ from secretsync.delivery import fleetseal, seal
 from secretsync.engine.cycle import Engine
 from secretsync.fleet import load
 from secretsync.sinks.git import GitSink
-from tests import canary, fleets
-from tests.fakes import FakeSource
+from tests.support import canary, fleets
+from tests.support.fakes import FakeSource
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tests import canary, keys
-from tests.served import ServeClient
-from tests.test_serve_e2e import CLUSTERS, FLEET, SECRETS, MakeRepo
+from tests.e2e.test_serve_e2e import CLUSTERS, FLEET, SECRETS, MakeRepo
+from tests.support import canary, keys
+from tests.support.served import ServeClient
 
 
 def _free_port() -> int:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests import canary, fleets
-from tests.served import ServeClient
-from tests.test_web import MakeRepo
+from tests.e2e.test_web import MakeRepo
+from tests.support import canary, fleets
+from tests.support.served import ServeClient
 
 PROTECTED = ("/v1/status", "/v1/status/summary", "/", "/metrics")
 
@@ -133,7 +133,7 @@ def test_kubernetes_review_401_403_200(
 ) -> None:
     from kubernetes import client as k8s
 
-    from tests.kubecluster import start_cluster
+    from tests.support.kubecluster import start_cluster
 
     cluster = start_cluster(name="apiauth", workdir=tmp_path / "kube")
     try:
@@ -200,7 +200,7 @@ def _daemon_identity(cluster: object, tmp_path: Path) -> Path:
     `subjectaccessreviews` create (the chart's rules for the status API)."""
     from kubernetes import client as k8s
 
-    from tests.kubecluster import KubeCluster
+    from tests.support.kubecluster import KubeCluster
 
     assert isinstance(cluster, KubeCluster)
     api = cluster.api_client()

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from secretsync.cli import main
 from secretsync.daemon import web
 from secretsync.daemon.service import Daemon, DaemonSettings
-from tests import keys
+from tests.support import keys
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
 

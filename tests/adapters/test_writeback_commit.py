@@ -22,9 +22,9 @@ from secretsync.fleet import load
 from secretsync.sinks import writeback
 from secretsync.sinks.deliver import KeyDiff
 from secretsync.sinks.git import GitSink
-from tests import canary, keys
-from tests.fakes import FakeSource
-from tests.gitremote import GIT_ENV, git
+from tests.support import canary, keys
+from tests.support.fakes import FakeSource
+from tests.support.gitremote import GIT_ENV, git
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
 

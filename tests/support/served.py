@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from secretsync.daemon import webhook
-from tests import canary
+from tests.support import canary
 
 _LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
 

@@ -3,7 +3,7 @@
 Every secret value a test feeds to secretsync comes from `new()`. After the session, the scan
 looks for each canary (raw, base64 and JSON-escaped) in every log record of the session, in
 every file under every fleet repo the tests created, in every HTTP answer of a `serve` process
-(`tests/served.py`) and in the metrics text of every `Metrics` made in the test process.
+(`tests/support/served.py`) and in the metrics text of every `Metrics` made in the test process.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from secretsync.daemon.web import make_app
-from tests import fleets
-from tests.test_web import AiohttpClient, FakeEngine, MakeRepo, make_daemon
+from tests.e2e.test_web import AiohttpClient, FakeEngine, MakeRepo, make_daemon
+from tests.support import fleets
 
 
 @pytest.fixture

@@ -19,8 +19,8 @@ from secretsync.core import errors
 from secretsync.daemon.service import Daemon, DaemonSettings
 from secretsync.delivery import seal
 from secretsync.fleet import gitsource
-from tests import canary, gitremote, keys
-from tests.gitremote import GIT_ENV, BareRemote
+from tests.support import canary, gitremote, keys
+from tests.support.gitremote import GIT_ENV, BareRemote
 
 FLEET = """\
 apiVersion: secretsync.dev/v1alpha1

@@ -1,11 +1,11 @@
-"""A small fleet in the README's fleet repo format, for engine-level tests (keys from tests/keys.py)."""
+"""A small fleet in the README's fleet repo format, for engine-level tests (keys from tests/support/keys.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
 
-from tests import canary, keys
+from tests.support import canary, keys
 
 FLEET = """\
 apiVersion: secretsync.dev/v1alpha1

@@ -2,7 +2,7 @@
 the build backend pinned exactly, with hashes, inside pyproject's floors; the floors and the
 pins past the releases that fixed published advisories; the image installing from the lock
 with --require-hashes. (That the lock installs into a clean venv and passes `pip check` is
-tests/test_chart.py::test_image_install_steps_work_in_a_clean_venv, which replays the
+tests/adapters/test_chart.py::test_image_install_steps_work_in_a_clean_venv, which replays the
 Dockerfile's build step.)"""
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from tests.test_chart import DOCKERFILE, dockerfile_stages
+from tests.adapters.test_chart import DOCKERFILE, dockerfile_stages
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LOCK = ROOT / "requirements.lock"
 
 # package -> (first release with every fix, the advisories): what the floors must be past.

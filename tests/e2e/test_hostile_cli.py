@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "fleet"
 DEMO_KEYS = REPO / "examples" / "demo-keys"
 COMMANDS = [["validate"], ["plan"], ["render"], ["sync", "--dry-run"], ["sync"]]

@@ -28,10 +28,10 @@ from pathlib import Path
 
 import pytest
 
-from tests import canary
-from tests.served import ServeClient
+from tests.support import canary
+from tests.support.served import ServeClient
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "fleet"
 DEMO_KEYS = REPO / "examples" / "demo-keys"
 REFUSING = [["validate"], ["plan"], ["render"], ["sync", "--dry-run"]]

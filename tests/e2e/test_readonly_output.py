@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from tests import canary
+from tests.support import canary
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "fleet"
 DEMO_KEYS = REPO / "examples" / "demo-keys"
 BLOCKED = "prod-use1"

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "fleet"
 DEMO_KEYS = REPO / "examples" / "demo-keys"
 DEADLINE_S = 10.0  # per process, interpreter start included; a refusal itself takes ~ms

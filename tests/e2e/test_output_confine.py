@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_crash_render import CLUSTERS, SECRETS, build
+from tests.e2e.test_crash_render import CLUSTERS, SECRETS, build
 
 DEADLINE_S = 60.0  # per process; an unconfined render of a FIFO waits for ever
 ADDRESS_SPACE = 1 << 30  # a whole render needs a fraction of this; reading /dev/zero does not

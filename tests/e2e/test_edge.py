@@ -28,8 +28,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from secretsync.daemon import edge
 from secretsync.daemon.service import Daemon
 from secretsync.daemon.web import make_app
-from tests import canary, fleets
-from tests.test_web import FakeEngine, make_daemon, signed
+from tests.e2e.test_web import FakeEngine, make_daemon, signed
+from tests.support import canary, fleets
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
 HOST = "127.0.0.1"

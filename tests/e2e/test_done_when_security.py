@@ -11,7 +11,7 @@ command runs as a real `python -m secretsync` process at `--log-level debug`:
   key fail only their secrets: exit 1, each file named, the rendered tree byte-identical;
 - an alias bomb, a 64 MiB file, a `..` path and a symlink leaving the repo are refused within
   seconds: exit 2, the file named, nothing written (all five commands on the example fleet:
-  tests/test_hostile_cli.py);
+  tests/e2e/test_hostile_cli.py);
 - an expired sealing certificate is refused (render exit 1, validate exit 2), nothing changes;
 - a certificate swapped for another valid key under a `certificateSha256` pin is refused (exit
   2, both fingerprints named), nothing changes.
@@ -34,13 +34,13 @@ import pytest
 import yaml
 
 from secretsync.delivery import seal
-from tests import canary, keys
-from tests.sopstool import AgeKey, make_age_key, sops_encrypt
-from tests.test_hostile_cli import alias_bomb
+from tests.e2e.test_hostile_cli import alias_bomb
+from tests.support import canary, keys
+from tests.support.sopstool import AgeKey, make_age_key, sops_encrypt
 
 DEADLINE_S = 10.0  # per refused process, interpreter start included
 HMAC = "hidden-fleet-hmac-key"
-CLUSTERS = {"h-prod-a": 40, "h-prod-b": 41, "h-stage": 42}  # name -> tests/keys.py index
+CLUSTERS = {"h-prod-a": 40, "h-prod-b": 41, "h-stage": 42}  # name -> tests/support/keys.py index
 PINNED = "h-prod-b"
 PROD_ONLY = ("tampered", "cipher", "wrongkey")
 

@@ -29,12 +29,12 @@ from secretsync.core import errors
 from secretsync.daemon.web import make_app
 from secretsync.engine.cycle import Engine
 from secretsync.sinks.git import GitSink
-from tests import canary, fleets
-from tests.fakes import FakeSource
-from tests.test_web import HMAC, make_daemon
+from tests.e2e.test_web import HMAC, make_daemon
+from tests.support import canary, fleets
+from tests.support.fakes import FakeSource
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 CHROMIUM_FLAGS = (
     "--headless",
     "--no-sandbox",

@@ -22,8 +22,8 @@ from secretsync.core import errors
 from secretsync.core.model import Observed
 from secretsync.engine.cycle import Engine
 from secretsync.fleet import load
-from tests import canary, keys
-from tests.fakes import FakeSource, MemorySink
+from tests.support import canary, keys
+from tests.support.fakes import FakeSource, MemorySink
 
 CYCLES = 1000
 WARMUP = 150

@@ -1,6 +1,6 @@
 """The GitOps recipes of examples/gitops/ are tested, not prose: the Argo CD ApplicationSet and
 the Flux GitRepository / Kustomizations pass the upstream schemas (`@kubernetes-models/argo-cd`,
-`@kubernetes-models/flux-cd`, through tests/schema.py), they cover exactly the cluster folders
+`@kubernetes-models/flux-cd`, through tests/support/schema.py), they cover exactly the cluster folders
 the example fleet renders, and `kubectl kustomize` builds every rendered folder into objects
 that pass the SealedSecret / ExternalSecret schemas."""
 
@@ -14,9 +14,9 @@ from typing import Any
 import yaml
 
 from secretsync.fleet import load
-from tests import schema
+from tests.support import schema
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GITOPS = ROOT / "examples" / "gitops"
 FLEET = ROOT / "examples" / "fleet"
 

@@ -26,7 +26,7 @@ from typing import Any, Final
 
 import kubernetes_validate
 
-JS_DIR: Final = Path(__file__).resolve().parent / "js"
+JS_DIR: Final = Path(__file__).resolve().parents[1] / "js"
 KUBERNETES_VERSION: Final = "1.30.0"
 NODE_TIMEOUT_SECONDS: Final = 120.0
 SETUP_HINT: Final = (

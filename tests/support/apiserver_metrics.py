@@ -8,7 +8,7 @@ import re
 import ssl
 import urllib.request
 
-from tests.kubecluster import KubeCluster
+from tests.support.kubecluster import KubeCluster
 
 WRITES = ("APPLY", "PATCH", "PUT", "POST", "DELETE")
 _SAMPLE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$", re.M)

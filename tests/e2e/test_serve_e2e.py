@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests import canary, keys
-from tests.served import ServeClient
+from tests.support import canary, keys
+from tests.support.served import ServeClient
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
 

@@ -27,8 +27,8 @@ from secretsync.daemon.web import make_app, render_page
 from secretsync.engine.cycle import CycleReport, Engine, ItemResult
 from secretsync.fleet import load, plan
 from secretsync.sinks.git import GitSink
-from tests import canary, fleets
-from tests.fakes import FakeSource
+from tests.support import canary, fleets
+from tests.support.fakes import FakeSource
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
 AiohttpClient = Callable[..., Any]

@@ -17,9 +17,9 @@ from click.testing import CliRunner
 
 from secretsync.cli import main
 from secretsync.delivery import seal
-from tests import canary
+from tests.support import canary
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "fleet"
 DEMO_KEYS = REPO / "examples" / "demo-keys"
 HMAC = "cli-test-hmac-key"

@@ -23,7 +23,7 @@ import jsonschema
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "secretsync"
 DOCKERFILE = ROOT / "Dockerfile"
 
@@ -347,7 +347,7 @@ def test_values_name_secrets_and_never_hold_them() -> None:
 
 @pytest.fixture(scope="module")
 def helm_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[helm_sdkpy.Configuration]:
-    from tests.kubecluster import start_cluster
+    from tests.support.kubecluster import start_cluster
 
     workdir = tmp_path_factory.mktemp("chart-render")
     cluster = start_cluster(name="chart", workdir=workdir)

@@ -21,8 +21,8 @@ from secretsync.daemon.service import Daemon, DaemonSettings
 from secretsync.delivery import seal
 from secretsync.fleet import gitsource
 from secretsync.sinks import writeback
-from tests import canary, keys
-from tests.gitremote import GIT_ENV, BareRemote, git, http_url, smart_http
+from tests.support import canary, keys
+from tests.support.gitremote import GIT_ENV, BareRemote, git, http_url, smart_http
 
 FLEET = """\
 apiVersion: secretsync.dev/v1alpha1
