@@ -12,9 +12,7 @@ import base64
 import json
 import os
 import re
-import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -29,7 +27,7 @@ from kubernetes.client.exceptions import ApiException
 
 from tests.adapters.conftest_kube import NamespaceFactory
 from tests.adapters.test_chart import CHART, merged
-from tests.support import canary
+from tests.support import canary, cli
 from tests.support.kubecluster import KubeCluster
 
 RELEASE = "secretsync"
@@ -564,13 +562,7 @@ def daemon_proc(tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
     started: list[subprocess.Popen[bytes]] = []
     yield started
     for proc in started:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        cli.stop(proc, graceful_s=30)
 
 
 def test_daemon_with_the_charts_service_account(
@@ -635,19 +627,12 @@ def test_daemon_with_the_charts_service_account(
         # in a pod the Leases live in the pod's namespace: the release namespace
         "SECRETSYNC_LEASE_NAMESPACE": ns,
     }
-    with log.open("wb") as sink:
-        daemon_proc.append(
-            subprocess.Popen(
-                [
-                    sys.executable, "-m", "secretsync", "serve", str(fleet),
-                    "--listen", "127.0.0.1:0", "--interval", "600", "--no-git",
-                    "--home-kubeconfig", str(home),
-                ],
-                env=env,
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-            )
-        )  # fmt: skip
+    daemon_proc.append(
+        cli.serve(
+            fleet, "--listen", "127.0.0.1:0", "--interval", "600", "--no-git",
+            "--home-kubeconfig", str(home), env=env, log=log,
+        )
+    )  # fmt: skip
     proc = daemon_proc[0]
     deadline = time.monotonic() + 60
     status: dict[str, Any] = {}

@@ -13,15 +13,13 @@ from typing import Any
 
 import pytest
 import yaml
-from click.testing import CliRunner
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from kubernetes import client as k8s
 
-from secretsync.cli import main
 from secretsync.fleet import load
 from tests.adapters.conftest_kube import NamespaceFactory
-from tests.support import keys
+from tests.support import cli, keys
 from tests.support.kubecluster import KubeCluster
 from tests.support.netns import network_host
 
@@ -36,9 +34,7 @@ spec:
 
 
 def invoke(*args: str) -> Any:
-    return CliRunner().invoke(
-        main.main_group, list(args), env={"SECRETSYNC_HMAC_KEY": "reg-key"}, catch_exceptions=False
-    )
+    return cli.invoke(*args, env={"SECRETSYNC_HMAC_KEY": "reg-key"})
 
 
 def controller_service(api: k8s.ApiClient, namespace: str, name: str, ip: str, port: int) -> None:

@@ -13,8 +13,6 @@ import logging
 import os
 import secrets
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -31,7 +29,7 @@ from secretsync.kube import events
 from secretsync.kube.clusters import Endpoint
 from secretsync.sources import resolve
 from tests.adapters.conftest_kube import NamespaceFactory
-from tests.support import canary, keys
+from tests.support import canary, cli, keys
 from tests.support.fakes import FakeSource
 from tests.support.kubecluster import KubeCluster
 
@@ -304,17 +302,10 @@ def test_serve_posts_events_about_its_pod(
         "POD_NAMESPACE": ns,
     }
     log = tmp_path / "serve.log"
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "secretsync", "serve", str(root),
-                "--listen", "127.0.0.1:0", "--interval", "1", "--no-git",
-                "--no-leader-elect", "--home-kubeconfig", str(home),
-            ],
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    proc = cli.serve(
+        root, "--listen", "127.0.0.1:0", "--interval", "1", "--no-git", "--no-leader-elect",
+        "--home-kubeconfig", str(home), env=env, log=log,
+    )  # fmt: skip
     try:
         deadline = time.monotonic() + 60
         found: list[dict[str, Any]] = []
@@ -332,9 +323,7 @@ def test_serve_posts_events_about_its_pod(
         os.kill(proc.pid, signal.SIGTERM)
         assert proc.wait(timeout=30) == 0, log.read_text()
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        cli.stop(proc)
     text = log.read_text()
     assert "Events on: about Pod" in text and value not in text
     canary.keep("serve log", text)

@@ -17,8 +17,6 @@ import json
 import os
 import re
 import secrets
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,7 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from tests.adapters.conftest_kube import NamespaceFactory
-from tests.support import canary
+from tests.support import canary, cli
 from tests.support.kubecluster import KubeCluster
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
@@ -124,15 +122,8 @@ def canary_env() -> dict[str, str]:
     }
 
 
-def cli(*args: str, env: dict[str, str]) -> tuple[int, dict[str, Any], str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "secretsync", "-o", "json", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+def secretsync(*args: str, env: dict[str, str]) -> tuple[int, dict[str, Any], str]:
+    proc = cli.run("-o", "json", *args, env=env, timeout=120, text=True)
     return proc.returncode, json.loads(proc.stdout or "{}"), proc.stderr
 
 
@@ -195,7 +186,7 @@ def test_exec_plugin_runs_only_when_allowed_and_without_secretsync_credentials(
     )
     env = canary_env()
 
-    code, report, err = cli("sync", str(root), env=env)
+    code, report, err = secretsync("sync", str(root), env=env)
     assert code == 1, err[-2000:]
     reason = report["failedClusters"][f"plugged-{suffix}"]
     assert f"credential plugin '{PLUGIN}' is not allowed" in reason
@@ -206,7 +197,7 @@ def test_exec_plugin_runs_only_when_allowed_and_without_secretsync_credentials(
     assert not machine.marker.exists(), "the plugin ran without being allowed"
 
     allowed = {**env, "SECRETSYNC_ALLOW_EXEC_PLUGINS": f"aws,{PLUGIN}"}
-    code, report, err = cli(
+    code, report, err = secretsync(
         "plan", "--live", "--cluster", f"plugged-{suffix}", str(root), env=allowed
     )
     assert code == 0, err[-2000:]
@@ -215,7 +206,7 @@ def test_exec_plugin_runs_only_when_allowed_and_without_secretsync_credentials(
     machine.marker.unlink()
     machine.dump.unlink()
 
-    code, report, err = cli("sync", "--allow-exec-plugin", PLUGIN, str(root), env=env)
+    code, report, err = secretsync("sync", "--allow-exec-plugin", PLUGIN, str(root), env=env)
     assert code == 0, err[-2000:]
     assert machine.marker.exists()
     machine.plugin_environment()
@@ -257,7 +248,7 @@ def test_exec_plugin_in_a_kubeconfig_secret_runs_only_when_allowed(
     home_kubeconfig = str(home.kubeconfig(machine.dir / "home.yaml"))
     env = canary_env()
 
-    code, report, err = cli("sync", "--home-kubeconfig", home_kubeconfig, str(root), env=env)
+    code, report, err = secretsync("sync", "--home-kubeconfig", home_kubeconfig, str(root), env=env)
     assert code == 1, err[-2000:]
     reason = report["failedClusters"][name]
     assert f"Secret {holder}/kubeconfig-target key 'kubeconfig'" in reason
@@ -266,7 +257,7 @@ def test_exec_plugin_in_a_kubeconfig_secret_runs_only_when_allowed(
     assert not machine.marker.exists(), "the plugin ran without being allowed"
     assert secret(target, namespace, "via") is None
 
-    code, report, err = cli(
+    code, report, err = secretsync(
         "sync",
         "--home-kubeconfig",
         home_kubeconfig,

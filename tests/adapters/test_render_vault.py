@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +14,7 @@ from typing import Any
 import yaml
 
 from secretsync.delivery import seal
-from tests.support import canary, keys
+from tests.support import canary, cli, cycles, keys
 from tests.support.openbao import CountingProxy, OpenBao
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
@@ -95,20 +93,21 @@ def setup_vault(bao: OpenBao, unique: str, tmp: Path) -> tuple[str, Path, dict[s
     return role_id, secret_file, values
 
 
+def secretsync(*args: str, token: bool = False, **env: str) -> subprocess.CompletedProcess[bytes]:
+    """`secretsync -o json ARGS` as a process; without `token` VAULT_TOKEN is left out, so only
+    the fleet's own Vault login (AppRole) can read."""
+    full = cli.environ(SECRETSYNC_HMAC_KEY="vault-render", **env)
+    if not token:
+        full.pop("VAULT_TOKEN", None)
+    return cli.run("-o", "json", *args, env=full, timeout=300)
+
+
 def render(root: Path) -> subprocess.CompletedProcess[bytes]:
-    env = {**os.environ, "SECRETSYNC_HMAC_KEY": "vault-render", "SECRETSYNC_LOG_LEVEL": "debug"}
-    env.pop("VAULT_TOKEN", None)
-    return subprocess.run(
-        [sys.executable, "-m", "secretsync", "-o", "json", "render", str(root)],
-        env=env,
-        capture_output=True,
-        timeout=300,
-        check=False,
-    )
+    return secretsync("render", str(root), SECRETSYNC_LOG_LEVEL="debug")
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
-    return {str(p): p.read_bytes() for p in sorted((root / "rendered").rglob("*")) if p.is_file()}
+    return cycles.snapshot(root / "rendered")
 
 
 async def test_render_from_openbao_reads_once_and_keeps_last_known_good(
@@ -190,14 +189,7 @@ async def test_check_refs_reads_external_refs_and_plan_names_source_versions(
         root = fleet_repo(files)
 
         def plan(*extra: str) -> subprocess.CompletedProcess[bytes]:
-            env = {**os.environ, "SECRETSYNC_HMAC_KEY": "vault-render"}
-            return subprocess.run(
-                [sys.executable, "-m", "secretsync", "-o", "json", "plan", str(root), *extra],
-                env=env,
-                capture_output=True,
-                timeout=300,
-                check=False,
-            )
+            return secretsync("plan", str(root), *extra, token=True)
 
         done = await asyncio.to_thread(plan, "--cluster", "ext")
         assert done.returncode == 0, done.stderr.decode()[-2000:]
@@ -233,15 +225,7 @@ async def test_plan_names_refs_that_moved_to_a_new_version(
     openbao.write_kv("secret", f"{unique}/prod/db", values["prod"])  # same values, version 2
 
     def plan() -> subprocess.CompletedProcess[bytes]:
-        env = {**os.environ, "SECRETSYNC_HMAC_KEY": "vault-render"}
-        env.pop("VAULT_TOKEN", None)
-        return subprocess.run(
-            [sys.executable, "-m", "secretsync", "-o", "json", "plan", str(root)],
-            env=env,
-            capture_output=True,
-            timeout=300,
-            check=False,
-        )
+        return secretsync("plan", str(root))
 
     planned = await asyncio.to_thread(plan)
     assert planned.returncode == 0, planned.stderr.decode()[-2000:]
@@ -277,15 +261,7 @@ async def test_an_external_object_does_not_fail_on_a_read_made_for_another_clust
         )
 
         def plan(*extra: str) -> tuple[int, dict[str, str], str]:
-            env = {**os.environ, "SECRETSYNC_HMAC_KEY": "vault-render"}
-            env.pop("VAULT_TOKEN", None)
-            done = subprocess.run(
-                [sys.executable, "-m", "secretsync", "-o", "json", "plan", str(root), *extra],
-                env=env,
-                capture_output=True,
-                timeout=300,
-                check=False,
-            )
+            done = secretsync("plan", str(root), *extra)
             actions = {
                 name: item["action"]
                 for name, items in json.loads(done.stdout)["clusters"].items()

@@ -13,8 +13,6 @@ import base64
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from secretsync.daemon import webhook
 from tests.adapters.conftest_kube import NamespaceFactory
-from tests.support import canary, served
+from tests.support import canary, cli, served
 from tests.support.kubecluster import KubeCluster
 from tests.support.openbao import OpenBao
 
@@ -60,25 +58,16 @@ def serve(
         **keys,
         "SECRETSYNC_LOG_LEVEL": "debug",
     }
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "secretsync", "serve", str(root),
-                "--listen", "127.0.0.1:0", "--interval", "600", "--no-git", "--kube",
-                "--no-leader-elect", "--cluster-timeout", "30",
-            ],
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    proc = cli.serve(
+        root, "--listen", "127.0.0.1:0", "--interval", "600", "--no-git", "--kube",
+        "--no-leader-elect", "--cluster-timeout", "30", env=env, log=log,
+    )  # fmt: skip
     daemon = Daemon(proc, log, webhook_key, poll_s=POLL_S)
     try:
         daemon.wait_listening(timeout=60)
         yield daemon
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        cli.stop(proc)
 
 
 def read_secret(api: k8s.CoreV1Api, namespace: str) -> tuple[str, str] | None:

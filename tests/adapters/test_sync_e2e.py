@@ -12,7 +12,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 from kubernetes import client as k8s
 
 from tests.adapters.conftest_kube import NamespaceFactory
-from tests.support import apiserver_metrics, canary
+from tests.support import apiserver_metrics, canary, cli
 from tests.support.kubecluster import KubeCluster
 from tests.support.openbao import OpenBao
 
@@ -80,12 +79,7 @@ def sync(root: Path, bao: OpenBao, *extra: str) -> subprocess.Popen[bytes]:
         "SECRETSYNC_HMAC_KEY": "e2e-key",
         "SECRETSYNC_LOG_LEVEL": "debug",
     }
-    return subprocess.Popen(
-        [sys.executable, "-m", "secretsync", "-o", "json", "sync", str(root), *extra],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    return cli.start("-o", "json", "sync", str(root), *extra, env=env)
 
 
 def owned(cluster: KubeCluster, namespace: str) -> dict[str, bytes]:

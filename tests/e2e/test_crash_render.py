@@ -17,11 +17,12 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import yaml
+
+from tests.support import cli
 
 CLUSTERS = 8
 SECRETS = 150
@@ -63,12 +64,7 @@ def build(root: Path) -> None:
 
 def render(root: Path, out: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "SECRETSYNC_HMAC_KEY": "crash-test-key", "SECRETSYNC_CACHE_DIR": ""}
-    return subprocess.Popen(
-        [sys.executable, "-m", "secretsync", "-o", "json", "render", str(root), "--out", str(out)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    return cli.start("-o", "json", "render", str(root), "--out", str(out), env=env)
 
 
 def manifests(out: Path) -> dict[str, bytes]:

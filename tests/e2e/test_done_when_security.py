@@ -23,7 +23,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ import yaml
 
 from secretsync.delivery import seal
 from tests.e2e.test_hostile_cli import alias_bomb
-from tests.support import canary, keys
+from tests.support import canary, cli, cycles, keys
 from tests.support.sopstool import AgeKey, make_age_key, sops_encrypt
 
 DEADLINE_S = 10.0  # per refused process, interpreter start included
@@ -105,14 +104,13 @@ class Hidden:
 def run(
     hidden: Hidden, *args: str, stdin: bytes | None = None
 ) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [sys.executable, "-m", "secretsync", "--log-level", "debug", *args],
-        env=hidden.env(),
-        input=stdin,
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
+    return cli.run("--log-level", "debug", *args, env=hidden.env(), stdin=stdin, timeout=120)
+
+
+def seal_args(root: Path, cluster: str, value: Path) -> tuple[str, ...]:
+    """`seal` of one value from a file, for `cluster`, as Secret apps/x."""
+    command = ("seal", "-f", str(root), "--cluster", cluster, "--namespace", "apps", "--name", "x")
+    return (*command, "--from-file", f"k={value}")
 
 
 def text_of(proc: subprocess.CompletedProcess[bytes]) -> tuple[str, str]:
@@ -126,8 +124,7 @@ def assert_no_value(proc: subprocess.CompletedProcess[bytes]) -> None:
 
 
 def tree(root: Path) -> dict[str, bytes]:
-    out = root / "rendered"
-    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    return cycles.snapshot(root / "rendered")
 
 
 def failed_objects(proc: subprocess.CompletedProcess[bytes]) -> set[tuple[str, str]]:
@@ -404,20 +401,7 @@ def test_expired_sealing_certificate_is_refused_and_nothing_changes(
 
     value = tmp_path / "v"
     value.write_text(canary.new("seal-expired"))
-    proc = run(
-        hidden,
-        "seal",
-        "-f",
-        str(root),
-        "--cluster",
-        "h-prod-a",
-        "--namespace",
-        "apps",
-        "--name",
-        "x",
-        "--from-file",
-        f"k={value}",
-    )
+    proc = run(hidden, *seal_args(root, "h-prod-a", value))
     assert proc.returncode == 1
     assert proc.stdout == b""
     assert (
@@ -445,19 +429,7 @@ def test_certificate_swapped_under_a_pin_is_refused_and_nothing_changes(
         ("validate", str(root)),
         ("render", str(root)),
         ("plan", str(root)),
-        (
-            "seal",
-            "-f",
-            str(root),
-            "--cluster",
-            PINNED,
-            "--namespace",
-            "apps",
-            "--name",
-            "x",
-            "--from-file",
-            f"k={value}",
-        ),
+        seal_args(root, PINNED, value),
     ):
         proc = run(hidden, *args)
         err = proc.stderr.decode()

@@ -9,11 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import re
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable
@@ -29,7 +26,7 @@ from secretsync.daemon import edge
 from secretsync.daemon.service import Daemon
 from secretsync.daemon.web import make_app
 from tests.e2e.test_web import FakeEngine, make_daemon, signed
-from tests.support import canary, fleets
+from tests.support import canary, cli, fleets
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
 HOST = "127.0.0.1"
@@ -225,20 +222,12 @@ async def test_serve_flags_bound_slow_clients_in_a_real_process(repo: Path, tmp_
     """`secretsync serve --header-timeout 0.5 --idle-timeout 1` as a user runs it: 20 slow
     clients are dropped, /healthz answers, the metrics count the drops, SIGTERM exits 0."""
     log = tmp_path / "serve.log"
-    env = {
-        "PATH": os.environ["PATH"],
-        "HOME": str(tmp_path),
-        "SECRETSYNC_HMAC_KEY": canary.new("hmac"),
-        "VAULT_ADDR": "http://127.0.0.1:9",  # no Vault: cycles fail, the server serves
-    }
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "secretsync", "serve", str(repo), "--listen", f"{HOST}:0",
-                "--no-kube", "--header-timeout", "0.5", "--idle-timeout", "1",
-            ],
-            env=env, stdout=sink, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    # no Vault: cycles fail, the server serves
+    env = cli.bare_env(tmp_path, SECRETSYNC_HMAC_KEY=canary.new("hmac"), VAULT_ADDR=cli.NO_VAULT)
+    proc = cli.serve(
+        repo, "--listen", f"{HOST}:0", "--no-kube", "--header-timeout", "0.5",
+        "--idle-timeout", "1", env=env, log=log,
+    )  # fmt: skip
     try:
         deadline = time.monotonic() + 30
         while not (found := re.search(rf"listening on http://{HOST}:(\d+)", log.read_text())):
@@ -266,9 +255,7 @@ async def test_serve_flags_bound_slow_clients_in_a_real_process(repo: Path, tmp_
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0, log.read_text()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
+        cli.stop(proc)
     text = log.read_text()
     assert "Traceback" not in text
     assert text.count("slow client") == 1, text  # 20 drops, one line with its count

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from tests.support import cli
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "fleet"
@@ -157,13 +157,7 @@ def test_hostile_repo_is_refused_quickly_with_exit_2_naming_the_file(
     try:
         for command in COMMANDS:
             started = time.monotonic()
-            proc = subprocess.run(
-                [sys.executable, "-m", "secretsync", *command, str(root)],
-                env=env,
-                capture_output=True,
-                timeout=DEADLINE_S * 3,
-                check=False,
-            )
+            proc = cli.run(*command, str(root), env=env, timeout=DEADLINE_S * 3)
             elapsed = time.monotonic() - started
             err = proc.stderr.decode("utf-8", "replace")
             assert proc.returncode == 2, (command, proc.returncode, err[-1500:])

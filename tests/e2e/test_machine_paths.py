@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from tests.support import cli
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
 COMMANDS = [["validate"], ["plan"], ["render"], ["sync", "--dry-run"], ["sync"]]
@@ -71,13 +72,11 @@ users:
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "secretsync", *args],
-        env={**os.environ, "SECRETSYNC_HMAC_KEY": "paths-key", **(env or {})},
-        capture_output=True,
-        text=True,
+    return cli.run(
+        *args,
+        env=cli.environ(SECRETSYNC_HMAC_KEY="paths-key", **(env or {})),
         timeout=60,
-        check=False,
+        text=True,
     )
 
 
@@ -158,13 +157,8 @@ def test_secret_ref_cluster_outside_a_pod_says_to_pass_home_kubeconfig(
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_SERVICE")}
     env.pop("SECRETSYNC_HOME_KUBECONFIG", None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "secretsync", "sync", str(root)],
-        env={**env, "SECRETSYNC_HMAC_KEY": "paths-key"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    proc = cli.run(
+        "sync", str(root), env={**env, "SECRETSYNC_HMAC_KEY": "paths-key"}, timeout=60, text=True
     )
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "failed: cluster a: kubeconfig.secretRef:" in proc.stderr

@@ -16,34 +16,27 @@ import os
 import resource
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.test_crash_render import CLUSTERS, SECRETS, build
+from tests.support import cli
 
 DEADLINE_S = 60.0  # per process; an unconfined render of a FIFO waits for ever
 ADDRESS_SPACE = 1 << 30  # a whole render needs a fraction of this; reading /dev/zero does not
 
 
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def secretsync(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "SECRETSYNC_HMAC_KEY": "confine-test-key", "SECRETSYNC_CACHE_DIR": ""}
 
     def cap() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
 
     try:
-        return subprocess.run(
-            [sys.executable, "-m", "secretsync", "-o", "json", *args],
-            check=False,
-            cwd=cwd,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=DEADLINE_S,
-            preexec_fn=cap,
+        return cli.run(
+            "-o", "json", *args, env=env, timeout=DEADLINE_S, text=True, cwd=cwd, preexec_fn=cap
         )
     except subprocess.TimeoutExpired:
         pytest.fail(f"secretsync {' '.join(args)} did not finish within {DEADLINE_S} s (hung)")
@@ -73,7 +66,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
     """A fleet rendered once (external delivery: byte-stable), and its output tree."""
     base = tmp_path_factory.mktemp("confine")
     build(base / "fleet")
-    done = cli("render", "fleet", cwd=base)
+    done = secretsync("render", "fleet", cwd=base)
     assert done.returncode == 0, done.stderr[-2000:]
     found = tree(base / "fleet/rendered")
     assert len(found) == CLUSTERS * (SECRETS + 1) + CLUSTERS + CLUSTERS * 7  # files, folders
@@ -142,21 +135,31 @@ ATTACKS: dict[str, tuple[Plant, str | None]] = {
 }
 
 
+def copy_beside_outside(
+    source: Path, tmp_path: Path, outside_files: dict[str, str]
+) -> tuple[Path, Path]:
+    """A copy of the rendered fleet (links kept) at tmp_path/fleet, and beside it the folder
+    tmp_path/outside holding `outside_files`, which no render may touch."""
+    root = tmp_path / "fleet"
+    shutil.copytree(source, root, symlinks=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for name, text in outside_files.items():
+        (outside / name).write_text(text)
+    return root, outside
+
+
 @pytest.mark.parametrize("attack", list(ATTACKS))
 def test_render_never_follows_reads_or_replaces_a_planted_entry(
     attack: str, rendered: tuple[Path, dict[str, tuple[str, bytes]]], tmp_path: Path
 ) -> None:
     source, expected = rendered
-    root = tmp_path / "fleet"
-    shutil.copytree(source, root, symlinks=True)
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    (outside / "decoy.yaml").write_text("not secretsync's\n")
+    root, outside = copy_beside_outside(source, tmp_path, {"decoy.yaml": "not secretsync's\n"})
     plant, failure = ATTACKS[attack]
     planted = plant(root, outside)
     before_outside, before_planted = tree(outside), tree(root)[planted]
 
-    done = cli("render", "fleet", cwd=tmp_path)
+    done = secretsync("render", "fleet", cwd=tmp_path)
 
     assert tree(outside) == before_outside, "something outside the output tree changed"
     assert tree(root)[planted] == before_planted, "the planted entry was replaced"
@@ -181,17 +184,13 @@ def test_kustomization_entries_leaving_the_cluster_folder_are_dropped_unread(
     cluster folder: `..`, absolute paths and URLs are never opened (an unconfined sink read
     `../../outside/big.yaml` to see whether secretsync owns it, and kept it listed)."""
     source, _ = rendered
-    root = tmp_path / "fleet"
-    shutil.copytree(source, root, symlinks=True)
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    (outside / "big.yaml").write_text("kind: ConfigMap\n")
+    root, outside = copy_beside_outside(source, tmp_path, {"big.yaml": "kind: ConfigMap\n"})
     kust = root / "rendered/c01/kustomization.yaml"
     (root / "rendered/c01/extra.yaml").write_text("kind: ConfigMap\n")  # foreign, inside: kept
     escapes = ["../../../outside/big.yaml", str(outside / "big.yaml"), "/dev/zero"]
     kust.write_text(kust.read_text() + "".join(f"- {e}\n" for e in [*escapes, "extra.yaml"]))
 
-    done = cli("render", "fleet", cwd=tmp_path)
+    done = secretsync("render", "fleet", cwd=tmp_path)
 
     assert done.returncode == 0, done.stderr[-2000:]
     text = kust.read_text()
@@ -217,7 +216,7 @@ def test_an_output_folder_overlapping_the_fleet_inputs_is_bad_input(
     line = fleet_file.read_text().count("\n")
     before = tree(root)
     for command in (["validate"], ["render"]):
-        done = cli(*command, "fleet", cwd=tmp_path)
+        done = secretsync(*command, "fleet", cwd=tmp_path)
         assert done.returncode == 2, (command, done.stdout, done.stderr[-2000:])
         assert f"secretsync.yaml:{line}: spec.output.dir: {out_dir!r} overlaps" in done.stderr
         assert tree(root) == before, "bad input changes nothing"
@@ -242,7 +241,7 @@ def test_a_symlink_on_the_output_folders_path_is_bad_input(
     fleet_file.write_text(fleet_file.read_text() + f"  output: {{dir: {out_dir}}}\n")
     line = fleet_file.read_text().count("\n")
     for command in (["validate"], ["render"]):
-        done = cli(*command, "fleet", cwd=tmp_path)
+        done = secretsync(*command, "fleet", cwd=tmp_path)
         assert done.returncode == 2, (command, done.stdout, done.stderr[-2000:])
         assert f"secretsync.yaml:{line}: spec.output.dir: {linked!r} is a symlink" in done.stderr
     assert tree(elsewhere) == {"out": ("dir", b"")}

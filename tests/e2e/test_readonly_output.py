@@ -16,12 +16,11 @@ import os
 import shlex
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.support import canary
+from tests.support import canary, cli, cycles
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "fleet"
@@ -29,14 +28,8 @@ DEMO_KEYS = REPO / "examples" / "demo-keys"
 BLOCKED = "prod-use1"
 
 
-def tree(folder: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
-    }
-
-
 def secretsync(*args: str) -> str:
-    return shlex.join([sys.executable, "-m", "secretsync", "-o", "json", *args])
+    return shlex.join(cli.argv("-o", "json", *args))
 
 
 def run_in_namespace(script: str) -> subprocess.CompletedProcess[bytes]:
@@ -90,7 +83,7 @@ def check(
         if rel.startswith(f"{BLOCKED}/")
     }
     assert blocked_after == blocked_before, "the blocked folder holds what it held, nothing more"
-    after = tree(root / "rendered")
+    after = cycles.snapshot(root / "rendered")
     others = {rel.split("/")[0] for rel in before if rel.endswith(MONITORING)} - {BLOCKED}
     assert len(others) >= 3
     for cluster in others:
@@ -103,7 +96,7 @@ def check(
 
 def read_only_render(fleet: Path) -> tuple[dict[str, bytes], subprocess.CompletedProcess[bytes]]:
     rendered = fleet / "rendered"
-    before = tree(rendered)
+    before = cycles.snapshot(rendered)
     folder = shlex.quote(str(rendered / BLOCKED))
     proc = run_in_namespace(
         f"mount --bind {folder} {folder}\nmount -o remount,bind,ro {folder}\n"
@@ -114,14 +107,14 @@ def read_only_render(fleet: Path) -> tuple[dict[str, bytes], subprocess.Complete
 
 def test_read_only_cluster_folder_fails_that_cluster_alone(fleet: Path) -> None:
     before, proc = read_only_render(fleet)
-    check(fleet, before, proc, tree(fleet / "rendered" / BLOCKED))
+    check(fleet, before, proc, cycles.snapshot(fleet / "rendered" / BLOCKED))
 
 
 def test_full_file_system_under_a_cluster_folder_fails_that_cluster_alone(
     fleet: Path, tmp_path: Path
 ) -> None:
     rendered = fleet / "rendered"
-    before = tree(rendered)
+    before = cycles.snapshot(rendered)
     folder = shlex.quote(str(rendered / BLOCKED))
     saved = tmp_path / "saved"
     shutil.copytree(rendered / BLOCKED, saved)
@@ -134,10 +127,10 @@ def test_full_file_system_under_a_cluster_folder_fails_that_cluster_alone(
         f"set +e\n{secretsync('render', str(fleet))}\nrc=$?\nset -e\n"
         f"rm {folder}/.filler\ncp -a {folder}/. {shlex.quote(str(seen))}/\nexit $rc"
     )
-    check(fleet, before, proc, tree(seen))
+    check(fleet, before, proc, cycles.snapshot(seen))
 
 
 def test_the_reason_names_the_folder_and_the_cause(fleet: Path) -> None:
     before, proc = read_only_render(fleet)
-    reason = check(fleet, before, proc, tree(fleet / "rendered" / BLOCKED))
+    reason = check(fleet, before, proc, cycles.snapshot(fleet / "rendered" / BLOCKED))
     assert f"rendered/{BLOCKED}" in reason and "Read-only file system" in reason, reason

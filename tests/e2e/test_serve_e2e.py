@@ -8,15 +8,13 @@ import base64
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support import canary, keys
+from tests.support import canary, cli, keys
 from tests.support.served import ServeClient
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
@@ -88,24 +86,15 @@ def served(fleet_repo: MakeRepo, tmp_path: Path) -> Iterator[ServeClient]:
         "SECRETSYNC_WEBHOOK_SECRET": webhook_secret,
         "SECRETSYNC_LOG_LEVEL": "debug",
     }
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "secretsync", "serve", str(root),
-                "--listen", "127.0.0.1:0", "--interval", "600", "--no-kube",
-            ],
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    proc = cli.serve(
+        root, "--listen", "127.0.0.1:0", "--interval", "600", "--no-kube", env=env, log=log
+    )
     try:
         client = ServeClient(proc, log, webhook_key.encode())
         client.wait_listening(timeout=30)
         yield client
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        cli.stop(proc)
 
 
 def test_serve_end_to_end(served: ServeClient) -> None:

@@ -8,17 +8,15 @@ import base64
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.test_serve_e2e import CLUSTERS, FLEET, SECRETS, MakeRepo
-from tests.support import canary, keys
+from tests.support import canary, cli, keys
 from tests.support.served import ServeClient
 
 
@@ -74,16 +72,12 @@ def replicas(
                 "SECRETSYNC_WEBHOOK_SECRET": base64.b64encode(key).decode(),
                 "SECRETSYNC_LOG_LEVEL": "debug",
             }
-            args = [
-                sys.executable, "-m", "secretsync", "serve", str(root),
-                "--listen", f"127.0.0.1:{ports[name]}", "--interval", "600", "--no-kube",
-            ]  # fmt: skip
+            args = ["--listen", f"127.0.0.1:{ports[name]}", "--interval", "600", "--no-kube"]
             if name == "a":
                 args += [a for url in peers["a"] for a in ("--peer", url)]
             else:  # the environment form, as a chart may set it
                 env["SECRETSYNC_PEERS"] = ",".join(peers["b"])
-            with log.open("wb") as sink:
-                proc = subprocess.Popen(args, env=env, stdout=sink, stderr=subprocess.STDOUT)
+            proc = cli.serve(root, *args, env=env, log=log)
             procs.append(proc)
             client = ServeClient(proc, log, key)
             client.wait_listening(timeout=30)
@@ -91,9 +85,7 @@ def replicas(
         yield clients[0], clients[1]
     finally:
         for proc in procs:
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+            cli.stop(proc)
     for client in clients:
         for text in [*client.seen, client.log_text()]:
             assert not canary.find_in_text(text), canary.find_in_text(text)

@@ -17,9 +17,7 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import canary
+from tests.support import canary, cli
 from tests.support.served import ServeClient
 
 REPO = Path(__file__).resolve().parents[2]
@@ -190,14 +188,7 @@ def attack(tmp_path: Path) -> Attack:
 
 
 def run(attack: Attack, *args: str) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "secretsync", *args],
-        env=attack.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = cli.run(*args, env=attack.env, timeout=120, text=True)
     canary.keep(f"secretsync {args[0]} stdout", proc.stdout)
     canary.keep(f"secretsync {args[0]} stderr", proc.stderr)
     return proc
@@ -247,16 +238,10 @@ def test_serve_refuses_the_fleet_and_sends_no_token(
 ) -> None:
     rel, group = yaml_top_level(attack.root, listener.address)
     log = tmp_path / "serve.log"
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "secretsync", "serve", str(attack.root),
-                "--listen", "127.0.0.1:0", "--interval", "600", "--no-kube",
-            ],
-            env=attack.env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    proc = cli.serve(
+        attack.root, "--listen", "127.0.0.1:0", "--interval", "600", "--no-kube",
+        env=attack.env, log=log,
+    )  # fmt: skip
     try:
         served = ServeClient(proc, log, b"")
         served.wait_listening(timeout=30)
@@ -269,9 +254,7 @@ def test_serve_refuses_the_fleet_and_sends_no_token(
         assert listener.carrying(*attack.tokens) == 0
         assert listener.tokens == []
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
+        cli.stop(proc, graceful_s=30)
         canary.keep("serve log", log.read_text(errors="replace"))
 
 

@@ -15,13 +15,13 @@ import os
 import shutil
 import socket
 import stat
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.support import cli
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "fleet"
@@ -62,13 +62,7 @@ def run(*args: str) -> tuple[int, str, float]:
         "VAULT_TOKEN": "unused",
     }
     started = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, "-m", "secretsync", *args],
-        env=env,
-        capture_output=True,
-        timeout=DEADLINE_S * 3,
-        check=False,
-    )
+    proc = cli.run(*args, env=env, timeout=DEADLINE_S * 3)
     out = (proc.stdout + proc.stderr).decode("utf-8", "replace")
     return proc.returncode, out, time.monotonic() - started
 

@@ -5,11 +5,9 @@ counts against the same limit. A random one-selector edit never deletes past the
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import tempfile
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -17,8 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from secretsync.core import errors
-from secretsync.engine.cycle import CycleReport, Engine
+from secretsync.engine.cycle import CycleReport
 from secretsync.fleet import load
+from tests.support import cycles
 from tests.support.fakes import FakeSource, MemorySink
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
@@ -52,10 +51,7 @@ def secrets_yaml(names: list[str], selector: str = "{}") -> str:
 
 
 def cycle(root: Path, sink: MemorySink, *, allow_deletes: bool = False) -> CycleReport:
-    engine = Engine(
-        sources={"vault": FakeSource()}, sinks=[sink], hmac_key=KEY, clock=lambda: datetime.now(UTC)
-    )
-    return asyncio.run(engine.run_cycle(load.load_fleet(root), allow_deletes=allow_deletes))
+    return cycles.run(root, FakeSource(), sink, key=KEY, cycle={"allow_deletes": allow_deletes})
 
 
 NAMES = [f"s{i}" for i in range(8)]

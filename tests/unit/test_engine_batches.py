@@ -4,15 +4,12 @@ the outcome the same as in one batch (creates, updates, conflicts, kept objects,
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 from secretsync.core.model import ObjectKey, Observed
-from secretsync.engine.cycle import CycleReport, Engine
-from secretsync.fleet import load
-from tests.support import canary
+from secretsync.engine.cycle import CycleReport
+from tests.support import canary, cycles
 from tests.support.fakes import FakeSource, MemorySink
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
@@ -66,14 +63,7 @@ def run(
     source = FakeSource(values)
     del source.documents["p7"]  # s07's source fails: its object is kept
     sink = seeded_sink()
-    engine = Engine(
-        sources={"vault": source},
-        sinks=[sink],
-        hmac_key=KEY,
-        clock=lambda: datetime.now(UTC),
-        batch_size=batch_size,
-    )
-    return asyncio.run(engine.run_cycle(load.load_fleet(root))), sink
+    return cycles.run(root, source, sink, key=KEY, batch_size=batch_size), sink
 
 
 def test_batches_are_applied_one_by_one_with_the_outcome_of_one_batch(

@@ -33,8 +33,7 @@ from secretsync.fleet import load
 from secretsync.sinks import git, statindex
 from secretsync.sinks.deliver import ChangeSet
 from secretsync.sinks.git import GitSink
-from tests.support import canary, fleets
-from tests.support.fakes import FakeSource
+from tests.support import canary, cycles, fleets
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
 KEY = b"test-hmac-key-0123456789abcdef"
@@ -49,23 +48,12 @@ def run(
     check: bool = True,
     **kw: Any,
 ) -> tuple[CycleReport, GitSink]:
-    fleet = load.load_fleet(root)
     sink = GitSink(out_dir=root / "rendered", cache_dir=cache, index=cache is not None)
-    engine = Engine(
-        sources={"vault": FakeSource(docs)},
-        sinks=[sink],
-        hmac_key=KEY,
-        clock=lambda: datetime.now(UTC),
-        **kw,
-    )
-    report = asyncio.run(engine.run_cycle(fleet))
-    assert report.ok or not check, (report.failures, report.failed_clusters)
-    return report, sink
+    return cycles.render(root, docs, sink=sink, key=KEY, check=check, **kw)
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
-    out = root / "rendered"
-    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    return cycles.snapshot(root / "rendered")
 
 
 @pytest.fixture

@@ -11,14 +11,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
-from secretsync.cli import main
 from secretsync.core import errors, selectors, templating
 from secretsync.daemon import sharding
 from secretsync.fleet import load
+from tests.support import cli
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "fleet"
 dns_labels = st.from_regex(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", fullmatch=True)
@@ -178,11 +177,10 @@ def test_every_name_in_a_fleet_is_checked_as_a_whole_string(
     ],
 )
 def test_seal_refuses_names_with_a_trailing_newline(args: list[str], named: str) -> None:
-    result = CliRunner().invoke(
-        main.main_group,
-        ["seal", "-f", str(EXAMPLE), "--cluster", "prod-use1", *args],
-        input="not-a-secret-value",
-    )
+    result = cli.invoke(
+        "seal", "-f", str(EXAMPLE), "--cluster", "prod-use1", *args,
+        stdin="not-a-secret-value", catch_exceptions=True,
+    )  # fmt: skip
     assert result.exit_code == 2, result.output
     assert named in result.output
     assert "BEGIN" not in result.output and "encryptedData" not in result.output

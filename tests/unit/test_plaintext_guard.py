@@ -8,7 +8,6 @@ session's canary scan has nothing to look for in them.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import dataclasses
 import json
@@ -25,10 +24,9 @@ from hypothesis import strategies as st
 from secretsync.core.values import MIN_GUARDED_LEN, SecretValue
 from secretsync.delivery import materialize, seal
 from secretsync.delivery.materialize import RenderContext, Rendered, dump_yaml
-from secretsync.engine.cycle import Engine
 from secretsync.fleet import load, plan
 from secretsync.sinks.git import GitSink
-from tests.support import keys
+from tests.support import cycles, keys
 from tests.support.fakes import FakeSource
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
@@ -93,14 +91,8 @@ def test_values_equal_to_the_manifests_own_text_are_written(fleet_repo: MakeRepo
             }
         }
     )
-    engine = Engine(
-        sources={"vault": source},
-        sinks=[GitSink(out_dir=root / "rendered", index=False)],
-        hmac_key=KEY,
-        clock=lambda: datetime.now(UTC),
-    )
-    report = asyncio.run(engine.run_cycle(load.load_fleet(root)))
-    assert report.ok, [(i.name, i.reason) for i in report.failures]
+    sink = GitSink(out_dir=root / "rendered", index=False)
+    cycles.render(root, source, sink=sink, key=KEY, check=True)
     manifest = yaml.safe_load((root / "rendered/prod-use1/payments/merge-test.yaml").read_text())
     assert seal.unseal_manifest(manifest, [keys.rsa_key(0)]) == {
         "merge2": b"merge2",

@@ -17,31 +17,14 @@ from hypothesis import strategies as st
 from secretsync.core import errors
 from secretsync.core.model import Delivery, ObjectKey
 from secretsync.delivery import materialize, seal
-from secretsync.engine.cycle import CycleReport, Engine
 from secretsync.fleet import load, plan
 from secretsync.sinks.git import GitSink
 from secretsync.sources import resolve
-from tests.support import canary, fleets
+from tests.support import canary, cycles, fleets
 from tests.support.fakes import FakeSource
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
 KEY = b"test-hmac-key-0123456789abcdef"
-
-
-def run(
-    root: Path, source: FakeSource, *, key: bytes = KEY, **kw: Any
-) -> tuple[CycleReport, GitSink]:
-    fleet = load.load_fleet(root)
-    sink = GitSink(out_dir=root / "rendered")
-    engine = Engine(
-        sources={"vault": source}, sinks=[sink], hmac_key=key, clock=lambda: datetime.now(UTC)
-    )
-    return asyncio.run(engine.run_cycle(fleet, **kw)), sink
-
-
-def snapshot(root: Path) -> dict[str, bytes]:
-    out = root / "rendered"
-    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
 
 
 def doc(root: Path, rel: str) -> dict[str, Any]:
@@ -52,9 +35,9 @@ def doc(root: Path, rel: str) -> dict[str, Any]:
 
 def test_render_writes_one_folder_per_cluster_with_kustomization(fleet_repo: MakeRepo) -> None:
     root = fleets.write_fleet(fleet_repo)
-    report, _ = run(root, FakeSource(fleets.vault_docs()))
+    report, _ = cycles.render(root, FakeSource(fleets.vault_docs()))
     assert report.ok, report.failures
-    files = set(snapshot(root))
+    files = set(cycles.snapshot(root / "rendered"))
     assert files == {
         "prod-use1/payments/db-credentials.yaml",
         "prod-use1/web/api-keys.yaml",
@@ -75,7 +58,7 @@ def test_render_writes_one_folder_per_cluster_with_kustomization(fleet_repo: Mak
 def test_each_sealed_secret_opens_only_with_its_own_cluster_key(fleet_repo: MakeRepo) -> None:
     root = fleets.write_fleet(fleet_repo)
     docs = fleets.vault_docs()
-    run(root, FakeSource(docs))
+    cycles.render(root, FakeSource(docs))
     for cluster in fleets.SEALED:
         manifest = doc(root, f"{cluster}/web/api-keys.yaml")
         meta = manifest["metadata"]
@@ -97,7 +80,7 @@ def test_each_sealed_secret_opens_only_with_its_own_cluster_key(fleet_repo: Make
 def test_overlays_reach_the_right_clusters(fleet_repo: MakeRepo) -> None:
     root = fleets.write_fleet(fleet_repo)
     docs = fleets.vault_docs()
-    run(root, FakeSource(docs))
+    cycles.render(root, FakeSource(docs))
     eu = seal.unseal_manifest(
         doc(root, "prod-euw1/payments/db-credentials.yaml"),
         [fleets.private_key_for("prod-euw1")],  # type: ignore[list-item]
@@ -118,7 +101,7 @@ def test_overlays_reach_the_right_clusters(fleet_repo: MakeRepo) -> None:
 def test_external_secret_names_paths_and_carries_no_values(fleet_repo: MakeRepo) -> None:
     root = fleets.write_fleet(fleet_repo)
     source = FakeSource(fleets.vault_docs())
-    run(root, source)
+    cycles.render(root, source)
     manifest = doc(root, "staging-euw1/payments/db-credentials.yaml")
     assert manifest["apiVersion"] == "external-secrets.io/v1"
     spec = manifest["spec"]
@@ -141,10 +124,10 @@ def test_external_secret_names_paths_and_carries_no_values(fleet_repo: MakeRepo)
 def test_second_render_changes_nothing(fleet_repo: MakeRepo) -> None:
     root = fleets.write_fleet(fleet_repo)
     docs = fleets.vault_docs()
-    run(root, FakeSource(docs))
-    before = snapshot(root)
-    report, sink = run(root, FakeSource(docs))
-    assert snapshot(root) == before
+    cycles.render(root, FakeSource(docs))
+    before = cycles.snapshot(root / "rendered")
+    report, sink = cycles.render(root, FakeSource(docs))
+    assert cycles.snapshot(root / "rendered") == before
     assert sink.files_changed == 0
     assert report.writes == 0 and report.seals == 0
     assert {i.action for i in report.items} == {"unchanged"}
@@ -153,11 +136,11 @@ def test_second_render_changes_nothing(fleet_repo: MakeRepo) -> None:
 def test_one_changed_value_changes_one_file_and_one_key(fleet_repo: MakeRepo) -> None:
     root = fleets.write_fleet(fleet_repo)
     docs = fleets.vault_docs()
-    run(root, FakeSource(docs))
-    before = snapshot(root)
+    cycles.render(root, FakeSource(docs))
+    before = cycles.snapshot(root / "rendered")
     docs["payments/eu/db"] = {"password": canary.new("pw-eu-rotated")}
-    report, sink = run(root, FakeSource(docs))
-    after = snapshot(root)
+    report, sink = cycles.render(root, FakeSource(docs))
+    after = cycles.snapshot(root / "rendered")
     changed = [k for k in after if after[k] != before.get(k)]
     assert changed == ["prod-euw1/payments/db-credentials.yaml"]
     assert sink.files_changed == 1 and report.seals == 1
@@ -171,16 +154,16 @@ def test_one_changed_value_changes_one_file_and_one_key(fleet_repo: MakeRepo) ->
 def test_without_hmac_key_sealed_output_changes(fleet_repo: MakeRepo) -> None:
     root = fleets.write_fleet(fleet_repo)
     docs = fleets.vault_docs()
-    run(root, FakeSource(docs), key=b"one-random-key")
-    before = snapshot(root)
-    run(root, FakeSource(docs), key=b"another-random-key")
-    assert snapshot(root) != before
+    cycles.render(root, FakeSource(docs), key=b"one-random-key")
+    before = cycles.snapshot(root / "rendered")
+    cycles.render(root, FakeSource(docs), key=b"another-random-key")
+    assert cycles.snapshot(root / "rendered") != before
 
 
 def test_removed_fleet_secret_is_pruned_but_foreign_files_stay(fleet_repo: MakeRepo) -> None:
     root = fleets.write_fleet(fleet_repo)
     docs = fleets.vault_docs()
-    run(root, FakeSource(docs))
+    cycles.render(root, FakeSource(docs))
     foreign = root / "rendered/prod-use1/web/configmap.yaml"
     foreign.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cm, namespace: web}\n")
     kpath = root / "rendered/prod-use1/kustomization.yaml"
@@ -188,7 +171,7 @@ def test_removed_fleet_secret_is_pruned_but_foreign_files_stay(fleet_repo: MakeR
     kust["resources"].append("web/configmap.yaml")
     kpath.write_text(yaml.safe_dump(kust))
     (root / "secrets/api.yaml").unlink()
-    report, _ = run(root, FakeSource(docs))
+    report, _ = cycles.render(root, FakeSource(docs))
     deleted = sorted(
         str(ObjectKey(i.cluster, i.namespace, i.name)) for i in report.items if i.action == "delete"
     )
@@ -209,12 +192,12 @@ def test_removed_fleet_secret_is_pruned_but_foreign_files_stay(fleet_repo: MakeR
 def test_cluster_leaving_the_fleet_is_pruned(fleet_repo: MakeRepo) -> None:
     root = fleets.write_fleet(fleet_repo)
     docs = fleets.vault_docs()
-    run(root, FakeSource(docs))
+    cycles.render(root, FakeSource(docs))
     clusters = (root / "clusters/all.yaml").read_text().split("---\n")
     (root / "clusters/all.yaml").write_text(
         "---\n".join(c for c in clusters if "staging-use1" not in c)
     )
-    report, _ = run(root, FakeSource(docs))
+    report, _ = cycles.render(root, FakeSource(docs))
     assert [i.cluster for i in report.items if i.action == "delete"] == ["staging-use1"]
     assert not (root / "rendered/staging-use1").exists()
 
@@ -222,15 +205,15 @@ def test_cluster_leaving_the_fleet_is_pruned(fleet_repo: MakeRepo) -> None:
 def test_failing_source_keeps_last_known_good(fleet_repo: MakeRepo) -> None:
     root = fleets.write_fleet(fleet_repo)
     docs = fleets.vault_docs()
-    run(root, FakeSource(docs))
-    before = snapshot(root)
+    cycles.render(root, FakeSource(docs))
+    before = cycles.snapshot(root / "rendered")
     docs["web/prod"] = {"token": canary.new("tok-prod-2")}
     source = FakeSource(docs)
     source.failing["payments/prod/db"] = errors.SourceUnavailable(
         "vault:secret/payments/prod/db: sealed"
     )
-    report, _ = run(root, source)
-    after = snapshot(root)
+    report, _ = cycles.render(root, source)
+    after = cycles.snapshot(root / "rendered")
     assert (
         after["prod-use1/payments/db-credentials.yaml"]
         == before["prod-use1/payments/db-credentials.yaml"]
@@ -245,7 +228,7 @@ def test_failing_source_keeps_last_known_good(fleet_repo: MakeRepo) -> None:
 def test_each_unique_ref_is_read_once(fleet_repo: MakeRepo) -> None:
     root = fleets.write_fleet(fleet_repo)
     source = FakeSource(fleets.vault_docs())
-    report, _ = run(root, source)
+    report, _ = cycles.render(root, source)
     paths = [loc.path for loc in source.reads]
     assert sorted(paths) == sorted(set(paths))
     assert report.reads == len(paths)
@@ -285,15 +268,18 @@ def test_expired_certificate_fails_its_cluster_and_keeps_files(fleet_repo: MakeR
 
     root = fleets.write_fleet(fleet_repo)
     docs = fleets.vault_docs()
-    run(root, FakeSource(docs))
-    before = snapshot(root)
+    cycles.render(root, FakeSource(docs))
+    before = cycles.snapshot(root / "rendered")
     past = datetime.now(UTC) - timedelta(days=10)
     (root / "certs/prod-use1.pem").write_bytes(
         keys.cert_pem(keys.rsa_key(0), not_before=past - timedelta(days=1), not_after=past)
     )
     docs["web/prod"] = {"token": canary.new("tok-new")}
-    report, _ = run(root, FakeSource(docs))
-    assert snapshot(root)["prod-use1/web/api-keys.yaml"] == before["prod-use1/web/api-keys.yaml"]
+    report, _ = cycles.render(root, FakeSource(docs))
+    assert (
+        cycles.snapshot(root / "rendered")["prod-use1/web/api-keys.yaml"]
+        == before["prod-use1/web/api-keys.yaml"]
+    )
     reasons = {i.reason for i in report.failures if i.cluster == "prod-use1"}
     assert reasons and all("certs/prod-use1.pem: certificate expired" in r for r in reasons)
 
@@ -313,19 +299,13 @@ def test_pinned_certificate_swapped_after_the_fleet_loaded_fails_its_cluster(
         )
     )
     docs = fleets.vault_docs()
-    run(root, FakeSource(docs))
-    before = snapshot(root)
+    cycles.render(root, FakeSource(docs))
+    before = cycles.snapshot(root / "rendered")
     fleet = load.load_fleet(root)  # the daemon's last good fleet
     (root / "certs/prod-use1.pem").write_bytes(keys.cert_pem(keys.rsa_key(7)))
     docs["web/prod"] = {"token": canary.new("tok-swapped")}
-    engine = Engine(
-        sources={"vault": FakeSource(docs)},
-        sinks=[GitSink(out_dir=root / "rendered")],
-        hmac_key=KEY,
-        clock=lambda: datetime.now(UTC),
-    )
-    report = asyncio.run(engine.run_cycle(fleet))
-    after = snapshot(root)
+    report = cycles.run(fleet, docs, GitSink(out_dir=root / "rendered"))
+    after = cycles.snapshot(root / "rendered")
     assert after["prod-use1/web/api-keys.yaml"] == before["prod-use1/web/api-keys.yaml"]
     reasons = {i.reason for i in report.failures if i.cluster == "prod-use1"}
     assert reasons and all("not the pinned" in r for r in reasons), reasons
@@ -359,7 +339,7 @@ def test_any_value_renders_without_leaking_and_unseals_byte_for_byte(
     root = fleets.write_fleet(fleet_repo)
     docs = fleets.vault_docs()
     docs["web/prod"] = {"token": secret}
-    run(root, FakeSource(docs))
+    cycles.render(root, FakeSource(docs))
     raw = (root / "rendered/prod-use1/web/api-keys.yaml").read_bytes()
     assert canary.find_in_text(raw.decode()) == []
     manifest = yaml.safe_load(raw)
@@ -370,11 +350,11 @@ def test_any_value_renders_without_leaking_and_unseals_byte_for_byte(
 def test_values_too_large_for_a_secret_are_refused_before_sealing(fleet_repo: MakeRepo) -> None:
     root = fleets.write_fleet(fleet_repo)
     docs = fleets.vault_docs()
-    run(root, FakeSource(docs))
-    before = snapshot(root)
+    cycles.render(root, FakeSource(docs))
+    before = cycles.snapshot(root / "rendered")
     docs["web/prod"] = {"token": canary.new("big") + "x" * (1024 * 1024)}
-    report, _ = run(root, FakeSource(docs))
-    assert snapshot(root) == before
+    report, _ = cycles.render(root, FakeSource(docs))
+    assert cycles.snapshot(root / "rendered") == before
     reasons = {(i.cluster, i.reason) for i in report.failures}
     assert {c for c, _ in reasons} == {"prod-use1", "prod-euw1"}
     assert all("over the 1048576 byte limit of a Secret" in r for _, r in reasons)

@@ -8,13 +8,11 @@ broken object, so a validator that accepts everything fails this module.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import dataclasses
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +22,8 @@ import yaml
 from secretsync.core.model import DesiredSecret, ValueRef
 from secretsync.core.values import SecretValue
 from secretsync.delivery import materialize
-from secretsync.engine.cycle import Engine
 from secretsync.fleet import load, plan
-from secretsync.sinks.git import GitSink
-from tests.support import canary, fleets, schema
-from tests.support.fakes import FakeSource
+from tests.support import canary, cycles, fleets, schema
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
 KEY = b"test-hmac-key-schema-0123456789"
@@ -61,16 +56,7 @@ def with_every_field_secret(root: Path) -> Path:
 
 def render_fleet(root: Path, docs: dict[str, dict[str, object]]) -> Path:
     """Run one Engine cycle into `root/rendered`; the folder it wrote."""
-    fleet = load.load_fleet(root)
-    sink = GitSink(out_dir=root / "rendered")
-    engine = Engine(
-        sources={"vault": FakeSource(docs)},
-        sinks=[sink],
-        hmac_key=KEY,
-        clock=lambda: datetime.now(UTC),
-    )
-    report = asyncio.run(engine.run_cycle(fleet))
-    assert report.ok, report.failures
+    cycles.render(root, docs, key=KEY, check=True)
     return root / "rendered"
 
 

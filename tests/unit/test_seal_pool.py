@@ -4,12 +4,10 @@ pool seals in this process instead."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import subprocess
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,28 +17,17 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from secretsync.core import errors
 from secretsync.delivery import seal, sealpool
-from secretsync.engine.cycle import CycleReport, Engine
-from secretsync.fleet import load
+from secretsync.engine.cycle import CycleReport
 from secretsync.sinks.git import GitSink
-from tests.support import canary, fleets, keys
-from tests.support.fakes import FakeSource
+from tests.support import canary, cycles, fleets, keys
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
 KEY = b"test-hmac-key-0123456789abcdef"
 
 
 def run(root: Path, docs: dict[str, dict[str, object]], **kw: Any) -> CycleReport:
-    fleet = load.load_fleet(root)
-    engine = Engine(
-        sources={"vault": FakeSource(docs)},
-        sinks=[GitSink(out_dir=root / "rendered", index=False)],
-        hmac_key=KEY,
-        clock=lambda: datetime.now(UTC),
-        **kw,
-    )
-    report = asyncio.run(engine.run_cycle(fleet))
-    assert report.ok, (report.failures, report.failed_clusters)
-    return report
+    sink = GitSink(out_dir=root / "rendered", index=False)
+    return cycles.render(root, docs, sink=sink, key=KEY, check=True, **kw)[0]
 
 
 def key_of(cluster: str) -> RSAPrivateKey:

@@ -15,14 +15,12 @@ import os
 import threading
 import time
 import tracemalloc
-from datetime import UTC, datetime
 from pathlib import Path
 
 from secretsync.core import errors
 from secretsync.core.model import Observed
-from secretsync.engine.cycle import Engine
 from secretsync.fleet import load
-from tests.support import canary, keys
+from tests.support import canary, cycles, keys
 from tests.support.fakes import FakeSource, MemorySink
 
 CYCLES = 1000
@@ -86,13 +84,7 @@ def test_a_thousand_cycles_leak_no_memory_fds_threads_or_tasks(
         | {"app/shared": {"user": canary.new("soak-user")}}
     )
     sink = MemorySink()
-    engine = Engine(
-        sources={"vault": source},
-        sinks=[sink],
-        hmac_key=KEY,
-        clock=lambda: datetime.now(UTC),
-        cluster_timeout_s=30.0,
-    )
+    engine = cycles.engine(source, sink, key=KEY, cluster_timeout_s=30.0)
     objects = 5 * SECRETS
     samples: dict[str, int] = {}
     # The session keeps every log record for the canary scan; at DEBUG that list would be the

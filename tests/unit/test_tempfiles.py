@@ -26,7 +26,7 @@ from secretsync.delivery import fleetseal, seal
 from secretsync.engine.cycle import Engine
 from secretsync.fleet import load
 from secretsync.sinks.git import GitSink
-from tests.support import canary, fleets
+from tests.support import canary, cycles, fleets
 from tests.support.fakes import FakeSource
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
@@ -72,15 +72,7 @@ def observed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[list[t
 
 
 def render(root: Path, docs: dict[str, dict[str, object]]) -> None:
-    fleet = load.load_fleet(root)
-    engine = Engine(
-        sources={"vault": FakeSource(docs)},
-        sinks=[GitSink(out_dir=root / "rendered")],
-        hmac_key=b"tempfile-test-key",
-        clock=lambda: datetime.now(UTC),
-    )
-    report = asyncio.run(engine.run_cycle(fleet))
-    assert report.ok, report.failures
+    cycles.render(root, docs, key=b"tempfile-test-key", check=True)
 
 
 def leftovers(folder: Path) -> list[str]:
