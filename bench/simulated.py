@@ -24,7 +24,6 @@ Measures, in one run on the same simulated fleet:
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import math
 import shutil
@@ -35,19 +34,17 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import baselines
 import harness
+import sync
 from kubernetes import client as k8s
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from secretsync.app import runtime
 from secretsync.engine.cycle import Engine
-from secretsync.fleet import load
-from secretsync.kube.clusters import ClientFactory
-from secretsync.sinks.kube import KubeSink
 from tests.support.simulated import JSONDoc, SimFleet, write_kubeconfig
 
 KEY: Final = b"bench-sync-hmac-key"
@@ -70,21 +67,9 @@ def build_fleet(root: Path, kubeconfigs: Mapping[str, Path], secrets: int) -> No
 
 
 def run_sync(root: Path, sim: SimFleet) -> JSONDoc:
-    """One `sync` cycle through Engine + KubeSink with their defaults (as bench/sync.py)."""
-    fleet = load.load_fleet(root)
-    sink = KubeSink(clients=ClientFactory(root=root), hmac_key=KEY)
-    engine = Engine(sources={}, sinks=[sink], hmac_key=KEY, clock=lambda: datetime.now(UTC))
-
-    async def cycle() -> Any:
-        try:
-            return await engine.run_cycle(fleet)
-        finally:
-            await harness.close_any(sink)
-
+    """One `sync` cycle through Engine + KubeSink with their defaults (bench/sync.py's)."""
     cpu0, sim0 = time.process_time(), sim.cpu_s()
-    t0 = time.perf_counter()
-    report = asyncio.run(cycle())
-    elapsed = time.perf_counter() - t0
+    report, sink, elapsed = sync.kube_cycle(root)
     cpu, sim_cpu = time.process_time() - cpu0, sim.cpu_s() - sim0
     reasons = Counter(i.reason or "" for i in report.failures)
     reasons.update(report.failed_clusters.values())

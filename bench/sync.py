@@ -46,7 +46,9 @@ def build_fleet(root: Path, clusters: list[KubeCluster], secrets: int, namespace
     )
 
 
-def run_sync(root: Path) -> tuple[float, dict[str, int]]:
+def kube_cycle(root: Path) -> tuple[Any, KubeSink, float]:
+    """One `sync` cycle of the fleet repo `root` through Engine + KubeSink with their defaults,
+    the sink closed after it: (report, sink, wall seconds of the cycle and the close)."""
     fleet = load.load_fleet(root)
     sink = KubeSink(clients=ClientFactory(root=root), hmac_key=KEY)
     engine = Engine(sources={}, sinks=[sink], hmac_key=KEY, clock=lambda: datetime.now(UTC))
@@ -59,7 +61,11 @@ def run_sync(root: Path) -> tuple[float, dict[str, int]]:
 
     t0 = time.perf_counter()
     report = asyncio.run(cycle())
-    elapsed = time.perf_counter() - t0
+    return report, sink, time.perf_counter() - t0
+
+
+def run_sync(root: Path) -> tuple[float, dict[str, int]]:
+    report, sink, elapsed = kube_cycle(root)
     assert report.ok, (report.failures[:3], report.failed_clusters)
     return elapsed, {"requests": sink.requests, "writes": sink.writes}
 

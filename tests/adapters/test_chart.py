@@ -358,14 +358,21 @@ def helm_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[helm_sdkpy
         cluster.stop()
 
 
+def installed(
+    config: helm_sdkpy.Configuration, release: str, values: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """The objects Helm installed for `values` as release `release`."""
+    result = asyncio.run(
+        helm_sdkpy.Install(config).run(release, str(CHART), values=values, wait=False, timeout=60)
+    )
+    return [d for d in yaml.safe_load_all(result["manifest"]) if d]
+
+
 def render_workload(
     config: helm_sdkpy.Configuration, release: str, values: dict[str, Any]
 ) -> dict[str, Any]:
     """The pod spec of the chart's workload as Helm rendered it for `values`."""
-    result = asyncio.run(
-        helm_sdkpy.Install(config).run(release, str(CHART), values=values, wait=False, timeout=60)
-    )
-    docs = [d for d in yaml.safe_load_all(result["manifest"]) if d]
+    docs = installed(config, release, values)
     (workload,) = [d for d in docs if d["kind"] in ("Deployment", "StatefulSet")]
     spec = workload["spec"]["template"]["spec"]
     assert isinstance(spec, dict)
@@ -375,10 +382,7 @@ def render_workload(
 def settings_configmap(
     config: helm_sdkpy.Configuration, release: str, values: dict[str, Any]
 ) -> dict[str, str]:
-    result = asyncio.run(
-        helm_sdkpy.Install(config).run(release, str(CHART), values=values, wait=False, timeout=60)
-    )
-    docs = [d for d in yaml.safe_load_all(result["manifest"]) if d]
+    docs = installed(config, release, values)
     (settings,) = [
         d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-settings")
     ]
@@ -668,11 +672,7 @@ def test_template_refuses_shards_without_their_leases(
 def render_network_policy(
     config: helm_sdkpy.Configuration, release: str, values: dict[str, Any]
 ) -> dict[str, Any]:
-    result = asyncio.run(
-        helm_sdkpy.Install(config).run(release, str(CHART), values=values, wait=False, timeout=60)
-    )
-    docs = [d for d in yaml.safe_load_all(result["manifest"]) if d]
-    (policy,) = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    (policy,) = [d for d in installed(config, release, values) if d["kind"] == "NetworkPolicy"]
     spec = policy["spec"]
     assert isinstance(spec, dict)
     return spec

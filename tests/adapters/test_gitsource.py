@@ -7,46 +7,20 @@ stays in the working folder), a fixed one is delivered. Also the credential help
 from __future__ import annotations
 
 import io
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from secretsync.cli import main
 from secretsync.core import errors
-from secretsync.daemon.service import Daemon, DaemonSettings
+from secretsync.daemon.service import Daemon
 from secretsync.delivery import seal
 from secretsync.fleet import gitsource
-from tests.support import canary, gitremote, keys
+from tests.support import canary, cli, fleets, gitremote, keys
 from tests.support.gitremote import GIT_ENV, BareRemote
 
-FLEET = """\
-apiVersion: secretsync.dev/v1alpha1
-kind: Fleet
-metadata: {name: from-git}
-spec:
-  output: {dir: rendered}
-"""
-
-CLUSTER = """\
-apiVersion: secretsync.dev/v1alpha1
-kind: Cluster
-metadata: {name: sealed-one, labels: {env: prod}}
-spec: {delivery: sealed, sealedSecrets: {certFile: certs/sealed-one.pem}}
-"""
-
-SECRET = """\
-apiVersion: secretsync.dev/v1alpha1
-kind: FleetSecret
-metadata: {{name: app-config}}
-spec:
-  clusterSelector: {{}}
-  target: {{name: app-config, namespace: apps}}
-  data:
-    mode: {{value: "{mode}"}}
-"""
+FLEET = fleets.git_fleet_yaml("from-git")
 
 
 def git(*args: str, cwd: Path) -> str:
@@ -61,28 +35,13 @@ def mode_in(checkout: Path) -> bytes | None:
 
 
 def make_daemon(checkout: Path, url: str) -> Daemon:
-    settings = DaemonSettings(
-        fleet_path=checkout,
-        hmac_key=b"git-source-test-hmac",
-        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(checkout.parent)},
-        interval_s=3600,
-        kube=False,
-        git_url=url,
-        git_branch="main",
-        git_timeout_s=30,
-    )
-    return Daemon(settings=settings, make_sources=main.build_sources)
+    return gitremote.git_daemon(checkout, url, hmac_key=b"git-source-test-hmac")
 
 
 async def test_good_commit_runs_bad_commit_is_refused_fixed_commit_runs(tmp_path: Path) -> None:
     remote = BareRemote(tmp_path)
     good = remote.commit(
-        {
-            "secretsync.yaml": FLEET,
-            "clusters/all.yaml": CLUSTER,
-            "secrets/app.yaml": SECRET.format(mode="blue-1"),
-            "certs/sealed-one.pem": keys.cert_pem(keys.rsa_key(0)),
-        },
+        fleets.git_fleet("from-git", ["sealed-one"], mode="blue-1", object_name="app-config"),
         "good",
     )
     checkout = tmp_path / "checkout"
@@ -96,7 +55,7 @@ async def test_good_commit_runs_bad_commit_is_refused_fixed_commit_runs(tmp_path
         # a bad commit: a new value and a file that does not load; nothing of it runs
         bad = remote.commit(
             {
-                "secrets/app.yaml": SECRET.format(mode="blue-2"),
+                "secrets/app.yaml": fleets.mode_secret("blue-2", name="app-config"),
                 "secrets/broken.yaml": "kind: FleetSecret\nspec: [not, a, mapping\n",
             },
             "bad",
@@ -206,21 +165,19 @@ def test_credential_helper_answers_get_from_the_file_through_git(tmp_path: Path)
 
 
 def test_serve_refuses_git_options_it_cannot_use(tmp_path: Path) -> None:
-    from click.testing import CliRunner
-
     token = canary.new("url-token")
-    runner = CliRunner()
     cases = [
         (["--git-branch", "main"], "need --git-url"),
         (["--git-url", f"https://robot:{token}@git.example.invalid/f.git"], "credentials"),
         (["--git-url", "file:///nowhere", "--git-branch", "a..b"], "not a usable branch"),
     ]
     for extra, expected in cases:
-        done = runner.invoke(
-            main.main_group,
-            ["serve", str(tmp_path / "checkout"), "--no-kube", *extra],
+        done = cli.invoke(
+            "serve",
+            str(tmp_path / "checkout"),
+            "--no-kube",
+            *extra,
             env={"SECRETSYNC_HMAC_KEY": "k"},
-            catch_exceptions=False,
         )
         assert done.exit_code == 2, done.output
         assert expected in done.output

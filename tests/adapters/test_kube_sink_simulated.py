@@ -24,6 +24,7 @@ from secretsync.engine.cycle import CycleReport, Engine
 from secretsync.fleet import load
 from secretsync.kube.clusters import ClientFactory
 from secretsync.sinks.kube import KubeSink
+from tests.adapters.test_kube_sink import API, DB, FLEET
 from tests.support import canary
 from tests.support.fakes import FakeSource
 from tests.support.simulated import SECRETS, SimCluster, SimFleet, write_kubeconfig
@@ -33,36 +34,10 @@ pytestmark = pytest.mark.simulated
 KEY = b"kube-simulated-hmac-key"
 NAMESPACE = "apps"
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
-
-FLEET = """\
-apiVersion: secretsync.dev/v1alpha1
-kind: Fleet
-metadata: {name: kube-simulated}
-spec:
-  defaults: {delivery: direct}
-"""
-
-DB = """\
-apiVersion: secretsync.dev/v1alpha1
-kind: FleetSecret
-metadata: {name: db}
-spec:
-  clusterSelector: {matchLabels: {env: prod}}
-  target: {name: db, namespace: apps}
-  data:
-    password: {vault: {path: db, key: password}}
-"""
-
-API = """\
-apiVersion: secretsync.dev/v1alpha1
-kind: FleetSecret
-metadata: {name: api}
-spec:
-  clusterSelector: {}
-  target: {name: api, namespace: apps}
-  data:
-    token: {vault: {path: api, key: token}}
-"""
+# The fleet text of the real-server tests, so both run the same FleetSecrets: `db` on the
+# clusters labelled env=prod (here both), `api` on every cluster.
+DB_AND_API = DB.replace("NAMESPACE", NAMESPACE) + "---\n" + API.replace("NAMESPACE", NAMESPACE)
+ONLY_DB = DB.replace("NAMESPACE", NAMESPACE)
 
 
 @pytest.fixture
@@ -89,7 +64,7 @@ class Fleet:
         }
         clusters = "---\n".join(
             f"apiVersion: secretsync.dev/v1alpha1\nkind: Cluster\n"
-            f"metadata: {{name: {name}, labels: {{env: prod}}}}\n"
+            f"metadata: {{name: {name}, labels: {{env: prod, server: {name}}}}}\n"
             f"spec:\n  kubeconfig: {{path: {path}}}\n"
             for name, path in self.kubeconfigs.items()
         )
@@ -158,17 +133,20 @@ def value(fleet: Fleet, path: str, key: str) -> bytes:
 
 def test_create_then_a_second_cycle_writes_nothing(fleet: Fleet) -> None:
     fleet.values = {"db": {"password": canary.new("sim-db")}, "api": {"token": canary.new("sim")}}
-    report = fleet.sync(DB + "---\n" + API)
+    report = fleet.sync(DB_AND_API)
     assert report.ok, (report.failures, report.failed_clusters)
     assert sorted(i.action for i in report.items) == ["create"] * 4
     assert fleet.kube is not None and fleet.kube.writes == 4
     for cluster in fleet.sim.clusters:
-        assert fleet.data(cluster, "db") == {"password": value(fleet, "db", "password")}
+        assert fleet.data(cluster, "db") == {
+            "password": value(fleet, "db", "password"),
+            "host": f"db.{cluster.name}.internal".encode(),
+        }
         obj = fleet.stored(cluster, "db")
         assert obj is not None
         assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "secretsync"
         assert {m["manager"] for m in obj["metadata"]["managedFields"]} == {FIELD_MANAGER}
-    again = fleet.sync(DB + "---\n" + API)
+    again = fleet.sync(DB_AND_API)
     assert again.ok
     assert {i.action for i in again.items} == {"unchanged"}
     assert fleet.kube.writes == 0
@@ -176,23 +154,23 @@ def test_create_then_a_second_cycle_writes_nothing(fleet: Fleet) -> None:
 
 def test_changed_value_is_updated_on_every_cluster(fleet: Fleet) -> None:
     fleet.values = {"db": {"password": canary.new("sim-db")}}
-    assert fleet.sync(DB).ok
+    assert fleet.sync(ONLY_DB).ok
     versions = {c.name: fleet.version(c, "db") for c in fleet.sim.clusters}
     fleet.values["db"] = {"password": canary.new("sim-db-rotated")}
-    report = fleet.sync(DB)
+    report = fleet.sync(ONLY_DB)
     assert report.ok, report.failures
     assert [i.action for i in report.items] == ["update", "update"]
     for cluster in fleet.sim.clusters:
-        assert fleet.data(cluster, "db") == {"password": value(fleet, "db", "password")}
+        assert fleet.data(cluster, "db")["password"] == value(fleet, "db", "password")
         assert fleet.version(cluster, "db") != versions[cluster.name]
 
 
 def test_removed_secret_is_pruned_and_foreign_objects_stay(fleet: Fleet) -> None:
     fleet.values = {"db": {"password": canary.new("sim-db")}, "api": {"token": canary.new("sim")}}
-    assert fleet.sync(DB + "---\n" + API).ok
+    assert fleet.sync(DB_AND_API).ok
     first = fleet.sim.clusters[0]
     fleet.put(first, "foreign", {"x": b"y"})
-    report = fleet.sync(DB)  # api removed from the fleet
+    report = fleet.sync(ONLY_DB)  # api removed from the fleet
     assert report.ok, report.failures
     assert sorted(i.action for i in report.items) == ["delete", "delete", "unchanged", "unchanged"]
     for cluster in fleet.sim.clusters:
@@ -203,27 +181,27 @@ def test_removed_secret_is_pruned_and_foreign_objects_stay(fleet: Fleet) -> None
 
 def test_hand_edit_is_drift_and_is_repaired(fleet: Fleet) -> None:
     fleet.values = {"db": {"password": canary.new("sim-db")}}
-    assert fleet.sync(DB).ok
+    assert fleet.sync(ONLY_DB).ok
     edited = fleet.sim.clusters[1]
     fleet.put(edited, "db", {"password": b"hand-edit"})
-    report = fleet.sync(DB)
+    report = fleet.sync(ONLY_DB)
     assert report.ok, report.failures
     (update,) = [i for i in report.items if i.action == "update"]
     assert update.cluster == edited.name
     assert "changed outside secretsync" in update.reason
     assert fleet.kube is not None and fleet.kube.drifted[edited.name] == 1
-    assert fleet.data(edited, "db") == {"password": value(fleet, "db", "password")}
+    assert fleet.data(edited, "db")["password"] == value(fleet, "db", "password")
 
 
 def test_foreign_object_with_the_target_name_is_a_conflict_left_alone(fleet: Fleet) -> None:
     fleet.values = {"db": {"password": canary.new("sim-db")}}
     taken = fleet.sim.clusters[0]
     fleet.put(taken, "db", {"mine": b"keep"})
-    report = fleet.sync(DB)
+    report = fleet.sync(ONLY_DB)
     assert not report.ok
     (failure,) = report.failures
     assert failure.cluster == taken.name
     assert "exists and is not managed by secretsync" in failure.reason
     assert fleet.data(taken, "db") == {"mine": b"keep"}
     other = fleet.sim.clusters[1]
-    assert fleet.data(other, "db") == {"password": value(fleet, "db", "password")}
+    assert fleet.data(other, "db")["password"] == value(fleet, "db", "password")

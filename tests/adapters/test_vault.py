@@ -18,15 +18,13 @@ from pathlib import Path
 
 import hvac
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from secretsync.core import errors, model
 from secretsync.core.values import SecretValue
 from secretsync.sources import resolve, vault
 from tests.support import canary as canaries
+from tests.support import keys
 from tests.support.openbao import CountingProxy, OpenBao, start_openbao
 
 FAST = vault.RetryPolicy(
@@ -704,21 +702,14 @@ async def test_refused_login_is_shared_by_concurrent_reads(
 
 
 def self_signed_ca_pem() -> str:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test-kube-ca")])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
+    return keys.self_signed_pem(
+        ec.generate_private_key(ec.SECP256R1()),
+        common_name="test-kube-ca",
+        not_before=now,
+        not_after=now + datetime.timedelta(days=1),
+        ca=True,
+    ).decode()
 
 
 async def test_kubernetes_login_sends_role_and_jwt_and_a_bad_jwt_is_denied(

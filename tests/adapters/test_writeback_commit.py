@@ -11,9 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
-from click.testing import CliRunner
 
-from secretsync.cli import main
 from secretsync.core.model import Location, ValueRef
 from secretsync.core.values import SecretValue
 from secretsync.delivery import seal
@@ -22,51 +20,18 @@ from secretsync.fleet import load
 from secretsync.sinks import writeback
 from secretsync.sinks.deliver import KeyDiff
 from secretsync.sinks.git import GitSink
-from tests.support import canary, keys
+from tests.support import canary, cli, fleets, keys
 from tests.support.fakes import FakeSource
-from tests.support.gitremote import GIT_ENV, git
+from tests.support.gitremote import GIT_ENV, git, ssh_signing_key
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
 
 
-FLEET = """\
-apiVersion: secretsync.dev/v1alpha1
-kind: Fleet
-metadata: {name: commit}
-spec: {output: {dir: rendered}}
-"""
-CLUSTERS = """\
-apiVersion: secretsync.dev/v1alpha1
-kind: Cluster
-metadata: {name: one, labels: {env: prod}}
-spec: {delivery: sealed, sealedSecrets: {certFile: certs/one.pem}}
----
-apiVersion: secretsync.dev/v1alpha1
-kind: Cluster
-metadata: {name: two, labels: {env: prod}}
-spec: {delivery: sealed, sealedSecrets: {certFile: certs/two.pem}}
-"""
-SECRET = """\
-apiVersion: secretsync.dev/v1alpha1
-kind: FleetSecret
-metadata: {{name: app}}
-spec:
-  clusterSelector: {{{selector}}}
-  target: {{name: app, namespace: apps}}
-  data: {{mode: {{value: "{mode}"}}}}
-"""
+FLEET = fleets.git_fleet_yaml("commit")
 
 
 def repo(fleet_repo: MakeRepo, *, mode: str = "blue") -> Path:
-    root = fleet_repo(
-        {
-            "secretsync.yaml": FLEET,
-            "clusters/all.yaml": CLUSTERS,
-            "secrets/app.yaml": SECRET.format(selector="", mode=mode),
-            "certs/one.pem": keys.cert_pem(keys.rsa_key(0)),
-            "certs/two.pem": keys.cert_pem(keys.rsa_key(1)),
-        }
-    )
+    root = fleet_repo(fleets.git_fleet("commit", ["one", "two"], mode=mode))
     git(root, "init", "--quiet", "--initial-branch=main")
     git(root, "add", "--all")
     git(root, "commit", "--quiet", "-m", "fleet")
@@ -74,12 +39,10 @@ def repo(fleet_repo: MakeRepo, *, mode: str = "blue") -> Path:
 
 
 def render(root: Path, *extra: str) -> tuple[int, str]:
-    result = CliRunner().invoke(
-        main.main_group,
-        ["-o", "json", "render", str(root), "--commit", *extra],
+    result = cli.invoke(
+        "-o", "json", "render", str(root), "--commit", *extra,
         env={"SECRETSYNC_HMAC_KEY": "commit-test-hmac", "HOME": str(root.parent)},
-        catch_exceptions=False,
-    )
+    )  # fmt: skip
     return result.exit_code, result.output
 
 
@@ -119,7 +82,7 @@ def test_render_commit_commits_what_changed_and_nothing_else(fleet_repo: MakeRep
 
     # one value changes on one cluster: one file of one object
     (root / "secrets/app.yaml").write_text(
-        SECRET.format(selector="", mode="blue") + "  overlays:\n"
+        fleets.mode_secret("blue") + "  overlays:\n"
         "    - clusters: [two]\n      data: {mode: {value: green}}\n"
     )
     git(root, "commit", "--quiet", "--all", "-m", "green on two")
@@ -138,7 +101,7 @@ def test_render_commit_refuses_a_dirty_work_tree_and_writes_nothing(fleet_repo: 
     root = repo(fleet_repo)
     assert render(root)[0] == 0
     head = git(root, "rev-parse", "HEAD").strip()
-    (root / "secrets/app.yaml").write_text(SECRET.format(selector="", mode="red"))
+    (root / "secrets/app.yaml").write_text(fleets.mode_secret("red"))
     git(root, "commit", "--quiet", "--all", "-m", "red")
     head = git(root, "rev-parse", "HEAD").strip()
 
@@ -231,7 +194,7 @@ async def test_the_guard_checks_each_object_for_its_own_values(fleet_repo: MakeR
         )
     )
     (root / "secrets/app.yaml").write_text(
-        SECRET.format(selector="", mode="x").replace(
+        fleets.mode_secret("x").replace(
             '{mode: {value: "x"}}', "{token: {vault: {path: apps/token, key: token}}}"
         )
     )
@@ -267,14 +230,7 @@ async def test_the_guard_checks_each_object_for_its_own_values(fleet_repo: MakeR
 
 def test_render_commit_signs_with_an_ssh_key(fleet_repo: MakeRepo, tmp_path: Path) -> None:
     root = repo(fleet_repo)
-    key = tmp_path / "signing"
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "ci", "-f", str(key)],
-        check=True,
-        timeout=30,
-        capture_output=True,
-    )
-    key.chmod(0o440)  # as a Secret mounted with the pod's fsGroup: ssh-keygen would refuse it
+    key = ssh_signing_key(tmp_path / "signing", comment="ci")
     code, out = render(root, "--git-signing-key", str(key))
     assert code == 0, out
     signers = tmp_path / "allowed_signers"
@@ -289,9 +245,5 @@ def test_render_commit_signs_with_an_ssh_key(fleet_repo: MakeRepo, tmp_path: Pat
     )
     assert verified.returncode == 0, verified.stderr.decode()
     assert b'Good "git" signature for ci@example.invalid' in verified.stderr
-    result = CliRunner().invoke(
-        main.main_group,
-        ["render", str(root), "--git-signing-key", str(key)],
-        catch_exceptions=False,
-    )
+    result = cli.invoke("render", str(root), "--git-signing-key", str(key))
     assert result.exit_code == 2 and "give --commit too" in result.output

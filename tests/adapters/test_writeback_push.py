@@ -9,7 +9,6 @@ nothing."""
 from __future__ import annotations
 
 import dataclasses
-import os
 import subprocess
 from pathlib import Path
 
@@ -17,44 +16,26 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from secretsync.cli import main
-from secretsync.daemon.service import Daemon, DaemonSettings
+from secretsync.daemon.service import Daemon
 from secretsync.delivery import seal
 from secretsync.fleet import gitsource
 from secretsync.sinks import writeback
-from tests.support import canary, keys
-from tests.support.gitremote import GIT_ENV, BareRemote, git, http_url, smart_http
+from tests.support import canary, fleets, keys
+from tests.support.gitremote import (
+    GIT_ENV,
+    BareRemote,
+    git,
+    git_daemon,
+    http_url,
+    smart_http,
+    ssh_signing_key,
+)
 
-FLEET = """\
-apiVersion: secretsync.dev/v1alpha1
-kind: Fleet
-metadata: {name: push}
-spec: {output: {dir: rendered}}
-"""
-CLUSTER = """\
-apiVersion: secretsync.dev/v1alpha1
-kind: Cluster
-metadata: {name: one, labels: {env: prod}}
-spec: {delivery: sealed, sealedSecrets: {certFile: certs/one.pem}}
-"""
-SECRET = """\
-apiVersion: secretsync.dev/v1alpha1
-kind: FleetSecret
-metadata: {{name: app}}
-spec:
-  clusterSelector: {{}}
-  target: {{name: app, namespace: apps}}
-  data: {{mode: {{value: "{mode}"}}}}
-"""
 RENDERED = "rendered/one/apps/app.yaml"
 
 
-def fleet_files(mode: str) -> dict[str, str | bytes | None]:
-    return {
-        "secretsync.yaml": FLEET,
-        "clusters/one.yaml": CLUSTER,
-        "secrets/app.yaml": SECRET.format(mode=mode),
-        "certs/one.pem": keys.cert_pem(keys.rsa_key(0)),
-    }
+def fleet_files(mode: str) -> dict[str, str | bytes]:
+    return fleets.git_fleet("push", ["one"], mode=mode)
 
 
 def make_daemon(
@@ -65,25 +46,24 @@ def make_daemon(
     credentials: Path | None = None,
     signing_key: Path | None = None,
 ) -> Daemon:
-    settings = DaemonSettings(
-        fleet_path=checkout,
-        hmac_key=b"push-test-hmac",
-        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(checkout.parent)},
-        interval_s=3600,
-        kube=False,
-        git_url=url,
-        git_branch="main",
-        git_credentials_file=credentials,
-        git_timeout_s=30,
-        push=writeback.PushSettings(
-            branch=branch,
-            author=writeback.Author.parse("Fleet Bot <bot@example.invalid>"),
-            backoff_s=0.01,
-            signing_key=signing_key,
-        ),
+    push = writeback.PushSettings(
+        branch=branch,
+        author=writeback.Author.parse("Fleet Bot <bot@example.invalid>"),
+        backoff_s=0.01,
+        signing_key=signing_key,
     )
     canary.FLEET_REPOS.append(checkout)
-    return Daemon(settings=settings, make_sources=main.build_sources)
+    return git_daemon(
+        checkout, url, hmac_key=b"push-test-hmac", git_credentials_file=credentials, push=push
+    )
+
+
+async def start_and_close(daemon: Daemon) -> None:
+    """The daemon's start cycle, then its clients closed, as a process that stops after it."""
+    try:
+        await daemon.cycle(trigger="start")
+    finally:
+        await daemon._wiring.aclose()
 
 
 def mode_at(remote: BareRemote, rev: str) -> bytes:
@@ -127,7 +107,7 @@ async def test_one_commit_per_changing_cycle_and_a_racing_writer_is_kept(tmp_pat
 
         # another writer moves main while our push is received: rejected, rendered again on
         # the new head, pushed on top of it
-        remote.commit({"secrets/app.yaml": SECRET.format(mode="green")}, "green")
+        remote.commit({"secrets/app.yaml": fleets.mode_secret("green")}, "green")
         remote.race(times=1)
         await daemon.cycle(trigger="interval")
         [racer] = remote.racer_commits()
@@ -151,7 +131,7 @@ async def test_a_branch_that_keeps_moving_fails_the_push_after_five_tries(tmp_pa
     daemon = make_daemon(tmp_path / "checkout", remote.url)
     try:
         await daemon.cycle(trigger="start")
-        remote.commit({"secrets/app.yaml": SECRET.format(mode="red")}, "red")
+        remote.commit({"secrets/app.yaml": fleets.mode_secret("red")}, "red")
         remote.race(times=0)  # every push
         await daemon.cycle(trigger="interval")
         assert len(remote.racer_commits()) == 5
@@ -206,7 +186,7 @@ async def test_push_branch_of_its_own_over_smart_http_with_basic_auth(tmp_path: 
             await daemon.cycle(trigger="start")
             assert remote.head("rendered") == first
 
-            remote.commit({"secrets/app.yaml": SECRET.format(mode="green")}, "green")
+            remote.commit({"secrets/app.yaml": fleets.mode_secret("green")}, "green")
             await daemon.cycle(trigger="interval")
             second = remote.head("rendered")
             assert second is not None and second != first
@@ -226,7 +206,7 @@ async def test_push_branch_of_its_own_over_smart_http_with_basic_auth(tmp_path: 
 
             # a wrong token: the push fails, named without the token, and nothing is forced
             credentials.write_text(f"http://bot:wrong-{token}@{host}\n")
-            remote.commit({"secrets/app.yaml": SECRET.format(mode="red")}, "red")
+            remote.commit({"secrets/app.yaml": fleets.mode_secret("red")}, "red")
             refused_before = server.refused
             await daemon.cycle(trigger="interval")
             error = daemon.board.fleet_error or ""
@@ -269,28 +249,19 @@ async def test_a_render_left_uncommitted_lands_as_one_commit(tmp_path: Path) -> 
     remote.commit(fleet_files("blue"), "fleet")
     checkout = tmp_path / "checkout"
     daemon = make_daemon(checkout, remote.url)
-    try:
-        await daemon.cycle(trigger="start")
-    finally:
-        await daemon._wiring.aclose()
+    await start_and_close(daemon)
     pushed = remote.head()
-    remote.commit({"secrets/app.yaml": SECRET.format(mode="green")}, "green")
+    remote.commit({"secrets/app.yaml": fleets.mode_secret("green")}, "green")
     fleet = remote.head()
     crashed = Daemon(
         settings=dataclasses.replace(daemon.settings, push=None), make_sources=main.build_sources
     )
-    try:
-        await crashed.cycle(trigger="start")  # renders green, commits nothing
-    finally:
-        await crashed._wiring.aclose()
+    await start_and_close(crashed)  # renders green, commits nothing
     assert git(checkout, "status", "--porcelain").split() == ["M", RENDERED]
     assert remote.head() == fleet
 
     restarted = make_daemon(checkout, remote.url)
-    try:
-        await restarted.cycle(trigger="start")
-    finally:
-        await restarted._wiring.aclose()
+    await start_and_close(restarted)
     final = remote.head()
     assert final is not None
     assert remote.log("--format=%ae", f"{fleet}..{final}").split() == ["bot@example.invalid"]
@@ -301,19 +272,9 @@ async def test_a_render_left_uncommitted_lands_as_one_commit(tmp_path: Path) -> 
 async def test_pushed_commits_are_signed_with_the_ssh_key(tmp_path: Path) -> None:
     remote = BareRemote(tmp_path)
     remote.commit(fleet_files("blue"), "fleet")
-    key = tmp_path / "signing"
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "bot", "-f", str(key)],
-        check=True,
-        timeout=30,
-        capture_output=True,
-    )
-    key.chmod(0o440)  # as a Secret mounted with the pod's fsGroup: ssh-keygen would refuse it
+    key = ssh_signing_key(tmp_path / "signing", comment="bot")
     daemon = make_daemon(tmp_path / "checkout", remote.url, signing_key=key)
-    try:
-        await daemon.cycle(trigger="start")
-    finally:
-        await daemon._wiring.aclose()
+    await start_and_close(daemon)
     signers = tmp_path / "allowed_signers"
     signers.write_text(f"bot@example.invalid {(tmp_path / 'signing.pub').read_text()}")
     verified = subprocess.run(
@@ -334,7 +295,7 @@ async def test_a_failed_render_on_the_new_head_fails_the_push(tmp_path: Path) ->
     assert daemon.writeback is not None
     try:
         await daemon.cycle(trigger="start")
-        remote.commit({"secrets/app.yaml": SECRET.format(mode="red")}, "red")
+        remote.commit({"secrets/app.yaml": fleets.mode_secret("red")}, "red")
         remote.race(times=0)
         report = await daemon._reconcile("interval", None)
         assert report is not None

@@ -14,7 +14,6 @@ import asyncio
 import logging
 import shutil
 from collections.abc import AsyncIterator, Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +26,9 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from secretsync.core import errors
 from secretsync.daemon.web import make_app
-from secretsync.engine.cycle import Engine
 from secretsync.sinks.git import GitSink
 from tests.e2e.test_web import HMAC, make_daemon
-from tests.support import canary, fleets
+from tests.support import canary, cycles, fleets
 from tests.support.fakes import FakeSource
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
@@ -87,13 +85,8 @@ async def page_url(fleet_repo: MakeRepo) -> AsyncIterator[tuple[str, Any]]:
     staging-use1's web-api failed (their Vault paths are sealed). staging-euw1 reads the same
     staging path, but its ExternalSecret needs no value: it is synced."""
     repo = fleets.write_fleet(fleet_repo)
-    values = {
-        "payments/prod/db": {"username": canary.new("bu"), "password": canary.new("bp")},
-        "payments/staging/db": {"username": canary.new("bu2"), "password": canary.new("bp2")},
-        "payments/eu/db": {"password": canary.new("bpe")},
-        "web/prod": {"token": canary.new("bt")},
-        "web/dev": {"token": canary.new("bt3")},
-    }
+    values = fleets.vault_docs()
+    del values["web/staging"]  # failing below
     source = FakeSource(values)
     source.failing["web/staging"] = errors.SourceUnavailable(
         "vault:secret/web/staging: the server is sealed (HTTP 503)"
@@ -101,12 +94,7 @@ async def page_url(fleet_repo: MakeRepo) -> AsyncIterator[tuple[str, Any]]:
     source.failing["payments/eu/db"] = errors.SourceUnavailable(
         "vault:secret/payments/eu/db: the server is sealed (HTTP 503)"
     )
-    engine = Engine(
-        sources={"vault": source},
-        sinks=[GitSink(out_dir=repo / "rendered")],
-        hmac_key=HMAC,
-        clock=lambda: datetime.now(UTC),
-    )
+    engine = cycles.engine(source, GitSink(out_dir=repo / "rendered"), key=HMAC)
     daemon = make_daemon(repo, engine, key=canary.new("whsec").encode())
     await daemon.cycle(trigger="start")
     runner = aioweb.AppRunner(make_app(daemon), access_log=None)

@@ -7,23 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
 
-from secretsync.daemon.web import make_app
-from tests.e2e.test_web import AiohttpClient, FakeEngine, MakeRepo, make_daemon
+from tests.e2e.test_web import AiohttpClient, FakeEngine, MakeRepo, started
 from tests.support import fleets
 
 
 @pytest.fixture
 def repo(fleet_repo: MakeRepo) -> Path:
     return fleets.write_fleet(fleet_repo)
-
-
-async def _client(repo: Path, aiohttp_client: AiohttpClient, engine: FakeEngine) -> Any:
-    daemon = make_daemon(repo, engine)
-    client: TestClient[Any, Any] = await aiohttp_client(make_app(daemon))
-    await daemon.cycle(trigger="start")
-    return daemon, client
 
 
 async def _get(client: Any, query: str, *, status: int = 200) -> dict[str, Any]:
@@ -40,7 +31,7 @@ def _keys(doc: dict[str, Any]) -> list[tuple[str, str]]:
 async def test_pages_walk_every_object_once_in_order(
     repo: Path, aiohttp_client: AiohttpClient
 ) -> None:
-    _, client = await _client(repo, aiohttp_client, FakeEngine())
+    _, client = await started(repo, aiohttp_client, FakeEngine())
     whole = await _get(client, "")
     assert "continue" not in whole and len(whole["objects"]) == 8  # the old document stays
     seen: list[tuple[str, str]] = []
@@ -63,7 +54,7 @@ async def test_filters_by_cluster_state_and_fleet_secret(
     repo: Path, aiohttp_client: AiohttpClient
 ) -> None:
     engine = FakeEngine()
-    _, client = await _client(repo, aiohttp_client, engine)
+    _, client = await started(repo, aiohttp_client, engine)
     doc = await _get(client, "?cluster=prod-use1&cluster=dev-use1")
     assert {o["cluster"] for o in doc["objects"]} == {"prod-use1", "dev-use1"}
     assert len(doc["objects"]) == 3 and doc["continue"] is None
@@ -95,7 +86,7 @@ async def test_filters_by_cluster_state_and_fleet_secret(
 async def test_bad_query_is_400_naming_the_parameter(
     repo: Path, aiohttp_client: AiohttpClient, query: str, named: str
 ) -> None:
-    _, client = await _client(repo, aiohttp_client, FakeEngine())
+    _, client = await started(repo, aiohttp_client, FakeEngine())
     doc = await _get(client, query, status=400)
     assert named in doc["error"]
 
@@ -104,7 +95,7 @@ async def test_token_of_another_fleet_load_is_gone(
     fleet_repo: MakeRepo, aiohttp_client: AiohttpClient
 ) -> None:
     root = fleets.write_fleet(fleet_repo)
-    daemon, client = await _client(root, aiohttp_client, FakeEngine())
+    daemon, client = await started(root, aiohttp_client, FakeEngine())
     token = (await _get(client, "?limit=2"))["continue"]
     await daemon.cycle(trigger="interval")  # same fleet: the token stays good
     assert len((await _get(client, f"?limit=2&continue={token}"))["objects"]) == 2
@@ -116,7 +107,7 @@ async def test_token_of_another_fleet_load_is_gone(
 
 async def test_summary_counts_without_objects(repo: Path, aiohttp_client: AiohttpClient) -> None:
     engine = FakeEngine()
-    daemon, client = await _client(repo, aiohttp_client, engine)
+    daemon, client = await started(repo, aiohttp_client, engine)
     engine.action = "failed"
     await daemon.cycle(trigger="interval")
     resp = await client.get("/v1/status/summary")

@@ -98,6 +98,15 @@ def make_daemon(root: Path, engine: Any, *, key: bytes | None = KEY, **kw: Any) 
     return Daemon(settings=settings, wiring=FakeWiring(engine))
 
 
+async def started(repo: Path, aiohttp_client: AiohttpClient, engine: Any) -> Any:
+    """The daemon of `repo` on `engine`, its app behind aiohttp's test client, after its start
+    cycle: (daemon, client)."""
+    daemon = make_daemon(repo, engine)
+    client: TestClient[Any, Any] = await aiohttp_client(make_app(daemon))
+    await daemon.cycle(trigger="start")
+    return daemon, client
+
+
 def signed(
     body: bytes, *, msg_id: str = "", ts: int | None = None, key: bytes = KEY
 ) -> dict[str, str]:
@@ -194,9 +203,7 @@ async def test_status_page_and_metrics_after_a_cycle(
 
 async def test_page_escapes_everything(repo: Path, aiohttp_client: AiohttpClient) -> None:
     engine = FakeEngine()
-    daemon = make_daemon(repo, engine)
-    client: TestClient[Any, Any] = await aiohttp_client(make_app(daemon))
-    await daemon.cycle(trigger="start")
+    daemon, client = await started(repo, aiohttp_client, engine)
     hostile = '<script>alert("x")</script>&"'
     daemon.board.fleet_failed(hostile, at=datetime.now(UTC))
     daemon.board.entries[("prod-use1", "web-api")].reason = hostile
@@ -347,9 +354,7 @@ async def test_bad_commit_keeps_the_last_good_fleet(
     repo: Path, aiohttp_client: AiohttpClient
 ) -> None:
     engine = FakeEngine()
-    daemon = make_daemon(repo, engine)
-    client: TestClient[Any, Any] = await aiohttp_client(make_app(daemon))
-    await daemon.cycle(trigger="start")
+    daemon, client = await started(repo, aiohttp_client, engine)
     (repo / "secrets" / "broken.yaml").write_text(
         "apiVersion: secretsync.dev/v1alpha1\nkind: FleetSecret\nmetadata: {name: x}\nspec: {bogus: 1}\n"
     )
@@ -371,14 +376,7 @@ async def test_bad_commit_keeps_the_last_good_fleet(
 async def test_real_engine_serves_no_values(
     repo: Path, aiohttp_client: AiohttpClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    values = {
-        "payments/prod/db": {"username": canary.new("wu"), "password": canary.new("wp")},
-        "payments/staging/db": {"username": canary.new("wu2"), "password": canary.new("wp2")},
-        "payments/eu/db": {"password": canary.new("wpe")},
-        "web/prod": {"token": canary.new("wt")},
-        "web/staging": {"token": canary.new("wt2")},
-        "web/dev": {"token": canary.new("wt3")},
-    }
+    values = fleets.vault_docs()
     source = FakeSource(values)
     engine = Engine(
         sources={"vault": source},
@@ -386,9 +384,7 @@ async def test_real_engine_serves_no_values(
         hmac_key=HMAC,
         clock=lambda: datetime.now(UTC),
     )
-    daemon = make_daemon(repo, engine)
-    client: TestClient[Any, Any] = await aiohttp_client(make_app(daemon))
-    await daemon.cycle(trigger="start")
+    daemon, client = await started(repo, aiohttp_client, engine)
     source.documents["web/prod"] = {"token": canary.new("wt-rotated")}
     await daemon.cycle(trigger="webhook", only_paths={"secret/web/prod"})
     served = "".join(
@@ -417,14 +413,7 @@ async def test_real_engine_serves_no_values(
 async def test_objects_no_sink_of_the_daemon_delivers_say_so(
     repo: Path, aiohttp_client: AiohttpClient, sinks: dict[str, bool], undelivered: dict[str, str]
 ) -> None:
-    values = {
-        "payments/prod/db": {"username": canary.new("nu"), "password": canary.new("np")},
-        "payments/staging/db": {"username": canary.new("nu2"), "password": canary.new("np2")},
-        "payments/eu/db": {"password": canary.new("npe")},
-        "web/prod": {"token": canary.new("nt")},
-        "web/staging": {"token": canary.new("nt2")},
-        "web/dev": {"token": canary.new("nt3")},
-    }
+    values = fleets.vault_docs()
     settings = DaemonSettings(
         fleet_path=repo, hmac_key=HMAC, interval_s=3600, cluster_timeout_s=10, **sinks
     )

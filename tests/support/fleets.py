@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from tests.support import canary, keys
@@ -130,3 +130,45 @@ def vault_docs() -> dict[str, dict[str, object]]:
         "web/staging": {"token": canary.new("tok-stg")},
         "web/dev": {"token": canary.new("tok-dev")},
     }
+
+
+# --- a fleet of sealed clusters and one literal value, for the Git tests -----------------------
+
+
+def git_fleet_yaml(name: str) -> str:
+    """The Fleet of `git_fleet`: output into `rendered/`, defaults for everything else."""
+    return (
+        f"apiVersion: secretsync.dev/v1alpha1\nkind: Fleet\nmetadata: {{name: {name}}}\n"
+        "spec: {output: {dir: rendered}}\n"
+    )
+
+
+def mode_secret(mode: str, *, name: str = "app") -> str:
+    """FleetSecret `name` for every cluster, Secret apps/`name` with one literal key `mode`:
+    a value a test changes to make a new commit, without any source."""
+    return (
+        f"apiVersion: secretsync.dev/v1alpha1\nkind: FleetSecret\nmetadata: {{name: {name}}}\n"
+        f"spec:\n  clusterSelector: {{}}\n  target: {{name: {name}, namespace: apps}}\n"
+        f'  data: {{mode: {{value: "{mode}"}}}}\n'
+    )
+
+
+def git_fleet(
+    name: str, clusters: Sequence[str], *, mode: str = "blue", object_name: str = "app"
+) -> dict[str, str | bytes]:
+    """The files of a fleet repo: Fleet `name`, sealed `clusters` labelled env=prod (the
+    certificate of the i-th made from `keys.rsa_key(i)`) and `mode_secret(mode)`."""
+    documents = [
+        f"apiVersion: secretsync.dev/v1alpha1\nkind: Cluster\n"
+        f"metadata: {{name: {c}, labels: {{env: prod}}}}\n"
+        f"spec: {{delivery: sealed, sealedSecrets: {{certFile: certs/{c}.pem}}}}\n"
+        for c in clusters
+    ]
+    files: dict[str, str | bytes] = {
+        "secretsync.yaml": git_fleet_yaml(name),
+        "clusters/all.yaml": "---\n".join(documents),
+        "secrets/app.yaml": mode_secret(mode, name=object_name),
+    }
+    for i, cluster in enumerate(clusters):
+        files[f"certs/{cluster}.pem"] = keys.cert_pem(keys.rsa_key(i))
+    return files

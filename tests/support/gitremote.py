@@ -14,7 +14,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
+from secretsync.cli import main
+from secretsync.daemon.service import Daemon, DaemonSettings
 from tests.support import canary
 
 GIT_ENV = {
@@ -261,3 +264,33 @@ def smart_http(remote: BareRemote, *, user: str, token: str) -> Iterator[_Server
 def http_url(server: _Server, remote: BareRemote) -> str:
     host, port = server.server_address[:2]
     return f"http://{host!s}:{port}/{remote.bare.name}"
+
+
+def ssh_signing_key(path: Path, *, comment: str) -> Path:
+    """A fresh ed25519 key (no passphrase) at `path` for signing commits, its mode 0440 as a
+    Secret mounted with the pod's fsGroup gives it (ssh-keygen refuses a group-readable key)."""
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
+        check=True,
+        timeout=30,
+        capture_output=True,
+    )
+    path.chmod(0o440)
+    return path
+
+
+def git_daemon(checkout: Path, url: str, *, hmac_key: bytes, **settings: Any) -> Daemon:
+    """The daemon (in this process, no Kubernetes) pulling its fleet from branch main of `url`
+    into `checkout`, with PATH and HOME only; `settings` adds to or overrides DaemonSettings."""
+    options: dict[str, Any] = {
+        "env": {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(checkout.parent)},
+        "interval_s": 3600,
+        "kube": False,
+        "git_branch": "main",
+        "git_timeout_s": 30,
+    }
+    options.update(settings)
+    return Daemon(
+        settings=DaemonSettings(fleet_path=checkout, hmac_key=hmac_key, git_url=url, **options),
+        make_sources=main.build_sources,
+    )

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 
@@ -17,15 +17,19 @@ def rsa_key(index: int = 0, bits: int = 2048) -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=bits)
 
 
-def cert_pem(
-    key: rsa.RSAPrivateKey,
+def self_signed_pem(
+    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey,
     *,
+    common_name: str = "test-sealing",
     not_before: datetime | None = None,
     not_after: datetime | None = None,
+    ca: bool = False,
 ) -> bytes:
+    """A self-signed certificate of `key` (PEM), valid from a day ago for ten years unless
+    given; `ca` marks it a certificate authority."""
     now = datetime.now(UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test-sealing")])
-    cert = (
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    builder = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
@@ -33,9 +37,20 @@ def cert_pem(
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before or now - timedelta(days=1))
         .not_valid_after(not_after or now + timedelta(days=3650))
-        .sign(key, hashes.SHA256())
     )
-    return cert.public_bytes(serialization.Encoding.PEM)
+    if ca:
+        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
+def cert_pem(
+    key: rsa.RSAPrivateKey,
+    *,
+    not_before: datetime | None = None,
+    not_after: datetime | None = None,
+) -> bytes:
+    """The sealing certificate of `key`, as a controller would publish it."""
+    return self_signed_pem(key, not_before=not_before, not_after=not_after)
 
 
 def key_pem(key: rsa.RSAPrivateKey) -> bytes:

@@ -3,7 +3,6 @@ narrowed cycle that webhooks use (`only_paths`)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -13,10 +12,9 @@ from typing import Any
 from secretsync.core import errors
 from secretsync.core.model import Location
 from secretsync.daemon.status import DRIFT_REASON, State, StatusBoard
-from secretsync.engine.cycle import CycleReport, Engine, ItemResult
+from secretsync.engine.cycle import CycleReport, ItemResult
 from secretsync.fleet import load, plan
-from secretsync.sinks.git import GitSink
-from tests.support import canary, fleets
+from tests.support import canary, cycles, fleets
 from tests.support.fakes import FakeSource
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
@@ -24,26 +22,8 @@ KEY = b"status-test-hmac-key-0123456789"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def docs() -> dict[str, dict[str, object]]:
-    return {
-        "payments/prod/db": {"username": canary.new("u-prod"), "password": canary.new("p-prod")},
-        "payments/staging/db": {"username": canary.new("u-stg"), "password": canary.new("p-stg")},
-        "payments/eu/db": {"password": canary.new("p-eu")},
-        "web/prod": {"token": canary.new("t-prod")},
-        "web/staging": {"token": canary.new("t-stg")},
-        "web/dev": {"token": canary.new("t-dev")},
-    }
-
-
 def cycle(root: Path, source: FakeSource, **kw: Any) -> CycleReport:
-    fleet = load.load_fleet(root)
-    engine = Engine(
-        sources={"vault": source},
-        sinks=[GitSink(out_dir=root / "rendered")],
-        hmac_key=KEY,
-        clock=lambda: datetime.now(UTC),
-    )
-    return asyncio.run(engine.run_cycle(fleet, **kw))
+    return cycles.render(root, source, key=KEY, cycle=kw)[0]
 
 
 def loaded_board(root: Path) -> StatusBoard:
@@ -72,7 +52,7 @@ def test_planned_objects_start_pending_with_their_refs(fleet_repo: MakeRepo) -> 
 def test_a_full_cycle_marks_delivered_objects_synced(fleet_repo: MakeRepo) -> None:
     root = fleets.write_fleet(fleet_repo)
     board = loaded_board(root)
-    source = FakeSource(docs())
+    source = FakeSource(fleets.vault_docs())
     summary = board.record(cycle(root, source), started=T0, duration_s=0.5, trigger="start")
     assert summary.outcome == "ok"
     # Git delivers sealed and external clusters; dev-use1 is direct and no sink here serves it
@@ -92,7 +72,7 @@ def test_a_full_cycle_marks_delivered_objects_synced(fleet_repo: MakeRepo) -> No
 def test_failure_keeps_last_sync_and_names_the_ref(fleet_repo: MakeRepo) -> None:
     root = fleets.write_fleet(fleet_repo)
     board = loaded_board(root)
-    source = FakeSource(docs())
+    source = FakeSource(fleets.vault_docs())
     board.record(cycle(root, source), started=T0, duration_s=1, trigger="start")
     source.failing["payments/eu/db"] = errors.SourceUnavailable("vault:secret/payments/eu/db: down")
     later = T0 + timedelta(minutes=5)
@@ -110,7 +90,7 @@ def test_failure_keeps_last_sync_and_names_the_ref(fleet_repo: MakeRepo) -> None
 def test_narrowed_cycle_reads_one_path_and_touches_only_its_objects(fleet_repo: MakeRepo) -> None:
     root = fleets.write_fleet(fleet_repo)
     board = loaded_board(root)
-    values = docs()
+    values = fleets.vault_docs()
     source = FakeSource(values)
     board.record(cycle(root, source), started=T0, duration_s=1, trigger="start")
     before = {p: p.read_bytes() for p in (root / "rendered").rglob("*.yaml")}
@@ -135,7 +115,7 @@ def test_narrowed_cycle_reads_one_path_and_touches_only_its_objects(fleet_repo: 
 
 def test_unknown_path_narrows_to_nothing(fleet_repo: MakeRepo) -> None:
     root = fleets.write_fleet(fleet_repo)
-    source = FakeSource(docs())
+    source = FakeSource(fleets.vault_docs())
     report = cycle(root, source, only_paths={"secret/nobody/uses/this"})
     assert report.items == [] and source.reads == []
 
