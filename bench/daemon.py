@@ -52,7 +52,7 @@ import simulated as sim_mod  # noqa: E402  (bench/simulated.py)
 from kubernetes import client as k8s  # noqa: E402
 
 from secretsync.daemon import webhook  # noqa: E402
-from tests.support.simulated import SECRETS, SimFleet, write_kubeconfig  # noqa: E402
+from tests.support.simulated import SECRETS, SimFleet  # noqa: E402
 
 SECRET: Final = "rotated"
 NAMESPACE: Final = sim_mod.NAMESPACE  # "bench"
@@ -355,11 +355,7 @@ def scenario_latency(args: argparse.Namespace, work: Path) -> JSONDoc:
             )
             try:
                 sim.start()
-                kubeconfigs = {
-                    c.name: write_kubeconfig(work / "kubeconfigs" / f"{c.name}.yaml", c)
-                    for c in sim.clusters
-                }
-                sim_mod.create_namespaces(list(kubeconfigs.values()))
+                kubeconfigs = sim_mod.kubeconfigs_with_namespaces(sim, work)
                 latency_fleet(root, kubeconfigs, bao.address, simulated=True)
                 with serve(root, work, env) as d:
                     doc = run_rotations(d, bao, sim_reader(sim), args.rotations, first)
@@ -411,11 +407,7 @@ def scenario_idle(args: argparse.Namespace, work: Path) -> JSONDoc:
     )
     try:
         sim.start()
-        kubeconfigs = {
-            c.name: write_kubeconfig(work / "kubeconfigs" / f"{c.name}.yaml", c)
-            for c in sim.clusters
-        }
-        sim_mod.create_namespaces(list(kubeconfigs.values()))
+        kubeconfigs = sim_mod.kubeconfigs_with_namespaces(sim, work)
         root = work / "fleet"
         sim_mod.build_fleet(root, kubeconfigs, args.secrets)
         with serve(root, work, {}) as d:
@@ -547,9 +539,7 @@ def main() -> None:
         import shutil
 
         shutil.rmtree(work)
-    print(json.dumps(doc, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(doc, indent=2) + "\n")
+    harness.emit(doc, args.json)
 
 
 if __name__ == "__main__":

@@ -104,6 +104,14 @@ def thread_cpu_s(ident: int | None) -> float:
         return 0.0
 
 
+def emit(doc: JSONDoc, path: Path | None) -> None:
+    """Print a results document, and write it to `path` too when one is given."""
+    text = json.dumps(doc, indent=2)
+    print(text)
+    if path is not None:
+        path.write_text(text + "\n")
+
+
 async def close_any(resource_owner: object) -> None:
     """Close a sink, source or client whether it offers `aclose()` or a plain `close()`."""
     aclose = getattr(resource_owner, "aclose", None)

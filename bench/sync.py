@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import tempfile
 import time
@@ -137,9 +136,7 @@ def main() -> None:
         ),
         "results": [result],
     }
-    print(json.dumps(doc, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(doc, indent=2) + "\n")
+    harness.emit(doc, args.json)
 
 
 if __name__ == "__main__":
