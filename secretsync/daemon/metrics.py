@@ -12,6 +12,7 @@ Labels are cluster names, sources, outcomes and states: never a value, never a p
 | `secretsync_writes_total` | counter | — |
 | `secretsync_webhooks_total` | counter | `outcome` |
 | `secretsync_webhook_forwards_total` | counter | `outcome` |
+| `secretsync_peer_status_fetches_total` | counter | `outcome` (ok, failed: the fleet-wide status) |
 | `secretsync_http_dropped_total` | counter | `reason` (header, idle: a slow or silent client) |
 | `secretsync_fleet_load_errors_total` | counter | — |
 | `secretsync_leader` | gauge | `lease` (1 while this replica holds it; only with election) |
@@ -77,6 +78,12 @@ class Metrics:
         self.webhook_forwards = Counter(
             "secretsync_webhook_forwards",
             "Verified webhooks forwarded to a peer replica, by outcome (sent, failed).",
+            ["outcome"],
+            registry=r,
+        )
+        self.peer_status_fetches = Counter(
+            "secretsync_peer_status_fetches",
+            "Peer status fetches for the fleet-wide status, by outcome (ok, failed).",
             ["outcome"],
             registry=r,
         )
@@ -204,6 +211,9 @@ class Metrics:
 
     def forward(self, outcome: str) -> None:
         self.webhook_forwards.labels(outcome=outcome).inc()
+
+    def peer_status(self, outcome: str) -> None:
+        self.peer_status_fetches.labels(outcome=outcome).inc()
 
     def dropped(self, reason: str) -> None:
         self.http_dropped.labels(reason=reason).inc()

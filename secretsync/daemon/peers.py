@@ -11,22 +11,33 @@ Forwarding is fire-and-forget: a short timeout, at most `MAX_IN_FLIGHT` requests
 awaited by the handler that answers the original sender. Every outcome is counted
 (`secretsync_webhook_forwards_total{outcome=sent|failed}`); a failure is logged at most once a
 minute per peer. A peer that missed one catches up on its next poll or interval cycle.
+
+Requests for a peer's status (`fleetview`) carry a peer token instead of a caller's token:
+`Authorization: Bearer ssp1.<unix seconds>.<nonce>.<MAC>`, the MAC an HMAC-SHA256 of
+`ssp1.<seconds>.<nonce>.<path>` under a key derived from the webhook secret (so a webhook
+signature is never a peer token, nor the other way round). `PeerTokens` accepts one for
+`/v1/status` only, within `PEER_TOKEN_TOLERANCE_S` of its time, each nonce once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
+import hmac
 import json
 import logging
+import re
+import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Final
 from urllib.parse import urlsplit
 
 import aiohttp
 
-from secretsync.daemon import edge, webhook
+from secretsync.daemon import apiauth, edge, webhook
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +45,79 @@ FORWARDED_HEADER: Final = "secretsync-forwarded"
 WEBHOOK_PATH: Final = "/v1/webhooks/vault"
 TIMEOUT_S: Final = 3.0  # well inside the 5 s a rotation has to reach every shard
 MAX_IN_FLIGHT: Final = 8
+STATUS_PATH: Final = "/v1/status"
+PEER_TOKEN_PREFIX: Final = "ssp1"
+PEER_TOKEN_TOLERANCE_S: Final = 60  # the replicas' clocks are one cluster's (NTP)
+MAX_SEEN_NONCES: Final = 100_000
+_NONCE = re.compile(r"[A-Za-z0-9_-]{16,64}\Z")
 
 
 def forwarded_id(msg_id: str) -> str:
     """The id of the forwarded request: derived from the original (a replay of it forwards to
     the same id), distinct from it, and within the id length a receiver accepts."""
     return "fwd_" + hashlib.sha256(msg_id.encode()).hexdigest()[:32]
+
+
+def _peer_key(key: bytes) -> bytes:
+    """The key of peer tokens, derived from the webhook secret (domain separation)."""
+    return hmac.new(key, b"secretsync peer requests v1", hashlib.sha256).digest()
+
+
+def _mac(peer_key: bytes, stamp: str, nonce: str, path: str) -> str:
+    text = f"{PEER_TOKEN_PREFIX}.{stamp}.{nonce}.{path}".encode()
+    digest = hmac.new(peer_key, text, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def peer_token(key: bytes, *, path: str, now: float) -> str:
+    """A bearer token for one request to a peer's `path` (a fresh nonce each time)."""
+    stamp, nonce = str(int(now)), secrets.token_urlsafe(18)
+    return f"{PEER_TOKEN_PREFIX}.{stamp}.{nonce}.{_mac(_peer_key(key), stamp, nonce, path)}"
+
+
+class PeerTokens:
+    """An `apiauth.Check`: accepts a peer token for `/v1/status` (once per nonce)."""
+
+    def __init__(
+        self,
+        key: bytes,
+        *,
+        clock: Callable[[], float] = time.time,
+        tolerance_s: float = PEER_TOKEN_TOLERANCE_S,
+    ) -> None:
+        self._key = _peer_key(key)
+        self._clock = clock
+        self._tolerance = tolerance_s
+        self._seen: OrderedDict[str, float] = OrderedDict()  # nonce -> when it may be forgotten
+
+    def __repr__(self) -> str:
+        return "PeerTokens()"
+
+    async def check(self, token: str, *, path: str) -> apiauth.Decision:
+        parts = token.split(".")
+        if len(parts) != 4 or parts[0] != PEER_TOKEN_PREFIX:
+            return apiauth.UNKNOWN  # not a peer token: another check's
+        _, stamp, nonce, mac = parts
+        if not stamp.isdigit() or not _NONCE.match(nonce):
+            return apiauth.UNKNOWN
+        if not hmac.compare_digest(mac, _mac(self._key, stamp, nonce, path)):
+            return apiauth.UNKNOWN  # wrong key, or made for another path
+        now = self._clock()
+        if abs(now - int(stamp)) > self._tolerance:
+            return apiauth.Decision(401, "peer token outside its time window")
+        self._forget(now)
+        if nonce in self._seen:
+            return apiauth.Decision(401, "peer token used before")
+        self._seen[nonce] = int(stamp) + self._tolerance
+        if path != STATUS_PATH:  # a key holder's token for another path
+            return apiauth.Decision(403, f"a peer token reads {STATUS_PATH} only")
+        return apiauth.ALLOW
+
+    def _forget(self, now: float) -> None:
+        while self._seen and (
+            len(self._seen) >= MAX_SEEN_NONCES or next(iter(self._seen.values())) < now
+        ):
+            self._seen.popitem(last=False)
 
 
 def check_peer(url: str) -> str:
@@ -54,6 +132,14 @@ def check_peer(url: str) -> str:
     except ValueError:
         raise ValueError(f"--peer has a bad port: {url!r}") from None
     return f"{parts.scheme}://{parts.netloc}"
+
+
+def ordinal(url: str) -> int | None:
+    """The StatefulSet ordinal a peer URL names (`http://secretsync-2.secretsync-peers...` -> 2),
+    else None: a peer's shard before it has answered."""
+    label = (urlsplit(url).hostname or "").split(".", 1)[0]
+    found = re.search(r"-([0-9]+)\Z", label)
+    return int(found.group(1)) if found else None
 
 
 def others(urls: Iterable[str], *, hostname: str) -> tuple[str, ...]:

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from secretsync.app import logs, runtime
 from secretsync.core import errors
 from secretsync.core.model import Cluster, DesiredSecret, Fleet, Location
-from secretsync.daemon import apiauth, edge, peers, web, webhook
+from secretsync.daemon import apiauth, edge, fleetview, peers, web, webhook
 from secretsync.daemon.metrics import Metrics
 from secretsync.daemon.status import StatusBoard
 from secretsync.delivery import certs
@@ -537,6 +537,22 @@ class Daemon:
 
     # --- the process -----------------------------------------------------------------------------
 
+    def fleet_view(self) -> fleetview.FleetView | None:
+        """The fleet-wide status across shards (`fleetview`); None for a single shard, whose
+        board is the fleet's."""
+        coordinator, s = self.coordinator, self.settings
+        if coordinator is None or coordinator.settings.shards < 2:
+            return None
+        return fleetview.FleetView(
+            board=self.board,
+            peer_urls=s.peers,
+            key=s.webhook_key,
+            shards=coordinator.settings.shards,
+            shard_index=coordinator.settings.shard_index,
+            shard_of=coordinator.shard_for,
+            count=self.metrics.peer_status,
+        )
+
     async def serve(self) -> None:
         """Web server and cycle loop until SIGTERM / SIGINT (or `stop()`)."""
         s = self.settings
@@ -545,12 +561,14 @@ class Daemon:
             if s.peers and s.webhook_key
             else None
         )
+        view = self.fleet_view()
         app = web.make_app(
             self,
             max_body=s.max_body,
             read_timeout_s=s.header_timeout_s,
             guard=_guard(s),
             forwarder=forwarder,
+            view=view,
         )
         limits = edge.Limits(header_timeout_s=s.header_timeout_s, idle_timeout_s=s.idle_timeout_s)
         loop = asyncio.get_running_loop()
@@ -594,6 +612,8 @@ class Daemon:
             await self.events.aclose()
             if forwarder is not None:
                 await forwarder.aclose()
+            if view is not None:
+                await view.aclose()
             log.info("stopped")
 
 
@@ -654,13 +674,16 @@ def run(settings: DaemonSettings, *, make_sources: SourceFactory) -> int:
 
 
 def _guard(settings: DaemonSettings) -> apiauth.Guard | None:
-    """The status API's token checks; None when it is open."""
+    """The status API's token checks; None when it is open. With peers, their status requests
+    carry a peer token (`peers`), checked first."""
     checks: list[apiauth.Check] = []
     if settings.api_token_file is not None:
         checks.append(apiauth.TokenFile(settings.api_token_file))
     if settings.api_auth_kubernetes:
         api = apiauth.home_api(settings.home_kubeconfig, settings.plugins)
         checks.append(apiauth.KubernetesReview(api))
+    if checks and settings.peers and settings.webhook_key:
+        checks.insert(0, peers.PeerTokens(settings.webhook_key))
     return apiauth.Guard(checks) if checks else None
 
 

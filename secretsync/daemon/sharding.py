@@ -129,9 +129,13 @@ class Coordinator:
 
     # --- who may do what -------------------------------------------------------------------------
 
+    def shard_for(self, cluster: str) -> int:
+        """The shard `cluster` belongs to, at this replica's shard count."""
+        return shard_of(cluster, self.settings.shards)
+
     def mine(self, cluster: str) -> bool:
         """Whether `cluster` is in this replica's shard (leadership aside)."""
-        return shard_of(cluster, self.settings.shards) == self.settings.shard_index
+        return self.shard_for(cluster) == self.settings.shard_index
 
     def owns(self, cluster: str) -> bool:
         """Whether this replica may write `cluster` through its API now."""
@@ -166,6 +170,7 @@ class Coordinator:
             "shards": s.shards,
             "shardIndex": s.shard_index,
             "leases": self.leases(),
+            "leading": self.shard.is_leader,
             "gitWriter": self.writes_git(),
             "clusters": sorted(n for n in clusters if self.mine(n)),
         }

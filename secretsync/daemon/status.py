@@ -84,6 +84,34 @@ class Entry:
     def _push(self) -> dict[str, Any]:
         return {"committed": self.committed, "pushed": self.pushed} if self.committed else {}
 
+    @classmethod
+    def from_document(cls, doc: Mapping[str, Any]) -> Entry:
+        """The entry another replica served as `document()` (`fleetview`); ValueError when a
+        field is missing or of the wrong type."""
+        try:
+            namespace, _, name = _text(doc["object"]).partition("/")
+            committed = doc.get("committed")
+            pushed = doc.get("pushed")
+            content_hash = doc.get("contentHash")
+            return cls(
+                cluster=_text(doc["cluster"]),
+                fleet_secret=_text(doc["fleetSecret"]),
+                namespace=namespace,
+                name=name,
+                delivery=_text(doc["delivery"]),
+                state=State(doc["state"]),
+                reason=_text(doc["reason"]),
+                refs=tuple(_text(r) for r in doc["refs"]),
+                versions={_text(k): _text(v) for k, v in dict(doc["versions"]).items()},
+                content_hash=None if content_hash is None else _text(content_hash),
+                last_sync=_parse_iso(doc.get("lastSync")),
+                sinks=tuple(_text(s) for s in doc["sinks"]),
+                committed=None if committed is None else _text(committed),
+                pushed=pushed if isinstance(pushed, bool) else None,
+            )
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"not a status object ({type(exc).__name__})") from None
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CycleSummary:
@@ -121,6 +149,14 @@ class HeldDeletes:
     def document(self) -> dict[str, Any]:
         return {"count": len(self.objects), "objects": list(self.objects), "reason": self.reason}
 
+    @classmethod
+    def from_document(cls, doc: Mapping[str, Any]) -> HeldDeletes:
+        """ValueError when `doc` is not what `document()` makes."""
+        try:
+            return cls(objects=tuple(_text(o) for o in doc["objects"]), reason=_text(doc["reason"]))
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"not a held-deletes block ({type(exc).__name__})") from None
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ClusterInfo:
@@ -149,6 +185,10 @@ class StatusBoard:
         self.certificates: dict[str, dict[str, Any]] = {}  # sealed clusters' certificates
         self.held: dict[str, HeldDeletes] = {}  # cluster -> deletes kept back by the limit
         self.generation = 0  # bumped when a load adds or removes objects (paging tokens)
+        # the fleet-wide view across shard replicas (`fleetview`) fills these two: per cluster,
+        # its shard and where its states come from; per shard, the replica that answered
+        self.cluster_sources: dict[str, dict[str, Any]] = {}
+        self.replicas: list[dict[str, Any]] | None = None
         self._order: tuple[dict[tuple[str, str], Entry], list[tuple[str, str]]] | None = None
 
     # --- feeding -------------------------------------------------------------------------------
@@ -340,6 +380,7 @@ class StatusBoard:
             "fleet": self.fleet_document(),
             "clusters": [
                 {"name": c.name, "delivery": c.delivery, "labels": dict(c.labels)}
+                | self.cluster_sources.get(c.name, {})
                 for c in self.clusters.values()
             ],
             "totals": self.totals(),
@@ -357,6 +398,8 @@ class StatusBoard:
             out["lastPush"] = self.last_push
         if self.certificates:
             out["certificates"] = self.certificates
+        if self.replicas is not None:
+            out["replicas"] = self.replicas
         return out
 
 
@@ -386,3 +429,15 @@ def _apply(entry: Entry, items: list[ItemResult], *, at: datetime) -> None:
 
 def _iso(at: datetime | None) -> str | None:
     return at.isoformat(timespec="seconds") if at else None
+
+
+def _parse_iso(text: object) -> datetime | None:
+    if text is None:
+        return None
+    return datetime.fromisoformat(_text(text))
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError("not a string")
+    return value

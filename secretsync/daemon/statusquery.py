@@ -7,7 +7,8 @@ of these parameters makes it one page of objects instead:
 - `state=STATE` (repeatable; synced, drifted, failed, pending, undelivered);
 - `fleetSecret=NAME` (repeatable);
 - `limit=N`: objects per page, 1 to 5000 (default 500);
-- `continue=TOKEN`: the `continue` of the previous page.
+- `continue=TOKEN`: the `continue` of the previous page;
+- `scope=fleet|local`: with shards, the whole fleet or this replica's shard (`web`, `fleetview`).
 
 Objects come in one stable order (cluster, then FleetSecret). A page carries `continue` while
 more objects match; the token is opaque and names the last object returned and the fleet's
@@ -33,7 +34,7 @@ from secretsync.daemon.status import State, StatusBoard
 
 DEFAULT_LIMIT = 500
 MAX_LIMIT = 5000
-PARAMETERS = ("cluster", "state", "fleetSecret", "limit", "continue")
+PARAMETERS = ("cluster", "state", "fleetSecret", "limit", "continue", "scope")
 
 
 class QueryError(Exception):
@@ -144,11 +145,13 @@ def _candidates(keys: list[tuple[str, str]], query: Query) -> Iterator[tuple[str
 
 def summary(board: StatusBoard) -> dict[str, Any]:
     """`/v1/status/summary`: the fleet, totals per state, per-cluster counts, the last cycle,
-    held deletes (counts) and the last push. No objects: a few kB for any fleet size."""
+    held deletes (counts), the last push and, across shards, the replicas. No objects: a few
+    kB for any fleet size."""
     per_cluster: dict[str, dict[str, int]] = {name: {} for name in board.clusters}
     for (cluster, state), n in board.counts().items():
         per_cluster.setdefault(cluster, {})[state] = n
-    return {
+    shards = {"replicas": board.replicas} if board.replicas is not None else {}
+    return shards | {
         "fleet": board.fleet_document(),
         "totals": board.totals(),
         "clusters": per_cluster,

@@ -8,6 +8,8 @@ the rotation webhook. Handlers only read the status board and hand webhook paths
 - `GET /metrics`: Prometheus text. `GET /v1/status`: the JSON inventory, filtered and paged
   with a query (`statusquery`); `GET /v1/status/summary`: counts for dashboards.
 - `GET /`: the fleet page, server-rendered HTML with a little inline JavaScript for filters.
+- With shards and a `FleetView`, those three show the whole fleet (`?scope=fleet`, the
+  default) or this replica's shard (`?scope=local`, what peers fetch); see `fleetview`.
 - `POST /v1/webhooks/vault`: 503 without a webhook secret; 413 over the size cap (checked
   before the body is read); 408 when the body has not arrived within the read timeout (the
   connection is closed); 401 for a missing or bad signature or a stale timestamp; 400 for a
@@ -28,7 +30,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from secretsync.daemon import apiauth, edge, peers, statusquery, webhook
+from secretsync.daemon import apiauth, edge, fleetview, peers, statusquery, webhook
 from secretsync.daemon.metrics import CONTENT_TYPE, Metrics
 from secretsync.daemon.status import State, StatusBoard
 
@@ -65,6 +67,7 @@ MAX_BODY = web.AppKey("max_body", int)
 READ_TIMEOUT = web.AppKey("read_timeout_s", float)
 REFUSALS = web.AppKey("refusals", edge.Throttle)
 FORWARDER = web.AppKey("forwarder", peers.Forwarder)
+VIEW = web.AppKey("fleet_view", fleetview.FleetView)
 
 
 def make_app(
@@ -75,6 +78,7 @@ def make_app(
     refusals: edge.Throttle | None = None,
     guard: apiauth.Guard | None = None,
     forwarder: peers.Forwarder | None = None,
+    view: fleetview.FleetView | None = None,
 ) -> web.Application:
     middlewares = [edge.track_requests] + ([guard.middleware] if guard else [])
     app = web.Application(client_max_size=max_body + 1, middlewares=middlewares)
@@ -84,6 +88,8 @@ def make_app(
     app[REFUSALS] = refusals or edge.Throttle()
     if forwarder is not None:
         app[FORWARDER] = forwarder
+    if view is not None:
+        app[VIEW] = view
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
@@ -113,24 +119,48 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=backend.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
 
+async def _board(request: web.Request) -> StatusBoard:
+    """The board `?scope=` asks for: this replica's, its shard's, or the whole fleet's."""
+    scopes = request.query.getall("scope", [])
+    if len(scopes) > 1:
+        raise statusquery.QueryError("parameter 'scope' given more than once")
+    scope = scopes[0] if scopes else "fleet"
+    if scope not in fleetview.SCOPES:
+        raise statusquery.QueryError(
+            f"parameter 'scope': {scope[:20]!r} is not one of {', '.join(fleetview.SCOPES)}"
+        )
+    view = request.app.get(VIEW)
+    if view is None:  # one replica: its board is the fleet's
+        return request.app[BACKEND].board
+    return view.local() if scope == "local" else await view.fleet()
+
+
 async def status(request: web.Request) -> web.Response:
-    board = request.app[BACKEND].board
-    if not request.query:  # the whole inventory, as before paging (see statusquery)
-        return _json(board.document())
-    params = {name: request.query.getall(name) for name in request.query}
+    params = {name: request.query.getall(name) for name in request.query if name != "scope"}
     try:
+        board = await _board(request)
+        if not params:  # the whole inventory, as before paging (see statusquery)
+            return _json(board.document())
         return _json(statusquery.page(board, statusquery.parse(params)))
     except statusquery.QueryError as exc:
         return _json({"error": exc.message}, status=exc.status)
 
 
 async def status_summary(request: web.Request) -> web.Response:
-    return _json(statusquery.summary(request.app[BACKEND].board))
+    try:
+        board = await _board(request)
+    except statusquery.QueryError as exc:
+        return _json({"error": exc.message}, status=exc.status)
+    return _json(statusquery.summary(board))
 
 
 async def page(request: web.Request) -> web.Response:
     nonce = secrets.token_urlsafe(16)
-    body = render_page(request.app[BACKEND].board, nonce=nonce)
+    try:
+        board = await _board(request)
+    except statusquery.QueryError as exc:
+        return _json({"error": exc.message}, status=exc.status)
+    body = render_page(board, nonce=nonce)
     return web.Response(
         text=body,
         content_type="text/html",
@@ -236,6 +266,8 @@ td.cell{font-weight:600;min-width:5.5rem}
 .dim{opacity:.25}
 .hidden{display:none}
 .labels{color:#57606a;font-size:12px}
+.shard{color:#57606a;font-size:12px;font-weight:400}
+.shard.unreachable{color:#a40e26}
 time[title]{text-decoration:underline dotted #8c959f}
 code{font-size:12px}
 """
@@ -304,6 +336,27 @@ def _time(at: datetime, now: datetime) -> str:
     )
 
 
+def _parse_time(text: object) -> datetime | None:
+    return datetime.fromisoformat(text) if isinstance(text, str) else None
+
+
+def _source_note(source: dict[str, Any] | None, now: datetime) -> str:
+    """Under a cluster's name across shards: its shard, the replica its states come from and
+    when they were fetched (or that they could not be)."""
+    if not source:
+        return ""
+    at = _parse_time(source["fetchedAt"])
+    text = f"shard {_e(source['shard'])}"
+    if source["replica"]:
+        text += f" · {_e(source['replica'])}"
+    if not source["reachable"]:
+        fetched = f", states of {_time(at, now)}" if at else ", states unknown"
+        return f"<div class='shard unreachable'>{text} · unreachable{fetched}</div>"
+    if source["peer"] and at:
+        text += f" · fetched {_time(at, now)}"
+    return f"<div class=shard>{text}</div>"
+
+
 def render_page(board: StatusBoard, *, nonce: str, now: datetime | None = None) -> str:
     """The fleet page: a cluster x FleetSecret grid. Every dynamic string is escaped."""
     now = now or datetime.now(UTC)
@@ -333,6 +386,24 @@ def render_page(board: StatusBoard, *, nonce: str, now: datetime | None = None) 
             f"held on {_e(name)}: over the delete limit.</strong> Nothing is deleted there "
             "until the fleet changes or an operator runs <code>sync --allow-deletes</code> / "
             f"<code>render --allow-deletes</code>: {_e(', '.join(held.objects))}</div>"
+        )
+    for replica in board.replicas or ():
+        if replica["error"] is None:
+            continue
+        shard = replica["shard"]
+        at = _parse_time(replica["fetchedAt"])
+        shown = (
+            f"its clusters show the states fetched {_time(at, now)}"
+            if replica["merged"] and at
+            else "not merged"
+            if replica["fetchedAt"]
+            else "its clusters show the planned objects only"
+        )
+        who = replica["peer"] or replica["identity"] or "no replica"
+        out.append(
+            f"<div class=banner id=replica-{_e(shard if shard is not None else 'unknown')}>"
+            f"<strong>Shard {_e(shard if shard is not None else '?')} ({_e(who)})</strong>: "
+            f"{_e(replica['error'])}; {shown}</div>"
         )
     totals = board.totals()
     out.append(
@@ -383,7 +454,8 @@ def render_page(board: StatusBoard, *, nonce: str, now: datetime | None = None) 
         labels = " ".join(f"{k}={v}" for k, v in sorted(cluster.labels.items()))
         out.append(
             f'<tr class=cluster data-cluster="{_e(cluster.name)}" data-labels="{_e(labels)}">'
-            f"<th>{_e(cluster.name)}<div class=labels>{_e(labels)}</div></th>"
+            f"<th>{_e(cluster.name)}<div class=labels>{_e(labels)}</div>"
+            f"{_source_note(board.cluster_sources.get(cluster.name), now)}</th>"
             f"<td>{_e(cluster.delivery)}</td>"
         )
         for name in secrets_in_use:
