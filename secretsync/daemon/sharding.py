@@ -7,6 +7,13 @@ Git writeback guarded by a Lease of the home cluster (see `leases`).
   Lease `secretsync-shard-<I>`; the Git sink writes only on the holder of `secretsync-git`.
 - `Coordinator.scope()` is what a cycle may touch; `Coordinator.gate()` wraps a sink so a write
   is refused (the cluster fails, nothing is written) when leadership was lost mid-cycle.
+- The shard count is fenced: a shard Lease records its holder's count (annotation
+  `secretsync.dev/shards`), and a replica does not take its shard's Lease while any live shard
+  Lease of another count is held by someone else (one LIST of the namespace's Leases per try).
+  Under another count the same clusters fall in other shards, so only this keeps a replica of
+  the old count and one of the new from writing one cluster at once: the new ones wait until
+  the old ones have released their Leases (SIGTERM) or those have expired. Leases written
+  without the annotation (before it existed) do not fence.
 """
 
 from __future__ import annotations
@@ -19,12 +26,13 @@ import re
 import socket
 from collections.abc import Callable, Iterable, Mapping, Set
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from secretsync.core import errors
 from secretsync.core.model import Cluster, ObjectKey, Observed
 from secretsync.delivery.materialize import Rendered
-from secretsync.kube.leases import LeaseElector, LeaseTiming
+from secretsync.kube.leases import LeaseElector, LeaseTiming, list_leases
 from secretsync.sinks.deliver import ApplyResult, ChangeSet, Sink
 
 if TYPE_CHECKING:
@@ -34,6 +42,8 @@ log = logging.getLogger(__name__)
 
 GIT_LEASE = "secretsync-git"
 SHARD_INDEX_ENV = "SECRETSYNC_SHARD_INDEX"
+SHARDS_ANNOTATION = "secretsync.dev/shards"
+_SHARD_LEASE = re.compile(r"secretsync-shard-[0-9]+\Z")
 
 
 def shard_lease(index: int) -> str:
@@ -109,6 +119,7 @@ class Coordinator:
             timing=s.timing,
             on_change=self._changed,
         )
+        self.api = api
         self.shard = LeaseElector(
             api=api,
             namespace=s.namespace,
@@ -116,8 +127,35 @@ class Coordinator:
             identity=s.identity,
             timing=s.timing,
             on_change=self._changed,
+            annotations={SHARDS_ANNOTATION: str(s.shards)},
+            fence=self.fence,
         )
         self._tasks: list[asyncio.Task[None]] = []
+
+    async def fence(self) -> str | None:
+        """Why this replica may not hold its shard's Lease now: a live shard Lease of another
+        shard count held by another replica; None when there is none."""
+        s = self.settings
+        records = await list_leases(
+            self.api,
+            s.namespace,
+            now=datetime.now(UTC),
+            timeout_s=max(1.0, s.timing.renew_deadline_s / 2),
+        )
+        for r in sorted(records, key=lambda r: r.name):
+            count = r.annotations.get(SHARDS_ANNOTATION)
+            if (
+                _SHARD_LEASE.match(r.name)
+                and r.live
+                and r.holder != s.identity
+                and count is not None
+                and count != str(s.shards)
+            ):
+                return (
+                    f"Lease {r.name} is held by {r.holder} with --shards {count} (this replica: "
+                    f"--shards {s.shards}); waiting until it is released or expires"
+                )
+        return None
 
     def _changed(self, lease: str, leading: bool) -> None:
         if self.on_change is not None:
@@ -171,6 +209,7 @@ class Coordinator:
             "shardIndex": s.shard_index,
             "leases": self.leases(),
             "leading": self.shard.is_leader,
+            "fence": self.shard.fenced,
             "gitWriter": self.writes_git(),
             "clusters": sorted(n for n in clusters if self.mine(n)),
         }

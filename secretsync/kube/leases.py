@@ -12,6 +12,11 @@ The semantics are those of Kubernetes' own leader election, no home-made consens
   (`renew_deadline_s < lease_duration_s`).
 - `release()` (graceful stop) clears `holderIdentity`, so a follower takes over on its next try
   instead of after expiry.
+- A `fence` (optional) is asked before a Lease is taken and again right after: a reason not to
+  hold it (another replica's Lease that covers the same objects, see `sharding`). Before, the
+  Lease is not taken; after (two took theirs at the same moment and at least one of them sees
+  the other), it is released at once and leadership is never claimed. The Lease's `annotations`
+  say what its holder works under (e.g. the shard count), for other replicas' fences.
 
 Requests go through the home cluster's `clusters.Endpoint`; errors name the Lease and the HTTP
 status, never a response body.
@@ -24,10 +29,11 @@ import contextlib
 import json
 import logging
 import os
+import random
 import secrets
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -106,6 +112,52 @@ class LeaseError(Exception):
     """A Lease request failed (no response body in the message)."""
 
 
+@dataclass(frozen=True, slots=True)
+class LeaseRecord:
+    """One Lease of a namespace as listed: whether it is held now and its annotations."""
+
+    name: str
+    holder: str | None
+    live: bool  # held, and renewed within its duration
+    annotations: Mapping[str, str]
+
+
+async def list_leases(
+    api: Endpoint, namespace: str, *, now: datetime, timeout_s: float
+) -> list[LeaseRecord]:
+    """Every Lease of `namespace` (one LIST; needs `list` on leases there)."""
+    status, raw, _ = await api.request(
+        "GET", f"{GROUP_PATH}/namespaces/{namespace}/leases", timeout_s=timeout_s
+    )
+    if status != 200:
+        raise LeaseError(f"listing Leases in {namespace}: HTTP {status or 'n/a'}")
+    try:
+        items = json.loads(raw)["items"] or []
+        out = []
+        for doc in items:
+            meta, spec = doc["metadata"], doc.get("spec") or {}
+            holder = spec.get("holderIdentity") or None
+            renew = _parse(spec.get("renewTime"))
+            duration = float(spec.get("leaseDurationSeconds") or 0)
+            live = (
+                holder is not None
+                and renew is not None
+                and renew + timedelta(seconds=duration) >= now  # as `_expired`, negated
+            )
+            annotations = meta.get("annotations") or {}
+            out.append(
+                LeaseRecord(
+                    name=str(meta["name"]),
+                    holder=holder,
+                    live=live,
+                    annotations={str(k): str(v) for k, v in annotations.items()},
+                )
+            )
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise LeaseError(f"listing Leases in {namespace}: not a Lease list") from None
+    return out
+
+
 class LeaseElector:
     """One contender for one Lease. `run()` until cancelled or `stop()`ped; `is_leader` says
     whether this process may act as the leader right now."""
@@ -120,6 +172,8 @@ class LeaseElector:
         timing: LeaseTiming | None = None,
         on_change: Callable[[str, bool], None] | None = None,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        annotations: Mapping[str, str] | None = None,
+        fence: Callable[[], Awaitable[str | None]] | None = None,
     ) -> None:
         self.api = api
         self.namespace = namespace
@@ -130,6 +184,9 @@ class LeaseElector:
         self.attempts = 0  # election steps taken
         self._on_change = on_change
         self._now = wall_clock
+        self.annotations = dict(annotations or {})
+        self._fence = fence
+        self.fenced: str | None = None  # why the Lease was not taken at the last try
         self._valid_until = 0.0  # monotonic time until which leadership may be claimed
         self._leading = False
         self._stop = asyncio.Event()
@@ -196,6 +253,8 @@ class LeaseElector:
             "metadata": {"name": self.name, "namespace": self.namespace},
             "spec": spec,
         }
+        if self.annotations:
+            doc["metadata"]["annotations"] = dict(self.annotations)
         if seen is None:
             status, _ = await self._call("POST", self._path(item=False), doc)
         else:
@@ -242,6 +301,8 @@ class LeaseElector:
         ):
             return False  # held by someone else
         mine = seen is not None and seen.holder == self.identity
+        if not mine and not await self._clear("not taken"):
+            return False
         spec: dict[str, Any] = {
             "holderIdentity": self.identity,
             "leaseDurationSeconds": max(1, round(self.timing.lease_duration_s)),
@@ -251,7 +312,24 @@ class LeaseElector:
         }
         if seen is None:
             spec["leaseTransitions"] = 0
-        return await self._write(spec, seen)
+        won = await self._write(spec, seen)
+        if won and not mine and not await self._clear("taken and released at once"):
+            await self.release()  # another replica took a conflicting Lease at the same moment
+            return False
+        return won
+
+    async def _clear(self, action: str) -> bool:
+        """Whether the fence lets this process hold the Lease (logged when its answer changes)."""
+        if self._fence is None:
+            return True
+        reason = await self._fence()
+        if reason != self.fenced:
+            if reason is not None:
+                log.warning("Lease %s/%s %s: %s", self.namespace, self.name, action, reason)
+            else:
+                log.info("Lease %s/%s: the fence is clear", self.namespace, self.name)
+        self.fenced = reason
+        return reason is None
 
     # --- the loop --------------------------------------------------------------------------------
 
@@ -264,8 +342,11 @@ class LeaseElector:
             while not self._stop.is_set():
                 await self.try_acquire_or_renew()
                 self.stepped.set()
+                wait = self.timing.retry_period_s
+                if self.fenced is not None:  # two fenced contenders must not stay in step
+                    wait *= 1 + random.random()  # noqa: S311 - timing jitter, not security
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.timing.retry_period_s):
+                    async with asyncio.timeout(wait):
                         await self._stop.wait()
         finally:
             self._set_leading(False)

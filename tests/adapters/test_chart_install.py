@@ -175,7 +175,7 @@ def test_default_install(
         assert [r.metadata.name for r in roles] == [f"{RELEASE}-self"]
         assert_no_wildcards(roles[0].rules)
         assert {(tuple(r.resources), tuple(r.verbs)) for r in roles[0].rules} == {
-            (("leases",), ("create",)),
+            (("leases",), ("create", "list")),
             (("leases",), ("get", "update")),
             (("events",), ("create", "patch")),
         }
@@ -277,7 +277,7 @@ def test_namespaced_install_with_everything(
         secret_rules = [r for r in own.rules if r.resources == ["secrets"]]
         assert [(r.resource_names, r.verbs) for r in secret_rules] == [(["kc-a", "kc-b"], ["get"])]
         lease_rules = [r for r in own.rules if r.resources == ["leases"]]
-        assert {tuple(r.verbs) for r in lease_rules} == {("create",), ("get", "update")}
+        assert {tuple(r.verbs) for r in lease_rules} == {("create", "list"), ("get", "update")}
         pdb = k8s.CustomObjectsApi(api).get_namespaced_custom_object(
             "policy", "v1beta1", ns, "poddisruptionbudgets", RELEASE
         )

@@ -14,7 +14,7 @@ import json
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -753,3 +753,109 @@ async def test_a_git_writer_holding_its_lease_keeps_every_file_listed(
         await coordinator.stop()
         await daemon._wiring.aclose()
         await home.aclose()
+
+
+# --- the shard-count fence -----------------------------------------------------------------------
+
+
+def coordinator(api: Endpoint, ns: str, who: str, *, shards: int, index: int) -> Coordinator:
+    settings = ElectionSettings(
+        shards=shards, shard_index=index, namespace=ns, identity=who, timing=FAST
+    )
+    return Coordinator(api=api, settings=settings)
+
+
+async def test_a_replica_of_another_shard_count_waits_for_the_old_lease(
+    api: Endpoint, lease_ns: str
+) -> None:
+    """1 -> 3 shards: the new replica of shard 1 (a Lease no one holds) does not take it while
+    the old single replica holds shard 0 under `--shards 1`, whose clusters include shard 1's;
+    it takes it once that Lease has expired."""
+    old = coordinator(api, lease_ns, "old-0", shards=1, index=0)
+    new = coordinator(api, lease_ns, "new-1", shards=3, index=1)
+    old.start()
+    try:
+        await wait_for(lambda: old.shard.is_leader, timeout=5, what="the old replica leads")
+        doc = lease_doc(api, lease_ns, shard_lease(0))
+        assert doc is not None
+        assert doc["metadata"]["annotations"] == {"secretsync.dev/shards": "1"}
+        new.start()
+        await wait_for(lambda: new.shard.attempts >= 3, timeout=5, what="the new one tries")
+        assert not new.shard.is_leader and holder(api, lease_ns, shard_lease(1)) is None
+        assert new.shard.fenced == (
+            "Lease secretsync-shard-0 is held by old-0 with --shards 1 (this replica: "
+            "--shards 3); waiting until it is released or expires"
+        )
+        assert new.document()["fence"] == new.shard.fenced
+        await old.stop(release=False)  # dies: its Lease expires
+        t0 = time.monotonic()
+        took = await wait_for(lambda: new.shard.is_leader, timeout=10, what="the new one leads")
+        assert took >= FAST.lease_duration_s - FAST.retry_period_s - 0.3, took
+        assert new.shard.fenced is None
+        doc = lease_doc(api, lease_ns, shard_lease(1))
+        assert doc is not None and doc["spec"]["holderIdentity"] == "new-1"
+        assert doc["metadata"]["annotations"] == {"secretsync.dev/shards": "3"}
+        assert time.monotonic() - t0 < 10
+    finally:
+        await old.stop(release=False)
+        await new.stop()
+
+
+async def test_a_released_lease_of_another_count_does_not_fence(
+    api: Endpoint, lease_ns: str
+) -> None:
+    """3 -> 1 shards: the old replicas stop gracefully (SIGTERM releases); their Leases stay,
+    unheld, and the new single replica takes shard 0 on its first try."""
+    olds = [coordinator(api, lease_ns, f"old-{i}", shards=3, index=i) for i in range(3)]
+    for c in olds:
+        c.start()
+    await wait_for(lambda: all(c.shard.is_leader for c in olds), timeout=5, what="3 leaders")
+    for c in olds:
+        await c.stop()  # releases
+    new = coordinator(api, lease_ns, "new-0", shards=1, index=0)
+    new.start()
+    try:
+        took = await wait_for(lambda: new.shard.is_leader, timeout=5, what="the new one leads")
+        assert took < FAST.lease_duration_s / 2, took
+        assert [holder(api, lease_ns, shard_lease(i)) for i in range(3)] == ["new-0", None, None]
+    finally:
+        await new.stop()
+
+
+async def test_two_counts_taking_leases_at_once_never_both_lead(
+    api: Endpoint, lease_ns: str
+) -> None:
+    """Both pass the fence before either has written (held at a barrier): the check right
+    after the write makes at least one of them let go at once, so never both lead."""
+    a = coordinator(api, lease_ns, "a-1of1", shards=1, index=0)
+    b = coordinator(api, lease_ns, "b-2of3", shards=3, index=2)
+    barrier = asyncio.Barrier(2)
+    for c in (a, b):
+        fence, first = c.fence, [True]
+
+        async def held_once(
+            fence: Callable[[], Awaitable[str | None]] = fence, first: list[bool] = first
+        ) -> str | None:
+            reason = await fence()
+            if first[0]:
+                first[0] = False
+                await barrier.wait()
+            return reason
+
+        c.shard._fence = held_once
+    won = await asyncio.gather(a.shard.try_acquire_or_renew(), b.shard.try_acquire_or_renew())
+    assert sum(won) <= 1, won
+    held = {holder(api, lease_ns, shard_lease(0)), holder(api, lease_ns, shard_lease(2))}
+    assert held - {None} == {c.settings.identity for c, w in zip((a, b), won, strict=True) if w}
+    # from then on, each retry: still never both
+    a.start()
+    b.start()
+    try:
+        await wait_for(lambda: a.shard.is_leader or b.shard.is_leader, timeout=10, what="one leads")
+        end = time.monotonic() + 2 * FAST.lease_duration_s
+        while time.monotonic() < end:
+            assert not (a.shard.is_leader and b.shard.is_leader)
+            await asyncio.sleep(0.02)
+    finally:
+        await a.stop()
+        await b.stop()
