@@ -41,3 +41,31 @@ def test_the_forwarded_id_is_derived_and_accepted() -> None:
         "webhook-signature": webhook.sign(b"k", fid, 1000, body),
     }
     assert verifier.verify(headers, body).paths == ("secret/a",)
+
+
+def test_a_chart_peer_url_names_its_shard() -> None:
+    assert peers.ordinal("http://rel-2.rel-peers.ns.svc:8080") == 2
+    assert peers.ordinal("http://127.0.0.1:8080") is None
+    assert peers.ordinal("http://rel.example:8080") is None
+
+
+async def test_a_peer_token_is_for_one_path_one_key_one_use_and_one_minute() -> None:
+    now = 1_800_000_000.0
+    check = peers.PeerTokens(b"key", clock=lambda: now)
+    token = peers.peer_token(b"key", path="/v1/status", now=now - 30)
+    assert (await check.check(token, path="/v1/status")).status == 200
+    assert (await check.check(token, path="/v1/status")).status == 401  # a replay
+    fresh = peers.peer_token(b"key", path="/v1/status", now=now)
+    assert (await check.check(fresh, path="/metrics")).status == 401  # made for another path
+    assert (await check.check(fresh, path="/v1/status")).status == 200
+    made = peers.peer_token(b"key", path="/metrics", now=now)
+    assert (await check.check(made, path="/metrics")).status == 403  # status only
+    other = peers.peer_token(b"other", path="/v1/status", now=now)
+    assert (await check.check(other, path="/v1/status")).status == 401
+    old = peers.peer_token(b"key", path="/v1/status", now=now - 61)
+    assert (await check.check(old, path="/v1/status")).status == 401
+    assert (await check.check("not.a.peer.token", path="/v1/status")).status == 401
+    # a webhook signature under the same secret is not a peer token
+    sig = webhook.sign(b"key", "msg_1", int(now), b"/v1/status").removeprefix("v1,")
+    forged = f"ssp1.{int(now)}.{'n' * 24}.{sig}"
+    assert (await check.check(forged, path="/v1/status")).status == 401
