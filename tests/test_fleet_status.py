@@ -123,6 +123,7 @@ def make_replicas(
             shard_of=shard_of,
             count=daemon.metrics.peer_status,
             cache_s=60,  # the tests expire it themselves (`expire`)
+            wait_s=2,
             timeout_s=2,
         )
         guard = apiauth.Guard([peers.PeerTokens(KEY), apiauth.TokenFile(tokens)])
@@ -343,3 +344,41 @@ async def test_peer_tokens_read_the_status_only_and_once(
     await get(a.url, "/v1/status", token=other_key, status=401)
     stale = peers.peer_token(KEY, path="/v1/status", now=time.time() - 120)
     await get(a.url, "/v1/status", token=stale, status=401)
+
+
+async def test_a_hung_peer_costs_a_reader_at_most_the_wait(replicas: list[Replica]) -> None:
+    """A peer that accepts and never answers: the reader gets the fleet after `wait_s`, with
+    the answers that came; the round goes on and records the hung peer's timeout."""
+    a, b, _ = replicas
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(8)
+        hung_url = f"http://127.0.0.1:{hung.getsockname()[1]}"
+        view = fleetview.FleetView(
+            board=a.daemon.board,
+            peer_urls=(b.url, hung_url),
+            key=KEY,
+            shards=3,
+            shard_index=0,
+            shard_of=shard_of,
+            wait_s=0.5,
+            timeout_s=2,
+        )
+        try:
+            t0 = time.monotonic()
+            board = await view.fleet()
+            assert time.monotonic() - t0 < 1.5
+            doc = board.document()
+            by_shard = {x["shard"]: x for x in doc["replicas"]}
+            assert by_shard[1]["reachable"] and by_shard[1]["merged"]  # b answered in time
+            assert by_shard[2]["reachable"] is False
+            assert by_shard[2]["error"] == (
+                f"no replica has answered for this shard ({hung_url}: no answer yet)"
+            )
+            round_ = view._round
+            assert round_ is not None
+            async with asyncio.timeout(5):
+                await asyncio.shield(round_)
+            assert view.answers[hung_url].error == "no answer within 2 s"
+        finally:
+            await view.aclose()

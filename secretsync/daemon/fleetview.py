@@ -7,8 +7,11 @@ its own board knows the other shards' objects only as planned. `FleetView` serve
 - `local()` (`?scope=local`): this replica's shard only. It is what replicas fetch from each
   other, and it never makes a request itself, so replicas never recurse into each other.
 - `fleet()` (the default): the local shard merged with every peer's `?scope=local` answer.
-  Peers are fetched concurrently, each within `TIMEOUT_S`, at most once per `CACHE_S`
-  (requests in between share the last round, concurrent ones the round in flight). A peer's
+  Peers are fetched concurrently, at most once per `CACHE_S` (requests in between use the last
+  answers). A request waits at most `WAIT_S` for a round in flight, then is answered with the
+  answers it has (each marked with the time it was fetched) while the round goes on, each
+  peer within `TIMEOUT_S`: a big shard's answer (33,000 objects: ~13 MB, 0.5 s to serialize
+  on an idle core, several seconds on a loaded one) arrives for the next request. A peer's
   answer names its shard (its `leadership` block); a shard's objects come from the replica that
   answered for it, the holder of its Lease first. The objects listed are the local fleet's
   plan: a peer on another fleet commit contributes the objects both know.
@@ -46,7 +49,8 @@ log = logging.getLogger(__name__)
 
 SCOPES: Final = ("fleet", "local")
 CACHE_S: Final = 5.0  # a page reload or a dashboard's poll reuses the last round
-TIMEOUT_S: Final = 3.0  # per peer, answer included; the round waits at most this long
+WAIT_S: Final = 3.0  # the longest a request waits for the peers
+TIMEOUT_S: Final = 15.0  # per peer, answer included (a round goes on after WAIT_S)
 MAX_ANSWER_BYTES: Final = 512 * 1024 * 1024
 
 type Key = tuple[str, str]
@@ -85,6 +89,7 @@ class FleetView:
         shard_of: Callable[[str], int],
         count: Callable[[str], None] = lambda _outcome: None,
         cache_s: float = CACHE_S,
+        wait_s: float = WAIT_S,
         timeout_s: float = TIMEOUT_S,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -94,19 +99,21 @@ class FleetView:
         self.shard_index = shard_index
         self._key = key
         self._shard_of = shard_of
+        self._shards: dict[str, int] = {}
         self._count = count
         self._cache_s = cache_s
+        self._wait_s = wait_s
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._clock = clock
         self._failures = edge.Throttle()
         self._session: aiohttp.ClientSession | None = None
         self.answers: dict[str, Answer] = {
-            url: Answer(url=url, shard=peers.ordinal(url), error="not asked yet")
+            url: Answer(url=url, shard=peers.ordinal(url), error="no answer yet")
             for url in peer_urls
         }
         self._round: asyncio.Task[None] | None = None
         self._round_done = -float("inf")  # monotonic time of the last round's end
-        self._rounds = 0
+        self._answered = 0  # bumped by every fetch that ends: the merged view is built again
         self._local = StatusBoard()
         self._local_from: tuple[object, object] | None = None
         self._fleet = StatusBoard()
@@ -115,8 +122,16 @@ class FleetView:
     def __repr__(self) -> str:
         return f"FleetView(shard={self.shard_index}/{self.shards}, peers={self.peer_urls!r})"
 
+    def shard(self, cluster: str) -> int:
+        """The shard of `cluster`, remembered (a sha256 per object of 100,000 would cost more
+        than the rest of the merge)."""
+        found = self._shards.get(cluster)
+        if found is None:
+            found = self._shards[cluster] = self._shard_of(cluster)
+        return found
+
     def mine(self, cluster: str) -> bool:
-        return self._shard_of(cluster) == self.shard_index
+        return self.shard(cluster) == self.shard_index
 
     # --- the two scopes --------------------------------------------------------------------------
 
@@ -142,19 +157,20 @@ class FleetView:
     # --- fetching --------------------------------------------------------------------------------
 
     async def refresh(self) -> None:
-        """Fetch every peer once, unless a round ended within `CACHE_S` (then reuse it) or is
-        running (then wait for it)."""
+        """Start a round of fetches unless one ended within `CACHE_S` or is running; wait for
+        it at most `WAIT_S`."""
         if not self.peer_urls or time.monotonic() - self._round_done < self._cache_s:
             return
         if self._round is None or self._round.done():
             self._round = asyncio.create_task(self._fetch_all(), name="secretsync-peer-status")
-        await asyncio.shield(self._round)
+        with contextlib.suppress(TimeoutError):  # answered with what is there; it goes on
+            async with asyncio.timeout(self._wait_s):
+                await asyncio.shield(self._round)
 
     async def _fetch_all(self) -> None:
         try:
             await asyncio.gather(*(self._fetch(url) for url in self.peer_urls))
         finally:
-            self._rounds += 1
             self._round_done = time.monotonic()
 
     async def _fetch(self, url: str) -> None:
@@ -175,6 +191,7 @@ class FleetView:
             parsed = await asyncio.to_thread(_parse, url, raw)
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError, _Refused) as exc:
             answer.error = _describe(exc, self._timeout.total)
+            self._answered += 1
             self._count("failed")
             count = self._failures.hit(url)
             if count is not None:
@@ -189,6 +206,7 @@ class FleetView:
             return
         parsed.fetched_at = self._clock()
         self.answers[url] = parsed
+        self._answered += 1
         self._count("ok")
 
     # --- merging ---------------------------------------------------------------------------------
@@ -215,16 +233,16 @@ class FleetView:
         b, view = self.board, self._fleet
         sources = self._sources()
         if self._fleet_from is None or not (
-            self._fleet_from[0] is b.entries and self._fleet_from[1] == self._rounds
+            self._fleet_from[0] is b.entries and self._fleet_from[1] == self._answered
         ):
             view.entries = self._entries(sources)
-            self._fleet_from = (b.entries, self._rounds)
+            self._fleet_from = (b.entries, self._answered)
         _copy_light(b, view)
         view.clusters = b.clusters
         view.certificates = b.certificates  # read from the fleet repo: the same on every replica
         view.held = {n: h for n, h in b.held.items() if self.mine(n)}
         for s, a in sources.items():
-            view.held |= {n: h for n, h in a.held.items() if self._shard_of(n) == s}
+            view.held |= {n: h for n, h in a.held.items() if self.shard(n) == s}
         mine = self._leadership()
         if not mine.get("gitWriter"):
             writer = next((a for a in sources.values() if a.git_writer), None)
@@ -232,8 +250,7 @@ class FleetView:
                 view.last_push = writer.last_push
         now = _iso(self._clock())
         view.cluster_sources = {
-            name: self._cluster_source(self._shard_of(name), sources, mine, now)
-            for name in b.clusters
+            name: self._cluster_source(self.shard(name), sources, mine, now) for name in b.clusters
         }
         view.replicas = self._replicas(sources, mine, now)
         return view
@@ -241,7 +258,7 @@ class FleetView:
     def _entries(self, sources: Mapping[int, Answer]) -> dict[Key, Entry]:
         out: dict[Key, Entry] = {}
         for key, entry in self.board.entries.items():
-            s = self._shard_of(key[0])
+            s = self.shard(key[0])
             if s == self.shard_index:
                 out[key] = entry  # the live entry: the next cycle shows at once
                 continue
