@@ -20,12 +20,9 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import secrets
-import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -37,15 +34,15 @@ import yaml
 from kubernetes import client as k8s
 
 from secretsync.daemon.sharding import shard_lease, shard_of
-from tests import canary
 from tests.adapters.conftest_kube import NamespaceFactory
 from tests.adapters.test_chart_install import service_account_token, token_kubeconfig
 from tests.adapters.test_leases import holder
 from tests.adapters.test_serve_e2e_real import read_secret
-from tests.kubecluster import KubeCluster
-from tests.openbao import OpenBao
-from tests.served import ServeClient
-from tests.test_serve_e2e import MakeRepo
+from tests.e2e.test_serve_e2e import MakeRepo
+from tests.support import canary, cli
+from tests.support.kubecluster import KubeCluster
+from tests.support.openbao import OpenBao
+from tests.support.served import ServeClient
 
 SHARDS = 3
 LEASE_S = 6.0  # --lease-duration: long enough for a restarted process to find it live
@@ -71,9 +68,7 @@ class Replica(ServeClient):
         return doc
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
+        cli.stop(self.proc)  # SIGKILL, by its PID
 
 
 def _free_port() -> int:
@@ -185,8 +180,7 @@ def test_three_shard_processes_one_writer_per_cluster(
     (tmp_path / "tokens").write_text(reader + "\n")
     key = canary.new("whsec").encode()
     ports = [_free_port() for _ in range(SHARDS)]
-    env_common = {
-        "PATH": os.environ["PATH"],
+    keys = {
         "VAULT_TOKEN": openbao.root_token,
         "SECRETSYNC_HMAC_KEY": canary.new("hmac"),
         "SECRETSYNC_WEBHOOK_SECRET": base64.b64encode(key).decode(),
@@ -233,15 +227,13 @@ def test_three_shard_processes_one_writer_per_cluster(
             for a in ("--peer", f"http://127.0.0.1:{p}")
         ]
         args = [
-            sys.executable, "-m", "secretsync", "serve", str(fleet_for(writer)),
             "--listen", f"127.0.0.1:{ports[shard]}", "--interval", "600", "--no-git", "--kube",
             "--shards", str(SHARDS), "--shard-index", str(shard), "--home-kubeconfig", str(home),
             "--lease-namespace", lease_ns, "--lease-duration", str(LEASE_S), "--no-events",
             "--cluster-timeout", "20", "--api-token-file", str(tmp_path / "tokens"), *peers,
         ]  # fmt: skip
-        env = env_common | {"HOME": str(work), "HOSTNAME": writer}
-        with log.open("wb") as sink:
-            proc = subprocess.Popen(args, env=env, stdout=sink, stderr=subprocess.STDOUT)
+        env = cli.bare_env(work, HOSTNAME=writer, **keys)
+        proc = cli.serve(fleet_for(writer), *args, env=env, log=log)
         replica = Replica(proc, log, key, shard=shard, reader=reader, port=ports[shard])
         processes.append(replica)
         return replica

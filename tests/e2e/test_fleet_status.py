@@ -23,8 +23,8 @@ from secretsync.daemon.service import Daemon
 from secretsync.daemon.web import make_app
 from secretsync.engine.cycle import CycleReport, ItemResult
 from secretsync.fleet import plan
-from tests import canary, fleets
-from tests.test_web import KEY, FakeEngine, MakeRepo, make_daemon
+from tests.e2e.test_web import KEY, FakeEngine, MakeRepo, make_daemon
+from tests.support import canary, fleets
 
 SHARDS = {"prod-use1": 0, "prod-euw1": 1, "staging-use1": 1, "staging-euw1": 2, "dev-use1": 2}
 ACTIONS = ("create", "failed", "unchanged")  # what each shard's replica reports
