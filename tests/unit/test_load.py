@@ -19,7 +19,8 @@ from secretsync.core.model import (
     VaultTransitKey,
 )
 from secretsync.delivery import seal
-from secretsync.fleet import load
+from secretsync.fleet import load, repopath
+from secretsync.fleet.load import files as load_files
 
 FLEET = """\
 apiVersion: secretsync.dev/v1alpha1
@@ -401,7 +402,7 @@ def test_file_count_cap_bounds_the_walk(
 ) -> None:
     """Every file and folder walked counts, YAML or not (the real cap of 20,000 is exercised
     through the CLI in tests/e2e/test_hostile_cli.py)."""
-    monkeypatch.setattr(load, "MAX_FILES", 30)
+    monkeypatch.setattr(load_files, "MAX_FILES", 30)
     files: dict[str, str | bytes] = {"secretsync.yaml": FLEET, "clusters/a.yaml": CLUSTER}
     files.update({f"secrets/notes/{i}.txt": "x" for i in range(29)})
     assert load.load_fleet(fleet_repo(files)).clusters  # 29 files + 1 folder: at the cap
@@ -450,10 +451,10 @@ def test_certificate_pin_is_checked_when_the_fleet_loads(fleet_repo: MakeRepo) -
 
 def test_confine_refuses_dotdot_and_absolute(tmp_path: Path) -> None:
     with pytest.raises(errors.ConfigError, match="leaves the fleet repo"):
-        load.confine(tmp_path, "a/../../b")
+        repopath.confine(tmp_path, "a/../../b")
     with pytest.raises(errors.ConfigError, match="relative"):
-        load.confine(tmp_path, "/etc/passwd")
-    assert load.confine(tmp_path, "a/b.yaml") == (tmp_path / "a/b.yaml").resolve()
+        repopath.confine(tmp_path, "/etc/passwd")
+    assert repopath.confine(tmp_path, "a/b.yaml") == (tmp_path / "a/b.yaml").resolve()
 
 
 def test_sops_ref_shape(fleet_repo: MakeRepo) -> None:

@@ -17,7 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from secretsync.core.model import SopsSettings, VaultTransitKey
-from secretsync.fleet import load, repopath
+from secretsync.fleet import repopath
+from secretsync.fleet.load import files as load_files
 from secretsync.sources import sopskeys
 from secretsync.sources.sopskeys import FileFormat
 from tests.support.sopstool import AgeKey, make_age_key, sops_encrypt
@@ -351,7 +352,7 @@ def test_check_files_does_not_open_a_fifo_swapped_in_after_the_path_check(
         return real
 
     monkeypatch.setattr(repopath, "confine", confine_then_swap)
-    monkeypatch.setattr(load, "confine", confine_then_swap)
+    monkeypatch.setattr(load_files, "confine", confine_then_swap)
     fleet = Fleet(name="f", root=tmp_path, origin=Origin("secretsync.yaml", 1))
     found: list[object] = []
     worker = threading.Thread(
