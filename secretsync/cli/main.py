@@ -113,18 +113,11 @@ def _selector(text: str | None) -> Selector | None:
 def build_sources(
     fleet: Fleet, env: Mapping[str, str], *, vault_address: str | None = None
 ) -> dict[str, Source]:
-    """The sources the fleet configures; each built only when first needed. `vault_address`
-    is the operator's (`--vault-address`): it wins over the Fleet's."""
-    from secretsync.sources.sops import SopsSource
+    """The sources the fleet configures (every registered kind's), by `Location.source_key`.
+    `vault_address` is the operator's (`--vault-address`): it wins over the Fleet's."""
+    from secretsync.sources import kinds
 
-    out: dict[str, Source] = {"sops": SopsSource(root=fleet.root, settings=fleet.sops, env=env)}
-    if fleet.vault is not None:
-        from secretsync.sources.vault import build_vault_source
-
-        out["vault"] = build_vault_source(
-            fleet.vault, env=env, root=fleet.root, address=vault_address
-        )
-    return out
+    return kinds.build_sources(fleet, kinds.BuildOptions(env=env, vault_address=vault_address))
 
 
 def _check_vault_address(

@@ -10,7 +10,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import ClassVar, Final
 
 API_VERSION: Final = "secretsync.dev/v1alpha1"
 
@@ -83,22 +83,46 @@ class Selector:
 
 
 @dataclass(frozen=True, slots=True)
+class Identity:
+    """Who reads: the templated parts of a source's settings filled in for one cluster (a Vault
+    namespace, an auth role, AppRole files). Clusters with equal fill-ins share an identity,
+    so its login and its reads are shared too. It names files and roles, never a credential."""
+
+    namespace: str | None = None
+    auth: tuple[tuple[str, str], ...] = ()  # (setting as written in the fleet, filled-in value)
+
+    def __str__(self) -> str:
+        parts = ([f"namespace={self.namespace}"] if self.namespace else []) + [
+            f"{name}={value}" for name, value in self.auth
+        ]
+        return " ".join(parts) or "default"
+
+
+@dataclass(frozen=True, slots=True)
 class Location:
     """One readable unit of a source: a Vault secret (at a version) or one SOPS file.
 
-    Resolution reads each unique Location once per cycle, however many keys and clusters use it.
+    Resolution reads each unique Location once per cycle, however many keys and clusters use
+    it: the dedup key is exactly (source kind, named source, identity, mount, path, version).
     """
 
-    source: str  # "vault" | "sops"
+    source: str  # the source kind: "vault" | "sops" | a registered kind
     path: str  # vault: path inside the mount; sops: repo-relative file
     mount: str = ""  # vault only
     version: int | None = None  # vault only; None = latest
+    instance: str = ""  # a named source of that kind (`sources.vaults.<name>`); "" the default
+    identity: Identity | None = None  # None: the source's own settings, nothing templated
+
+    @property
+    def source_key(self) -> str:
+        """The source that reads this Location: its kind, or `<kind>:<name>` for a named one
+        (the key of the sources mapping, and the `source` label of metrics)."""
+        return f"{self.source}:{self.instance}" if self.instance else self.source
 
     def __str__(self) -> str:
-        if self.source == "vault":
-            where = f"{self.mount}/{self.path}"
-            return f"vault:{where}" + (f"@{self.version}" if self.version is not None else "")
-        return f"{self.source}:{self.path}"
+        where = f"{self.mount}/{self.path}" if self.mount else self.path
+        version = f"@{self.version}" if self.version is not None else ""
+        return f"{self.source_key}:{where}{version}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,22 +136,44 @@ class ValueRef:
         return f"{self.location}#{self.key}"
 
 
+class RefSpec:
+    """A ref to a source as written (`{<kind>: {...}}`), templates not yet applied. Each source
+    kind (`sources.kinds`) has its own subclass; `key` names the value inside the Location."""
+
+    __slots__ = ()
+    kind: ClassVar[str]
+    key: str
+
+    def templates(self) -> tuple[str, ...]:
+        """The texts of the ref that may hold templates."""
+        raise NotImplementedError
+
+
 @dataclass(frozen=True, slots=True)
-class VaultSpec:
-    """`{vault: {path, key, version?, mount?}}` as written; templates not yet applied."""
+class VaultSpec(RefSpec):
+    """`{vault: {path, key, version?, mount?, source?}}` as written; templates not yet applied."""
 
     path: str
     key: str
     version: int | None = None
     mount: str | None = None
+    source: str | None = None  # a named Vault source; None: the cluster's, else the default
+    kind: ClassVar[str] = "vault"
+
+    def templates(self) -> tuple[str, ...]:
+        return (self.path, self.key)
 
 
 @dataclass(frozen=True, slots=True)
-class SopsSpec:
+class SopsSpec(RefSpec):
     """`{sops: {file, key}}` as written; templates not yet applied."""
 
     file: str
     key: str
+    kind: ClassVar[str] = "sops"
+
+    def templates(self) -> tuple[str, ...]:
+        return (self.file, self.key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +183,7 @@ class LiteralSpec:
     value: str
 
 
-ValueSpec = VaultSpec | SopsSpec | LiteralSpec
+ValueSpec = RefSpec | LiteralSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +225,12 @@ class VaultLimits:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class VaultSettings:
+    """One Vault source (`sources.vault`, or an entry of `sources.vaults`). `namespace` and the
+    auth's role, mountPath and credential files may hold cluster templates: then each cluster
+    reads with its own filled-in identity (`Identity`). The engines a ref reads live under the
+    ref (`kvMount` is the default of its `mount`), so a later engine kind (database/creds,
+    pki/issue) is a new ref field beside `path`, not a new source."""
+
     address: str | None = None
     namespace: str | None = None
     kv_mount: str = "secret"
@@ -283,10 +335,16 @@ class Cluster:
     cert_sha256: str | None = None  # pinned SHA-256 of the certificate's DER (64 hex digits)
     controller: ControllerRef | None = None
     store_ref: StoreRef = field(default_factory=StoreRef)
+    store_refs: Mapping[str, StoreRef] = field(default_factory=dict)  # named source -> its store
+    vault_source: str | None = None  # `spec.vault.source`: the named source of its refs
     kubeconfig: Kubeconfig | None = None
     apply: bool = False
     allowed_namespaces: tuple[str, ...] | None = None  # None = no restriction
     create_namespaces: bool = False
+
+    def store_for(self, instance: str) -> StoreRef | None:
+        """The External Secrets store that reads the named source ("" the default source)."""
+        return self.store_refs.get(instance) if instance else self.store_ref
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -339,7 +397,9 @@ class Fleet:
     output_dir: str = "rendered"
     layout: Layout = field(default_factory=Layout)
     vault: VaultSettings | None = None
+    vaults: Mapping[str, VaultSettings] = field(default_factory=dict)  # `sources.vaults`
     sops: SopsSettings = field(default_factory=SopsSettings)
+    other_sources: Mapping[str, object] = field(default_factory=dict)  # kinds registered later
     policies: Policies = field(default_factory=Policies)
     clusters: Mapping[str, Cluster] = field(default_factory=dict)
     secrets: Mapping[str, FleetSecret] = field(default_factory=dict)
@@ -347,6 +407,21 @@ class Fleet:
     @property
     def kv_mount(self) -> str:
         return self.vault.kv_mount if self.vault else "secret"
+
+    def vault_settings(self, instance: str) -> VaultSettings | None:
+        """The Vault source of that name ("" the default `sources.vault`)."""
+        return self.vaults.get(instance) if instance else self.vault
+
+    @property
+    def sources_key(self) -> tuple[object, ...]:
+        """Everything the sources are built from: equal keys, equal sources."""
+        return (
+            self.root,
+            self.vault,
+            tuple(sorted(self.vaults.items())),
+            self.sops,
+            tuple(sorted(self.other_sources.items(), key=lambda kv: kv[0])),
+        )
 
 
 # --- planned output --------------------------------------------------------------------------
@@ -397,6 +472,14 @@ class DesiredSecret:
 
     def refs(self) -> list[ValueRef]:
         return [v for v in self.data.values() if isinstance(v, ValueRef)]
+
+    @property
+    def store_ref(self) -> StoreRef:
+        """The External Secrets store of the source this object's refs read (`plan` allows
+        one source per external object, with a store the cluster names)."""
+        for ref in self.refs():
+            return self.cluster.store_for(ref.location.instance) or self.cluster.store_ref
+        return self.cluster.store_ref
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

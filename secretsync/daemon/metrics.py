@@ -8,6 +8,7 @@ Labels are cluster names, sources, outcomes and states: never a value, never a p
 | `secretsync_cycle_duration_seconds` | histogram | — |
 | `secretsync_objects` | gauge | `cluster`, `state` |
 | `secretsync_source_reads_total` | counter | `source`, `outcome` (ok, error) |
+| `secretsync_source_logins` | gauge | `source` (logins since the source was built) |
 | `secretsync_failures_total` | counter | `cluster` |
 | `secretsync_writes_total` | counter | — |
 | `secretsync_webhooks_total` | counter | `outcome` |
@@ -61,6 +62,13 @@ class Metrics:
             "secretsync_source_reads",
             "Reads of source locations.",
             ["source", "outcome"],
+            registry=r,
+        )
+        self.logins = Gauge(
+            "secretsync_source_logins",
+            "Logins (or token checks) each source made since it was built: one per identity "
+            "per token lifetime.",
+            ["source"],
             registry=r,
         )
         self.failures = Counter(
@@ -180,7 +188,7 @@ class Metrics:
             self._stale |= report.read_failed
         per_source = dict.fromkeys(("vault", "sops"), 0)
         for location in self._stale:
-            per_source[location.source] = per_source.get(location.source, 0) + 1
+            per_source[location.source_key] = per_source.get(location.source_key, 0) + 1
         for source, n in per_source.items():
             self.stale_paths.labels(source=source).set(n)
 
@@ -202,6 +210,12 @@ class Metrics:
         self.git_push_duration.observe(seconds)
         if ok:
             self.git_last_push.set_to_current_time()
+
+    def source_logins(self, logins: Mapping[str, int]) -> None:
+        """Logins each source has made since it was built (one per identity per token
+        lifetime), by source key."""
+        for source, n in logins.items():
+            self.logins.labels(source=source).set(n)
 
     def source_read(self, source: str, *, ok: bool) -> None:
         self.source_reads.labels(source=source, outcome="ok" if ok else "error").inc()

@@ -145,6 +145,9 @@ class CountingSource:
             return {}
         return await self.inner.current_versions(locations)
 
+    def counts(self) -> Mapping[str, int]:
+        return self.inner.counts() if isinstance(self.inner, resolve.Counted) else {}
+
     async def aclose(self) -> None:
         await self.inner.aclose()
 
@@ -171,7 +174,7 @@ class EngineWiring:
         self._closers: list[Callable[[], Awaitable[None]]] = []
 
     async def engine_for(self, fleet: Fleet) -> Engine:
-        key = (fleet.root, fleet.output_dir, fleet.vault, fleet.sops)
+        key = (fleet.output_dir, fleet.sources_key)
         if self._engine is not None and key == self._key:
             return self._engine
         await self.aclose()
@@ -271,7 +274,7 @@ class Daemon:
             poll.VersionPoller(
                 interval_s=settings.poll_interval_s,
                 locations=lambda: self._polled,
-                source=self._version_source,
+                sources=self._version_sources,
                 submit=lambda paths: self.submit(paths, by="poll"),
             )
             if settings.poll_interval_s
@@ -490,12 +493,22 @@ class Daemon:
             fleet = await self.writeback.renew_certificates(fleet)
             await self.writeback.prepare(fleet.root / fleet.output_dir)
         if self.coordinator is None:
-            return await engine.run_cycle(fleet, only_paths=only_paths)
-        scope = self.coordinator.scope(fleet.clusters)
-        if scope is None:
-            log.debug("cycle (%s) skipped: this replica holds no Lease", trigger)
-            return None
-        return await engine.run_cycle(fleet, clusters=scope.clusters, only_paths=only_paths)
+            report = await engine.run_cycle(fleet, only_paths=only_paths)
+        else:
+            scope = self.coordinator.scope(fleet.clusters)
+            if scope is None:
+                log.debug("cycle (%s) skipped: this replica holds no Lease", trigger)
+                return None
+            report = await engine.run_cycle(fleet, clusters=scope.clusters, only_paths=only_paths)
+        if isinstance(engine, Engine):
+            self.metrics.source_logins(
+                {
+                    key: source.counts().get("logins", 0)
+                    for key, source in engine.sources.items()
+                    if isinstance(source, resolve.Counted)
+                }
+            )
+        return report
 
     async def _reload(self) -> Fleet | None:
         """Load and plan the fleet repo; a refused one leaves the last good fleet in place."""
@@ -527,13 +540,14 @@ class Daemon:
         self.board.fleet_loaded(fleet, desired, at=now, commit=commit)
         return fleet
 
-    async def _version_source(self) -> poll.VersionSource | None:
-        """The Vault source of the engine in use (for the poller), if there is one."""
+    async def _version_sources(self) -> Mapping[str, poll.VersionSource]:
+        """The sources of the engine in use that the poller may ask, by source key."""
         if self.fleet is None:
-            return None
+            return {}
         engine = await self._wiring.engine_for(self.fleet)
-        source = engine.sources.get("vault") if isinstance(engine, Engine) else None
-        return source if isinstance(source, poll.VersionSource) else None
+        if not isinstance(engine, Engine):
+            return {}
+        return {k: s for k, s in engine.sources.items() if isinstance(s, poll.VersionSource)}
 
     # --- the process -----------------------------------------------------------------------------
 

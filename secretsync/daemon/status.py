@@ -178,6 +178,9 @@ class ClusterInfo:
     name: str
     delivery: str
     labels: Mapping[str, str]
+    readers: tuple[str, ...] = ()
+    """The sources the cluster's objects are read from, each with the identity that reads
+    (`vault:eu as role=secretsync-acme`): names of roles, namespaces and files, never a token."""
 
 
 class StatusBoard:
@@ -222,8 +225,21 @@ class StatusBoard:
         self.fleet_loaded_at = at
         self.fleet_error = self.fleet_error_at = None
         self.commit, self.refused_commit = commit, None
+        desired = list(desired)
+        readers: dict[str, dict[str, None]] = {}
+        for d in desired:
+            seen = readers.setdefault(d.cluster.name, {})
+            for ref in d.refs():
+                loc = ref.location
+                who = f" as {loc.identity}" if loc.identity is not None else ""
+                seen[f"{loc.source_key}{who}"] = None
         self.clusters = {
-            name: ClusterInfo(name=name, delivery=c.delivery.value, labels=dict(c.labels))
+            name: ClusterInfo(
+                name=name,
+                delivery=c.delivery.value,
+                labels=dict(c.labels),
+                readers=tuple(sorted(readers.get(name, {}))),
+            )
             for name, c in sorted(fleet.clusters.items())
         }
         planned: dict[tuple[str, str], Entry] = {}
@@ -394,7 +410,12 @@ class StatusBoard:
         return {
             "fleet": self.fleet_document(),
             "clusters": [
-                {"name": c.name, "delivery": c.delivery, "labels": dict(c.labels)}
+                {
+                    "name": c.name,
+                    "delivery": c.delivery,
+                    "labels": dict(c.labels),
+                    "sources": list(c.readers),
+                }
                 | self.cluster_sources.get(c.name, {})
                 for c in self.clusters.values()
             ],

@@ -456,7 +456,9 @@ def render_page(board: StatusBoard, *, nonce: str, now: datetime | None = None) 
             f'<tr class=cluster data-cluster="{_e(cluster.name)}" data-labels="{_e(labels)}">'
             f"<th>{_e(cluster.name)}<div class=labels>{_e(labels)}</div>"
             f"{_source_note(board.cluster_sources.get(cluster.name), now)}</th>"
-            f"<td>{_e(cluster.delivery)}</td>"
+            f"<td>{_e(cluster.delivery)}"
+            + "".join(f"<div class=labels>{_e(r)}</div>" for r in cluster.readers)
+            + "</td>"
         )
         for name in secrets_in_use:
             entry = board.entries.get((cluster.name, name))

@@ -6,9 +6,10 @@ key comes from `SECRETSYNC_WEBHOOK_SECRET`: base64 with an optional `whsec_` pre
 
 `Verifier.verify` checks, in this order, and raises `WebhookError` (never anything else):
 headers present and well-formed (401), timestamp within the tolerance (401), one signature
-matching in constant time (401); then the body: UTF-8 JSON `{"paths": [...]}`, nothing else
-(400). An id seen within the tolerance window is reported as a replay: acknowledged, no work.
-The body is never logged or put in an error message.
+matching in constant time (401); then the body: UTF-8 JSON `{"paths": [...]}`, optionally
+with the Vault source the paths are in (`{"source": "eu", "paths": [...]}`; none or `default`:
+the default source), nothing else (400). An id seen within the tolerance window is reported
+as a replay: acknowledged, no work. The body is never logged or put in an error message.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -31,6 +33,7 @@ MAX_PATHS: Final = 256
 MAX_PATH_CHARS: Final = 512
 MAX_ID_CHARS: Final = 256
 MAX_SEEN_IDS: Final = 100_000
+_SOURCE_NAME: Final = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 class WebhookError(Exception):
@@ -157,18 +160,26 @@ def _candidates(header: str) -> list[bytes]:
 
 
 def parse_paths(body: bytes) -> tuple[str, ...]:
-    """`{"paths": ["<mount>/<path>", ...]}` → the normalised paths, deduplicated, in order.
+    """`{"paths": ["<mount>/<path>", ...]}` → the normalised paths, deduplicated, in order;
+    with `"source": "<name>"` each is named `<name>:<mount>/<path>`, as the engine names the
+    paths of a named Vault source (`default` is the default source: no prefix).
 
-    Strict: a JSON object with exactly the key `paths`, a non-empty list of at most MAX_PATHS
-    strings, each at most MAX_PATH_CHARS characters of printable text, made of non-empty
-    segments (no `.` nor `..`, no backslash). Raises BadBody.
+    Strict: a JSON object with the key `paths` and at most `source` beside it (a DNS label), a
+    non-empty list of at most MAX_PATHS strings, each at most MAX_PATH_CHARS characters of
+    printable text, made of non-empty segments (no `.` nor `..`, no backslash). Raises BadBody.
     """
     try:
         doc = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise BadBody("body is not UTF-8 JSON") from None
-    if not isinstance(doc, dict) or set(doc) != {"paths"}:
-        raise BadBody('body must be a JSON object with exactly the key "paths"')
+    if not isinstance(doc, dict) or set(doc) not in ({"paths"}, {"source", "paths"}):
+        raise BadBody(
+            'body must be a JSON object with the key "paths" and at most "source" beside it'
+        )
+    source = doc.get("source", "default")
+    if not isinstance(source, str) or not _SOURCE_NAME.fullmatch(source):
+        raise BadBody('"source" must be the name of a source (a DNS label)')
+    prefix = "" if source == "default" else f"{source}:"
     paths = doc["paths"]
     if not isinstance(paths, list) or not paths:
         raise BadBody('"paths" must be a non-empty list')
@@ -176,7 +187,7 @@ def parse_paths(body: bytes) -> tuple[str, ...]:
         raise BadBody(f'"paths" holds more than {MAX_PATHS} entries')
     out: dict[str, None] = {}
     for i, path in enumerate(paths):
-        out[normalise(path, index=i)] = None
+        out[prefix + normalise(path, index=i)] = None
     return tuple(out)
 
 

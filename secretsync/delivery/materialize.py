@@ -499,7 +499,7 @@ def _external_spec(desired: DesiredSecret) -> tuple[dict[str, Any], dict[str, st
     if target.immutable:
         target_spec["immutable"] = True
     target_spec["template"] = template
-    store = desired.cluster.store_ref
+    store = desired.store_ref
     spec: dict[str, Any] = {
         "refreshInterval": desired.refresh_interval,
         "secretStoreRef": {"kind": store.kind, "name": store.name},
@@ -540,7 +540,7 @@ def _external_json(desired: DesiredSecret) -> bytes:
             f'{{"remoteRef":{{"key":{json_string(loc.path)},'
             f'"property":{json_string(planned.key)}{version}}},"secretKey":{json_string(key)}}}'
         )
-    store = desired.cluster.store_ref
+    store = desired.store_ref
     labels = {**t.labels, LABEL_MANAGED_BY: MANAGED_BY}
     annotations = {**t.annotations, ANNOTATION_CLUSTER: desired.cluster.name}
     spec = (

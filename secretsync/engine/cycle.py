@@ -45,7 +45,7 @@ from secretsync.sinks.deliver import (
     diff,
     key_diff,
 )
-from secretsync.sources import resolve, sopskeys
+from secretsync.sources import kinds, resolve, sopskeys
 
 log = logging.getLogger(__name__)
 
@@ -691,14 +691,16 @@ def _versions(d: DesiredSecret, resolution: resolve.Resolution) -> tuple[str, ..
 
 
 def _vault_versions(d: DesiredSecret, resolution: resolve.Resolution) -> dict[str, str]:
-    """`<mount>/<path>` -> KV version read, for the Vault refs of `d` (recorded on the object)."""
+    """Canonical name (`<mount>/<path>`, `<source>:<mount>/<path>` for a named source) -> the
+    version read, for the refs of `d` whose kind is versioned (recorded on the object)."""
     out: dict[str, str] = {}
     for ref in d.refs():
         loc = ref.location
-        if loc.source != "vault":  # first: the lookup below hashes the location
+        kind = kinds.of(loc)
+        if kind is None or not kind.versioned:  # first: the lookup below hashes the location
             continue
         version = resolution.versions.get(loc)
-        name = f"{loc.mount}/{loc.path}"
+        name = kind.path_names(loc)[0]
         if version and "," not in name and "=" not in name:
             out[name] = version
     return out
@@ -713,11 +715,10 @@ def _version_changes(old: Mapping[str, str], new: Mapping[str, str]) -> tuple[st
 
 
 def path_names(location: Location) -> tuple[str, ...]:
-    """The names a rotation webhook may use for a Vault Location: `<mount>/<path>` and the KV v2
-    API form `<mount>/data/<path>`. Other sources have none."""
-    if location.source != "vault":
-        return ()
-    return (f"{location.mount}/{location.path}", f"{location.mount}/data/{location.path}")
+    """The names a rotation webhook may use for a Location (for Vault `<mount>/<path>` and the
+    KV v2 API form `<mount>/data/<path>`, prefixed `<source>:` for a named source); see
+    `sources.kinds`. Kinds without rotation have none."""
+    return kinds.path_names(location)
 
 
 def _narrow(desired: list[DesiredSecret], paths: frozenset[str]) -> list[DesiredSecret]:

@@ -9,7 +9,6 @@ one check: each distinct filled-in SOPS path is resolved against the repo once p
 
 from __future__ import annotations
 
-import posixpath
 from collections.abc import Collection, Mapping
 
 from secretsync.core import errors, selectors, templating
@@ -22,16 +21,13 @@ from secretsync.core.model import (
     FleetSecret,
     Literal,
     LiteralSpec,
-    Location,
     ObjectKey,
     Planned,
     Scope,
     Selector,
-    SopsSpec,
     ValueRef,
-    VaultSpec,
 )
-from secretsync.fleet.repopath import confine
+from secretsync.sources import kinds
 
 
 def layered_data(secret: FleetSecret, cluster: Cluster) -> dict[str, DataEntry]:
@@ -49,101 +45,61 @@ def _planned(
     key: str,
     cluster: Cluster,
     fleet: Fleet,
-    confined: dict[str, str | None] | None = None,
+    cache: dict[str, object] | None = None,
 ) -> tuple[Planned | None, list[errors.ConfigError]]:
-    """One data entry for one cluster. `confined` remembers, per templated SOPS path, why it
-    leaves the repo (None: it does not), so each distinct path is resolved once per plan."""
+    """One data entry for one cluster; a ref is planned by its source kind (`sources.kinds`).
+    `cache` is kept for one plan pass (a kind keeps there what does not depend on the cluster,
+    such as where a filled-in SOPS path leads)."""
     problems: list[errors.ConfigError] = []
+    spec = entry.spec
+
+    def problem(message: str, field: str) -> None:
+        problems.append(
+            errors.ConfigError(
+                message, file=entry.origin.file, line=entry.origin.line, field=f"data.{key}.{field}"
+            )
+        )
 
     def fill(text: str, field: str) -> str:
         try:
             return templating.render(text, cluster_name=cluster.name, labels=cluster.labels)
         except templating.TemplateError as exc:
-            problems.append(
-                errors.ConfigError(
-                    str(exc),
-                    file=entry.origin.file,
-                    line=entry.origin.line,
-                    field=f"data.{key}.{field}",
-                )
-            )
+            problem(str(exc), field)
             return ""
 
-    spec = entry.spec
     planned: Planned | None = None
     if isinstance(spec, LiteralSpec):
         planned = Literal(fill(spec.value, "value"))
-    elif isinstance(spec, VaultSpec):
-        path = fill(spec.path, "vault.path").strip("/")
-        ref_key = fill(spec.key, "vault.key")
-        mount = spec.mount or fleet.kv_mount
-        if cluster.delivery is Delivery.EXTERNAL and mount != fleet.kv_mount:
-            problems.append(
-                errors.ConfigError(
-                    f"cluster {cluster.name!r} uses external delivery, whose store reads only "
-                    f"the kvMount {fleet.kv_mount!r}; this ref reads mount {mount!r}",
-                    file=entry.origin.file,
-                    line=entry.origin.line,
-                    field=f"data.{key}.vault.mount",
-                )
+    else:
+        kind = kinds.get(spec.kind)
+        where = spec.kind
+        planned = kind.plan_ref(
+            spec,
+            kinds.RefPlan(
+                cluster=cluster,
+                fleet=fleet,
+                fill=lambda text, field: fill(text, f"{where}.{field}"),
+                problem=lambda message, field: problem(message, f"{where}.{field}"),
+                cache=cache if cache is not None else {},
+            ),
+        )
+        if cluster.delivery is Delivery.EXTERNAL and not kind.external:
+            problem(
+                f"cluster {cluster.name!r} uses external delivery, which cannot carry a "
+                f"{where}-sourced key (External Secrets Operator reads only from its store)",
+                where,
             )
-        planned = ValueRef(Location("vault", path, mount, spec.version), ref_key)
-    elif isinstance(spec, SopsSpec):
-        file = fill(spec.file, "sops.file")
-        ref_key = fill(spec.key, "sops.key")
-        norm = posixpath.normpath(file) if file else file
-        if file and (norm.startswith(("/", "../")) or norm == ".."):
-            problems.append(
-                errors.ConfigError(
-                    f"sops file {file!r} leaves the fleet repo",
-                    file=entry.origin.file,
-                    line=entry.origin.line,
-                    field=f"data.{key}.sops.file",
-                )
-            )
-        elif file and templating.has_template(spec.file):
-            # The loader confined the literal paths; a filled-in one may reach a symlink.
-            cache = confined if confined is not None else {}
-            if norm not in cache:
-                try:
-                    confine(fleet.root, norm)
-                    cache[norm] = None
-                except errors.ConfigError as exc:
-                    cache[norm] = exc.message
-            if (why := cache[norm]) is not None:
-                problems.append(
-                    errors.ConfigError(
-                        f"cluster {cluster.name!r}: sops file {why}",
-                        file=entry.origin.file,
-                        line=entry.origin.line,
-                        field=f"data.{key}.sops.file",
-                    )
-                )
-        if cluster.delivery is Delivery.EXTERNAL:
-            problems.append(
-                errors.ConfigError(
-                    f"cluster {cluster.name!r} uses external delivery, which cannot carry a "
-                    "SOPS-sourced key (External Secrets Operator reads only from its store)",
-                    file=entry.origin.file,
-                    line=entry.origin.line,
-                    field=f"data.{key}.sops",
-                )
-            )
-        planned = ValueRef(Location("sops", norm), ref_key)
     return (None if problems else planned), problems
 
 
-def _reads(entry: DataEntry) -> tuple[str, ...] | None:
-    """What of a cluster an entry's templates read (see `templating.inputs`), all fields."""
+def _reads(entry: DataEntry, fleet: Fleet) -> tuple[str, ...] | None:
+    """What of a cluster an entry's templates read (see `templating.inputs`), all fields,
+    including the source settings a ref is planned with (an identity's templates)."""
     spec = entry.spec
     if isinstance(spec, LiteralSpec):
         texts: tuple[str, ...] = (spec.value,)
-    elif isinstance(spec, VaultSpec):
-        texts = (spec.path, spec.key)
-    elif isinstance(spec, SopsSpec):
-        texts = (spec.file, spec.key)
     else:
-        return None
+        texts = kinds.get(spec.kind).plan_inputs(spec, fleet)
     out: dict[str, None] = {}
     for text in texts:
         found = templating.inputs(text)
@@ -162,9 +118,10 @@ class _Memo:
     clusters in 10 label groups plans each templated entry 10 times, not 100. Only clean
     results are kept (a problem's message names its cluster)."""
 
-    __slots__ = ("_done", "_reads")
+    __slots__ = ("_done", "_fleet", "_reads")
 
-    def __init__(self) -> None:
+    def __init__(self, fleet: Fleet) -> None:
+        self._fleet = fleet
         self._reads: dict[int, tuple[str, ...] | None] = {}
         self._done: dict[tuple[object, ...], Planned] = {}
 
@@ -172,17 +129,22 @@ class _Memo:
         ident = id(entry)
         reads = self._reads.get(ident, _UNSEEN)
         if reads is _UNSEEN:
-            reads = self._reads[ident] = _reads(entry)
+            reads = self._reads[ident] = _reads(entry, self._fleet)
         if reads is None:
             return None
         external = cluster.delivery is Delivery.EXTERNAL
+        spec = entry.spec
+        settings = (
+            () if isinstance(spec, LiteralSpec) else kinds.get(spec.kind).cluster_inputs(cluster)
+        )
         if not reads:
-            return (ident, data_key, external)
+            return (ident, data_key, external, settings)
         labels = cluster.labels
         return (
             ident,
             data_key,
             external,
+            settings,
             *[cluster.name if r == "" else labels.get(r) for r in reads],
         )
 
@@ -249,8 +211,8 @@ def plan(
     owners: dict[ObjectKey, FleetSecret] = {}
     desired: list[DesiredSecret] = []
     shared: dict[Planned, Planned] = {}  # one instance per distinct ref, however many clusters
-    confined: dict[str, str | None] = {}
-    memo = _Memo()
+    cache: dict[str, object] = {}
+    memo = _Memo(fleet)
     for cluster in fleet.clusters.values():
         for secret in fleet.secrets.values():
             if not selectors.matches(secret.selector, cluster.labels):
@@ -277,12 +239,26 @@ def plan(
                     data[data_key] = hit
                     continue
                 planned, entry_problems = _planned(
-                    entry, key=data_key, cluster=cluster, fleet=fleet, confined=confined
+                    entry, key=data_key, cluster=cluster, fleet=fleet, cache=cache
                 )
                 item_problems.extend(entry_problems)
                 if planned is not None:
                     data[data_key] = shared.setdefault(planned, planned)
                     memo.put(memo_key, data[data_key])
+            external_sources = {
+                v.location.source_key for v in data.values() if isinstance(v, ValueRef)
+            }
+            if cluster.delivery is Delivery.EXTERNAL and len(external_sources) > 1:
+                item_problems.append(
+                    errors.ConfigError(
+                        f"cluster {cluster.name!r} uses external delivery, whose ExternalSecret "
+                        f"names one store: this FleetSecret reads {len(external_sources)} sources "
+                        f"({', '.join(sorted(external_sources))}) for it",
+                        file=secret.origin.file,
+                        line=secret.origin.line,
+                        field="spec.data",
+                    )
+                )
             if cluster.delivery is Delivery.EXTERNAL and not any(
                 isinstance(v, ValueRef) for v in data.values()
             ):

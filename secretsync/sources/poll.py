@@ -1,13 +1,15 @@
 """Rotation without webhooks: a cheap poll of the KV v2 metadata versions of the paths in use.
 
-Every `interval` seconds the poller asks the Vault source for the latest version of each
-unpinned Vault Location whose values the fleet delivers (`current_versions`: metadata only,
-never a value), compares them with the versions it saw last time, and hands the names of the
-paths that moved to `submit` — the same queue the rotation webhook feeds, so a narrowed
-cycle re-reads exactly those paths. A path seen for the first time only sets the baseline
-(the full cycle that brought it in reads it anyway). When the server cannot be asked, the
-round is skipped and nothing is forgotten; a path that cannot be polled (KV v1, no secret,
-no `read` on its metadata) is left to full cycles and webhooks.
+Every `interval` seconds the poller asks each source that can tell (a pollable kind, see
+`sources.kinds`: every Vault source, named ones too, each Location as its own identity) for
+the latest version of each unpinned Location whose values the fleet delivers
+(`current_versions`: metadata only, never a value), compares them with the versions it saw
+last time, and hands the names of the paths that moved to `submit` — the same queue the
+rotation webhook feeds, so a narrowed cycle re-reads exactly those paths. A path seen for the
+first time only sets the baseline (the full cycle that brought it in reads it anyway). When a
+server cannot be asked, its part of the round is skipped and nothing of it is forgotten; a
+path that cannot be polled (KV v1, no secret, no `read` on its metadata) is left to full
+cycles and webhooks.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Protocol, runtime_checkable
 
 from secretsync.core import errors
 from secretsync.core.model import Delivery, DesiredSecret, Location
-from secretsync.engine.cycle import path_names
+from secretsync.sources import kinds
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +36,15 @@ class VersionSource(Protocol):
 
 
 def polled_locations(desired: Iterable[DesiredSecret]) -> frozenset[Location]:
-    """The unpinned Vault Locations whose values are delivered (external objects need none)."""
+    """The unpinned Locations of pollable kinds whose values are delivered (external objects
+    need none)."""
+    pollable = {name for name, kind in kinds.kinds().items() if kind.pollable}
     return frozenset(
         r.location
         for d in desired
         if d.delivery is not Delivery.EXTERNAL
         for r in d.refs()
-        if r.location.source == "vault" and r.location.version is None
+        if r.location.source in pollable and r.location.version is None
     )
 
 
@@ -52,14 +56,14 @@ class VersionPoller:
         *,
         interval_s: float,
         locations: Callable[[], frozenset[Location]],
-        source: Callable[[], Awaitable[VersionSource | None]],
+        sources: Callable[[], Awaitable[Mapping[str, VersionSource]]],
         submit: Callable[[tuple[str, ...]], object],
     ) -> None:
         self.interval_s = interval_s
         self.seen: dict[Location, int | None] = {}
         self.rounds = 0
         self._locations = locations
-        self._source = source
+        self._sources = sources
         self._submit = submit
         self._problem: str | None = None
 
@@ -79,27 +83,41 @@ class VersionPoller:
         if not locations:
             self.seen.clear()
             return ()
-        source = await self._source()
-        if source is None:
+        sources = await self._sources()
+        by_source: dict[str, list[Location]] = {}
+        for location in sorted(locations, key=str):
+            if location.source_key in sources:
+                by_source.setdefault(location.source_key, []).append(location)
+        if not by_source:
             return ()
-        try:
-            current = await source.current_versions(sorted(locations, key=str))
-        except errors.ResolveError as exc:
-            self._note(f"skipped: {exc}")
+        current: dict[Location, int | None] = {}
+        asked: list[Location] = []
+        skipped: list[str] = []
+        for key, wanted in by_source.items():
+            try:
+                current.update(await sources[key].current_versions(wanted))
+            except errors.ResolveError as exc:  # nothing is known of them: nothing is forgotten
+                skipped.append(f"skipped: {exc}")
+                continue
+            asked.extend(wanted)
+        if not asked:
+            self._note("; ".join(skipped))
             return ()
         self.rounds += 1
         changed: list[str] = []
-        for location in sorted(locations, key=str):
+        for location in sorted(asked, key=str):
             version = current.get(location)
             before = self.seen.get(location, version)
             if version is not None and before != version:
-                changed.append(path_names(location)[0])
+                changed.append(kinds.path_names(location)[0])
             self.seen[location] = version
         for gone in self.seen.keys() - locations:
             del self.seen[gone]
-        blind = sum(1 for location in locations if self.seen.get(location) is None)
+        blind = sum(1 for location in asked if self.seen.get(location) is None)
         self._note(
-            f"{blind} of {len(locations)} path(s) cannot be polled (KV v1, missing, or no read "
+            "; ".join(skipped)
+            if skipped
+            else f"{blind} of {len(asked)} path(s) cannot be polled (KV v1, missing, or no read "
             "on their metadata): full cycles and webhooks still cover them"
             if blind
             else None

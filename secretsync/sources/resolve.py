@@ -11,7 +11,7 @@ import json
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar, Final, Protocol
+from typing import ClassVar, Final, Protocol, runtime_checkable
 
 from secretsync.app import logs
 from secretsync.core import bounded, errors
@@ -46,6 +46,13 @@ class Source(Protocol):
     async def fetch(self, location: Location) -> Fetched: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class Counted(Protocol):
+    """A source that counts its work (requests, reads, logins) for metrics and benchmarks."""
+
+    def counts(self) -> Mapping[str, int]: ...
 
 
 @dataclass(slots=True)
@@ -116,7 +123,7 @@ def _step(node: object, part: str) -> object:
 
 async def resolve(
     refs: Iterable[ValueRef],
-    sources: Mapping[str, Source],
+    sources: Mapping[str, Source],  # by `Location.source_key`
     *,
     concurrency: int = 64,
 ) -> Resolution:
@@ -131,9 +138,11 @@ async def resolve(
     result = Resolution()
 
     async def read(location: Location) -> Fetched | errors.ResolveError:
-        source = sources.get(location.source)
+        source = sources.get(location.source_key)
         if source is None:
-            return errors.SourceUnavailable(f"{location}: no {location.source} source configured")
+            return errors.SourceUnavailable(
+                f"{location}: no {location.source_key} source configured"
+            )
         try:
             return await source.fetch(location)
         except errors.ResolveError as exc:

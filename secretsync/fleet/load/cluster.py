@@ -21,11 +21,13 @@ from secretsync.fleet.load.files import (
 from secretsync.fleet.load.schema import (
     DNS_LABEL,
     Header,
+    is_dns_label,
     machine_path,
 )
 from secretsync.fleet.load.yamlmarks import (
     Ctx,
     Map,
+    as_map,
     enum_field,
 )
 from secretsync.fleet.repopath import confine
@@ -89,20 +91,32 @@ def read_cluster(ctx: Ctx, header: Header, fleet: Fleet) -> Cluster | None:
                 "(run `secretsync cluster add` to fetch it)",
             )
     store_ref = StoreRef()
+    store_refs: dict[str, StoreRef] = {}
     external = spec.map("externalSecrets")
     if external is not None:
         ref = external.map("storeRef")
         if ref is not None:
-            kind = ref.text("kind") or "ClusterSecretStore"
-            if kind not in ("ClusterSecretStore", "SecretStore"):
-                ctx.error(
-                    ref.key_node("kind"),
-                    ref.field("kind"),
-                    "must be ClusterSecretStore or SecretStore",
-                )
-            store_ref = StoreRef(kind=kind, name=ref.text("name", required=True) or "vault")
-            ref.done()
+            store_ref = read_store_ref(ref)
+        named = external.map("storeRefs")
+        if named is not None:
+            for name, (knode, vnode) in named.entries.items():
+                named.used.add(name)
+                if name == "default":  # the default source's store is `storeRef`
+                    ctx.error(knode, named.field(name), "the default source's store is storeRef")
+                    continue
+                entry = as_map(ctx, vnode, named.field(name))
+                if entry is not None:
+                    entry.key = knode
+                    store_refs[name] = read_store_ref(entry)
         external.done()
+    vault_source: str | None = None
+    vault = spec.map("vault")
+    if vault is not None:
+        vault_source = vault.text("source", required=True)
+        if vault_source is not None and not is_dns_label(vault_source):
+            ctx.error(vault.key_node("source"), vault.field("source"), "must be a source name")
+            vault_source = None
+        vault.done()
     kubeconfig = None
     kube = spec.map("kubeconfig")
     if kube is not None:
@@ -146,6 +160,8 @@ def read_cluster(ctx: Ctx, header: Header, fleet: Fleet) -> Cluster | None:
         cert_sha256=cert_sha256,
         controller=controller,
         store_ref=store_ref,
+        store_refs=store_refs,
+        vault_source=vault_source,
         kubeconfig=kubeconfig,
         apply=apply,
         allowed_namespaces=tuple(ns for ns, _ in allowed) if allowed is not None else None,
@@ -175,3 +191,15 @@ def _pinned(ctx: Ctx, sealed: Map, pin: str, cert_file: str | None, root: Path) 
         ctx.error(node, field, str(exc))
         return None
     return expected
+
+
+def read_store_ref(ref: Map) -> StoreRef:
+    """`{kind, name}` of an External Secrets store."""
+    kind = ref.text("kind") or "ClusterSecretStore"
+    if kind not in ("ClusterSecretStore", "SecretStore"):
+        ref.ctx.error(
+            ref.key_node("kind"), ref.field("kind"), "must be ClusterSecretStore or SecretStore"
+        )
+    store = StoreRef(kind=kind, name=ref.text("name", required=True) or "vault")
+    ref.done()
+    return store

@@ -15,7 +15,6 @@ from secretsync.core.model import (
     Fleet,
     Layout,
     Policies,
-    VaultSettings,
 )
 from secretsync.fleet.load.files import (
     FLEET_FILE,
@@ -25,13 +24,13 @@ from secretsync.fleet.load.schema import (
     Header,
     documents,
 )
-from secretsync.fleet.load.sources import read_sops, read_vault
 from secretsync.fleet.load.yamlmarks import (
     INT,
     Ctx,
     Map,
     enum_field,
 )
+from secretsync.sources import kinds
 
 
 def read_fleet(ctx: Ctx, header: Header, root: Path) -> Fleet:
@@ -68,14 +67,15 @@ def read_fleet(ctx: Ctx, header: Header, root: Path) -> Fleet:
             output.done()
         sources = spec.map("sources")
         if sources is not None:
-            vault = sources.map("vault")
-            if vault is not None:
-                kwargs["vault"] = read_vault(vault)
-            elif "vault" in sources.entries:
-                kwargs["vault"] = VaultSettings()
-            sops = sources.map("sops")
-            if sops is not None:
-                kwargs["sops"] = read_sops(sops)
+            other: dict[str, object] = {}
+            for kind in kinds.kinds().values():  # each kind reads its own settings
+                for name, value in kind.read_settings(sources).items():
+                    if name == "other_sources" and isinstance(value, dict):
+                        other.update(value)
+                    else:
+                        kwargs[name] = value
+            if other:
+                kwargs["other_sources"] = other
             sources.done()
         policies = spec.map("policies")
         if policies is not None:

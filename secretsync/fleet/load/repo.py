@@ -11,6 +11,7 @@ from secretsync.core.model import (
     Cluster,
     Fleet,
     FleetSecret,
+    LiteralSpec,
 )
 from secretsync.fleet.load.cluster import read_cluster
 from secretsync.fleet.load.files import (
@@ -26,6 +27,7 @@ from secretsync.fleet.load.secret import read_fleet_secret
 from secretsync.fleet.load.yamlmarks import (
     Ctx,
 )
+from secretsync.sources import kinds
 
 
 def register[T: (Cluster, FleetSecret)](
@@ -88,6 +90,40 @@ def empty_selections(
     return problems
 
 
+def source_names(
+    fleet: Fleet, clusters: Iterable[Cluster], secrets: Iterable[FleetSecret]
+) -> list[errors.ConfigError]:
+    """Every source a ref or a Cluster names exists in the Fleet (each kind says what its
+    refs and cluster settings name)."""
+    registered = kinds.kinds()
+    problems: list[errors.ConfigError] = []
+    for cluster in clusters:
+        for kind in registered.values():
+            for field, message in kind.cluster_problems(cluster, fleet):
+                problems.append(
+                    errors.ConfigError(
+                        message, file=cluster.origin.file, line=cluster.origin.line, field=field
+                    )
+                )
+    for secret in secrets:
+        layers = [secret.data, *(overlay.data for overlay in secret.overlays)]
+        for data in layers:
+            for key, entry in data.items():
+                spec = entry.spec
+                if isinstance(spec, LiteralSpec):
+                    continue
+                for field, message in registered[spec.kind].check_ref(spec, fleet):
+                    problems.append(
+                        errors.ConfigError(
+                            message,
+                            file=entry.origin.file,
+                            line=entry.origin.line,
+                            field=f"spec.data.{key}.{spec.kind}.{field}",
+                        )
+                    )
+    return problems
+
+
 def load_fleet_settings(root: Path) -> Fleet:
     """Only secretsync.yaml (defaults, sources, policies), for commands that need the Fleet's
     settings but not its clusters and secrets (`scan`). Raises `errors.ConfigErrors`."""
@@ -147,6 +183,7 @@ def load_fleet(root: Path) -> Fleet:
                             field="spec.overlays.clusters",
                         )
                     )
+    ctx.errors.extend(source_names(fleet, clusters.values(), secrets.values()))
     if not ctx.errors:
         ctx.errors.extend(empty_selections(secrets.values(), clusters.values()))
     if ctx.errors:
@@ -159,7 +196,9 @@ def load_fleet(root: Path) -> Fleet:
         output_dir=fleet.output_dir,
         layout=fleet.layout,
         vault=fleet.vault,
+        vaults=fleet.vaults,
         sops=fleet.sops,
+        other_sources=fleet.other_sources,
         policies=fleet.policies,
         clusters=dict(sorted(clusters.items())),
         secrets=dict(sorted(secrets.items())),

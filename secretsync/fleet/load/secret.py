@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import yaml
 
-from secretsync.core import errors, selectors, templating
+from secretsync.core import selectors
 from secretsync.core.model import (
     DataEntry,
     FleetSecret,
@@ -15,10 +13,8 @@ from secretsync.core.model import (
     Overlay,
     RestartRef,
     Scope,
-    SopsSpec,
     Target,
     ValueSpec,
-    VaultSpec,
 )
 from secretsync.fleet.load.schema import (
     DNS_LABEL,
@@ -35,58 +31,33 @@ from secretsync.fleet.load.yamlmarks import (
     as_map,
     enum_field,
 )
-from secretsync.fleet.repopath import confine
+from secretsync.sources import kinds
 
 
 def read_value_spec(ctx: Ctx, node: yaml.Node, path: str) -> ValueSpec | None:
+    """A data entry: `{value: ...}`, or a ref of exactly one registered source kind (each kind
+    reads its own ref, see `sources.kinds`)."""
     m = as_map(ctx, node, path)
     if m is None:
         return None
-    kinds = [k for k in ("vault", "sops", "value") if k in m.entries]
-    if len(kinds) != 1:
-        ctx.error(node, path, "must have exactly one of vault, sops or value")
-        for k in kinds:
+    registered = kinds.kinds()
+    given = [k for k in (*registered, "value") if k in m.entries]
+    if len(given) != 1:
+        names = ", ".join(registered)
+        ctx.error(node, path, f"must have exactly one of {names} or value")
+        for k in given:
             m.used.add(k)
         m.done()
         return None
     spec: ValueSpec | None = None
-    if kinds[0] == "value":
+    if given[0] == "value":
         value = template_field(m, "value")
         spec = LiteralSpec(value) if value is not None else None
-    elif kinds[0] == "vault":
-        ref = m.map("vault")
-        if ref is not None:
-            path_ = template_field(ref, "path")
-            key = template_field(ref, "key")
-            version = ref.number("version", integer=True, minimum=1)
-            mount = ref.text("mount")
-            if path_ and (path_.startswith("/") or ".." in path_.split("/")):
-                ctx.error(ref.key_node("path"), ref.field("path"), "must be a path in the mount")
-            if mount is not None and (not mount or mount.startswith("/") or ".." in mount):
-                ctx.error(ref.key_node("mount"), ref.field("mount"), "must be a mount name")
-            ref.done()
-            if path_ and key:
-                spec = VaultSpec(
-                    path_,
-                    key,
-                    int(version) if version is not None else None,
-                    mount.strip("/") if mount else None,
-                )
     else:
-        ref = m.map("sops")
+        ref = m.map(given[0])
         if ref is not None:
-            file = template_field(ref, "file")
-            key = template_field(ref, "key")
-            if file and not templating.has_template(file):
-                try:  # symlinks too; templated paths are confined per cluster by `plan`
-                    confine(ctx.root or Path("/"), file)
-                except errors.ConfigError as exc:
-                    ctx.error(ref.key_node("file"), ref.field("file"), exc.message)
-            elif file and (file.startswith("/") or ".." in Path(file).parts):
-                ctx.error(ref.key_node("file"), ref.field("file"), "must stay inside the repo")
+            spec = registered[given[0]].read_ref(ref)
             ref.done()
-            if file and key:
-                spec = SopsSpec(file, key)
     m.done()
     return spec
 

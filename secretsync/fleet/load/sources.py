@@ -1,11 +1,14 @@
-"""`spec.sources` of the Fleet: the Vault settings and the SOPS key policy."""
+"""`spec.sources` of the Fleet: the Vault settings (the default source and the named ones) and
+the SOPS key policy."""
 
 from __future__ import annotations
 
 import re
+from typing import Final
 
 import yaml
 
+from secretsync.core import templating
 from secretsync.core.model import (
     SOPS_KEY_TYPES,
     SopsSettings,
@@ -15,9 +18,7 @@ from secretsync.core.model import (
     VaultTLS,
     VaultTransitKey,
 )
-from secretsync.fleet.load.schema import (
-    machine_path,
-)
+from secretsync.fleet.load.schema import is_dns_label, machine_path, template_field
 from secretsync.fleet.load.yamlmarks import (
     Map,
     as_map,
@@ -114,7 +115,36 @@ def _needs_list(m: Map, key_types: frozenset[str], key_type: str, field_name: st
         )
 
 
+IDENTITY_FIELDS: Final = ("role", "mountPath", "tokenFile", "roleIdFile", "secretIdFile", "jwtFile")
+"""Auth fields that may hold cluster templates (with `namespace`): a per-cluster identity."""
+
+
+def read_vaults(m: Map) -> dict[str, VaultSettings]:
+    """`sources.vaults`: named Vault sources, each with the settings of `sources.vault` and
+    an address of its own (the environment's VAULT_ADDR belongs to the default source)."""
+    out: dict[str, VaultSettings] = {}
+    for name, (knode, vnode) in m.entries.items():
+        m.used.add(name)
+        if not is_dns_label(name) or name == "default":
+            m.ctx.error(
+                knode,
+                m.field(name),
+                "a source name must be a DNS label other than 'default' (which names "
+                "sources.vault)",
+            )
+            continue
+        sub = as_map(m.ctx, vnode, m.field(name))
+        if sub is None:
+            continue
+        sub.key = knode
+        if "address" not in sub.entries:
+            m.ctx.error(knode, sub.field("address"), "a named Vault source needs its address")
+        out[name] = read_vault(sub)
+    return out
+
+
 def read_vault(m: Map) -> VaultSettings:
+    namespace = template_field(m, "namespace", required=False)
     auth = m.map("auth")
     auth_kwargs: dict[str, str | None] = {}
     if auth is not None:
@@ -132,7 +162,11 @@ def read_vault(m: Map) -> VaultSettings:
             ("secretIdEnv", "secret_id_env"),
             ("mountPath", "mount_path"),
         ):
-            auth_kwargs[attr] = auth.text(yaml_key)
+            auth_kwargs[attr] = (
+                template_field(auth, yaml_key, required=False)
+                if yaml_key in IDENTITY_FIELDS
+                else auth.text(yaml_key)
+            )
         for yaml_key, attr in (
             ("tokenFile", "token_file"),
             ("roleIdFile", "role_id_file"),
@@ -140,6 +174,9 @@ def read_vault(m: Map) -> VaultSettings:
             ("jwtFile", "jwt_file"),
         ):
             auth_kwargs[attr] = machine_path(auth, yaml_key)
+            if auth_kwargs[attr] is not None:
+                for issue in templating.check(auth_kwargs[attr] or ""):
+                    m.ctx.error(auth.key_node(yaml_key), auth.field(yaml_key), issue)
         if method == "approle" and not (auth_kwargs["role_id"] or auth_kwargs["role_id_file"]):
             m.ctx.error(auth.node, auth.field("roleId"), "approle needs roleId or roleIdFile")
         if method == "approle" and not (
@@ -184,7 +221,7 @@ def read_vault(m: Map) -> VaultSettings:
         m.ctx.error(m.key_node("kvVersion"), m.field("kvVersion"), "must be 1 or 2")
     settings = VaultSettings(
         address=address,
-        namespace=m.text("namespace"),
+        namespace=namespace,
         kv_mount=(m.text("kvMount") or "secret").strip("/"),
         kv_version=int(kv_version) if kv_version in (1, 2) else None,
         auth=VaultAuth(**auth_kwargs),  # type: ignore[arg-type]

@@ -113,8 +113,10 @@ class Login:
         counters: VaultCounters,
         retry: RetryPolicy,
         clock: Callable[[], float] = time.monotonic,
+        label: str = "",
     ) -> None:
         self.auth = auth
+        self.label = label  # the identity, as `model.Identity` prints it ("" the source's own)
         self.headers = dict(headers)
         self._transport = transport
         self.counters = counters
@@ -188,6 +190,9 @@ class Login:
         if self._login_refused is not None and now < self._login_refused_until:
             raise self._login_refused
         self.counters.logins += 1
+        if self.label:
+            by = self.counters.identity_logins
+            by[self.label] = by.get(self.label, 0) + 1
         try:
             token = await self._login_once(budget)
         except Failed as failure:

@@ -7,6 +7,7 @@ this package never reads the process environment itself.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import ssl
 import time
@@ -26,6 +27,17 @@ log = logging.getLogger(__name__)
 
 DEFAULT_JWT_FILE: Final = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
+IDENTITY_AUTH_FIELDS: Final[Mapping[str, str]] = {
+    "role": "role",
+    "mountPath": "mount_path",
+    "tokenFile": "token_file",
+    "roleIdFile": "role_id_file",
+    "secretIdFile": "secret_id_file",
+    "jwtFile": "jwt_file",
+}
+"""Auth settings that may hold cluster templates (as written in the fleet -> `VaultAuth`
+attribute); with `namespace`, what makes a per-cluster identity."""
+
 
 def build_vault_source(
     settings: model.VaultSettings,
@@ -35,6 +47,7 @@ def build_vault_source(
     address: str | None = None,
     retry: RetryPolicy | None = None,
     clock: Callable[[], float] = time.monotonic,
+    where: str = "sources.vault",
 ) -> VaultSource:
     """A VaultSource from the Fleet's `sources.vault`, with the vault CLI's environment defaults.
 
@@ -45,14 +58,15 @@ def build_vault_source(
     TLS: `tls.*`, else VAULT_CACERT / VAULT_CAPATH / VAULT_CLIENT_CERT / VAULT_CLIENT_KEY (or
     their BAO_ twins); certificates are always verified (VAULT_SKIP_VERIFY is ignored, with a
     warning). Credential files in the settings are absolute or relative to `root`; paths from
-    the environment are taken as given, as the vault CLI does. Raises `errors.ConfigError`.
+    the environment are taken as given, as the vault CLI does. `where` names the settings in
+    errors (`sources.vaults.<name>` for a named source). Raises `errors.ConfigError`.
     """
     chosen = vaultaddress.choose(override=address, fleet=settings.address, env=env)
     if chosen is None:
         raise errors.ConfigError(
             f"no Vault address: set it here, or VAULT_ADDR / BAO_ADDR ({vaultaddress.OVERRIDE} "
             "overrides it)",
-            field=vaultaddress.FLEET,
+            field=vaultaddress.FLEET if where == "sources.vault" else f"{where}.address",
         )
     insecure = settings.tls.insecure
     if problem := vaultaddress.form_problem(chosen.url) or vaultaddress.plain_http_problem(
@@ -72,24 +86,37 @@ def build_vault_source(
     parts = urllib.parse.urlsplit(address)
     namespace = (settings.namespace or _env(env, "NAMESPACE") or "").strip("/") or None
     if settings.kv_version not in (None, 1, 2):
-        raise errors.ConfigError("must be 1 or 2", field="sources.vault.kvVersion")
+        raise errors.ConfigError("must be 1 or 2", field=f"{where}.kvVersion")
     limits = settings.limits
     if limits.concurrency < 1:
-        raise errors.ConfigError("must be at least 1", field="sources.vault.limits.concurrency")
+        raise errors.ConfigError("must be at least 1", field=f"{where}.limits.concurrency")
     if not limits.requests_per_second > 0:
-        raise errors.ConfigError("must be above 0", field="sources.vault.limits.requestsPerSecond")
+        raise errors.ConfigError("must be above 0", field=f"{where}.limits.requestsPerSecond")
     if not limits.timeout_seconds > 0:
-        raise errors.ConfigError("must be above 0", field="sources.vault.limits.timeoutSeconds")
+        raise errors.ConfigError("must be above 0", field=f"{where}.limits.timeoutSeconds")
+
+    def identity_auth(identity: model.Identity) -> tuple[Auth, str | None]:
+        filled = {IDENTITY_AUTH_FIELDS[name]: value for name, value in identity.auth}
+        auth = build_auth(
+            dataclasses.replace(settings.auth, **filled), env=env, root=root, where=where
+        )
+        if identity.namespace is None:
+            return auth, namespace
+        return auth, identity.namespace.strip("/") or None
+
     return VaultSource(
         address=address,
-        auth=build_auth(settings.auth, env=env, root=root),
+        auth=build_auth(settings.auth, env=env, root=root, where=where),
         namespace=namespace,
         kv_mount=settings.kv_mount,
         kv_version=settings.kv_version,
-        ssl_context=_build_ssl(settings.tls, https=parts.scheme == "https", env=env, root=root),
+        ssl_context=_build_ssl(
+            settings.tls, https=parts.scheme == "https", env=env, root=root, where=where
+        ),
         limits=limits,
         retry=retry,
         clock=clock,
+        identity_auth=identity_auth,
     )
 
 
@@ -102,8 +129,10 @@ def _machine_path(text: str, root: Path) -> Path:
     return path if path.is_absolute() else root / path
 
 
-def build_auth(auth: model.VaultAuth, *, env: Mapping[str, str], root: Path) -> Auth:
-    where = "sources.vault.auth"
+def build_auth(
+    auth: model.VaultAuth, *, env: Mapping[str, str], root: Path, where: str = "sources.vault"
+) -> Auth:
+    where = f"{where}.auth"
     if auth.method == "token":
         if auth.token_file:
             path = _machine_path(auth.token_file, root)
@@ -164,9 +193,9 @@ def build_auth(auth: model.VaultAuth, *, env: Mapping[str, str], root: Path) -> 
 
 
 def _build_ssl(
-    tls: model.VaultTLS, *, https: bool, env: Mapping[str, str], root: Path
+    tls: model.VaultTLS, *, https: bool, env: Mapping[str, str], root: Path, where: str
 ) -> ssl.SSLContext | None:
-    where = "sources.vault.tls"
+    where = f"{where}.tls"
     if not https:
         if tls.ca_file or tls.client_cert_file or tls.client_key_file:
             raise errors.ConfigError("TLS settings given for an http:// address", field=where)

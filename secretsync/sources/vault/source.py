@@ -30,9 +30,18 @@ from secretsync.sources.vault.transport import (
     json_object,
 )
 
+type IdentityAuth = Callable[[model.Identity], tuple[Auth, str | None]]
+"""An identity's login material and Vault namespace (built from the source's settings)."""
+
 
 class VaultSource:
     """Reads `vault:` Locations from one Vault or OpenBao server; see `config.build_vault_source`.
+
+    A Location with an `identity` is read as that identity: its own login (one per token
+    lifetime, shared by every read of that identity) and its own namespace. A Location
+    without one is read with the source's own settings. A token is never used for another
+    identity's reads, so a policy that denies a path fails only the Locations of the identity
+    it binds.
 
     One instance serves one event loop (its session, locks and semaphore bind to it) and is
     closed with `aclose()`. `counters` counts reads, logins, requests and failures by reason.
@@ -52,6 +61,7 @@ class VaultSource:
         limits: model.VaultLimits | None = None,
         retry: RetryPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
+        identity_auth: IdentityAuth | None = None,
     ) -> None:
         self.address = address
         self.counters = VaultCounters()
@@ -65,22 +75,49 @@ class VaultSource:
             limits=limits,
             retry=self._retry,
         )
+        self._clock = clock
+        self._identity_auth = identity_auth
+        self._login = self._new_login(auth, namespace, label="")
+        self._logins: dict[model.Identity, Login | Failed] = {}
+        self._mounts: dict[tuple[str, str], Mount] = {}
+        self._mount_locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    def __repr__(self) -> str:
+        return f"VaultSource(address={self.address!r}, auth={self._login.auth.method!r})"
+
+    def _new_login(self, auth: Auth, namespace: str | None, *, label: str) -> Login:
         headers: dict[str, str] = {"X-Vault-Request": "true"}
         if namespace:
             headers["X-Vault-Namespace"] = namespace
-        self._login = Login(
+        return Login(
             auth=auth,
             transport=self._transport,
             headers=headers,
             counters=self.counters,
             retry=self._retry,
-            clock=clock,
+            clock=self._clock,
+            label=label,
         )
-        self._mounts: dict[str, Mount] = {}
-        self._mount_locks: dict[str, asyncio.Lock] = {}
 
-    def __repr__(self) -> str:
-        return f"VaultSource(address={self.address!r}, auth={self._login.auth.method!r})"
+    def _login_for(self, identity: model.Identity | None) -> Login:
+        """The login of an identity, made on first use and kept for the source's lifetime (its
+        token is renewed or replaced as it runs out)."""
+        if identity is None:
+            return self._login
+        known = self._logins.get(identity)
+        if known is None:
+            if self._identity_auth is None:
+                known = Failed("denied", "this source has no templated identity settings")
+            else:
+                try:
+                    auth, namespace = self._identity_auth(identity)
+                    known = self._new_login(auth, namespace, label=str(identity))
+                except errors.ConfigError as exc:
+                    known = Failed("denied", f"identity {identity}: {exc.message}")
+            self._logins[identity] = known
+        if isinstance(known, Failed):
+            raise known
+        return known
 
     # --- the Source protocol -----------------------------------------------------------------
 
@@ -91,7 +128,8 @@ class VaultSource:
         except Failed as failure:
             failures = self.counters.failures
             failures[failure.reason] = failures.get(failure.reason, 0) + 1
-            raise PUBLIC_ERROR[failure.reason](f"{location}: {failure.message}") from None
+            who = f" (as {location.identity})" if location.identity is not None else ""
+            raise PUBLIC_ERROR[failure.reason](f"{location}{who}: {failure.message}") from None
 
     async def current_versions(
         self, locations: Iterable[model.Location]
@@ -115,11 +153,16 @@ class VaultSource:
                 failures[answer.reason] = failures.get(answer.reason, 0) + 1
                 error = PUBLIC_ERROR[answer.reason]
                 if issubclass(error, errors.SourceUnavailable):
-                    raise error(f"{location}: metadata: {answer.message}")
+                    who = f" (as {location.identity})" if location.identity is not None else ""
+                    raise error(f"{location}{who}: metadata: {answer.message}")
                 out[location] = None
             else:
                 out[location] = answer
         return out
+
+    def counts(self) -> dict[str, int]:
+        """`counters` as flat numbers (`resolve.Counted`)."""
+        return self.counters.snapshot()
 
     async def aclose(self) -> None:
         await self._transport.aclose()
@@ -133,7 +176,8 @@ class VaultSource:
         path = location.path.strip("/")
         check_plain("mount", mount_name)
         check_plain("path", path)
-        mount = await self._mount(mount_name, budget)
+        login = self._login_for(location.identity)
+        mount = await self._mount(mount_name, login, budget)
         inner = f"{mount.prefix}/{path}" if mount.prefix else path
         if mount.version == 1:
             if location.version is not None:
@@ -146,7 +190,7 @@ class VaultSource:
         else:
             api_path = f"{mount.path}/data/{inner}"
             query = "" if location.version is None else f"version={int(location.version)}"
-        status, payload = await self._login.call("GET", api_path, query=query, budget=budget)
+        status, payload = await login.call("GET", api_path, query=query, budget=budget)
         if status == 200:
             fetched = parse_read(payload, kv_version=mount.version, pinned=location.version)
             self.counters.reads += 1
@@ -168,11 +212,12 @@ class VaultSource:
             path = location.path.strip("/")
             check_plain("mount", mount_name)
             check_plain("path", path)
-            mount = await self._mount(mount_name, budget)
+            login = self._login_for(location.identity)
+            mount = await self._mount(mount_name, login, budget)
             if mount.version != 2:
                 return None
             inner = f"{mount.prefix}/{path}" if mount.prefix else path
-            status, payload = await self._login.call(
+            status, payload = await login.call(
                 "GET", f"{mount.path}/metadata/{inner}", budget=budget
             )
             if status == 200:
@@ -190,20 +235,24 @@ class VaultSource:
         except Failed as failure:
             return failure
 
-    async def _mount(self, name: str, budget: Budget) -> Mount:
-        known = self._mounts.get(name)
+    async def _mount(self, name: str, login: Login, budget: Budget) -> Mount:
+        """The mount, looked up once per Vault namespace (as the first identity that needs
+        it: what a mount is does not depend on who asks; every read still uses its own
+        identity's token)."""
+        where = (login.headers.get("X-Vault-Namespace", ""), name)
+        known = self._mounts.get(where)
         if known is not None:
             return known
         if self._kv_version is not None:
-            known = self._mounts[name] = Mount(path=name, prefix="", version=self._kv_version)
+            known = self._mounts[where] = Mount(path=name, prefix="", version=self._kv_version)
             return known
-        lock = self._mount_locks.setdefault(name, asyncio.Lock())
+        lock = self._mount_locks.setdefault(where, asyncio.Lock())
         async with lock:  # concurrent refs on one mount share one lookup
-            known = self._mounts.get(name)
+            known = self._mounts.get(where)
             if known is not None:
                 return known
             self.counters.mount_lookups += 1
-            status, payload = await self._login.call(
+            status, payload = await login.call(
                 "GET", f"sys/internal/ui/mounts/{name}", budget=budget
             )
             if status == 200:
@@ -215,5 +264,5 @@ class VaultSource:
                 )
             else:
                 raise Failed("invalid", f"mount {name!r}: lookup refused (HTTP {status})")
-            self._mounts[name] = known
+            self._mounts[where] = known
             return known

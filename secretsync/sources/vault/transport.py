@@ -76,6 +76,8 @@ class VaultCounters:
     """KV v2 metadata reads answered (`current_versions`); they carry no values."""
     failures: dict[str, int] = field(default_factory=dict)
     """Failed fetches by reason (`not_found`, `deleted`, `denied`, `sealed`, `timeout`, ...)."""
+    identity_logins: dict[str, int] = field(default_factory=dict)
+    """Logins by templated identity (as `model.Identity` prints it); part of `logins`."""
 
     def snapshot(self) -> dict[str, int]:
         flat = {
