@@ -457,3 +457,63 @@ def test_a_kind_registered_from_the_tests_goes_through_load_plan_and_render(
     assert any(
         "must have exactly one of vault, sops, memo or value" in e for e in load_errors(root)
     )
+
+
+# --- poller and metrics per source -----------------------------------------------------------
+
+
+class Versions:
+    """A `poll.VersionSource` of our own: the current version of each path, or a failure."""
+
+    def __init__(self, versions: dict[str, int], *, down: bool = False) -> None:
+        self.versions = versions
+        self.down = down
+        self.asked: list[Location] = []
+
+    async def current_versions(self, locations: Any) -> dict[Location, int | None]:
+        wanted = list(locations)
+        self.asked.extend(wanted)
+        if self.down:
+            raise errors.SourceUnavailable("vault:eu: the server is failing")
+        return {loc: self.versions.get(loc.path) for loc in wanted}
+
+
+def test_the_poller_asks_each_source_for_its_own_paths_and_survives_one_being_down() -> None:
+    from secretsync.sources import poll
+
+    us_loc = Location("vault", "app/db", "secret")
+    eu_loc = Location("vault", "app/db", "kv", instance="eu", identity=Identity(namespace="t1"))
+    us, eu = Versions({"app/db": 1}), Versions({"app/db": 7})
+    submitted: list[tuple[str, ...]] = []
+
+    async def sources() -> Mapping[str, poll.VersionSource]:
+        return {"vault": us, "vault:eu": eu}
+
+    poller = poll.VersionPoller(
+        interval_s=60,
+        locations=lambda: frozenset({us_loc, eu_loc}),
+        sources=sources,
+        submit=submitted.append,
+    )
+    assert asyncio.run(poller.poll_once()) == ()  # the baseline
+    assert (us.asked, eu.asked) == ([us_loc], [eu_loc])  # each source only its own, as itself
+    eu.versions["app/db"] = 8
+    us.down = True  # the default Vault cannot be asked: eu's change still goes through
+    assert asyncio.run(poller.poll_once()) == ("eu:kv/app/db",)
+    assert submitted == [("eu:kv/app/db",)]
+    assert poller.seen[us_loc] == 1  # nothing of the unreachable source is forgotten
+
+
+def test_metrics_label_stale_paths_and_logins_by_source() -> None:
+    from secretsync.daemon.metrics import Metrics
+    from secretsync.engine.cycle import CycleReport
+
+    metrics = Metrics()
+    eu = Location("vault", "a", "kv", instance="eu")
+    report = CycleReport(read_failed=frozenset({eu, Location("vault", "a", "secret")}))
+    metrics.cycle(report, outcome="failed", trigger="t", seconds=0.1)
+    metrics.source_logins({"vault": 1, "vault:eu": 10})
+    text = metrics.render().decode()
+    assert 'secretsync_stale_paths{source="vault:eu"} 1.0' in text
+    assert 'secretsync_stale_paths{source="vault"} 1.0' in text
+    assert 'secretsync_source_logins{source="vault:eu"} 10.0' in text
