@@ -3,8 +3,10 @@
 Every problem — a template naming a label a cluster lacks, a ref a delivery cannot carry, a
 namespace a cluster does not allow, a forbidden type, two FleetSecrets on one target, a filled-in
 SOPS path that leaves the repo through a symlink — is a `ConfigError` pointing at the line that
-caused it; all of them are raised together, so a bad fleet changes nothing. Pure but for that
-one check: each distinct filled-in SOPS path is resolved against the repo once per plan.
+caused it; all of them are raised together, so a bad fleet changes nothing. A ref is planned by
+its source kind (`sources.kinds`), which turns it into the Location its reads are deduplicated
+by. Pure but for the kinds' path checks: each distinct filled-in SOPS path, and each distinct
+filled-in credential file of a Vault identity, is resolved against the repo once per plan.
 """
 
 from __future__ import annotations

@@ -517,3 +517,32 @@ def test_metrics_label_stale_paths_and_logins_by_source() -> None:
     assert 'secretsync_stale_paths{source="vault:eu"} 1.0' in text
     assert 'secretsync_stale_paths{source="vault"} 1.0' in text
     assert 'secretsync_source_logins{source="vault:eu"} 10.0' in text
+
+
+def test_a_filled_in_credential_file_inside_the_fleet_repo_is_refused_at_plan(
+    fleet_repo: MakeRepo,
+) -> None:
+    """The template text lies outside the repo (the loader checks it); the filled-in path
+    `<repo parent>/fleet0/role-id` is the repo itself, which `plan` refuses for that cluster."""
+    parent = fleet_repo({"secretsync.yaml": FLEET}).parent  # fleet0: the repo made next
+    role_file = f"{parent}/fleet{{{{ cluster.labels.n }}}}/role-id"
+    fleet_yaml = FLEET.replace(
+        f'roleIdFile: "/etc/secretsync/eu/{TENANT}/role-id"', f'roleIdFile: "{role_file}"'
+    )
+    root = fleet_repo(
+        {
+            "secretsync.yaml": fleet_yaml,
+            "clusters/a.yaml": cluster("eu-a", "acme", 0, "  vault: {source: eu}\n").replace(
+                "tenant: acme}", "tenant: acme, n: '1'}"
+            ),
+            "secrets/db.yaml": SECRET.replace(
+                "    banner: {vault: {source: default, path: common/banner, key: text}}\n", ""
+            ).replace("    - clusters: [us-b]\n", "    - clusters: [eu-a]\n"),
+            "certs/0.pem": keys.cert_pem(keys.rsa_key(0)),
+        }
+    )
+    assert root.name == "fleet1"
+    with pytest.raises(errors.ConfigErrors) as info:
+        plan.plan(load.load_fleet(root))
+    text = info.value.errors[0].render()
+    assert f"roleIdFile '{parent}/fleet1/role-id' lies inside the fleet repo" in text, text

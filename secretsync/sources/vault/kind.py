@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 DEFAULT: Final = "default"
 """The name a ref or a cluster may give to mean `sources.vault`."""
 
+_INSIDE: Final = "vault.inside"
+"""The plan cache entry: filled-in credential file -> whether it lies inside the repo."""
 _CREDENTIAL_FILES: Final = frozenset({"tokenFile", "roleIdFile", "secretIdFile", "jwtFile"})
 _OWN_ENVIRONMENT: Final = ("VAULT_", "BAO_")
 """The environment's Vault settings belong to the default source: a named one never takes
@@ -63,9 +65,15 @@ def identity_templates(settings: VaultSettings) -> list[tuple[str | None, str]]:
 
 
 def identity_of(
-    settings: VaultSettings, fill: Callable[[str], str], *, root: Path
+    settings: VaultSettings,
+    fill: Callable[[str], str],
+    *,
+    root: Path,
+    inside: dict[str, bool] | None = None,
 ) -> tuple[Identity | None, list[str]]:
-    """The identity a cluster reads with (None when nothing is templated), and problems."""
+    """The identity a cluster reads with (None when nothing is templated), and problems.
+    `inside` remembers, per filled-in credential file, whether it lies in the repo."""
+    known = inside if inside is not None else {}
     templated = identity_templates(settings)
     if not templated:
         return None, []
@@ -78,9 +86,11 @@ def identity_of(
             namespace = value
             continue
         if name in _CREDENTIAL_FILES and value:
+            if value not in known:
+                known[value] = os.path.isabs(value) and _inside(Path(value), root)
             if not os.path.isabs(value):
                 problems.append(f"{name} {value!r} is not an absolute path")
-            elif _inside(Path(value), root):
+            elif known[value]:
                 problems.append(f"{name} {value!r} lies inside the fleet repo")
         auth.append((name, value))
     return Identity(namespace=namespace, auth=tuple(auth)), problems
@@ -199,8 +209,14 @@ class VaultKind:
                 )
         elif settings is not None:
             where = f"sources.vaults.{instance}" if instance else "sources.vault"
+            inside = plan.cache.setdefault(_INSIDE, {})
+            if not isinstance(inside, dict):
+                raise TypeError(_INSIDE)
             identity, problems = identity_of(
-                settings, lambda text: plan.fill(text, f"source ({where})"), root=fleet.root
+                settings,
+                lambda text: plan.fill(text, f"source ({where})"),
+                root=fleet.root,
+                inside=inside,
             )
             for problem in problems:
                 plan.problem(f"cluster {cluster.name!r}: {where}.auth: {problem}", "source")
