@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from secretsync.fleet import load, plan
 from secretsync.sources import kinds, resolve
-from tests.openbao import OpenBao, start_openbao
+from tests.support.openbao import OpenBao, start_openbao
 
 
 def approle(server: OpenBao, role: str, policy: str, folder: Path) -> None:

@@ -22,11 +22,11 @@ from kubernetes.client.exceptions import ApiException
 from secretsync.core import errors, model
 from secretsync.fleet import load, plan
 from secretsync.sources import kinds, resolve
-from tests import canary, keys
 from tests.adapters.conftest_kube import NamespaceFactory
 from tests.adapters.test_vault_kube_auth import LEGACY_ISSUER, service_account_jwt
-from tests.kubecluster import KubeCluster
-from tests.openbao import CountingProxy, OpenBao
+from tests.support import canary, keys
+from tests.support.kubecluster import KubeCluster
+from tests.support.openbao import CountingProxy, OpenBao
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
 TENANTS = ("acme", "globex")

@@ -28,8 +28,8 @@ import pytest
 import yaml
 
 from secretsync.delivery import seal
-from tests import canary, keys
-from tests.openbao import CountingProxy, OpenBao, Seen, start_openbao
+from tests.support import canary, keys
+from tests.support.openbao import CountingProxy, OpenBao, Seen, start_openbao
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
 TENANTS = ("acme", "globex")

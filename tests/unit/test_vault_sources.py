@@ -28,7 +28,7 @@ from secretsync.engine.cycle import Engine
 from secretsync.fleet import load, plan
 from secretsync.sinks.git import GitSink
 from secretsync.sources import kinds, resolve
-from tests import canary, keys
+from tests.support import canary, keys
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
 TENANT = "{{ cluster.labels.tenant }}"
