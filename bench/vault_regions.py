@@ -13,15 +13,14 @@ clusters are spread over the tenants; every cluster uses every key of its tenant
   templated by the cluster's `tenant` label.
 
 Both go through load → plan → resolve with the sources the registry builds. Reads, logins
-and requests are the sources' own counters; client CPU is this process's. One JSON document
-is printed on the last line.
+and requests are the sources' own counters; client CPU is this process's. The results document
+is printed after the table (`--json FILE` writes it there too).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import tempfile
 import time
@@ -163,6 +162,7 @@ async def main() -> None:
     parser.add_argument("--clusters", type=int, default=200)
     parser.add_argument("--paths", type=int, default=200)
     parser.add_argument("--keys", type=int, default=2)
+    parser.add_argument("--json", type=Path, help="also write the results document there")
     args = parser.parse_args()
     tenants = [f"t{i}" for i in range(args.tenants)]
     half = len(tenants) // 2
@@ -220,15 +220,9 @@ async def main() -> None:
             f"| {name} | {row['uses']:,} | {row['reads']:,} | {row['logins']} | "
             f"{row['requests']:,} | {row['wall_s']} s | {row['client_cpu_us_per_read']} µs |"
         )
-    print(
-        json.dumps(
-            {
-                "machine": harness.machine(load=harness.load_average()),
-                "args": vars(args),
-                "rows": rows,
-            }
-        )
-    )
+    args_doc = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    doc = {"machine": harness.machine(load=harness.load_average()), "args": args_doc, "rows": rows}
+    harness.emit(doc, args.json)
 
 
 if __name__ == "__main__":
