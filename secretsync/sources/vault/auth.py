@@ -1,7 +1,8 @@
 """Vault authentication: login material (a captured value or a file re-read at each login)
 and `Login`, the token of one identity: a token (environment or `tokenFile`), AppRole or
 Kubernetes, with one login shared by all concurrent callers per token lifetime, renewal
-before expiry, and one re-login when the server answers 403 (at most one per back-off window).
+before expiry, and after a 403 a look at the token (`lookup-self`): a login again only when the
+server no longer knows it (at most one such check per back-off window).
 
 Neither a token, a secret_id nor a JWT ever reaches a log record or an error message.
 """
@@ -169,8 +170,11 @@ class Login:
     async def _relogin_after_denied(self, denied: Token, budget: Budget) -> Token | None:
         """A token to retry a 403'd call with, or None when the 403 is final.
 
-        At most one 403-driven re-login per `login_backoff_s`: a revoked token is replaced
-        once, while a policy that denies some paths never turns into a login per path.
+        At most one 403-driven check per `login_backoff_s`: the denied token is looked up
+        first (`lookup-self`, which Vault's `default` policy allows), and only a token the
+        server no longer knows is replaced by a login. A policy that denies some paths thus
+        costs no login at all (an identity keeps one login per token lifetime), and a revoked
+        token is replaced once.
         """
         async with self._auth_lock:
             current = self._token
@@ -180,6 +184,11 @@ class Login:
             if now < self._relogin_at + self._retry.login_backoff_s:
                 return None
             self._relogin_at = now
+            status, _ = await self._transport.call(
+                "GET", "auth/token/lookup-self", headers=denied.headers, budget=budget
+            )
+            if status == 200:
+                return None  # the token is good: the policy denies this path
             fresh = await self._login(budget)
             self._token = fresh
             return None if fresh.value == denied.value else fresh
