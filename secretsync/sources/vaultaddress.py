@@ -34,10 +34,17 @@ class Chosen:
     origin: str  # OVERRIDE, FLEET, "VAULT_ADDR" or "BAO_ADDR": named in errors and logs
 
 
-def choose(*, override: str | None, fleet: str | None, env: Mapping[str, str]) -> Chosen | None:
-    """The first address set, in the order above; None when none is."""
+def choose(
+    *,
+    override: str | None,
+    fleet: str | None,
+    env: Mapping[str, str],
+    override_origin: str = OVERRIDE,
+) -> Chosen | None:
+    """The first address set, in the order above; None when none is. `override_origin` names
+    the operator's setting (a named source's is `$SECRETSYNC_VAULT_ADDRESS_<NAME>`)."""
     for text, origin in (
-        (override, OVERRIDE),
+        (override, override_origin),
         (fleet, FLEET),
         (env.get("VAULT_ADDR"), "VAULT_ADDR"),
         (env.get("BAO_ADDR"), "BAO_ADDR"),

@@ -28,6 +28,7 @@ from secretsync.engine.cycle import Engine
 from secretsync.fleet import load, plan
 from secretsync.sinks.git import GitSink
 from secretsync.sources import kinds, resolve
+from secretsync.sources.vault import kind as vault_kind
 from tests.support import canary, keys
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
@@ -546,3 +547,45 @@ def test_a_filled_in_credential_file_inside_the_fleet_repo_is_refused_at_plan(
         plan.plan(load.load_fleet(root))
     text = info.value.errors[0].render()
     assert f"roleIdFile '{parent}/fleet1/role-id' lies inside the fleet repo" in text, text
+
+
+async def test_operator_pins_bind_named_sources_too(fleet_repo: MakeRepo) -> None:
+    """SECURITY.md M1 for several Vaults: once the operator pins an address, a named source
+    without its own pin is refused (the Fleet's address would get a tenant's credentials);
+    `$SECRETSYNC_VAULT_ADDRESS_<NAME>` pins it and the Fleet's address gets nothing."""
+    fleet = load.load_fleet(repo(fleet_repo))
+    pinned = "https://vault-eu.internal.example:8200"
+    operator = "https://vault.internal.example"
+
+    async def addresses(options: kinds.BuildOptions) -> dict[str, str]:
+        sources = kinds.build_sources(fleet, options)
+        for source in sources.values():
+            await source.aclose()
+        return {
+            name: getattr(source, "address", "")
+            for name, source in sources.items()
+            if name.startswith("vault")
+        }
+
+    # no pin anywhere: the Fleet's addresses
+    assert await addresses(kinds.BuildOptions(env={})) == {
+        "vault": "https://us.vault.example:8200",
+        "vault:eu": "https://eu.vault.example:8200",
+    }
+    # the default source pinned, eu not: refused, naming the field and the variable to set
+    with pytest.raises(errors.ConfigError) as refused:
+        await addresses(kinds.BuildOptions(env={}, vault_address=operator))
+    assert refused.value.field == "sources.vaults.eu.address"
+    assert "$SECRETSYNC_VAULT_ADDRESS_EU" in str(refused.value)
+    # eu pinned (alone or beside the default's pin): the pin wins over the Fleet's address
+    env = {"SECRETSYNC_VAULT_ADDRESS_EU": pinned}
+    assert (await addresses(kinds.BuildOptions(env=env)))["vault:eu"] == pinned
+    assert await addresses(kinds.BuildOptions(env=env, vault_address=operator)) == {
+        "vault": operator,
+        "vault:eu": pinned,
+    }
+    # a pin is checked like any address: plain http to a remote host is refused, naming it
+    with pytest.raises(errors.ConfigError) as plain:
+        await addresses(kinds.BuildOptions(env={"SECRETSYNC_VAULT_ADDRESS_EU": "http://10.0.0.9"}))
+    assert plain.value.field == "$SECRETSYNC_VAULT_ADDRESS_EU"
+    assert vault_kind.pin_variable("eu-west.1") == "SECRETSYNC_VAULT_ADDRESS_EU_WEST_1"

@@ -48,6 +48,7 @@ def build_vault_source(
     retry: RetryPolicy | None = None,
     clock: Callable[[], float] = time.monotonic,
     where: str = "sources.vault",
+    address_origin: str = vaultaddress.OVERRIDE,
 ) -> VaultSource:
     """A VaultSource from the Fleet's `sources.vault`, with the vault CLI's environment defaults.
 
@@ -59,9 +60,12 @@ def build_vault_source(
     their BAO_ twins); certificates are always verified (VAULT_SKIP_VERIFY is ignored, with a
     warning). Credential files in the settings are absolute or relative to `root`; paths from
     the environment are taken as given, as the vault CLI does. `where` names the settings in
-    errors (`sources.vaults.<name>` for a named source). Raises `errors.ConfigError`.
+    errors (`sources.vaults.<name>` for a named source), `address_origin` the operator's setting
+    that gave `address`. Raises `errors.ConfigError`.
     """
-    chosen = vaultaddress.choose(override=address, fleet=settings.address, env=env)
+    chosen = vaultaddress.choose(
+        override=address, fleet=settings.address, env=env, override_origin=address_origin
+    )
     if chosen is None:
         raise errors.ConfigError(
             f"no Vault address: set it here, or VAULT_ADDR / BAO_ADDR ({vaultaddress.OVERRIDE} "
@@ -73,7 +77,7 @@ def build_vault_source(
         chosen.url, insecure=insecure
     ):
         raise errors.ConfigError(problem, field=chosen.origin)
-    if chosen.origin == vaultaddress.OVERRIDE and settings.address:
+    if chosen.origin == address_origin and settings.address:
         log.info("vault: %s from %s; the Fleet's address is not used", chosen.url, chosen.origin)
     if vaultaddress.is_plain_http_remote(chosen.url):
         log.warning(

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from secretsync.core import templating
+from secretsync.core import errors, templating
 from secretsync.core.model import (
     Cluster,
     Delivery,
@@ -27,7 +27,7 @@ from secretsync.core.model import (
     VaultSettings,
     VaultSpec,
 )
-from secretsync.sources import kinds
+from secretsync.sources import kinds, vaultaddress
 
 if TYPE_CHECKING:
     from secretsync.fleet.load.yamlmarks import Map
@@ -39,6 +39,10 @@ DEFAULT: Final = "default"
 _INSIDE: Final = "vault.inside"
 """The plan cache entry: filled-in credential file -> whether it lies inside the repo."""
 _CREDENTIAL_FILES: Final = frozenset({"tokenFile", "roleIdFile", "secretIdFile", "jwtFile"})
+PIN_PREFIX: Final = "SECRETSYNC_VAULT_ADDRESS_"
+"""`$SECRETSYNC_VAULT_ADDRESS_<NAME>`: the operator's address of the named source <name> (upper
+case, other characters than letters and digits as `_`), which wins over the Fleet's, as
+`--vault-address` does for the default source."""
 _OWN_ENVIRONMENT: Final = ("VAULT_", "BAO_")
 """The environment's Vault settings belong to the default source: a named one never takes
 its address, token, namespace or TLS files from there."""
@@ -231,9 +235,29 @@ class VaultKind:
                 fleet.vault, env=options.env, root=fleet.root, address=options.vault_address
             )
         named_env = _named_environment(options.env)
+        # Once the operator pins one address, the Fleet decides none: a fleet repo writer could
+        # otherwise add a named source at an address of theirs and have secretsync log in there
+        # with a tenant's credential files (SECURITY.md, M1).
+        pinning = options.vault_address is not None or any(
+            key.startswith(PIN_PREFIX) for key in options.env
+        )
         for name, settings in fleet.vaults.items():
+            where = f"sources.vaults.{name}"
+            variable = pin_variable(name)
+            pin = options.env.get(variable, "").strip() or None
+            if pin is None and pinning:
+                raise errors.ConfigError(
+                    f"the operator pins the Vault addresses ({vaultaddress.OVERRIDE}, "
+                    f"${PIN_PREFIX}<NAME>) and this source has none: set ${variable}",
+                    field=f"{where}.address",
+                )
             out[f"vault:{name}"] = build_vault_source(
-                settings, env=named_env, root=fleet.root, where=f"sources.vaults.{name}"
+                settings,
+                env=named_env,
+                root=fleet.root,
+                address=pin,
+                where=where,
+                address_origin=f"${variable}",
             )
         return out
 
@@ -243,6 +267,11 @@ class VaultKind:
             f"{prefix}{location.mount}/{location.path}",
             f"{prefix}{location.mount}/data/{location.path}",
         )
+
+
+def pin_variable(name: str) -> str:
+    """The environment variable that pins the address of the named source `name`."""
+    return PIN_PREFIX + "".join(c if c.isascii() and c.isalnum() else "_" for c in name).upper()
 
 
 def _named_environment(env: Mapping[str, str]) -> dict[str, str]:
