@@ -575,7 +575,10 @@ async def test_operator_pins_bind_named_sources_too(fleet_repo: MakeRepo) -> Non
     # the default source pinned, eu not: refused, naming the field and the variable to set
     with pytest.raises(errors.ConfigError) as refused:
         await addresses(kinds.BuildOptions(env={}, vault_address=operator))
-    assert refused.value.field == "sources.vaults.eu.address"
+    assert (refused.value.file, refused.value.field) == (
+        "secretsync.yaml",
+        "spec.sources.vaults.eu.address",
+    )
     assert "$SECRETSYNC_VAULT_ADDRESS_EU" in str(refused.value)
     # eu pinned (alone or beside the default's pin): the pin wins over the Fleet's address
     env = {"SECRETSYNC_VAULT_ADDRESS_EU": pinned}

@@ -249,7 +249,8 @@ class VaultKind:
                 raise errors.ConfigError(
                     f"the operator pins the Vault addresses ({vaultaddress.OVERRIDE}, "
                     f"${PIN_PREFIX}<NAME>) and this source has none: set ${variable}",
-                    field=f"{where}.address",
+                    file=fleet.origin.file,
+                    field=f"spec.{where}.address",
                 )
             out[f"vault:{name}"] = build_vault_source(
                 settings,
