@@ -42,7 +42,7 @@ from secretsync.app import runtime
 from secretsync.delivery import seal
 from secretsync.engine.cycle import Engine
 from secretsync.fleet import load
-from secretsync.sinks.git import GitSink
+from secretsync.sinks.git.sink import GitSink
 from secretsync.sources.sops import SopsSource
 
 ENVS = ("dev", "staging", "prod")

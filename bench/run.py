@@ -238,11 +238,11 @@ def cycle_main(spec_file: str, out_file: str) -> None:
     sinks: list[Any] = []
     if spec["delivery"] == "direct":
         from secretsync.kube.clusters import ClientFactory
-        from secretsync.sinks.kube import KubeSink
+        from secretsync.sinks.kube.sink import KubeSink
 
         sinks.append(KubeSink(clients=ClientFactory(root=root), hmac_key=key))
     else:
-        from secretsync.sinks.git import GitSink
+        from secretsync.sinks.git.sink import GitSink
 
         sinks.append(GitSink(out_dir=root / fleet.output_dir, repo=root))
     knobs = (

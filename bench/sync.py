@@ -29,7 +29,7 @@ from secretsync.app import runtime
 from secretsync.engine.cycle import Engine
 from secretsync.fleet import load
 from secretsync.kube.clusters import ClientFactory
-from secretsync.sinks.kube import KubeSink
+from secretsync.sinks.kube.sink import KubeSink
 from tests.support.kubecluster import KubeCluster, running_clusters
 
 KEY = b"bench-sync-hmac-key"

@@ -35,7 +35,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from secretsync.core.model import Location
-from secretsync.engine.cycle import CycleReport
+from secretsync.engine.report import CycleReport
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 

@@ -21,212 +21,39 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import random
 import signal
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING
 
-from secretsync.app import logs, runtime
-from secretsync.core import errors
-from secretsync.core.model import Cluster, DesiredSecret, Fleet, Location
+from secretsync.app import runtime
+from secretsync.core import errors, logs
+from secretsync.core.model import DesiredSecret, Fleet, Location
 from secretsync.daemon import apiauth, edge, fleetview, peers, web, webhook
 from secretsync.daemon.metrics import Metrics
+from secretsync.daemon.settings import DaemonSettings
 from secretsync.daemon.status import StatusBoard
-from secretsync.delivery import certs
-from secretsync.engine.cycle import CycleReport, Engine, path_names
+from secretsync.daemon.wiring import EngineWiring, SourceFactory, Wiring
+from secretsync.engine.cycle import Engine
+from secretsync.engine.report import CycleReport
 from secretsync.fleet import gitsource, load, plan
-from secretsync.kube import events, kubeplugins
-from secretsync.sinks.deliver import Sink
-from secretsync.sinks.git import GitSink
-from secretsync.sinks.writeback import PushSettings, WriteBack
-from secretsync.sources import poll, resolve, sopskeys
+from secretsync.fleet.certificates import FleetCertificates
+from secretsync.kube import events
+from secretsync.ops import certs
+from secretsync.sources import kinds, poll, resolve, sopskeys
+from secretsync.writeback.push import PushOutcome, WriteBack
 
 if TYPE_CHECKING:  # the election needs the kubernetes client: imported only when it is on
-    from secretsync.daemon.sharding import Coordinator, ElectionSettings
-    from secretsync.kube.clusters import Endpoint
+    from secretsync.daemon.sharding import Coordinator
 
 log = logging.getLogger(__name__)
 
 MIN_RETRY_S = 10.0  # how soon to retry when no fleet has ever loaded
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DaemonSettings:
-    """Process settings of `serve`, built by the command line. Holds keys: never log it."""
-
-    fleet_path: Path
-    hmac_key: bytes = field(repr=False)
-    env: Mapping[str, str] = field(repr=False, default_factory=dict)
-    host: str = "127.0.0.1"
-    port: int = 8080
-    interval_s: float = 300.0
-    jitter: float = 0.1
-    git: bool = True
-    kube: bool = True
-    webhook_key: bytes | None = field(repr=False, default=None)
-    max_body: int = webhook.MAX_BODY_BYTES
-    header_timeout_s: float = edge.HEADER_TIMEOUT_S  # request line + headers (and a webhook body)
-    idle_timeout_s: float = edge.IDLE_TIMEOUT_S  # silence allowed between requests
-    cluster_timeout_s: float = 60.0
-    home_kubeconfig: str | None = None
-    plugins: kubeplugins.PluginPolicy = field(repr=False, default=kubeplugins.NO_PLUGINS)
-    grace_s: float = 25.0
-    election: ElectionSettings | None = None  # None: one replica, no Lease (see `sharding`)
-    poll_interval_s: float | None = None  # KV v2 metadata poll (see `poll`); None: off
-    git_url: str | None = None  # pull the fleet repo into `fleet_path` (see `gitsource`)
-    git_branch: str = "main"
-    git_credentials_file: Path | None = None
-    git_timeout_s: float = gitsource.DEFAULT_TIMEOUT_S
-    push: PushSettings | None = None  # commit and push the output (`writeback`)
-    events: bool = False  # Kubernetes Events on the home cluster (`events`)
-    api_token_file: Path | None = None  # bearer tokens for the status API (`apiauth`)
-    api_auth_kubernetes: bool = False  # TokenReview + SubjectAccessReview on the home cluster
-    peers: tuple[str, ...] = ()  # other replicas' base URLs: verified webhooks go on (`peers`)
-
-
-class Runner(Protocol):
-    """The part of `Engine` the daemon drives (tests give their own)."""
-
-    async def run_cycle(
-        self,
-        fleet: Fleet,
-        *,
-        clusters: Collection[str] = (),
-        only_paths: Collection[str] | None = None,
-    ) -> CycleReport: ...
-
-
-class Wiring(Protocol):
-    """Builds (and closes) the engine for a fleet: sources and sinks depend on its config."""
-
-    async def engine_for(self, fleet: Fleet) -> Runner: ...
-
-    def delivers(self, cluster: Cluster) -> bool:
-        """Whether a sink of the engine last built delivers anything to `cluster` (whichever
-        replica leads it)."""
-        ...
-
-    async def aclose(self) -> None: ...
-
-
-type SourceFactory = Callable[[Fleet, Mapping[str, str]], Mapping[str, resolve.Source]]
-type ReadReport = Callable[[str, errors.ResolveError | None], None]
-
-
-class CountingSource:
-    """A source wrapper that reports each read's outcome (metrics, readiness)."""
-
-    kind: ClassVar[str] = "counted"
-
-    def __init__(self, inner: resolve.Source, *, name: str, report: ReadReport) -> None:
-        self.inner = inner
-        self.name = name
-        self._report = report
-
-    async def fetch(self, location: Location) -> resolve.Fetched:
-        try:
-            fetched = await self.inner.fetch(location)
-        except errors.ResolveError as exc:
-            self._report(self.name, exc)
-            raise
-        self._report(self.name, None)
-        return fetched
-
-    async def current_versions(
-        self, locations: Iterable[Location]
-    ) -> Mapping[Location, int | None]:
-        if not isinstance(self.inner, poll.VersionSource):
-            return {}
-        return await self.inner.current_versions(locations)
-
-    def counts(self) -> Mapping[str, int]:
-        return self.inner.counts() if isinstance(self.inner, resolve.Counted) else {}
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-
-class EngineWiring:
-    """The real engine: sources from the fleet's config, Git and/or Kubernetes sinks. Rebuilt
-    only when the fleet's source or output settings change (a Vault token survives reloads)."""
-
-    def __init__(
-        self,
-        *,
-        settings: DaemonSettings,
-        make_sources: SourceFactory,
-        report: ReadReport,
-        gate: Coordinator | None = None,
-    ) -> None:
-        self._settings = settings
-        self._gate = gate  # with election on, sinks write only what this replica leads
-        self._make_sources = make_sources
-        self._report = report
-        self._key: tuple[Any, ...] | None = None
-        self._engine: Engine | None = None
-        self._sinks: list[Sink] = []  # as built, before the leadership gate
-        self._closers: list[Callable[[], Awaitable[None]]] = []
-
-    async def engine_for(self, fleet: Fleet) -> Engine:
-        key = (fleet.output_dir, fleet.sources_key)
-        if self._engine is not None and key == self._key:
-            return self._engine
-        await self.aclose()
-        s = self._settings
-        sources = {
-            name: CountingSource(src, name=name, report=self._report)
-            for name, src in self._make_sources(fleet, s.env).items()
-        }
-        sinks: list[Any] = []
-        if s.git:
-            sinks.append(GitSink(out_dir=fleet.root / fleet.output_dir, repo=fleet.root))
-        if s.kube:
-            # the kubernetes client is heavy: imported only when the Kubernetes sink is on
-            from secretsync.kube import clusters  # noqa: PLC0415
-            from secretsync.sinks.kube import KubeSink  # noqa: PLC0415
-
-            plugins = dataclasses.replace(s.plugins, repo=fleet.root)
-            home = (
-                clusters.endpoint_from_file(Path(s.home_kubeconfig), plugins=plugins)
-                if s.home_kubeconfig
-                else None
-            )
-            kube = KubeSink(
-                clients=clusters.ClientFactory(root=fleet.root, home=home, plugins=plugins),
-                hmac_key=s.hmac_key,
-            )
-            sinks.append(kube)
-            self._closers.append(kube.aclose)
-        self._sinks = list(sinks)
-        if self._gate is not None:
-            sinks = [self._gate.gate(sink) for sink in sinks]
-        self._engine = Engine(
-            sources=sources,
-            sinks=sinks,
-            hmac_key=s.hmac_key,
-            clock=lambda: datetime.now(UTC),
-            cluster_timeout_s=s.cluster_timeout_s,
-        )
-        self._key = key
-        return self._engine
-
-    def delivers(self, cluster: Cluster) -> bool:
-        return any(sink.accepts(cluster) for sink in self._sinks)
-
-    async def aclose(self) -> None:
-        engine, self._engine = self._engine, None
-        if engine is not None:
-            for source in engine.sources.values():
-                await source.aclose()
-        for close in self._closers:
-            await close()
-        self._closers.clear()
 
 
 class Daemon:
@@ -252,10 +79,11 @@ class Daemon:
         self.events.counted_by(self.metrics.event)
         self.verifier = webhook.Verifier(key=settings.webhook_key) if settings.webhook_key else None
         self.fleet: Fleet | None = None
+        # the plan and the sealing certificates of `fleet`, made and read once when it loaded
+        self._planned: list[DesiredSecret] = []
+        self._certificates: FleetCertificates | None = None
         self.source_errors: dict[str, str | None] = {}
         if wiring is None:
-            if make_sources is None:
-                raise ValueError("give wiring or make_sources")
             wiring = EngineWiring(
                 settings=settings, make_sources=make_sources, report=self._read, gate=coordinator
             )
@@ -297,8 +125,7 @@ class Daemon:
                 checkout=self.checkout,
                 settings=settings.push,
                 may_write=coordinator.writes_git if coordinator is not None else lambda: True,
-                board=self.board,
-                metrics=self.metrics,
+                record=_PushRecord(board=self.board, metrics=self.metrics),
                 clock=clock,
             )
             if settings.push is not None and self.checkout is not None
@@ -485,21 +312,34 @@ class Daemon:
             raise errors.ConfigError("no fleet repo has loaded yet")
         engine = await self._wiring.engine_for(fleet)
         self.board.undelivered(self._undelivered(fleet))
-        expiry = certs.expiry(fleet)
+        loaded = self._certificates if self._certificates is not None else FleetCertificates(fleet)
+        expiry = loaded.expiry()
         self.metrics.set_certificate_expiry(expiry)
         self.board.certificates_read(expiry, now=self._clock(), warn_days=certs.WARNING_DAYS)
         self.events.certificates(expiry, now=self._clock(), warn_days=certs.WARNING_DAYS)
         if self.writeback is not None:
             fleet = await self.writeback.renew_certificates(fleet)
             await self.writeback.prepare(fleet.root / fleet.output_dir)
+        # planned once, when the fleet loaded (a fleet reloaded for renewed certificates is
+        # planned by the engine)
+        same = fleet is self.fleet
+        planned, certificates = (self._planned, loaded) if same else (None, None)
         if self.coordinator is None:
-            report = await engine.run_cycle(fleet, only_paths=only_paths)
+            report = await engine.run_cycle(
+                fleet, only_paths=only_paths, planned=planned, certificates=certificates
+            )
         else:
             scope = self.coordinator.scope(fleet.clusters)
             if scope is None:
                 log.debug("cycle (%s) skipped: this replica holds no Lease", trigger)
                 return None
-            report = await engine.run_cycle(fleet, clusters=scope.clusters, only_paths=only_paths)
+            report = await engine.run_cycle(
+                fleet,
+                clusters=scope.clusters,
+                only_paths=only_paths,
+                planned=planned,
+                certificates=certificates,
+            )
         if isinstance(engine, Engine):
             self.metrics.source_logins(
                 {
@@ -532,7 +372,8 @@ class Daemon:
             return self.fleet
         if commit is not None and self.checkout is not None:
             await self.checkout.accept(commit)
-        self.fleet = fleet
+        self.fleet, self._planned = fleet, desired
+        self._certificates = FleetCertificates(fleet)
         self._paths_in_use = _webhook_names(desired)
         # the redaction filter forgets the values of refs that left the fleet
         logs.retain({ref for d in desired for ref in d.refs()})
@@ -631,7 +472,31 @@ class Daemon:
             log.info("stopped")
 
 
-def _load_and_plan(loader: Callable[[Path], Fleet], path: Path) -> tuple[Fleet, list[Any]]:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _PushRecord:
+    """The daemon's record of each write-back: the push metrics and the status board."""
+
+    board: StatusBoard
+    metrics: Metrics
+
+    def rejected(self) -> None:
+        self.metrics.git_push.labels(result="rejected").inc()
+
+    def finished(
+        self,
+        outcome: PushOutcome,
+        *,
+        carried: Sequence[tuple[str, str | None]],
+        seconds: float | None,
+    ) -> None:
+        if seconds is not None:
+            self.metrics.pushed(ok=outcome.result == "ok", seconds=seconds)
+        self.board.pushed(outcome.document(), carried=carried, pushed=outcome.result == "ok")
+
+
+def _load_and_plan(
+    loader: Callable[[Path], Fleet], path: Path
+) -> tuple[Fleet, list[DesiredSecret]]:
     """Load and plan; a SOPS file whose key groups the Fleet refuses refuses the fleet too."""
     fleet = loader(path)
     desired = plan.plan(fleet)
@@ -647,7 +512,7 @@ def _webhook_names(desired: Iterable[DesiredSecret]) -> dict[str, tuple[str, ...
     names: dict[str, tuple[str, ...]] = {}
     for d in desired:
         for ref in d.refs():
-            forms = path_names(ref.location)
+            forms = kinds.path_names(ref.location)
             for name in forms:
                 held = names.get(name, ())
                 if forms[0] not in held:
@@ -663,30 +528,6 @@ def _reason(exc: Exception) -> str:
     return f"internal error ({type(exc).__name__})"
 
 
-def run(settings: DaemonSettings, *, make_sources: SourceFactory) -> int:
-    """Run the daemon until it is told to stop; the exit code."""
-    log.info(
-        "serving fleet %s: interval %.0f s, sinks %s, webhook %s, body cap %d bytes",
-        settings.fleet_path,
-        settings.interval_s,
-        "+".join(n for n, on in (("git", settings.git), ("kube", settings.kube)) if on),
-        "configured" if settings.webhook_key else "off (no SECRETSYNC_WEBHOOK_SECRET)",
-        settings.max_body,
-    )
-    if settings.peers:
-        log.info(
-            "webhooks forwarded to %d peer(s): %s", len(settings.peers), " ".join(settings.peers)
-        )
-    daemon = Daemon(
-        settings=settings,
-        make_sources=make_sources,
-        coordinator=_coordinator(settings),
-        recorder=_recorder(settings),
-    )
-    asyncio.run(daemon.serve())
-    return 0
-
-
 def _guard(settings: DaemonSettings) -> apiauth.Guard | None:
     """The status API's token checks; None when it is open. With peers, their status requests
     carry a peer token (`peers`), checked first."""
@@ -699,51 +540,3 @@ def _guard(settings: DaemonSettings) -> apiauth.Guard | None:
     if checks and settings.peers and settings.webhook_key:
         checks.insert(0, peers.PeerTokens(settings.webhook_key))
     return apiauth.Guard(checks) if checks else None
-
-
-def _coordinator(settings: DaemonSettings) -> Coordinator | None:
-    """The Leases of this replica, on the home cluster; None with election off."""
-    if settings.election is None:
-        return None
-    from secretsync.daemon import sharding  # noqa: PLC0415 - kubernetes only when needed
-
-    api = _home_endpoint(settings)
-    e = settings.election
-    log.info(
-        "leader election on: identity %s, namespace %s, shard %d of %d",
-        e.identity,
-        e.namespace,
-        e.shard_index,
-        e.shards,
-    )
-    return sharding.Coordinator(api=api, settings=e)
-
-
-def _home_endpoint(settings: DaemonSettings) -> Endpoint:
-    """The home cluster's API: `--home-kubeconfig`, else this pod's service account."""
-    from secretsync.kube import clusters  # noqa: PLC0415 - kubernetes only when needed
-
-    home = settings.home_kubeconfig
-    return (
-        clusters.endpoint_from_file(Path(home), plugins=settings.plugins)
-        if home
-        else clusters.in_cluster_endpoint()
-    )
-
-
-def _recorder(settings: DaemonSettings) -> events.Events | None:
-    """Events on the home cluster, about this pod (else this replica's shard Lease)."""
-    if not settings.events:
-        return None
-    from secretsync.kube import leases  # noqa: PLC0415 - kubernetes only when needed
-
-    e = settings.election
-    namespace = e.namespace if e is not None else leases.home_namespace()
-    involved = events.involved_object(
-        settings.env, namespace=namespace, shard_index=e.shard_index if e is not None else 0
-    )
-    log.info("Events on: about %s %s/%s", involved.kind, involved.namespace, involved.name)
-    host = settings.env.get("NODE_NAME", "")
-    return events.EventRecorder(
-        api=_home_endpoint(settings), correlator=events.Correlator(involved=involved, host=host)
-    )

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from secretsync.core import errors
 from secretsync.core.model import Cluster, ObjectKey, Observed
-from secretsync.delivery.materialize import Rendered
+from secretsync.delivery.rendered import Rendered
 from secretsync.kube.leases import LeaseElector, LeaseTiming, list_leases
 from secretsync.sinks.deliver import ApplyResult, ChangeSet, Sink
 
@@ -192,7 +192,7 @@ class Coordinator:
     def gate(self, sink: Sink) -> Sink:
         """`sink` restricted to what this replica may write: Git on the Git leader, a cluster's
         API on its shard's leader."""
-        if sink.name == "git":
+        if sink.shared:
             return GatedSink(sink, allowed=lambda _name: self.writes_git())
         return GatedSink(sink, allowed=self.owns)
 
@@ -268,6 +268,13 @@ class GatedSink:
     @property
     def stages(self) -> bool:
         return self.inner.stages
+
+    @property
+    def shared(self) -> bool:
+        return self.inner.shared
+
+    def progress(self, cluster: Cluster, mark: Callable[[], None] | None) -> None:
+        self.inner.progress(cluster, mark)
 
     def stage(self, cluster: Cluster, item: Rendered) -> None:
         if self._allowed(cluster.name):  # else `apply` refuses: nothing to write ahead

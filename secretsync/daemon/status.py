@@ -26,7 +26,7 @@ from datetime import datetime
 from typing import Any
 
 from secretsync.core.model import DesiredSecret, Fleet
-from secretsync.engine.cycle import CycleReport, ItemResult
+from secretsync.engine.report import CycleReport, ItemResult
 
 
 class State(enum.StrEnum):

@@ -48,10 +48,12 @@ __all__ = [
     "SEALED_KIND",
     "SESSION_KEY_BYTES",
     "Certificate",
+    "check_valid_at",
     "label_for",
     "load_certificate",
     "load_private_keys",
     "public_key_fingerprint",
+    "read_certificate",
     "scope_annotations",
     "scope_from_annotations",
     "seal_value",
@@ -180,6 +182,14 @@ def load_certificate(
     """
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError("now must be a timezone-aware datetime")
+    certificate = read_certificate(pem, source=source, sha256=sha256)
+    check_valid_at(certificate, now, source=source)
+    return certificate
+
+
+def read_certificate(pem: bytes, *, source: str, sha256: str | None = None) -> Certificate:
+    """`load_certificate` without the validity period: what stays true of the bytes whatever
+    the time (a loaded fleet reads each certificate once, and checks it at each use)."""
     cert = _first_certificate(pem, source)
     digest = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
     check_pin(digest, sha256, source=source)
@@ -194,20 +204,22 @@ def load_certificate(
             f"{source}: RSA key of {public_key.key_size} bits is too small "
             f"(at least {MIN_KEY_BITS} required)"
         )
-    not_before = cert.not_valid_before_utc
-    not_after = cert.not_valid_after_utc
-    if now > not_after:
-        raise SealError(f"{source}: certificate expired on {_utc(not_after)}")
-    if now < not_before:
-        raise SealError(f"{source}: certificate not valid before {_utc(not_before)}")
     return Certificate(
         public_key=public_key,
         fingerprint=public_key_fingerprint(public_key),
-        not_before=not_before,
-        not_after=not_after,
+        not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc,
         key_bits=public_key.key_size,
         sha256=digest,
     )
+
+
+def check_valid_at(certificate: Certificate, now: datetime, *, source: str) -> None:
+    """Raise `SealError` when `now` lies outside the certificate's validity period."""
+    if now > certificate.not_after:
+        raise SealError(f"{source}: certificate expired on {_utc(certificate.not_after)}")
+    if now < certificate.not_before:
+        raise SealError(f"{source}: certificate not valid before {_utc(certificate.not_before)}")
 
 
 # --- scopes ----------------------------------------------------------------------------------

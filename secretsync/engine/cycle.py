@@ -10,123 +10,29 @@ keyed content hash and not rendered or written at all.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import traceback
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from types import MappingProxyType
 
 from secretsync.core import bounded, errors, selectors
-from secretsync.core.model import (
-    Cluster,
-    DeleteLimit,
-    Delivery,
-    DesiredSecret,
-    Fleet,
-    Location,
-    ObjectKey,
-    Observed,
-    Selector,
-    ValueRef,
-)
-from secretsync.core.values import SecretValue
+from secretsync.core.model import Cluster, DeleteLimit, Delivery, DesiredSecret, Fleet, Selector
 from secretsync.delivery import materialize, seal
-from secretsync.delivery.materialize import Manifest, RenderContext, Rendered
+from secretsync.delivery.rendered import RenderCache, RenderContext, check_size, values_for
+from secretsync.delivery.sealed import sealed_hashes
 from secretsync.delivery.sealpool import SealPool, default_workers
-from secretsync.fleet import load, plan
-from secretsync.sinks.deliver import (
-    PROGRESS,
-    ApplyResult,
-    Diff,
-    KeyDiff,
-    Sink,
-    diff,
-    key_diff,
-)
-from secretsync.sources import kinds, resolve, sopskeys
+from secretsync.engine.batches import _Batch, _batches, _render_sealed
+from secretsync.engine.deletes import _held, _over_limit
+from secretsync.engine.record import _record, _sealed
+from secretsync.engine.report import CycleReport, ItemResult, _item
+from secretsync.engine.versions import _narrow, _vault_versions
+from secretsync.fleet import plan
+from secretsync.fleet.certificates import FleetCertificates
+from secretsync.sinks.deliver import ApplyResult, Sink, diff
+from secretsync.sources import resolve, sopskeys
 
 log = logging.getLogger(__name__)
-
-
-NO_KEY_CHANGES = KeyDiff()
-"""Shared by the (many) results without key changes: KeyDiff is immutable."""
-NO_VERSIONS: Mapping[str, str] = MappingProxyType({})
-
-
-@dataclass(slots=True, kw_only=True)
-class ItemResult:
-    """The outcome for one object on one cluster. Never holds a value."""
-
-    cluster: str
-    namespace: str
-    name: str
-    fleet_secret: str | None
-    sink: str
-    action: str  # create | update | delete | held | unchanged | failed
-    reason: str = ""
-    keys: KeyDiff = NO_KEY_CHANGES
-    content_hash: str | None = None
-    desired: DesiredSecret | None = None
-    versions: tuple[str, ...] = ()  # `<location> (version V)` read for a create or update
-    version_changes: tuple[str, ...] = ()  # `<mount>/<path>: 3 -> 4` against what is delivered
-    source_versions: Mapping[str, str] = field(default_factory=dict)  # what the object holds
-
-    @property
-    def refs(self) -> tuple[str, ...]:
-        """The value refs this object was built from (never values)."""
-        return tuple(str(r) for r in self.desired.refs()) if self.desired else ()
-
-
-@dataclass(slots=True, kw_only=True, repr=False)
-class CycleReport:
-    """What one cycle did. Its repr is a summary: asyncio formats the finished task's result
-    when restoring signal handlers, and a full repr of 100,000 items costs a second."""
-
-    items: list[ItemResult] = field(default_factory=list)
-    reads: int = 0
-    seals: int = 0
-    writes: int = 0
-    deletes: int = 0
-    failed_clusters: dict[str, str] = field(default_factory=dict)
-    read_ok: frozenset[Location] = frozenset()
-    """Source locations read in this cycle."""
-    read_failed: frozenset[Location] = frozenset()
-    """Source locations whose read failed in this cycle: their objects keep what they hold."""
-    guarded: Mapping[ValueRef, SecretValue] = field(default_factory=dict, repr=False)
-    standins: dict[ObjectKey, Callable[[], Manifest]] = field(default_factory=dict, repr=False)
-    """Per object written: the same object rendered with stand-in values, the baseline that
-    tells a value from text the object holds anyway (`materialize.leaks`)."""
-    """The values resolved in this cycle: a commit of the output re-checks its blobs for them."""
-    pruned: bool = False
-    """Whether this cycle looked for objects to delete (a full cycle) and so `held` is whole."""
-
-    @property
-    def failures(self) -> list[ItemResult]:
-        return [i for i in self.items if i.action == "failed"]
-
-    @property
-    def held(self) -> list[ItemResult]:
-        """Deletes kept back by the Fleet's delete limit."""
-        return [i for i in self.items if i.action == "held"]
-
-    def held_by_cluster(self) -> dict[str, list[ItemResult]]:
-        """The held deletes of each cluster that has some, by cluster name (sorted)."""
-        out: dict[str, list[ItemResult]] = {}
-        for item in self.held:
-            out.setdefault(item.cluster, []).append(item)
-        return dict(sorted(out.items()))
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures and not self.failed_clusters and not self.held
-
-    def __repr__(self) -> str:
-        return (
-            f"<CycleReport {len(self.items)} items, {len(self.failures)} failed, "
-            f"{len(self.failed_clusters)} clusters failed>"
-        )
 
 
 @dataclass(kw_only=True)
@@ -150,6 +56,8 @@ class Engine:
     pool_threshold: int = 256
     """Seals one cluster needs before the first use of the workers (starting them costs a
     fraction of a second); once started, they seal for every cluster with more than `CHUNK`."""
+    _render_cache: RenderCache = field(default_factory=RenderCache, init=False, repr=False)
+    """What this engine's renders share (per Target, its hash parts), for as long as it runs."""
 
     async def run_cycle(
         self,
@@ -162,6 +70,8 @@ class Engine:
         check_refs: bool = False,
         allow_deletes: bool = False,
         check_sops_keys: bool = False,
+        planned: Sequence[DesiredSecret] | None = None,
+        certificates: FleetCertificates | None = None,
     ) -> CycleReport:
         """One reconcile. `only_paths` (Vault `<mount>/<path>` names, see `path_names`) narrows
         the cycle to the objects built from one of them, on the clusters that have such an
@@ -174,8 +84,16 @@ class Engine:
         read against the Fleet's policy and raises `errors.ConfigErrors` for any it refuses,
         before anything is read or written (the CLI's all-or-nothing); without it, the sops
         source still refuses such a file, failing only the objects that read it.
+        `planned` is `plan.plan(fleet)` when the caller has it already (the daemon plans each
+        fleet it loads): the cycle then does not plan again (1.4-2 s of a warm 100,000-object
+        pass). `certificates` are the fleet's, when the caller has loaded them (the daemon,
+        with the fleet); else this cycle reads each one once.
         """
-        desired = plan.plan(fleet, clusters=clusters, selector=selector)
+        desired = (
+            plan.plan(fleet, clusters=clusters, selector=selector)
+            if planned is None
+            else plan.narrow(fleet, planned, clusters=clusters, selector=selector)
+        )
         if check_sops_keys:
             refused = await asyncio.to_thread(
                 sopskeys.check_files, fleet, sopskeys.readers_of(desired)
@@ -208,6 +126,7 @@ class Engine:
         by_cluster: dict[str, list[DesiredSecret]] = {name: [] for name in targets}
         for d in desired:
             by_cluster[d.cluster.name].append(d)
+        loaded = certificates if certificates is not None else FleetCertificates(fleet)
         workers = default_workers() if self.seal_workers is None else self.seal_workers
         seals = SealPool(workers, threshold=self.pool_threshold)
 
@@ -219,9 +138,14 @@ class Engine:
                     # hung cluster fails after cluster_timeout_s of silence, a big one that
                     # keeps answering (while the client is busy with a hundred others) does not
                     loop = asyncio.get_running_loop()
-                    PROGRESS.set(lambda: deadline.reschedule(loop.time() + self.cluster_timeout_s))
+                    cluster = targets[name]
+                    for sink in self.sinks:
+                        sink.progress(
+                            cluster,
+                            lambda: deadline.reschedule(loop.time() + self.cluster_timeout_s),
+                        )
                     return await self._cluster(
-                        fleet,
+                        loaded,
                         targets[name],
                         by_cluster[name],
                         resolution,
@@ -234,22 +158,16 @@ class Engine:
                     )
             except Exception as exc:
                 return exc
+            finally:
+                for sink in self.sinks:
+                    sink.progress(targets[name], None)
 
         names = list(targets)
         try:
             outcomes = await bounded.each(names, one, limit=self.cluster_concurrency)
         finally:
             seals.close()
-        for name, outcome in zip(names, outcomes, strict=True):
-            if isinstance(outcome, Exception):
-                reason = _reason(outcome)
-                report.failed_clusters[name] = reason
-                log.error("cluster %s failed: %s", name, reason)
-                if not isinstance(outcome, errors.SecretSyncError | TimeoutError):
-                    # frames only: a foreign exception's message may carry data
-                    log.debug("where: %s", "".join(traceback.format_tb(outcome.__traceback__)))
-                continue
-            report.items.extend(outcome)
+        _collect(report, names, outcomes)
         if not clusters and selector is None and only_paths is None:
             await self._prune_orphans(fleet, report, dry_run=dry_run, limit=limit)
         return report
@@ -291,24 +209,9 @@ class Engine:
                     if not dry_run:
                         report.deletes += 1
 
-    def _certificate(self, fleet: Fleet, cluster: Cluster) -> seal.Certificate:
-        if cluster.cert_file is None:
-            raise errors.SealError(f"cluster {cluster.name!r} has no sealedSecrets.certFile")
-        if cluster.controller is not None and not (fleet.root / cluster.cert_file).exists():
-            ref = cluster.controller
-            raise errors.SealError(
-                f"no sealing certificate at {cluster.cert_file} yet: fetch it from "
-                f"{ref.namespace}/{ref.name} with `secretsync cluster refresh-cert "
-                f"{cluster.name}` (serve --git-push does it on its schedule)"
-            )
-        pem = load.read_fleet_file(fleet.root, cluster.cert_file)
-        return seal.load_certificate(
-            pem, source=cluster.cert_file, now=self.clock(), sha256=cluster.cert_sha256
-        )
-
     async def _cluster(
         self,
-        fleet: Fleet,
+        certificates: FleetCertificates,
         cluster: Cluster,
         desired: list[DesiredSecret],
         resolution: resolve.Resolution,
@@ -325,7 +228,7 @@ class Engine:
         cert_error: str | None = None
         if cluster.delivery is Delivery.SEALED and desired:
             try:
-                certificate = self._certificate(fleet, cluster)
+                certificate = certificates.certificate(cluster, now=self.clock())
             except (errors.SealError, errors.ConfigError) as exc:
                 cert_error = str(exc)
         try:
@@ -349,7 +252,7 @@ class Engine:
                     )
                     await self._prepare(step, batch, resolution, results)
                     for d, done in _render_sealed(step.pending, certificate, seals):
-                        self._sealed(step, d, done, results, report, dry_run=dry_run)
+                        _sealed(step, d, done, results, report, dry_run=dry_run)
                     scope = {k: observed[k] for k in step.meta if k in observed}
                     outcome = diff(step.prepared, scope, keep=step.keep)
                     if prune and number == len(batches):
@@ -361,7 +264,7 @@ class Engine:
                     applied = ApplyResult()
                     if not dry_run and outcome.changes:
                         applied = await sink.apply(cluster, outcome.changes)
-                    self._record(
+                    _record(
                         step,
                         outcome,
                         applied=applied,
@@ -387,7 +290,8 @@ class Engine:
         """Fill `step` for `batch`: the content hash of each object equal to what the sink holds,
         the rendered object of the others (sealed ones queued in `step.pending`), failures kept."""
         sink, certificate, observed = step.sink, step.certificate, step.observed
-        plain_ctx = RenderContext(hmac_key=self.hmac_key, certificate=certificate)
+        cache = self._render_cache
+        plain_ctx = RenderContext(hmac_key=self.hmac_key, certificate=certificate, cache=cache)
         for d in batch:
             key = d.key
             step.meta[key] = d
@@ -404,10 +308,12 @@ class Engine:
                 results.append(_item(d, sink.name, "failed", reason=failure))
                 continue
             external = d.delivery is Delivery.EXTERNAL
-            values = {} if external else materialize.values_for(d, resolution.values) or {}
+            values = {} if external else values_for(d, resolution.values) or {}
             versions = {} if external else _vault_versions(d, resolution)
             ctx = (
-                RenderContext(hmac_key=self.hmac_key, certificate=certificate, versions=versions)
+                RenderContext(
+                    hmac_key=self.hmac_key, certificate=certificate, versions=versions, cache=cache
+                )
                 if versions
                 else plain_ctx
             )
@@ -415,8 +321,8 @@ class Engine:
                 seen = observed.get(key)
                 hashes = None
                 if d.delivery is Delivery.SEALED:
-                    materialize.check_size(d, values)
-                    hashes = materialize.sealed_hashes(d, values, ctx=ctx)
+                    check_size(d, values)
+                    hashes = sealed_hashes(d, values, ctx=ctx)
                     digest = hashes.digest
                 elif seen is None:  # nothing to compare with: render it once
                     step.prepared[key] = materialize.render(d, values, ctx=ctx)
@@ -439,6 +345,7 @@ class Engine:
                         previous=previous,
                         versions=versions,
                         hashes=hashes,
+                        cache=cache,
                     )
                     # sealed later, many at once; the placeholder keeps the order
                     step.prepared[key] = digest
@@ -450,139 +357,11 @@ class Engine:
                 results.append(_item(d, sink.name, "failed", reason=str(exc)))
 
     @staticmethod
-    def _sealed(
-        step: _Batch,
-        d: DesiredSecret,
-        done: Rendered | errors.SecretSyncError,
-        results: list[ItemResult],
-        report: CycleReport,
-        *,
-        dry_run: bool,
-    ) -> None:
-        """Take one sealed object as it arrives; a sink that stages writes it right away, while
-        the workers seal the next ones."""
-        if isinstance(done, errors.SecretSyncError):
-            del step.prepared[d.key]
-            step.keep.add(d.key)
-            results.append(_item(d, step.sink.name, "failed", reason=str(done)))
-            return
-        step.prepared[d.key] = done
-        if dry_run:
-            return
-        report.seals += done.resealed
-        seen = step.observed.get(d.key)
-        if step.sink.stages and (seen is None or seen.owned):
-            step.sink.stage(step.cluster, done)
-
-    @staticmethod
-    def _record(
-        step: _Batch,
-        outcome: Diff,
-        *,
-        applied: ApplyResult,
-        resolution: resolve.Resolution,
-        results: list[ItemResult],
-        report: CycleReport,
-        dry_run: bool,
-    ) -> None:
-        """One result per object of the batch, and per object deleted."""
-        sink, meta, observed = step.sink, step.meta, step.observed
-        for key in outcome.conflicts:
-            results.append(
-                _item(
-                    meta[key],
-                    sink.name,
-                    "failed",
-                    reason=f"{key.namespace}/{key.name} exists and is not managed by "
-                    "secretsync (set adopt: true on the FleetSecret to take it over)",
-                )
-            )
-        for key in outcome.unchanged:
-            seen = observed.get(key)
-            # the same values as `seen` holds, in objects of this cycle: the results outlive
-            # the cycle, `observed` (parsed from files or the index) does not
-            same = step.prepared.get(key)
-            if not isinstance(same, str):
-                same = seen.content_hash if seen else None
-            results.append(
-                _item(
-                    meta[key],
-                    sink.name,
-                    "unchanged",
-                    content_hash=same,
-                    source_versions=seen.versions if seen and seen.versions else NO_VERSIONS,
-                )
-            )
-        for item in [*outcome.changes.create, *outcome.changes.update]:
-            d = meta[item.key]
-            seen = observed.get(item.key)
-            if item.standin is not None and not dry_run:
-                report.standins[item.key] = item.standin
-            if item.key in applied.failed:
-                results.append(_item(d, sink.name, "failed", reason=applied.failed[item.key]))
-                continue
-            delivered_versions = (
-                _vault_versions(d, resolution) if d.delivery is not Delivery.EXTERNAL else {}
-            )
-            results.append(
-                _item(
-                    d,
-                    sink.name,
-                    "create" if seen is None else "update",
-                    content_hash=item.content_hash,
-                    reason="repaired: changed outside secretsync"
-                    if seen is not None and seen.drifted
-                    else "",
-                    keys=key_diff(seen.key_hashes if seen else {}, item.key_hashes),
-                    versions=_versions(d, resolution),
-                    version_changes=_version_changes(
-                        seen.versions if seen else {}, delivered_versions
-                    ),
-                    source_versions=delivered_versions,
-                )
-            )
-            if not dry_run:
-                report.writes += 1
-        for gone in outcome.changes.delete:
-            results.append(
-                ItemResult(
-                    cluster=step.cluster.name,
-                    namespace=gone.key.namespace,
-                    name=gone.key.name,
-                    fleet_secret=gone.fleet_secret,
-                    sink=sink.name,
-                    action="delete",
-                    keys=KeyDiff(removed=tuple(sorted(gone.key_hashes))),
-                )
-            )
-            if not dry_run:
-                report.deletes += 1
-
-    @staticmethod
     def _unresolved(d: DesiredSecret, resolution: resolve.Resolution) -> str | None:
         for ref in d.refs():
             if (failure := resolution.failures.get(ref)) is not None:
                 return str(failure)
         return None
-
-
-@dataclass(slots=True, kw_only=True)
-class _Batch:
-    """What one batch of one cluster's objects builds up for one sink."""
-
-    sink: Sink
-    cluster: Cluster
-    observed: Mapping[ObjectKey, Observed]
-    certificate: seal.Certificate | None
-    cert_error: str | None
-    check_refs: bool = False
-    """The refs of `external` objects were read for this cycle: their failures count."""
-    prepared: dict[ObjectKey, Rendered | str] = field(default_factory=dict)
-    keep: set[ObjectKey] = field(default_factory=set)
-    meta: dict[ObjectKey, DesiredSecret] = field(default_factory=dict)
-    pending: list[tuple[DesiredSecret, dict[str, SecretValue], RenderContext]] = field(
-        default_factory=list
-    )
 
 
 def select_clusters(
@@ -596,147 +375,20 @@ def select_clusters(
     }
 
 
-def _over_limit(
-    deletes: Sequence[Observed], observed: Mapping[ObjectKey, Observed], limit: DeleteLimit | None
-) -> str:
-    """Why `deletes` on one cluster are over `limit` (None: no limit), or "" when they may go."""
-    owned = sum(1 for o in observed.values() if o.owned)
-    if limit is None or limit.allows(len(deletes), owned=owned):
-        return ""
-    return (
-        f"{len(deletes)} deletes of {owned} owned objects are over the delete limit "
-        f"({limit}); run with --allow-deletes to make them"
-    )
-
-
-def _held(
-    cluster: str, sink: str, deletes: Sequence[Observed], held: str, *, why: str
-) -> list[ItemResult]:
-    """One `held` result per delete kept back: the object stays where it is."""
-    reason = f"delete held: {why}; {held}" if why else f"delete held: {held}"
-    return [
-        ItemResult(
-            cluster=cluster,
-            namespace=gone.key.namespace,
-            name=gone.key.name,
-            fleet_secret=gone.fleet_secret,
-            sink=sink,
-            action="held",
-            reason=reason,
-        )
-        for gone in deletes
-    ]
-
-
-def _batches(wanted: Sequence[DesiredSecret], size: int | None) -> list[Sequence[DesiredSecret]]:
-    """`wanted` in batches of `size` (None: one batch, also when empty, so that deletes and a
-    staging sink's apply still run), grouped by namespace so that a batch touches few."""
-    if size is None or len(wanted) <= size:
-        return [wanted]
-    ordered = sorted(wanted, key=lambda d: d.target.namespace)
-    return [ordered[i : i + size] for i in range(0, len(ordered), size)]
-
-
-def _render_sealed(
-    pending: Sequence[tuple[DesiredSecret, dict[str, SecretValue], RenderContext]],
-    certificate: seal.Certificate | None,
-    seals: SealPool | None,
-) -> Iterator[tuple[DesiredSecret, Rendered | errors.SecretSyncError]]:
-    """Render the sealed objects of one cluster, in order. With enough seals to do, the pool's
-    workers seal (chunk by chunk) while each object is assembled here as its values arrive."""
-    jobs = [materialize.to_seal(d, values, ctx=ctx) for d, values, ctx in pending]
-    if seals is None or certificate is None or not seals.worth(sum(len(j) for j in jobs)):
-        for d, values, ctx in pending:
-            yield d, _render(d, values, ctx)
-        return
-    flat = [
-        (ctx.hashes.label if ctx.hashes else b"", plaintext)
-        for (_, _, ctx), todo in zip(pending, jobs, strict=True)
-        for _, plaintext in todo
-    ]
-    stream = itertools.chain.from_iterable(seals.seal(certificate.public_key, flat))
-    for (d, values, ctx), todo in zip(pending, jobs, strict=True):
-        sealed = {key: next(stream) for key, _ in todo}
-        done = RenderContext(
-            hmac_key=ctx.hmac_key,
-            certificate=ctx.certificate,
-            previous=ctx.previous,
-            rng=ctx.rng,
-            versions=ctx.versions,
-            hashes=ctx.hashes,
-            sealed=sealed,
-        )
-        yield d, _render(d, values, done)
-
-
-def _render(
-    d: DesiredSecret, values: Mapping[str, SecretValue], ctx: RenderContext
-) -> Rendered | errors.SecretSyncError:
-    try:
-        return materialize.render(d, values, ctx=ctx)
-    except errors.SecretSyncError as exc:
-        return exc
-
-
-def _versions(d: DesiredSecret, resolution: resolve.Resolution) -> tuple[str, ...]:
-    """The source versions an object is built from (Vault KV v2 versions; SOPS content ids)."""
-    seen = {r.location for r in d.refs()}
-    return tuple(
-        sorted(
-            f"{loc} (version {resolution.versions[loc]})"
-            for loc in seen
-            if resolution.versions.get(loc)
-        )
-    )
-
-
-def _vault_versions(d: DesiredSecret, resolution: resolve.Resolution) -> dict[str, str]:
-    """Canonical name (`<mount>/<path>`, `<source>:<mount>/<path>` for a named source) -> the
-    version read, for the refs of `d` whose kind is versioned (recorded on the object)."""
-    out: dict[str, str] = {}
-    for ref in d.refs():
-        loc = ref.location
-        kind = kinds.of(loc)
-        if kind is None or not kind.versioned:  # first: the lookup below hashes the location
+def _collect(
+    report: CycleReport, names: Sequence[str], outcomes: Sequence[list[ItemResult] | Exception]
+) -> None:
+    """Each cluster's results into `report`, or its failure as that cluster's own."""
+    for name, outcome in zip(names, outcomes, strict=True):
+        if isinstance(outcome, Exception):
+            reason = _reason(outcome)
+            report.failed_clusters[name] = reason
+            log.error("cluster %s failed: %s", name, reason)
+            if not isinstance(outcome, errors.SecretSyncError | TimeoutError):
+                # frames only: a foreign exception's message may carry data
+                log.debug("where: %s", "".join(traceback.format_tb(outcome.__traceback__)))
             continue
-        version = resolution.versions.get(loc)
-        name = kind.path_names(loc)[0]
-        if version and "," not in name and "=" not in name:
-            out[name] = version
-    return out
-
-
-def _version_changes(old: Mapping[str, str], new: Mapping[str, str]) -> tuple[str, ...]:
-    return tuple(
-        f"{name}: {old[name]} -> {version}"
-        for name, version in sorted(new.items())
-        if name in old and old[name] != version
-    )
-
-
-def path_names(location: Location) -> tuple[str, ...]:
-    """The names a rotation webhook may use for a Location (for Vault `<mount>/<path>` and the
-    KV v2 API form `<mount>/data/<path>`, prefixed `<source>:` for a named source); see
-    `sources.kinds`. Kinds without rotation have none."""
-    return kinds.path_names(location)
-
-
-def _narrow(desired: list[DesiredSecret], paths: frozenset[str]) -> list[DesiredSecret]:
-    """The objects built from one of `paths`."""
-    return [d for d in desired if any(n in paths for r in d.refs() for n in path_names(r.location))]
-
-
-def _item(d: DesiredSecret, sink: str, action: str, **kwargs: object) -> ItemResult:
-    return ItemResult(
-        cluster=d.cluster.name,
-        namespace=d.target.namespace,
-        name=d.target.name,
-        fleet_secret=d.fleet_secret,
-        sink=sink,
-        action=action,
-        desired=d,
-        **kwargs,  # type: ignore[arg-type]
-    )
+        report.items.extend(outcome)
 
 
 def _reason(exc: Exception) -> str:

@@ -11,7 +11,7 @@ filled-in credential file of a Vault identity, is resolved against the repo once
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 
 from secretsync.core import errors, selectors, templating
 from secretsync.core.model import (
@@ -290,7 +290,32 @@ def plan(
             )
     if problems:
         raise errors.ConfigErrors(_unique(problems))
+    return _narrowed(desired, clusters=clusters, selector=selector)
+
+
+def narrow(
+    fleet: Fleet,
+    desired: Sequence[DesiredSecret],
+    *,
+    clusters: Collection[str] = (),
+    selector: Selector | None = None,
+) -> list[DesiredSecret]:
+    """The whole fleet's plan (`plan(fleet)`) narrowed to some clusters: what `plan(fleet,
+    clusters=..., selector=...)` gives, without planning again."""
+    unknown = [name for name in clusters if name not in fleet.clusters]
+    if unknown:
+        raise errors.ConfigErrors(
+            [errors.ConfigError(f"unknown cluster {n!r}", field="--cluster") for n in unknown]
+        )
+    return _narrowed(desired, clusters=clusters, selector=selector)
+
+
+def _narrowed(
+    desired: Sequence[DesiredSecret], *, clusters: Collection[str], selector: Selector | None
+) -> list[DesiredSecret]:
     wanted = set(clusters)
+    if not wanted and selector is None:
+        return list(desired)
     return [
         d
         for d in desired

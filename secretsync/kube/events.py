@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
+from secretsync.net.ratelimit import TokenBucket
+
 if TYPE_CHECKING:
     from secretsync.kube.clusters import Endpoint
 
@@ -100,26 +102,6 @@ def involved_object(env: Mapping[str, str], *, namespace: str, shard_index: int 
         namespace=namespace,
         name=f"secretsync-shard-{shard_index}",
     )
-
-
-class TokenBucket:
-    """`burst` tokens, one more every `refill_s` seconds of `clock` (monotonic)."""
-
-    def __init__(self, *, burst: int, refill_s: float, clock: Callable[[], float]) -> None:
-        self.burst = burst
-        self.refill_s = refill_s
-        self._clock = clock
-        self._tokens = float(burst)
-        self._at = clock()
-
-    def take(self) -> bool:
-        now = self._clock()
-        self._tokens = min(self.burst, self._tokens + (now - self._at) / self.refill_s)
-        self._at = now
-        if self._tokens >= 1:
-            self._tokens -= 1
-            return True
-        return False
 
 
 @dataclass(slots=True)
@@ -191,9 +173,9 @@ class Correlator:
         bucket = self._buckets.get(reason)
         if bucket is None:
             bucket = self._buckets[reason] = TokenBucket(
-                burst=self._burst, refill_s=self._refill_s, clock=self._clock
+                rate=1 / self._refill_s, burst=self._burst, clock=self._clock
             )
-        if not bucket.take():
+        if not bucket.try_take():
             self.limited += 1
             return None
         return Post(name=seen.name, patch=patch, body=self._body(reason, message, seen, now))

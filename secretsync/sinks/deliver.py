@@ -10,22 +10,11 @@ touched.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Set
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
 from secretsync.core.model import Cluster, ObjectKey, Observed
-from secretsync.delivery.materialize import Rendered
-
-PROGRESS: ContextVar[Callable[[], None] | None] = ContextVar("secretsync_progress", default=None)
-"""Set by the engine for the cluster being worked on: its timeout counts from the last
-progress, so a large fleet that keeps a slow client busy is not mistaken for a hung one."""
-
-
-def progressed() -> None:
-    """A sink got an answer from the cluster it is working on."""
-    if (mark := PROGRESS.get()) is not None:
-        mark()
+from secretsync.delivery.rendered import Rendered
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -72,6 +61,19 @@ class Sink(Protocol):
     every one of these through, so the engine treats it exactly as the sink it wraps."""
 
     name: ClassVar[str]
+
+    @property
+    def shared(self) -> bool:
+        """Whether the sink writes one target for the whole fleet (the Git sink's output tree:
+        one writer at a time, whatever the cluster) rather than one per cluster (an API)."""
+        ...
+
+    def progress(self, cluster: Cluster, mark: Callable[[], None] | None) -> None:
+        """Call `mark` each time `cluster` answers, until called with None. The engine counts
+        a cluster's timeout from its last answer, so a large cluster that keeps a slow client
+        busy is not mistaken for a hung one. A sink whose targets answer at once (files)
+        ignores it."""
+        ...
 
     @property
     def stages(self) -> bool:

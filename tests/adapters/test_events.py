@@ -24,7 +24,8 @@ from kubernetes import client as k8s
 from prometheus_client.parser import text_string_to_metric_families
 
 from secretsync.core.model import Fleet
-from secretsync.daemon.service import Daemon, DaemonSettings
+from secretsync.daemon.service import Daemon
+from secretsync.daemon.settings import DaemonSettings
 from secretsync.kube import events
 from secretsync.kube.clusters import Endpoint
 from secretsync.sources import resolve

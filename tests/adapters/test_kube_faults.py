@@ -22,11 +22,12 @@ import yaml
 from kubernetes import client as k8s
 
 from secretsync.core.model import Cluster
-from secretsync.engine.cycle import CycleReport, Engine
+from secretsync.engine.cycle import Engine
+from secretsync.engine.report import CycleReport
 from secretsync.fleet import load
 from secretsync.kube.clusters import ClientFactory
 from secretsync.sinks.deliver import ApplyResult, ChangeSet
-from secretsync.sinks.kube import KubeSink
+from secretsync.sinks.kube.sink import KubeSink
 from tests.adapters.conftest_kube import NamespaceFactory
 from tests.support import canary
 from tests.support.fakes import FakeSource

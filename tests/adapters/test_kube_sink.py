@@ -21,10 +21,11 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from secretsync.core.model import FIELD_MANAGER
-from secretsync.engine.cycle import CycleReport, Engine
+from secretsync.engine.cycle import Engine
+from secretsync.engine.report import CycleReport
 from secretsync.fleet import load
 from secretsync.kube.clusters import ClientFactory
-from secretsync.sinks.kube import KubeSink
+from secretsync.sinks.kube.sink import KubeSink
 from tests.adapters.conftest_kube import NamespaceFactory
 from tests.support import apiserver_metrics, canary
 from tests.support.fakes import FakeSource

@@ -20,10 +20,11 @@ from typing import Any
 import pytest
 
 from secretsync.core.model import FIELD_MANAGER
-from secretsync.engine.cycle import CycleReport, Engine
+from secretsync.engine.cycle import Engine
+from secretsync.engine.report import CycleReport
 from secretsync.fleet import load
 from secretsync.kube.clusters import ClientFactory
-from secretsync.sinks.kube import KubeSink
+from secretsync.sinks.kube.sink import KubeSink
 from tests.adapters.test_kube_sink import API, DB, FLEET
 from tests.support import canary
 from tests.support.fakes import FakeSource

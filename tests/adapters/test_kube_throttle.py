@@ -30,7 +30,7 @@ from kubernetes import client as k8s
 from secretsync.engine.cycle import Engine
 from secretsync.fleet import load
 from secretsync.kube.clusters import ClientFactory
-from secretsync.sinks.kube import KubeSink
+from secretsync.sinks.kube.sink import KubeSink
 from tests.adapters.conftest_kube import NamespaceFactory
 from tests.support import canary
 from tests.support.fakes import FakeSource

@@ -28,7 +28,8 @@ from kubernetes.client.exceptions import ApiException
 
 from secretsync.core.model import Cluster, Fleet, ObjectKey, Observed
 from secretsync.daemon import webhook
-from secretsync.daemon.service import Daemon, DaemonSettings, EngineWiring
+from secretsync.daemon.service import Daemon
+from secretsync.daemon.settings import DaemonSettings
 from secretsync.daemon.sharding import (
     Coordinator,
     ElectionSettings,
@@ -36,13 +37,14 @@ from secretsync.daemon.sharding import (
     shard_lease,
     shard_of,
 )
-from secretsync.delivery.materialize import Rendered
+from secretsync.daemon.wiring import EngineWiring
+from secretsync.delivery.rendered import Rendered
 from secretsync.engine.cycle import Engine
 from secretsync.fleet.load import load_fleet
 from secretsync.kube.clusters import Endpoint
 from secretsync.kube.leases import LeaseElector, LeaseTiming
 from secretsync.sinks.deliver import ApplyResult, ChangeSet, Sink
-from secretsync.sinks.git import GitSink
+from secretsync.sinks.git.sink import GitSink
 from secretsync.sources import resolve
 from tests.adapters.conftest_kube import NamespaceFactory
 from tests.support import canary
@@ -268,6 +270,13 @@ class Recording:
     @property
     def stages(self) -> bool:
         return self.inner.stages
+
+    @property
+    def shared(self) -> bool:
+        return self.inner.shared
+
+    def progress(self, cluster: Cluster, mark: Callable[[], None] | None) -> None:
+        self.inner.progress(cluster, mark)
 
     def stage(self, cluster: Cluster, item: Rendered) -> None:
         self.inner.stage(cluster, item)

@@ -17,10 +17,11 @@ from kubernetes import client as k8s
 
 from secretsync.core.model import VaultAuth, VaultSettings
 from secretsync.daemon.metrics import Metrics
-from secretsync.engine.cycle import CycleReport, Engine
+from secretsync.engine.cycle import Engine
+from secretsync.engine.report import CycleReport
 from secretsync.fleet import load
 from secretsync.kube.clusters import ClientFactory
-from secretsync.sinks.kube import KubeSink
+from secretsync.sinks.kube.sink import KubeSink
 from secretsync.sources import vault
 from tests.adapters.conftest_kube import NamespaceFactory
 from tests.support import apiserver_metrics, canary

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from secretsync.cli import main
+from secretsync.app import wiring
 from secretsync.core import errors
-from secretsync.daemon.service import Daemon, DaemonSettings
+from secretsync.daemon.service import Daemon
+from secretsync.daemon.settings import DaemonSettings
 from secretsync.delivery import seal
 from tests.adapters.test_vault import FAST, loc, make_source
 from tests.support import canary, keys
@@ -171,7 +172,7 @@ async def test_serve_poll_delivers_a_new_version_of_a_used_path(
         kube=False,
         poll_interval_s=1.0,
     )
-    daemon = Daemon(settings=settings, make_sources=main.build_sources)
+    daemon = Daemon(settings=settings, make_sources=wiring.build_sources)
     assert daemon.poller is not None
     poller = daemon.poller
     served = asyncio.create_task(daemon.serve())

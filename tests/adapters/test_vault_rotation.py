@@ -17,7 +17,7 @@ from secretsync.core.model import VaultAuth, VaultSettings
 from secretsync.delivery import seal
 from secretsync.engine.cycle import Engine
 from secretsync.fleet import load
-from secretsync.sinks.git import GitSink
+from secretsync.sinks.git.sink import GitSink
 from secretsync.sources.vault import build_vault_source
 from tests.support import canary, keys
 from tests.support.openbao import OpenBao

@@ -12,10 +12,11 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from secretsync.cli import main
-from secretsync.daemon.service import Daemon, DaemonSettings
+from secretsync.app import wiring
+from secretsync.daemon.service import Daemon
+from secretsync.daemon.settings import DaemonSettings
 from secretsync.delivery import seal
-from secretsync.sinks import writeback
+from secretsync.writeback.push import PushSettings
 from tests.adapters.conftest_kube import NamespaceFactory
 from tests.adapters.test_cluster_registry import controller_service
 from tests.support import canary, keys
@@ -74,9 +75,9 @@ async def test_a_renewed_certificate_is_committed_with_the_objects_sealed_for_it
             kube=False,
             git_url=remote.url,
             git_timeout_s=30,
-            push=writeback.PushSettings(cert_refresh_s=3600, backoff_s=0.01),
+            push=PushSettings(cert_refresh_s=3600, backoff_s=0.01),
         ),
-        make_sources=main.build_sources,
+        make_sources=wiring.build_sources,
     )
     assert daemon.writeback is not None
     served = tmp_path / "served-cert"

@@ -1,4 +1,4 @@
-"""Commits of the output folder (`writeback.OutputRepo`) and `render --commit`, in real Git work
+"""Commits of the output folder (`OutputRepo`) and `render --commit`, in real Git work
 trees: one commit of exactly the changed files with the value-free message, no empty commit,
 exit 2 (nothing written) when the work tree has changes render did not make, and the plaintext
 guard on every staged blob (a refused blob fails its object and is not committed)."""
@@ -15,11 +15,13 @@ import yaml
 from secretsync.core.model import Location, ValueRef
 from secretsync.core.values import SecretValue
 from secretsync.delivery import seal
-from secretsync.engine.cycle import CycleReport, Engine, ItemResult
+from secretsync.engine.cycle import Engine
+from secretsync.engine.report import CycleReport, ItemResult
 from secretsync.fleet import load
-from secretsync.sinks import writeback
 from secretsync.sinks.deliver import KeyDiff
-from secretsync.sinks.git import GitSink
+from secretsync.sinks.git.sink import GitSink
+from secretsync.writeback.commit import Author
+from secretsync.writeback.repo import OutputRepo
 from tests.support import canary, cli, fleets, keys
 from tests.support.fakes import FakeSource
 from tests.support.gitremote import GIT_ENV, git, ssh_signing_key
@@ -157,8 +159,8 @@ async def test_the_guard_refuses_a_staged_blob_with_a_value(fleet_repo: MakeRepo
     report = CycleReport(
         items=[item("one", "leaky"), item("one", "fine")], guarded={ref: SecretValue.of(value)}
     )
-    out = await writeback.OutputRepo.open(
-        out_dir=root / "rendered", author=writeback.Author.parse("t <t@example.invalid>")
+    out = await OutputRepo.open(
+        out_dir=root / "rendered", author=Author.parse("t <t@example.invalid>")
     )
     commit = await out.commit(report, cycle="test")
     assert commit is not None
@@ -212,8 +214,8 @@ async def test_the_guard_checks_each_object_for_its_own_values(fleet_repo: MakeR
     assert report.ok and len(report.guarded) == 1
     leaky = root / "rendered/two/apps/app.yaml"
     leaky.write_text(leaky.read_text() + f"# {value}\n")
-    out = await writeback.OutputRepo.open(
-        out_dir=root / "rendered", author=writeback.Author.parse("t <t@example.invalid>")
+    out = await OutputRepo.open(
+        out_dir=root / "rendered", author=Author.parse("t <t@example.invalid>")
     )
     commit = await out.commit(report, cycle="test")
     assert commit is not None

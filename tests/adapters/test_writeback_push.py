@@ -15,11 +15,12 @@ from pathlib import Path
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from secretsync.cli import main
+from secretsync.app import wiring
 from secretsync.daemon.service import Daemon
 from secretsync.delivery import seal
 from secretsync.fleet import gitsource
-from secretsync.sinks import writeback
+from secretsync.writeback.commit import Author
+from secretsync.writeback.push import PushSettings
 from tests.support import canary, fleets, keys
 from tests.support.gitremote import (
     GIT_ENV,
@@ -46,9 +47,9 @@ def make_daemon(
     credentials: Path | None = None,
     signing_key: Path | None = None,
 ) -> Daemon:
-    push = writeback.PushSettings(
+    push = PushSettings(
         branch=branch,
-        author=writeback.Author.parse("Fleet Bot <bot@example.invalid>"),
+        author=Author.parse("Fleet Bot <bot@example.invalid>"),
         backoff_s=0.01,
         signing_key=signing_key,
     )
@@ -254,7 +255,7 @@ async def test_a_render_left_uncommitted_lands_as_one_commit(tmp_path: Path) -> 
     remote.commit({"secrets/app.yaml": fleets.mode_secret("green")}, "green")
     fleet = remote.head()
     crashed = Daemon(
-        settings=dataclasses.replace(daemon.settings, push=None), make_sources=main.build_sources
+        settings=dataclasses.replace(daemon.settings, push=None), make_sources=wiring.build_sources
     )
     await start_and_close(crashed)  # renders green, commits nothing
     assert git(checkout, "status", "--porcelain").split() == ["M", RENDERED]

@@ -10,9 +10,10 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from secretsync.cli import main
+from secretsync.app import wiring
 from secretsync.daemon import web
-from secretsync.daemon.service import Daemon, DaemonSettings
+from secretsync.daemon.service import Daemon
+from secretsync.daemon.settings import DaemonSettings
 from tests.support import keys
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
@@ -44,7 +45,7 @@ async def test_expiring_certificates_warn_and_are_measured(fleet_repo: MakeRepo)
     )
     daemon = Daemon(
         settings=DaemonSettings(fleet_path=root, hmac_key=b"expiry", kube=False, interval_s=3600),
-        make_sources=main.build_sources,
+        make_sources=wiring.build_sources,
     )
     try:
         await daemon.cycle(trigger="start")

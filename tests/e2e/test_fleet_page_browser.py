@@ -26,7 +26,7 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from secretsync.core import errors
 from secretsync.daemon.web import make_app
-from secretsync.sinks.git import GitSink
+from secretsync.sinks.git.sink import GitSink
 from tests.e2e.test_web import HMAC, make_daemon
 from tests.support import canary, cycles, fleets
 from tests.support.fakes import FakeSource

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,12 +17,13 @@ import aiohttp
 import pytest
 from aiohttp import web as aioweb
 
-from secretsync.core.model import Fleet
+from secretsync.core.model import DesiredSecret, Fleet
 from secretsync.daemon import apiauth, fleetview, peers
 from secretsync.daemon.service import Daemon
 from secretsync.daemon.web import make_app
-from secretsync.engine.cycle import CycleReport, ItemResult
+from secretsync.engine.report import CycleReport, ItemResult
 from secretsync.fleet import plan
+from secretsync.fleet.certificates import FleetCertificates
 from tests.e2e.test_web import KEY, FakeEngine, MakeRepo, make_daemon
 from tests.support import canary, fleets
 
@@ -48,9 +49,11 @@ class ShardEngine(FakeEngine):
         *,
         clusters: Collection[str] = (),
         only_paths: Collection[str] | None = None,
+        planned: Sequence[DesiredSecret] | None = None,
+        certificates: FleetCertificates | None = None,
     ) -> CycleReport:
         report = CycleReport()
-        for d in plan.plan(fleet):
+        for d in plan.plan(fleet) if planned is None else planned:
             if shard_of(d.cluster.name) != self.shard:
                 continue
             report.items.append(

@@ -9,7 +9,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,14 +19,18 @@ from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from secretsync.core import errors
-from secretsync.core.model import Fleet
+from secretsync.core.model import DesiredSecret, Fleet
 from secretsync.daemon import webhook
-from secretsync.daemon.service import CountingSource, Daemon, DaemonSettings
+from secretsync.daemon.service import Daemon
+from secretsync.daemon.settings import DaemonSettings
 from secretsync.daemon.status import StatusBoard
 from secretsync.daemon.web import make_app, render_page
-from secretsync.engine.cycle import CycleReport, Engine, ItemResult
+from secretsync.daemon.wiring import CountingSource
+from secretsync.engine.cycle import Engine
+from secretsync.engine.report import CycleReport, ItemResult
 from secretsync.fleet import load, plan
-from secretsync.sinks.git import GitSink
+from secretsync.fleet.certificates import FleetCertificates
+from secretsync.sinks.git.sink import GitSink
 from tests.support import canary, fleets
 from tests.support.fakes import FakeSource
 
@@ -46,14 +50,19 @@ class FakeEngine:
         self.explode = False
 
     async def run_cycle(
-        self, fleet: Fleet, *, only_paths: Collection[str] | None = None
+        self,
+        fleet: Fleet,
+        *,
+        only_paths: Collection[str] | None = None,
+        planned: Sequence[DesiredSecret] | None = None,
+        certificates: FleetCertificates | None = None,
     ) -> CycleReport:
         self.calls.append(only_paths)
         self.called.set()
         if self.explode:
             raise RuntimeError("boom")
         report = CycleReport()
-        for d in plan.plan(fleet):
+        for d in plan.plan(fleet) if planned is None else planned:
             report.items.append(
                 ItemResult(
                     cluster=d.cluster.name,
@@ -469,9 +478,16 @@ class GatedEngine(FakeEngine):
         self.gate = asyncio.Event()
 
     async def run_cycle(
-        self, fleet: Fleet, *, only_paths: Collection[str] | None = None
+        self,
+        fleet: Fleet,
+        *,
+        only_paths: Collection[str] | None = None,
+        planned: Sequence[DesiredSecret] | None = None,
+        certificates: FleetCertificates | None = None,
     ) -> CycleReport:
-        report = await super().run_cycle(fleet, only_paths=only_paths)
+        report = await super().run_cycle(
+            fleet, only_paths=only_paths, planned=planned, certificates=certificates
+        )
         if only_paths is not None:
             await self.gate.wait()
         return report

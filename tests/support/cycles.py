@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any, Final
 
 from secretsync.core.model import Fleet
-from secretsync.engine.cycle import CycleReport, Engine
+from secretsync.engine.cycle import Engine
+from secretsync.engine.report import CycleReport
 from secretsync.fleet import load
 from secretsync.sinks.deliver import Sink
-from secretsync.sinks.git import GitSink
+from secretsync.sinks.git.sink import GitSink
 from secretsync.sources.resolve import Document
 from tests.support.fakes import FakeSource
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Set
+from collections.abc import Callable, Mapping, Set
 from typing import ClassVar
 
 from secretsync.core import errors
 from secretsync.core.model import Cluster, Location, ObjectKey, Observed
-from secretsync.delivery.materialize import Rendered
+from secretsync.delivery.rendered import Rendered
 from secretsync.sinks.deliver import ApplyResult, ChangeSet
 from secretsync.sources.resolve import Document, Fetched
 
@@ -41,6 +41,7 @@ class MemorySink:
 
     name: ClassVar[str] = "memory"
     stages: ClassVar[bool] = False
+    shared: ClassVar[bool] = False
 
     def __init__(self, *, log: bool = False) -> None:
         self.objects: dict[str, dict[ObjectKey, Observed]] = {}
@@ -49,6 +50,9 @@ class MemorySink:
         self.deletes = 0
         self.applied: list[ChangeSet] = []  # with `log`: every change set applied, in order
         self.finished: list[str] = []  # clusters finished, in order
+
+    def progress(self, cluster: Cluster, mark: Callable[[], None] | None) -> None:
+        return None  # memory answers at once: nothing to count down
 
     def accepts(self, cluster: Cluster) -> bool:
         return True

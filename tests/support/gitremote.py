@@ -16,8 +16,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from secretsync.cli import main
-from secretsync.daemon.service import Daemon, DaemonSettings
+from secretsync.app import wiring
+from secretsync.daemon.service import Daemon
+from secretsync.daemon.settings import DaemonSettings
 from tests.support import canary
 
 GIT_ENV = {
@@ -292,5 +293,5 @@ def git_daemon(checkout: Path, url: str, *, hmac_key: bytes, **settings: Any) ->
     options.update(settings)
     return Daemon(
         settings=DaemonSettings(fleet_path=checkout, hmac_key=hmac_key, git_url=url, **options),
-        make_sources=main.build_sources,
+        make_sources=wiring.build_sources,
     )

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from secretsync.core import errors
-from secretsync.engine.cycle import CycleReport
+from secretsync.engine.report import CycleReport
 from secretsync.fleet import load
 from tests.support import cycles
 from tests.support.fakes import FakeSource, MemorySink

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from secretsync.core.model import ObjectKey, Observed
-from secretsync.engine.cycle import CycleReport
+from secretsync.engine.report import CycleReport
 from tests.support import canary, cycles
 from tests.support.fakes import FakeSource, MemorySink
 

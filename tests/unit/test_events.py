@@ -6,7 +6,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from secretsync.kube import events
-from secretsync.kube.events import Correlator, ObjectRef, TokenBucket
+from secretsync.kube.events import Correlator, ObjectRef
+from secretsync.net.ratelimit import TokenBucket
 
 POD = ObjectRef(kind="Pod", api_version="v1", namespace="ops", name="secretsync-0", uid="u-1")
 
@@ -103,14 +104,14 @@ def test_the_cache_is_bounded() -> None:
 
 def test_token_bucket() -> None:
     now = [0.0]
-    bucket = TokenBucket(burst=2, refill_s=10, clock=lambda: now[0])
-    assert [bucket.take() for _ in range(3)] == [True, True, False]
+    bucket = TokenBucket(rate=1 / 10, burst=2, clock=lambda: now[0])
+    assert [bucket.try_take() for _ in range(3)] == [True, True, False]
     now[0] = 5
-    assert not bucket.take()
+    assert not bucket.try_take()
     now[0] = 10
-    assert bucket.take() and not bucket.take()
+    assert bucket.try_take() and not bucket.try_take()
     now[0] = 1000
-    assert [bucket.take() for _ in range(3)] == [True, True, False]  # never above the burst
+    assert [bucket.try_take() for _ in range(3)] == [True, True, False]  # never above the burst
 
 
 def test_messages_are_one_line_and_capped() -> None:

@@ -27,12 +27,15 @@ from secretsync.core.model import (
     Observed,
     Origin,
 )
-from secretsync.delivery.materialize import Rendered
-from secretsync.engine.cycle import CycleReport, Engine
+from secretsync.delivery.rendered import Rendered
+from secretsync.engine.cycle import Engine
+from secretsync.engine.report import CycleReport
 from secretsync.fleet import load
-from secretsync.sinks import git, statindex
+from secretsync.sinks import statindex
 from secretsync.sinks.deliver import ChangeSet
-from secretsync.sinks.git import GitSink
+from secretsync.sinks.git import files, manifests
+from secretsync.sinks.git import sink as git_sink
+from secretsync.sinks.git.sink import GitSink
 from tests.support import canary, cycles, fleets
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
@@ -60,14 +63,14 @@ def snapshot(root: Path) -> dict[str, bytes]:
 def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Every manifest the sink reads (through the index's fallback or `detail`)."""
     seen: list[str] = []
-    real = git._read
+    real = files._read
 
     def counting(name: str, *, dir_fd: int) -> tuple[os.stat_result, bytes | None]:
-        if name != git.KUSTOMIZATION:  # read on every apply, to keep its foreign entries
+        if name != manifests.KUSTOMIZATION:  # read on every apply, to keep its foreign entries
             seen.append(os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), name))
         return real(name, dir_fd=dir_fd)
 
-    monkeypatch.setattr(git, "_read", counting)
+    monkeypatch.setattr(git_sink, "_read", counting)  # where the sink looks it up
     return seen
 
 
@@ -244,13 +247,13 @@ def test_default_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
 
 def test_read_caps_the_size_and_reads_a_file_that_grew(tmp_path: Path) -> None:
     big = tmp_path / "big.yaml"
-    big.write_bytes(b"x" * (git.MAX_MANIFEST_BYTES + 1))
+    big.write_bytes(b"x" * (manifests.MAX_MANIFEST_BYTES + 1))
     small = tmp_path / "small.yaml"
     small.write_bytes(b"y" * 200_000)  # more than one chunk
     folder = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        assert git._read("big.yaml", dir_fd=folder)[1] is None
-        assert git._read("small.yaml", dir_fd=folder)[1] == b"y" * 200_000
+        assert files._read("big.yaml", dir_fd=folder)[1] is None
+        assert files._read("small.yaml", dir_fd=folder)[1] == b"y" * 200_000
     finally:
         os.close(folder)
 

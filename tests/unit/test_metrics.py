@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from secretsync.core.model import Location
 from secretsync.daemon.metrics import Metrics
-from secretsync.engine.cycle import CycleReport
+from secretsync.engine.report import CycleReport
 
 A, B, C = (Location("vault", p, "secret") for p in ("a", "b", "c"))
 S = Location("sops", "secrets/prod.yaml")

@@ -23,9 +23,9 @@ from hypothesis import strategies as st
 
 from secretsync.core.values import MIN_GUARDED_LEN, SecretValue
 from secretsync.delivery import materialize, seal
-from secretsync.delivery.materialize import RenderContext, Rendered, dump_yaml
+from secretsync.delivery.rendered import RenderContext, Rendered, dump_yaml, holds_plaintext
 from secretsync.fleet import load, plan
-from secretsync.sinks.git import GitSink
+from secretsync.sinks.git.sink import GitSink
 from tests.support import cycles, keys
 from tests.support.fakes import FakeSource
 
@@ -156,7 +156,7 @@ def test_no_value_from_the_manifests_vocabulary_is_refused(
     words = st.sampled_from(render.vocabulary)
     values = data.draw(st.fixed_dictionaries(dict.fromkeys(KEYS, words)))
     rendered = render(values)
-    assert not materialize.holds_plaintext(dump_yaml(rendered.manifest), rendered)
+    assert not holds_plaintext(dump_yaml(rendered.manifest), rendered)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -179,7 +179,7 @@ def test_any_extra_occurrence_of_a_value_is_refused(
     else:
         meta["labels"]["app"] = meta["labels"]["app"] + leaked
     leaking = dataclasses.replace(rendered, manifest=manifest)
-    assert materialize.holds_plaintext(dump_yaml(manifest), leaking)
+    assert holds_plaintext(dump_yaml(manifest), leaking)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -203,7 +203,7 @@ def test_any_form_of_a_value_added_to_the_bytes_is_refused(
         for i in range(start + 1, start + len(needle))
     }
     at = data.draw(st.sampled_from([i for i in range(len(written) + 1) if i not in inside]))
-    assert materialize.holds_plaintext(written[:at] + needle + written[at:], rendered)
+    assert holds_plaintext(written[:at] + needle + written[at:], rendered)
 
 
 def test_a_seal_that_returns_plaintext_is_refused(
@@ -218,9 +218,9 @@ def test_a_seal_that_returns_plaintext_is_refused(
     monkeypatch.setattr(seal, "seal_value", broken)
     for values in (dict.fromkeys(KEYS, "true"), dict(zip(KEYS, ("abcdwxyz",) * 4, strict=True))):
         rendered = render(values)
-        assert materialize.holds_plaintext(dump_yaml(rendered.manifest), rendered)
+        assert holds_plaintext(dump_yaml(rendered.manifest), rendered)
 
 
 def test_without_a_stand_in_every_occurrence_is_a_leak(render: Renderer) -> None:
     rendered = dataclasses.replace(render(dict.fromkeys(KEYS, "true")), standin=None)
-    assert materialize.holds_plaintext(dump_yaml(rendered.manifest), rendered)
+    assert holds_plaintext(dump_yaml(rendered.manifest), rendered)

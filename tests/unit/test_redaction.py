@@ -23,10 +23,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from secretsync.app import logs
+from secretsync.core import logs
 from secretsync.core.model import Location, ValueRef
 from secretsync.core.values import SecretValue
-from secretsync.daemon.service import Daemon, DaemonSettings
+from secretsync.daemon.service import Daemon
+from secretsync.daemon.settings import DaemonSettings
 from tests.support import canary, fleets
 from tests.support.fakes import FakeSource
 
@@ -37,7 +38,7 @@ CHILD = textwrap.dedent(
     """
     import asyncio, base64, json, logging, sys
     sys.path.insert(0, sys.argv[1])
-    from secretsync.app import logs
+    from secretsync.core import logs
     from secretsync.sources import resolve
     from secretsync.core.model import Location, ValueRef
     from tests.support.fakes import FakeSource

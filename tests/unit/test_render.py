@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 
 from secretsync.core import errors
 from secretsync.core.model import Delivery, ObjectKey
-from secretsync.delivery import materialize, seal
+from secretsync.delivery import materialize, rendered, seal
 from secretsync.fleet import load, plan
-from secretsync.sinks.git import GitSink
+from secretsync.sinks.git.sink import GitSink
 from secretsync.sources import resolve
 from tests.support import canary, cycles, fleets
 from tests.support.fakes import FakeSource
@@ -243,7 +243,7 @@ def test_plaintext_guard_refuses_a_leaking_object(fleet_repo: MakeRepo) -> None:
     cluster = fleet.clusters["prod-use1"]
     asyncio.run(sink.observe(cluster))
     for form in (value, base64.b64encode(value.encode()).decode()):
-        leaking = materialize.Rendered(
+        leaking = rendered.Rendered(
             key=ObjectKey("prod-use1", "web", "leak"),
             fleet_secret="x",
             delivery=cluster.delivery,
@@ -374,7 +374,7 @@ def test_content_hash_of_is_the_hash_render_gives(fleet_repo: MakeRepo) -> None:
     )
     deliveries = set()
     for d in desired:
-        values = materialize.values_for(d, resolution.values)
+        values = rendered.values_for(d, resolution.values)
         assert values is not None
         certificate = None
         if d.cluster.cert_file is not None:
@@ -383,9 +383,7 @@ def test_content_hash_of_is_the_hash_render_gives(fleet_repo: MakeRepo) -> None:
                 pem, source=d.cluster.cert_file, now=datetime.now(UTC)
             )
         for versions in ({}, {"secret/x": "3"}):
-            ctx = materialize.RenderContext(
-                hmac_key=KEY, certificate=certificate, versions=versions
-            )
+            ctx = rendered.RenderContext(hmac_key=KEY, certificate=certificate, versions=versions)
             assert (
                 materialize.content_hash_of(d, values, ctx=ctx)
                 == materialize.render(d, values, ctx=ctx).content_hash

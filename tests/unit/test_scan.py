@@ -16,7 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from secretsync.core.model import SopsSettings, VaultTransitKey
-from secretsync.fleet.scan import Finding, FindingKind, scan
+from secretsync.fleet.scan import scan
+from secretsync.fleet.scandocs import Finding, FindingKind
 from tests.support import canary
 
 REPO = Path(__file__).resolve().parents[2]

@@ -21,7 +21,8 @@ import yaml
 
 from secretsync.core.model import DesiredSecret, ValueRef
 from secretsync.core.values import SecretValue
-from secretsync.delivery import materialize
+from secretsync.delivery import direct
+from secretsync.delivery import rendered as rendering
 from secretsync.fleet import load, plan
 from tests.support import canary, cycles, fleets, schema
 
@@ -171,7 +172,7 @@ def _resolved(desired: DesiredSecret, docs: dict[str, dict[str, object]]) -> dic
         for planned in desired.data.values()
         if isinstance(planned, ValueRef)
     }
-    values = materialize.values_for(desired, refs)
+    values = rendering.values_for(desired, refs)
     assert values is not None
     return values
 
@@ -179,16 +180,16 @@ def _resolved(desired: DesiredSecret, docs: dict[str, dict[str, object]]) -> dic
 def test_direct_secrets_pass_the_core_schema(fleet_repo: MakeRepo) -> None:
     root = with_every_field_secret(fleets.write_fleet(fleet_repo))
     docs = fleets.vault_docs()
-    ctx = materialize.RenderContext(hmac_key=KEY)
+    ctx = rendering.RenderContext(hmac_key=KEY)
     manifests = []
     for desired in plan.plan(load.load_fleet(root)):
         values = _resolved(desired, docs)
-        manifests.append(materialize.render_direct(desired, values, ctx=ctx).manifest)
+        manifests.append(direct.render_direct(desired, values, ctx=ctx).manifest)
         plain = dataclasses.replace(
             desired,
             target=dataclasses.replace(desired.target, labels={}, annotations={}, immutable=False),
         )
-        manifests.append(materialize.render_direct(plain, values, ctx=ctx).manifest)
+        manifests.append(direct.render_direct(plain, values, ctx=ctx).manifest)
     count = len(manifests)  # not the list: it holds the (test) values
     assert count == 2 * 13  # 13 DesiredSecrets (payments-db on 3 clusters, the others on 5)
     assert any(m.get("immutable") is True for m in manifests)

@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from secretsync.core import errors
 from secretsync.delivery import seal, sealpool
-from secretsync.engine.cycle import CycleReport
-from secretsync.sinks.git import GitSink
+from secretsync.engine.report import CycleReport
+from secretsync.sinks.git.sink import GitSink
 from tests.support import canary, cycles, fleets, keys
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]

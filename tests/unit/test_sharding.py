@@ -7,16 +7,16 @@ import os
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Mapping, Set
+from collections.abc import Callable, Mapping, Set
 from typing import ClassVar
 
 import pytest
 
-from secretsync.cli import main
+from secretsync.cli import common, serve
 from secretsync.core import errors
 from secretsync.core.model import Cluster, Delivery, ObjectKey, Observed
 from secretsync.daemon.sharding import ElectionSettings, GatedSink, derive_shard_index, shard_of
-from secretsync.delivery.materialize import Rendered
+from secretsync.delivery.rendered import Rendered
 from secretsync.kube.leases import LeaseTiming, process_identity
 from secretsync.sinks.deliver import ApplyResult, ChangeSet
 
@@ -78,8 +78,8 @@ def test_lease_timing_and_election_settings_are_checked() -> None:
     )
 
 
-def _settings(env: Mapping[str, str]) -> main.Settings:
-    return main.Settings(output="text", hmac_key=None, env=env)
+def _settings(env: Mapping[str, str]) -> common.Settings:
+    return common.Settings(output="text", hmac_key=None, env=env)
 
 
 def _election(env: Mapping[str, str] | None = None, **kw: object) -> ElectionSettings | None:
@@ -92,7 +92,7 @@ def _election(env: Mapping[str, str] | None = None, **kw: object) -> ElectionSet
         "lease_duration": 15.0,
     }
     args.update(kw)
-    return main._election(_settings(env or {}), **args)  # type: ignore[arg-type]
+    return serve._election(_settings(env or {}), **args)  # type: ignore[arg-type]
 
 
 def test_serve_election_options() -> None:
@@ -105,19 +105,23 @@ def test_serve_election_options() -> None:
     assert on.timing.renew_deadline_s == 10.0 and on.timing.retry_period_s == 2.0
     sharded = _election({"HOSTNAME": "secretsync-2"}, shards=3, home_kubeconfig="home.yaml")
     assert sharded is not None and sharded.shard_index == 2
-    with pytest.raises(main.UsageError, match="home cluster"):
+    with pytest.raises(common.UsageError, match="home cluster"):
         _election({"HOSTNAME": "secretsync-2"}, shards=3)
-    with pytest.raises(main.UsageError, match="shard-index"):
+    with pytest.raises(common.UsageError, match="shard-index"):
         _election({"HOSTNAME": "laptop"}, shards=3)
-    with pytest.raises(main.UsageError, match="not below"):
+    with pytest.raises(common.UsageError, match="not below"):
         _election({}, shards=3, shard_index=3)
-    with pytest.raises(main.UsageError, match="leader election"):
+    with pytest.raises(common.UsageError, match="leader election"):
         _election({}, shards=2, shard_index=0, leader_elect=False)
 
 
 class Recorder:
     name: ClassVar[str] = "kube"
     stages: ClassVar[bool] = True
+    shared: ClassVar[bool] = False
+
+    def progress(self, cluster: Cluster, mark: Callable[[], None] | None) -> None:
+        return None
 
     def __init__(self) -> None:
         self.applied: list[str] = []

@@ -12,7 +12,7 @@ from typing import Any
 from secretsync.core import errors
 from secretsync.core.model import Location
 from secretsync.daemon.status import DRIFT_REASON, State, StatusBoard
-from secretsync.engine.cycle import CycleReport, ItemResult
+from secretsync.engine.report import CycleReport, ItemResult
 from secretsync.fleet import load, plan
 from tests.support import canary, cycles, fleets
 from tests.support.fakes import FakeSource

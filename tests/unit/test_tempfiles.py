@@ -22,10 +22,11 @@ import yaml
 
 from secretsync.core.model import Scope
 from secretsync.core.values import SecretValue
-from secretsync.delivery import fleetseal, seal
+from secretsync.delivery import seal
 from secretsync.engine.cycle import Engine
 from secretsync.fleet import load
-from secretsync.sinks.git import GitSink
+from secretsync.ops import fleetseal
+from secretsync.sinks.git.sink import GitSink
 from tests.support import canary, cycles, fleets
 from tests.support.fakes import FakeSource
 

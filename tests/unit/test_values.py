@@ -26,7 +26,7 @@ from secretsync.core.model import (
     ValueRef,
 )
 from secretsync.core.values import KeyHasher, SecretValue, content_hash, keyed_digest
-from secretsync.delivery import materialize
+from secretsync.delivery import external, sealed
 
 
 def reference_content_hash(key: bytes, parts: Mapping[str, object]) -> str:
@@ -127,10 +127,8 @@ def test_sealed_content_hash_written_directly_is_the_generic_one(
         origin=Origin("s.yaml", 1),
     )
     fingerprint, label = "ab" * 32, "bnMvbmFtZQ=="
-    fast = materialize._sealed_json(desired, fingerprint, label, key_hashes, versions)
-    generic = materialize._sealed_digest(
-        desired, fingerprint, label, key_hashes, versions, key=b"k"
-    )
+    fast = sealed._sealed_json(desired, fingerprint, label, key_hashes, versions)
+    generic = sealed._sealed_digest(desired, fingerprint, label, key_hashes, versions, key=b"k")
     assert keyed_digest(b"k", fast) == generic
 
 
@@ -187,7 +185,7 @@ def test_external_content_hash_written_directly_is_the_generic_one(
         origin=Origin("s.yaml", 1),
         refresh_interval=refresh,
     )
-    spec = materialize._external_spec(desired)[0]
-    assert keyed_digest(b"k", materialize._external_json(desired)) == (
-        materialize._external_generic(desired, spec, b"k")
+    spec = external._external_spec(desired)[0]
+    assert keyed_digest(b"k", external._external_json(desired)) == (
+        external._external_generic(desired, spec, b"k")
     )

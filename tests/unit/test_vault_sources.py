@@ -26,7 +26,7 @@ from secretsync.daemon import webhook
 from secretsync.delivery import materialize, seal
 from secretsync.engine.cycle import Engine
 from secretsync.fleet import load, plan
-from secretsync.sinks.git import GitSink
+from secretsync.sinks.git.sink import GitSink
 from secretsync.sources import kinds, resolve
 from secretsync.sources.vault import kind as vault_kind
 from tests.support import canary, keys
@@ -507,7 +507,7 @@ def test_the_poller_asks_each_source_for_its_own_paths_and_survives_one_being_do
 
 def test_metrics_label_stale_paths_and_logins_by_source() -> None:
     from secretsync.daemon.metrics import Metrics
-    from secretsync.engine.cycle import CycleReport
+    from secretsync.engine.report import CycleReport
 
     metrics = Metrics()
     eu = Location("vault", "a", "kv", instance="eu")

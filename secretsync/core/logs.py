@@ -27,7 +27,7 @@ _WORDS: Final = (4, 2)
 """Sizes of the machine words a text's UTF-8 bytes are read as: 4 bytes, and 2 bytes for short
 needles (a raw value of 4 to 6 bytes)."""
 if struct.calcsize("I") != 4 or struct.calcsize("H") != 2:
-    raise ImportError("secretsync.app.logs needs 4-byte 'I' and 2-byte 'H' machine words")
+    raise ImportError("secretsync.core.logs needs 4-byte 'I' and 2-byte 'H' machine words")
 
 
 def _words(data: memoryview, size: int) -> memoryview[int]:

@@ -12,11 +12,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Final
 
-from cryptography import x509
-
 from secretsync.core import errors
 from secretsync.core.model import ControllerRef, Delivery, Fleet
-from secretsync.fleet import load
+from secretsync.fleet.certificates import FleetCertificates
 
 log = logging.getLogger(__name__)
 
@@ -27,18 +25,7 @@ DEFAULT_REFRESH_S: Final = 24 * 3600.0
 def expiry(fleet: Fleet) -> dict[str, datetime]:
     """When each sealed cluster's certificate (`certFile`) expires; clusters whose file does
     not read or parse are left out (their render says why)."""
-    out: dict[str, datetime] = {}
-    for name, cluster in sorted(fleet.clusters.items()):
-        if cluster.delivery is not Delivery.SEALED or cluster.cert_file is None:
-            continue
-        try:
-            pem = load.read_fleet_file(fleet.root, cluster.cert_file)
-            certificates = x509.load_pem_x509_certificates(pem)
-        except (errors.ConfigError, OSError, ValueError):
-            continue
-        if certificates:
-            out[name] = certificates[0].not_valid_after_utc
-    return out
+    return FleetCertificates(fleet).expiry()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -22,7 +22,8 @@ from secretsync.core import errors, selectors
 from secretsync.core.model import ANNOTATION_CLUSTER, Fleet, Scope, Selector
 from secretsync.core.values import SecretValue
 from secretsync.delivery import seal
-from secretsync.delivery.materialize import SEALED_API, Manifest, dump_yaml
+from secretsync.delivery.rendered import Manifest, dump_yaml
+from secretsync.delivery.sealed import SEALED_API
 from secretsync.fleet import load
 
 log = logging.getLogger(__name__)

@@ -1,138 +1,48 @@
-"""Commits of the output folder, and the daemon's push of them: the GitOps write-back.
+"""One commit of the output folder of a Git work tree (`OutputRepo`), and its fetch and push.
 
     repo = await OutputRepo.open(out_dir=fleet.root / fleet.output_dir, author=author)
     await repo.check_clean()                     # before rendering (`render --commit`)
     ...                                          # render
     commit = await repo.commit(report, cycle="2026-12-06T19:00:00+00:00 webhook")
 
-`OutputRepo` owns one commit of the output folder of a Git work tree: exactly the files under
-the folder that changed are staged (in an index of its own, so the work tree's index is never
-half-staged), anything else dirty in the work tree is an error, every staged blob is checked
-again for the values the cycle resolved (a refused blob fails its object and stays out of the
-commit, and its file is put back as it was), and a cycle that changed nothing commits nothing.
-The message holds names, actions, key names and source versions, never a value.
-
-`WriteBack` is `serve --git-push`: after a cycle that changed files it commits them on top of the
-branch it pushes to and pushes, never with force. A push the remote rejects because another
-writer moved the branch (non-fast-forward, or "failed to update ref") is answered by fetching,
-rendering again on top of the new head (rendered files are derived data: never a textual
-merge), committing and pushing again, with jittered back-off, at most `tries` times per cycle.
-Commits of other writers are always kept. Only a process that may write Git (the holder of the
-`secretsync-git` Lease, when there is an election) commits or pushes; the Lease is checked again
-right before each push.
-
-Every git call goes through `gitsource.run_git`: an explicit argv, a scrubbed environment, a
-timeout, and credentials only through `gitsource`'s read-only helper.
+Exactly the files under the folder that changed are staged (in an index of its own, so the work
+tree's index is never half-staged), anything else dirty in the work tree is an error, every
+staged blob is checked again for the values the cycle resolved (a refused blob fails its object
+and stays out of the commit, and its file is put back as it was), and a cycle that changed
+nothing commits nothing. The message (`commit`) holds names, actions, key names and source
+versions, never a value. Every git call goes through `gitsource.run_git`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
-import random
-import re
 import shutil
 import tempfile
-import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from secretsync.core import errors
-from secretsync.core.model import Fleet
-from secretsync.daemon.metrics import Metrics
-from secretsync.daemon.status import StatusBoard
-from secretsync.delivery import certs, materialize
-from secretsync.engine.cycle import CycleReport, ItemResult
-from secretsync.fleet import gitsource, load
+from secretsync.delivery.rendered import leaks
+from secretsync.engine.report import CycleReport, ItemResult
+from secretsync.fleet import gitsource
+from secretsync.writeback.commit import (
+    _ACTIONS,
+    Author,
+    Commit,
+    DirtyWorkTree,
+    PushRejected,
+    message,
+)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_AUTHOR: Final = "secretsync <secretsync@localhost>"
-DEFAULT_TRIES: Final = 5
-NOT_WRITER: Final = "this replica does not write Git (it does not hold the secretsync-git Lease)"
-LOST_LEASE: Final = "the secretsync-git Lease was lost before the push: not pushed"
-_AUTHOR: Final = re.compile(r"\s*([^<>\n]*[^<>\s])\s*<([^<>\s@]+@[^<>\s]+)>\s*")
-_ACTIONS: Final = {"create": "created", "update": "updated", "delete": "deleted"}
+
 # what git prints when another writer moved the branch between our fetch and our push
 _RACE: Final = ("non-fast-forward", "fetch first", "failed to update ref", "stale info")
-
-
-class DirtyWorkTree(errors.ConfigError):
-    """The work tree has changes a commit of the output folder must not take or hide."""
-
-
-class PushRejected(gitsource.GitError):
-    """The remote refused the push because its branch moved (another writer)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Author:
-    """Author and committer of write-back commits."""
-
-    name: str
-    email: str
-
-    @classmethod
-    def parse(cls, text: str) -> Author:
-        found = _AUTHOR.fullmatch(text)
-        if found is None:
-            raise errors.ConfigError(
-                f"{text!r} is not of the form 'Name <email>'", field="--git-author"
-            )
-        return cls(found.group(1), found.group(2))
-
-    def env(self) -> dict[str, str]:
-        return {
-            "GIT_AUTHOR_NAME": self.name,
-            "GIT_AUTHOR_EMAIL": self.email,
-            "GIT_COMMITTER_NAME": self.name,
-            "GIT_COMMITTER_EMAIL": self.email,
-        }
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Commit:
-    """One commit made of the output folder."""
-
-    sha: str
-    paths: tuple[str, ...]  # repo-relative, as committed
-    items: tuple[ItemResult, ...]  # the objects it carries
-    message: str
-
-
-# --- the commit message -------------------------------------------------------------------------
-
-
-def message(items: Sequence[ItemResult], *, cycle: str, notes: Sequence[str] = ()) -> str:
-    """`secretsync: <n> object(s) in <m> cluster(s)`, a line per object (action and key names),
-    the source versions that changed, `notes` (renewed certificates), and a `Secretsync-Cycle:`
-    trailer. Never a value."""
-    clusters = {i.cluster for i in items}
-    lines = [f"secretsync: {len(items)} object(s) in {len(clusters)} cluster(s)", ""]
-    for item in sorted(items, key=lambda i: (i.cluster, i.namespace, i.name)):
-        keys = [
-            f"{label}: {', '.join(names)}"
-            for label, names in (
-                ("added", item.keys.added),
-                ("changed", item.keys.changed),
-                ("removed", item.keys.removed),
-            )
-            if names
-        ]
-        line = f"{item.cluster} {item.namespace}/{item.name}: {_ACTIONS[item.action]}"
-        lines.append(line + (f" [{'; '.join(keys)}]" if keys else ""))
-        lines.extend(f"  {change}" for change in item.version_changes)
-    lines.extend(notes)
-    lines += ["", f"Secretsync-Cycle: {cycle}", ""]
-    return "\n".join(lines)
-
-
-# --- the repository -----------------------------------------------------------------------------
 
 
 @dataclass(slots=True, kw_only=True)
@@ -416,7 +326,7 @@ class OutputRepo:
                 if everything is None:
                     everything = tuple(n for v in report.guarded.values() for n in v.needles())
                 needles = everything
-            if materialize.leaks(data, needles, standin):
+            if leaks(data, needles, standin):
                 refused[path] = f"{path}: refused to write a resolved secret value in plaintext"
         return refused
 
@@ -539,11 +449,6 @@ async def open_clean(
     return repo
 
 
-def cycle_name(trigger: str, *, at: datetime | None = None) -> str:
-    """The `Secretsync-Cycle:` trailer's value: when the cycle started and what started it."""
-    return f"{(at or datetime.now(UTC)).isoformat(timespec='seconds')} {trigger}"
-
-
 def _batch_contents(data: bytes) -> list[bytes | None]:
     """The objects of `git cat-file --batch` output, in order (None: missing)."""
     out: list[bytes | None] = []
@@ -574,236 +479,3 @@ def _few(paths: Sequence[str]) -> str:
 def _remove_tree(folder: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         shutil.rmtree(folder)
-
-
-# --- the daemon's push --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PushSettings:
-    """`serve --git-push`: where and as whom."""
-
-    branch: str | None = None  # another branch of the same remote; None: the pulled branch
-    author: Author = field(default_factory=lambda: Author.parse(DEFAULT_AUTHOR))
-    signing_key: Path | None = None  # SSH key that signs the commits
-    cert_refresh_s: float | None = certs.DEFAULT_REFRESH_S  # None: no certificate renewal
-    home_kubeconfig: str | None = None  # where kubeconfig Secrets of clusters live
-    tries: int = DEFAULT_TRIES
-    backoff_s: float = 0.5  # first back-off after a rejection, doubled each time, jittered
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PushOutcome:
-    """What one cycle's write-back did (the status page's "last push")."""
-
-    result: str  # ok | nothing | failed | skipped
-    at: datetime
-    sha: str | None = None
-    tries: int = 0
-    reason: str = ""
-    objects: int = 0
-
-    def document(self) -> dict[str, object]:
-        return {
-            "result": self.result,
-            "at": self.at.isoformat(timespec="seconds"),
-            "commit": self.sha,
-            "tries": self.tries,
-            "objects": self.objects,
-            "reason": self.reason,
-        }
-
-
-class WriteBack:
-    """Commit and push after each cycle of the daemon (see the module docstring)."""
-
-    def __init__(
-        self,
-        *,
-        checkout: gitsource.GitCheckout,
-        settings: PushSettings,
-        may_write: Callable[[], bool],
-        board: StatusBoard,
-        metrics: Metrics,
-        rng: random.Random | None = None,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-    ) -> None:
-        self.checkout = checkout
-        self.settings = settings
-        self.branch = settings.branch or checkout.branch
-        self.may_write = may_write
-        self.board = board
-        self.metrics = metrics
-        self._rng = rng or random.Random()  # noqa: S311 - back-off jitter, not security
-        self._clock = clock
-        self._repo: OutputRepo | None = None
-        self._base: str | None = None  # the head of the push branch this render starts from
-        self.failed = False
-        """The last cycle's push failed: its changes are only in the next render."""
-        self.also: list[str] = []  # files outside the output folder this cycle commits too
-        self.notes: list[str] = []
-        self._renew_at = 0.0  # monotonic time of the next certificate renewal
-
-    @property
-    def separate(self) -> bool:
-        return self.branch != self.checkout.branch
-
-    async def _open(self, out_dir: Path) -> OutputRepo:
-        repo = self._repo
-        if repo is None or repo.top / repo.out_rel != out_dir.resolve():
-            repo = await OutputRepo.open(
-                out_dir=out_dir,
-                author=self.settings.author,
-                signing_key=self.settings.signing_key,
-                env=self.checkout.env,
-                timeout_s=self.checkout.timeout_s,
-            )
-            self._repo = repo
-        return repo
-
-    async def prepare(self, out_dir: Path) -> None:
-        """After the pull, before rendering: with a push branch of its own, the output folder
-        starts as that branch has it (so unchanged objects keep their bytes)."""
-        if not self.separate or not self.may_write():
-            return
-        repo = await self._open(out_dir)
-        c = self.checkout
-        self._base = await repo.fetch(c.url, self.branch, credentials=c.credentials_file)
-        await repo.overlay(self._base)
-
-    async def renew_certificates(self, fleet: Fleet) -> Fleet:
-        """After the pull, when due: take the renewed certificates of the clusters' controllers
-        (`certs.renew`) so that this cycle re-seals with them and commits them with the
-        re-sealed files, in one commit; the fleet as it now is. Only on the branch pulled (the
-        certificates live in the fleet, not in a push branch of the output's own)."""
-        self.also, self.notes = [], []
-        interval = self.settings.cert_refresh_s
-        now = time.monotonic()
-        if interval is None or self.separate or now < self._renew_at or not self.may_write():
-            return fleet
-        renewed = await certs.renew(
-            fleet, home_kubeconfig=self.settings.home_kubeconfig, now=self._clock()
-        )
-        self._renew_at = now + interval
-        if not renewed:
-            return fleet
-        self.also = sorted({p for r in renewed for p in r.paths})
-        self.notes = [r.note() for r in renewed]
-        return await asyncio.to_thread(load.load_fleet, fleet.root)
-
-    async def publish(
-        self,
-        report: CycleReport,
-        *,
-        out_dir: Callable[[], Path | None],
-        rerun: Callable[[], Awaitable[CycleReport | None]],
-        trigger: str,
-    ) -> CycleReport:
-        """Commit and push what `report`'s cycle changed; on a rejected push, pull, render
-        again (`rerun`) and retry. The last report is returned (with refused objects failed);
-        the outcome goes to the recorder."""
-        t0 = time.monotonic()
-        started = self._clock()
-        cycle = cycle_name(trigger, at=started)
-        commit: Commit | None = None
-        tries = 0
-        reason = ""
-        while True:
-            folder = out_dir()
-            if folder is None or not self.may_write():
-                return self._done(
-                    report, "skipped", commit=None, t0=t0, tries=tries, reason=NOT_WRITER
-                )
-            try:
-                repo = await self._open(folder)
-                base: str | bool | None = self._base if self.separate else True
-                commit = await repo.commit(
-                    report,
-                    cycle=cycle,
-                    base=base,
-                    advance_head=not self.separate,
-                    also=self.also,
-                    notes=self.notes,
-                )
-                if commit is None:
-                    self.failed = False
-                    return self._done(report, "nothing", commit=None, t0=t0, tries=tries)
-                if not self.may_write():  # the Lease went while committing: no push
-                    return self._done(
-                        report, "skipped", commit=commit, t0=t0, tries=tries, reason=LOST_LEASE
-                    )
-                tries += 1
-                c = self.checkout
-                await repo.push(c.url, commit.sha, self.branch, credentials=c.credentials_file)
-            except PushRejected as exc:
-                reason = str(exc)
-                self.metrics.git_push.labels(result="rejected").inc()
-                log.info("push %d of %d rejected: %s", tries, self.settings.tries, reason)
-                if tries >= self.settings.tries:
-                    break
-                await asyncio.sleep(self._backoff(tries))
-                try:
-                    again = await rerun()  # pulls the new head and renders on top of it
-                except (gitsource.GitError, errors.SecretSyncError, OSError) as exc:
-                    reason = f"rendering on the new head: {_reason(exc)}"
-                    break
-                if again is None:
-                    return self._done(
-                        report, "skipped", commit=None, t0=t0, tries=tries, reason=NOT_WRITER
-                    )
-                report = again
-                continue
-            except (gitsource.GitError, errors.ConfigError, OSError) as exc:
-                reason = _reason(exc)
-                break
-            self.failed = False
-            return self._done(report, "ok", commit=commit, t0=t0, tries=tries)
-        self.failed = True
-        if self.also:  # the renewed certificates went with the commit: fetch them again
-            self._renew_at = 0.0
-        log.error("push failed after %d tr%s: %s", tries, "y" if tries == 1 else "ies", reason)
-        return self._done(report, "failed", commit=commit, t0=t0, tries=tries, reason=reason)
-
-    def _backoff(self, tries: int) -> float:
-        ceiling = min(self.settings.backoff_s * 2.0 ** (tries - 1), 10.0)
-        return float(ceiling * self._rng.uniform(0.5, 1.0))
-
-    def _done(
-        self,
-        report: CycleReport,
-        result: str,
-        *,
-        commit: Commit | None,
-        t0: float,
-        tries: int,
-        reason: str = "",
-    ) -> CycleReport:
-        outcome = PushOutcome(
-            result=result,
-            at=self._clock(),
-            sha=commit.sha if commit else None,
-            tries=tries,
-            reason=reason,
-            objects=len(commit.items) if commit else 0,
-        )
-        if result == "ok" and commit is not None:
-            log.info(
-                "pushed %s to %s: %d object(s)", commit.sha[:12], self.branch, len(commit.items)
-            )
-        if result in ("ok", "failed"):
-            self.metrics.pushed(ok=result == "ok", seconds=time.monotonic() - t0)
-        if result != "nothing":
-            self.board.pushed(
-                outcome.document(),
-                carried=[(i.cluster, i.fleet_secret) for i in commit.items] if commit else [],
-                pushed=result == "ok",
-            )
-        return report
-
-
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, errors.ConfigError):
-        return exc.render()
-    if isinstance(exc, OSError):
-        return f"cannot write the work tree ({exc.strerror or type(exc).__name__})"
-    return str(exc)

@@ -1,0 +1,240 @@
+"""The `sealed` delivery: a SealedSecret whose unchanged keys keep their ciphertext (the key hash
+binds the value, the key name, the certificate and the scope label)."""
+
+from __future__ import annotations
+
+import base64
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+from secretsync.core import errors
+from secretsync.core.model import (
+    ANNOTATION_CONTENT_HASH,
+    ANNOTATION_KEY_HASHES,
+    Delivery,
+    DesiredSecret,
+    Target,
+)
+from secretsync.core.values import (
+    KeyHasher,
+    SecretValue,
+    content_hash,
+    json_object,
+    json_string,
+    keyed_digest,
+)
+from secretsync.delivery import seal
+from secretsync.delivery.rendered import (
+    FORMAT,
+    Manifest,
+    RenderCache,
+    RenderContext,
+    Rendered,
+    SealedHashes,
+    _copy_metadata,
+    _kept,
+    _metadata,
+    _needles,
+    _shape,
+    _stand_in_text,
+    _version_annotation,
+    _versioned,
+    format_key_hashes,
+)
+
+SEALED_API = "bitnami.com/v1alpha1"
+
+
+def _certificate(desired: DesiredSecret, ctx: RenderContext) -> seal.Certificate:
+    if ctx.certificate is None:
+        raise errors.SealError(f"cluster {desired.cluster.name!r} has no sealing certificate")
+    return ctx.certificate
+
+
+def sealed_hashes(
+    desired: DesiredSecret, values: Mapping[str, SecretValue], *, ctx: RenderContext
+) -> SealedHashes:
+    """The hashes `render_sealed` gives the object (nothing is sealed)."""
+    cert = _certificate(desired, ctx)
+    if ctx.hashes is not None:
+        return ctx.hashes
+    key = ctx.hmac_key
+    target = desired.target
+    scope = target.scope
+    label = seal.label_for(target.namespace, target.name, scope)
+    b64 = base64.b64encode(label).decode("ascii")
+    context = (
+        f'{{"cert":{json_string(cert.fingerprint)},"delivery":"sealed",'
+        f'"label":{json_string(b64)},"scope":{json_string(scope)}}}'
+    )
+    hasher = KeyHasher(key, None, blob=context.encode("ascii"))
+    key_hashes = {name: hasher.hash(name, value) for name, value in sorted(values.items())}
+    try:
+        blob = _sealed_json(
+            desired, cert.fingerprint, b64, key_hashes, ctx.versions, cache=ctx.cache
+        )
+        digest = keyed_digest(key, blob)
+    except TypeError:  # not strings where the model says so: the generic encoder decides
+        digest = _sealed_digest(desired, cert.fingerprint, b64, key_hashes, ctx.versions, key=key)
+    return SealedHashes(digest, key_hashes, label)
+
+
+def _sealed_digest(
+    desired: DesiredSecret,
+    fingerprint: str,
+    b64_label: str,
+    key_hashes: Mapping[str, str],
+    versions: Mapping[str, str],
+    *,
+    key: bytes,
+) -> str:
+    """The content hash of a SealedSecret: what `_sealed_json` writes faster."""
+    context = {"cert": fingerprint, "label": b64_label, "scope": desired.target.scope}
+    return content_hash(
+        key,
+        _versioned(
+            {
+                "format": FORMAT,
+                "kind": "SealedSecret",
+                **_shape(desired),
+                **context,
+                "keys": dict(key_hashes),
+            },
+            versions,
+        ),
+    )
+
+
+def _sealed_json(
+    desired: DesiredSecret,
+    fingerprint: str,
+    b64_label: str,
+    key_hashes: Mapping[str, str],
+    versions: Mapping[str, str],
+    *,
+    cache: RenderCache | None = None,
+) -> bytes:
+    """`canonical_json` of `_sealed_digest`'s parts, written directly (keys in sorted order):
+    the content hash is computed for every object of every render, changed or not. A property
+    test holds it equal to the generic encoder. TypeError when a field is not what the model
+    says (the caller then uses the generic path)."""
+    target = desired.target
+    head, middle, tail = (
+        cache.target_parts(target, _target_json) if cache is not None else _target_json(target)
+    )
+    text = (
+        f"{head}{json_string(fingerprint)},"
+        f'"cluster":{json_string(desired.cluster.name)},'
+        f'"fleetSecret":{json_string(desired.fleet_secret)}{middle}{json_object(key_hashes)},'
+        f'"kind":"SealedSecret","label":{json_string(b64_label)}{tail}'
+        + (f',"versions":{json_object(versions)}' if versions else "")
+        + "}"
+    )
+    return text.encode("ascii")
+
+
+def _target_json(t: Target) -> tuple[str, str, str]:
+    """The parts of `_sealed_json` that only the target decides (kept per Target by a
+    `RenderCache`)."""
+    if type(t.immutable) is not bool:
+        raise TypeError("immutable")
+    return (
+        f'{{"annotations":{json_object(t.annotations)},"cert":',
+        f',"format":{FORMAT:d},"immutable":{"true" if t.immutable else "false"},"keys":',
+        f',"labels":{json_object(t.labels)},"name":{json_string(t.name)},'
+        f'"namespace":{json_string(t.namespace)},"scope":{json_string(t.scope)},'
+        f'"type":{json_string(t.type)}',
+    )
+
+
+def to_seal(
+    desired: DesiredSecret, values: Mapping[str, SecretValue], *, ctx: RenderContext
+) -> list[tuple[str, bytes]]:
+    """(key, plaintext) of the values `render_sealed` would seal anew: those whose previous
+    ciphertext cannot be kept. The label to seal them with is `sealed_hashes(...).label`."""
+    hashes = sealed_hashes(desired, values, ctx=ctx)
+    return [
+        (key, value.reveal())
+        for key, value in sorted(values.items())
+        if _kept(ctx.previous, key, hashes.key_hashes[key]) is None
+    ]
+
+
+def render_sealed(
+    desired: DesiredSecret, values: Mapping[str, SecretValue], *, ctx: RenderContext
+) -> Rendered:
+    cert = _certificate(desired, ctx)
+    scope = desired.target.scope
+    hashes = sealed_hashes(desired, values, ctx=ctx)
+    digest, key_hashes, label = hashes.digest, hashes.key_hashes, hashes.label
+    encrypted: dict[str, str] = {}
+    resealed = 0
+    for key, value in sorted(values.items()):
+        old = _kept(ctx.previous, key, key_hashes[key])
+        if old is not None:
+            encrypted[key] = old
+            continue
+        done = ctx.sealed.get(key) if ctx.sealed is not None else None
+        if done is not None:
+            encrypted[key] = done
+        else:
+            kwargs = {"rng": ctx.rng} if ctx.rng else {}
+            encrypted[key] = seal.seal_value(cert.public_key, value.reveal(), label=label, **kwargs)
+        resealed += 1
+    annotations = {
+        **seal.scope_annotations(scope),
+        ANNOTATION_CONTENT_HASH: digest,
+        ANNOTATION_KEY_HASHES: format_key_hashes(key_hashes),
+        **_version_annotation(ctx.versions),
+    }
+    meta = _metadata(desired, annotations)
+    template: dict[str, Any] = {
+        "metadata": _copy_metadata(meta),
+        "type": desired.target.type,
+    }
+    if desired.target.immutable:
+        template["immutable"] = True
+    manifest: Manifest = {
+        "apiVersion": SEALED_API,
+        "kind": "SealedSecret",
+        "metadata": meta,
+        "spec": {"encryptedData": encrypted, "template": template},
+    }
+    return Rendered(
+        key=desired.key,
+        fleet_secret=desired.fleet_secret,
+        delivery=Delivery.SEALED,
+        kind="SealedSecret",
+        content_hash=digest,
+        key_hashes=key_hashes,
+        manifest=manifest,
+        needles=_needles(values, desired),
+        resealed=resealed,
+        standin=functools.partial(_sealed_standin, desired, values, ctx, hashes, encrypted),
+    )
+
+
+def _sealed_standin(
+    desired: DesiredSecret,
+    values: Mapping[str, SecretValue],
+    ctx: RenderContext,
+    hashes: SealedHashes,
+    encrypted: Mapping[str, str],
+) -> Manifest:
+    """The SealedSecret rendered again with every value replaced by a random stand-in of the
+    same length, and every ciphertext sealed anew by random text of the same length. Its hashes
+    are the real object's (hex text that only the keyed HMAC decides) and so is the ciphertext
+    it keeps from the previous object (written before, and sealed from the same value), so what
+    differs between the two is what the values put into the text, directly or through a seal."""
+    standin = RenderContext(
+        hmac_key=ctx.hmac_key,
+        certificate=ctx.certificate,
+        previous=ctx.previous,
+        versions=ctx.versions,
+        hashes=hashes,
+        sealed={key: _stand_in_text(len(text)).decode("ascii") for key, text in encrypted.items()},
+        cache=ctx.cache,
+    )
+    stand = {key: SecretValue(_stand_in_text(len(value))) for key, value in values.items()}
+    return render_sealed(desired, stand, ctx=standin).manifest
