@@ -73,7 +73,7 @@ class Engine:
         planned: Sequence[DesiredSecret] | None = None,
         certificates: FleetCertificates | None = None,
     ) -> CycleReport:
-        """One reconcile. `only_paths` (Vault `<mount>/<path>` names, see `path_names`) narrows
+        """One reconcile. `only_paths` (rotation names, see `kinds.path_names`) narrows
         the cycle to the objects built from one of them, on the clusters that have such an
         object; every other object is left as it is: a narrowed cycle never deletes.
         `check_refs` also reads the refs of `external` objects (which otherwise need no read),
