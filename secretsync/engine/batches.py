@@ -3,6 +3,7 @@ when there are enough seals)."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,16 +47,7 @@ def _render_sealed(
     stream = itertools.chain.from_iterable(seals.seal(certificate.public_key, flat))
     for (d, values, ctx), todo in zip(pending, jobs, strict=True):
         sealed = {key: next(stream) for key, _ in todo}
-        done = RenderContext(
-            hmac_key=ctx.hmac_key,
-            certificate=ctx.certificate,
-            previous=ctx.previous,
-            rng=ctx.rng,
-            versions=ctx.versions,
-            hashes=ctx.hashes,
-            sealed=sealed,
-            cache=ctx.cache,
-        )
+        done = dataclasses.replace(ctx, sealed=sealed)
         yield d, _render(d, values, done)
 
 

@@ -3,6 +3,7 @@ unique, overlays naming known clusters, selectors that select."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -188,18 +189,7 @@ def load_fleet(root: Path) -> Fleet:
         ctx.errors.extend(empty_selections(secrets.values(), clusters.values()))
     if ctx.errors:
         raise errors.ConfigErrors(ctx.errors)
-    return Fleet(
-        name=fleet.name,
-        root=fleet.root,
-        origin=fleet.origin,
-        default_delivery=fleet.default_delivery,
-        output_dir=fleet.output_dir,
-        layout=fleet.layout,
-        vault=fleet.vault,
-        vaults=fleet.vaults,
-        sops=fleet.sops,
-        other_sources=fleet.other_sources,
-        policies=fleet.policies,
-        clusters=dict(sorted(clusters.items())),
-        secrets=dict(sorted(secrets.items())),
+    # every other field as the Fleet file gave it: a field added to Fleet is carried over
+    return dataclasses.replace(
+        fleet, clusters=dict(sorted(clusters.items())), secrets=dict(sorted(secrets.items()))
     )
