@@ -27,7 +27,8 @@ from secretsync.cli.common import (
     pass_settings,
 )
 from secretsync.core import errors
-from secretsync.core.model import Delivery
+from secretsync.delivery import kinds as delivery_kinds
+from secretsync.delivery import sealed
 from secretsync.kube import kubeplugins
 
 if TYPE_CHECKING:
@@ -55,7 +56,7 @@ def _labels(items: tuple[str, ...]) -> dict[str, str]:
 @click.option("--kubeconfig", type=click.Path(dir_okay=False), help="Kubeconfig to reach it now.")
 @click.option("--context", help="Context in --kubeconfig.")
 @click.option("--label", "label_items", multiple=True, metavar="KEY=VALUE")
-@click.option("--delivery", type=click.Choice([d.value for d in Delivery]))
+@click.option("--delivery", type=click.Choice(list(delivery_kinds.kinds())))
 @click.option("--controller-namespace", default="kube-system", show_default=True)
 @click.option("--controller-name", default="sealed-secrets-controller", show_default=True)
 @click.option(
@@ -86,7 +87,7 @@ def cluster_add(
     from secretsync.kube import clusters
 
     fleet = _load(fleet_path)
-    chosen = Delivery(delivery) if delivery else fleet.default_delivery
+    chosen = delivery or fleet.default_delivery
     api = None
     if kubeconfig is not None:
         try:
@@ -166,7 +167,7 @@ def cluster_refresh_cert(
     cluster = fleet.clusters.get(name)
     if cluster is None:
         raise UsageError(f"no cluster {name!r} in the fleet")
-    ref = cluster.controller or ControllerRef()
+    ref = sealed.settings(cluster).controller or ControllerRef()
     ref = ControllerRef(
         namespace=controller_namespace or ref.namespace, name=controller_name or ref.name
     )

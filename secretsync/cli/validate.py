@@ -9,8 +9,8 @@ import click
 
 from secretsync.cli.common import Settings, _emit, _fail_config, _load, pass_settings
 from secretsync.core import errors
-from secretsync.delivery import seal
-from secretsync.fleet import load
+from secretsync.delivery import sealed
+from secretsync.fleet.certificates import FleetCertificates
 
 if TYPE_CHECKING:
     pass
@@ -37,20 +37,20 @@ def validate(settings: Settings, fleet: str) -> None:
     # the SOPS files' key groups, from their metadata: nothing is decrypted or contacted
     problems = sopskeys.check_files(loaded, sopskeys.readers_of(desired))
     now = datetime.now(UTC)
+    certificates = FleetCertificates(loaded)
     for cluster in loaded.clusters.values():
-        if cluster.cert_file is None:
+        cert_file = sealed.settings(cluster).cert_file
+        if cert_file is None:
             continue
-        if cluster.controller is not None and not (loaded.root / cluster.cert_file).exists():
-            ref = cluster.controller
+        if (ref := certificates.awaiting(cluster)) is not None:
             click.echo(
-                f"note: cluster {cluster.name}: no {cluster.cert_file} yet; `secretsync cluster "
+                f"note: cluster {cluster.name}: no {cert_file} yet; `secretsync cluster "
                 f"refresh-cert {cluster.name}` fetches it from {ref.namespace}/{ref.name}",
                 err=True,
             )
             continue
         try:
-            pem = load.read_fleet_file(loaded.root, cluster.cert_file)
-            seal.load_certificate(pem, source=cluster.cert_file, now=now)
+            certificates.certificate(cluster, now=now)
         except errors.ConfigError as exc:
             problems.append(exc)
         except errors.SealError as exc:

@@ -21,6 +21,8 @@ ANNOTATION_CLUSTER: Final = "secretsync.dev/cluster"
 ANNOTATION_CONTENT_HASH: Final = "secretsync.dev/content-hash"
 ANNOTATION_KEY_HASHES: Final = "secretsync.dev/key-hashes"
 ANNOTATION_SOURCE_VERSIONS: Final = "secretsync.dev/source-versions"
+DEFAULT_DELIVERY: Final = "sealed"  # a Cluster's delivery unless the Fleet or it says otherwise
+ANNOTATION_MANAGED_KEYS: Final = "secretsync.dev/managed-keys"  # the keys a Secret got applied
 FIELD_MANAGER: Final = "secretsync"
 
 
@@ -30,12 +32,6 @@ def is_owned(labels: Mapping[str, object], annotations: Mapping[str, object], cl
         labels.get(LABEL_MANAGED_BY) == MANAGED_BY
         and annotations.get(ANNOTATION_CLUSTER) == cluster
     )
-
-
-class Delivery(enum.StrEnum):
-    SEALED = "sealed"
-    EXTERNAL = "external"
-    DIRECT = "direct"
 
 
 class Scope(enum.StrEnum):
@@ -329,22 +325,15 @@ class ControllerRef:
 class Cluster:
     name: str
     labels: Mapping[str, str]
-    delivery: Delivery
+    delivery: str  # the name of a registered delivery kind (`delivery.kinds`)
     origin: Origin
-    cert_file: str | None = None
-    cert_sha256: str | None = None  # pinned SHA-256 of the certificate's DER (64 hex digits)
-    controller: ControllerRef | None = None
-    store_ref: StoreRef = field(default_factory=StoreRef)
-    store_refs: Mapping[str, StoreRef] = field(default_factory=dict)  # named source -> its store
+    settings: Mapping[str, object] = field(default_factory=dict)
+    """Delivery kind name -> the settings that kind read from this Cluster (its own types)."""
     vault_source: str | None = None  # `spec.vault.source`: the named source of its refs
     kubeconfig: Kubeconfig | None = None
     apply: bool = False
     allowed_namespaces: tuple[str, ...] | None = None  # None = no restriction
     create_namespaces: bool = False
-
-    def store_for(self, instance: str) -> StoreRef | None:
-        """The External Secrets store that reads the named source ("" the default source)."""
-        return self.store_refs.get(instance) if instance else self.store_ref
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -393,7 +382,7 @@ class Fleet:
     name: str
     root: Path
     origin: Origin
-    default_delivery: Delivery = Delivery.SEALED
+    default_delivery: str = DEFAULT_DELIVERY
     output_dir: str = "rendered"
     layout: Layout = field(default_factory=Layout)
     vault: VaultSettings | None = None
@@ -467,19 +456,11 @@ class DesiredSecret:
         return ObjectKey(self.cluster.name, self.target.namespace, self.target.name)
 
     @property
-    def delivery(self) -> Delivery:
+    def delivery(self) -> str:
         return self.cluster.delivery
 
     def refs(self) -> list[ValueRef]:
         return [v for v in self.data.values() if isinstance(v, ValueRef)]
-
-    @property
-    def store_ref(self) -> StoreRef:
-        """The External Secrets store of the source this object's refs read (`plan` allows
-        one source per external object, with a store the cluster names)."""
-        for ref in self.refs():
-            return self.cluster.store_for(ref.location.instance) or self.cluster.store_ref
-        return self.cluster.store_ref
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

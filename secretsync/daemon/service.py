@@ -298,7 +298,7 @@ class Daemon:
         sinks = (("Git", self.settings.git), ("Kubernetes", self.settings.kube))
         off = ", ".join(f"{name} sink off" for name, on in sinks if not on) or "no sink takes it"
         return {
-            name: f"not delivered by this daemon (delivery {c.delivery.value}, {off})"
+            name: f"not delivered by this daemon (delivery {c.delivery}, {off})"
             for name, c in fleet.clusters.items()
             if not self._wiring.delivers(c)
         }

@@ -236,7 +236,7 @@ class StatusBoard:
         self.clusters = {
             name: ClusterInfo(
                 name=name,
-                delivery=c.delivery.value,
+                delivery=c.delivery,
                 labels=dict(c.labels),
                 readers=tuple(sorted(readers.get(name, {}))),
             )
@@ -252,10 +252,10 @@ class StatusBoard:
                     fleet_secret=d.fleet_secret,
                     namespace=d.target.namespace,
                     name=d.target.name,
-                    delivery=d.delivery.value,
+                    delivery=d.delivery,
                 )
             entry.namespace, entry.name = d.target.namespace, d.target.name
-            entry.delivery = d.delivery.value
+            entry.delivery = d.delivery
             entry.refs = tuple(sorted({str(r) for r in d.refs()}))
             planned[key] = entry
         if planned.keys() != self.entries.keys():

@@ -5,9 +5,20 @@ from __future__ import annotations
 import base64
 import functools
 from collections.abc import Mapping
+from typing import Any, Final
 
-from secretsync.core.model import ANNOTATION_CONTENT_HASH, Delivery, DesiredSecret
+from secretsync.core import errors
+from secretsync.core.model import (
+    ANNOTATION_CONTENT_HASH,
+    ANNOTATION_MANAGED_KEYS,
+    Cluster,
+    DesiredSecret,
+    Fleet,
+    FleetSecret,
+    Planned,
+)
 from secretsync.core.values import KeyHasher, SecretValue, content_hash
+from secretsync.delivery import kinds
 from secretsync.delivery.rendered import (
     FORMAT,
     Manifest,
@@ -19,6 +30,10 @@ from secretsync.delivery.rendered import (
     _version_annotation,
     _versioned,
 )
+
+SECRET: Final = kinds.ApiKind("Secret", "", "v1", "secrets")
+
+NAME: Final = "direct"
 
 
 @functools.lru_cache(maxsize=8)
@@ -65,10 +80,53 @@ def render_direct(
     return Rendered(
         key=desired.key,
         fleet_secret=desired.fleet_secret,
-        delivery=Delivery.DIRECT,
+        delivery=NAME,
         kind="Secret",
         content_hash=digest,
         key_hashes=key_hashes,
         manifest=manifest,
         needles=_needles(values, desired),
     )
+
+
+class DirectKind:
+    name = NAME
+    api_kind = SECRET
+    in_git = False
+    holds_values = True
+    reads_values = True
+    seals = False
+    field = None
+
+    def read_settings(
+        self, spec: kinds.Map, *, cluster: str, files: kinds.FleetFiles, chosen: bool
+    ) -> None:
+        return None
+
+    def check_secret(
+        self, *, secret: FleetSecret, cluster: Cluster, data: Mapping[str, Planned], fleet: Fleet
+    ) -> list[errors.ConfigError]:
+        return []
+
+    def render(
+        self, desired: DesiredSecret, values: Mapping[str, SecretValue], *, ctx: RenderContext
+    ) -> Rendered:
+        return render_direct(desired, values, ctx=ctx)
+
+    def content_hash(
+        self, desired: DesiredSecret, values: Mapping[str, SecretValue], *, ctx: RenderContext
+    ) -> str:
+        return _direct_hashes(desired, values, ctx=ctx)[0]
+
+    def drift(self, obj: Mapping[str, Any]) -> dict[str, object]:
+        """Only the keys secretsync applied count (named in its managed-keys annotation):
+        another field manager may add keys of its own, and server-side apply keeps them; that
+        is not drift."""
+        data = obj.get("data") or {}
+        keys = ((obj.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_MANAGED_KEYS)
+        if isinstance(keys, str):
+            data = {k: data.get(k) for k in keys.split(",") if k}
+        return {"data": data, "type": obj.get("type") or "Opaque"}
+
+
+kinds.register(DirectKind())

@@ -1,21 +1,30 @@
 """The `external` delivery: an ExternalSecret naming the Vault paths and keys (it carries no
-values)."""
+values); its settings (`externalSecrets`: the store of each source) and its plan rules (one
+source per object, at least one ref)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Final
 
+from secretsync.core import errors
 from secretsync.core.model import (
     ANNOTATION_CLUSTER,
     ANNOTATION_CONTENT_HASH,
     LABEL_MANAGED_BY,
     MANAGED_BY,
-    Delivery,
+    Cluster,
     DesiredSecret,
+    Fleet,
+    FleetSecret,
     Literal,
+    Planned,
+    StoreRef,
+    ValueRef,
 )
 from secretsync.core.values import SecretValue, content_hash, json_object, json_string, keyed_digest
+from secretsync.delivery import kinds
 from secretsync.delivery.rendered import (
     FORMAT,
     Manifest,
@@ -25,7 +34,42 @@ from secretsync.delivery.rendered import (
     _shape,
 )
 
-EXTERNAL_API = "external-secrets.io/v1"
+EXTERNAL_SECRET: Final = kinds.ApiKind(
+    "ExternalSecret", "external-secrets.io", "v1", "externalsecrets"
+)
+
+EXTERNAL_API: Final = EXTERNAL_SECRET.api_version
+
+NAME: Final = "external"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExternalSettings:
+    """A Cluster's `externalSecrets`: the External Secrets store of each Vault source."""
+
+    store_ref: StoreRef = field(default_factory=StoreRef)  # the default source's
+    store_refs: Mapping[str, StoreRef] = field(default_factory=dict)  # named source -> store
+
+    def store_for(self, instance: str) -> StoreRef | None:
+        """The store that reads the named source ("" the default source)."""
+        return self.store_refs.get(instance) if instance else self.store_ref
+
+
+NO_SETTINGS: Final = ExternalSettings()
+
+
+def settings(cluster: Cluster) -> ExternalSettings:
+    """`cluster`'s `externalSecrets` (the default store when it has none)."""
+    return kinds.settings(cluster, NAME, ExternalSettings, NO_SETTINGS)
+
+
+def store_of(desired: DesiredSecret) -> StoreRef:
+    """The store of the source this object's refs read (`plan` allows one source per external
+    object, with a store the cluster names)."""
+    stores = settings(desired.cluster)
+    for ref in desired.refs():
+        return stores.store_for(ref.location.instance) or stores.store_ref
+    return stores.store_ref
 
 
 def escape_go_template(text: str) -> str:
@@ -67,7 +111,7 @@ def _external_spec(desired: DesiredSecret) -> tuple[dict[str, Any], dict[str, st
     if target.immutable:
         target_spec["immutable"] = True
     target_spec["template"] = template
-    store = desired.store_ref
+    store = store_of(desired)
     spec: dict[str, Any] = {
         "refreshInterval": desired.refresh_interval,
         "secretStoreRef": {"kind": store.kind, "name": store.name},
@@ -108,7 +152,7 @@ def _external_json(desired: DesiredSecret) -> bytes:
             f'{{"remoteRef":{{"key":{json_string(loc.path)},'
             f'"property":{json_string(planned.key)}{version}}},"secretKey":{json_string(key)}}}'
         )
-    store = desired.store_ref
+    store = store_of(desired)
     labels = {**t.labels, LABEL_MANAGED_BY: MANAGED_BY}
     annotations = {**t.annotations, ANNOTATION_CLUSTER: desired.cluster.name}
     spec = (
@@ -152,9 +196,121 @@ def render_external(
     return Rendered(
         key=desired.key,
         fleet_secret=desired.fleet_secret,
-        delivery=Delivery.EXTERNAL,
+        delivery=NAME,
         kind="ExternalSecret",
         content_hash=digest,
         key_hashes=key_hashes,
         manifest=manifest,
     )
+
+
+def _read_store_ref(ref: kinds.Map) -> StoreRef:
+    """`{kind, name}` of an External Secrets store."""
+    kind = ref.text("kind") or "ClusterSecretStore"
+    if kind not in ("ClusterSecretStore", "SecretStore"):
+        ref.ctx.error(
+            ref.key_node("kind"), ref.field("kind"), "must be ClusterSecretStore or SecretStore"
+        )
+    store = StoreRef(kind=kind, name=ref.text("name", required=True) or "vault")
+    ref.done()
+    return store
+
+
+class ExternalKind:
+    name = NAME
+    api_kind = EXTERNAL_SECRET
+    in_git = True
+    holds_values = False
+    reads_values = False
+    seals = False
+    field = "externalSecrets"
+
+    def read_settings(
+        self, spec: kinds.Map, *, cluster: str, files: kinds.FleetFiles, chosen: bool
+    ) -> ExternalSettings | None:
+        external = spec.map(self.field)
+        if external is None:
+            return None
+        store_ref = StoreRef()
+        store_refs: dict[str, StoreRef] = {}
+        ref = external.map("storeRef")
+        if ref is not None:
+            store_ref = _read_store_ref(ref)
+        named = external.map("storeRefs")
+        if named is not None:
+            for name, (knode, _) in named.entries.items():
+                if name == "default":  # the default source's store is `storeRef`
+                    named.used.add(name)
+                    named.ctx.error(
+                        knode, named.field(name), "the default source's store is storeRef"
+                    )
+                    continue
+                entry = named.map(name)
+                if entry is not None:
+                    store_refs[name] = _read_store_ref(entry)
+        external.done()
+        return ExternalSettings(store_ref=store_ref, store_refs=store_refs)
+
+    def check_secret(
+        self, *, secret: FleetSecret, cluster: Cluster, data: Mapping[str, Planned], fleet: Fleet
+    ) -> list[errors.ConfigError]:
+        def problem(message: str) -> errors.ConfigError:
+            return errors.ConfigError(
+                message, file=secret.origin.file, line=secret.origin.line, field="spec.data"
+            )
+
+        out: list[errors.ConfigError] = []
+        sources = {v.location.source_key for v in data.values() if isinstance(v, ValueRef)}
+        if len(sources) > 1:
+            out.append(
+                problem(
+                    f"cluster {cluster.name!r} uses external delivery, whose ExternalSecret "
+                    f"names one store: this FleetSecret reads {len(sources)} sources "
+                    f"({', '.join(sorted(sources))}) for it"
+                )
+            )
+        if not sources:
+            out.append(
+                problem(
+                    f"cluster {cluster.name!r} uses external delivery, which needs at least "
+                    "one vault: key (an ExternalSecret of literals only is refused by ESO)"
+                )
+            )
+        return out
+
+    def render(
+        self, desired: DesiredSecret, values: Mapping[str, SecretValue], *, ctx: RenderContext
+    ) -> Rendered:
+        return render_external(desired, values, ctx=ctx)
+
+    def content_hash(
+        self, desired: DesiredSecret, values: Mapping[str, SecretValue], *, ctx: RenderContext
+    ) -> str:
+        try:
+            return keyed_digest(ctx.hmac_key, _external_json(desired))
+        except TypeError:
+            return _external_generic(desired, _external_spec(desired)[0], ctx.hmac_key)
+
+    def drift(self, obj: Mapping[str, Any]) -> dict[str, object]:
+        spec = obj.get("spec") or {}
+        target = spec.get("target") or {}
+        template = target.get("template") or {}
+        refs = [
+            {
+                "secretKey": item.get("secretKey"),
+                "key": (item.get("remoteRef") or {}).get("key"),
+                "property": (item.get("remoteRef") or {}).get("property"),
+                "version": (item.get("remoteRef") or {}).get("version"),
+            }
+            for item in spec.get("data") or []
+            if isinstance(item, Mapping)
+        ]
+        return {
+            "refs": refs,
+            "templateData": template.get("data") or {},
+            "store": spec.get("secretStoreRef") or {},
+            "target": target.get("name"),
+        }
+
+
+kinds.register(ExternalKind())

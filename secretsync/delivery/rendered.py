@@ -10,7 +10,7 @@ import functools
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 from secretsync.core import errors
 from secretsync.core.model import (
@@ -19,7 +19,6 @@ from secretsync.core.model import (
     LABEL_FLEET_SECRET,
     LABEL_MANAGED_BY,
     MANAGED_BY,
-    Delivery,
     DesiredSecret,
     Literal,
     ObjectKey,
@@ -46,7 +45,7 @@ class Rendered:
 
     key: ObjectKey
     fleet_secret: str
-    delivery: Delivery
+    delivery: str  # the delivery kind's name
     kind: str
     content_hash: str
     key_hashes: Mapping[str, str]
@@ -108,12 +107,6 @@ class SealedHashes(NamedTuple):
     digest: str
     key_hashes: dict[str, str]
     label: bytes
-
-
-class Render(Protocol):
-    def __call__(
-        self, desired: DesiredSecret, values: Mapping[str, SecretValue], *, ctx: RenderContext
-    ) -> Rendered: ...
 
 
 MAX_SECRET_BYTES = 1024 * 1024

@@ -1,19 +1,27 @@
 """The `sealed` delivery: a SealedSecret whose unchanged keys keep their ciphertext (the key hash
-binds the value, the key name, the certificate and the scope label)."""
+binds the value, the key name, the certificate and the scope label); its settings
+(`sealedSecrets`: certificate file, pin, controller) and its plan rule (the cluster-wide scope
+policy)."""
 
 from __future__ import annotations
 
 import base64
 import functools
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Final
 
 from secretsync.core import errors
 from secretsync.core.model import (
     ANNOTATION_CONTENT_HASH,
     ANNOTATION_KEY_HASHES,
-    Delivery,
+    Cluster,
+    ControllerRef,
     DesiredSecret,
+    Fleet,
+    FleetSecret,
+    Planned,
+    Scope,
     Target,
 )
 from secretsync.core.values import (
@@ -24,7 +32,7 @@ from secretsync.core.values import (
     json_string,
     keyed_digest,
 )
-from secretsync.delivery import seal
+from secretsync.delivery import kinds, seal
 from secretsync.delivery.rendered import (
     FORMAT,
     Manifest,
@@ -44,6 +52,8 @@ from secretsync.delivery.rendered import (
 )
 
 SEALED_API = "bitnami.com/v1alpha1"
+
+NAME: Final = "sealed"
 
 
 def _certificate(desired: DesiredSecret, ctx: RenderContext) -> seal.Certificate:
@@ -204,7 +214,7 @@ def render_sealed(
     return Rendered(
         key=desired.key,
         fleet_secret=desired.fleet_secret,
-        delivery=Delivery.SEALED,
+        delivery=NAME,
         kind="SealedSecret",
         content_hash=digest,
         key_hashes=key_hashes,
@@ -238,3 +248,153 @@ def _sealed_standin(
     )
     stand = {key: SecretValue(_stand_in_text(len(value))) for key, value in values.items()}
     return render_sealed(desired, stand, ctx=standin).manifest
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SealedSettings:
+    """A Cluster's `sealedSecrets`: its sealing certificate (file and pin) and controller."""
+
+    cert_file: str | None = None
+    cert_sha256: str | None = None  # pinned SHA-256 of the certificate's DER (64 hex digits)
+    controller: ControllerRef | None = None
+
+
+NO_SETTINGS: Final = SealedSettings()
+
+
+def settings(cluster: Cluster) -> SealedSettings:
+    """`cluster`'s `sealedSecrets` (empty when it has none)."""
+    return kinds.settings(cluster, NAME, SealedSettings, NO_SETTINGS)
+
+
+def _read_settings(
+    spec: kinds.Map, *, cluster: str, files: kinds.FleetFiles, chosen: bool
+) -> SealedSettings | None:
+    ctx = spec.ctx
+    cert_file: str | None = None
+    cert_sha256: str | None = None
+    controller: ControllerRef | None = None
+    sealed = spec.map("sealedSecrets")
+    if sealed is not None:
+        cert_file = sealed.text("certFile")
+        cert_ok = cert_file is not None
+        if cert_file is not None:
+            try:
+                files.confine(cert_file)
+            except errors.ConfigError as exc:
+                cert_ok = False
+                ctx.error(sealed.key_node("certFile"), sealed.field("certFile"), exc.message)
+        pin = sealed.text("certificateSha256")
+        if pin is not None:
+            cert_sha256 = _pinned(sealed, pin, cert_file if cert_ok else None, files)
+        ctrl = sealed.map("controller")
+        if ctrl is not None:
+            controller = ControllerRef(
+                namespace=ctrl.text("namespace") or "kube-system",
+                name=ctrl.text("name") or "sealed-secrets-controller",
+            )
+            ctrl.done()
+        sealed.done()
+    if chosen and cert_file is None:
+        if controller is not None:
+            # the controller is where the certificate comes from: `cluster refresh-cert` and
+            # `serve --git-push` fetch it into the file of the usual name
+            cert_file = f"certs/{cluster}.pem"
+            try:  # fetched and written there later: it must not lead out of the repo either
+                files.confine(cert_file)
+            except errors.ConfigError as exc:
+                ctx.error(
+                    sealed.key_node("controller") if sealed else None,
+                    spec.field("sealedSecrets.controller"),
+                    exc.message,
+                )
+        else:
+            ctx.error(
+                spec.key_node("sealedSecrets") or spec.node,
+                spec.field("sealedSecrets.certFile"),
+                "a sealed cluster needs a certificate file, or the controller to fetch it from "
+                "(run `secretsync cluster add` to fetch it)",
+            )
+    if sealed is None and cert_file is None:
+        return None
+    return SealedSettings(cert_file=cert_file, cert_sha256=cert_sha256, controller=controller)
+
+
+def _pinned(
+    sealed: kinds.Map, pin: str, cert_file: str | None, files: kinds.FleetFiles
+) -> str | None:
+    """Check `sealedSecrets.certificateSha256` against the certificate file; the normalised
+    pin, or None (with an error) when it is malformed or does not match. (The file is read
+    again for sealing, by `fleet.certificates`, which checks the pin again: a file swapped
+    after the load is refused, not sealed to.)"""
+    ctx = sealed.ctx
+    node, field = sealed.key_node("certificateSha256"), sealed.field("certificateSha256")
+    expected = seal.normalize_sha256(pin)
+    if expected is None:
+        ctx.error(node, field, "must be a SHA-256 fingerprint: 64 hex digits (colons allowed)")
+        return None
+    if cert_file is None:
+        if "certFile" not in sealed.entries:
+            ctx.error(node, field, "pins the certificate of certFile, which is not set")
+        return None
+    try:
+        actual = seal.certificate_sha256(files.read(cert_file), source=cert_file)
+        seal.check_pin(actual, expected, source=cert_file)
+    except errors.ConfigError as exc:
+        ctx.error(node, field, f"{cert_file}: {exc.message}")
+        return None
+    except errors.SealError as exc:
+        ctx.error(node, field, str(exc))
+        return None
+    return expected
+
+
+SEALED_SECRET: Final = kinds.ApiKind("SealedSecret", "bitnami.com", "v1alpha1", "sealedsecrets")
+
+
+class SealedKind:
+    name = NAME
+    api_kind = SEALED_SECRET
+    in_git = True
+    holds_values = False
+    reads_values = True
+    seals = True
+    field = "sealedSecrets"
+
+    def read_settings(
+        self, spec: kinds.Map, *, cluster: str, files: kinds.FleetFiles, chosen: bool
+    ) -> SealedSettings | None:
+        return _read_settings(spec, cluster=cluster, files=files, chosen=chosen)
+
+    def check_secret(
+        self, *, secret: FleetSecret, cluster: Cluster, data: Mapping[str, Planned], fleet: Fleet
+    ) -> list[errors.ConfigError]:
+        if secret.target.scope is Scope.CLUSTER_WIDE and not fleet.policies.allow_cluster_wide:
+            return [
+                errors.ConfigError(
+                    "cluster-wide sealing scope is not allowed by the Fleet's policies "
+                    "(set spec.policies.allowClusterWide: true)",
+                    file=secret.target_origin.file,
+                    line=secret.target_origin.line,
+                    field="spec.target.scope",
+                )
+            ]
+        return []
+
+    def render(
+        self, desired: DesiredSecret, values: Mapping[str, SecretValue], *, ctx: RenderContext
+    ) -> Rendered:
+        return render_sealed(desired, values, ctx=ctx)
+
+    def content_hash(
+        self, desired: DesiredSecret, values: Mapping[str, SecretValue], *, ctx: RenderContext
+    ) -> str:
+        return sealed_hashes(desired, values, ctx=ctx).digest
+
+    def drift(self, obj: Mapping[str, Any]) -> dict[str, object]:
+        spec = obj.get("spec") or {}
+        template = spec.get("template") or {}
+        return {"encryptedData": spec.get("encryptedData") or {}, "type": template.get("type")}
+
+
+kinds.register(SealedKind())

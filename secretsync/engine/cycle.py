@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from secretsync.core import bounded, errors, selectors
-from secretsync.core.model import Cluster, DeleteLimit, Delivery, DesiredSecret, Fleet, Selector
+from secretsync.core.model import Cluster, DeleteLimit, DesiredSecret, Fleet, Selector
+from secretsync.delivery import kinds as delivery_kinds
 from secretsync.delivery import materialize, seal
 from secretsync.delivery.rendered import RenderCache, RenderContext, check_size, values_for
 from secretsync.delivery.sealed import sealed_hashes
@@ -107,7 +108,7 @@ class Engine:
         needs_values = [
             d
             for d in desired
-            if (check_refs or d.delivery is not Delivery.EXTERNAL)
+            if (check_refs or delivery_kinds.get(d.delivery).reads_values)
             and any(s.accepts(d.cluster) for s in self.sinks)
         ]
         resolution = await resolve.resolve(
@@ -178,7 +179,9 @@ class Engine:
         """Remove what secretsync owns for clusters that left the fleet (within the limit)."""
         for sink in self.sinks:
             for name in await sink.orphans(set(fleet.clusters)):
-                gone = Cluster(name=name, labels={}, delivery=Delivery.DIRECT, origin=fleet.origin)
+                gone = Cluster(
+                    name=name, labels={}, delivery=fleet.default_delivery, origin=fleet.origin
+                )
                 try:
                     observed = await sink.observe(gone)
                     outcome = diff({}, observed, keep=set())
@@ -226,7 +229,7 @@ class Engine:
         results: list[ItemResult] = []
         certificate: seal.Certificate | None = None
         cert_error: str | None = None
-        if cluster.delivery is Delivery.SEALED and desired:
+        if delivery_kinds.of(cluster).seals and desired:
             try:
                 certificate = certificates.certificate(cluster, now=self.clock())
             except (errors.SealError, errors.ConfigError) as exc:
@@ -292,24 +295,24 @@ class Engine:
         sink, certificate, observed = step.sink, step.certificate, step.observed
         cache = self._render_cache
         plain_ctx = RenderContext(hmac_key=self.hmac_key, certificate=certificate, cache=cache)
+        kind = delivery_kinds.of(step.cluster)  # one cluster's batch: one delivery
         for d in batch:
             key = d.key
             step.meta[key] = d
-            # an ExternalSecret reads nothing: a failed read of one of its paths (made for a
-            # sealed or direct object of another cluster) is not its failure, unless its refs
-            # were read on purpose (`check_refs`)
+            # an object whose values the cluster reads itself (an ExternalSecret) reads
+            # nothing: a failed read of one of its paths (made for an object of another
+            # cluster) is not its failure, unless its refs were read on purpose (`check_refs`)
             failure = (
                 self._unresolved(d, resolution)
-                if resolution.failures and (step.check_refs or d.delivery is not Delivery.EXTERNAL)
+                if resolution.failures and (step.check_refs or kind.reads_values)
                 else None
             ) or step.cert_error
             if failure is not None:
                 step.keep.add(key)
                 results.append(_item(d, sink.name, "failed", reason=failure))
                 continue
-            external = d.delivery is Delivery.EXTERNAL
-            values = {} if external else values_for(d, resolution.values) or {}
-            versions = {} if external else _vault_versions(d, resolution)
+            values = values_for(d, resolution.values) or {} if kind.reads_values else {}
+            versions = _vault_versions(d, resolution) if kind.reads_values else {}
             ctx = (
                 RenderContext(
                     hmac_key=self.hmac_key, certificate=certificate, versions=versions, cache=cache
@@ -320,7 +323,7 @@ class Engine:
             try:
                 seen = observed.get(key)
                 hashes = None
-                if d.delivery is Delivery.SEALED:
+                if kind.seals:
                     check_size(d, values)
                     hashes = sealed_hashes(d, values, ctx=ctx)
                     digest = hashes.digest

@@ -4,7 +4,8 @@ that stages), and one result per object of the batch and per object deleted."""
 from __future__ import annotations
 
 from secretsync.core import errors
-from secretsync.core.model import Delivery, DesiredSecret
+from secretsync.core.model import DesiredSecret
+from secretsync.delivery import kinds as delivery_kinds
 from secretsync.delivery.rendered import Rendered
 from secretsync.engine.batches import _Batch
 from secretsync.engine.report import NO_VERSIONS, CycleReport, ItemResult, _item
@@ -85,7 +86,7 @@ def _record(
             results.append(_item(d, sink.name, "failed", reason=applied.failed[item.key]))
             continue
         delivered_versions = (
-            _vault_versions(d, resolution) if d.delivery is not Delivery.EXTERNAL else {}
+            _vault_versions(d, resolution) if delivery_kinds.get(d.delivery).reads_values else {}
         )
         results.append(
             _item(

@@ -19,8 +19,9 @@ from datetime import datetime
 from pathlib import Path
 
 from secretsync.core import errors, selectors
-from secretsync.core.model import API_VERSION, Cluster, ControllerRef, Delivery
-from secretsync.delivery import emit, seal
+from secretsync.core.model import API_VERSION, Cluster, ControllerRef
+from secretsync.delivery import emit, seal, sealed
+from secretsync.delivery import kinds as delivery_kinds
 from secretsync.fleet import load
 from secretsync.kube.clusters import Endpoint
 
@@ -74,7 +75,7 @@ def add_cluster(
     *,
     name: str,
     labels: Mapping[str, str],
-    delivery: Delivery,
+    delivery: str,
     api: Endpoint | None,
     kubeconfig: Mapping[str, object],
     controller_namespace: str,
@@ -98,12 +99,12 @@ def add_cluster(
             raise errors.ConfigError(problem, field="--label")
     cluster_file = root / fleet.layout.clusters / f"{name}.yaml"
     spec: dict[str, object] = {}
-    if delivery is not fleet.default_delivery:
-        spec["delivery"] = delivery.value
+    if delivery != fleet.default_delivery:
+        spec["delivery"] = delivery
     written: list[Path] = []
     summary: dict[str, object] = {"cluster": name, "file": str(cluster_file.relative_to(root))}
     try:
-        if delivery is Delivery.SEALED:
+        if delivery_kinds.get(delivery).seals:
             if api is None:
                 raise errors.ConfigError(
                     "a sealed cluster needs --kubeconfig", field="--kubeconfig"
@@ -216,7 +217,8 @@ async def refresh_certificate(
     """Fetch the controller's current certificate; when it is another one, write it to the
     cluster's `certFile` and update the `certificateSha256` pin in its Cluster file, in the
     pin's own spelling. Both files change or neither does (the fleet must load after)."""
-    if cluster.cert_file is None:
+    cert_file, pinned = sealed.settings(cluster).cert_file, sealed.settings(cluster).cert_sha256
+    if cert_file is None:
         raise errors.ConfigError(
             f"cluster {cluster.name!r} has no sealedSecrets.certFile", field="NAME"
         )
@@ -224,15 +226,15 @@ async def refresh_certificate(
     source = f"{controller.namespace}/{controller.name}"
     new = seal.load_certificate(pem, source=source, now=now)
     new_pin = seal.certificate_sha256(pem, source=source)
-    cert_path = root / cluster.cert_file
+    cert_path = root / cert_file
     old_pem = cert_path.read_bytes() if cert_path.is_file() else None
     old_pin = None
     if old_pem is not None:
         with contextlib.suppress(errors.SealError):  # not a certificate: replaced all the same
-            old_pin = seal.certificate_sha256(old_pem, source=cluster.cert_file)
+            old_pin = seal.certificate_sha256(old_pem, source=cert_file)
     found = Refreshed(
         cluster=cluster.name,
-        cert_file=cluster.cert_file,
+        cert_file=cert_file,
         old_sha256=old_pin,
         new_sha256=new_pin,
         key_fingerprint=new.fingerprint,
@@ -241,10 +243,10 @@ async def refresh_certificate(
     if not found.changed:
         return found
     cluster_path = root / cluster.origin.file
-    cluster_text = cluster_path.read_text(encoding="utf-8") if cluster.cert_sha256 else None
+    cluster_text = cluster_path.read_text(encoding="utf-8") if pinned else None
     new_text = None
-    if cluster_text is not None and cluster.cert_sha256 is not None:
-        spellings = _pin_pattern(cluster.cert_sha256).findall(cluster_text)
+    if cluster_text is not None and pinned is not None:
+        spellings = _pin_pattern(pinned).findall(cluster_text)
         if len(spellings) != 1:
             raise errors.ConfigError(
                 "the certificateSha256 pin is not written once as 64 hex digits (or with "

@@ -5,7 +5,8 @@ namespace a cluster does not allow, a forbidden type, two FleetSecrets on one ta
 SOPS path that leaves the repo through a symlink — is a `ConfigError` pointing at the line that
 caused it; all of them are raised together, so a bad fleet changes nothing. A ref is planned by
 its source kind (`sources.kinds`), which turns it into the Location its reads are deduplicated
-by. Pure but for the kinds' path checks: each distinct filled-in SOPS path, and each distinct
+by; each delivery kind (`delivery.kinds`) adds its own rules for the objects it gets. Pure but
+for the kinds' path checks: each distinct filled-in SOPS path, and each distinct
 filled-in credential file of a Vault identity, is resolved against the repo once per plan.
 """
 
@@ -17,7 +18,6 @@ from secretsync.core import errors, selectors, templating
 from secretsync.core.model import (
     Cluster,
     DataEntry,
-    Delivery,
     DesiredSecret,
     Fleet,
     FleetSecret,
@@ -25,10 +25,9 @@ from secretsync.core.model import (
     LiteralSpec,
     ObjectKey,
     Planned,
-    Scope,
     Selector,
-    ValueRef,
 )
+from secretsync.delivery import kinds as delivery_kinds
 from secretsync.sources import kinds
 
 
@@ -85,9 +84,10 @@ def _planned(
                 cache=cache if cache is not None else {},
             ),
         )
-        if cluster.delivery is Delivery.EXTERNAL and not kind.external:
+        delivery = delivery_kinds.of(cluster)
+        if not delivery.reads_values and not kind.external:
             problem(
-                f"cluster {cluster.name!r} uses external delivery, which cannot carry a "
+                f"cluster {cluster.name!r} uses {delivery.name} delivery, which cannot carry a "
                 f"{where}-sourced key (External Secrets Operator reads only from its store)",
                 where,
             )
@@ -134,7 +134,7 @@ class _Memo:
             reads = self._reads[ident] = _reads(entry, self._fleet)
         if reads is None:
             return None
-        external = cluster.delivery is Delivery.EXTERNAL
+        external = not delivery_kinds.of(cluster).reads_values
         spec = entry.spec
         settings = (
             () if isinstance(spec, LiteralSpec) else kinds.get(spec.kind).cluster_inputs(cluster)
@@ -177,19 +177,6 @@ def _policy(secret: FleetSecret, cluster: Cluster, fleet: Fleet) -> list[errors.
             errors.ConfigError(
                 f"Secret type {target.type!r} is forbidden by the Fleet's policies",
                 field="spec.target.type",
-                **where,  # type: ignore[arg-type]
-            )
-        )
-    if (
-        target.scope is Scope.CLUSTER_WIDE
-        and cluster.delivery is Delivery.SEALED
-        and not fleet.policies.allow_cluster_wide
-    ):
-        out.append(
-            errors.ConfigError(
-                "cluster-wide sealing scope is not allowed by the Fleet's policies "
-                "(set spec.policies.allowClusterWide: true)",
-                field="spec.target.scope",
                 **where,  # type: ignore[arg-type]
             )
         )
@@ -247,32 +234,11 @@ def plan(
                 if planned is not None:
                     data[data_key] = shared.setdefault(planned, planned)
                     memo.put(memo_key, data[data_key])
-            external_sources = {
-                v.location.source_key for v in data.values() if isinstance(v, ValueRef)
-            }
-            if cluster.delivery is Delivery.EXTERNAL and len(external_sources) > 1:
-                item_problems.append(
-                    errors.ConfigError(
-                        f"cluster {cluster.name!r} uses external delivery, whose ExternalSecret "
-                        f"names one store: this FleetSecret reads {len(external_sources)} sources "
-                        f"({', '.join(sorted(external_sources))}) for it",
-                        file=secret.origin.file,
-                        line=secret.origin.line,
-                        field="spec.data",
-                    )
+            item_problems.extend(
+                delivery_kinds.of(cluster).check_secret(
+                    secret=secret, cluster=cluster, data=data, fleet=fleet
                 )
-            if cluster.delivery is Delivery.EXTERNAL and not any(
-                isinstance(v, ValueRef) for v in data.values()
-            ):
-                item_problems.append(
-                    errors.ConfigError(
-                        f"cluster {cluster.name!r} uses external delivery, which needs at least "
-                        "one vault: key (an ExternalSecret of literals only is refused by ESO)",
-                        file=secret.origin.file,
-                        line=secret.origin.line,
-                        field="spec.data",
-                    )
-                )
+            )
             problems.extend(item_problems)
             if item_problems:
                 continue

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Final
 
 from secretsync.core import errors
-from secretsync.core.model import ControllerRef, Delivery, Fleet
+from secretsync.core.model import ControllerRef, Fleet
+from secretsync.delivery import kinds as delivery_kinds
+from secretsync.delivery import sealed
 from secretsync.fleet.certificates import FleetCertificates
 
 log = logging.getLogger(__name__)
@@ -49,7 +51,9 @@ async def renew(fleet: Fleet, *, home_kubeconfig: str | None, now: datetime) -> 
     wanted = [
         c
         for c in fleet.clusters.values()
-        if c.delivery is Delivery.SEALED and c.controller is not None and c.cert_file
+        if delivery_kinds.of(c).seals
+        and sealed.settings(c).controller is not None
+        and sealed.settings(c).cert_file
     ]
     if not wanted:
         return []
@@ -66,7 +70,7 @@ async def renew(fleet: Fleet, *, home_kubeconfig: str | None, now: datetime) -> 
     out: list[Renewal] = []
     try:
         for cluster in sorted(wanted, key=lambda c: c.name):
-            controller = cluster.controller or ControllerRef()
+            controller = sealed.settings(cluster).controller or ControllerRef()
             try:
                 api = await factory.for_cluster(cluster)
                 done = await enroll.refresh_certificate(

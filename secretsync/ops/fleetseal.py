@@ -21,10 +21,10 @@ import yaml
 from secretsync.core import errors, selectors
 from secretsync.core.model import ANNOTATION_CLUSTER, Fleet, Scope, Selector
 from secretsync.core.values import SecretValue
-from secretsync.delivery import seal
+from secretsync.delivery import seal, sealed
 from secretsync.delivery.rendered import Manifest, dump_yaml
 from secretsync.delivery.sealed import SEALED_API
-from secretsync.fleet import load
+from secretsync.fleet.certificates import FleetCertificates
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,7 @@ def seal_for_clusters(
     if not chosen:
         raise errors.ConfigError("no cluster matches", field="--selector")
     result = SealResult()
+    certificates = FleetCertificates(fleet)
     for cluster in chosen:
         if cluster.allowed_namespaces is not None and namespace not in cluster.allowed_namespaces:
             result.failures[cluster.name] = f"namespace {namespace!r} is not allowed here"
@@ -93,23 +94,21 @@ def seal_for_clusters(
         if scope is Scope.CLUSTER_WIDE and not fleet.policies.allow_cluster_wide:
             result.failures[cluster.name] = "cluster-wide scope is not allowed by the Fleet"
             continue
-        if cluster.cert_file is None:
+        settings = sealed.settings(cluster)
+        if settings.cert_file is None:
             result.failures[cluster.name] = "no sealedSecrets.certFile in the registry"
             continue
         try:
-            pem = load.read_fleet_file(fleet.root, cluster.cert_file)
-            cert = seal.load_certificate(
-                pem, source=cluster.cert_file, now=now, sha256=cluster.cert_sha256
-            )
+            cert = certificates.certificate(cluster, now=now)
         except (errors.ConfigError, errors.SealError) as exc:
             result.failures[cluster.name] = str(exc)
             continue
         log.info(
             "cluster %s: sealing with %s (certificate SHA-256 %s%s)",
             cluster.name,
-            cluster.cert_file,
+            settings.cert_file,
             cert.sha256,
-            ", pinned" if cluster.cert_sha256 else "",
+            ", pinned" if settings.cert_sha256 else "",
         )
         label = seal.label_for(namespace, name, scope)
         encrypted = {

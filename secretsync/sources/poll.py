@@ -20,7 +20,8 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Protocol, runtime_checkable
 
 from secretsync.core import errors
-from secretsync.core.model import Delivery, DesiredSecret, Location
+from secretsync.core.model import DesiredSecret, Location
+from secretsync.delivery import kinds as delivery_kinds
 from secretsync.sources import kinds
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ def polled_locations(desired: Iterable[DesiredSecret]) -> frozenset[Location]:
     return frozenset(
         r.location
         for d in desired
-        if d.delivery is not Delivery.EXTERNAL
+        if delivery_kinds.get(d.delivery).reads_values
         for r in d.refs()
         if r.location.source in pollable and r.location.version is None
     )

@@ -17,6 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from kubernetes import client as k8s
 
+from secretsync.delivery import sealed
 from secretsync.fleet import load
 from tests.adapters.conftest_kube import NamespaceFactory
 from tests.support import cli, keys
@@ -125,9 +126,9 @@ def test_cluster_add_fetches_the_certificate_through_the_service_proxy(
     fleet = load.load_fleet(root)
     cluster = fleet.clusters["prod-new"]
     assert cluster.labels == {"env": "prod", "region": "eu-west-1"}
-    assert cluster.cert_file == "certs/prod-new.pem"
+    assert sealed.settings(cluster).cert_file == "certs/prod-new.pem"
     pin = hashlib.sha256(x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER)).hexdigest()
-    assert cluster.cert_sha256 == pin
+    assert sealed.settings(cluster).cert_sha256 == pin
     assert yaml.safe_load(result.stdout)["certificateSha256"] == pin
     assert cluster.kubeconfig is not None and cluster.kubeconfig.path == str(kubeconfig.resolve())
     again = invoke("cluster", "add", "prod-new", "-f", str(root), "--delivery", "direct")
@@ -291,5 +292,5 @@ def test_refresh_cert_takes_the_renewed_certificate_and_updates_the_pin(
     assert (root / "certs/renewing.pem").read_bytes() == new_pem
     new_colons = ":".join(sha(new_pem)[i : i + 2] for i in range(0, 64, 2)).upper()
     assert (root / "clusters/renewing.yaml").read_text() == cluster_yaml.replace(colons, new_colons)
-    assert load.load_fleet(root).clusters["renewing"].cert_sha256 == sha(new_pem)
+    assert sealed.settings(load.load_fleet(root).clusters["renewing"]).cert_sha256 == sha(new_pem)
     assert again.exit_code == 0 and json.loads(again.stdout)["changed"] is False

@@ -22,7 +22,6 @@ from secretsync.core.model import (
     LABEL_MANAGED_BY,
     MANAGED_BY,
     Cluster,
-    Delivery,
     ObjectKey,
     Observed,
     Origin,
@@ -268,7 +267,7 @@ def _rendered(name: str, text: str, *, owned: bool = False) -> Rendered:
     return Rendered(
         key=ObjectKey("c1", "ns", name),
         fleet_secret=name,
-        delivery=Delivery.SEALED,
+        delivery="sealed",
         kind="SealedSecret",
         content_hash=f"hash-{text}",
         key_hashes={},
@@ -284,7 +283,7 @@ def _rendered(name: str, text: str, *, owned: bool = False) -> Rendered:
 
 def test_staged_files_are_renamed_by_apply_or_discarded(tmp_path: Path) -> None:
     sink = GitSink(out_dir=tmp_path / "out", index=False)
-    cluster = Cluster(name="c1", labels={}, delivery=Delivery.SEALED, origin=Origin("c.yaml", 1))
+    cluster = Cluster(name="c1", labels={}, delivery="sealed", origin=Origin("c.yaml", 1))
     a, b, c = _rendered("a", "one"), _rendered("b", "two"), _rendered("c", "three")
     leak = _rendered("d", "plaintext-value")
     for item in (a, b, c, leak):
@@ -386,7 +385,7 @@ def test_output_folder_swapped_for_a_symlink_after_loading_is_never_written_thro
     (repo / "rendered").mkdir(parents=True)
     outside.mkdir()
     sink = GitSink(out_dir=repo / "rendered", repo=repo, index=False)
-    cluster = Cluster(name="c1", labels={}, delivery=Delivery.SEALED, origin=Origin("c.yaml", 1))
+    cluster = Cluster(name="c1", labels={}, delivery="sealed", origin=Origin("c.yaml", 1))
     assert asyncio.run(sink.observe(cluster)) == {}
     (repo / "rendered").rmdir()
     (repo / "rendered").symlink_to(outside)
@@ -420,7 +419,7 @@ def test_a_file_moved_back_to_its_own_name_leaves_the_file_written_at_its_old_na
     kustomization naming it)."""
     out = tmp_path / "out"
     sink = GitSink(out_dir=out, index=False)
-    cluster = Cluster(name="c1", labels={}, delivery=Delivery.SEALED, origin=Origin("c.yaml", 1))
+    cluster = Cluster(name="c1", labels={}, delivery="sealed", origin=Origin("c.yaml", 1))
 
     def cycle(*changes: ChangeSet) -> dict[ObjectKey, Observed]:
         observed = dict(asyncio.run(sink.observe(cluster)))

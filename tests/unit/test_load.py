@@ -11,14 +11,13 @@ import pytest
 from secretsync.core import errors
 from secretsync.core.model import (
     DeleteLimit,
-    Delivery,
     Operator,
     Scope,
     SopsSpec,
     VaultSpec,
     VaultTransitKey,
 )
-from secretsync.delivery import seal
+from secretsync.delivery import seal, sealed
 from secretsync.fleet import load, repopath
 from secretsync.fleet.load import files as load_files
 
@@ -69,7 +68,7 @@ def test_good_fleet_loads(fleet_repo: MakeRepo) -> None:
     fleet = load.load_fleet(root)
     assert list(fleet.clusters) == ["prod-use1"]
     cluster = fleet.clusters["prod-use1"]
-    assert cluster.delivery is Delivery.SEALED
+    assert cluster.delivery == "sealed"
     assert cluster.labels == {"env": "prod", "region": "us-east-1"}
     secret = fleet.secrets["db"]
     assert secret.target.scope is Scope.STRICT
@@ -423,7 +422,7 @@ def test_certificate_pin_is_checked_when_the_fleet_loads(fleet_repo: MakeRepo) -
     )
     files: dict[str, str | bytes] = {"clusters/a.yaml": pinned, "certs/prod-use1.pem": pem}
     root = fleet_repo({"secretsync.yaml": FLEET, **files})
-    assert load.load_fleet(root).clusters["prod-use1"].cert_sha256 == actual
+    assert sealed.settings(load.load_fleet(root).clusters["prod-use1"]).cert_sha256 == actual
 
     other = "ab" * 32
     found = load_errors(fleet_repo, {**files, "clusters/a.yaml": pinned.replace(colons, other)})
@@ -641,7 +640,10 @@ def test_a_controller_only_cluster_gets_its_certificate_file_inside_the_repo(
         "  sealedSecrets: {controller: {namespace: kube-system}}\n",
     )
     root = fleet_repo({"secretsync.yaml": FLEET, "clusters/a.yaml": cluster})
-    assert load.load_fleet(root).clusters["prod-use1"].cert_file == "certs/prod-use1.pem"
+    assert (
+        sealed.settings(load.load_fleet(root).clusters["prod-use1"]).cert_file
+        == "certs/prod-use1.pem"
+    )
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     (root / "certs").symlink_to(outside)

@@ -198,7 +198,7 @@ def test_plan_delivers_only_allowed_pairs_or_refuses(
         c = by_name[d.cluster.name]
         assert c.allowed is None or d.target.namespace in c.allowed
         assert d.target.type not in forbidden
-        if d.cluster.delivery.value == "sealed" and d.target.scope.value == "cluster-wide":
+        if d.cluster.delivery == "sealed" and d.target.scope.value == "cluster-wide":
             assert policy.allow_cluster_wide is not False
         planned.add((d.cluster.name, d.fleet_secret))
     assert len(planned) == len(desired), "a pair was planned twice"

@@ -15,8 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from secretsync.core import errors
-from secretsync.core.model import Delivery, ObjectKey
-from secretsync.delivery import materialize, rendered, seal
+from secretsync.core.model import ObjectKey
+from secretsync.delivery import kinds as delivery_kinds
+from secretsync.delivery import materialize, rendered, seal, sealed
 from secretsync.fleet import load, plan
 from secretsync.sinks.git.sink import GitSink
 from secretsync.sources import resolve
@@ -377,11 +378,10 @@ def test_content_hash_of_is_the_hash_render_gives(fleet_repo: MakeRepo) -> None:
         values = rendered.values_for(d, resolution.values)
         assert values is not None
         certificate = None
-        if d.cluster.cert_file is not None:
-            pem = (root / d.cluster.cert_file).read_bytes()
-            certificate = seal.load_certificate(
-                pem, source=d.cluster.cert_file, now=datetime.now(UTC)
-            )
+        cert_file = sealed.settings(d.cluster).cert_file
+        if cert_file is not None:
+            pem = (root / cert_file).read_bytes()
+            certificate = seal.load_certificate(pem, source=cert_file, now=datetime.now(UTC))
         for versions in ({}, {"secret/x": "3"}):
             ctx = rendered.RenderContext(hmac_key=KEY, certificate=certificate, versions=versions)
             assert (
@@ -389,4 +389,4 @@ def test_content_hash_of_is_the_hash_render_gives(fleet_repo: MakeRepo) -> None:
                 == materialize.render(d, values, ctx=ctx).content_hash
             ), (d.key, d.delivery)
         deliveries.add(d.delivery)
-    assert deliveries == set(Delivery)
+    assert deliveries == set(delivery_kinds.kinds())

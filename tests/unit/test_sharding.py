@@ -14,7 +14,7 @@ import pytest
 
 from secretsync.cli import common, serve
 from secretsync.core import errors
-from secretsync.core.model import Cluster, Delivery, ObjectKey, Observed
+from secretsync.core.model import Cluster, ObjectKey, Observed
 from secretsync.daemon.sharding import ElectionSettings, GatedSink, derive_shard_index, shard_of
 from secretsync.delivery.rendered import Rendered
 from secretsync.kube.leases import LeaseTiming, process_identity
@@ -162,8 +162,8 @@ async def test_gated_sink_refuses_writes_once_the_gate_closes() -> None:
     inner = Recorder()
     allowed = {"a", "gone-a"}
     sink = GatedSink(inner, allowed=lambda name: name in allowed)
-    a = Cluster(name="a", labels={}, delivery=Delivery.DIRECT, origin="x")
-    b = Cluster(name="b", labels={}, delivery=Delivery.DIRECT, origin="x")
+    a = Cluster(name="a", labels={}, delivery="direct", origin="x")
+    b = Cluster(name="b", labels={}, delivery="direct", origin="x")
     assert sink.name == "kube"
     assert sink.accepts(a) and sink.observes(a)
     assert not sink.accepts(b) and not sink.observes(b)
@@ -187,15 +187,15 @@ def test_gated_sink_passes_the_wrapped_sinks_abilities_through() -> None:
     inner = Recorder()
     allowed = {"a"}
     sink = GatedSink(inner, allowed=lambda name: name in allowed)
-    a = Cluster(name="a", labels={}, delivery=Delivery.SEALED, origin="x")
-    b = Cluster(name="b", labels={}, delivery=Delivery.SEALED, origin="x")
+    a = Cluster(name="a", labels={}, delivery="sealed", origin="x")
+    b = Cluster(name="b", labels={}, delivery="sealed", origin="x")
     assert sink.stages is True
     inner.stages = False  # type: ignore[misc]
     assert sink.stages is False
     item = Rendered(
         key=ObjectKey("a", "ns", "one"),
         fleet_secret="one",
-        delivery=Delivery.SEALED,
+        delivery="sealed",
         kind="SealedSecret",
         content_hash="h",
         key_hashes={},

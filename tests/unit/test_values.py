@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 
 from secretsync.core.model import (
     Cluster,
-    Delivery,
     DesiredSecret,
     Literal,
     Location,
@@ -119,9 +118,7 @@ def test_sealed_content_hash_written_directly_is_the_generic_one(
 ) -> None:
     desired = DesiredSecret(
         fleet_secret=fleet_secret,
-        cluster=Cluster(
-            name=cluster, labels={}, delivery=Delivery.SEALED, origin=Origin("c.yaml", 1)
-        ),
+        cluster=Cluster(name=cluster, labels={}, delivery="sealed", origin=Origin("c.yaml", 1)),
         target=target,
         data={},
         origin=Origin("s.yaml", 1),
@@ -176,9 +173,9 @@ def test_external_content_hash_written_directly_is_the_generic_one(
         cluster=Cluster(
             name=cluster,
             labels={},
-            delivery=Delivery.EXTERNAL,
+            delivery="external",
             origin=Origin("c.yaml", 1),
-            store_ref=store,
+            settings={"external": external.ExternalSettings(store_ref=store)},
         ),
         target=target,
         data=data,

@@ -24,6 +24,7 @@ from secretsync.core.model import (
 )
 from secretsync.daemon import webhook
 from secretsync.delivery import materialize, seal
+from secretsync.delivery.rendered import RenderContext
 from secretsync.engine.cycle import Engine
 from secretsync.fleet import load, plan
 from secretsync.sinks.git.sink import GitSink
@@ -247,7 +248,7 @@ def test_external_clusters_name_the_store_of_the_source_they_read(
     desired = plan.plan(load.load_fleet(root))
     [d] = [d for d in desired if d.cluster.name == "ext"]
     assert password([d], "ext").identity is None  # ESO reads with the store's own auth
-    rendered = materialize.render_external(d, {}, ctx=materialize.RenderContext(hmac_key=b"k" * 32))
+    rendered = materialize.render(d, {}, ctx=RenderContext(hmac_key=b"k" * 32))
     spec = rendered.manifest["spec"]
     assert spec["secretStoreRef"] == {"kind": "SecretStore", "name": "vault-eu"}
     assert spec["data"][0]["remoteRef"]["key"] == "acme/db"

@@ -10,12 +10,13 @@ import yaml
 
 from secretsync.core import errors
 from secretsync.core.model import (
+    DEFAULT_DELIVERY,
     DeleteLimit,
-    Delivery,
     Fleet,
     Layout,
     Policies,
 )
+from secretsync.delivery import kinds as delivery_kinds
 from secretsync.fleet.load.files import (
     FLEET_FILE,
     output_folder,
@@ -42,9 +43,9 @@ def read_fleet(ctx: Ctx, header: Header, root: Path) -> Fleet:
             kwargs["default_delivery"] = enum_field(
                 defaults,
                 "delivery",
-                Delivery,
-                [d.value for d in Delivery],
-                default=Delivery.SEALED,
+                delivery_kinds.known,
+                list(delivery_kinds.kinds()),
+                default=DEFAULT_DELIVERY,
             )
             defaults.done()
         inputs = Layout()

@@ -37,7 +37,8 @@ from collections.abc import Callable, Mapping, Set
 from typing import ClassVar
 
 from secretsync.core import errors
-from secretsync.core.model import Cluster, Delivery, ObjectKey, Observed
+from secretsync.core.model import Cluster, ObjectKey, Observed
+from secretsync.delivery import kinds as delivery_kinds
 from secretsync.delivery.rendered import Rendered, dump_yaml
 from secretsync.sinks import statindex
 from secretsync.sinks.deliver import ApplyResult, ChangeSet
@@ -61,7 +62,8 @@ log = logging.getLogger(__name__)
 
 
 class GitSink(GitKustomizations):
-    """Manifests for `sealed` and `external` clusters in a folder tree meant for Git."""
+    """Manifests for the clusters whose delivery goes to Git (`in_git`: `sealed`, `external`)
+    in a folder tree meant for Git."""
 
     name: ClassVar[str] = "git"
     stages: ClassVar[bool] = True  # each file is written as its object is sealed
@@ -71,7 +73,7 @@ class GitSink(GitKustomizations):
         return None  # local files answer at once: nothing counts down while they are written
 
     def accepts(self, cluster: Cluster) -> bool:
-        return cluster.delivery in (Delivery.SEALED, Delivery.EXTERNAL)
+        return delivery_kinds.of(cluster).in_git
 
     def observes(self, cluster: Cluster) -> bool:
         return True  # a cluster that went direct must lose its files

@@ -20,17 +20,14 @@ from secretsync.core.model import (
     is_owned,
 )
 from secretsync.core.values import SecretValue, content_hash
+from secretsync.delivery import kinds as delivery_kinds
+from secretsync.delivery.kinds import ApiKind, DeliveryKind
 from secretsync.delivery.rendered import parse_key_hashes
 from secretsync.sinks.kube.calls import KubeCalls
 from secretsync.sinks.kube.kinds import (
     ANNOTATION_APPLIED_HASH,
-    KIND_FOR,
-    SEALED_SECRET,
-    SECRET,
     SELECTOR,
     ApiError,
-    Kind,
-    projection,
 )
 
 log = logging.getLogger(__name__)
@@ -46,7 +43,7 @@ class KubeObserve(KubeCalls):
         if gate is None:
             gate = self._observing[loop] = asyncio.Semaphore(self.observe_concurrency)
         async with gate:
-            found = await self._observe_kind(cluster, KIND_FOR[cluster.delivery])
+            found = await self._observe_kind(cluster, delivery_kinds.of(cluster))
         self.drifted[cluster.name] = sum(o.drifted for o in found.values())
         return found
 
@@ -54,7 +51,7 @@ class KubeObserve(KubeCalls):
         """Every object secretsync owns on the cluster, of every kind it delivers (a kind
         whose CRD is not installed has none)."""
         out: list[Observed] = []
-        for kind in KIND_FOR.values():
+        for kind in delivery_kinds.kinds().values():
             try:
                 found = await self._observe_kind(cluster, kind)
             except ApiError as exc:
@@ -64,16 +61,18 @@ class KubeObserve(KubeCalls):
             out.extend(o for o in found.values() if o.owned)
         return out
 
-    async def _observe_kind(self, cluster: Cluster, kind: Kind) -> dict[ObjectKey, Observed]:
+    async def _observe_kind(
+        self, cluster: Cluster, kind: DeliveryKind
+    ) -> dict[ObjectKey, Observed]:
         found: dict[ObjectKey, Observed] = {}
-        async for page in self._pages(cluster, kind):
+        async for page in self._pages(cluster, kind.api_kind):
             for obj in page:
                 observed = self._observed(cluster, kind, obj)
                 if observed is not None:
                     found[observed.key] = observed
         return found
 
-    async def _pages(self, cluster: Cluster, kind: Kind) -> AsyncIterator[list[dict[str, Any]]]:
+    async def _pages(self, cluster: Cluster, kind: ApiKind) -> AsyncIterator[list[dict[str, Any]]]:
         """The owned objects of `kind`, a page at a time (each page becomes Observed objects
         before the next is asked for: a cluster of 10,000 Secrets never holds its whole list
         as JSON). Cluster-wide, or per allowed namespace when that is forbidden."""
@@ -134,7 +133,9 @@ class KubeObserve(KubeCalls):
             query.append(("continue", token))
         return query
 
-    def _observed(self, cluster: Cluster, kind: Kind, obj: Mapping[str, Any]) -> Observed | None:
+    def _observed(
+        self, cluster: Cluster, kind: DeliveryKind, obj: Mapping[str, Any]
+    ) -> Observed | None:
         meta = obj.get("metadata") or {}
         labels = meta.get("labels") or {}
         annotations = meta.get("annotations") or {}
@@ -146,12 +147,13 @@ class KubeObserve(KubeCalls):
         if isinstance(meta.get("uid"), str):
             self._uids[key] = meta["uid"]
         applied = annotations.get(ANNOTATION_APPLIED_HASH)
-        drifted = owned and applied != self._applied_hash(kind.kind, obj)
+        drifted = owned and applied != self._applied_hash(kind, obj)
         key_hashes: dict[str, str] = {}
         encrypted: dict[str, str] = {}
-        if kind is SECRET:
+        if kind.holds_values:
             hasher = self._hasher
-            for k, v in (projection(kind.kind, obj)["data"] or {}).items():  # type: ignore[attr-defined]
+            data = kind.drift(obj)["data"]
+            for k, v in (data if isinstance(data, Mapping) else {}).items():
                 if not isinstance(v, str):
                     continue
                 try:
@@ -163,7 +165,7 @@ class KubeObserve(KubeCalls):
             raw = annotations.get(ANNOTATION_KEY_HASHES)
             if isinstance(raw, str):
                 key_hashes = parse_key_hashes(raw)
-            if kind is SEALED_SECRET:
+            if kind.seals:
                 enc = (obj.get("spec") or {}).get("encryptedData") or {}
                 encrypted = {str(k): v for k, v in enc.items() if isinstance(v, str)}
         raw_versions = annotations.get(ANNOTATION_SOURCE_VERSIONS)
@@ -172,7 +174,7 @@ class KubeObserve(KubeCalls):
         fleet_secret = labels.get(LABEL_FLEET_SECRET)
         return Observed(
             key=key,
-            kind=kind.kind,
+            kind=kind.api_kind.kind,
             owned=owned,
             fleet_secret=fleet_secret if isinstance(fleet_secret, str) else None,
             content_hash=content if isinstance(content, str) else None,
@@ -182,8 +184,9 @@ class KubeObserve(KubeCalls):
             versions=versions,
         )
 
-    def _applied_hash(self, kind: str, obj: Mapping[str, Any]) -> str:
-        return content_hash(self.hmac_key, {"kind": kind, "managed": projection(kind, obj)})
+    def _applied_hash(self, kind: DeliveryKind, obj: Mapping[str, Any]) -> str:
+        """The hash of what secretsync manages of `obj` (its kind's drift projection)."""
+        return content_hash(self.hmac_key, {"kind": kind.api_kind.kind, "managed": kind.drift(obj)})
 
     async def detail(self, observed: Observed) -> Observed:
         return observed

@@ -30,27 +30,25 @@ from typing import ClassVar
 from secretsync.core import bounded, errors
 from secretsync.core.model import (
     ANNOTATION_CONTENT_HASH,
+    ANNOTATION_MANAGED_KEYS,
     FIELD_MANAGER,
     LABEL_MANAGED_BY,
     MANAGED_BY,
     Cluster,
-    Delivery,
     ObjectKey,
     Observed,
     is_owned,
 )
+from secretsync.delivery import kinds as delivery_kinds
+from secretsync.delivery.kinds import ApiKind
 from secretsync.delivery.rendered import Manifest, Rendered
 from secretsync.sinks.deliver import ApplyResult, ChangeSet
 from secretsync.sinks.kube.kinds import (
     ANNOTATION_APPLIED_HASH,
-    ANNOTATION_MANAGED_KEYS,
     ANNOTATION_RESTARTED_FOR,
-    KIND_FOR,
     METADATA_LIST,
     METADATA_ONLY,
-    SECRET,
     WORKLOADS,
-    Kind,
 )
 from secretsync.sinks.kube.observe import KubeObserve
 from secretsync.sinks.restarts import Cause, Workload, stamp
@@ -72,7 +70,7 @@ class KubeSink(KubeObserve):
             self._progress[cluster.name] = mark
 
     def accepts(self, cluster: Cluster) -> bool:
-        return cluster.delivery is Delivery.DIRECT or cluster.apply
+        return not delivery_kinds.of(cluster).in_git or cluster.apply
 
     def observes(self, cluster: Cluster) -> bool:
         return self.accepts(cluster)  # no credentials are assumed for other clusters
@@ -144,11 +142,12 @@ class KubeSink(KubeObserve):
         manifest = dict(item.manifest)
         meta = dict(manifest["metadata"])
         annotations = dict(meta.get("annotations") or {})
-        if item.kind == "Secret":
+        kind = delivery_kinds.get(item.delivery)
+        if kind.holds_values:
             annotations[ANNOTATION_MANAGED_KEYS] = ",".join(sorted(manifest.get("data") or {}))
         meta["annotations"] = annotations
         manifest["metadata"] = meta
-        annotations[ANNOTATION_APPLIED_HASH] = self._applied_hash(item.kind, manifest)
+        annotations[ANNOTATION_APPLIED_HASH] = self._applied_hash(kind, manifest)
         meta["annotations"] = annotations
         manifest["metadata"] = meta
         return manifest
@@ -160,9 +159,9 @@ class KubeSink(KubeObserve):
         the name? One metadata-only list per namespace and kind instead of a read per object
         (a cold cluster of 1,000 Secrets costs 1,001 requests, not 2,000). Objects in a
         namespace that cannot be listed are left out of the answer and read one by one."""
-        wanted: dict[tuple[Kind, str], set[str]] = {}
+        wanted: dict[tuple[ApiKind, str], set[str]] = {}
         for item in creates:
-            kind = KIND_FOR[item.delivery]
+            kind = delivery_kinds.get(item.delivery).api_kind
             wanted.setdefault((kind, item.key.namespace), set()).add(item.key.name)
         foreign: dict[ObjectKey, bool] = {}
         for (kind, namespace), names in wanted.items():
@@ -197,7 +196,8 @@ class KubeSink(KubeObserve):
         exists: bool,
         foreign: Mapping[ObjectKey, bool],
     ) -> None:
-        kind = KIND_FOR[item.delivery]
+        delivery = delivery_kinds.get(item.delivery)
+        kind = delivery.api_kind
         key = item.key
         what = f"{kind.kind} {key.namespace}/{key.name}"
         if not exists and not item.adopt:
@@ -244,7 +244,7 @@ class KubeSink(KubeObserve):
             if status == 422:
                 hint = (
                     " (the Secret is immutable: delete it to let secretsync recreate it)"
-                    if (kind is SECRET and exists)
+                    if (delivery.holds_values and exists)
                     else ""
                 )
                 raise errors.DeliveryError(f"{what}: rejected as invalid (HTTP 422){hint}")
@@ -271,7 +271,10 @@ class KubeSink(KubeObserve):
         )
 
     async def _delete(self, cluster: Cluster, observed: Observed) -> None:
-        kind = next(k for k in KIND_FOR.values() if k.kind == observed.kind)
+        delivery = delivery_kinds.by_object(observed.kind)
+        if delivery is None:
+            raise errors.DeliveryError(f"no delivery writes {observed.kind} objects")
+        kind = delivery.api_kind
         key = observed.key
         body: dict[str, object] = {"apiVersion": "v1", "kind": "DeleteOptions"}
         if (uid := self._uids.get(key)) is not None:

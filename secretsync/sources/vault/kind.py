@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Final
 from secretsync.core import errors, templating
 from secretsync.core.model import (
     Cluster,
-    Delivery,
     Fleet,
     Identity,
     Location,
@@ -27,6 +26,8 @@ from secretsync.core.model import (
     VaultSettings,
     VaultSpec,
 )
+from secretsync.delivery import external
+from secretsync.delivery import kinds as delivery_kinds
 from secretsync.sources import kinds, vaultaddress
 
 if TYPE_CHECKING:
@@ -166,7 +167,7 @@ class VaultKind:
         name = cluster.vault_source
         if name is not None and name != DEFAULT and name not in fleet.vaults:
             out.append(("spec.vault.source", _unknown(name, fleet.vaults)))
-        for store_source in cluster.store_refs:
+        for store_source in external.settings(cluster).store_refs:
             if store_source not in fleet.vaults:
                 out.append(
                     (
@@ -184,7 +185,7 @@ class VaultKind:
         return tuple(texts)
 
     def cluster_inputs(self, cluster: Cluster) -> tuple[object, ...]:
-        return (cluster.vault_source, tuple(sorted(cluster.store_refs)))
+        return (cluster.vault_source, tuple(sorted(external.settings(cluster).store_refs)))
 
     def plan_ref(self, spec: RefSpec, plan: kinds.RefPlan) -> ValueRef:
         if not isinstance(spec, VaultSpec):
@@ -197,14 +198,14 @@ class VaultKind:
         kv_mount = settings.kv_mount if settings is not None else "secret"
         mount = spec.mount or kv_mount
         identity: Identity | None = None
-        if cluster.delivery is Delivery.EXTERNAL:
+        if not delivery_kinds.of(cluster).reads_values:  # the cluster's store reads it
             if mount != kv_mount:
                 plan.problem(
                     f"cluster {cluster.name!r} uses external delivery, whose store reads only "
                     f"the kvMount {kv_mount!r}; this ref reads mount {mount!r}",
                     "mount",
                 )
-            if cluster.store_for(instance) is None:
+            if external.settings(cluster).store_for(instance) is None:
                 plan.problem(
                     f"cluster {cluster.name!r} uses external delivery and this ref reads the "
                     f"Vault source {instance!r}: name its store in "
