@@ -90,36 +90,17 @@ class Engine:
         pass). `certificates` are the fleet's, when the caller has loaded them (the daemon,
         with the fleet); else this cycle reads each one once.
         """
-        desired = (
-            plan.plan(fleet, clusters=clusters, selector=selector)
-            if planned is None
-            else plan.narrow(fleet, planned, clusters=clusters, selector=selector)
+        desired = await self._desired(
+            fleet,
+            clusters=clusters,
+            selector=selector,
+            only_paths=only_paths,
+            check_sops_keys=check_sops_keys,
+            planned=planned,
         )
-        if check_sops_keys:
-            refused = await asyncio.to_thread(
-                sopskeys.check_files, fleet, sopskeys.readers_of(desired)
-            )
-            if refused:
-                raise errors.ConfigErrors(refused)
-        if only_paths is not None:
-            desired = _narrow(desired, frozenset(only_paths))
         report = CycleReport(pruned=only_paths is None)
         limit = None if allow_deletes else fleet.policies.delete_limit
-        needs_values = [
-            d
-            for d in desired
-            if (check_refs or delivery_kinds.get(d.delivery).reads_values)
-            and any(s.accepts(d.cluster) for s in self.sinks)
-        ]
-        resolution = await resolve.resolve(
-            (ref for d in needs_values for ref in d.refs()),
-            self.sources,
-            concurrency=self.source_concurrency,
-        )
-        report.reads = resolution.reads
-        report.read_ok = frozenset(resolution.versions)
-        report.read_failed = frozenset(ref.location for ref in resolution.failures)
-        report.guarded = resolution.values
+        resolution = await self._resolve(desired, report, check_refs=check_refs)
         targets = select_clusters(fleet, names=clusters, selector=selector)
         if only_paths is not None:
             hit = {d.cluster.name for d in desired}
@@ -172,6 +153,54 @@ class Engine:
         if not clusters and selector is None and only_paths is None:
             await self._prune_orphans(fleet, report, dry_run=dry_run, limit=limit)
         return report
+
+    async def _desired(
+        self,
+        fleet: Fleet,
+        *,
+        clusters: Collection[str],
+        selector: Selector | None,
+        only_paths: Collection[str] | None,
+        check_sops_keys: bool,
+        planned: Sequence[DesiredSecret] | None,
+    ) -> list[DesiredSecret]:
+        """The objects this cycle is about (see `run_cycle`)."""
+        desired = (
+            plan.plan(fleet, clusters=clusters, selector=selector)
+            if planned is None
+            else plan.narrow(fleet, planned, clusters=clusters, selector=selector)
+        )
+        if check_sops_keys:
+            refused = await asyncio.to_thread(
+                sopskeys.check_files, fleet, sopskeys.readers_of(desired)
+            )
+            if refused:
+                raise errors.ConfigErrors(refused)
+        if only_paths is not None:
+            desired = _narrow(desired, frozenset(only_paths))
+        return desired
+
+    async def _resolve(
+        self, desired: Sequence[DesiredSecret], report: CycleReport, *, check_refs: bool
+    ) -> resolve.Resolution:
+        """Read the values of the objects a sink takes and whose delivery renders values (all
+        of them with `check_refs`), each unique location once; the reads go on the report."""
+        needs_values = [
+            d
+            for d in desired
+            if (check_refs or delivery_kinds.get(d.delivery).reads_values)
+            and any(s.accepts(d.cluster) for s in self.sinks)
+        ]
+        resolution = await resolve.resolve(
+            (ref for d in needs_values for ref in d.refs()),
+            self.sources,
+            concurrency=self.source_concurrency,
+        )
+        report.reads = resolution.reads
+        report.read_ok = frozenset(resolution.versions)
+        report.read_failed = frozenset(ref.location for ref in resolution.failures)
+        report.guarded = resolution.values
+        return resolution
 
     async def _prune_orphans(
         self, fleet: Fleet, report: CycleReport, *, dry_run: bool, limit: DeleteLimit | None

@@ -30,7 +30,7 @@ class FleetCertificates:
         self._pem: dict[str, bytes | errors.ConfigError] = {}
         self._parsed: dict[str, seal.Certificate | errors.SealError] = {}
 
-    def _read(self, cluster: Cluster, settings: sealed.SealedSettings, cert_file: str) -> bytes:
+    def _read(self, cluster: Cluster, cert_file: str) -> bytes:
         pem = self._pem.get(cluster.name)
         if pem is None:
             try:
@@ -68,7 +68,7 @@ class FleetCertificates:
             )
         parsed = self._parsed.get(cluster.name)
         if parsed is None:
-            pem = self._read(cluster, settings, cert_file)
+            pem = self._read(cluster, cert_file)
             try:
                 parsed = seal.read_certificate(pem, source=cert_file, sha256=settings.cert_sha256)
             except errors.SealError as exc:
@@ -88,7 +88,7 @@ class FleetCertificates:
             if not delivery_kinds.of(cluster).seals or settings.cert_file is None:
                 continue
             try:
-                pem = self._read(cluster, settings, settings.cert_file)
+                pem = self._read(cluster, settings.cert_file)
                 found = x509.load_pem_x509_certificates(pem)
             except (errors.ConfigError, OSError, ValueError):
                 continue
