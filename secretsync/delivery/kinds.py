@@ -10,13 +10,13 @@ in `BUILTIN` (or one `register` call, as the tests do with a test-only kind).
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from secretsync.core import errors
 from secretsync.core.model import Cluster, DesiredSecret, Fleet, FleetSecret, Planned
+from secretsync.core.registry import Registry
 from secretsync.core.values import SecretValue
 from secretsync.delivery.rendered import RenderContext, Rendered
 
@@ -153,38 +153,15 @@ class DeliveryKind(Protocol):
         ...
 
 
-_KINDS: dict[str, DeliveryKind] = {}
-_loaded = False
+_REGISTRY: Final = Registry[DeliveryKind]("delivery", builtin=BUILTIN)
 
-
-def register(kind: DeliveryKind) -> DeliveryKind:
-    """Add a kind (a second one of the same name replaces the first: tests re-register)."""
-    if not kind.name:
-        raise ValueError("a delivery kind needs a name")
-    _KINDS[kind.name] = kind
-    return kind
-
-
-def unregister(name: str) -> None:
-    _KINDS.pop(name, None)
-
-
-def kinds() -> Mapping[str, DeliveryKind]:
-    """Every registered kind by name, the built-in ones first."""
-    global _loaded  # noqa: PLW0603 - imported once, on first use, to keep imports acyclic
-    if not _loaded:
-        _loaded = True
-        for module in BUILTIN:
-            importlib.import_module(module)
-    return _KINDS
-
-
-def get(name: str) -> DeliveryKind:
-    """The kind of that name; `errors.ConfigError` when none is registered."""
-    kind = kinds().get(name)
-    if kind is None:
-        raise errors.ConfigError(f"no delivery {name!r} is known")
-    return kind
+register: Final = _REGISTRY.register
+"""Add a kind (a second one of the same name replaces the first: tests re-register)."""
+unregister: Final = _REGISTRY.unregister
+kinds: Final = _REGISTRY.all
+"""Every registered kind by name, the built-in ones first."""
+get: Final = _REGISTRY.get
+"""The kind of that name; `errors.ConfigError` when none is registered."""
 
 
 def known(name: str) -> str:

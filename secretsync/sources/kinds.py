@@ -11,13 +11,12 @@ as the tests do with a test-only kind).
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from secretsync.core import errors
 from secretsync.core.model import Cluster, Fleet, Location, RefSpec, ValueRef
+from secretsync.core.registry import Registry
 
 if TYPE_CHECKING:
     from secretsync.sources.resolve import Source
@@ -119,38 +118,15 @@ class SourceKind(Protocol):
         ...
 
 
-_KINDS: dict[str, SourceKind] = {}
-_loaded = False
+_REGISTRY: Final = Registry[SourceKind]("source kind", builtin=BUILTIN, reserved=("value", ""))
 
-
-def register(kind: SourceKind) -> SourceKind:
-    """Add a kind (a second one of the same name replaces the first: tests re-register)."""
-    if kind.name in ("value", ""):
-        raise ValueError(f"{kind.name!r} cannot name a source kind")
-    _KINDS[kind.name] = kind
-    return kind
-
-
-def unregister(name: str) -> None:
-    _KINDS.pop(name, None)
-
-
-def kinds() -> Mapping[str, SourceKind]:
-    """Every registered kind by name, the built-in ones first."""
-    global _loaded  # noqa: PLW0603 - imported once, on first use, to keep imports acyclic
-    if not _loaded:
-        _loaded = True
-        for module in BUILTIN:
-            importlib.import_module(module)
-    return _KINDS
-
-
-def get(name: str) -> SourceKind:
-    """The kind of that name; `errors.ConfigError` when none is registered."""
-    kind = kinds().get(name)
-    if kind is None:
-        raise errors.ConfigError(f"no source kind {name!r} is known")
-    return kind
+register: Final = _REGISTRY.register
+"""Add a kind (a second one of the same name replaces the first: tests re-register)."""
+unregister: Final = _REGISTRY.unregister
+kinds: Final = _REGISTRY.all
+"""Every registered kind by name, the built-in ones first."""
+get: Final = _REGISTRY.get
+"""The kind of that name; `errors.ConfigError` when none is registered."""
 
 
 def of(location: Location) -> SourceKind | None:
