@@ -114,6 +114,17 @@ def test_token_bucket() -> None:
     assert [bucket.try_take() for _ in range(3)] == [True, True, False]  # never above the burst
 
 
+def test_token_bucket_reserve_goes_into_debt_and_refunds() -> None:
+    now = [0.0]
+    bucket = TokenBucket(rate=2, burst=1, clock=lambda: now[0])
+    assert bucket.reserve() == 0  # the burst
+    assert [bucket.reserve(), bucket.reserve()] == [0.5, 1.0]  # spread 1 / rate apart
+    bucket.refund()  # the last one is not used: the next waits as long as it would have
+    assert bucket.reserve() == 1.0
+    now[0] = 1.0
+    assert bucket.reserve() == 0.5  # the debt is paid by the refill
+
+
 def test_messages_are_one_line_and_capped() -> None:
     assert events.message_of("a\n  b\tc") == "a b c"
     long = events.message_of("é" * 2000)

@@ -15,13 +15,15 @@ import random
 import ssl
 import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import aiohttp
 import yarl
 
 from secretsync.core import model
+from secretsync.net.ratelimit import TokenBucket
+from secretsync.net.retry import Backoff
 from secretsync.sources.vault.failure import Failed, OutOfBudget
 
 log = logging.getLogger(__name__)
@@ -112,42 +114,38 @@ class Budget:
         return self.total_s if self.started is None else self.total_s - (now - self.started)
 
 
-class _TokenBucket:
-    """Requests per second, with reservations, that adapts to a server's rate limit.
+class _AdaptiveRate:
+    """Requests per second (the one `TokenBucket` with a burst of a tenth of a second's
+    worth) that adapts to a server's rate limit.
 
     On a 429 (at most once per half second) the rate drops to the lower of half the current
     rate and 90 % of what the server answered during the last second; without 429s it grows
     back by 25 % a second up to the configured rate.
     """
 
-    def __init__(self, *, rate: float) -> None:
+    def __init__(self, *, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._ceiling = rate
         self._floor = min(1.0, rate)
-        self._rate = rate
-        self._tokens = self._burst()
-        self._last = time.monotonic()
+        self._clock = clock
+        self.bucket = TokenBucket(rate=rate, burst=_burst(rate), clock=clock)
         self._last_cut = -math.inf
         self._answers: collections.deque[float] = collections.deque()
 
-    def _burst(self) -> float:
-        return max(1.0, self._rate / 10)
+    def _set(self, rate: float) -> None:
+        self.bucket.rate = rate
+        self.bucket.burst = _burst(rate)
 
-    @property
-    def rate(self) -> float:
-        return self._rate
-
-    def reserve(self, now: float) -> float:
+    def reserve(self) -> float:
         """Take one token; returns how long to wait before sending."""
-        elapsed = max(0.0, now - self._last)
-        self._last = now
-        if self._rate < self._ceiling:
-            self._rate = min(self._ceiling, self._rate * (1.0 + 0.25 * elapsed))
-        self._tokens = min(self._burst(), self._tokens + elapsed * self._rate) - 1.0
-        return 0.0 if self._tokens >= 0 else -self._tokens / self._rate
+        bucket = self.bucket
+        if bucket.rate < self._ceiling:  # grown by the time since the last reservation
+            elapsed = max(0.0, self._clock() - bucket.stamp)
+            self._set(min(self._ceiling, bucket.rate * (1.0 + 0.25 * elapsed)))
+        return bucket.reserve()
 
     def refund(self) -> None:
         """Give back a reserved token that will not be used."""
-        self._tokens += 1.0
+        self.bucket.refund()
 
     def answered(self, now: float) -> None:
         """An answer that was not a 429."""
@@ -164,7 +162,11 @@ class _TokenBucket:
         answers = self._answers
         while answers and answers[0] < now - 1.0:
             answers.popleft()
-        self._rate = max(self._floor, min(self._rate / 2, 0.9 * len(answers)))
+        self._set(max(self._floor, min(self.bucket.rate / 2, 0.9 * len(answers))))
+
+
+def _burst(rate: float) -> float:
+    return max(1.0, rate / 10)
 
 
 class _Breaker:
@@ -238,13 +240,20 @@ class Transport:
         self._retry = retry or RetryPolicy()
         self._base = address.rstrip("/") + "/v1/"
         self._gate = asyncio.Semaphore(limits.concurrency)
-        self._bucket = _TokenBucket(rate=limits.requests_per_second)
+        self._rate = _AdaptiveRate(rate=limits.requests_per_second)
         self._breaker = _Breaker(
             threshold=self._retry.breaker_threshold,
             cooldown_s=self._retry.breaker_cooldown_s,
             probe_timeout_s=self._timeout_s,
         )
-        self._rng = random.Random()  # noqa: S311 - back-off jitter, not security
+        # "full jitter": a wait anywhere from 0 to the doubled ceiling
+        self._backoff = Backoff(
+            base_s=self._retry.base_delay_s,
+            cap_s=self._retry.max_delay_s,
+            low=0.0,
+            high=1.0,
+            rng=random.Random(),  # noqa: S311 - back-off jitter, not security
+        )
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
 
@@ -293,7 +302,7 @@ class Transport:
             else:
                 if status == 429:
                     self._breaker.alive()
-                    self._bucket.throttled(time.monotonic())
+                    self._rate.throttled(time.monotonic())
                     problem = Failed("rate_limited", "rate-limited by the server (HTTP 429)")
                 elif status >= 500 or status == 412:
                     if status == 503 and b"sealed" in payload:
@@ -303,12 +312,11 @@ class Transport:
                     self._breaker.failed(problem, now=time.monotonic(), address=self.address)
                 else:
                     self._breaker.alive()
-                    self._bucket.answered(time.monotonic())
+                    self._rate.answered(time.monotonic())
                     return status, payload
             if attempt >= self._retry.attempts:
                 raise Failed(problem.reason, f"{problem.message}; gave up after {attempt} tries")
-            ceiling = min(self._retry.max_delay_s, self._retry.base_delay_s * 2 ** (attempt - 1))
-            delay = self._rng.uniform(0.0, ceiling)
+            delay = self._backoff.wait(attempt)
             if budget.remaining(time.monotonic()) <= delay:
                 raise Failed(
                     problem.reason,
@@ -334,10 +342,10 @@ class Transport:
         session = self._open_session()
         async with self._gate:
             now = time.monotonic()
-            delay = self._bucket.reserve(now)
+            delay = self._rate.reserve()
             if delay > 0:
                 if budget.started is not None and delay >= budget.remaining(now):
-                    self._bucket.refund()
+                    self._rate.refund()
                     raise OutOfBudget
                 # wake on a coarse grid so paced requests leave together: far fewer wake-ups
                 await asyncio.sleep(math.ceil((now + delay) / PACING_GRID_S) * PACING_GRID_S - now)
