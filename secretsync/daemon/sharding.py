@@ -27,13 +27,13 @@ import socket
 from collections.abc import Callable, Iterable, Mapping, Set
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from secretsync.core import errors
-from secretsync.core.model import Cluster, ObjectKey, Observed
+from secretsync.core.model import Cluster
 from secretsync.delivery.rendered import Rendered
 from secretsync.kube.leases import LeaseElector, LeaseTiming, list_leases
-from secretsync.sinks.deliver import ApplyResult, ChangeSet, Sink
+from secretsync.sinks.deliver import ApplyResult, ChangeSet, DelegatingSink, Sink
 
 if TYPE_CHECKING:
     from secretsync.kube.clusters import Endpoint
@@ -241,16 +241,13 @@ class Coordinator:
             await asyncio.gather(*(e.release() for e in self.electors))
 
 
-class GatedSink:
+class GatedSink(DelegatingSink):
     """A sink that only observes and writes what `allowed(cluster name)` permits, checked again
     right before each write. Everything else is the wrapped sink's own: whether it stages (and
     so how the engine batches its objects), what it writes ahead and when a cluster is done."""
 
-    name: ClassVar[str] = "gated"
-
     def __init__(self, inner: Sink, *, allowed: Callable[[str], bool]) -> None:
-        self.inner = inner
-        self.name = inner.name  # type: ignore[misc]  # reports keep the real sink's name
+        super().__init__(inner)
         self._allowed = allowed
 
     def accepts(self, cluster: Cluster) -> bool:
@@ -258,23 +255,6 @@ class GatedSink:
 
     def observes(self, cluster: Cluster) -> bool:
         return self._allowed(cluster.name) and self.inner.observes(cluster)
-
-    async def observe(self, cluster: Cluster) -> Mapping[ObjectKey, Observed]:
-        return await self.inner.observe(cluster)
-
-    async def detail(self, observed: Observed) -> Observed:
-        return await self.inner.detail(observed)
-
-    @property
-    def stages(self) -> bool:
-        return self.inner.stages
-
-    @property
-    def shared(self) -> bool:
-        return self.inner.shared
-
-    def progress(self, cluster: Cluster, mark: Callable[[], None] | None) -> None:
-        self.inner.progress(cluster, mark)
 
     def stage(self, cluster: Cluster, item: Rendered) -> None:
         if self._allowed(cluster.name):  # else `apply` refuses: nothing to write ahead
@@ -287,9 +267,6 @@ class GatedSink:
     async def finish_cluster(self, cluster: Cluster) -> None:
         self._check(cluster)
         await self.inner.finish_cluster(cluster)
-
-    def discard(self, cluster: Cluster) -> None:
-        self.inner.discard(cluster)  # always: it only removes and forgets
 
     def _check(self, cluster: Cluster) -> None:
         if not self._allowed(cluster.name):

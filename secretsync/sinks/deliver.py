@@ -1,4 +1,5 @@
-"""Diff desired objects against what a sink holds, and the Sink contract.
+"""Diff desired objects against what a sink holds, the Sink contract, and `DelegatingSink`,
+the base of a sink that wraps another and changes only some of what it does.
 
 `diff` is pure: equal content hash → nothing to do; a desired object with no owned counterpart
 → create; a differing hash → update; an owned object that is neither desired nor kept → delete.
@@ -122,6 +123,57 @@ class Sink(Protocol):
     async def orphans(self, known: Set[str]) -> list[str]:
         """Clusters this sink holds owned objects for that are not in `known`."""
         ...
+
+
+class DelegatingSink:
+    """A `Sink` that hands every member of the contract to `inner`; a wrapper subclasses it and
+    overrides only what it changes, so an ability added to `Sink` later is passed through by
+    every wrapper, not dropped by the one that forgot it. Reports keep the wrapped sink's
+    name."""
+
+    name: ClassVar[str] = "delegating"
+
+    def __init__(self, inner: Sink) -> None:
+        self.inner = inner
+        self.name = inner.name  # type: ignore[misc]  # the instance's name is the real sink's
+
+    @property
+    def shared(self) -> bool:
+        return self.inner.shared
+
+    def progress(self, cluster: Cluster, mark: Callable[[], None] | None) -> None:
+        self.inner.progress(cluster, mark)
+
+    @property
+    def stages(self) -> bool:
+        return self.inner.stages
+
+    def accepts(self, cluster: Cluster) -> bool:
+        return self.inner.accepts(cluster)
+
+    def observes(self, cluster: Cluster) -> bool:
+        return self.inner.observes(cluster)
+
+    async def observe(self, cluster: Cluster) -> Mapping[ObjectKey, Observed]:
+        return await self.inner.observe(cluster)
+
+    async def detail(self, observed: Observed) -> Observed:
+        return await self.inner.detail(observed)
+
+    def stage(self, cluster: Cluster, item: Rendered) -> None:
+        self.inner.stage(cluster, item)
+
+    async def apply(self, cluster: Cluster, changes: ChangeSet) -> ApplyResult:
+        return await self.inner.apply(cluster, changes)
+
+    async def finish_cluster(self, cluster: Cluster) -> None:
+        await self.inner.finish_cluster(cluster)
+
+    def discard(self, cluster: Cluster) -> None:
+        self.inner.discard(cluster)
+
+    async def orphans(self, known: Set[str]) -> list[str]:
+        return await self.inner.orphans(known)
 
 
 @dataclass(slots=True, kw_only=True)
