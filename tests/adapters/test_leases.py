@@ -14,7 +14,7 @@ import json
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,7 +26,7 @@ import yaml
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from secretsync.core.model import Cluster, Fleet, ObjectKey, Observed
+from secretsync.core.model import Cluster, Fleet
 from secretsync.daemon import webhook
 from secretsync.daemon.service import Daemon
 from secretsync.daemon.settings import DaemonSettings
@@ -38,12 +38,11 @@ from secretsync.daemon.sharding import (
     shard_of,
 )
 from secretsync.daemon.wiring import EngineWiring
-from secretsync.delivery.rendered import Rendered
 from secretsync.engine.cycle import Engine
 from secretsync.fleet.load import load_fleet
 from secretsync.kube.clusters import Endpoint
 from secretsync.kube.leases import LeaseElector, LeaseTiming
-from secretsync.sinks.deliver import ApplyResult, ChangeSet, Sink
+from secretsync.sinks.deliver import ApplyResult, ChangeSet, DelegatingSink, Sink
 from secretsync.sinks.git.sink import GitSink
 from secretsync.sources import resolve
 from tests.adapters.conftest_kube import NamespaceFactory
@@ -245,47 +244,13 @@ class Write:
     objects: int
 
 
-class Recording:
+class Recording(DelegatingSink):
     """Outermost sink wrapper: records every write (with changes) a replica makes."""
 
-    name: ClassVar[str] = "kube"
-
     def __init__(self, inner: Sink, *, replica: str, log: list[Write]) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.replica = replica
         self.log = log
-
-    def accepts(self, cluster: Cluster) -> bool:
-        return self.inner.accepts(cluster)
-
-    def observes(self, cluster: Cluster) -> bool:
-        return self.inner.observes(cluster)
-
-    async def observe(self, cluster: Cluster) -> Mapping[ObjectKey, Observed]:
-        return await self.inner.observe(cluster)
-
-    async def detail(self, observed: Observed) -> Observed:
-        return await self.inner.detail(observed)
-
-    @property
-    def stages(self) -> bool:
-        return self.inner.stages
-
-    @property
-    def shared(self) -> bool:
-        return self.inner.shared
-
-    def progress(self, cluster: Cluster, mark: Callable[[], None] | None) -> None:
-        self.inner.progress(cluster, mark)
-
-    def stage(self, cluster: Cluster, item: Rendered) -> None:
-        self.inner.stage(cluster, item)
-
-    async def finish_cluster(self, cluster: Cluster) -> None:
-        await self.inner.finish_cluster(cluster)
-
-    def discard(self, cluster: Cluster) -> None:
-        self.inner.discard(cluster)
 
     async def apply(self, cluster: Cluster, changes: ChangeSet) -> ApplyResult:
         start = time.monotonic()
@@ -294,9 +259,6 @@ class Recording:
         if n:
             self.log.append(Write(self.replica, cluster.name, start, time.monotonic(), n))
         return result
-
-    async def orphans(self, known: Collection[str]) -> list[str]:
-        return await self.inner.orphans(set(known))
 
 
 class RecordingWiring(EngineWiring):
@@ -432,41 +394,82 @@ def assert_no_overlap(log: list[Write]) -> None:
                 assert w.end <= v.start or v.end <= w.start, (w, v)
 
 
-async def test_two_replicas_one_writer_and_takeover(
+@dataclass
+class P5:
+    """What each two-replica test starts from: a fleet of the test clusters (under `names`)
+    delivering to namespace `ns`, the values its fake Vault serves, the log of writes, and one
+    home-cluster connection per replica (Leases in `lease_ns`)."""
+
+    ns: str
+    lease_ns: str
+    names: list[str]
+    root: Path
+    values: dict[str, dict[str, object]]
+    log: list[Write]
+    homes: list[Endpoint]
+
+
+@pytest.fixture
+def p5(
     fleet_repo: Callable[[dict[str, str | bytes]], Path],
     kube_clusters: list[KubeCluster],
     kube_cluster: KubeCluster,
     kube_namespace: NamespaceFactory,
     tmp_path: Path,
+) -> Callable[[list[str]], P5]:
+    def make(names: list[str]) -> P5:
+        ns = kube_namespace()
+        lease_ns = kube_namespace(kube_cluster, prefix="lease")
+        return P5(
+            ns=ns,
+            lease_ns=lease_ns,
+            names=names,
+            root=fleet_repo(fleet_files(kube_clusters, names, ns, tmp_path)),
+            values={"db": {"password": canary.new("db")}, "api": {"token": canary.new("api")}},
+            log=[],
+            homes=[kube_cluster.endpoint(), kube_cluster.endpoint()],
+        )
+
+    return make
+
+
+@contextlib.asynccontextmanager
+async def serving(replicas: list[Replica], homes: list[Endpoint]) -> AsyncIterator[None]:
+    """The replicas started; at the end stopped (whatever the test left running) and the home
+    connections closed."""
+    try:
+        for r in replicas:
+            r.start()
+        yield
+    finally:
+        for r in replicas:
+            with contextlib.suppress(Exception):
+                await r.stop()
+        for home in homes:
+            await home.aclose()
+
+
+async def test_two_replicas_one_writer_and_takeover(
+    p5: Callable[[list[str]], P5], kube_clusters: list[KubeCluster]
 ) -> None:
     """P5 with one shard: two replicas contend; only the holder writes, each object once; the
     holder dies without releasing, the other takes over within the lease duration; a graceful
     stop hands over at once."""
-    ns = kube_namespace()
-    lease_ns = kube_namespace(kube_cluster, prefix="lease")
     suffix = secrets.token_hex(3)
-    names = [f"{c.name}-{suffix}" for c in kube_clusters]
-    root = fleet_repo(fleet_files(kube_clusters, names, ns, tmp_path))
-    values: dict[str, dict[str, object]] = {
-        "db": {"password": canary.new("db")},
-        "api": {"token": canary.new("api")},
-    }
-    log: list[Write] = []
-    homes = [kube_cluster.endpoint(), kube_cluster.endpoint()]
+    setting = p5([f"{c.name}-{suffix}" for c in kube_clusters])
+    values, log = setting.values, setting.log
     replicas = [
         Replica(
             who,
-            root=root,
+            root=setting.root,
             home=home,
-            election=ElectionSettings(namespace=lease_ns, identity=who, timing=DAEMON),
+            election=ElectionSettings(namespace=setting.lease_ns, identity=who, timing=DAEMON),
             values=values,
             log=log,
         )
-        for who, home in zip(("r1", "r2"), homes, strict=True)
+        for who, home in zip(("r1", "r2"), setting.homes, strict=True)
     ]
-    try:
-        for r in replicas:
-            r.start()
+    async with serving(replicas, setting.homes):
         await wait_for(lambda: len(log) == 3, timeout=20, what="the leader writes 3 clusters")
         writers = {w.replica for w in log}
         assert len(writers) == 1 and sum(w.objects for w in log) == 6  # each object once
@@ -477,7 +480,7 @@ async def test_two_replicas_one_writer_and_takeover(
         assert leader.coordinator.git.is_leader != other.coordinator.git.is_leader
         status = leader.daemon.board.document()["leadership"]
         assert status["leases"]["secretsync-shard-0"] is True
-        assert status["clusters"] == sorted(names)
+        assert status["clusters"] == sorted(setting.names)
         assert other.daemon.board.document()["leadership"]["leases"][shard_lease(0)] is False
         assert (
             leader.daemon.metrics.registry.get_sample_value(
@@ -492,7 +495,10 @@ async def test_two_replicas_one_writer_and_takeover(
             == 0
         )
         for c in kube_clusters:
-            assert secret_value(c, ns, "db", "password") == str(values["db"]["password"]).encode()
+            assert (
+                secret_value(c, setting.ns, "db", "password")
+                == str(values["db"]["password"]).encode()
+            )
 
         # a rotation reaches both replicas: only the holder writes, once per object
         values["db"]["password"] = canary.new("db2")  # FakeSource shares the inner dicts
@@ -521,18 +527,14 @@ async def test_two_replicas_one_writer_and_takeover(
         assert {w.replica for w in log[6:]} == {other.who}
         assert time.monotonic() - t0 < 30
         for c in kube_clusters:
-            assert secret_value(c, ns, "api", "token") == str(values["api"]["token"]).encode()
+            assert (
+                secret_value(c, setting.ns, "api", "token") == str(values["api"]["token"]).encode()
+            )
         assert_no_overlap(log)
 
         # a graceful stop of the new holder releases its Leases at once
         await other.stop()
-        assert holder(homes[0], lease_ns, shard_lease(0)) is None
-    finally:
-        for r in replicas:
-            with contextlib.suppress(Exception):
-                await r.stop()
-        for home in homes:
-            await home.aclose()
+        assert holder(setting.homes[0], setting.lease_ns, shard_lease(0)) is None
 
 
 def names_in_both_shards(clusters: list[KubeCluster]) -> list[str]:
@@ -544,26 +546,22 @@ def names_in_both_shards(clusters: list[KubeCluster]) -> list[str]:
             return names
 
 
-def two_shards(
-    *,
-    root: Path,
-    homes: list[Endpoint],
-    lease_ns: str,
-    values: dict[str, dict[str, object]],
-    log: list[Write],
-    ports: list[int] | None = None,
-) -> list[Replica]:
+def two_shards(setting: P5, *, ports: list[int] | None = None) -> list[Replica]:
     """Replicas s0 and s1 of two shards; with `ports`, each names the other as its peer."""
     return [
         Replica(
             f"s{i}",
-            root=root,
-            home=homes[i],
+            root=setting.root,
+            home=setting.homes[i],
             election=ElectionSettings(
-                shards=2, shard_index=i, namespace=lease_ns, identity=f"s{i}", timing=DAEMON
+                shards=2,
+                shard_index=i,
+                namespace=setting.lease_ns,
+                identity=f"s{i}",
+                timing=DAEMON,
             ),
-            values=values,
-            log=log,
+            values=setting.values,
+            log=setting.log,
             port=ports[i] if ports else 0,
             peers=(f"http://127.0.0.1:{ports[1 - i]}",) if ports else (),
         )
@@ -572,27 +570,13 @@ def two_shards(
 
 
 async def test_two_shards_split_the_clusters(
-    fleet_repo: Callable[[dict[str, str | bytes]], Path],
-    kube_clusters: list[KubeCluster],
-    kube_cluster: KubeCluster,
-    kube_namespace: NamespaceFactory,
-    tmp_path: Path,
+    p5: Callable[[list[str]], P5], kube_clusters: list[KubeCluster]
 ) -> None:
     """P5 with two shards: each replica writes only its own shard's clusters; together all."""
-    ns = kube_namespace()
-    lease_ns = kube_namespace(kube_cluster, prefix="lease")
-    names = names_in_both_shards(kube_clusters)
-    root = fleet_repo(fleet_files(kube_clusters, names, ns, tmp_path))
-    values: dict[str, dict[str, object]] = {
-        "db": {"password": canary.new("db")},
-        "api": {"token": canary.new("api")},
-    }
-    log: list[Write] = []
-    homes = [kube_cluster.endpoint(), kube_cluster.endpoint()]
-    replicas = two_shards(root=root, homes=homes, lease_ns=lease_ns, values=values, log=log)
-    try:
-        for r in replicas:
-            r.start()
+    setting = p5(names_in_both_shards(kube_clusters))
+    values, log = setting.values, setting.log
+    replicas = two_shards(setting)
+    async with serving(replicas, setting.homes):
         await wait_for(
             lambda: len(log) == 3 and all(r.daemon.board.cycles for r in replicas),
             timeout=20,
@@ -606,22 +590,18 @@ async def test_two_shards_split_the_clusters(
         for w in log:
             assert w.replica == f"s{shard_of(w.cluster, 2)}", w
             assert w.objects == 2
-        assert {w.cluster for w in log} == set(names)
+        assert {w.cluster for w in log} == set(setting.names)
         for i, r in enumerate(replicas):
             doc = r.daemon.board.document()["leadership"]
             assert doc["shardIndex"] == i and doc["leases"][shard_lease(i)] is True
-            assert doc["clusters"] == sorted(n for n in names if shard_of(n, 2) == i)
+            assert doc["clusters"] == sorted(n for n in setting.names if shard_of(n, 2) == i)
         # exactly one of them holds the Git Lease (and still only writes its own shard)
         assert sum(r.coordinator.git.is_leader for r in replicas) == 1
         for c in kube_clusters:
-            assert secret_value(c, ns, "api", "token") == str(values["api"]["token"]).encode()
+            assert (
+                secret_value(c, setting.ns, "api", "token") == str(values["api"]["token"]).encode()
+            )
         assert_no_overlap(log)
-    finally:
-        for r in replicas:
-            with contextlib.suppress(Exception):
-                await r.stop()
-        for home in homes:
-            await home.aclose()
 
 
 def _free_port() -> int:
@@ -631,32 +611,16 @@ def _free_port() -> int:
 
 
 async def test_a_webhook_to_one_shard_reaches_the_clusters_of_both(
-    fleet_repo: Callable[[dict[str, str | bytes]], Path],
-    kube_clusters: list[KubeCluster],
-    kube_cluster: KubeCluster,
-    kube_namespace: NamespaceFactory,
-    tmp_path: Path,
+    p5: Callable[[list[str]], P5], kube_clusters: list[KubeCluster]
 ) -> None:
     """Two shards naming each other with `--peer`: a rotation webhook sent to shard 0 only is
     forwarded, and every cluster of both shards holds the new value within 5 s, each written by
     its own shard's replica."""
-    ns = kube_namespace()
-    lease_ns = kube_namespace(kube_cluster, prefix="lease")
-    names = names_in_both_shards(kube_clusters)
-    root = fleet_repo(fleet_files(kube_clusters, names, ns, tmp_path))
-    values: dict[str, dict[str, object]] = {
-        "db": {"password": canary.new("db")},
-        "api": {"token": canary.new("api")},
-    }
-    log: list[Write] = []
+    setting = p5(names_in_both_shards(kube_clusters))
+    values, log = setting.values, setting.log
     ports = [_free_port(), _free_port()]
-    homes = [kube_cluster.endpoint(), kube_cluster.endpoint()]
-    replicas = two_shards(
-        root=root, homes=homes, lease_ns=lease_ns, values=values, log=log, ports=ports
-    )
-    try:
-        for r in replicas:
-            r.start()
+    replicas = two_shards(setting, ports=ports)
+    async with serving(replicas, setting.homes):
         await wait_for(lambda: len(log) == 3, timeout=20, what="the start cycles' 3 writes")
         values["api"]["token"] = rotated = canary.new("api-rotated")
         body = json.dumps({"paths": ["secret/api"]}).encode()
@@ -675,7 +639,7 @@ async def test_a_webhook_to_one_shard_reaches_the_clusters_of_both(
             assert answer.status == 202, await answer.text()
             assert (await answer.json())["queued"] == 1
         await wait_for(
-            lambda: {w.cluster for w in log[3:]} == set(names),
+            lambda: {w.cluster for w in log[3:]} == set(setting.names),
             timeout=5,
             what="the rotation written to every cluster of both shards",
         )
@@ -691,14 +655,8 @@ async def test_a_webhook_to_one_shard_reaches_the_clusters_of_both(
         ]
         assert forwards == [1.0, None]  # shard 1 sends nothing back
         for c in kube_clusters:
-            assert secret_value(c, ns, "api", "token") == rotated.encode()
+            assert secret_value(c, setting.ns, "api", "token") == rotated.encode()
         assert_no_overlap(log)
-    finally:
-        for r in replicas:
-            with contextlib.suppress(Exception):
-                await r.stop()
-        for home in homes:
-            await home.aclose()
 
 
 async def test_a_git_writer_holding_its_lease_keeps_every_file_listed(
