@@ -15,31 +15,23 @@ and handed to the session-wide leak scan.
 from __future__ import annotations
 
 import asyncio
-import base64
-import contextlib
 import json
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 from kubernetes import client as k8s
-from kubernetes import watch
-from kubernetes.client.exceptions import ApiException
 
 from secretsync.core import errors, model
 from secretsync.sources import resolve, vault
 from tests.adapters.conftest_kube import NamespaceFactory
 from tests.support import canary as canaries
 from tests.support.kubecluster import KubeCluster
-from tests.support.openbao import CountingProxy, OpenBao
+from tests.support.openbao import REVIEWER, CountingProxy, OpenBao, kubernetes_auth
 
 WAIT_S = 60.0
-LEGACY_ISSUER = "kubernetes/serviceaccount"
-"""The `iss` claim of the service-account token Secrets Kubernetes 1.20 creates."""
-TOKEN_SECRET = "kubernetes.io/service-account-token"
 ROLE = "secretsync"
 
 FAST = vault.RetryPolicy(
@@ -112,53 +104,6 @@ def issued_tokens(proxy: CountingProxy) -> list[str]:
     return [s.token for s in proxy.seen if s.method == "ISSUED" and s.token]
 
 
-def service_account_jwt(core: k8s.CoreV1Api, namespace: str, name: str) -> str:
-    """Create a ServiceAccount; return the JWT of the token Secret the controller manager makes.
-
-    Lists, then watches the namespace's token Secrets until the one for this account (by
-    name and UID) carries a token, failing at the deadline.
-    """
-    account = core.create_namespaced_service_account(
-        namespace, k8s.V1ServiceAccount(metadata=k8s.V1ObjectMeta(name=name))
-    )
-    assert account.metadata is not None
-    uid = account.metadata.uid
-
-    def token_of(secret: Any) -> str | None:
-        notes = secret.metadata.annotations or {}
-        if notes.get("kubernetes.io/service-account.name") != name:
-            return None
-        if notes.get("kubernetes.io/service-account.uid") != uid:
-            return None
-        encoded = (secret.data or {}).get("token")
-        return base64.b64decode(encoded).decode() if encoded else None
-
-    deadline = time.monotonic() + WAIT_S
-    selector = f"type={TOKEN_SECRET}"
-    listing = core.list_namespaced_secret(namespace, field_selector=selector)
-    for secret in listing.items:
-        if found := token_of(secret):
-            return found
-    assert listing.metadata is not None
-    version = listing.metadata.resource_version
-    watcher: Any = watch.Watch()  # type: ignore[no-untyped-call]
-    while (remaining := deadline - time.monotonic()) > 0:
-        for event in watcher.stream(
-            core.list_namespaced_secret,
-            namespace,
-            field_selector=selector,
-            resource_version=version,
-            timeout_seconds=max(1, int(remaining)),
-            _request_timeout=remaining + 5,
-        ):
-            secret = event["object"]
-            version = secret.metadata.resource_version
-            if event["type"] != "DELETED" and (found := token_of(secret)):
-                watcher.stop()
-                return found
-    raise AssertionError(f"no token Secret for {namespace}/{name} within {WAIT_S:.0f}s")
-
-
 def token_review_passes(cluster: KubeCluster, jwt: str) -> bool:
     """What the apiserver's TokenReview says about `jwt` (asked with the admin token)."""
     with cluster.api_client() as api:
@@ -190,73 +135,38 @@ async def wait_until_rejected(cluster: KubeCluster, jwt: str) -> float:
 def kube_auth(
     kube_cluster: KubeCluster, kube_namespace: NamespaceFactory, openbao: OpenBao, unique: str
 ) -> Iterator[KubeAuth]:
-    namespace = kube_namespace(kube_cluster, prefix="vk")
-    binding = f"{unique}-vault-reviewer"
-    with kube_cluster.api_client() as api:
-        core = k8s.CoreV1Api(api)
-        app_jwt = service_account_jwt(core, namespace, ROLE)
-        stranger_jwt = service_account_jwt(core, namespace, "stranger")
-        reviewer_jwt = service_account_jwt(core, namespace, "vault-reviewer")
-        k8s.RbacAuthorizationV1Api(api).create_cluster_role_binding(
-            k8s.V1ClusterRoleBinding(
-                metadata=k8s.V1ObjectMeta(name=binding),
-                role_ref=k8s.V1RoleRef(
-                    api_group="rbac.authorization.k8s.io",
-                    kind="ClusterRole",
-                    name="system:auth-delegator",
-                ),
-                subjects=[
-                    k8s.RbacV1Subject(
-                        kind="ServiceAccount", name="vault-reviewer", namespace=namespace
-                    )
-                ],
-            )
+    """The shared kubernetes auth setup plus a role `ROLE` bound to the account `ROLE`, whose
+    policy reads the whole KV mount."""
+    with kubernetes_auth(
+        openbao,
+        kube_cluster,
+        namespace=kube_namespace(kube_cluster, prefix="vk"),
+        unique=unique,
+        accounts=(ROLE, "stranger"),
+    ) as made:
+        setup = KubeAuth(
+            cluster=kube_cluster,
+            namespace=made.namespace,
+            auth_mount=made.auth_mount,
+            kv_mount=made.kv_mount,
+            app_jwt=made.jwts[ROLE],
+            stranger_jwt=made.jwts["stranger"],
+            reviewer_jwt=made.jwts[REVIEWER],
         )
-    setup = KubeAuth(
-        cluster=kube_cluster,
-        namespace=namespace,
-        auth_mount=f"{unique}-k8s",
-        kv_mount=f"{unique}-kv",
-        app_jwt=app_jwt,
-        stranger_jwt=stranger_jwt,
-        reviewer_jwt=reviewer_jwt,
-    )
-    try:
-        configure_openbao(openbao, setup)
+        client = openbao.client()
+        client.sys.create_or_update_policy(
+            name=setup.kv_mount,
+            policy=f'path "{setup.kv_mount}/data/*" {{ capabilities = ["read"] }}',
+        )
+        client.adapter.post(
+            f"/v1/auth/{setup.auth_mount}/role/{ROLE}",
+            json={
+                "bound_service_account_names": [ROLE],
+                "bound_service_account_namespaces": [setup.namespace],
+                "token_policies": [setup.kv_mount],
+            },
+        )
         yield setup
-    finally:
-        with contextlib.suppress(ApiException), kube_cluster.api_client() as api:
-            k8s.RbacAuthorizationV1Api(api).delete_cluster_role_binding(binding)
-
-
-def configure_openbao(server: OpenBao, setup: KubeAuth) -> None:
-    """The Vault-side setup the README describes, through the HTTP API."""
-    client = server.client()
-    server.enable_kv(setup.kv_mount, version=2)
-    client.sys.create_or_update_policy(
-        name=setup.kv_mount,
-        policy=f'path "{setup.kv_mount}/data/*" {{ capabilities = ["read"] }}',
-    )
-    client.sys.enable_auth_method("kubernetes", path=setup.auth_mount)
-    client.adapter.post(
-        f"/v1/auth/{setup.auth_mount}/config",
-        json={
-            "kubernetes_host": setup.cluster.server,
-            "kubernetes_ca_cert": setup.cluster.ca_data.decode(),
-            "token_reviewer_jwt": setup.reviewer_jwt,
-            "issuer": LEGACY_ISSUER,
-            "disable_iss_validation": False,
-            "disable_local_ca_jwt": True,
-        },
-    )
-    client.adapter.post(
-        f"/v1/auth/{setup.auth_mount}/role/{ROLE}",
-        json={
-            "bound_service_account_names": [ROLE],
-            "bound_service_account_namespaces": [setup.namespace],
-            "token_policies": [setup.kv_mount],
-        },
-    )
 
 
 # --- tests -----------------------------------------------------------------------------------

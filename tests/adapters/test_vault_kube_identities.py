@@ -10,23 +10,19 @@ only, and is never read with the other tenant's token.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from kubernetes import client as k8s
-from kubernetes.client.exceptions import ApiException
 
 from secretsync.core import errors, model
 from secretsync.fleet import load, plan
 from secretsync.sources import kinds, resolve
 from tests.adapters.conftest_kube import NamespaceFactory
-from tests.adapters.test_vault_kube_auth import LEGACY_ISSUER, service_account_jwt
 from tests.support import canary, keys
 from tests.support.kubecluster import KubeCluster
-from tests.support.openbao import CountingProxy, OpenBao
+from tests.support.openbao import CountingProxy, OpenBao, kubernetes_auth
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
 TENANTS = ("acme", "globex")
@@ -39,61 +35,29 @@ def tenant_roles(
     """(auth mount, kv mount, the `secretsync` service account's JWT): a kubernetes auth
     mount with roles `secretsync-<tenant>`, both bound to that account, each with a policy
     reading only `<kv>/data/<tenant>/*`."""
-    namespace = kube_namespace(kube_cluster, prefix="vi")
-    binding = f"{unique}-reviewer"
-    with kube_cluster.api_client() as api:
-        core = k8s.CoreV1Api(api)
-        app_jwt = service_account_jwt(core, namespace, "secretsync")
-        reviewer_jwt = service_account_jwt(core, namespace, "vault-reviewer")
-        k8s.RbacAuthorizationV1Api(api).create_cluster_role_binding(
-            k8s.V1ClusterRoleBinding(
-                metadata=k8s.V1ObjectMeta(name=binding),
-                role_ref=k8s.V1RoleRef(
-                    api_group="rbac.authorization.k8s.io",
-                    kind="ClusterRole",
-                    name="system:auth-delegator",
-                ),
-                subjects=[
-                    k8s.RbacV1Subject(
-                        kind="ServiceAccount", name="vault-reviewer", namespace=namespace
-                    )
-                ],
+    with kubernetes_auth(
+        openbao,
+        kube_cluster,
+        namespace=kube_namespace(kube_cluster, prefix="vi"),
+        unique=unique,
+        accounts=("secretsync",),
+    ) as made:
+        client = openbao.client()
+        for tenant in TENANTS:
+            policy = f"{unique}-{tenant}"
+            client.sys.create_or_update_policy(
+                name=policy,
+                policy=f'path "{made.kv_mount}/data/{tenant}/*" {{ capabilities = ["read"] }}',
             )
-        )
-    auth_mount, kv_mount = f"{unique}-k8s", f"{unique}-kv"
-    client = openbao.client()
-    openbao.enable_kv(kv_mount, version=2)
-    client.sys.enable_auth_method("kubernetes", path=auth_mount)
-    client.adapter.post(
-        f"/v1/auth/{auth_mount}/config",
-        json={
-            "kubernetes_host": kube_cluster.server,
-            "kubernetes_ca_cert": kube_cluster.ca_data.decode(),
-            "token_reviewer_jwt": reviewer_jwt,
-            "issuer": LEGACY_ISSUER,
-            "disable_iss_validation": False,
-            "disable_local_ca_jwt": True,
-        },
-    )
-    for tenant in TENANTS:
-        policy = f"{unique}-{tenant}"
-        client.sys.create_or_update_policy(
-            name=policy,
-            policy=f'path "{kv_mount}/data/{tenant}/*" {{ capabilities = ["read"] }}',
-        )
-        client.adapter.post(
-            f"/v1/auth/{auth_mount}/role/secretsync-{tenant}",
-            json={
-                "bound_service_account_names": ["secretsync"],
-                "bound_service_account_namespaces": [namespace],
-                "token_policies": [policy],
-            },
-        )
-    try:
-        yield auth_mount, kv_mount, app_jwt
-    finally:
-        with contextlib.suppress(ApiException), kube_cluster.api_client() as api:
-            k8s.RbacAuthorizationV1Api(api).delete_cluster_role_binding(binding)
+            client.adapter.post(
+                f"/v1/auth/{made.auth_mount}/role/secretsync-{tenant}",
+                json={
+                    "bound_service_account_names": ["secretsync"],
+                    "bound_service_account_namespaces": [made.namespace],
+                    "token_policies": [policy],
+                },
+            )
+        yield made.auth_mount, made.kv_mount, made.jwts["secretsync"]
 
 
 def fleet_files(address: str, auth_mount: str, kv_mount: str, jwt: Path) -> dict[str, str | bytes]:

