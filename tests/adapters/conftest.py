@@ -16,22 +16,22 @@ import pytest
 from tests.support.openbao import CountingProxy, OpenBao, start_openbao
 
 
-@pytest.fixture(scope="session")
-def openbao() -> Iterator[OpenBao]:
+def _served() -> Iterator[OpenBao]:
     server = start_openbao()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def openbao() -> Iterator[OpenBao]:
+    yield from _served()
 
 
 @pytest.fixture
 def own_openbao() -> Iterator[OpenBao]:
-    server = start_openbao()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _served()
 
 
 @pytest.fixture

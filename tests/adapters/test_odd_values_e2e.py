@@ -6,15 +6,13 @@ from __future__ import annotations
 import base64
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from kubernetes import client as k8s
 
 from tests.adapters.conftest_kube import NamespaceFactory
-from tests.support import canary
+from tests.support import canary, cli
 from tests.support.kubecluster import KubeCluster
 from tests.support.openbao import OpenBao
 
@@ -62,23 +60,7 @@ def test_odd_values_are_delivered_byte_for_byte_and_never_logged(
     }
     outputs: list[bytes] = []
     for _ in range(2):
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "secretsync",
-                "--log-level",
-                "debug",
-                "-o",
-                "json",
-                "sync",
-                str(root),
-            ],
-            env=env,
-            capture_output=True,
-            timeout=120,
-            check=False,
-        )
+        proc = cli.run("--log-level", "debug", "-o", "json", "sync", str(root), env=env)
         outputs += [proc.stdout, proc.stderr]
         assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     first, second = json.loads(outputs[0]), json.loads(outputs[2])

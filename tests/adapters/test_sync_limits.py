@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from kubernetes import client as k8s
 
 from tests.adapters.conftest_kube import NamespaceFactory
-from tests.support import apiserver_metrics, canary
+from tests.support import apiserver_metrics, canary, cli
 from tests.support.kubecluster import KubeCluster
 from tests.support.openbao import OpenBao
 
@@ -59,23 +57,7 @@ def test_a_2_mib_value_sends_no_write_request_and_names_no_value(
     )
     env = {**os.environ, "VAULT_TOKEN": openbao.root_token, "SECRETSYNC_HMAC_KEY": "v8-key"}
     before = apiserver_metrics.requests(kube_cluster)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "secretsync",
-            "--log-level",
-            "debug",
-            "-o",
-            "json",
-            "sync",
-            str(root),
-        ],
-        env=env,
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
+    proc = cli.run("--log-level", "debug", "-o", "json", "sync", str(root), env=env)
     after = apiserver_metrics.requests(kube_cluster)
     out, err = proc.stdout.decode(), proc.stderr.decode()
     assert proc.returncode == 1, err[-2000:]

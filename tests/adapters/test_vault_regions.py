@@ -18,7 +18,6 @@ import itertools
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ import pytest
 import yaml
 
 from secretsync.delivery import seal
-from tests.support import canary, keys
+from tests.support import canary, cli, keys
 from tests.support.openbao import CountingProxy, OpenBao, Seen, start_openbao
 
 MakeRepo = Callable[[dict[str, str | bytes]], Path]
@@ -188,13 +187,7 @@ def render(root: Path) -> subprocess.CompletedProcess[bytes]:
     env = {**os.environ, "SECRETSYNC_HMAC_KEY": "regions", "SECRETSYNC_LOG_LEVEL": "debug"}
     for name in ("VAULT_TOKEN", "VAULT_ADDR", "BAO_TOKEN", "BAO_ADDR"):
         env.pop(name, None)
-    return subprocess.run(
-        [sys.executable, "-m", "secretsync", "-o", "json", "render", str(root)],
-        env=env,
-        capture_output=True,
-        timeout=300,
-        check=False,
-    )
+    return cli.run("-o", "json", "render", str(root), env=env, timeout=300)
 
 
 def opened(root: Path, cluster: str, name: str) -> dict[str, bytes]:
