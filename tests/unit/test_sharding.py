@@ -18,6 +18,7 @@ from secretsync.core.model import Cluster, ObjectKey, Observed
 from secretsync.daemon.sharding import ElectionSettings, GatedSink, derive_shard_index, shard_of
 from secretsync.delivery.rendered import Rendered
 from secretsync.kube.leases import LeaseTiming, process_identity
+from secretsync.sinks import deliver
 from secretsync.sinks.deliver import ApplyResult, ChangeSet
 
 
@@ -204,3 +205,14 @@ def test_gated_sink_passes_the_wrapped_sinks_abilities_through() -> None:
     sink.stage(a, item)
     sink.stage(b, item)  # not this replica's to write: nothing is written ahead
     assert inner.staged == ["one"]
+
+
+def test_delegating_sink_passes_every_member_of_the_sink_contract() -> None:
+    """A member added to `Sink` and not to `DelegatingSink` would be missing from every wrapper
+    (the Lease gate), which the engine would then treat unlike the sink it wraps."""
+    contract = {name for name in vars(deliver.Sink) if not name.startswith("_")}
+    assert contract, "the contract's members are read from the protocol class"
+    assert contract <= set(vars(deliver.DelegatingSink))
+    inner = Recorder()
+    sink = deliver.DelegatingSink(inner)
+    assert sink.name == "kube" and sink.stages is True and sink.shared is False
