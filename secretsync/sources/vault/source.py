@@ -169,16 +169,23 @@ class VaultSource:
 
     # --- reads -------------------------------------------------------------------------------
 
-    async def _read(self, location: model.Location, budget: Budget) -> resolve.Fetched:
-        if location.source != self.kind:
-            raise Failed("invalid", f"not a {self.kind} location")
+    async def _locate(
+        self, location: model.Location, budget: Budget
+    ) -> tuple[Login, Mount, str, str]:
+        """(the identity's login, the KV mount, its name, the path inside the mount) of a
+        Location; `Failed` when the mount or path is not plain."""
         mount_name = (location.mount or self._kv_mount).strip("/")
         path = location.path.strip("/")
         check_plain("mount", mount_name)
         check_plain("path", path)
         login = self._login_for(location.identity)
         mount = await self._mount(mount_name, login, budget)
-        inner = f"{mount.prefix}/{path}" if mount.prefix else path
+        return login, mount, mount_name, f"{mount.prefix}/{path}" if mount.prefix else path
+
+    async def _read(self, location: model.Location, budget: Budget) -> resolve.Fetched:
+        if location.source != self.kind:
+            raise Failed("invalid", f"not a {self.kind} location")
+        login, mount, mount_name, inner = await self._locate(location, budget)
         if mount.version == 1:
             if location.version is not None:
                 raise Failed(
@@ -208,15 +215,9 @@ class VaultSource:
             return None
         budget = Budget(self._retry.budget_s)
         try:
-            mount_name = (location.mount or self._kv_mount).strip("/")
-            path = location.path.strip("/")
-            check_plain("mount", mount_name)
-            check_plain("path", path)
-            login = self._login_for(location.identity)
-            mount = await self._mount(mount_name, login, budget)
+            login, mount, _, inner = await self._locate(location, budget)
             if mount.version != 2:
                 return None
-            inner = f"{mount.prefix}/{path}" if mount.prefix else path
             status, payload = await login.call(
                 "GET", f"{mount.path}/metadata/{inner}", budget=budget
             )
