@@ -31,6 +31,12 @@ class Registry[K: Named]:
         if kind.name in self.reserved:
             raise ValueError(f"{kind.name!r} cannot name a {self.what}")
         self._kinds[kind.name] = kind
+        # the built-in ones first, in `builtin` order, whatever order imports register them in
+        # (an error message lists the kinds: the same text on every run)
+        rank = {module: i for i, module in enumerate(self.builtin)}
+        self._kinds = dict(
+            sorted(self._kinds.items(), key=lambda kv: rank.get(type(kv[1]).__module__, len(rank)))
+        )
         return kind
 
     def unregister(self, name: str) -> None:

@@ -95,6 +95,7 @@ class DirectKind:
     in_git = False
     holds_values = True
     reads_values = True
+    controller_writes_secret = False
     seals = False
     field = None
 

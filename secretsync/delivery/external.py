@@ -222,6 +222,7 @@ class ExternalKind:
     in_git = True
     holds_values = False
     reads_values = False
+    controller_writes_secret = False
     seals = False
     field = "externalSecrets"
 

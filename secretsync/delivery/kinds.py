@@ -112,6 +112,13 @@ class DeliveryKind(Protocol):
         ...
 
     @property
+    def controller_writes_secret(self) -> bool:
+        """A controller in the cluster writes the Secret from its object, copying the content
+        hash annotation: a workload restarted for it waits until that Secret carries the hash
+        delivered (the SealedSecret's controller does; ESO's Secret does not carry it)."""
+        ...
+
+    @property
     def field(self) -> str | None:
         """The Cluster spec field holding its settings (read whatever the cluster's delivery,
         so a setting is checked before a cluster switches to it); None: it has none."""

@@ -358,6 +358,7 @@ class SealedKind:
     in_git = True
     holds_values = False
     reads_values = True
+    controller_writes_secret = True
     seals = True
     field = "sealedSecrets"
 

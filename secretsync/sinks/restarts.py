@@ -14,6 +14,7 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from secretsync.delivery import kinds as delivery_kinds
 from secretsync.delivery.rendered import Rendered
 
 
@@ -36,10 +37,6 @@ class Cause:
     via_controller: bool  # a controller writes the Secret (SealedSecret): wait for it
 
 
-# The kinds a controller turns into a Secret that carries the template's annotations.
-_VIA_CONTROLLER = frozenset({"SealedSecret"})
-
-
 @dataclass(slots=True)
 class Restarts:
     """The restarts owed per cluster: workload -> Secret name -> the latest cause."""
@@ -51,7 +48,7 @@ class Restarts:
         cause = Cause(
             secret=item.key.name,
             content_hash=item.content_hash,
-            via_controller=item.kind in _VIA_CONTROLLER,
+            via_controller=delivery_kinds.get(item.delivery).controller_writes_secret,
         )
         for ref in item.restarts:
             workload = Workload(ref.kind, item.key.namespace, ref.name)

@@ -50,6 +50,7 @@ class DigestKind:
     in_git = True
     holds_values = False
     reads_values = True
+    controller_writes_secret = False
     seals = False
     field = "digests"
     leak = False
