@@ -1,5 +1,6 @@
 """The `serve` daemon: the cycle loop, fleet reloads, webhook coalescing, the web server's
-lifetime and a graceful stop. Cycles are the engine's, the same as the CLI's.
+lifetime and a graceful stop. Cycles are the engine's, the same as the CLI's; what each leaves
+is recorded by `bookkeeping`, and the HTTP surface is put together by `server`.
 
 - At start and every `interval` seconds (with ±10% jitter) a full cycle: reload the fleet
   repo, then reconcile every cluster (Git folder and/or Kubernetes API sinks).
@@ -25,8 +26,7 @@ import logging
 import random
 import signal
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 from secretsync.app import runtime
 from secretsync.core import errors, logs
 from secretsync.core.model import DesiredSecret, Fleet, Location
-from secretsync.daemon import apiauth, edge, fleetview, peers, web, webhook
+from secretsync.daemon import bookkeeping, edge, server, web, webhook
 from secretsync.daemon.metrics import Metrics
 from secretsync.daemon.settings import DaemonSettings
 from secretsync.daemon.status import StatusBoard
@@ -46,7 +46,7 @@ from secretsync.fleet.certificates import FleetCertificates
 from secretsync.kube import events
 from secretsync.ops import certs
 from secretsync.sources import kinds, poll, resolve, sopskeys
-from secretsync.writeback.push import PushOutcome, WriteBack
+from secretsync.writeback.push import WriteBack
 
 if TYPE_CHECKING:  # the election needs the kubernetes client: imported only when it is on
     from secretsync.daemon.sharding import Coordinator
@@ -77,6 +77,9 @@ class Daemon:
         self.board = StatusBoard()
         self.metrics = Metrics()
         self.events.counted_by(self.metrics.event)
+        self._record = bookkeeping.CycleRecord(
+            board=self.board, metrics=self.metrics, events=self.events
+        )
         self.verifier = webhook.Verifier(key=settings.webhook_key) if settings.webhook_key else None
         self.fleet: Fleet | None = None
         # the plan and the sealing certificates of `fleet`, made and read once when it loaded
@@ -125,7 +128,7 @@ class Daemon:
                 checkout=self.checkout,
                 settings=settings.push,
                 may_write=coordinator.writes_git if coordinator is not None else lambda: True,
-                record=_PushRecord(board=self.board, metrics=self.metrics),
+                record=bookkeeping.PushRecord(board=self.board, metrics=self.metrics),
                 clock=clock,
             )
             if settings.push is not None and self.checkout is not None
@@ -252,46 +255,13 @@ class Daemon:
                 )
                 self._full_now = self._full_now or self.writeback.failed  # re-render it all
         except Exception as exc:  # one failed cycle must not stop the daemon
-            message = _reason(exc)
             seconds = time.monotonic() - t0
-            log.error("cycle (%s) failed: %s", trigger, message)
-            self.board.cycle_error(message, started=started, duration_s=seconds, trigger=trigger)
-            self.metrics.cycle(None, outcome="error", trigger=trigger, seconds=seconds)
+            self._record.failed(exc, trigger=trigger, started=started, seconds=seconds)
             return
         seconds = time.monotonic() - t0
-        summary = self.board.record(report, started=started, duration_s=seconds, trigger=trigger)
-        self.metrics.cycle(
-            report,
-            outcome=summary.outcome,
-            trigger=trigger,
-            seconds=seconds,
-            full=only_paths is None,
+        self._record.finished(
+            report, trigger=trigger, started=started, seconds=seconds, full=only_paths is None
         )
-        self.metrics.set_objects(self.board.counts())
-        changed = {k: v for k, v in summary.counts.items() if v}
-        log.info(
-            "cycle (%s) %s in %.2f s: %s",
-            trigger,
-            summary.outcome,
-            seconds,
-            ", ".join(f"{n} {k}" for k, n in changed.items()) or "nothing to do",
-        )
-        for item in report.failures:
-            log.warning(
-                "failed: %s %s/%s: %s",
-                item.cluster,
-                item.namespace,
-                item.name,
-                item.reason,
-                extra={"cluster": item.cluster, "fleet_secret": item.fleet_secret},
-            )
-            self.events.object_failed(item.cluster, item.namespace, item.name, item.reason)
-        for name, reason in report.failed_clusters.items():
-            log.warning("failed: cluster %s: %s", name, reason, extra={"cluster": name})
-            self.events.cluster_failed(name, reason)
-        for name, held in self.board.held.items() if report.pruned else ():
-            log.warning("%s on %s", held.headline, name, extra={"cluster": name})
-            self.events.deletes_held(name, len(held.objects))
 
     def _undelivered(self, fleet: Fleet) -> dict[str, str]:
         """Why each cluster no sink of this process delivers to is left out."""
@@ -392,40 +362,10 @@ class Daemon:
 
     # --- the process -----------------------------------------------------------------------------
 
-    def fleet_view(self) -> fleetview.FleetView | None:
-        """The fleet-wide status across shards (`fleetview`); None for a single shard, whose
-        board is the fleet's."""
-        coordinator, s = self.coordinator, self.settings
-        if coordinator is None or coordinator.settings.shards < 2:
-            return None
-        return fleetview.FleetView(
-            board=self.board,
-            peer_urls=s.peers,
-            key=s.webhook_key,
-            shards=coordinator.settings.shards,
-            shard_index=coordinator.settings.shard_index,
-            shard_of=coordinator.shard_for,
-            count=self.metrics.peer_status,
-        )
-
     async def serve(self) -> None:
         """Web server and cycle loop until SIGTERM / SIGINT (or `stop()`)."""
         s = self.settings
-        forwarder = (
-            peers.Forwarder(peers=s.peers, key=s.webhook_key, count=self.metrics.forward)
-            if s.peers and s.webhook_key
-            else None
-        )
-        view = self.fleet_view()
-        app = web.make_app(
-            self,
-            max_body=s.max_body,
-            read_timeout_s=s.header_timeout_s,
-            guard=_guard(s),
-            forwarder=forwarder,
-            view=view,
-        )
-        limits = edge.Limits(header_timeout_s=s.header_timeout_s, idle_timeout_s=s.idle_timeout_s)
+        surface = server.build(self, settings=s, coordinator=self.coordinator)
         loop = asyncio.get_running_loop()
         if self.coordinator is not None:
             self.coordinator.start()
@@ -441,7 +381,11 @@ class Daemon:
 
         try:
             async with edge.serve(
-                app, host=s.host, port=s.port, limits=limits, on_drop=self.metrics.dropped
+                surface.app,
+                host=s.host,
+                port=s.port,
+                limits=surface.limits,
+                on_drop=self.metrics.dropped,
             ) as addresses:
                 for host, port in addresses:
                     shown = f"[{host}]" if ":" in host else host
@@ -465,33 +409,8 @@ class Daemon:
                 await self.coordinator.stop()  # after the last write: followers take over now
             await self._wiring.aclose()
             await self.events.aclose()
-            if forwarder is not None:
-                await forwarder.aclose()
-            if view is not None:
-                await view.aclose()
+            await surface.aclose()
             log.info("stopped")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _PushRecord:
-    """The daemon's record of each write-back: the push metrics and the status board."""
-
-    board: StatusBoard
-    metrics: Metrics
-
-    def rejected(self) -> None:
-        self.metrics.git_push.labels(result="rejected").inc()
-
-    def finished(
-        self,
-        outcome: PushOutcome,
-        *,
-        carried: Sequence[tuple[str, str | None]],
-        seconds: float | None,
-    ) -> None:
-        if seconds is not None:
-            self.metrics.pushed(ok=outcome.result == "ok", seconds=seconds)
-        self.board.pushed(outcome.document(), carried=carried, pushed=outcome.result == "ok")
 
 
 def _load_and_plan(
@@ -518,25 +437,3 @@ def _webhook_names(desired: Iterable[DesiredSecret]) -> dict[str, tuple[str, ...
                 if forms[0] not in held:
                     names[name] = (*held, forms[0])
     return names
-
-
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, errors.ConfigError):
-        return exc.render()
-    if isinstance(exc, errors.SecretSyncError):
-        return str(exc)
-    return f"internal error ({type(exc).__name__})"
-
-
-def _guard(settings: DaemonSettings) -> apiauth.Guard | None:
-    """The status API's token checks; None when it is open. With peers, their status requests
-    carry a peer token (`peers`), checked first."""
-    checks: list[apiauth.Check] = []
-    if settings.api_token_file is not None:
-        checks.append(apiauth.TokenFile(settings.api_token_file))
-    if settings.api_auth_kubernetes:
-        api = apiauth.home_api(settings.home_kubeconfig, settings.plugins)
-        checks.append(apiauth.KubernetesReview(api))
-    if checks and settings.peers and settings.webhook_key:
-        checks.insert(0, peers.PeerTokens(settings.webhook_key))
-    return apiauth.Guard(checks) if checks else None
