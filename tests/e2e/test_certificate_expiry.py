@@ -11,7 +11,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from secretsync.app import wiring
-from secretsync.daemon import web
+from secretsync.daemon import fleetpage
 from secretsync.daemon.service import Daemon
 from secretsync.daemon.settings import DaemonSettings
 from tests.support import keys
@@ -64,6 +64,6 @@ async def test_expiring_certificates_warn_and_are_measured(fleet_repo: MakeRepo)
     }
     assert abs(metrics["soon"] - soon.timestamp()) < 1
     assert abs(metrics["later"] - later.timestamp()) < 1
-    page = web.render_page(daemon.board, nonce="n")
+    page = fleetpage.render_page(daemon.board, nonce="n")
     assert "id=certificates" in page and "soon: expires in 3.0 days" in page
     assert "later:" not in page

@@ -21,10 +21,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from secretsync.core import errors
 from secretsync.core.model import DesiredSecret, Fleet
 from secretsync.daemon import webhook
+from secretsync.daemon.fleetpage import render_page
 from secretsync.daemon.service import Daemon
 from secretsync.daemon.settings import DaemonSettings
 from secretsync.daemon.status import StatusBoard
-from secretsync.daemon.web import make_app, render_page
+from secretsync.daemon.web import make_app
 from secretsync.daemon.wiring import CountingSource
 from secretsync.engine.cycle import Engine
 from secretsync.engine.report import CycleReport, ItemResult

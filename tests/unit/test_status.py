@@ -188,8 +188,8 @@ def held_report(*, pruned: bool = True) -> CycleReport:
 
 
 def test_held_deletes_show_on_the_board_the_page_and_the_metric() -> None:
+    from secretsync.daemon.fleetpage import render_page
     from secretsync.daemon.metrics import Metrics
-    from secretsync.daemon.web import render_page
 
     board, metrics = StatusBoard(), Metrics()
     report = held_report()
