@@ -43,9 +43,23 @@ _BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 
 
 class Metrics:
+    """The daemon's collectors. They are defined by area below, in the order the exposition
+    lists them."""
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        self._cycles(r)
+        self._sources(r)
+        self._deliveries(r)
+        self._http(r)
+        self._fleet(r)
+        self._writeback(r)
+        self._events(r)
+        self._stale: set[Location] = set()
+
+    def _cycles(self, r: CollectorRegistry) -> None:
+        """Cycles: how many, how long, and the objects they left in each state."""
         self.cycles = Counter(
             "secretsync_cycles", "Reconcile cycles run.", ["outcome", "trigger"], registry=r
         )
@@ -58,6 +72,9 @@ class Metrics:
         self.objects = Gauge(
             "secretsync_objects", "Objects by cluster and state.", ["cluster", "state"], registry=r
         )
+
+    def _sources(self, r: CollectorRegistry) -> None:
+        """Sources: reads of locations, and the logins made for them."""
         self.source_reads = Counter(
             "secretsync_source_reads",
             "Reads of source locations.",
@@ -71,6 +88,9 @@ class Metrics:
             ["source"],
             registry=r,
         )
+
+    def _deliveries(self, r: CollectorRegistry) -> None:
+        """What cycles delivered: objects (or whole clusters) that failed, objects written."""
         self.failures = Counter(
             "secretsync_failures",
             "Objects (or whole clusters) that failed.",
@@ -80,6 +100,10 @@ class Metrics:
         self.writes = Counter(
             "secretsync_writes", "Objects created, updated or deleted in sinks.", registry=r
         )
+
+    def _http(self, r: CollectorRegistry) -> None:
+        """The HTTP surface: webhooks, their forwards to peers, peer status fetches, connections
+        dropped."""
         self.webhooks = Counter(
             "secretsync_webhooks", "Rotation webhook requests.", ["outcome"], registry=r
         )
@@ -101,6 +125,10 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+
+    def _fleet(self, r: CollectorRegistry) -> None:
+        """The fleet as this replica runs it: refused loads, Leases held, stale locations, deletes
+        held."""
         self.fleet_load_errors = Counter(
             "secretsync_fleet_load_errors", "Fleet repo loads refused.", registry=r
         )
@@ -121,6 +149,9 @@ class Metrics:
         )
         for source in ("vault", "sops"):
             self.stale_paths.labels(source=source).set(0)
+
+    def _writeback(self, r: CollectorRegistry) -> None:
+        """Write-back pushes, and the sealing certificates renewal pushes."""
         self.git_push = Counter(
             "secretsync_git_push",
             "Pushes of write-back commits (rejected: another writer moved the branch).",
@@ -144,6 +175,9 @@ class Metrics:
             "Unix time of the last write-back push that landed.",
             registry=r,
         )
+
+    def _events(self, r: CollectorRegistry) -> None:
+        """Kubernetes Events posted."""
         self.events = Counter(
             "secretsync_events",
             "Kubernetes Events: created, patched (a repeat counted), failed (the API server "
@@ -151,7 +185,6 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
-        self._stale: set[Location] = set()
 
     def cycle(
         self,
