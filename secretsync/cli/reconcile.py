@@ -37,7 +37,7 @@ from secretsync.cli.common import (
 )
 from secretsync.cli.report import _changes, _headline, _report_doc
 from secretsync.core import errors
-from secretsync.core.model import Fleet, Selector
+from secretsync.core.model import DeleteLimit, Fleet, Selector
 from secretsync.engine.cycle import select_clusters
 from secretsync.engine.report import CycleReport
 from secretsync.kube import kubeplugins
@@ -97,7 +97,6 @@ def _run(
         sinks = wiring.build_sinks(fleet, choice, hmac_key=key)
     except errors.DeliveryError as exc:
         raise UsageError(f"--home-kubeconfig: {exc}") from None
-    git_sink, kube_sink = sinks.git, sinks.kube
     try:
         sources = wiring.build_sources(fleet, settings.env, vault_address=vault_address)
     except errors.ConfigError as exc:
@@ -130,6 +129,24 @@ def _run(
     doc = _report_doc(report, verbose=verbose)
     if repo is not None:
         doc["commit"] = committed
+    _add_sink_counts(doc, sinks, dry_run=dry_run)
+    if dry_run:
+        headline = _headline(report)
+        if settings.output == "json":
+            doc = {"headline": headline, **doc}
+        else:
+            click.echo(f"# {headline}")
+    _emit(settings, doc)
+    _echo_problems(report, delete_limit=fleet.policies.delete_limit)
+    if not report.ok:
+        sys.exit(EXIT_FAILED)
+    sys.exit(EXIT_CHANGES if exit_code and _changes(report) else EXIT_OK)
+
+
+def _add_sink_counts(doc: dict[str, Any], sinks: wiring.Sinks, *, dry_run: bool) -> None:
+    """What the sinks did, in the report: files changed (not on a dry run), API writes and
+    requests, objects drifted per cluster, restarts still owed."""
+    git_sink, kube_sink = sinks.git, sinks.kube
     if git_sink is not None and not dry_run:
         doc["summary"]["filesChanged"] = git_sink.files_changed
     if kube_sink is not None:
@@ -140,13 +157,10 @@ def _run(
             doc["drifted"] = drifted
         if pending := kube_sink.restarts.pending():
             doc["restartsPending"] = pending
-    if dry_run:
-        headline = _headline(report)
-        if settings.output == "json":
-            doc = {"headline": headline, **doc}
-        else:
-            click.echo(f"# {headline}")
-    _emit(settings, doc)
+
+
+def _echo_problems(report: CycleReport, *, delete_limit: DeleteLimit) -> None:
+    """A line on stderr per failed object, failed cluster and cluster with deletes held."""
     for item in report.failures:
         click.echo(f"failed: {item.cluster} {item.namespace}/{item.name}: {item.reason}", err=True)
     for name, reason in report.failed_clusters.items():
@@ -154,13 +168,10 @@ def _run(
     for name, items in report.held_by_cluster().items():
         click.echo(
             f"held: {len(items)} deletes on {name}: over the delete limit "
-            f"({fleet.policies.delete_limit}); nothing was deleted there "
+            f"({delete_limit}); nothing was deleted there "
             "(--allow-deletes lifts the limit for one run)",
             err=True,
         )
-    if not report.ok:
-        sys.exit(EXIT_FAILED)
-    sys.exit(EXIT_CHANGES if exit_code and _changes(report) else EXIT_OK)
 
 
 def _output_repo(

@@ -6,7 +6,7 @@ import dataclasses
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -363,24 +363,14 @@ def serve(
 
     FLEET is the fleet repo folder; with --git-url, the working folder the daemon clones the
     branch into and pulls before every cycle (a commit that does not load is refused)."""
-    from secretsync.daemon import process, webhook
     from secretsync.daemon.settings import DaemonSettings
 
     if not git and not kube:
         raise UsageError("--no-git and --no-kube leave nothing to deliver to")
     host, port = _listen(listen)
     if api_token_file:
-        from secretsync.daemon import apiauth
-
-        try:
-            apiauth.TokenFile(Path(api_token_file))  # refused now rather than at first request
-        except apiauth.ApiError as exc:
-            raise UsageError(f"--api-token-file: {exc}") from None
-    secret = settings.env.get("SECRETSYNC_WEBHOOK_SECRET")
-    try:
-        webhook_key = webhook.parse_secret(secret) if secret else None
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+        _check_token_file(api_token_file)
+    webhook_key = _webhook_key(settings)
     options = DaemonSettings(
         fleet_path=Path(fleet),
         hmac_key=_hmac_or_random(settings),
@@ -427,6 +417,34 @@ def serve(
         key=git_signing_key,
         cert_refresh_s=cert_refresh_interval or None,
     )
+    _run(options, listen=listen)
+
+
+def _check_token_file(path: str) -> None:
+    """`--api-token-file`, refused now rather than at the first request."""
+    from secretsync.daemon import apiauth
+
+    try:
+        apiauth.TokenFile(Path(path))
+    except apiauth.ApiError as exc:
+        raise UsageError(f"--api-token-file: {exc}") from None
+
+
+def _webhook_key(settings: Settings) -> bytes | None:
+    """The webhook key from `$SECRETSYNC_WEBHOOK_SECRET`; None without one."""
+    from secretsync.daemon import webhook
+
+    secret = settings.env.get("SECRETSYNC_WEBHOOK_SECRET")
+    try:
+        return webhook.parse_secret(secret) if secret else None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _run(options: DaemonSettings, *, listen: str) -> NoReturn:
+    """Run the daemon until it stops; exit with its code."""
+    from secretsync.daemon import process
+
     try:
         code = process.run(options)
     except errors.DeliveryError as exc:  # the home cluster of the Leases is unusable
