@@ -28,6 +28,7 @@ from secretsync.kube.clusters import ClientFactory
 from secretsync.sinks.kube.sink import KubeSink
 from tests.adapters.conftest_kube import NamespaceFactory
 from tests.support import apiserver_metrics, canary
+from tests.support.deliveries import DigestKind, registered
 from tests.support.fakes import FakeSource
 from tests.support.kubecluster import KubeCluster
 
@@ -88,17 +89,22 @@ def crd(group: str, version: str, kind: str, plural: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def crds(kube_clusters: list[KubeCluster]) -> None:
+    install_crds(kube_clusters, CRDS)
+
+
+def install_crds(kube_clusters: list[KubeCluster], specs: list[tuple[str, str, str, str]]) -> None:
+    """The CRDs (group, version, kind, plural) on every cluster, once each is served."""
     for cluster in kube_clusters:
         with cluster.api_client() as api:
             ext = k8s.ApiextensionsV1Api(api)
-            for spec in CRDS:
+            for spec in specs:
                 try:
                     ext.create_custom_resource_definition(crd(*spec))
                 except ApiException as exc:
                     if exc.status != 409:
                         raise
             deadline = time.monotonic() + 30
-            for group, version, _, plural in CRDS:
+            for group, version, _, plural in specs:
                 while True:
                     try:
                         k8s.CustomObjectsApi(api).list_cluster_custom_object(group, version, plural)
@@ -530,6 +536,73 @@ def test_applied_sealed_and_external_objects(fleet: Fleet, crds: None) -> None:
     assert es["spec"]["data"] == [
         {"secretKey": "password", "remoteRef": {"key": "db", "property": "password"}}
     ]
+
+
+def test_a_delivery_registered_from_the_tests_is_applied_pruned_and_its_drift_repaired(
+    fleet: Fleet,
+) -> None:
+    """A delivery the product does not know (`tests.support.deliveries`, API only): its
+    objects go to the kind's own API paths, its drift projection tells a hand edit, and what
+    it owns is pruned through the kind found by the object's kind."""
+    kind = DigestKind(name="digest-api", in_git=False)
+    install_crds(
+        fleet.clusters[:1], [("test.secretsync.dev", "v1", "SecretDigest", "secretdigests")]
+    )
+    fleet.clusters = fleet.clusters[:1]
+    api = k8s.CustomObjectsApi(fleet.clusters[0].api_client())
+
+    def digest(name: str) -> dict[str, Any]:
+        obj: dict[str, Any] = api.get_namespaced_custom_object(
+            "test.secretsync.dev", "v1", fleet.namespace, "secretdigests", name
+        )
+        return obj
+
+    with registered(kind):
+        fleet.values = {"db": {"password": canary.new("db")}, "api": {"token": canary.new("api")}}
+        extra = "  delivery: digest-api\n  digests: {team: blue}\n"
+        fleet.write(DB + "---\n" + API, cluster_extra=extra)
+        report = fleet.sync()
+        assert report.ok, (report.failures, report.failed_clusters)
+        assert sorted((i.name, i.action) for i in report.items) == [
+            ("api", "create"),
+            ("db", "create"),
+        ]
+        obj = digest("db")
+        assert sorted(obj["digests"]) == ["host", "password"]
+        assert obj["metadata"]["annotations"]["test.secretsync.dev/team"] == "blue"
+        assert str(fleet.values["db"]["password"]) not in str(obj)
+        assert secret(fleet.clusters[0], fleet.namespace, "db") is None  # no Secret: its kind
+
+        again = fleet.sync()
+        assert again.ok and fleet.kube is not None and fleet.kube.writes == 0
+        assert {i.action for i in again.items} == {"unchanged"}
+
+        edited = {**obj["digests"], "password": "0" * 64}
+        api.patch_namespaced_custom_object(
+            "test.secretsync.dev",
+            "v1",
+            fleet.namespace,
+            "secretdigests",
+            "db",
+            {"digests": edited},
+        )
+        repaired = fleet.sync()
+        assert repaired.ok
+        by = {i.name: i for i in repaired.items}
+        assert by["db"].action == "update" and "changed outside secretsync" in by["db"].reason
+        assert by["api"].action == "unchanged"
+        assert digest("db")["digests"] == obj["digests"]
+
+        fleet.write(DB, cluster_extra=extra)
+        pruned = fleet.sync()
+        assert pruned.ok
+        assert {(i.name, i.action) for i in pruned.items} == {
+            ("db", "unchanged"),
+            ("api", "delete"),
+        }
+        with pytest.raises(ApiException) as gone:
+            digest("api")
+        assert gone.value.status == 404
 
 
 PAYMENTS_API: dict[str, Any] = {
