@@ -217,7 +217,8 @@ async def refresh_certificate(
     """Fetch the controller's current certificate; when it is another one, write it to the
     cluster's `certFile` and update the `certificateSha256` pin in its Cluster file, in the
     pin's own spelling. Both files change or neither does (the fleet must load after)."""
-    cert_file, pinned = sealed.settings(cluster).cert_file, sealed.settings(cluster).cert_sha256
+    settings = sealed.settings(cluster)
+    cert_file, pinned = settings.cert_file, settings.cert_sha256
     if cert_file is None:
         raise errors.ConfigError(
             f"cluster {cluster.name!r} has no sealedSecrets.certFile", field="NAME"
