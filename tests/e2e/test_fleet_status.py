@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,13 +17,10 @@ import aiohttp
 import pytest
 from aiohttp import web as aioweb
 
-from secretsync.core.model import DesiredSecret, Fleet
+from secretsync.core.model import DesiredSecret
 from secretsync.daemon import apiauth, fleetview, peers
 from secretsync.daemon.service import Daemon
 from secretsync.daemon.web import make_app
-from secretsync.engine.report import CycleReport, ItemResult
-from secretsync.fleet import plan
-from secretsync.fleet.certificates import FleetCertificates
 from tests.e2e.test_web import KEY, FakeEngine, MakeRepo, make_daemon
 from tests.support import canary, fleets
 
@@ -42,34 +39,10 @@ class ShardEngine(FakeEngine):
         super().__init__()
         self.shard = shard
         self.action = ACTIONS[shard]
+        self.content_hash = f"hash-{shard}"
 
-    async def run_cycle(
-        self,
-        fleet: Fleet,
-        *,
-        clusters: Collection[str] = (),
-        only_paths: Collection[str] | None = None,
-        planned: Sequence[DesiredSecret] | None = None,
-        certificates: FleetCertificates | None = None,
-    ) -> CycleReport:
-        report = CycleReport()
-        for d in plan.plan(fleet) if planned is None else planned:
-            if shard_of(d.cluster.name) != self.shard:
-                continue
-            report.items.append(
-                ItemResult(
-                    cluster=d.cluster.name,
-                    namespace=d.target.namespace,
-                    name=d.target.name,
-                    fleet_secret=d.fleet_secret,
-                    sink="git",
-                    action=self.action,
-                    reason="source down" if self.action == "failed" else "",
-                    content_hash=None if self.action == "failed" else f"hash-{self.shard}",
-                    desired=d,
-                )
-            )
-        return report
+    def answers(self, desired: DesiredSecret) -> bool:
+        return shard_of(desired.cluster.name) == self.shard
 
 
 def _free_port() -> int:

@@ -49,11 +49,17 @@ class FakeEngine:
         self.called = asyncio.Event()
         self.action = "create"
         self.explode = False
+        self.content_hash = "hash-1"  # of every object it reports delivered
+
+    def answers(self, desired: DesiredSecret) -> bool:
+        """Whether this engine reports `desired` (a subclass may answer for some only)."""
+        return True
 
     async def run_cycle(
         self,
         fleet: Fleet,
         *,
+        clusters: Collection[str] = (),
         only_paths: Collection[str] | None = None,
         planned: Sequence[DesiredSecret] | None = None,
         certificates: FleetCertificates | None = None,
@@ -64,6 +70,8 @@ class FakeEngine:
             raise RuntimeError("boom")
         report = CycleReport()
         for d in plan.plan(fleet) if planned is None else planned:
+            if not self.answers(d):
+                continue
             report.items.append(
                 ItemResult(
                     cluster=d.cluster.name,
@@ -73,7 +81,7 @@ class FakeEngine:
                     sink="git",
                     action=self.action,
                     reason="source down" if self.action == "failed" else "",
-                    content_hash=None if self.action == "failed" else "hash-1",
+                    content_hash=None if self.action == "failed" else self.content_hash,
                     desired=d,
                 )
             )
