@@ -12,7 +12,7 @@ filled-in credential file of a Vault identity, is resolved against the repo once
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 
 from secretsync.core import errors, selectors, templating
 from secretsync.core.model import (
@@ -295,7 +295,3 @@ def _unique(problems: list[errors.ConfigError]) -> list[errors.ConfigError]:
     for p in problems:
         seen.setdefault(p.render(), p)
     return list(seen.values())
-
-
-def clusters_of(desired: Collection[DesiredSecret]) -> Mapping[str, Cluster]:
-    return {d.cluster.name: d.cluster for d in desired}

@@ -474,8 +474,3 @@ def _is_temp(path: str) -> bool:
 def _few(paths: Sequence[str]) -> str:
     shown = ", ".join(sorted(paths)[:5])
     return shown + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
-
-
-def _remove_tree(folder: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        shutil.rmtree(folder)
