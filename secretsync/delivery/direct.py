@@ -64,8 +64,8 @@ def render_direct(
 ) -> Rendered:
     digest, key_hashes = _direct_hashes(desired, values, ctx=ctx)
     manifest: Manifest = {
-        "apiVersion": "v1",
-        "kind": "Secret",
+        "apiVersion": SECRET.api_version,
+        "kind": SECRET.kind,
         "metadata": _metadata(
             desired, {ANNOTATION_CONTENT_HASH: digest, **_version_annotation(ctx.versions)}
         ),
@@ -81,7 +81,7 @@ def render_direct(
         key=desired.key,
         fleet_secret=desired.fleet_secret,
         delivery=NAME,
-        kind="Secret",
+        kind=SECRET.kind,
         content_hash=digest,
         key_hashes=key_hashes,
         manifest=manifest,

@@ -38,8 +38,6 @@ EXTERNAL_SECRET: Final = kinds.ApiKind(
     "ExternalSecret", "external-secrets.io", "v1", "externalsecrets"
 )
 
-EXTERNAL_API: Final = EXTERNAL_SECRET.api_version
-
 NAME: Final = "external"
 
 
@@ -188,8 +186,8 @@ def render_external(
     } | {key: content_hash(ctx.hmac_key, {"literal": text})[:32] for key, text in literals.items()}
     digest = _external_digest(desired, spec, ctx.hmac_key)
     manifest: Manifest = {
-        "apiVersion": EXTERNAL_API,
-        "kind": "ExternalSecret",
+        "apiVersion": EXTERNAL_SECRET.api_version,
+        "kind": EXTERNAL_SECRET.kind,
         "metadata": _metadata(desired, {ANNOTATION_CONTENT_HASH: digest}),
         "spec": spec,
     }
@@ -197,7 +195,7 @@ def render_external(
         key=desired.key,
         fleet_secret=desired.fleet_secret,
         delivery=NAME,
-        kind="ExternalSecret",
+        kind=EXTERNAL_SECRET.kind,
         content_hash=digest,
         key_hashes=key_hashes,
         manifest=manifest,

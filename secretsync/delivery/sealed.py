@@ -51,7 +51,9 @@ from secretsync.delivery.rendered import (
     format_key_hashes,
 )
 
-SEALED_API = "bitnami.com/v1alpha1"
+_GROUP, _, _VERSION = seal.SEALED_API_VERSION.partition("/")
+SEALED_SECRET: Final = kinds.ApiKind(seal.SEALED_KIND, _GROUP, _VERSION, "sealedsecrets")
+"""The object (seal's `SEALED_API_VERSION` and `SEALED_KIND`: what unseal accepts)."""
 
 NAME: Final = "sealed"
 
@@ -206,8 +208,8 @@ def render_sealed(
     if desired.target.immutable:
         template["immutable"] = True
     manifest: Manifest = {
-        "apiVersion": SEALED_API,
-        "kind": "SealedSecret",
+        "apiVersion": SEALED_SECRET.api_version,
+        "kind": SEALED_SECRET.kind,
         "metadata": meta,
         "spec": {"encryptedData": encrypted, "template": template},
     }
@@ -215,7 +217,7 @@ def render_sealed(
         key=desired.key,
         fleet_secret=desired.fleet_secret,
         delivery=NAME,
-        kind="SealedSecret",
+        kind=SEALED_SECRET.kind,
         content_hash=digest,
         key_hashes=key_hashes,
         manifest=manifest,
@@ -347,9 +349,6 @@ def _pinned(
         ctx.error(node, field, str(exc))
         return None
     return expected
-
-
-SEALED_SECRET: Final = kinds.ApiKind("SealedSecret", "bitnami.com", "v1alpha1", "sealedsecrets")
 
 
 class SealedKind:

@@ -23,7 +23,7 @@ from secretsync.core.model import ANNOTATION_CLUSTER, Fleet, Scope, Selector
 from secretsync.core.values import SecretValue
 from secretsync.delivery import seal, sealed
 from secretsync.delivery.rendered import Manifest, dump_yaml
-from secretsync.delivery.sealed import SEALED_API
+from secretsync.delivery.sealed import SEALED_SECRET
 from secretsync.fleet.certificates import FleetCertificates
 
 log = logging.getLogger(__name__)
@@ -49,8 +49,8 @@ def _manifest(
     )
     meta = {"name": name, "namespace": namespace, "annotations": annotations}
     return {
-        "apiVersion": SEALED_API,
-        "kind": "SealedSecret",
+        "apiVersion": SEALED_SECRET.api_version,
+        "kind": SEALED_SECRET.kind,
         "metadata": meta,
         "spec": {
             "encryptedData": dict(sorted(encrypted.items())),
@@ -147,7 +147,7 @@ def merge_into(path: Path, manifests: list[Manifest], *, scope: Scope) -> None:
         meta = doc.get("metadata") if isinstance(doc, dict) else None
         if (
             not isinstance(doc, dict)
-            or doc.get("kind") != "SealedSecret"
+            or doc.get("kind") != SEALED_SECRET.kind
             or not isinstance(meta, dict)
         ):
             raise errors.ConfigError(f"document {i + 1} is not a SealedSecret", file=str(path))
